@@ -1,0 +1,130 @@
+//! First-start set-up: data directory, secrets, certificate, database and the
+//! first admin.
+//!
+//! Guarantee: the data directory and every secret file Frenly writes are
+//! private (0700 / 0600); the first admin is created only when the database
+//! has no users, so a second instance on a shared database creates no second
+//! admin; its API key is returned once, for the caller to print to stderr,
+//! and never logged.
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::store::{self, Db};
+
+/// What [`prepare`] did.
+pub struct Prepared {
+    pub db: Db,
+    /// The first admin's API key, when this start created the first admin.
+    pub admin_key: Option<String>,
+}
+
+/// Create the data directory with mode 0700 if missing.
+pub fn ensure_data_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    Ok(())
+}
+
+/// Write a secret file with mode 0600, refusing to follow an existing file.
+pub fn write_secret(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() {
+            ensure_data_dir(parent)?;
+        }
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents)?;
+    f.sync_all()
+}
+
+/// Set up everything a start needs.
+pub async fn prepare(cfg: &Config) -> anyhow::Result<Prepared> {
+    ensure_data_dir(&cfg.data_dir)?;
+    if cfg.network.tls {
+        crate::server::tls::ensure_certificate(cfg)?;
+    }
+    crate::authn::ensure_secrets(cfg)?;
+    crate::data::ensure_keyring(cfg)?;
+    if let Some(path) = cfg.database_url.strip_prefix("sqlite://") {
+        let path = path.split('?').next().unwrap_or(path);
+        if let Some(parent) = Path::new(path).parent() {
+            if !parent.as_os_str().is_empty() {
+                ensure_data_dir(parent)?;
+            }
+        }
+    }
+    let db = Db::connect(
+        &cfg.database_url,
+        cfg.database.min_connections,
+        cfg.database.max_connections,
+    )
+    .await?;
+    restrict_sqlite_files(cfg);
+    let admin_key = create_first_admin(&db).await?;
+    Ok(Prepared { db, admin_key })
+}
+
+/// The database files hold hashes and ciphertext, but still: owner only.
+fn restrict_sqlite_files(cfg: &Config) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(path) = cfg.database_url.strip_prefix("sqlite://") {
+        let path = path.split('?').next().unwrap_or(path);
+        for suffix in ["", "-wal", "-shm"] {
+            let p = format!("{path}{suffix}");
+            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+        }
+    }
+}
+
+/// Create the `admin` user and its first key when there are no users yet.
+pub async fn create_first_admin(db: &Db) -> anyhow::Result<Option<String>> {
+    if store::users::count(db).await? > 0 {
+        return Ok(None);
+    }
+    let now = store::now_ms();
+    let user = store::users::User {
+        id: store::new_id(),
+        username: "admin".into(),
+        email: "admin@localhost".into(),
+        password_hash: None,
+        roles: vec!["admin".into()],
+        created_at: now,
+        tokens_valid_after: 0,
+    };
+    match store::users::insert(db, &user).await {
+        Ok(()) => {}
+        // Another instance on the same database won the race.
+        Err(e) if e.is_unique_violation() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let key = crate::authn::apikey::generate();
+    let hash = crate::authn::apikey::hash_hex(&key);
+    let perms = vec!["admin".to_string()];
+    store::keys::insert(
+        db,
+        &store::keys::NewKey {
+            id: &store::new_id(),
+            user_id: &user.id,
+            name: "bootstrap admin key",
+            key_hash: &hash,
+            permissions: &perms,
+            created_at: now,
+            // The first admin key lasts a year; rotate it after set-up.
+            expires_at: now + 365 * 24 * 3600 * 1000,
+        },
+    )
+    .await?;
+    Ok(Some(key))
+}

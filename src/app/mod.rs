@@ -1,0 +1,91 @@
+//! The application layer: the task API that the security layers protect.
+//!
+//! [`AppState`] is built once at start from the [`Config`] and handed to every
+//! layer; [`routes`] is the whole route table, each route with its declared
+//! permission (see `authz`).
+
+pub mod bootstrap;
+pub mod health;
+pub mod openapi;
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::authn::Authn;
+use crate::authz::{RouteSpec, Routes};
+use crate::config::Config;
+use crate::store::Db;
+
+/// Everything a request may need, built once.
+pub struct AppInner {
+    pub cfg: Arc<Config>,
+    pub db: Db,
+    pub roles: crate::authz::Roles,
+    pub authn: Authn,
+    pub audit: crate::monitoring::audit::Audit,
+    pub metrics: crate::monitoring::metrics::Metrics,
+    pub network: crate::network::Network,
+    pub apisec: crate::apisec::ApiSecurity,
+    /// The route table (for the OpenAPI description).
+    pub table: Vec<RouteSpec>,
+}
+
+/// Shared, cheap-to-clone application state.
+#[derive(Clone)]
+pub struct AppState(pub Arc<AppInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Build the state: database, keys, audit writer.
+    pub async fn build(cfg: Arc<Config>, db: Db) -> anyhow::Result<AppState> {
+        let roles = crate::authz::Roles::new(&cfg.roles);
+        let authn = Authn::new(&cfg)?;
+        let audit = crate::monitoring::audit::Audit::start(&cfg, db.clone())?;
+        let metrics = crate::monitoring::metrics::Metrics::new();
+        let network = crate::network::Network::new(&cfg);
+        let apisec = crate::apisec::ApiSecurity::new(&cfg);
+        let (_, table) = routes().into_parts();
+        Ok(AppState(Arc::new(AppInner {
+            cfg,
+            db,
+            roles,
+            authn,
+            audit,
+            metrics,
+            network,
+            apisec,
+            table,
+        })))
+    }
+}
+
+/// The complete route table.
+pub fn routes() -> Routes<AppState> {
+    Routes::new()
+        .merge(health::routes())
+        .merge(openapi::routes())
+}
+
+/// The application router (without the security stack).
+pub fn router(state: AppState) -> Router {
+    let (router, _) = routes().into_parts();
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found() -> crate::http::ApiError {
+    crate::http::ApiError::NotFound
+}
+
+async fn method_not_allowed() -> crate::http::ApiError {
+    crate::http::ApiError::MethodNotAllowed
+}

@@ -1,0 +1,101 @@
+//! `frenly serve` and `frenly init`.
+
+use std::sync::Arc;
+
+use super::{runtime, CmdResult, Failure};
+use crate::app::{bootstrap, AppState};
+use crate::config::Config;
+use crate::server::Server;
+
+fn print_admin_key(key: &str) {
+    eprintln!("frenly: first start: created user `admin`; its API key (shown once, store it now):");
+    eprintln!("{key}");
+}
+
+pub fn serve(cfg: Config) -> CmdResult {
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let prepared = bootstrap::prepare(&cfg).await.map_err(Failure::from)?;
+        if let Some(k) = &prepared.admin_key {
+            print_admin_key(k);
+        }
+        let cfg = Arc::new(cfg);
+        let state = AppState::build(cfg.clone(), prepared.db).await?;
+        let server = Server::bind(state).await?;
+        let addr = server.listener.local_addr().map_err(Failure::refused)?;
+        let scheme = if cfg.network.tls { "https" } else { "http" };
+        tracing::info!("listening on {scheme}://{addr}");
+        eprintln!("frenly: listening on {scheme}://{addr}");
+        server.run(crate::server::shutdown_signal()).await?;
+        eprintln!("frenly: stopped");
+        Ok(0)
+    })
+}
+
+pub fn init(cfg: Config) -> CmdResult {
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let prepared = bootstrap::prepare(&cfg).await.map_err(Failure::from)?;
+        write_sample_config(&cfg).map_err(|e| Failure::refused(format!("writing config: {e}")))?;
+        match &prepared.admin_key {
+            Some(k) => print_admin_key(k),
+            None => eprintln!("frenly: already initialised; no new admin key"),
+        }
+        eprintln!("frenly: initialised {}", cfg.data_dir.display());
+        Ok(0)
+    })
+}
+
+/// A commented TOML config beside the data, unless one exists.
+fn write_sample_config(cfg: &Config) -> std::io::Result<()> {
+    let path = cfg.data_dir.join("frenly.toml");
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::write(path, SAMPLE_CONFIG)
+}
+
+/// The commented default configuration written by `frenly init`.
+pub const SAMPLE_CONFIG: &str = r#"# Frenly configuration. Every key is optional; the values shown are the defaults.
+# Environment overrides: FRENLY_SECTION__KEY=value (for example FRENLY_NETWORK__LISTEN).
+
+[security]
+api_key_required = true
+# api_key = "a long random static bootstrap key"   # authenticates as the first admin
+api_key_header = "X-API-Key"
+
+[network]
+listen = "127.0.0.1:8080"
+tls = true                    # plain HTTP only with tls = false, and only on loopback
+# tls_cert = "/path/cert.pem"  # generated in the data dir when absent
+# tls_key = "/path/key.pem"
+trusted_proxies = []          # CIDRs whose X-Forwarded-For is believed
+
+[limits]
+allowlist = []                # CIDRs never rate-limited or banned
+header_max_bytes = 16384
+body_max_bytes = 1048576
+rate = { max_requests = 100, window_seconds = 60 }
+ddos = { max_requests_per_second = 10, ban_seconds = 300 }
+
+[ids]
+mode = "block"                # block, detect or off
+threshold = 5                 # blocked requests before the address is banned
+ban_seconds = 300
+
+[auth]
+login_max_failures = 5
+lockout_seconds = 900
+jwt_ttl_hours = 24
+
+[audit]
+# file = "<data dir>/security_audit.log"
+
+[alerts]
+# webhook_url = "https://alerts.example.com/frenly"
+
+# [database]
+# url = "postgres://frenly@127.0.0.1/frenly"
+# [state]
+# redis_url = "redis://127.0.0.1:6379"
+"#;

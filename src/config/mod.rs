@@ -1,0 +1,790 @@
+//! Configuration: parsed once, typed, passed down.
+//!
+//! Threat: a mistyped or unknown key silently falling back to a weaker default
+//! (for example `limits.rate.max_request = 10` doing nothing). Guarantee: the
+//! file (JSON or TOML, by extension) and the `FRENLY_*` environment overrides
+//! are merged into [`RawConfig`], which rejects unknown keys and wrong types with
+//! one line naming the key; [`Config::from_raw`] then resolves paths against the
+//! data directory and checks values (CIDRs, URLs, non-zero limits). Nothing else
+//! in Frenly reads the environment or the file.
+//!
+//! Not covered: secrets inside the config file itself are only as safe as the
+//! file's permissions (`frenly check` reports those).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Format, Json, Serialized, Toml};
+use figment::Figment;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The prefix of environment overrides: `FRENLY_SECURITY__API_KEY_HEADER=X-Token`
+/// sets `security.api_key_header` (double underscore = nesting).
+pub const ENV_PREFIX: &str = "FRENLY_";
+/// Separator of nested keys in environment overrides.
+pub const ENV_NESTING: &str = "__";
+
+/// A configuration problem, always naming the key (or file) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be parsed into the typed structure.
+    #[error("{0}")]
+    Parse(String),
+    /// A key parsed but its value is not acceptable.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+    /// A file the configuration names cannot be read.
+    #[error("cannot read {what} `{path}` (key `{key}`): {reason}")]
+    Unreadable {
+        what: &'static str,
+        key: &'static str,
+        path: String,
+        reason: String,
+    },
+}
+
+/// The configuration exactly as written: every key of the contract, its
+/// default, and nothing else (unknown keys are errors).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub security: SecurityConfig,
+    pub network: NetworkConfig,
+    pub limits: LimitsConfig,
+    pub ids: IdsConfig,
+    pub auth: AuthConfig,
+    pub encryption: EncryptionConfig,
+    pub database: DatabaseConfig,
+    pub state: StateConfig,
+    pub audit: AuditConfig,
+    pub alerts: AlertsConfig,
+    pub metrics: MetricsConfig,
+    pub monitor: MonitorConfig,
+    /// Custom roles: `{"roles": {"NAME": {"permissions": [...]}}}`.
+    pub roles: BTreeMap<String, RoleConfig>,
+    pub validation: ValidationConfig,
+    pub gateway: GatewayConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// The guide's switch. `false` only allows JWT-only deployments; it opens
+    /// nothing but `/healthz`, `/readyz` and `POST /api/auth/login`.
+    pub api_key_required: bool,
+    /// Optional static bootstrap key (the guide's `api_key`): authenticates as
+    /// the first admin user.
+    pub api_key: Option<String>,
+    /// Header carrying the API key (case-insensitive).
+    pub api_key_header: String,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            api_key_required: true,
+            api_key: None,
+            api_key_header: "X-API-Key".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    pub listen: SocketAddr,
+    pub tls: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// CIDRs whose forwarding headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Seconds a client may take to send its request headers (slowloris bound).
+    pub header_read_timeout_seconds: u64,
+    /// Seconds a whole request may take, body included, before 408.
+    pub request_timeout_seconds: u64,
+    /// Seconds a TLS handshake may take.
+    pub tls_handshake_timeout_seconds: u64,
+    /// Seconds in-flight requests get to finish on shutdown.
+    pub shutdown_grace_seconds: u64,
+    /// Open connections at most; further ones wait in the kernel backlog.
+    pub max_connections: usize,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: true,
+            tls_cert: None,
+            tls_key: None,
+            trusted_proxies: Vec::new(),
+            header_read_timeout_seconds: 10,
+            request_timeout_seconds: 30,
+            tls_handshake_timeout_seconds: 10,
+            shutdown_grace_seconds: 10,
+            max_connections: 20_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// CIDRs never rate-limited or banned.
+    pub allowlist: Vec<IpNet>,
+    pub header_max_bytes: usize,
+    /// Header fields at most (431 beyond).
+    pub header_max_count: usize,
+    pub body_max_bytes: usize,
+    pub rate: RateConfig,
+    pub ddos: DdosConfig,
+    /// Most distinct client addresses tracked at once (memory bound).
+    pub max_tracked_clients: usize,
+    /// Group IPv6 clients by their /64 for limits and bans.
+    pub ipv6_group_by_64: bool,
+    /// Optional per-identity (user) limit on top of the per-address one.
+    pub per_identity: Option<RateConfig>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            allowlist: Vec::new(),
+            header_max_bytes: 16384,
+            header_max_count: 100,
+            body_max_bytes: 1_048_576,
+            rate: RateConfig::default(),
+            ddos: DdosConfig::default(),
+            max_tracked_clients: 100_000,
+            ipv6_group_by_64: true,
+            per_identity: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateConfig {
+    pub max_requests: u32,
+    pub window_seconds: u32,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        Self {
+            max_requests: 100,
+            window_seconds: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DdosConfig {
+    pub max_requests_per_second: u32,
+    pub ban_seconds: u64,
+    /// Cap of escalating ban times for repeat offenders.
+    pub max_ban_seconds: u64,
+}
+
+impl Default for DdosConfig {
+    fn default() -> Self {
+        Self {
+            max_requests_per_second: 10,
+            ban_seconds: 300,
+            max_ban_seconds: 86_400,
+        }
+    }
+}
+
+/// `block`, `detect` (log only) or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IdsMode {
+    #[default]
+    Block,
+    Detect,
+    Off,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdsConfig {
+    pub mode: IdsMode,
+    /// Blocked requests from one address before it is banned.
+    pub threshold: u32,
+    pub ban_seconds: u64,
+    /// Per rule family overrides: `{"xss": "detect"}`.
+    pub families: BTreeMap<String, IdsMode>,
+    /// Per route overrides, keyed by path prefix.
+    pub routes: BTreeMap<String, IdsRouteConfig>,
+    /// Bytes of a streamed body the detector inspects (gateway mode).
+    pub inspect_window_bytes: usize,
+}
+
+impl Default for IdsConfig {
+    fn default() -> Self {
+        Self {
+            mode: IdsMode::Block,
+            threshold: 5,
+            ban_seconds: 300,
+            families: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            inspect_window_bytes: 1_048_576,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdsRouteConfig {
+    pub mode: Option<IdsMode>,
+    pub families: BTreeMap<String, IdsMode>,
+    /// JSON fields of this route excluded from inspection (`a.b`, `items[].c`).
+    pub exclude_fields: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub login_max_failures: u32,
+    pub lockout_seconds: u64,
+    pub jwt_ttl_hours: u64,
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Accepted JWT algorithms (HS256, HS384, HS512).
+    pub jwt_algorithms: Vec<String>,
+    /// Clock leeway for `exp`/`nbf`/`iat`, at most 60.
+    pub jwt_leeway_seconds: u64,
+    pub key_default_expiry_days: f64,
+    /// Seconds the old secret of a rotated key keeps working.
+    pub key_rotation_grace_seconds: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            login_max_failures: 5,
+            lockout_seconds: 900,
+            jwt_ttl_hours: 24,
+            jwt_secret_file: None,
+            jwt_algorithms: vec!["HS256".into()],
+            jwt_leeway_seconds: 0,
+            key_default_expiry_days: 30.0,
+            key_rotation_grace_seconds: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionConfig {
+    pub keyring_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub url: Option<String>,
+    pub min_connections: u32,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            min_connections: 5,
+            max_connections: 20,
+        }
+    }
+}
+
+/// What an instance does when Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Keep serving on local (per-instance) state.
+    #[default]
+    FailOpen,
+    /// Refuse with 503 until Redis is back.
+    FailClosed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    pub redis_url: Option<String>,
+    pub redis_failure_policy: FailurePolicy,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub file: Option<PathBuf>,
+    /// Rotate the file when it grows past this many bytes (0 = never).
+    pub rotate_bytes: u64,
+    /// Events that may wait for the writer before requests are slowed down.
+    pub queue_capacity: usize,
+    /// Also log every API access (`api_access`).
+    pub log_api_access: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            rotate_bytes: 100 * 1024 * 1024,
+            queue_capacity: 65_536,
+            log_api_access: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    pub webhook_url: Option<String>,
+    /// PEM bundle of CAs trusted for the webhook (system roots otherwise).
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A separate listener for `/metrics` (no authentication there: bind it to
+    /// loopback or a private interface).
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    pub suspicious_processes: Vec<String>,
+    /// Listening TCP ports that are expected; others are reported.
+    pub allowed_ports: Vec<u16>,
+    pub interval_seconds: u64,
+    /// Failed logins from one address within the window that count as a burst.
+    pub failed_login_burst: u32,
+    pub failed_login_window_seconds: u64,
+    /// Extra files whose integrity is watched.
+    pub watch_files: Vec<PathBuf>,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            suspicious_processes: ["nc", "netcat", "nmap", "sqlmap"]
+                .map(String::from)
+                .to_vec(),
+            allowed_ports: vec![22, 80, 443],
+            interval_seconds: 60,
+            failed_login_burst: 5,
+            failed_login_window_seconds: 300,
+            watch_files: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleConfig {
+    pub permissions: Vec<String>,
+}
+
+/// Extra input rules for task fields, in the guide's terms.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    pub tasks: BTreeMap<String, FieldRuleConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FieldRuleConfig {
+    pub required: Option<bool>,
+    pub min_length: Option<usize>,
+    pub max_length: Option<usize>,
+    pub pattern: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    pub routes: Vec<GatewayRoute>,
+    /// PEM bundle of CAs trusted for HTTPS upstreams (system roots otherwise).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS with upstreams.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayRoute {
+    pub prefix: String,
+    pub upstream: String,
+    pub permission: String,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default)]
+    pub free_text: Vec<String>,
+    #[serde(default = "default_gateway_timeout")]
+    pub timeout_seconds: u64,
+    #[serde(default)]
+    pub forward_credentials: bool,
+    #[serde(default)]
+    pub rate: Option<RateConfig>,
+}
+
+fn default_gateway_timeout() -> u64 {
+    300
+}
+
+/// The effective configuration: [`RawConfig`] with every path resolved
+/// against the data directory and every value checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub raw: RawConfig,
+    pub data_dir: PathBuf,
+    pub config_file: Option<PathBuf>,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub jwt_secret_file: PathBuf,
+    pub keyring_file: PathBuf,
+    pub database_url: String,
+    pub audit_file: PathBuf,
+}
+
+impl std::ops::Deref for Config {
+    type Target = RawConfig;
+    fn deref(&self) -> &RawConfig {
+        &self.raw
+    }
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    pub file: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    /// Environment overrides as `(name, value)` pairs (normally `std::env::vars()`).
+    pub env: Vec<(String, String)>,
+}
+
+impl Source {
+    /// The process's own file, data dir and environment.
+    pub fn from_process(file: Option<PathBuf>, data_dir: Option<PathBuf>) -> Self {
+        Self {
+            file,
+            data_dir,
+            env: std::env::vars().collect(),
+        }
+    }
+}
+
+/// Load and check the configuration.
+pub fn load(source: &Source) -> Result<Config, ConfigError> {
+    let mut fig = Figment::from(Serialized::defaults(RawConfig::default()));
+    if let Some(file) = &source.file {
+        if let Err(e) = std::fs::metadata(file) {
+            return Err(ConfigError::Parse(format!(
+                "cannot read config file `{}`: {e}",
+                file.display()
+            )));
+        }
+        let ext = file
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        fig = match ext.as_str() {
+            "json" => fig.merge(Json::file(file)),
+            "toml" => fig.merge(Toml::file(file)),
+            other => {
+                return Err(ConfigError::Parse(format!(
+                    "config file `{}` must end in .json or .toml (found `.{other}`)",
+                    file.display()
+                )))
+            }
+        };
+    }
+    let env: Vec<(String, String)> = source
+        .env
+        .iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .cloned()
+        .collect();
+    // The pairs are given (not read from the process) so that loading stays a
+    // pure function; values are parsed the way figment's `Env` provider does.
+    for (k, v) in env {
+        let key = k[ENV_PREFIX.len()..]
+            .to_ascii_lowercase()
+            .replace(ENV_NESTING, ".");
+        let value: figment::value::Value = v
+            .parse()
+            .unwrap_or_else(|_| figment::value::Value::from(v.clone()));
+        fig = fig.merge((key, value));
+    }
+    let raw: RawConfig = fig.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
+    Config::from_raw(raw, source)
+}
+
+fn describe(e: figment::Error) -> String {
+    let mut out = String::from("config error: ");
+    let key = e.path.join(".");
+    let src = e
+        .metadata
+        .as_ref()
+        .map(|m| match &m.source {
+            Some(s) => format!(" ({s})"),
+            None => format!(" ({})", m.name),
+        })
+        .unwrap_or_default();
+    match &e.kind {
+        figment::error::Kind::UnknownField(field, _) => {
+            let full = if key.is_empty() {
+                field.clone()
+            } else {
+                format!("{key}.{field}")
+            };
+            out.push_str(&format!("unknown key `{full}`{src}"));
+        }
+        kind => {
+            if key.is_empty() {
+                out.push_str(&format!("{kind}{src}"));
+            } else {
+                out.push_str(&format!("key `{key}`: {kind}{src}"));
+            }
+        }
+    }
+    out
+}
+
+impl Config {
+    /// Resolve paths and check values.
+    pub fn from_raw(raw: RawConfig, source: &Source) -> Result<Config, ConfigError> {
+        let data_dir = source
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("frenly-data"));
+        let at = |p: &Option<PathBuf>, name: &str| p.clone().unwrap_or_else(|| data_dir.join(name));
+        let invalid = |key: &str, reason: &str| ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        };
+        if raw.limits.rate.max_requests == 0 || raw.limits.rate.window_seconds == 0 {
+            return Err(invalid(
+                "limits.rate",
+                "max_requests and window_seconds must be > 0",
+            ));
+        }
+        if raw.limits.ddos.max_requests_per_second == 0 {
+            return Err(invalid(
+                "limits.ddos.max_requests_per_second",
+                "must be > 0",
+            ));
+        }
+        if raw.limits.header_max_bytes < 1024 {
+            return Err(invalid("limits.header_max_bytes", "must be at least 1024"));
+        }
+        if raw.limits.body_max_bytes == 0 {
+            return Err(invalid("limits.body_max_bytes", "must be > 0"));
+        }
+        if raw.auth.jwt_leeway_seconds > 60 {
+            return Err(invalid("auth.jwt_leeway_seconds", "must be at most 60"));
+        }
+        if raw.auth.jwt_ttl_hours == 0 {
+            return Err(invalid("auth.jwt_ttl_hours", "must be > 0"));
+        }
+        if raw.auth.login_max_failures == 0 {
+            return Err(invalid("auth.login_max_failures", "must be > 0"));
+        }
+        for alg in &raw.auth.jwt_algorithms {
+            if !matches!(alg.as_str(), "HS256" | "HS384" | "HS512") {
+                return Err(invalid(
+                    "auth.jwt_algorithms",
+                    &format!("`{alg}` is not one of HS256, HS384, HS512"),
+                ));
+            }
+        }
+        if raw.auth.jwt_algorithms.is_empty() {
+            return Err(invalid(
+                "auth.jwt_algorithms",
+                "must name at least one algorithm",
+            ));
+        }
+        if raw.security.api_key_header.is_empty()
+            || http::HeaderName::from_bytes(raw.security.api_key_header.as_bytes()).is_err()
+        {
+            return Err(invalid(
+                "security.api_key_header",
+                "not a valid header name",
+            ));
+        }
+        if let Some(k) = &raw.security.api_key {
+            if k.is_empty() {
+                return Err(invalid("security.api_key", "must not be empty when set"));
+            }
+        }
+        if let Some(url) = &raw.alerts.webhook_url {
+            validate_url(url).map_err(|r| invalid("alerts.webhook_url", &r))?;
+        }
+        if let Some(url) = &raw.state.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(invalid(
+                    "state.redis_url",
+                    "must start with redis:// or rediss://",
+                ));
+            }
+        }
+        for (i, r) in raw.gateway.routes.iter().enumerate() {
+            validate_url(&r.upstream)
+                .map_err(|why| invalid(&format!("gateway.routes[{i}].upstream"), &why))?;
+            if !r.prefix.starts_with('/') {
+                return Err(invalid(
+                    &format!("gateway.routes[{i}].prefix"),
+                    "must start with /",
+                ));
+            }
+        }
+        for (name, role) in &raw.roles {
+            for p in &role.permissions {
+                if !crate::authz::Permission::ALL
+                    .iter()
+                    .any(|x| x.as_str() == p)
+                {
+                    return Err(invalid(
+                        &format!("roles.{name}.permissions"),
+                        &format!("unknown permission `{p}`"),
+                    ));
+                }
+            }
+        }
+        for (field, rule) in &raw.validation.tasks {
+            if let Some(p) = &rule.pattern {
+                regex::Regex::new(p).map_err(|e| {
+                    invalid(&format!("validation.tasks.{field}.pattern"), &e.to_string())
+                })?;
+            }
+        }
+        let database_url = match &raw.database.url {
+            Some(u) => {
+                if !(u.starts_with("sqlite:")
+                    || u.starts_with("postgres://")
+                    || u.starts_with("postgresql://"))
+                {
+                    return Err(invalid(
+                        "database.url",
+                        "must be sqlite://PATH or postgres://...",
+                    ));
+                }
+                u.clone()
+            }
+            None => format!("sqlite://{}", data_dir.join("frenly.db").display()),
+        };
+        let cfg = Config {
+            tls_cert: at(&raw.network.tls_cert, "tls/cert.pem"),
+            tls_key: at(&raw.network.tls_key, "tls/key.pem"),
+            jwt_secret_file: at(&raw.auth.jwt_secret_file, "jwt.secret"),
+            keyring_file: at(&raw.encryption.keyring_file, "keyring.json"),
+            audit_file: at(&raw.audit.file, "security_audit.log"),
+            database_url,
+            data_dir,
+            config_file: source.file.clone(),
+            raw,
+        };
+        // A TLS file that is configured must be readable now, not at first use.
+        if cfg.network.tls {
+            for (key, path, what) in [
+                ("network.tls_cert", &cfg.raw.network.tls_cert, "certificate"),
+                ("network.tls_key", &cfg.raw.network.tls_key, "private key"),
+            ] {
+                if let Some(p) = path {
+                    check_readable(p, key, what)?;
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The effective configuration as TOML-like JSON, secrets redacted.
+    pub fn redacted(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.raw).unwrap_or(serde_json::Value::Null);
+        if let Some(sec) = v.get_mut("security").and_then(|s| s.as_object_mut()) {
+            if sec.get("api_key").is_some_and(|k| !k.is_null()) {
+                sec.insert("api_key".into(), "<redacted>".into());
+            }
+        }
+        for (section, key) in [
+            ("database", "url"),
+            ("state", "redis_url"),
+            ("alerts", "webhook_url"),
+        ] {
+            if let Some(url) = v
+                .get_mut(section)
+                .and_then(|s| s.get_mut(key))
+                .and_then(|u| u.as_str().map(redact_url))
+            {
+                v[section][key] = url.into();
+            }
+        }
+        let resolved = serde_json::json!({
+            "data_dir": self.data_dir,
+            "network.tls_cert": self.tls_cert,
+            "network.tls_key": self.tls_key,
+            "auth.jwt_secret_file": self.jwt_secret_file,
+            "encryption.keyring_file": self.keyring_file,
+            "database.url": redact_url(&self.database_url),
+            "audit.file": self.audit_file,
+        });
+        if let Some(o) = v.as_object_mut() {
+            o.insert("resolved".into(), resolved);
+        }
+        v
+    }
+
+    /// Is the listener bound to a loopback address?
+    pub fn listens_on_loopback(&self) -> bool {
+        self.network.listen.ip().is_loopback()
+    }
+}
+
+fn check_readable(p: &Path, key: &'static str, what: &'static str) -> Result<(), ConfigError> {
+    std::fs::File::open(p)
+        .map(|_| ())
+        .map_err(|e| ConfigError::Unreadable {
+            what,
+            key,
+            path: p.display().to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// The guide's `validate_url`: only `http` and `https` URLs with a host.
+pub fn validate_url(url: &str) -> Result<(), String> {
+    let parsed: http::Uri = url.parse().map_err(|_| "not a valid URL".to_string())?;
+    match parsed.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err("only http:// and https:// URLs are allowed".into()),
+    }
+    match parsed.host() {
+        Some(h) if !h.is_empty() => Ok(()),
+        _ => Err("URL has no host".into()),
+    }
+}
+
+/// Hide the password of `scheme://user:password@host`.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((auth, host)) = rest.split_once('@') {
+            let user = auth.split(':').next().unwrap_or("");
+            return format!("{scheme}://{user}:<redacted>@{host}");
+        }
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests;

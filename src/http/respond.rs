@@ -1,0 +1,260 @@
+//! The one place where failures become HTTP responses.
+//!
+//! Threat: error responses that leak internals (SQL, paths, stack traces) or
+//! that differ in shape, so clients special-case them. Guarantee: every error
+//! Frenly answers is an [`ApiError`], rendered here as
+//! `{"error": {"code", "message", "fields"?}}` with the contract's status and
+//! headers; `Internal` never carries details (they go to the log only).
+
+use std::collections::BTreeMap;
+
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+use serde::Serialize;
+
+/// Field name -> every broken rule for it.
+pub type FieldErrors = BTreeMap<String, Vec<String>>;
+
+/// Where a failure comes from (pingora's `ErrorSource`): the peer, an upstream
+/// in gateway mode, or Frenly itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    Client,
+    Upstream,
+    Internal,
+}
+
+/// Every error response of the contract.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// Input rules broken (client).
+    #[error("validation failed")]
+    Validation(FieldErrors),
+    /// Malformed request (client).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No, unknown, expired, revoked or malformed credentials (client).
+    #[error("authentication required")]
+    Unauthenticated,
+    /// Authenticated but lacking the permission (client).
+    #[error("permission denied")]
+    Forbidden,
+    /// The intrusion-detection layer blocked the request (client).
+    #[error("request blocked")]
+    RequestBlocked { family: String, request_id: String },
+    /// The client address is banned (client).
+    #[error("address banned")]
+    IpBanned { retry_after: u64 },
+    /// Missing, or not the caller's (client).
+    #[error("not found")]
+    NotFound,
+    /// Method not allowed on this route (client).
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// State conflict (client).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request took longer than allowed (client).
+    #[error("request timeout")]
+    RequestTimeout,
+    /// Body over the configured limit (client).
+    #[error("payload too large")]
+    PayloadTooLarge,
+    /// Body-carrying request that is not JSON (client).
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    /// Rate limit hit (client).
+    #[error("rate limited")]
+    RateLimited(RateLimitInfo),
+    /// Headers over the configured limit (client).
+    #[error("headers too large")]
+    HeadersTooLarge,
+    /// Gateway: upstream refused or failed (upstream).
+    #[error("bad gateway")]
+    BadGateway,
+    /// A dependency is down and the policy is to refuse (internal).
+    #[error("service unavailable")]
+    Unavailable,
+    /// Gateway: upstream too slow (upstream).
+    #[error("gateway timeout")]
+    GatewayTimeout,
+    /// A bug or an unexpected failure (internal); details are logged, never sent.
+    #[error("internal error")]
+    Internal,
+}
+
+/// The figures of a rate-limit decision, for the `RateLimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitInfo {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until the window frees a slot.
+    pub reset: u64,
+}
+
+impl RateLimitInfo {
+    /// Write the `RateLimit-*` headers.
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        headers.insert("ratelimit-limit", HeaderValue::from(self.limit));
+        headers.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
+        headers.insert("ratelimit-reset", HeaderValue::from(self.reset));
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fields: Option<&'a FieldErrors>,
+}
+
+impl ApiError {
+    /// The contract's status.
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            Validation(_) | BadRequest(_) => StatusCode::BAD_REQUEST,
+            Unauthenticated => StatusCode::UNAUTHORIZED,
+            Forbidden | RequestBlocked { .. } | IpBanned { .. } => StatusCode::FORBIDDEN,
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Conflict(_) => StatusCode::CONFLICT,
+            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            BadGateway => StatusCode::BAD_GATEWAY,
+            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The contract's machine-readable code.
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            Validation(_) => "validation_failed",
+            BadRequest(_) => "bad_request",
+            Unauthenticated => "unauthenticated",
+            Forbidden => "forbidden",
+            RequestBlocked { .. } => "request_blocked",
+            IpBanned { .. } => "ip_banned",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            Conflict(_) => "conflict",
+            RequestTimeout => "request_timeout",
+            PayloadTooLarge => "payload_too_large",
+            UnsupportedMediaType => "unsupported_media_type",
+            RateLimited(_) => "rate_limited",
+            HeadersTooLarge => "headers_too_large",
+            BadGateway => "bad_gateway",
+            Unavailable => "unavailable",
+            GatewayTimeout => "gateway_timeout",
+            Internal => "internal",
+        }
+    }
+
+    /// Whose fault it is.
+    pub fn source(&self) -> ErrorSource {
+        match self {
+            ApiError::BadGateway | ApiError::GatewayTimeout => ErrorSource::Upstream,
+            ApiError::Unavailable | ApiError::Internal => ErrorSource::Internal,
+            _ => ErrorSource::Client,
+        }
+    }
+
+    fn message(&self) -> String {
+        use ApiError::*;
+        match self {
+            Validation(_) => "the request failed validation".into(),
+            BadRequest(m) => m.clone(),
+            Unauthenticated => "valid credentials are required".into(),
+            Forbidden => "you lack the permission this route needs".into(),
+            RequestBlocked { family, request_id } => format!(
+                "request blocked by intrusion detection (rule family: {family}, request id: {request_id})"
+            ),
+            IpBanned { retry_after } => {
+                format!("this address is banned; retry after {retry_after} s")
+            }
+            NotFound => "no such resource".into(),
+            MethodNotAllowed => "method not allowed on this route".into(),
+            Conflict(m) => m.clone(),
+            RequestTimeout => "the request took too long".into(),
+            PayloadTooLarge => "the body is over the configured limit".into(),
+            UnsupportedMediaType => "request bodies must be application/json".into(),
+            RateLimited(i) => format!("rate limit exceeded; retry after {} s", i.reset),
+            HeadersTooLarge => "the request headers are over the configured limit".into(),
+            BadGateway => "the upstream service failed".into(),
+            Unavailable => "a dependency is unavailable; try again later".into(),
+            GatewayTimeout => "the upstream service did not answer in time".into(),
+            Internal => "internal error".into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let fields = match &self {
+            ApiError::Validation(f) => Some(f),
+            _ => None,
+        };
+        let body = Body {
+            error: Inner {
+                code: self.code(),
+                message: self.message(),
+                fields,
+            },
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| {
+            br#"{"error":{"code":"internal","message":"internal error"}}"#.to_vec()
+        });
+        let mut resp = (self.status(), bytes).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        match &self {
+            ApiError::Unauthenticated => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"frenly\", ApiKey realm=\"frenly\""),
+                );
+            }
+            ApiError::IpBanned { retry_after } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            ApiError::RateLimited(info) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(info.reset.max(1)));
+                info.apply(h);
+            }
+            _ => {}
+        }
+        resp.extensions_mut().insert(self);
+        resp
+    }
+}
+
+/// Anything a store or internal component fails with: logged, answered as 500.
+pub fn internal<E: std::fmt::Display>(context: &'static str) -> impl FnOnce(E) -> ApiError {
+    move |e| {
+        tracing::error!(error = %e, "{context}");
+        ApiError::Internal
+    }
+}
+
+/// Build a validation error for one field.
+pub fn field_error(field: &str, message: impl Into<String>) -> ApiError {
+    let mut f = FieldErrors::new();
+    f.insert(field.to_string(), vec![message.into()]);
+    ApiError::Validation(f)
+}

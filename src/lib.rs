@@ -1,0 +1,20 @@
+//! Frenly: a security server for AI-agent task APIs.
+//!
+//! The modules mirror the layers of the security guide, outermost first:
+//! [`network`] (1), [`apisec`] (2), [`authn`] (3), [`authz`] (4), [`data`]
+//! (5), [`monitoring`] (6), then the [`app`] they protect. [`server`] owns the
+//! listener and the stack that puts the layers in order; [`config`] is parsed
+//! once; [`http`] holds the one error shape. See ARCHITECTURE.md.
+
+pub mod apisec;
+pub mod app;
+pub mod authn;
+pub mod authz;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod http;
+pub mod monitoring;
+pub mod network;
+pub mod server;
+pub mod store;

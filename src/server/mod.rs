@@ -1,0 +1,182 @@
+//! The listener: TCP accept, TLS handshake, HTTP/1.1 and HTTP/2 connections,
+//! graceful shutdown.
+//!
+//! Threat: connection-level exhaustion (slowloris, stalled TLS handshakes,
+//! connection floods). Guarantee: a TLS handshake must finish within
+//! `network.tls_handshake_timeout_seconds`; request headers within
+//! `network.header_read_timeout_seconds` (hyper's header-read timer, also
+//! between keep-alive requests); at most `network.max_connections`
+//! connections are served at once. On shutdown the listener closes first,
+//! in-flight requests get `network.shutdown_grace_seconds` to finish, then
+//! the audit log is flushed.
+
+pub mod stack;
+pub mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::app::AppState;
+use crate::network::PeerAddr;
+
+/// A running server's settings.
+pub struct Server {
+    pub listener: TcpListener,
+    pub tls: Option<TlsAcceptor>,
+    pub app: Router,
+    pub state: AppState,
+}
+
+impl Server {
+    /// Bind and build the stack for `state`.
+    pub async fn bind(state: AppState) -> anyhow::Result<Server> {
+        let app = stack::build(state.clone());
+        Self::bind_with(state, app).await
+    }
+
+    /// Bind with an already wrapped router.
+    pub async fn bind_with(state: AppState, app: Router) -> anyhow::Result<Server> {
+        let listener = TcpListener::bind(state.cfg.network.listen)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {} (network.listen): {e}",
+                    state.cfg.network.listen
+                )
+            })?;
+        let tls = if state.cfg.network.tls {
+            Some(TlsAcceptor::from(tls::server_config(&state.cfg)?))
+        } else {
+            None
+        };
+        Ok(Server {
+            listener,
+            tls,
+            app,
+            state,
+        })
+    }
+
+    /// Serve until `shutdown` resolves, then drain.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let cfg = self.state.cfg.clone();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(
+                cfg.network.header_read_timeout_seconds.max(1),
+            ))
+            .max_buf_size((cfg.limits.header_max_bytes * 2).max(8192) + 8192)
+            .max_headers(cfg.limits.header_max_count.max(100) * 2);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size((cfg.limits.header_max_bytes as u32).saturating_mul(2))
+            .max_concurrent_streams(128)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        let builder = Arc::new(builder);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            cfg.network.max_connections.max(1),
+        ));
+        let handshake = Duration::from_secs(cfg.network.tls_handshake_timeout_seconds.max(1));
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = &mut shutdown => break,
+            };
+            let (stream, peer) = tokio::select! {
+                r = self.listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let app = self.app.clone();
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            let tls = self.tls.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tls {
+                    Some(acceptor) => {
+                        match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => serve_conn(s, peer, app, &builder, watcher).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    }
+                    None => serve_conn(stream, peer, app, &builder, watcher).await,
+                }
+            });
+        }
+        drop(self.listener);
+        let grace = Duration::from_secs(cfg.network.shutdown_grace_seconds);
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("in-flight requests did not finish within the shutdown grace period");
+        }
+        self.state.audit.flush().await;
+        Ok(())
+    }
+}
+
+async fn serve_conn<IO>(
+    io: IO,
+    peer: std::net::SocketAddr,
+    app: Router,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = app.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        req.map(axum::body::Body::new)
+    });
+    let svc = TowerToHyperService::new(svc);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

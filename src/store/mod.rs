@@ -1,0 +1,145 @@
+//! The database: one pool, migrations, and the queries of each table.
+//!
+//! Threat: SQL injection and lost writes. Guarantee: every statement is a
+//! constant string with `$n` placeholders and bound values (no SQL is ever
+//! built from input text); the same statement runs on SQLite and PostgreSQL
+//! through sqlx's `Any` driver. SQLite runs in WAL mode with
+//! `synchronous = NORMAL`: a committed write survives a process crash
+//! (SIGKILL); a power loss may lose the last transactions (use PostgreSQL, or
+//! `FULL`, where that matters).
+
+pub mod keys;
+pub mod users;
+
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor};
+
+/// Which engine the pool talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A database handle (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub engine: Engine,
+}
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Did a UNIQUE constraint reject the write?
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            StoreError::Sqlx(sqlx::Error::Database(e)) => e.is_unique_violation(),
+            _ => false,
+        }
+    }
+}
+
+impl From<StoreError> for crate::http::ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store failure");
+        crate::http::ApiError::Internal
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+impl Db {
+    /// Connect (creating an SQLite file if needed) and run migrations.
+    pub async fn connect(url: &str, min: u32, max: u32) -> Result<Db> {
+        sqlx::any::install_default_drivers();
+        let engine = if url.starts_with("sqlite:") {
+            Engine::Sqlite
+        } else {
+            Engine::Postgres
+        };
+        let url = match engine {
+            Engine::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+            _ => url.to_string(),
+        };
+        let (min, max) = match engine {
+            // One writer at a time anyway; a few readers.
+            Engine::Sqlite => (1, max.clamp(1, 8)),
+            Engine::Postgres => (min.min(max), max.max(1)),
+        };
+        let pool = AnyPoolOptions::new()
+            .min_connections(min)
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if engine == Engine::Sqlite {
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        let db = Db { pool, engine };
+        match engine {
+            Engine::Sqlite => SQLITE_MIGRATIONS.run(&db.pool).await?,
+            Engine::Postgres => POSTGRES_MIGRATIONS.run(&db.pool).await?,
+        }
+        Ok(db)
+    }
+
+    /// Is the database answering?
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// RFC 3339 UTC for a millisecond timestamp.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Decode a JSON array of strings stored in a TEXT column.
+pub fn json_list(s: &str) -> Result<Vec<String>> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// A new opaque, time-ordered id.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// Read a column, mapping errors.
+pub fn col<'r, T>(row: &'r AnyRow, name: &str) -> Result<T>
+where
+    T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    use sqlx::Row;
+    row.try_get(name).map_err(StoreError::from)
+}

@@ -1,0 +1,494 @@
+//! The backbone (issue 2): process, TLS, configuration, error shape,
+//! envelope headers, limits, timeouts, panics, shutdown.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::{error_code, run_cli, Opts, TestServer};
+
+#[tokio::test]
+async fn embedded_default_serves_https_with_security_headers() {
+    let s = TestServer::start().await;
+    assert!(s.base.starts_with("https://"));
+    let r = s.get("/healthz").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    assert!(h.get("x-request-id").is_some());
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert!(h.get("content-security-policy").is_some());
+    assert!(h.get("referrer-policy").is_some());
+    assert!(h["strict-transport-security"]
+        .to_str()
+        .unwrap()
+        .contains("max-age="));
+    assert_eq!(h["cache-control"], "no-store");
+    let r = s.get("/readyz").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let key = s.admin().to_string();
+    assert!(key.starts_with("frn_") && key.len() == 47, "{key}");
+}
+
+#[tokio::test]
+async fn request_id_is_echoed_when_sane_and_replaced_otherwise() {
+    let s = TestServer::start().await;
+    let r = s
+        .get("/healthz")
+        .header("X-Request-Id", "abc-123.X_y")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123.X_y");
+    let r = s
+        .get("/healthz")
+        .header("X-Request-Id", "bad id<script>")
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_ne!(id, "bad id<script>");
+    assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let long = "a".repeat(129);
+    let r = s
+        .get("/healthz")
+        .header("X-Request-Id", &long)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.headers()["x-request-id"].to_str().unwrap(), long);
+}
+
+#[tokio::test]
+async fn unknown_route_and_wrong_method_are_json_errors() {
+    let s = TestServer::start().await;
+    let (st, code, _) = error_code(s.get("/no/such/route").send().await.unwrap()).await;
+    assert_eq!((st, code.as_str()), (404, "not_found"));
+    let r = s.client.delete(s.url("/healthz")).send().await.unwrap();
+    assert!(r.headers().get("x-request-id").is_some());
+    let (st, code, _) = error_code(r).await;
+    assert_eq!((st, code.as_str()), (405, "method_not_allowed"));
+}
+
+#[tokio::test]
+async fn oversized_body_is_413_and_non_json_body_is_415() {
+    let s = TestServer::with(Opts::default().config("[limits]\nbody_max_bytes = 1024\n")).await;
+    let big = serde_json::json!({"title": "x".repeat(5000)});
+    let r = s
+        .post("/api/tasks")
+        .header("X-API-Key", s.admin())
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    let (st, code, _) = error_code(r).await;
+    assert_eq!((st, code.as_str()), (413, "payload_too_large"));
+    let r = s
+        .post("/api/tasks")
+        .header("X-API-Key", s.admin())
+        .header("Content-Type", "text/plain")
+        .body("title=x")
+        .send()
+        .await
+        .unwrap();
+    let (st, code, _) = error_code(r).await;
+    assert_eq!((st, code.as_str()), (415, "unsupported_media_type"));
+    // a chunked body without a declared length is cut at the limit too
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..20).map(|_| Ok(vec![b' '; 200])).collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let r = s
+        .post("/api/tasks")
+        .header("X-API-Key", s.admin())
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(r.status().as_u16(), 413 | 404), "{}", r.status());
+}
+
+#[tokio::test]
+async fn too_many_or_too_large_headers_are_431() {
+    let s = TestServer::start().await;
+    let mut req = s.get("/healthz");
+    for i in 0..101 {
+        req = req.header(format!("x-h{i}"), "v");
+    }
+    let (st, code, _) = error_code(req.send().await.unwrap()).await;
+    assert_eq!((st, code.as_str()), (431, "headers_too_large"));
+    let r = s
+        .get("/healthz")
+        .header("x-big", "a".repeat(17_000))
+        .send()
+        .await
+        .unwrap();
+    let (st, code, _) = error_code(r).await;
+    assert_eq!((st, code.as_str()), (431, "headers_too_large"));
+}
+
+#[tokio::test]
+async fn tls_1_1_is_refused_and_1_2_and_1_3_work() {
+    let s = TestServer::start().await;
+    let addr = s.addr.to_string();
+    for (flag, ok) in [("-tls1_1", false), ("-tls1_2", true), ("-tls1_3", true)] {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr,
+                flag,
+                "-servername",
+                "localhost",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl s_client");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let negotiated = text.contains("Cipher is") && !text.contains("Cipher is (NONE)");
+        assert_eq!(negotiated, ok, "{flag}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn slowloris_client_is_cut_off() {
+    let s = TestServer::with(Opts::default().config(
+        "[network]\nlisten = \"127.0.0.1:0\"\ntls = false\nheader_read_timeout_seconds = 1\n",
+    ))
+    .await;
+    let addr = s.addr;
+    let started = std::time::Instant::now();
+    let res = tokio::task::spawn_blocking(move || {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        // never finish the headers: the server must close the connection
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(res, "connection was not closed");
+    assert!(started.elapsed() < Duration::from_secs(8));
+}
+
+#[tokio::test]
+async fn sigterm_exits_zero() {
+    let mut s = TestServer::start().await;
+    assert_eq!(s.get("/healthz").send().await.unwrap().status(), 200);
+    assert_eq!(s.terminate(), Some(0));
+}
+
+#[tokio::test]
+async fn second_start_keeps_everything_and_prints_no_key() {
+    let s = TestServer::start().await;
+    let key = s.admin().to_string();
+    let data = s.data_dir();
+    let cert1 = std::fs::read(data.join("tls/cert.pem")).unwrap();
+    let s = s.restart(Opts::default()).await;
+    assert!(s.admin_key.is_none(), "a key was printed again");
+    assert!(!s.stderr_text().contains(&key));
+    assert_eq!(std::fs::read(data.join("tls/cert.pem")).unwrap(), cert1);
+    // the same admin key still works (identity layer)
+    let r = s.get("/openapi.json").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn admin_key_appears_in_no_file() {
+    let mut s = TestServer::start().await;
+    let key = s.admin().to_string();
+    let _ = s
+        .get("/healthz")
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    s.terminate();
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(key.as_bytes()))
+    };
+    for entry in walk(&s.data_dir()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(&key),
+            "admin key found in {}",
+            entry.display()
+        );
+        let _ = &hash;
+    }
+    // secret files are 0600
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["jwt.secret", "keyring.json", "tls/key.pem"] {
+        let mode = std::fs::metadata(s.data_dir().join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+}
+
+pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn config_with_unknown_key_fails_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[limits]\nrate = { max_request = 10 }\n").unwrap();
+    let (code, _, err) = run_cli(
+        &["config", "show", "--config", cfg.to_str().unwrap()],
+        None,
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("max_request"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // wrong type
+    std::fs::write(&cfg, "[network]\ntls = \"yes please\"\n").unwrap();
+    let (code, _, err) = run_cli(
+        &["config", "show", "--config", cfg.to_str().unwrap()],
+        None,
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("network.tls"), "{err}");
+    // unreadable TLS file
+    std::fs::write(&cfg, "[network]\ntls_cert = \"/nonexistent/cert.pem\"\n").unwrap();
+    let (code, _, err) = run_cli(&["serve", "--config", cfg.to_str().unwrap()], None, &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("network.tls_cert"), "{err}");
+}
+
+#[test]
+fn json_config_and_env_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.json");
+    std::fs::write(
+        &cfg,
+        r#"{"security": {"api_key_required": true, "api_key": "static-secret-value-123456", "api_key_header": "X-From-File"}}"#,
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(
+        &["--config", cfg.to_str().unwrap(), "config", "show"],
+        None,
+        &[
+            ("FRENLY_SECURITY__API_KEY_HEADER", "X-From-Env"),
+            ("FRENLY_LIMITS__RATE__MAX_REQUESTS", "7"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["security"]["api_key_header"], "X-From-Env");
+    assert_eq!(v["limits"]["rate"]["max_requests"], 7);
+    assert!(
+        !out.contains("static-secret-value-123456"),
+        "secret not redacted"
+    );
+}
+
+/// In-process: a panicking handler and a slow one, behind the real stack.
+mod in_process {
+    use super::*;
+    use axum::routing::get;
+    use frenly::app::{bootstrap, AppState};
+    use frenly::config::{self, Source};
+
+    async fn state(dir: &std::path::Path, toml: &str) -> AppState {
+        let file = dir.join("c.toml");
+        std::fs::write(&file, toml).unwrap();
+        let cfg = config::load(&Source {
+            file: Some(file),
+            data_dir: Some(dir.join("data")),
+            env: vec![],
+        })
+        .unwrap();
+        let p = bootstrap::prepare(&cfg).await.unwrap();
+        AppState::build(Arc::new(cfg), p.db).await.unwrap()
+    }
+
+    async fn boom() -> &'static str {
+        panic!("secret detail /etc/passwd")
+    }
+
+    #[tokio::test]
+    async fn panic_is_500_without_details_and_server_keeps_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(
+            dir.path(),
+            "[network]\nlisten = \"127.0.0.1:0\"\ntls = false\n",
+        )
+        .await;
+        let router = axum::Router::new()
+            .route("/boom", get(boom))
+            .route("/ok", get(|| async { "fine" }));
+        let app = frenly::server::stack::wrap(router, st.clone());
+        let server = frenly::server::Server::bind_with(st, app).await.unwrap();
+        let addr = server.listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let h = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        let c = reqwest::Client::new();
+        let r = c.get(format!("http://{addr}/boom")).send().await.unwrap();
+        assert_eq!(r.status(), 500);
+        assert!(r.headers().get("x-request-id").is_some());
+        let text = r.text().await.unwrap();
+        assert!(
+            !text.contains("secret detail") && !text.contains("passwd"),
+            "{text}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["code"], "internal");
+        let r = c.get(format!("http://{addr}/ok")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let _ = tx.send(());
+        h.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_lets_in_flight_requests_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(
+            dir.path(),
+            "[network]\nlisten = \"127.0.0.1:0\"\ntls = false\n",
+        )
+        .await;
+        let router = axum::Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                "done"
+            }),
+        );
+        let app = frenly::server::stack::wrap(router, st.clone());
+        let server = frenly::server::Server::bind_with(st, app).await.unwrap();
+        let addr = server.listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let h = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        let c = reqwest::Client::new();
+        let req = tokio::spawn(async move { c.get(format!("http://{addr}/slow")).send().await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = tx.send(());
+        let r = req.await.unwrap().unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "done");
+        h.await.unwrap().unwrap();
+        // the listener is closed after shutdown
+        assert!(std::net::TcpStream::connect(addr).is_err());
+    }
+
+    #[tokio::test]
+    async fn slow_body_is_cut_by_the_request_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(
+            dir.path(),
+            "[network]\nlisten = \"127.0.0.1:0\"\ntls = false\nrequest_timeout_seconds = 1\n",
+        )
+        .await;
+        let router = axum::Router::new().route(
+            "/echo",
+            axum::routing::post(
+                |frenly::http::Json(v): frenly::http::Json<serde_json::Value>| async move {
+                    frenly::http::Json(v)
+                },
+            ),
+        );
+        let app = frenly::server::stack::wrap(router, st.clone());
+        let server = frenly::server::Server::bind_with(st, app).await.unwrap();
+        let addr = server.listener.local_addr().unwrap();
+        tokio::spawn(server.run(std::future::pending()));
+        let out = tokio::task::spawn_blocking(move || {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            c.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{").unwrap();
+            let mut buf = Vec::new();
+            let _ = c.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).to_string()
+        })
+        .await
+        .unwrap();
+        assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+        assert!(out.contains("request_timeout"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn json_rejections_have_the_error_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(
+            dir.path(),
+            "[network]\nlisten = \"127.0.0.1:0\"\ntls = false\n",
+        )
+        .await;
+        #[derive(serde::Deserialize, serde::Serialize)]
+        #[serde(deny_unknown_fields)]
+        struct In {
+            n: u32,
+        }
+        let router = axum::Router::new().route(
+            "/in",
+            axum::routing::post(|frenly::http::Json(v): frenly::http::Json<In>| async move {
+                frenly::http::Json(v)
+            }),
+        );
+        let app = frenly::server::stack::wrap(router, st.clone());
+        let server = frenly::server::Server::bind_with(st, app).await.unwrap();
+        let addr = server.listener.local_addr().unwrap();
+        tokio::spawn(server.run(std::future::pending()));
+        let c = reqwest::Client::new();
+        let url = format!("http://{addr}/in");
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+            (b"{\"n\": 1".to_vec(), 400, "bad_request"),
+            (b"{\"n\": \"x\"}".to_vec(), 400, "bad_request"),
+            (b"{\"n\": 1, \"extra\": 2}".to_vec(), 400, "bad_request"),
+            (
+                vec![b'{', b'"', 0xff, 0xfe, b'"', b':', b'1', b'}'],
+                400,
+                "bad_request",
+            ),
+            (deep.into_bytes(), 400, "bad_request"),
+        ];
+        for (body, status, code) in cases {
+            let r = c
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let (st, c2, _) = error_code(r).await;
+            assert_eq!((st, c2.as_str()), (status, code));
+        }
+        let r = c
+            .post(&url)
+            .json(&serde_json::json!({"n": 3}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}

@@ -1,0 +1,276 @@
+//! The integration-test harness: the real `frenly` binary on an ephemeral
+//! port, a fresh data directory, and an HTTPS client that trusts exactly the
+//! certificate that instance generated.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_frenly");
+
+/// A running server.
+pub struct TestServer {
+    pub child: Option<Child>,
+    pub base: String,
+    pub addr: std::net::SocketAddr,
+    pub admin_key: Option<String>,
+    pub dir: tempfile::TempDir,
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub client: reqwest::Client,
+    pub tls: bool,
+    pub data: PathBuf,
+}
+
+/// How to start a server.
+#[derive(Clone, Default)]
+pub struct Opts {
+    /// TOML config (written to `frenly.toml` in the data dir's parent).
+    pub config: String,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Reuse this data dir (restart) instead of a fresh one.
+    pub data_dir: Option<PathBuf>,
+    /// Plain HTTP (sets `network.tls = false`).
+    pub plain: bool,
+}
+
+impl Opts {
+    pub fn config(mut self, c: &str) -> Self {
+        self.config = c.to_string();
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn plain(mut self) -> Self {
+        self.plain = true;
+        self
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::with(Opts::default()).await
+    }
+
+    pub async fn with(opts: Opts) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
+        Self::spawn(opts, dir, data).await
+    }
+
+    /// Restart on the same data directory (the old process must be stopped).
+    pub async fn restart(mut self, opts: Opts) -> TestServer {
+        self.stop_kill();
+        let data = self.data_dir();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        Self::spawn(opts, dir, data).await
+    }
+
+    async fn spawn(opts: Opts, dir: tempfile::TempDir, data: PathBuf) -> TestServer {
+        let cfg_path = dir.path().join("frenly.toml");
+        let mut cfg = String::new();
+        if !opts.config.contains("[network]") {
+            cfg.push_str(&format!(
+                "[network]\nlisten = \"127.0.0.1:0\"\ntls = {}\n",
+                !opts.plain
+            ));
+        }
+        cfg.push_str(&opts.config);
+        std::fs::write(&cfg_path, cfg).expect("write config");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&cfg_path)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn frenly");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("lock").push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut admin_key = None;
+        let mut next_is_key = false;
+        let addr;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => panic!(
+                    "server did not start; stderr: {:?}",
+                    lines.lock().expect("lock")
+                ),
+            };
+            if next_is_key {
+                admin_key = Some(line.trim().to_string());
+                next_is_key = false;
+                continue;
+            }
+            if line.contains("API key (shown once") {
+                next_is_key = true;
+            }
+            if let Some(rest) = line.split("frenly: listening on ").nth(1) {
+                let a = rest.split("://").nth(1).expect("url");
+                addr = a.trim().parse().expect("addr");
+                break;
+            }
+        }
+        let tls = !opts.plain && !opts.config.contains("tls = false");
+        let base = format!("{}://{}", if tls { "https" } else { "http" }, addr);
+        let client = client_for(&data, tls);
+        let data = data.clone();
+        // keep draining stderr in the background thread (already running)
+        drop(rx);
+        TestServer {
+            child: Some(child),
+            base,
+            addr,
+            admin_key,
+            dir,
+            stderr: lines,
+            client,
+            tls,
+            data,
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data.clone()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn admin(&self) -> &str {
+        self.admin_key
+            .as_deref()
+            .expect("admin key printed on first start")
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.url(path))
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(self.url(path))
+    }
+
+    /// GET with the admin key.
+    pub fn admin_get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.get(path).header("X-API-Key", self.admin())
+    }
+
+    /// POST JSON with the admin key.
+    pub fn admin_post(&self, path: &str, body: &serde_json::Value) -> reqwest::RequestBuilder {
+        self.post(path).header("X-API-Key", self.admin()).json(body)
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().expect("lock").join("\n")
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        // Close our pooled connections first: this thread blocks below, so the
+        // client could not answer the server's GOAWAY.
+        self.client = reqwest::Client::new();
+        let child = self.child.as_mut()?;
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = child.wait().ok()?;
+        self.child = None;
+        status.code()
+    }
+
+    pub fn stop_kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop_kill();
+    }
+}
+
+/// A client trusting the certificate in `data/tls/cert.pem`.
+pub fn client_for(data: &Path, tls: bool) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(4);
+    if tls {
+        let pem = std::fs::read(data.join("tls/cert.pem")).expect("cert");
+        let cert = reqwest::Certificate::from_pem(&pem).expect("pem");
+        b = b.add_root_certificate(cert).use_rustls_tls();
+    }
+    b.build().expect("client")
+}
+
+/// Parse an error body and return its code.
+pub async fn error_code(resp: reqwest::Response) -> (u16, String, serde_json::Value) {
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.expect("json error body");
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not the error shape: {body}"))
+        .to_string();
+    assert!(
+        body["error"]["message"].is_string(),
+        "message missing: {body}"
+    );
+    (status, code, body)
+}
+
+/// Run the binary with arguments; returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> (i32, String, String) {
+    use std::io::Write;
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    if let Some(input) = stdin {
+        if let Some(mut s) = child.stdin.take() {
+            let _ = s.write_all(input.as_bytes());
+        }
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
