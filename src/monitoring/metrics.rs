@@ -1,23 +1,45 @@
-//! Prometheus metrics (prometheus-client).
+//! Prometheus metrics (prometheus-client): one registry, handles that every
+//! layer updates, rendered in the text exposition format at `/metrics`.
 
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// Labels of a served request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StatusLabel {
+pub struct RequestLabels {
+    /// The route pattern (`/api/tasks/{id}`), never the raw path.
+    pub route: String,
+    pub method: String,
     pub status: u16,
+}
+
+/// Why a request was refused by a security layer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `rate_limited`, `ip_banned`, `ddos`, `ids:<family>`, `unauthenticated`, ...
+    pub reason: String,
 }
 
 /// The registry and the handles every layer updates.
 pub struct Metrics {
     pub registry: Registry,
-    pub requests: Family<StatusLabel, Counter>,
+    pub requests: Family<RequestLabels, Counter>,
     pub latency: Histogram,
+    pub blocked: Family<ReasonLabel, Counter>,
+    pub active_bans: Gauge,
+    pub login_failures: Counter,
+    pub audit_queue_depth: Gauge,
+    /// Times a request waited because the audit queue was full.
+    pub audit_backpressure: Counter,
+    pub ws_connections: Gauge,
+    /// 1 when Redis (if configured) is reachable.
+    pub redis_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -29,24 +51,81 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("frenly");
-        let requests = Family::<StatusLabel, Counter>::default();
-        registry.register("http_requests", "HTTP requests by status", requests.clone());
-        let latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            requests.clone(),
+        );
+        let latency = Histogram::new(exponential_buckets(0.00005, 2.0, 20));
         registry.register(
             "http_request_duration_seconds",
             "request latency",
             latency.clone(),
         );
+        let blocked = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "requests_blocked",
+            "requests refused by a security layer, by reason",
+            blocked.clone(),
+        );
+        let active_bans = Gauge::default();
+        registry.register("active_bans", "addresses banned now", active_bans.clone());
+        let login_failures = Counter::default();
+        registry.register("login_failures", "failed logins", login_failures.clone());
+        let audit_queue_depth = Gauge::default();
+        registry.register(
+            "audit_queue_depth",
+            "audit events waiting for the writer",
+            audit_queue_depth.clone(),
+        );
+        let audit_backpressure = Counter::default();
+        registry.register(
+            "audit_backpressure",
+            "times a request waited for room in the audit queue",
+            audit_backpressure.clone(),
+        );
+        let ws_connections = Gauge::default();
+        registry.register(
+            "websocket_connections",
+            "open WebSocket connections",
+            ws_connections.clone(),
+        );
+        let redis_up = Gauge::default();
+        registry.register("redis_up", "1 when Redis is reachable", redis_up.clone());
         Metrics {
             registry,
             requests,
             latency,
+            blocked,
+            active_bans,
+            login_failures,
+            audit_queue_depth,
+            audit_backpressure,
+            ws_connections,
+            redis_up,
         }
     }
 
-    pub fn observe(&self, status: u16, elapsed: Duration) {
-        self.requests.get_or_create(&StatusLabel { status }).inc();
+    /// Count a served request.
+    pub fn observe(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_string(),
+                method: method.to_string(),
+                status,
+            })
+            .inc();
         self.latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// Count a refusal.
+    pub fn block(&self, reason: &str) {
+        self.blocked
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// The text exposition.
