@@ -27,6 +27,7 @@ pub struct AppInner {
     pub metrics: crate::monitoring::metrics::Metrics,
     pub network: crate::network::Network,
     pub apisec: crate::apisec::ApiSecurity,
+    pub alerts: crate::monitoring::alerts::Alerts,
     /// The route table (for the OpenAPI description).
     pub table: Vec<RouteSpec>,
 }
@@ -51,6 +52,7 @@ impl AppState {
         let metrics = crate::monitoring::metrics::Metrics::new();
         let network = crate::network::Network::new(&cfg);
         let apisec = crate::apisec::ApiSecurity::new(&cfg);
+        let alerts = crate::monitoring::alerts::Alerts::start(&cfg)?;
         let (_, table) = routes().into_parts();
         Ok(AppState(Arc::new(AppInner {
             cfg,
@@ -61,6 +63,7 @@ impl AppState {
             metrics,
             network,
             apisec,
+            alerts,
             table,
         })))
     }

@@ -1,6 +1,7 @@
 //! Layer 6 — monitoring: the audit log, metrics, incidents, and the
 //! operator's tools (checklist, firewall rules, security monitor).
 
+pub mod alerts;
 pub mod audit;
 pub mod metrics;
 
