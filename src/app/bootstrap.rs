@@ -15,8 +15,6 @@ use crate::store::{self, Db};
 /// What [`prepare`] did.
 pub struct Prepared {
     pub db: Db,
-    /// The first admin's API key, when this start created the first admin.
-    pub admin_key: Option<String>,
 }
 
 /// Create the data directory with mode 0700 if missing.
@@ -72,8 +70,7 @@ pub async fn prepare(cfg: &Config) -> anyhow::Result<Prepared> {
     )
     .await?;
     restrict_sqlite_files(cfg);
-    let admin_key = create_first_admin(&db).await?;
-    Ok(Prepared { db, admin_key })
+    Ok(Prepared { db })
 }
 
 /// The database files hold hashes and ciphertext, but still: owner only.

@@ -16,12 +16,18 @@ pub fn serve(cfg: Config) -> CmdResult {
     let rt = runtime()?;
     rt.block_on(async move {
         let prepared = bootstrap::prepare(&cfg).await.map_err(Failure::from)?;
-        if let Some(k) = &prepared.admin_key {
-            print_admin_key(k);
-        }
+        let db = prepared.db.clone();
         let cfg = Arc::new(cfg);
         let state = AppState::build(cfg.clone(), prepared.db).await?;
         let server = Server::bind(state).await?;
+        // Only once the port is ours: a failed start must not consume the
+        // one-time display of the first admin's key.
+        if let Some(k) = bootstrap::create_first_admin(&db)
+            .await
+            .map_err(Failure::from)?
+        {
+            print_admin_key(&k);
+        }
         let addr = server.listener.local_addr().map_err(Failure::refused)?;
         let scheme = if cfg.network.tls { "https" } else { "http" };
         tracing::info!("listening on {scheme}://{addr}");
@@ -37,7 +43,10 @@ pub fn init(cfg: Config) -> CmdResult {
     rt.block_on(async move {
         let prepared = bootstrap::prepare(&cfg).await.map_err(Failure::from)?;
         write_sample_config(&cfg).map_err(|e| Failure::refused(format!("writing config: {e}")))?;
-        match &prepared.admin_key {
+        let key = bootstrap::create_first_admin(&prepared.db)
+            .await
+            .map_err(Failure::from)?;
+        match &key {
             Some(k) => print_admin_key(k),
             None => eprintln!("frenly: already initialised; no new admin key"),
         }

@@ -532,34 +532,38 @@ pub fn load(source: &Source) -> Result<Config, ConfigError> {
 }
 
 fn describe(e: figment::Error) -> String {
-    let mut out = String::from("config error: ");
     let key = e.path.join(".");
-    let src = e
+    let from_file = e
         .metadata
         .as_ref()
-        .map(|m| match &m.source {
-            Some(s) => format!(" ({s})"),
-            None => format!(" ({})", m.name),
-        })
-        .unwrap_or_default();
+        .and_then(|m| m.source.as_ref())
+        .map(|s| format!(" (in {s})"));
+    let src = from_file.unwrap_or_else(|| {
+        if key.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (from the file or the environment variable {ENV_PREFIX}{})",
+                key.to_ascii_uppercase().replace('.', ENV_NESTING)
+            )
+        }
+    });
     match &e.kind {
         figment::error::Kind::UnknownField(field, _) => {
-            let full = if key.is_empty() {
-                field.clone()
+            let full = if key.is_empty() || key == *field || key.ends_with(&format!(".{field}")) {
+                if key.is_empty() {
+                    field.clone()
+                } else {
+                    key.clone()
+                }
             } else {
                 format!("{key}.{field}")
             };
-            out.push_str(&format!("unknown key `{full}`{src}"));
+            format!("config error: unknown key `{full}`{src}")
         }
-        kind => {
-            if key.is_empty() {
-                out.push_str(&format!("{kind}{src}"));
-            } else {
-                out.push_str(&format!("key `{key}`: {kind}{src}"));
-            }
-        }
+        kind if key.is_empty() => format!("config error: {kind}{src}"),
+        kind => format!("config error: key `{key}`: {kind}{src}"),
     }
-    out
 }
 
 impl Config {

@@ -182,7 +182,7 @@ async fn slowloris_client_is_cut_off() {
 async fn sigterm_exits_zero() {
     let mut s = TestServer::start().await;
     assert_eq!(s.get("/healthz").send().await.unwrap().status(), 200);
-    assert_eq!(s.terminate(), Some(0));
+    assert_eq!(s.terminate().await, Some(0));
 }
 
 #[tokio::test]
@@ -210,7 +210,7 @@ async fn admin_key_appears_in_no_file() {
         .send()
         .await
         .unwrap();
-    s.terminate();
+    s.terminate().await;
     let hash = {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(key.as_bytes()))

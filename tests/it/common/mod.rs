@@ -23,6 +23,10 @@ pub struct TestServer {
     pub client: reqwest::Client,
     pub tls: bool,
     pub data: PathBuf,
+    /// The database URL given to the server (None = SQLite in the data dir).
+    pub database_url: Option<String>,
+    /// A PostgreSQL database this server owns (dropped with it).
+    owned_db: Option<String>,
 }
 
 /// How to start a server.
@@ -36,6 +40,9 @@ pub struct Opts {
     pub data_dir: Option<PathBuf>,
     /// Plain HTTP (sets `network.tls = false`).
     pub plain: bool,
+    /// Database URL (default: SQLite in the data dir, or a fresh PostgreSQL
+    /// database when `TEST_DB=postgres`).
+    pub database_url: Option<String>,
 }
 
 impl Opts {
@@ -51,6 +58,91 @@ impl Opts {
         self.plain = true;
         self
     }
+    pub fn database(mut self, url: &str) -> Self {
+        self.database_url = Some(url.to_string());
+        self
+    }
+}
+
+/// PostgreSQL server used by the suites (trust auth).
+pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// Does this run use PostgreSQL for every server (`TEST_DB=postgres`)?
+pub fn pg_mode() -> bool {
+    std::env::var("TEST_DB").is_ok_and(|v| v == "postgres")
+}
+
+/// Are services mandatory (CI)? Then an unreachable one fails the test.
+pub fn services_required() -> bool {
+    std::env::var("CI_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// Is PostgreSQL reachable?
+pub fn pg_available() -> bool {
+    std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:5432".parse().expect("addr"),
+        Duration::from_millis(500),
+    )
+    .is_ok()
+}
+
+/// Is Redis reachable?
+pub fn redis_available() -> bool {
+    std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:6379".parse().expect("addr"),
+        Duration::from_millis(500),
+    )
+    .is_ok()
+}
+
+/// Skip (with a printed reason) or fail (in CI) when a service is missing.
+/// Returns true when the test should go on.
+pub fn need(service: &str, available: bool) -> bool {
+    if available {
+        return true;
+    }
+    if services_required() {
+        panic!("{service} is required (CI_REQUIRE_SERVICES=1) but unreachable");
+    }
+    eprintln!("SKIPPED: {service} is not reachable on this machine");
+    false
+}
+
+/// Create a fresh PostgreSQL database; returns its URL.
+pub fn fresh_pg_database() -> String {
+    let name = format!("frenly_t_{}", uuid::Uuid::new_v4().simple());
+    psql(&format!("CREATE DATABASE {name}"));
+    format!("{PG_ADMIN}/{name}")
+}
+
+/// Drop a database created by [`fresh_pg_database`].
+pub fn drop_pg_database(url: &str) {
+    if let Some(name) = url.rsplit('/').next() {
+        if name.starts_with("frenly_t_") {
+            psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-qc",
+            sql,
+        ])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl TestServer {
@@ -72,7 +164,14 @@ impl TestServer {
         self.stop_kill();
         let data = self.data_dir();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
-        Self::spawn(opts, dir, data).await
+        let mut opts = opts;
+        if opts.database_url.is_none() {
+            opts.database_url = self.database_url.clone();
+        }
+        let owned = self.owned_db.take();
+        let mut s = Self::spawn(opts, dir, data).await;
+        s.owned_db = owned;
+        s
     }
 
     async fn spawn(opts: Opts, dir: tempfile::TempDir, data: PathBuf) -> TestServer {
@@ -98,6 +197,9 @@ impl TestServer {
             .stderr(Stdio::piped());
         for (k, v) in &opts.env {
             cmd.env(k, v);
+        }
+        if let Some(url) = &opts.database_url {
+            cmd.env("FRENLY_DATABASE__URL", url);
         }
         let mut child = cmd.spawn().expect("spawn frenly");
         let stderr = child.stderr.take().expect("stderr");
@@ -153,6 +255,8 @@ impl TestServer {
             client,
             tls,
             data,
+            database_url: opts.database_url.clone(),
+            owned_db: None,
         }
     }
 
@@ -193,17 +297,24 @@ impl TestServer {
         self.stderr.lock().expect("lock").join("\n")
     }
 
-    /// SIGTERM and wait; returns the exit code.
-    pub fn terminate(&mut self) -> Option<i32> {
-        // Close our pooled connections first: this thread blocks below, so the
-        // client could not answer the server's GOAWAY.
+    /// SIGTERM and wait (without blocking the test's runtime, so that its
+    /// client connections can answer the server's GOAWAY); returns the exit code.
+    pub async fn terminate(&mut self) -> Option<i32> {
         self.client = reqwest::Client::new();
         let child = self.child.as_mut()?;
         let pid = child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let status = child.wait().ok()?;
-        self.child = None;
-        status.code()
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn stop_kill(&mut self) {
@@ -217,6 +328,9 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop_kill();
+        if let Some(url) = self.owned_db.take() {
+            drop_pg_database(&url);
+        }
     }
 }
 
@@ -224,7 +338,7 @@ impl Drop for TestServer {
 pub fn client_for(data: &Path, tls: bool) -> reqwest::Client {
     let mut b = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(4);
+        .pool_max_idle_per_host(0);
     if tls {
         let pem = std::fs::read(data.join("tls/cert.pem")).expect("cert");
         let cert = reqwest::Certificate::from_pem(&pem).expect("pem");
