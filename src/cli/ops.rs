@@ -105,7 +105,8 @@ pub fn audit(g: &Global, c: AuditCmd) -> CmdResult {
                 Some(f) => f,
                 None => load_config(g)?.audit_file,
             };
-            tail(&path, follow).map_err(|e| Failure::refused(format!("{}: {e}", path.display())))?;
+            tail(&path, follow)
+                .map_err(|e| Failure::refused(format!("{}: {e}", path.display())))?;
             Ok(0)
         }
     }
@@ -226,8 +227,7 @@ async fn wait_for_alerts(cfg: &Config, alerts: &crate::monitoring::alerts::Alert
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while tokio::time::Instant::now() < deadline {
-        let done =
-            alerts.delivered.load(Ordering::Relaxed) + alerts.failed.load(Ordering::Relaxed);
+        let done = alerts.delivered.load(Ordering::Relaxed) + alerts.failed.load(Ordering::Relaxed);
         if done >= sent {
             return;
         }
@@ -239,4 +239,3 @@ async fn wait_for_alerts(cfg: &Config, alerts: &crate::monitoring::alerts::Alert
 pub fn bench(_g: &Global, _a: BenchArgs) -> CmdResult {
     Err(Failure::refused("not implemented yet"))
 }
-

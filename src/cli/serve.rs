@@ -38,7 +38,10 @@ pub fn serve(cfg: Config) -> CmdResult {
 /// The separate `/metrics` listener (`metrics.listen`): plain HTTP, no
 /// authentication — it must be bound to loopback or a private interface
 /// (`frenly check` fails a public address). It stops with the process.
-async fn start_metrics_listener(addr: std::net::SocketAddr, state: AppState) -> Result<(), Failure> {
+async fn start_metrics_listener(
+    addr: std::net::SocketAddr,
+    state: AppState,
+) -> Result<(), Failure> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Failure::refused(format!("cannot listen on {addr} (metrics.listen): {e}")))?;

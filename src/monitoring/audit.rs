@@ -177,7 +177,11 @@ impl Audit {
         {
             return;
         }
-        tracing::warn!(depth, capacity = self.capacity, "audit queue past its high-water mark; requests are being slowed down");
+        tracing::warn!(
+            depth,
+            capacity = self.capacity,
+            "audit queue past its high-water mark; requests are being slowed down"
+        );
         if let Some(a) = &self.hooks.alerts {
             a.send(serde_json::json!({
                 "type": "audit_backpressure",

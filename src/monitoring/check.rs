@@ -272,13 +272,13 @@ fn static_key(cfg: &Config) -> Outcome {
     let bits = entropy_bits(k);
     if bits < STATIC_KEY_MIN_BITS {
         return fail(
-            format!(
-                "security.api_key is low-entropy (~{bits:.0} bits < {STATIC_KEY_MIN_BITS:.0})"
-            ),
+            format!("security.api_key is low-entropy (~{bits:.0} bits < {STATIC_KEY_MIN_BITS:.0})"),
             fix,
         );
     }
-    pass(format!("security.api_key is {len} characters, ~{bits:.0} bits"))
+    pass(format!(
+        "security.api_key is {len} characters, ~{bits:.0} bits"
+    ))
 }
 
 fn rate_limits(cfg: &Config) -> Outcome {
@@ -360,10 +360,16 @@ fn audit_log(cfg: &Config) -> Outcome {
             let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
             match dir.map(std::fs::metadata) {
                 Some(Ok(m)) if m.permissions().readonly() => fail(
-                    format!("{} cannot be created: its directory is read-only", p.display()),
+                    format!(
+                        "{} cannot be created: its directory is read-only",
+                        p.display()
+                    ),
                     "make the directory writable by the frenly user",
                 ),
-                _ => pass(format!("{} absent: created (0600) on first start", p.display())),
+                _ => pass(format!(
+                    "{} absent: created (0600) on first start",
+                    p.display()
+                )),
             }
         }
         Err(e) => fail(
@@ -459,7 +465,10 @@ fn database(cfg: &Config) -> Outcome {
 fn data_dir(cfg: &Config) -> Outcome {
     let d = &cfg.data_dir;
     match std::fs::metadata(d) {
-        Err(_) => pass(format!("{} absent: created (0700) on first start", d.display())),
+        Err(_) => pass(format!(
+            "{} absent: created (0700) on first start",
+            d.display()
+        )),
         Ok(m) => {
             let mode = m.permissions().mode() & 0o777;
             if mode & 0o002 != 0 {

@@ -51,7 +51,10 @@ pub fn ports(cfg: &Config) -> Vec<(u16, String)> {
     );
     if let Some(m) = cfg.metrics.listen {
         if !m.ip().is_loopback() {
-            add(m.port(), format!("Frenly metrics (metrics.listen = {m}); restrict to your Prometheus"));
+            add(
+                m.port(),
+                format!("Frenly metrics (metrics.listen = {m}); restrict to your Prometheus"),
+            );
         }
     }
     out
@@ -108,7 +111,11 @@ pub fn render(cfg: &Config, format: Format) -> String {
             s.push_str("-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
             s.push_str("-A INPUT -m conntrack --ctstate INVALID -j DROP\n");
             s.push_str("-A INPUT -p icmp --icmp-type echo-request -m limit --limit 5/second --limit-burst 10 -j ACCEPT\n");
-            for t in ["destination-unreachable", "time-exceeded", "parameter-problem"] {
+            for t in [
+                "destination-unreachable",
+                "time-exceeded",
+                "parameter-problem",
+            ] {
                 s.push_str(&format!("-A INPUT -p icmp --icmp-type {t} -j ACCEPT\n"));
             }
             for (p, why) in &ports {
@@ -124,7 +131,9 @@ pub fn render(cfg: &Config, format: Format) -> String {
         }
         Format::Ufw => {
             s.push_str(&format!("# {header}\n"));
-            s.push_str("# ufw's own before.rules already accept loopback, established/related and ICMP.\n");
+            s.push_str(
+                "# ufw's own before.rules already accept loopback, established/related and ICMP.\n",
+            );
             s.push_str("ufw default deny incoming\n");
             s.push_str("ufw default allow outgoing\n");
             s.push_str("ufw default deny routed\n");

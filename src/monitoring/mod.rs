@@ -52,8 +52,8 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string());
-    let access = (state.cfg.audit.log_api_access && req.uri().path().starts_with("/api/"))
-        .then(|| {
+    let access =
+        (state.cfg.audit.log_api_access && req.uri().path().starts_with("/api/")).then(|| {
             let peer = req
                 .extensions()
                 .get::<PeerAddr>()

@@ -79,7 +79,9 @@ pub fn watched_files(cfg: &Config) -> Vec<PathBuf> {
 }
 
 fn sha256_file(p: &Path) -> Option<String> {
-    std::fs::read(p).ok().map(|b| hex::encode(Sha256::digest(b)))
+    std::fs::read(p)
+        .ok()
+        .map(|b| hex::encode(Sha256::digest(b)))
 }
 
 /// path -> SHA-256 (None when the file is missing).
@@ -374,12 +376,24 @@ mod tests {
         let at = |ms: i64| crate::store::rfc3339(ms);
         let mut lines = Vec::new();
         for i in 0..5 {
-            lines.push(format!(r#"{{"ts":"{}","event_type":"login_attempt","ip":"10.0.0.9","success":false}}"#, at(now - 1000 * i)));
+            lines.push(format!(
+                r#"{{"ts":"{}","event_type":"login_attempt","ip":"10.0.0.9","success":false}}"#,
+                at(now - 1000 * i)
+            ));
         }
-        lines.push(format!(r#"{{"ts":"{}","event_type":"login_attempt","ip":"10.0.0.8","success":false}}"#, at(now)));
-        lines.push(format!(r#"{{"ts":"{}","event_type":"login_attempt","ip":"10.0.0.7","success":true}}"#, at(now)));
+        lines.push(format!(
+            r#"{{"ts":"{}","event_type":"login_attempt","ip":"10.0.0.8","success":false}}"#,
+            at(now)
+        ));
+        lines.push(format!(
+            r#"{{"ts":"{}","event_type":"login_attempt","ip":"10.0.0.7","success":true}}"#,
+            at(now)
+        ));
         for _ in 0..5 {
-            lines.push(format!(r#"{{"ts":"{}","event_type":"login_attempt","ip":"10.0.0.6","success":false}}"#, at(now - 3_600_000)));
+            lines.push(format!(
+                r#"{{"ts":"{}","event_type":"login_attempt","ip":"10.0.0.6","success":false}}"#,
+                at(now - 3_600_000)
+            ));
         }
         let f = failed_login_bursts(lines.iter().map(String::as_str), 5, 300, now);
         assert_eq!(f.len(), 1, "{f:?}");
