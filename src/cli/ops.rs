@@ -151,6 +151,15 @@ fn tail(path: &std::path::Path, follow: bool) -> std::io::Result<()> {
             let pos = reader.stream_position_or_zero();
             match std::fs::metadata(path) {
                 Ok(m) if m.ino() != *ino || m.len() < pos => {
+                    if m.ino() != *ino {
+                        // Rotated: what was appended to the old file first.
+                        while reader.read_line(&mut partial)? > 0 {
+                            if partial.ends_with('\n') {
+                                out.write_all(partial.as_bytes())?;
+                                partial.clear();
+                            }
+                        }
+                    }
                     partial.clear();
                     cur = open().ok();
                     continue;

@@ -10,8 +10,13 @@
 //! [`verify_lines`] finds the first line that breaks the chain. Requests only
 //! hand events to a bounded queue; a writer task appends them in batches. If
 //! the queue is full, `record` waits for room (backpressure, counted in
-//! metrics): no event is ever dropped. [`Audit::shutdown`] flushes every
-//! accepted event.
+//! `audit_backpressure`; past 3/4 of the capacity an alert goes out, at most
+//! once a minute): no event is ever dropped. [`Audit::flush`] (called at
+//! shutdown) puts every accepted event on disk. Past `audit.rotate_bytes`
+//! the file is renamed to `<file>.<n>` (`.1` oldest) and the chain continues
+//! in a fresh file. Member names that name secrets (`password`, `token`,
+//! `secret`, `key`, `authorization`, ... — see [`is_secret_name`]) and
+//! values that look like Frenly API keys or JWTs are written as `[redacted]`.
 //!
 //! Not covered: an attacker who can rewrite the whole file and recompute the
 //! chain (ship the log off the machine, or anchor the last hash elsewhere).

@@ -1035,3 +1035,36 @@ fn monitor_once_finds_a_changed_key_file_and_an_nmap_process() {
         "{alerts:?}"
     );
 }
+
+#[test]
+fn audit_tail_follows_appends_and_rotation() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("a.log");
+    std::fs::write(&log, "one\n").unwrap();
+    let mut child = std::process::Command::new(crate::common::BIN)
+        .args(["audit", "tail", "--follow", s(&log)])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let next = || rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(next(), "one");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(b"two\n").unwrap();
+    assert_eq!(next(), "two");
+    f.write_all(b"three\n").unwrap();
+    drop(f);
+    std::fs::rename(&log, dir.path().join("a.log.1")).unwrap();
+    std::fs::write(&log, "four\n").unwrap();
+    assert_eq!(next(), "three");
+    assert_eq!(next(), "four");
+    let _ = child.kill();
+    let _ = child.wait();
+}
