@@ -48,11 +48,19 @@ impl AppState {
     pub async fn build(cfg: Arc<Config>, db: Db) -> anyhow::Result<AppState> {
         let roles = crate::authz::Roles::new(&cfg.roles);
         let authn = Authn::new(&cfg)?;
-        let audit = crate::monitoring::audit::Audit::start(&cfg, db.clone())?;
         let metrics = crate::monitoring::metrics::Metrics::new();
+        let alerts = crate::monitoring::alerts::Alerts::start(&cfg)?;
+        let audit = crate::monitoring::audit::Audit::start_with(
+            &cfg,
+            db.clone(),
+            crate::monitoring::audit::AuditHooks {
+                backpressure: Some(metrics.audit_backpressure.clone()),
+                depth: Some(metrics.audit_queue_depth.clone()),
+                alerts: Some(alerts.clone()),
+            },
+        )?;
         let network = crate::network::Network::new(&cfg);
         let apisec = crate::apisec::ApiSecurity::new(&cfg);
-        let alerts = crate::monitoring::alerts::Alerts::start(&cfg)?;
         let (_, table) = routes().into_parts();
         Ok(AppState(Arc::new(AppInner {
             cfg,
@@ -74,6 +82,7 @@ pub fn routes() -> Routes<AppState> {
     Routes::new()
         .merge(health::routes())
         .merge(openapi::routes())
+        .merge(crate::monitoring::routes())
 }
 
 /// The application router (without the security stack).

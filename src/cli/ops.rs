@@ -1,11 +1,13 @@
 //! `frenly check`, `firewall`, `audit`, `monitor`, `bench`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::{CmdResult, Failure, Global};
+use super::{load_config, runtime, CmdResult, Failure, Global};
 use crate::config::Config;
+use crate::monitoring::{check as checklist, firewall as fw, monitor as mon};
 
 #[derive(Debug, Args)]
 pub struct FirewallArgs {
@@ -18,10 +20,19 @@ pub struct FirewallArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
-    /// Verify the hash chain of one or more files (in order).
-    Verify { files: Vec<PathBuf> },
-    /// Follow the audit log.
-    Tail,
+    /// Verify the hash chain of one or more files, oldest first (rotated
+    /// files `<file>.1 <file>.2 ... <file>`): the chain continues across them.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the audit log (default: the configured `audit.file`).
+    Tail {
+        file: Option<PathBuf>,
+        /// Keep printing appended lines, across rotations.
+        #[arg(long, short)]
+        follow: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -40,18 +51,200 @@ pub struct BenchArgs {
     pub args: Vec<String>,
 }
 
-pub fn firewall(_cfg: Config, _a: FirewallArgs) -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+pub fn firewall(cfg: Config, a: FirewallArgs) -> CmdResult {
+    let format = fw::Format::parse(&a.format)
+        .ok_or_else(|| Failure::usage("--format must be iptables, nftables or ufw"))?;
+    let rules = fw::render(&cfg, format);
+    print!("{rules}");
+    if a.apply {
+        fw::apply(format, &rules).map_err(Failure::refused)?;
+        eprintln!("frenly: firewall rules applied");
+    }
+    Ok(0)
 }
-pub fn check(_g: &Global) -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+
+pub fn check(g: &Global) -> CmdResult {
+    let cfg = load_config(g)?;
+    let mut failed = 0;
+    let mut warned = 0;
+    for (name, o) in checklist::run(&cfg) {
+        match o.status {
+            checklist::Status::Fail => failed += 1,
+            checklist::Status::Warn => warned += 1,
+            checklist::Status::Pass => {}
+        }
+        println!("{}", checklist::line(name, &o));
+    }
+    eprintln!(
+        "frenly check: {} items, {failed} failed, {warned} warnings",
+        checklist::ITEMS.len()
+    );
+    Ok(if failed > 0 { 1 } else { 0 })
 }
-pub fn audit(_g: &Global, _c: AuditCmd) -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+
+pub fn audit(g: &Global, c: AuditCmd) -> CmdResult {
+    match c {
+        AuditCmd::Verify { files } => match checklist::verify_files(&files) {
+            Ok(n) => {
+                println!(
+                    "OK {n} lines in {} file(s): the hash chain is intact",
+                    files.len()
+                );
+                Ok(0)
+            }
+            Err(why) => {
+                println!("BROKEN {why}");
+                if why.contains("line 1:") && why.contains("prev_hash") {
+                    eprintln!("frenly: if older rotated files exist, pass them first: FILE.1 FILE.2 ... FILE");
+                }
+                Ok(1)
+            }
+        },
+        AuditCmd::Tail { file, follow } => {
+            let path = match file {
+                Some(f) => f,
+                None => load_config(g)?.audit_file,
+            };
+            tail(&path, follow)
+                .map_err(|e| Failure::refused(format!("{}: {e}", path.display())))?;
+            Ok(0)
+        }
+    }
 }
-pub fn monitor(_cfg: Config, _a: MonitorArgs) -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+
+/// Print the file; with `follow`, keep printing appended lines and reopen
+/// the path when the file is rotated (renamed away) or truncated.
+fn tail(path: &std::path::Path, follow: bool) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::fs::MetadataExt;
+    let open = || -> std::io::Result<(BufReader<std::fs::File>, u64)> {
+        let f = std::fs::File::open(path)?;
+        let ino = f.metadata()?.ino();
+        Ok((BufReader::new(f), ino))
+    };
+    let mut cur = match open() {
+        Ok(x) => Some(x),
+        Err(e) if follow && e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut partial = String::new();
+    loop {
+        if let Some((reader, ino)) = cur.as_mut() {
+            loop {
+                let n = reader.read_line(&mut partial)?;
+                if n == 0 || !partial.ends_with('\n') {
+                    break;
+                }
+                out.write_all(partial.as_bytes())?;
+                partial.clear();
+            }
+            out.flush()?;
+            if !follow {
+                if !partial.is_empty() {
+                    out.write_all(partial.as_bytes())?;
+                    out.write_all(b"\n")?;
+                }
+                return Ok(());
+            }
+            // Rotated (a new file at the path) or truncated: start over.
+            let pos = reader.stream_position_or_zero();
+            match std::fs::metadata(path) {
+                Ok(m) if m.ino() != *ino || m.len() < pos => {
+                    if m.ino() != *ino {
+                        // Rotated: what was appended to the old file first.
+                        while reader.read_line(&mut partial)? > 0 {
+                            if partial.ends_with('\n') {
+                                out.write_all(partial.as_bytes())?;
+                                partial.clear();
+                            }
+                        }
+                    }
+                    partial.clear();
+                    cur = open().ok();
+                    continue;
+                }
+                _ => {}
+            }
+        } else {
+            cur = open().ok();
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
+
+trait PositionOrZero {
+    fn stream_position_or_zero(&mut self) -> u64;
+}
+
+impl PositionOrZero for std::io::BufReader<std::fs::File> {
+    fn stream_position_or_zero(&mut self) -> u64 {
+        use std::io::Seek;
+        self.stream_position().unwrap_or(0)
+    }
+}
+
+pub fn monitor(cfg: Config, a: MonitorArgs) -> CmdResult {
+    let rt = runtime()?;
+    rt.block_on(async move {
+        if a.baseline {
+            let p = mon::write_baseline(&cfg).map_err(Failure::from)?;
+            println!(
+                "baseline recorded: {} ({} files)",
+                p.display(),
+                mon::watched_files(&cfg).len()
+            );
+            return Ok(0);
+        }
+        let alerts = crate::monitoring::alerts::Alerts::start(&cfg)?;
+        let mut sent = 0u64;
+        let mut previous = std::collections::HashSet::new();
+        loop {
+            let c = cfg.clone();
+            let (findings, note) = tokio::task::spawn_blocking(move || mon::run_once(&c))
+                .await
+                .map_err(|e| Failure::refused(format!("monitor pass failed: {e}")))??;
+            if let Some(n) = note {
+                println!("NOTE {n}");
+            }
+            for f in &findings {
+                println!("FINDING {}: {}", f.kind, f.detail);
+                // In the loop, alert only what is new since the last pass.
+                if a.once || !previous.contains(f) {
+                    alerts.send(f.alert());
+                    sent += 1;
+                }
+            }
+            if findings.is_empty() {
+                println!("OK nothing found");
+            }
+            if a.once {
+                wait_for_alerts(&cfg, &alerts, sent).await;
+                return Ok(if findings.is_empty() { 0 } else { 1 });
+            }
+            previous = findings.into_iter().collect();
+            tokio::time::sleep(Duration::from_secs(cfg.monitor.interval_seconds.max(1))).await;
+        }
+    })
+}
+
+/// Give queued alerts time to be delivered before a `--once` run exits.
+async fn wait_for_alerts(cfg: &Config, alerts: &crate::monitoring::alerts::Alerts, sent: u64) {
+    use std::sync::atomic::Ordering;
+    if cfg.alerts.webhook_url.is_none() || sent == 0 {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        let done = alerts.delivered.load(Ordering::Relaxed) + alerts.failed.load(Ordering::Relaxed);
+        if done >= sent {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("frenly: some alerts were not delivered before exit");
+}
+
 pub fn bench(_g: &Global, _a: BenchArgs) -> CmdResult {
     Err(Failure::refused("not implemented yet"))
 }

@@ -19,6 +19,9 @@ pub fn serve(cfg: Config) -> CmdResult {
         let db = prepared.db.clone();
         let cfg = Arc::new(cfg);
         let state = AppState::build(cfg.clone(), prepared.db).await?;
+        if let Some(addr) = cfg.metrics.listen {
+            start_metrics_listener(addr, state.clone()).await?;
+        }
         let server = Server::bind(state).await?;
         // Only once the port is ours: a failed start must not consume the
         // one-time display of the first admin's key.
@@ -36,6 +39,28 @@ pub fn serve(cfg: Config) -> CmdResult {
         eprintln!("frenly: stopped");
         Ok(0)
     })
+}
+
+/// The separate `/metrics` listener (`metrics.listen`): plain HTTP, no
+/// authentication — it must be bound to loopback or a private interface
+/// (`frenly check` fails a public address). It stops with the process.
+async fn start_metrics_listener(
+    addr: std::net::SocketAddr,
+    state: AppState,
+) -> Result<(), Failure> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Failure::refused(format!("cannot listen on {addr} (metrics.listen): {e}")))?;
+    let local = listener.local_addr().map_err(Failure::refused)?;
+    tracing::info!("metrics listening on http://{local}/metrics");
+    eprintln!("frenly: metrics listening on http://{local}/metrics");
+    let app = crate::monitoring::api::metrics_router(state);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
+    Ok(())
 }
 
 pub fn init(cfg: Config) -> CmdResult {

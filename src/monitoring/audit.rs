@@ -10,8 +10,13 @@
 //! [`verify_lines`] finds the first line that breaks the chain. Requests only
 //! hand events to a bounded queue; a writer task appends them in batches. If
 //! the queue is full, `record` waits for room (backpressure, counted in
-//! metrics): no event is ever dropped. [`Audit::shutdown`] flushes every
-//! accepted event.
+//! `audit_backpressure`; past 3/4 of the capacity an alert goes out, at most
+//! once a minute): no event is ever dropped. [`Audit::flush`] (called at
+//! shutdown) puts every accepted event on disk. Past `audit.rotate_bytes`
+//! the file is renamed to `<file>.<n>` (`.1` oldest) and the chain continues
+//! in a fresh file. Member names that name secrets (`password`, `token`,
+//! `secret`, `key`, `authorization`, ... — see [`is_secret_name`]) and
+//! values that look like Frenly API keys or JWTs are written as `[redacted]`.
 //!
 //! Not covered: an attacker who can rewrite the whole file and recompute the
 //! chain (ship the log off the machine, or anchor the last hash elsewhere).
@@ -79,38 +84,82 @@ enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
+/// Where the writer reports its health: the metrics it updates and the alert
+/// channel it uses when the queue passes the high-water mark.
+#[derive(Clone, Default)]
+pub struct AuditHooks {
+    pub backpressure: Option<prometheus_client::metrics::counter::Counter>,
+    pub depth: Option<prometheus_client::metrics::gauge::Gauge>,
+    pub alerts: Option<crate::monitoring::alerts::Alerts>,
+}
+
+/// Seconds between two "audit queue high" alerts.
+const HIGH_WATER_ALERT_INTERVAL_MS: i64 = 60_000;
+
 /// Handle to the audit writer.
 pub struct Audit {
     tx: mpsc::Sender<Msg>,
     pub queued: Arc<AtomicU64>,
     pub waited: Arc<AtomicU64>,
     pub written: Arc<AtomicU64>,
+    capacity: u64,
+    hooks: AuditHooks,
+    last_alert_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Audit {
     /// Start the writer task for `cfg.audit_file`.
     pub fn start(cfg: &Config, db: Db) -> anyhow::Result<Audit> {
+        Self::start_with(cfg, db, AuditHooks::default())
+    }
+
+    /// Start the writer, reporting backpressure to `hooks`.
+    pub fn start_with(cfg: &Config, db: Db, hooks: AuditHooks) -> anyhow::Result<Audit> {
         let path = cfg.audit_file.clone();
         let prev = last_hash(&path)?;
-        let (tx, rx) = mpsc::channel(cfg.audit.queue_capacity.max(16));
+        let capacity = cfg.audit.queue_capacity.max(16);
+        let (tx, rx) = mpsc::channel(capacity);
         let written = Arc::new(AtomicU64::new(0));
         let queued = Arc::new(AtomicU64::new(0));
-        tokio::spawn(writer(path, prev, rx, db, written.clone(), queued.clone()));
+        let file = LogFile::open(path, cfg.audit.rotate_bytes)?;
+        tokio::spawn(writer(
+            file,
+            prev,
+            rx,
+            db,
+            written.clone(),
+            queued.clone(),
+            hooks.depth.clone(),
+        ));
         Ok(Audit {
             tx,
             queued,
             waited: Arc::new(AtomicU64::new(0)),
             written,
+            capacity: capacity as u64,
+            hooks,
+            last_alert_ms: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
-    /// Hand an event to the writer. Waits for room when the queue is full.
+    /// Hand an event to the writer. Waits for room when the queue is full
+    /// (backpressure: counted, and alerted past the high-water mark); an
+    /// event is never dropped while the writer runs.
     pub async fn record(&self, ev: AuditEvent) {
-        self.queued.fetch_add(1, Ordering::Relaxed);
+        let depth = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(g) = &self.hooks.depth {
+            g.set(depth as i64);
+        }
+        if depth * 4 >= self.capacity * 3 {
+            self.high_water(depth);
+        }
         match self.tx.try_send(Msg::Event(ev)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(m)) => {
                 self.waited.fetch_add(1, Ordering::Relaxed);
+                if let Some(c) = &self.hooks.backpressure {
+                    c.inc();
+                }
                 if self.tx.send(m).await.is_err() {
                     tracing::error!("audit writer is gone; event lost");
                 }
@@ -118,6 +167,34 @@ impl Audit {
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 tracing::error!("audit writer is gone; event lost");
             }
+        }
+    }
+
+    /// The queue is at least 3/4 full: alert, at most once a minute.
+    fn high_water(&self, depth: u64) {
+        let now = crate::store::now_ms();
+        let last = self.last_alert_ms.load(Ordering::Relaxed);
+        if now - last < HIGH_WATER_ALERT_INTERVAL_MS
+            || self
+                .last_alert_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        tracing::warn!(
+            depth,
+            capacity = self.capacity,
+            "audit queue past its high-water mark; requests are being slowed down"
+        );
+        if let Some(a) = &self.hooks.alerts {
+            a.send(serde_json::json!({
+                "type": "audit_backpressure",
+                "ts": crate::store::rfc3339(now),
+                "depth": depth,
+                "capacity": self.capacity,
+                "message": "the audit writer is falling behind; requests wait for room in the queue",
+            }));
         }
     }
 
@@ -135,13 +212,138 @@ impl Audit {
     }
 }
 
-async fn writer(
+/// The open audit file, its size, and the rotation threshold.
+struct LogFile {
     path: PathBuf,
+    file: Option<std::fs::File>,
+    size: u64,
+    rotate_bytes: u64,
+}
+
+impl LogFile {
+    fn open(path: PathBuf, rotate_bytes: u64) -> std::io::Result<LogFile> {
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() {
+                crate::app::bootstrap::ensure_data_dir(parent)?;
+            }
+        }
+        let mut f = LogFile {
+            path,
+            file: None,
+            size: 0,
+            rotate_bytes,
+        };
+        f.reopen()?;
+        Ok(f)
+    }
+
+    fn reopen(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)?;
+        self.size = file.metadata()?.len();
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Append lines, rotating before a line that would take the file past
+    /// `rotate_bytes` (a file always holds at least one line).
+    fn append(&mut self, lines: &[String], sync: bool) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        for line in lines {
+            let len = line.len() as u64 + 1;
+            if self.rotate_bytes > 0 && self.size + buf.len() as u64 + len > self.rotate_bytes {
+                if !buf.is_empty() {
+                    self.write(&buf)?;
+                    buf.clear();
+                }
+                if self.size > 0 {
+                    self.rotate()?;
+                }
+            }
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+        }
+        if !buf.is_empty() {
+            self.write(&buf)?;
+        }
+        if sync {
+            if let Some(f) = &self.file {
+                f.sync_data()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.file.is_none() {
+            self.reopen()?;
+        }
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("audit file not open"))?;
+        f.write_all(bytes)?;
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Rename the full file to `<file>.<n>` (the next free number: `.1` is
+    /// the oldest) and continue in a fresh file; the chain goes on.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        if let Some(f) = self.file.take() {
+            f.sync_all()?;
+        }
+        let target = next_rotation_name(&self.path);
+        std::fs::rename(&self.path, &target)?;
+        tracing::info!(rotated = %target.display(), "audit log rotated");
+        self.reopen()
+    }
+}
+
+/// `<file>.<n>` for the first `n >= 1` not taken.
+pub fn next_rotation_name(path: &Path) -> PathBuf {
+    let mut n = 1u64;
+    loop {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        let p = PathBuf::from(name);
+        if !p.exists() {
+            return p;
+        }
+        n += 1;
+    }
+}
+
+/// The rotated files of `path` in chain order (oldest first), then `path`.
+pub fn chain_files(path: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut n = 1u64;
+    loop {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        let p = PathBuf::from(name);
+        if !p.exists() {
+            break;
+        }
+        out.push(p);
+        n += 1;
+    }
+    out.push(path.to_path_buf());
+    out
+}
+
+async fn writer(
+    mut file: LogFile,
     mut prev: String,
     mut rx: mpsc::Receiver<Msg>,
     db: Db,
     written: Arc<AtomicU64>,
     queued: Arc<AtomicU64>,
+    depth: Option<prometheus_client::metrics::gauge::Gauge>,
 ) {
     let mut batch = Vec::with_capacity(1024);
     loop {
@@ -149,30 +351,50 @@ async fn writer(
         if rx.recv_many(&mut batch, 4096).await == 0 {
             return;
         }
+        let mut rows = Vec::new();
         let mut lines = Vec::new();
         let mut flushes = Vec::new();
         for m in batch.drain(..) {
             match m {
                 Msg::Event(ev) => {
-                    let (line, hash) = render(&ev, &prev);
+                    let ts_ms = crate::store::now_ms();
+                    let (line, hash) = render_at(&ev, &prev, ts_ms);
                     prev = hash;
-                    lines.push((ev, line));
+                    lines.push(line.clone());
+                    rows.push((ev, ts_ms, line));
                 }
                 Msg::Flush(done) => flushes.push(done),
             }
         }
-        if !lines.is_empty() {
-            let text: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
-            let p = path.clone();
-            let res = tokio::task::spawn_blocking(move || append(&p, text.as_bytes())).await;
-            if !matches!(res, Ok(Ok(()))) {
-                tracing::error!(file = %path.display(), "cannot append to the audit log");
+        if !lines.is_empty() || !flushes.is_empty() {
+            let sync = !flushes.is_empty();
+            let res = tokio::task::spawn_blocking(move || {
+                let r = file.append(&lines, sync);
+                (file, r)
+            })
+            .await;
+            match res {
+                Ok((f, r)) => {
+                    file = f;
+                    if let Err(e) = r {
+                        tracing::error!(file = %file.path.display(), error = %e, "cannot append to the audit log");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "audit writer task failed");
+                    return;
+                }
             }
-            if let Err(e) = store_lines(&db, &lines).await {
+        }
+        if !rows.is_empty() {
+            if let Err(e) = store_lines(&db, &rows).await {
                 tracing::error!(error = %e, "cannot store audit events in the database");
             }
-            written.fetch_add(lines.len() as u64, Ordering::Relaxed);
-            queued.fetch_sub(lines.len() as u64, Ordering::Relaxed);
+            written.fetch_add(rows.len() as u64, Ordering::Relaxed);
+            let left = queued.fetch_sub(rows.len() as u64, Ordering::Relaxed) - rows.len() as u64;
+            if let Some(g) = &depth {
+                g.set(left as i64);
+            }
         }
         for f in flushes {
             let _ = f.send(());
@@ -180,27 +402,15 @@ async fn writer(
     }
 }
 
-fn append(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.flush()
-}
-
-async fn store_lines(db: &Db, lines: &[(AuditEvent, String)]) -> crate::store::Result<()> {
+async fn store_lines(db: &Db, rows: &[(AuditEvent, i64, String)]) -> crate::store::Result<()> {
     let mut tx = db.pool.begin().await?;
-    for (ev, line) in lines {
-        let ts_ms = crate::store::now_ms();
+    for (ev, ts_ms, line) in rows {
         sqlx::query(
             "INSERT INTO audit_events (ts, ts_ms, event_type, request_id, ip, user_id, line) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
-        .bind(crate::store::rfc3339(ts_ms))
-        .bind(ts_ms)
+        .bind(crate::store::rfc3339(*ts_ms))
+        .bind(*ts_ms)
         .bind(ev.event_type)
         .bind(&ev.request_id)
         .bind(&ev.ip)
@@ -213,21 +423,87 @@ async fn store_lines(db: &Db, lines: &[(AuditEvent, String)]) -> crate::store::R
     Ok(())
 }
 
+/// Member names whose values are never written: the last `_`/`-`/`.`
+/// separated word of the name (lowercased) is one of these.
+const SECRET_WORDS: &[&str] = &[
+    "password",
+    "passwd",
+    "pass",
+    "passphrase",
+    "token",
+    "secret",
+    "key",
+    "apikey",
+    "authorization",
+    "cookie",
+    "credential",
+    "credentials",
+];
+
+/// What a redacted value becomes.
+pub const REDACTED: &str = "[redacted]";
+
+/// Does a member name name a secret? (`api_key`, `access_token`, `password`
+/// yes; `key_id`, `token_id` no.)
+pub fn is_secret_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    let last = lower.rsplit(['_', '-', '.']).next().unwrap_or(&lower);
+    SECRET_WORDS.contains(&last) || lower.contains("password") || lower.contains("secret")
+}
+
+/// Does a string value look like a credential Frenly issues (an API key or a
+/// JWT)?
+fn looks_like_credential(s: &str) -> bool {
+    s.contains("frn_") || (s.starts_with("eyJ") && s.matches('.').count() == 2)
+}
+
+/// The secret guard: redact secret-named members and credential-looking
+/// values, recursively.
+pub fn redact(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    if is_secret_name(k) && !v.is_null() {
+                        (k.clone(), Value::from(REDACTED))
+                    } else {
+                        (k.clone(), redact(v))
+                    }
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(redact).collect()),
+        Value::String(s) if looks_like_credential(s) => Value::from(REDACTED),
+        other => other.clone(),
+    }
+}
+
 /// Serialize one event chained to `prev`; returns the line and its hash.
 pub fn render(ev: &AuditEvent, prev: &str) -> (String, String) {
+    render_at(ev, prev, crate::store::now_ms())
+}
+
+/// [`render`] with the event's time given (Unix ms).
+pub fn render_at(ev: &AuditEvent, prev: &str, ts_ms: i64) -> (String, String) {
     let mut obj = Map::new();
-    obj.insert(
-        "ts".into(),
-        crate::store::rfc3339(crate::store::now_ms()).into(),
-    );
+    obj.insert("ts".into(), crate::store::rfc3339(ts_ms).into());
     obj.insert("event_type".into(), ev.event_type.into());
     obj.insert("request_id".into(), ev.request_id.clone().into());
     obj.insert("ip".into(), ev.ip.clone().into());
     obj.insert("user_id".into(), ev.user_id.clone().into());
     for (k, v) in &ev.fields {
-        if !matches!(k.as_str(), "prev_hash" | "hash" | "ts" | "event_type") {
-            obj.insert(k.clone(), v.clone());
+        if matches!(
+            k.as_str(),
+            "prev_hash" | "hash" | "ts" | "event_type" | "request_id" | "ip" | "user_id"
+        ) {
+            continue;
         }
+        let v = if is_secret_name(k) && !v.is_null() {
+            Value::from(REDACTED)
+        } else {
+            redact(v)
+        };
+        obj.insert(k.clone(), v);
     }
     obj.insert("prev_hash".into(), prev.into());
     let body = Value::Object(obj).to_string();

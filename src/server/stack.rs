@@ -40,6 +40,7 @@ pub fn wrap(router: Router, state: AppState) -> Router {
         tls: state.cfg.network.tls,
     };
     router
+        .layer(from_fn(crate::monitoring::expose_principal))
         .layer(DefaultBodyLimit::max(body_max))
         .layer(from_fn_with_state(state.clone(), crate::authn::layer))
         .layer(from_fn(move |req, next| {

@@ -8,6 +8,7 @@
 //! (SIGKILL); a power loss may lose the last transactions (use PostgreSQL, or
 //! `FULL`, where that matters).
 
+pub mod audit;
 pub mod keys;
 pub mod users;
 

@@ -1,0 +1,191 @@
+//! `GET /metrics` (admin on the main listener; see [`metrics_router`] for the
+//! separate, unauthenticated listener) and `GET /api/audit` (admin).
+//!
+//! Threat: metrics and audit events tell an attacker what is watched and who
+//! did what. Guarantee: both routes need the `admin` permission; the
+//! separate metrics listener (`metrics.listen`) has no authentication and
+//! must be bound to loopback or a private interface (`frenly check` fails a
+//! public one). `/api/audit` filters are validated (a bad value is 400, an
+//! unknown parameter too, so a typo never silently widens the result).
+
+use std::collections::BTreeMap;
+
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use http::{header, HeaderValue, Method};
+use serde_json::{json, Value};
+
+use crate::app::AppState;
+use crate::authz::{Access, Permission, Routes};
+use crate::http::{ApiError, FieldErrors, Json};
+use crate::store::audit::AuditFilter;
+
+/// The OpenMetrics content type (what prometheus-client's encoder writes).
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Largest page of `/api/audit`.
+pub const AUDIT_MAX_LIMIT: i64 = 1000;
+const AUDIT_DEFAULT_LIMIT: i64 = 100;
+
+pub fn routes() -> Routes<AppState> {
+    Routes::new()
+        .route(
+            Method::GET,
+            "/metrics",
+            Access::Permission(Permission::Admin),
+            "Prometheus metrics (OpenMetrics text)",
+            metrics,
+        )
+        .route(
+            Method::GET,
+            "/api/audit",
+            Access::Permission(Permission::Admin),
+            "audit events, filterable by type, since, user_id, ip",
+            audit_list,
+        )
+}
+
+/// The router of the separate metrics listener: `GET /metrics`, nothing else,
+/// no authentication.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state)
+}
+
+/// Refresh the gauges that are read at scrape time, then encode.
+pub fn render_metrics(state: &AppState) -> String {
+    state
+        .metrics
+        .audit_queue_depth
+        .set(state.audit.depth() as i64);
+    state.metrics.render()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = render_metrics(&state);
+    let mut resp = body.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(METRICS_CONTENT_TYPE),
+    );
+    resp
+}
+
+/// Parse and check the query of `/api/audit`.
+pub fn parse_audit_query(query: Option<&str>) -> Result<AuditFilter, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|_| ApiError::BadRequest("malformed query string".into()))?;
+    let mut f = AuditFilter {
+        limit: AUDIT_DEFAULT_LIMIT,
+        ..AuditFilter::default()
+    };
+    let mut errors: FieldErrors = BTreeMap::new();
+    let mut err = |k: &str, m: &str| errors.entry(k.to_string()).or_default().push(m.into());
+    let mut seen = std::collections::HashSet::new();
+    for (k, v) in pairs {
+        if !seen.insert(k.clone()) {
+            err(&k, "given more than once");
+            continue;
+        }
+        match k.as_str() {
+            "type" => {
+                if (1..=64).contains(&v.len())
+                    && v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                {
+                    f.event_type = Some(v);
+                } else {
+                    err("type", "an event type: 1..64 of a-z and _");
+                }
+            }
+            "since" => match chrono::DateTime::parse_from_rfc3339(&v) {
+                Ok(t) => f.since_ms = Some(t.timestamp_millis()),
+                Err(_) => err("since", "an RFC 3339 time, e.g. 2025-01-31T12:00:00Z"),
+            },
+            "user_id" => {
+                if (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()) {
+                    f.user_id = Some(v);
+                } else {
+                    err("user_id", "1..128 printable characters");
+                }
+            }
+            "ip" => match v.parse::<std::net::IpAddr>() {
+                Ok(ip) => f.ip = Some(ip.to_string()),
+                Err(_) => err("ip", "an IPv4 or IPv6 address"),
+            },
+            "limit" => match v.parse::<i64>() {
+                Ok(n) if (1..=AUDIT_MAX_LIMIT).contains(&n) => f.limit = n,
+                _ => err("limit", "an integer from 1 to 1000"),
+            },
+            "cursor" => match v.parse::<i64>() {
+                Ok(n) if n > 0 => f.before_seq = Some(n),
+                _ => err("cursor", "a cursor returned as next_cursor"),
+            },
+            other => err(other, "unknown parameter"),
+        }
+    }
+    if errors.is_empty() {
+        Ok(f)
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}
+
+async fn audit_list(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let mut f = parse_audit_query(query.as_deref())?;
+    let limit = f.limit;
+    f.limit = limit + 1;
+    let mut rows = crate::store::audit::list(&state.db, &f).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next_cursor = if more {
+        rows.last().map(|(seq, _)| seq.to_string())
+    } else {
+        None
+    };
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|(_, line)| serde_json::from_str(line).unwrap_or(Value::Null))
+        .collect();
+    Ok(Json(json!({"items": items, "next_cursor": next_cursor})))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_query_filters() {
+        let f = parse_audit_query(Some(
+            "type=login_attempt&since=2025-01-01T00:00:00Z&ip=10.0.0.1&limit=5&cursor=9",
+        ))
+        .unwrap();
+        assert_eq!(f.event_type.as_deref(), Some("login_attempt"));
+        assert_eq!(f.since_ms, Some(1_735_689_600_000));
+        assert_eq!(f.limit, 5);
+        assert_eq!(f.before_seq, Some(9));
+        for bad in [
+            "since=yesterday",
+            "limit=0",
+            "limit=1001",
+            "limit=x",
+            "ip=1.2.3",
+            "type=DROP%20TABLE",
+            "cursor=-1",
+            "bogus=1",
+            "type=a&type=b",
+        ] {
+            assert!(
+                matches!(parse_audit_query(Some(bad)), Err(ApiError::Validation(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(parse_audit_query(None).unwrap().limit, 100);
+    }
+}

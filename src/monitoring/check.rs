@@ -1,0 +1,592 @@
+//! `frenly check`: the guide's pre-deployment checklist, each item a real
+//! check of the effective configuration and the data directory.
+//!
+//! Threat: deploying with a weak or forgotten setting (plain HTTP on a public
+//! address, a guessable static key, world-readable secrets, rate limits
+//! switched off, an edited audit log). Guarantee: every item in [`ITEMS`]
+//! runs and prints one line `PASS|WARN|FAIL <item>: <reason>[; fix: <how>]`;
+//! any FAIL makes the command exit 1. The thresholds are the constants
+//! below, documented in docs/OPERATIONS.md.
+//!
+//! Not covered: what the configuration cannot show (the host's own
+//! hardening, the firewall actually loaded, the reverse proxy in front).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use crate::config::{Config, IdsMode};
+
+/// Outcome of one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Status {
+    Pass,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        }
+    }
+}
+
+/// One line of the checklist.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: Status,
+    pub reason: String,
+    pub fix: Option<String>,
+}
+
+fn pass(reason: impl Into<String>) -> Outcome {
+    Outcome {
+        status: Status::Pass,
+        reason: reason.into(),
+        fix: None,
+    }
+}
+fn warn(reason: impl Into<String>, fix: impl Into<String>) -> Outcome {
+    Outcome {
+        status: Status::Warn,
+        reason: reason.into(),
+        fix: Some(fix.into()),
+    }
+}
+fn fail(reason: impl Into<String>, fix: impl Into<String>) -> Outcome {
+    Outcome {
+        status: Status::Fail,
+        reason: reason.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+/// Smallest JWT secret (bytes).
+pub const JWT_SECRET_MIN_BYTES: usize = 32;
+/// Smallest static API key (characters).
+pub const STATIC_KEY_MIN_CHARS: usize = 32;
+/// Smallest estimated entropy of a static API key (bits).
+pub const STATIC_KEY_MIN_BITS: f64 = 96.0;
+/// Per-address rate limit, requests per minute: above WARN is a warning,
+/// above FAIL a failure.
+pub const RATE_WARN_PER_MIN: f64 = 1_000.0;
+pub const RATE_FAIL_PER_MIN: f64 = 10_000.0;
+/// Burst limit, requests per second.
+pub const BURST_WARN_PER_S: u32 = 100;
+pub const BURST_FAIL_PER_S: u32 = 1_000;
+/// Failed logins before lockout.
+pub const LOGIN_WARN_FAILURES: u32 = 10;
+pub const LOGIN_FAIL_FAILURES: u32 = 100;
+
+/// A checklist item: its name and its check.
+pub type Item = (&'static str, fn(&Config) -> Outcome);
+
+/// The checklist, in the order it is printed.
+pub const ITEMS: &[Item] = &[
+    ("authentication required", authentication),
+    ("tls", tls),
+    ("jwt secret", jwt_secret),
+    ("keyring file", keyring),
+    ("tls private key", tls_key),
+    ("static api key", static_key),
+    ("rate limits", rate_limits),
+    ("bans", bans),
+    ("login lockout", login_lockout),
+    ("intrusion detection", ids),
+    ("audit log", audit_log),
+    ("database file", database),
+    ("data directory", data_dir),
+    ("config file", config_file),
+    ("trusted proxies", trusted_proxies),
+    ("metrics listener", metrics_listener),
+    ("alert channel", alert_channel),
+];
+
+/// Run every item.
+pub fn run(cfg: &Config) -> Vec<(&'static str, Outcome)> {
+    ITEMS.iter().map(|(name, f)| (*name, f(cfg))).collect()
+}
+
+/// `STATUS item: reason[; fix: how]`.
+pub fn line(name: &str, o: &Outcome) -> String {
+    match &o.fix {
+        Some(fix) => format!("{} {name}: {}; fix: {fix}", o.status.as_str(), o.reason),
+        None => format!("{} {name}: {}", o.status.as_str(), o.reason),
+    }
+}
+
+fn authentication(cfg: &Config) -> Outcome {
+    if cfg.security.api_key_required {
+        pass("every /api route needs an API key or a JWT")
+    } else {
+        warn(
+            "security.api_key_required = false: JWT-only deployment (API keys are refused)",
+            "set security.api_key_required = true unless you mean JWT-only",
+        )
+    }
+}
+
+fn tls(cfg: &Config) -> Outcome {
+    if cfg.network.tls {
+        pass(format!("TLS on {}", cfg.network.listen))
+    } else if cfg.listens_on_loopback() {
+        warn(
+            format!("plain HTTP on loopback {}", cfg.network.listen),
+            "set network.tls = true (or keep it behind a TLS-terminating proxy on this host)",
+        )
+    } else {
+        fail(
+            format!("plain HTTP on non-loopback {}", cfg.network.listen),
+            "set network.tls = true, or listen on 127.0.0.1 behind a TLS proxy",
+        )
+    }
+}
+
+/// Mode check of a secret file: `None` when it is owner-only.
+fn loose_mode(path: &Path) -> Option<String> {
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| format!("{} has mode {mode:04o}", path.display()))
+}
+
+fn chmod_fix(path: &Path) -> String {
+    format!("chmod 600 {}", path.display())
+}
+
+fn secret_file(path: &Path, what: &str) -> Result<Option<Vec<u8>>, Outcome> {
+    match std::fs::read(path) {
+        Ok(b) => {
+            if let Some(why) = loose_mode(path) {
+                return Err(fail(why, chmod_fix(path)));
+            }
+            Ok(Some(b))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(fail(
+            format!("cannot read the {what} {}: {e}", path.display()),
+            "make it readable by the frenly user only",
+        )),
+    }
+}
+
+fn jwt_secret(cfg: &Config) -> Outcome {
+    let p = &cfg.jwt_secret_file;
+    match secret_file(p, "JWT secret") {
+        Err(o) => o,
+        Ok(None) => pass(format!(
+            "{} absent: generated (512 bits, mode 0600) on first start",
+            p.display()
+        )),
+        Ok(Some(b)) => {
+            let len = b.trim_ascii().len();
+            if len < JWT_SECRET_MIN_BYTES {
+                fail(
+                    format!("{} holds {len} bytes (< {JWT_SECRET_MIN_BYTES})", p.display()),
+                    format!(
+                        "delete it and restart (a new 512-bit secret is generated; issued tokens become invalid), or write {JWT_SECRET_MIN_BYTES}+ random bytes"
+                    ),
+                )
+            } else {
+                pass(format!("{} mode 0600, {len} bytes", p.display()))
+            }
+        }
+    }
+}
+
+fn keyring(cfg: &Config) -> Outcome {
+    let p = &cfg.keyring_file;
+    match secret_file(p, "keyring") {
+        Err(o) => o,
+        Ok(None) => pass(format!(
+            "{} absent: generated (mode 0600) on first start",
+            p.display()
+        )),
+        Ok(Some(_)) => pass(format!("{} mode 0600", p.display())),
+    }
+}
+
+fn tls_key(cfg: &Config) -> Outcome {
+    if !cfg.network.tls {
+        return pass("TLS off: no private key in use");
+    }
+    let p = &cfg.tls_key;
+    match secret_file(p, "TLS private key") {
+        Err(o) => o,
+        Ok(None) => pass(format!(
+            "{} absent: a self-signed certificate and key (0600) are generated on first start",
+            p.display()
+        )),
+        Ok(Some(_)) => pass(format!("{} mode 0600", p.display())),
+    }
+}
+
+/// Shannon entropy of the string's characters times its length (bits): an
+/// upper-bound estimate that catches repetition and tiny alphabets.
+pub fn entropy_bits(s: &str) -> f64 {
+    let mut counts = std::collections::HashMap::new();
+    let n = s.chars().count();
+    for c in s.chars() {
+        *counts.entry(c).or_insert(0usize) += 1;
+    }
+    let h: f64 = counts
+        .values()
+        .map(|&k| {
+            let p = k as f64 / n as f64;
+            -p * p.log2()
+        })
+        .sum();
+    h * n as f64
+}
+
+const WEAK_WORDS: &[&str] = &[
+    "password",
+    "changeme",
+    "change-me",
+    "secret",
+    "example",
+    "your-api-key",
+    "optional-static-bootstrap-key",
+    "123456",
+    "qwerty",
+    "admin",
+];
+
+fn static_key(cfg: &Config) -> Outcome {
+    let Some(k) = &cfg.security.api_key else {
+        return pass("no static security.api_key (keys are per user, hashed)");
+    };
+    let fix = "remove security.api_key (use `frenly keys create`), or set 32+ random characters: openssl rand -base64 33";
+    let len = k.chars().count();
+    if len < STATIC_KEY_MIN_CHARS {
+        return fail(
+            format!("security.api_key is {len} characters (< {STATIC_KEY_MIN_CHARS})"),
+            fix,
+        );
+    }
+    let lower = k.to_ascii_lowercase();
+    if let Some(w) = WEAK_WORDS.iter().find(|w| lower.contains(*w)) {
+        return fail(format!("security.api_key contains `{w}`"), fix);
+    }
+    let bits = entropy_bits(k);
+    if bits < STATIC_KEY_MIN_BITS {
+        return fail(
+            format!("security.api_key is low-entropy (~{bits:.0} bits < {STATIC_KEY_MIN_BITS:.0})"),
+            fix,
+        );
+    }
+    pass(format!(
+        "security.api_key is {len} characters, ~{bits:.0} bits"
+    ))
+}
+
+fn rate_limits(cfg: &Config) -> Outcome {
+    let r = &cfg.limits.rate;
+    let per_min = r.max_requests as f64 * 60.0 / r.window_seconds as f64;
+    let burst = cfg.limits.ddos.max_requests_per_second;
+    let what = format!(
+        "{} requests / {} s per address (~{per_min:.0}/min), burst {burst}/s",
+        r.max_requests, r.window_seconds
+    );
+    let fix = format!(
+        "lower limits.rate (<= {RATE_WARN_PER_MIN:.0}/min) and limits.ddos.max_requests_per_second (<= {BURST_WARN_PER_S})"
+    );
+    if per_min > RATE_FAIL_PER_MIN || burst > BURST_FAIL_PER_S {
+        fail(format!("{what}: effectively unlimited"), fix)
+    } else if per_min > RATE_WARN_PER_MIN || burst > BURST_WARN_PER_S {
+        warn(format!("{what}: high"), fix)
+    } else {
+        pass(what)
+    }
+}
+
+fn covers_everything(nets: &[ipnet::IpNet]) -> Option<ipnet::IpNet> {
+    nets.iter().find(|n| n.prefix_len() == 0).copied()
+}
+
+fn bans(cfg: &Config) -> Outcome {
+    if let Some(n) = covers_everything(&cfg.limits.allowlist) {
+        return fail(
+            format!("limits.allowlist contains {n}: no address is ever limited or banned"),
+            "list only your own monitoring/proxy addresses in limits.allowlist",
+        );
+    }
+    if cfg.limits.ddos.ban_seconds == 0 || cfg.ids.ban_seconds == 0 || cfg.ids.threshold == 0 {
+        return fail(
+            "bans are off (limits.ddos.ban_seconds, ids.ban_seconds or ids.threshold is 0)",
+            "set limits.ddos.ban_seconds and ids.ban_seconds (default 300) and ids.threshold (default 5)",
+        );
+    }
+    pass(format!(
+        "burst ban {} s, IDS ban after {} blocked requests for {} s",
+        cfg.limits.ddos.ban_seconds, cfg.ids.threshold, cfg.ids.ban_seconds
+    ))
+}
+
+fn login_lockout(cfg: &Config) -> Outcome {
+    let a = &cfg.auth;
+    let what = format!(
+        "lockout after {} failures for {} s",
+        a.login_max_failures, a.lockout_seconds
+    );
+    let fix = format!(
+        "set auth.login_max_failures <= {LOGIN_WARN_FAILURES} and auth.lockout_seconds > 0"
+    );
+    if a.lockout_seconds == 0 || a.login_max_failures > LOGIN_FAIL_FAILURES {
+        fail(format!("{what}: brute force is not slowed"), fix)
+    } else if a.login_max_failures > LOGIN_WARN_FAILURES {
+        warn(format!("{what}: high"), fix)
+    } else {
+        pass(what)
+    }
+}
+
+fn ids(cfg: &Config) -> Outcome {
+    match cfg.ids.mode {
+        IdsMode::Block => pass("ids.mode = block"),
+        IdsMode::Detect => warn(
+            "ids.mode = detect: attacks are logged, not blocked",
+            "set ids.mode = \"block\" once the logs show no false positives",
+        ),
+        IdsMode::Off => fail("ids.mode = off", "set ids.mode = \"block\""),
+    }
+}
+
+fn audit_log(cfg: &Config) -> Outcome {
+    let p = &cfg.audit_file;
+    match std::fs::metadata(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+            match dir.map(std::fs::metadata) {
+                Some(Ok(m)) if m.permissions().readonly() => fail(
+                    format!(
+                        "{} cannot be created: its directory is read-only",
+                        p.display()
+                    ),
+                    "make the directory writable by the frenly user",
+                ),
+                _ => pass(format!(
+                    "{} absent: created (0600) on first start",
+                    p.display()
+                )),
+            }
+        }
+        Err(e) => fail(
+            format!("cannot stat {}: {e}", p.display()),
+            "make it readable and writable by the frenly user",
+        ),
+        Ok(_) => {
+            if let Err(e) = std::fs::OpenOptions::new().append(true).open(p) {
+                return fail(
+                    format!("{} is not writable: {e}", p.display()),
+                    "chown it to the frenly user, mode 0600",
+                );
+            }
+            let files = super::audit::chain_files(p);
+            match verify_files(&files) {
+                Ok(n) => {
+                    if let Some(why) = loose_mode(p) {
+                        warn(
+                            format!("chain valid ({n} lines) but {why}"),
+                            chmod_fix(p),
+                        )
+                    } else {
+                        pass(format!(
+                            "writable, chain valid ({n} lines in {} files)",
+                            files.len()
+                        ))
+                    }
+                }
+                Err(why) => fail(
+                    format!("chain broken: {why}"),
+                    "investigate (the log was edited, truncated or reordered); archive it and let Frenly start a new file",
+                ),
+            }
+        }
+    }
+}
+
+/// Verify files in order (the chain continues across them); the number of
+/// lines, or the first place the chain breaks.
+pub fn verify_files(files: &[std::path::PathBuf]) -> Result<usize, String> {
+    let mut prev = super::audit::GENESIS.to_string();
+    let mut total = 0;
+    for f in files {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let lines: Vec<&str> = text.lines().collect();
+        prev = super::audit::verify_lines(lines.iter().copied(), prev, 1)
+            .map_err(|e| format!("{}: {e}", f.display()))?;
+        if !text.is_empty() && !text.ends_with('\n') {
+            return Err(format!(
+                "{}: line {}: no line end (the file was truncated)",
+                f.display(),
+                lines.len()
+            ));
+        }
+        total += lines.len();
+    }
+    Ok(total)
+}
+
+fn database(cfg: &Config) -> Outcome {
+    let Some(rest) = cfg.database_url.strip_prefix("sqlite://") else {
+        return pass("PostgreSQL: no local database file");
+    };
+    let path = rest.split('?').next().unwrap_or(rest);
+    let mut worst = pass(format!("{path} mode 0600"));
+    let mut found = false;
+    for suffix in ["", "-wal", "-shm"] {
+        let p = format!("{path}{suffix}");
+        let Ok(m) = std::fs::metadata(&p) else {
+            continue;
+        };
+        found = true;
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o007 != 0 {
+            return fail(
+                format!("{p} is world-accessible (mode {mode:04o})"),
+                format!("chmod 600 {p}"),
+            );
+        }
+        if mode & 0o070 != 0 {
+            worst = warn(
+                format!("{p} is group-accessible (mode {mode:04o})"),
+                format!("chmod 600 {p}"),
+            );
+        }
+    }
+    if !found {
+        return pass(format!("{path} absent: created (0600) on first start"));
+    }
+    worst
+}
+
+fn data_dir(cfg: &Config) -> Outcome {
+    let d = &cfg.data_dir;
+    match std::fs::metadata(d) {
+        Err(_) => pass(format!(
+            "{} absent: created (0700) on first start",
+            d.display()
+        )),
+        Ok(m) => {
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o002 != 0 {
+                fail(
+                    format!("{} is world-writable (mode {mode:04o})", d.display()),
+                    format!("chmod 700 {}", d.display()),
+                )
+            } else if mode & 0o077 != 0 {
+                warn(
+                    format!("{} mode {mode:04o}", d.display()),
+                    format!("chmod 700 {}", d.display()),
+                )
+            } else {
+                pass(format!("{} mode 0700", d.display()))
+            }
+        }
+    }
+}
+
+fn config_file(cfg: &Config) -> Outcome {
+    let Some(p) = &cfg.config_file else {
+        return pass("no config file (embedded defaults)");
+    };
+    let Ok(m) = std::fs::metadata(p) else {
+        return pass("config file not found");
+    };
+    let mode = m.permissions().mode() & 0o777;
+    if mode & 0o002 != 0 {
+        return fail(
+            format!("{} is world-writable (mode {mode:04o})", p.display()),
+            format!("chmod 640 {} (owner root, group frenly)", p.display()),
+        );
+    }
+    if cfg.security.api_key.is_some() && mode & 0o004 != 0 {
+        return fail(
+            format!(
+                "{} holds security.api_key and is world-readable (mode {mode:04o})",
+                p.display()
+            ),
+            format!("chmod 600 {}", p.display()),
+        );
+    }
+    pass(format!("{} mode {mode:04o}", p.display()))
+}
+
+fn trusted_proxies(cfg: &Config) -> Outcome {
+    if let Some(n) = covers_everything(&cfg.network.trusted_proxies) {
+        return fail(
+            format!("network.trusted_proxies contains {n}: any client can forge X-Forwarded-For"),
+            "list only your reverse proxies' addresses",
+        );
+    }
+    if cfg.network.trusted_proxies.is_empty() {
+        pass("none: the client address is the TCP peer")
+    } else {
+        pass(format!(
+            "{} proxy range(s), none covering everything",
+            cfg.network.trusted_proxies.len()
+        ))
+    }
+}
+
+/// Loopback or private (RFC 1918, ULA, link-local).
+pub fn is_private(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v) => v.is_loopback() || v.is_private() || v.is_link_local(),
+        std::net::IpAddr::V6(v) => {
+            v.is_loopback()
+                || (v.segments()[0] & 0xfe00) == 0xfc00
+                || (v.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+fn metrics_listener(cfg: &Config) -> Outcome {
+    match cfg.metrics.listen {
+        None => pass("no separate listener (/metrics is admin-only on the main one)"),
+        Some(a) if is_private(a.ip()) => pass(format!("{a} (loopback/private)")),
+        Some(a) => fail(
+            format!("metrics.listen = {a}: unauthenticated metrics on a public address"),
+            "bind metrics.listen to 127.0.0.1 or a private interface",
+        ),
+    }
+}
+
+fn alert_channel(cfg: &Config) -> Outcome {
+    match &cfg.alerts.webhook_url {
+        None => warn(
+            "no alerts.webhook_url: incidents and monitor findings are only logged",
+            "set alerts.webhook_url to your alert receiver (https)",
+        ),
+        Some(u) if u.starts_with("http://") => warn(
+            "alerts.webhook_url is plain http",
+            "use an https:// receiver",
+        ),
+        Some(_) => pass("alerts.webhook_url set (https)"),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entropy_separates_random_from_repetitive() {
+        assert!(entropy_bits("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa") < 1.0);
+        assert!(entropy_bits("abababababababababababababababababababab") < 64.0);
+        assert!(entropy_bits("kq3ZJ0v9Xb2Lw8TyN4mR7pQ1sU6hE5dGcA_fB-iK") > 150.0);
+    }
+
+    #[test]
+    fn private_addresses() {
+        for a in ["127.0.0.1", "10.1.2.3", "192.168.0.1", "::1", "fd00::1"] {
+            assert!(is_private(a.parse().unwrap()), "{a}");
+        }
+        for a in ["0.0.0.0", "8.8.8.8", "2001:db8::1", "::"] {
+            assert!(!is_private(a.parse().unwrap()), "{a}");
+        }
+    }
+}

@@ -1,0 +1,1070 @@
+//! Monitoring and operations (issue 6): the audit chain and its tools,
+//! backpressure, shutdown flush, secrets, /metrics, /api/audit, the
+//! checklist, firewall rules and the security monitor.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use frenly::monitoring::audit::{Audit, AuditEvent};
+use serde_json::Value;
+
+use crate::common::{error_code, run_cli, Opts, TestServer};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// An effective config for an in-process data dir.
+fn config(dir: &Path) -> frenly::config::Config {
+    frenly::config::load(&frenly::config::Source {
+        file: None,
+        data_dir: Some(dir.to_path_buf()),
+        env: vec![],
+    })
+    .unwrap()
+}
+
+async fn db(cfg: &frenly::config::Config) -> frenly::store::Db {
+    frenly::app::bootstrap::ensure_data_dir(&cfg.data_dir).unwrap();
+    frenly::store::Db::connect(&cfg.database_url, 1, 4)
+        .await
+        .unwrap()
+}
+
+/// Write `n` events through a real writer with the given rotation size.
+async fn write_log(dir: &Path, n: usize, rotate_bytes: u64) -> frenly::config::Config {
+    let mut cfg = config(dir);
+    cfg.raw.audit.rotate_bytes = rotate_bytes;
+    let db = db(&cfg).await;
+    let audit = Audit::start(&cfg, db).unwrap();
+    for i in 0..n {
+        audit
+            .record(
+                AuditEvent::new("api_access")
+                    .ip("10.0.0.1")
+                    .field("endpoint", "/api/tasks")
+                    .field("n", i as u64),
+            )
+            .await;
+    }
+    audit.flush().await;
+    cfg
+}
+
+fn verify(files: &[&Path]) -> (i32, String) {
+    let mut args = vec!["audit", "verify"];
+    args.extend(files.iter().map(|p| s(p)));
+    let (code, out, err) = run_cli(&args, None, &[]);
+    (code, format!("{out}{err}"))
+}
+
+fn lines_of(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn write_lines(p: &Path, lines: &[String]) {
+    std::fs::write(
+        p,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn audit_verify_passes_untouched_and_catches_edit_drop_swap_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_log(dir.path(), 20, 0).await;
+    let log = cfg.audit_file.clone();
+    let (code, out) = verify(&[&log]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("OK 20 lines"), "{out}");
+
+    let orig = lines_of(&log);
+    let t = dir.path().join("t.log");
+
+    // edited: a member's value changed
+    let mut l = orig.clone();
+    l[7] = l[7].replace("10.0.0.1", "10.0.0.2");
+    write_lines(&t, &l);
+    let (code, out) = verify(&[&t]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("line 8") && out.contains("edited"), "{out}");
+
+    // dropped
+    let mut l = orig.clone();
+    l.remove(5);
+    write_lines(&t, &l);
+    let (code, out) = verify(&[&t]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("line 6"), "{out}");
+
+    // swapped
+    let mut l = orig.clone();
+    l.swap(10, 11);
+    write_lines(&t, &l);
+    let (code, out) = verify(&[&t]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("line 11"), "{out}");
+
+    // truncated mid-line
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&t, &text[..text.len() - 30]).unwrap();
+    let (code, out) = verify(&[&t]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("line 20"), "{out}");
+    // truncated exactly at the last newline
+    std::fs::write(&t, &text[..text.len() - 1]).unwrap();
+    let (code, out) = verify(&[&t]);
+    assert_eq!(code, 1, "{out}");
+
+    // dropped first line (the head of the log)
+    write_lines(&t, &orig[1..]);
+    let (code, out) = verify(&[&t]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("line 1"), "{out}");
+}
+
+#[tokio::test]
+async fn audit_chain_continues_across_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    // Lines are ~300 bytes: ~6 per file.
+    let cfg = write_log(dir.path(), 40, 2000).await;
+    let files = frenly::monitoring::audit::chain_files(&cfg.audit_file);
+    assert!(files.len() >= 5, "{files:?}");
+    let total: usize = files.iter().map(|f| lines_of(f).len()).sum();
+    assert_eq!(total, 40);
+    for f in &files {
+        assert!(std::fs::metadata(f).unwrap().len() <= 2000, "{f:?}");
+    }
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let (code, out) = verify(&refs);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("OK 40 lines"), "{out}");
+    // A middle file missing, or files out of order: broken.
+    let mut missing = refs.clone();
+    missing.remove(1);
+    assert_eq!(verify(&missing).0, 1);
+    let mut swapped = refs.clone();
+    swapped.swap(0, 1);
+    assert_eq!(verify(&swapped).0, 1);
+    // An edit in an old file is found.
+    let mut l = lines_of(&files[1]);
+    l[0] = l[0].replace("/api/tasks", "/api/tasky");
+    write_lines(&files[1], &l);
+    let (code, out) = verify(&refs);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(s(&files[1])) && out.contains("line 1"),
+        "{out}"
+    );
+    // The writer continues the chain after a restart.
+    let cfg2 = write_log(dir.path(), 3, 0).await;
+    assert_eq!(cfg2.audit_file, cfg.audit_file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn burst_of_100k_events_under_backpressure_loses_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.raw.audit.queue_capacity = 16;
+    cfg.raw.audit.rotate_bytes = 0;
+    let db = db(&cfg).await;
+    let metrics = frenly::monitoring::metrics::Metrics::new();
+    let audit = Arc::new(
+        Audit::start_with(
+            &cfg,
+            db.clone(),
+            frenly::monitoring::audit::AuditHooks {
+                backpressure: Some(metrics.audit_backpressure.clone()),
+                depth: Some(metrics.audit_queue_depth.clone()),
+                alerts: None,
+            },
+        )
+        .unwrap(),
+    );
+    const TASKS: usize = 16;
+    const PER: usize = 100_000 / TASKS;
+    let started = std::time::Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let a = audit.clone();
+        handles.push(tokio::spawn(async move {
+            for i in 0..PER {
+                a.record(
+                    AuditEvent::new("api_access")
+                        .request_id(format!("t{t}-{i}"))
+                        .field("status", 200),
+                )
+                .await;
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    audit.flush().await;
+    let elapsed = started.elapsed();
+    let lines = lines_of(&cfg.audit_file);
+    assert_eq!(lines.len(), TASKS * PER);
+    let rows = frenly::store::audit::count(&db).await.unwrap();
+    assert_eq!(rows as usize, TASKS * PER);
+    assert!(
+        metrics.audit_backpressure.get() > 0,
+        "the small queue forced waiting"
+    );
+    assert_eq!(audit.depth(), 0);
+    let mut ids: Vec<&str> = lines
+        .iter()
+        .map(|l| {
+            l.split("\"request_id\":\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), TASKS * PER, "every event exactly once");
+    let (code, out) = verify(&[&cfg.audit_file]);
+    assert_eq!(code, 0, "{out}");
+    eprintln!(
+        "100000 audit events in {elapsed:?} ({:.0}/s), backpressure waits: {}",
+        100_000.0 / elapsed.as_secs_f64(),
+        metrics.audit_backpressure.get()
+    );
+}
+
+#[test]
+fn secrets_are_redacted_by_the_writer_guard() {
+    use frenly::monitoring::audit::render;
+    let ev = AuditEvent::new("key_created")
+        .field("key_id", "k1")
+        .field("api_key", "frn_abc")
+        .field("password", "hunter2")
+        .field("new_password", "hunter3")
+        .field("access_token", "eyJ.x.y")
+        .field("Authorization", "Bearer zzz")
+        .field(
+            "nested",
+            serde_json::json!({"client_secret": "s3", "note": "frn_leak"}),
+        )
+        .field("details", "ok");
+    let (line, _) = render(&ev, frenly::monitoring::audit::GENESIS);
+    for secret in [
+        "frn_abc", "hunter2", "hunter3", "eyJ.x.y", "zzz", "s3", "frn_leak",
+    ] {
+        assert!(!line.contains(secret), "{secret} in {line}");
+    }
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["key_id"], "k1");
+    assert_eq!(v["details"], "ok");
+    assert_eq!(v["password"], "[redacted]");
+}
+
+async fn wait_for_rows(s: &TestServer, query: &str, n: usize) -> Vec<Value> {
+    for _ in 0..100 {
+        let r = s
+            .admin_get(&format!("/api/audit?{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        let items = body["items"].as_array().unwrap().clone();
+        if items.len() >= n {
+            return items;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {n} audit rows for {query}");
+}
+
+#[tokio::test]
+async fn api_access_is_audited_and_api_audit_filters_and_paginates() {
+    let s = TestServer::start().await;
+    // Anonymous (401) and authenticated requests.
+    let r = s.get("/api/audit").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    for _ in 0..4 {
+        let r = s.admin_get("/api/audit?limit=1").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let items = wait_for_rows(&s, "type=api_access&limit=1000", 5).await;
+    let anon = items
+        .iter()
+        .find(|i| i["status"] == 401)
+        .expect("refused request audited");
+    assert!(anon["user_id"].is_null());
+    assert_eq!(anon["endpoint"], "/api/audit");
+    assert_eq!(anon["method"], "GET");
+    assert_eq!(anon["ip"], "127.0.0.1");
+    assert!(anon["request_id"].is_string());
+    let authed = items.iter().find(|i| i["status"] == 200).unwrap();
+    let uid = authed["user_id"]
+        .as_str()
+        .expect("user id of the admin")
+        .to_string();
+
+    // Pagination: pages of 2, newest first, no duplicates, all covered.
+    let all = wait_for_rows(&s, "type=api_access&limit=1000", 5).await;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = match &cursor {
+            Some(c) => format!("/api/audit?type=api_access&limit=2&cursor={c}"),
+            None => "/api/audit?type=api_access&limit=2".into(),
+        };
+        let body: Value = s.admin_get(&q).send().await.unwrap().json().await.unwrap();
+        let page = body["items"].as_array().unwrap();
+        assert!(page.len() <= 2);
+        seen.extend(page.iter().map(|i| i["hash"].as_str().unwrap().to_string()));
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let mut dedup = seen.clone();
+    dedup.sort();
+    dedup.dedup();
+    assert_eq!(dedup.len(), seen.len());
+    assert!(seen.len() >= all.len());
+
+    // Filters.
+    let by_user = wait_for_rows(&s, &format!("user_id={uid}"), 1).await;
+    assert!(by_user.iter().all(|i| i["user_id"] == uid.as_str()));
+    let by_ip = wait_for_rows(&s, "ip=127.0.0.1", 1).await;
+    assert!(by_ip.iter().all(|i| i["ip"] == "127.0.0.1"));
+    let body: Value = s
+        .admin_get("/api/audit?ip=10.9.9.9")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["items"].as_array().unwrap().len(), 0);
+    let body: Value = s
+        .admin_get("/api/audit?since=2999-01-01T00:00:00Z")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["items"].as_array().unwrap().len(), 0);
+    assert!(body["next_cursor"].is_null());
+    let body: Value = s
+        .admin_get("/api/audit?since=2000-01-01T00:00:00%2B02:00&type=nothing_like_this")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["items"].as_array().unwrap().len(), 0);
+
+    for bad in [
+        "since=yesterday",
+        "limit=0",
+        "limit=5000",
+        "ip=not-an-ip",
+        "cursor=abc",
+        "type=A;B",
+        "colour=red",
+    ] {
+        let r = s
+            .admin_get(&format!("/api/audit?{bad}"))
+            .send()
+            .await
+            .unwrap();
+        let (status, code, _) = error_code(r).await;
+        assert_eq!((status, code.as_str()), (400, "validation_failed"), "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_flushes_every_accepted_event() {
+    let mut s = TestServer::start().await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let rid = format!("flush-{i}");
+        let r = s
+            .admin_get("/api/audit?limit=1")
+            .header("X-Request-Id", &rid)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        ids.push(rid);
+    }
+    assert_eq!(s.terminate(), Some(0));
+    let text = std::fs::read_to_string(s.data.join("security_audit.log")).unwrap();
+    for id in &ids {
+        assert!(
+            text.contains(&format!("\"request_id\":\"{id}\"")),
+            "{id} missing after SIGTERM"
+        );
+    }
+    let (code, out) = verify(&[&s.data.join("security_audit.log")]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_audit_log() {
+    let mut s = TestServer::start().await;
+    let admin = s.admin().to_string();
+    let wrong = format!("frn_{}", "A".repeat(43));
+    let static_like = "not-a-key-but-a-password-Hunter2!";
+    // A scripted run: good key, wrong key, keys in the path and query,
+    // credentials in bodies, bearer tokens.
+    let _ = s.admin_get("/api/audit").send().await.unwrap();
+    let _ = s
+        .get("/api/audit")
+        .header("X-API-Key", &wrong)
+        .send()
+        .await
+        .unwrap();
+    let _ = s
+        .get(&format!("/api/{admin}?api_key={admin}"))
+        .send()
+        .await
+        .unwrap();
+    let _ = s
+        .post("/api/auth/login")
+        .json(&serde_json::json!({"username": "admin", "password": static_like}))
+        .send()
+        .await
+        .unwrap();
+    let _ = s
+        .get("/api/audit")
+        .header("Authorization", format!("Bearer {static_like}"))
+        .send()
+        .await
+        .unwrap();
+    let _ = s
+        .admin_post("/api/keys", &serde_json::json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(s.terminate(), Some(0));
+    let text = std::fs::read_to_string(s.data.join("security_audit.log")).unwrap();
+    assert!(text.lines().count() >= 6, "{text}");
+    for secret in [admin.as_str(), &admin[4..], wrong.as_str(), static_like] {
+        assert!(!text.contains(secret), "secret in the audit log");
+    }
+    // Nor in the database copy.
+    let db = std::fs::read(s.data.join("frenly.db")).unwrap();
+    let db = String::from_utf8_lossy(&db);
+    assert!(!db.contains(&admin[4..]) && !db.contains(static_like));
+}
+
+type Types = std::collections::HashMap<String, String>;
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// A strict parser of the OpenMetrics / Prometheus text format: every line
+/// is a comment of a known kind or a sample of a declared family with a
+/// float value; ends with `# EOF`. Returns (family -> type, samples).
+fn parse_exposition(text: &str) -> (Types, Vec<Sample>) {
+    let mut types = std::collections::HashMap::new();
+    let mut samples = Vec::new();
+    let mut eof = false;
+    for line in text.lines() {
+        assert!(!eof, "content after # EOF");
+        if line == "# EOF" {
+            eof = true;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut p = rest.splitn(3, ' ');
+            let kind = p.next().unwrap();
+            let name = p.next().unwrap();
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+                "{line}"
+            );
+            match kind {
+                "TYPE" => {
+                    let t = p.next().unwrap();
+                    assert!(
+                        [
+                            "counter",
+                            "gauge",
+                            "histogram",
+                            "summary",
+                            "unknown",
+                            "info",
+                            "stateset",
+                            "gaugehistogram"
+                        ]
+                        .contains(&t),
+                        "{line}"
+                    );
+                    types.insert(name.to_string(), t.to_string());
+                }
+                "HELP" | "UNIT" => {}
+                _ => panic!("unknown comment: {line}"),
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        let v: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value: {line}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => {
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("bad labels: {line}"));
+                let mut labels = Vec::new();
+                for pair in body.split("\",").filter(|p| !p.is_empty()) {
+                    let (k, v) = pair
+                        .split_once("=\"")
+                        .unwrap_or_else(|| panic!("bad label: {line}"));
+                    labels.push((k.to_string(), v.trim_end_matches('"').to_string()));
+                }
+                (n.to_string(), labels)
+            }
+            None => (series.to_string(), vec![]),
+        };
+        let family = types
+            .keys()
+            .filter(|f| {
+                name == **f
+                    || ["_total", "_bucket", "_sum", "_count", "_created"]
+                        .iter()
+                        .any(|s| name == format!("{f}{s}"))
+            })
+            .max_by_key(|f| f.len())
+            .unwrap_or_else(|| panic!("sample of an undeclared family: {line}"));
+        let _ = family;
+        samples.push((name, labels, v));
+    }
+    assert!(eof, "no # EOF");
+    (types, samples)
+}
+
+#[tokio::test]
+async fn metrics_are_admin_only_and_parse_as_prometheus_text() {
+    let s = TestServer::with(Opts::default().config("[metrics]\nlisten = \"127.0.0.1:0\"\n")).await;
+    let r = s.get("/metrics").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = s.get("/api/audit").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let _ = s.admin_get("/api/nothing-here").send().await.unwrap();
+    let r = s.admin_get("/metrics").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+    let text = r.text().await.unwrap();
+    let (types, samples) = parse_exposition(&text);
+    for (f, t) in [
+        ("frenly_http_requests", "counter"),
+        ("frenly_http_request_duration_seconds", "histogram"),
+        ("frenly_requests_blocked", "counter"),
+        ("frenly_active_bans", "gauge"),
+        ("frenly_login_failures", "counter"),
+        ("frenly_audit_queue_depth", "gauge"),
+        ("frenly_audit_backpressure", "counter"),
+        ("frenly_websocket_connections", "gauge"),
+    ] {
+        assert_eq!(types.get(f).map(String::as_str), Some(t), "{f}");
+    }
+    let has = |name: &str, labels: &[(&str, &str)]| {
+        samples.iter().any(|(n, l, v)| {
+            n == name
+                && *v >= 1.0
+                && labels
+                    .iter()
+                    .all(|(k, val)| l.iter().any(|(a, b)| a == k && b == val))
+        })
+    };
+    assert!(has(
+        "frenly_http_requests_total",
+        &[("route", "/metrics"), ("status", "401")]
+    ));
+    assert!(has(
+        "frenly_http_requests_total",
+        &[("route", "(unmatched)"), ("status", "404")]
+    ));
+    assert!(has(
+        "frenly_requests_blocked_total",
+        &[("reason", "unauthenticated")]
+    ));
+    assert!(has("frenly_http_request_duration_seconds_count", &[]));
+
+    // The separate listener: no authentication, plain HTTP.
+    let err = s.stderr_text();
+    let url = err
+        .split("metrics listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let r = reqwest::get(&url).await.unwrap();
+    assert_eq!(r.status(), 200);
+    parse_exposition(&r.text().await.unwrap());
+    let other = url.replace("/metrics", "/api/audit");
+    assert_eq!(reqwest::get(&other).await.unwrap().status(), 404);
+}
+
+fn init_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (code, _, err) = run_cli(&["init", "--data-dir", s(&data)], None, &[]);
+    assert_eq!(code, 0, "{err}");
+    (dir, data)
+}
+
+fn check_with(dir: &Path, data: &Path, toml: &str) -> (i32, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let cfg = dir.join("check.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, out, err) = run_cli(
+        &["check", "--config", s(&cfg), "--data-dir", s(data)],
+        None,
+        &[],
+    );
+    (code, format!("{out}{err}"))
+}
+
+#[test]
+fn check_passes_on_a_fresh_init_and_with_no_data_dir() {
+    let (_dir, data) = init_dir();
+    let (code, out, err) = run_cli(&["check", "--data-dir", s(&data)], None, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("FAIL"), "{out}");
+    assert!(
+        out.lines()
+            .all(|l| l.starts_with("PASS ") || l.starts_with("WARN ")),
+        "{out}"
+    );
+    assert!(out.contains("WARN alert channel"), "{out}");
+    // The embedded default before any start also passes.
+    let fresh = tempfile::tempdir().unwrap();
+    let (code, out, err) = run_cli(
+        &["check", "--data-dir", s(&fresh.path().join("d"))],
+        None,
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn check_fails_each_broken_item() {
+    use std::os::unix::fs::PermissionsExt;
+    let cases: &[(&str, &str)] = &[
+        (
+            "[network]\nlisten = \"0.0.0.0:8080\"\ntls = false\n",
+            "FAIL tls",
+        ),
+        (
+            "[security]\napi_key = \"short-key\"\n",
+            "FAIL static api key",
+        ),
+        (
+            &format!("[security]\napi_key = \"{}\"\n", "ab".repeat(24)),
+            "FAIL static api key",
+        ),
+        (
+            "[limits]\nrate = { max_requests = 1000000, window_seconds = 1 }\n",
+            "FAIL rate limits",
+        ),
+        (
+            "[limits]\nddos = { max_requests_per_second = 5000, ban_seconds = 300 }\n",
+            "FAIL rate limits",
+        ),
+        (
+            "[limits]\nddos = { max_requests_per_second = 10, ban_seconds = 0 }\n",
+            "FAIL bans",
+        ),
+        ("[limits]\nallowlist = [\"0.0.0.0/0\"]\n", "FAIL bans"),
+        ("[auth]\nlockout_seconds = 0\n", "FAIL login lockout"),
+        ("[ids]\nmode = \"off\"\n", "FAIL intrusion detection"),
+        (
+            "[network]\ntrusted_proxies = [\"0.0.0.0/0\"]\n",
+            "FAIL trusted proxies",
+        ),
+        (
+            "[network]\ntrusted_proxies = [\"10.0.0.0/8\", \"::/0\"]\n",
+            "FAIL trusted proxies",
+        ),
+        (
+            "[metrics]\nlisten = \"0.0.0.0:9100\"\n",
+            "FAIL metrics listener",
+        ),
+    ];
+    for (toml, expect) in cases {
+        let (dir, data) = init_dir();
+        let (code, out) = check_with(dir.path(), &data, toml);
+        assert_eq!(code, 1, "{toml}: {out}");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(expect) && l.contains("; fix: ")),
+            "{toml}: expected {expect}: {out}"
+        );
+    }
+    // WARN, not FAIL: plain HTTP on loopback, IDS in detect mode.
+    let (dir, data) = init_dir();
+    let (code, out) = check_with(
+        dir.path(),
+        &data,
+        "[network]\ntls = false\n[ids]\nmode = \"detect\"\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("WARN tls") && out.contains("WARN intrusion detection"),
+        "{out}"
+    );
+    // A strong static key passes.
+    let (code, out) = check_with(
+        dir.path(),
+        &data,
+        "[security]\napi_key = \"kq3ZJ0v9Xb2Lw8TyN4mR7pQ1sU6hE5dGcA_fB-iK\"\n",
+    );
+    assert_eq!(code, 0, "{out}");
+
+    let perm = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    // Key files readable by others, or weak.
+    for (file, expect) in [
+        ("jwt.secret", "FAIL jwt secret"),
+        ("keyring.json", "FAIL keyring file"),
+        ("tls/key.pem", "FAIL tls private key"),
+        ("frenly.db", "FAIL database file"),
+    ] {
+        let (dir, data) = init_dir();
+        perm(&data.join(file), 0o644);
+        let (code, out) = check_with(dir.path(), &data, "");
+        assert_eq!(code, 1, "{file}: {out}");
+        assert!(out.contains(expect), "{file}: {out}");
+    }
+    let (dir, data) = init_dir();
+    let jwt = data.join("jwt.secret");
+    std::fs::write(&jwt, "too-short").unwrap();
+    perm(&jwt, 0o600);
+    let (code, out) = check_with(dir.path(), &data, "");
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("FAIL jwt secret") && out.contains("9 bytes"),
+        "{out}"
+    );
+    // A config file that holds the static key and is world-readable.
+    let (dir, data) = init_dir();
+    let cfg = dir.path().join("check.toml");
+    std::fs::write(
+        &cfg,
+        "[security]\napi_key = \"kq3ZJ0v9Xb2Lw8TyN4mR7pQ1sU6hE5dGcA_fB-iK\"\n",
+    )
+    .unwrap();
+    perm(&cfg, 0o644);
+    let (code, out, _) = run_cli(
+        &["check", "--config", s(&cfg), "--data-dir", s(&data)],
+        None,
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(out.contains("FAIL config file"), "{out}");
+}
+
+#[tokio::test]
+async fn check_fails_an_edited_or_unwritable_audit_log() {
+    let (dir, data) = init_dir();
+    let cfg = write_log(&data, 5, 0).await;
+    let (code, out) = check_with(dir.path(), &data, "");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("PASS audit log") && out.contains("5 lines"),
+        "{out}"
+    );
+    let mut l = lines_of(&cfg.audit_file);
+    l.remove(2);
+    write_lines(&cfg.audit_file, &l);
+    let (code, out) = check_with(dir.path(), &data, "");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL audit log: chain broken"), "{out}");
+    // Unwritable (a directory where the file should be).
+    let (code, out) = check_with(
+        dir.path(),
+        &data,
+        &format!("[audit]\nfile = \"{}\"\n", s(&data.join("tls"))),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL audit log"), "{out}");
+}
+
+/// Run a rule checker; None = the kernel refused the check (skip).
+fn tool_check(prog: &str, args: &[&str], input: &str) -> Option<(bool, String)> {
+    use std::io::Write;
+    let mut child = match std::process::Command::new(prog)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var("FRENLY_CI").is_err(),
+                "{prog} missing in CI: {e}"
+            );
+            eprintln!("SKIP: {prog} not installed ({e})");
+            return None;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let lower = err.to_lowercase();
+    if !out.status.success()
+        && (lower.contains("operation not permitted")
+            || lower.contains("permission denied")
+            || lower.contains("netlink")
+            || lower.contains("you must be root")
+            || lower.contains("can't initialize"))
+    {
+        eprintln!(
+            "SKIP: the kernel refused `{prog} {}`: {}",
+            args.join(" "),
+            err.trim()
+        );
+        return None;
+    }
+    Some((out.status.success(), err))
+}
+
+#[test]
+fn firewall_rules_are_accepted_by_nft_and_iptables_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fw.toml");
+    std::fs::write(
+        &cfg,
+        "[network]\nlisten = \"0.0.0.0:8443\"\n[metrics]\nlisten = \"10.0.0.5:9100\"\n",
+    )
+    .unwrap();
+    let data = dir.path().join("d");
+    let mut outputs = Vec::new();
+    for format in ["nftables", "iptables", "ufw"] {
+        let (code, out, err) = run_cli(
+            &[
+                "firewall",
+                "--format",
+                format,
+                "--config",
+                s(&cfg),
+                "--data-dir",
+                s(&data),
+            ],
+            None,
+            &[],
+        );
+        assert_eq!(code, 0, "{err}");
+        for port in ["22", "80", "443", "8443", "9100"] {
+            assert!(out.contains(port), "{format} lacks {port}: {out}");
+        }
+        outputs.push(out);
+    }
+    assert!(outputs[0].contains("policy drop") && outputs[0].contains("log prefix"));
+    assert!(outputs[1].contains(":INPUT DROP") && outputs[1].contains("-j LOG"));
+    assert!(outputs[2].contains("ufw default deny incoming"));
+    // Loopback metrics listener: not opened.
+    std::fs::write(&cfg, "[metrics]\nlisten = \"127.0.0.1:9100\"\n").unwrap();
+    let (_, out, _) = run_cli(
+        &["firewall", "--format", "nftables", "--config", s(&cfg)],
+        None,
+        &[],
+    );
+    assert!(!out.contains("9100") && out.contains("8080"));
+
+    if let Some((ok, err)) = tool_check("nft", &["-c", "-f", "-"], &outputs[0]) {
+        assert!(ok, "nft -c refused the rules: {err}\n{}", outputs[0]);
+        // And the checker really checks.
+        let (ok, _) = tool_check(
+            "nft",
+            &["-c", "-f", "-"],
+            "table inet x { chain y { bogus } }",
+        )
+        .unwrap();
+        assert!(!ok);
+    }
+    if let Some((ok, err)) = tool_check("iptables-restore", &["--test"], &outputs[1]) {
+        assert!(
+            ok,
+            "iptables-restore --test refused the rules: {err}\n{}",
+            outputs[1]
+        );
+    }
+    // --apply refuses clearly when not root (only meaningful as non-root).
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    if !root {
+        let (code, _, err) = run_cli(&["firewall", "--format", "nftables", "--apply"], None, &[]);
+        assert_eq!(code, 1);
+        assert!(err.contains("root"), "{err}");
+    }
+}
+
+/// A tiny webhook receiver: records every POST body.
+fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                loop {
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        line.clear();
+                        r.read_line(&mut line).unwrap();
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    r.read_exact(&mut body).unwrap();
+                    if let Ok(v) = serde_json::from_slice(&body) {
+                        sink.lock().unwrap().push(v);
+                    }
+                    c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .unwrap();
+                }
+            });
+        }
+    });
+    (url, got)
+}
+
+#[test]
+fn monitor_once_finds_a_changed_key_file_and_an_nmap_process() {
+    let (dir, data) = init_dir();
+    let (url, got) = webhook();
+    let cfg = dir.path().join("mon.toml");
+    std::fs::write(&cfg, format!("[alerts]\nwebhook_url = \"{url}\"\n")).unwrap();
+    let args = |extra: &[&str]| {
+        let mut v = vec!["monitor", "--config", s(&cfg), "--data-dir", s(&data)];
+        v.extend_from_slice(extra);
+        v.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        run_cli(&refs, None, &[])
+    };
+    let (code, out, err) = run(&["--baseline"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let baseline = data.join("monitor-baseline.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&baseline).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (_, out, _) = run(&["--once"]);
+    assert!(!out.contains("file_changed"), "{out}");
+    assert!(!out.contains("`nmap`"), "{out}");
+
+    // A changed key file and a scanner running.
+    std::fs::write(data.join("jwt.secret"), "x".repeat(88)).unwrap();
+    let bin = dir.path().join("nmap");
+    std::fs::copy("/bin/sleep", &bin).unwrap();
+    let mut nmap = std::process::Command::new(&bin).arg("30").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let (code, out, err) = run(&["--once"]);
+    let _ = nmap.kill();
+    let _ = nmap.wait();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FINDING file_changed") && l.contains("jwt.secret")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FINDING suspicious_process")
+                && l.contains("`nmap`")
+                && l.contains(&nmap.id().to_string())),
+        "{out}"
+    );
+    // Each finding went through the alert channel.
+    let alerts = got.lock().unwrap().clone();
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["kind"] == "file_changed"
+                && a["detail"].as_str().unwrap().contains("jwt.secret")),
+        "{alerts:?}"
+    );
+    assert!(
+        alerts.iter().any(|a| a["kind"] == "suspicious_process"),
+        "{alerts:?}"
+    );
+}
+
+#[test]
+fn audit_tail_follows_appends_and_rotation() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("a.log");
+    std::fs::write(&log, "one\n").unwrap();
+    let mut child = std::process::Command::new(crate::common::BIN)
+        .args(["audit", "tail", "--follow", s(&log)])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let next = || rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(next(), "one");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(b"two\n").unwrap();
+    assert_eq!(next(), "two");
+    f.write_all(b"three\n").unwrap();
+    drop(f);
+    std::fs::rename(&log, dir.path().join("a.log.1")).unwrap();
+    std::fs::write(&log, "four\n").unwrap();
+    assert_eq!(next(), "three");
+    assert_eq!(next(), "four");
+    let _ = child.kill();
+    let _ = child.wait();
+}
