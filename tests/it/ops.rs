@@ -404,7 +404,7 @@ async fn sigterm_flushes_every_accepted_event() {
         assert_eq!(r.status(), 200);
         ids.push(rid);
     }
-    assert_eq!(s.terminate(), Some(0));
+    assert_eq!(s.terminate().await, Some(0));
     let text = std::fs::read_to_string(s.data.join("security_audit.log")).unwrap();
     for id in &ids {
         assert!(
@@ -453,7 +453,7 @@ async fn no_secret_reaches_the_audit_log() {
         .send()
         .await
         .unwrap();
-    assert_eq!(s.terminate(), Some(0));
+    assert_eq!(s.terminate().await, Some(0));
     let text = std::fs::read_to_string(s.data.join("security_audit.log")).unwrap();
     assert!(text.lines().count() >= 6, "{text}");
     for secret in [admin.as_str(), &admin[4..], wrong.as_str(), static_like] {
