@@ -92,10 +92,7 @@ async fn create(
     ))
 }
 
-async fn list(
-    State(state): State<AppState>,
-    who: Authenticated,
-) -> Result<Json<Value>, ApiError> {
+async fn list(State(state): State<AppState>, who: Authenticated) -> Result<Json<Value>, ApiError> {
     let owner = (!who.is_admin()).then_some(who.user_id.as_str());
     let rows = store::keys::list(&state.db, owner).await?;
     let now = store::now_ms();

@@ -44,7 +44,9 @@ async fn create(
         .await?
         .is_some()
     {
-        return Err(ApiError::Conflict("a user with this username exists".into()));
+        return Err(ApiError::Conflict(
+            "a user with this username exists".into(),
+        ));
     }
     let pw = Zeroizing::new(new.password.to_string());
     let hash = state

@@ -418,7 +418,7 @@ pub fn key_json(k: &store::keys::KeyRow, now: i64) -> Value {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -431,7 +431,9 @@ mod tests {
     fn user_rules_report_every_field() {
         let roles = Roles::new(&Default::default());
         let Err(IdentityError::Validation(f)) = validate_user(
-            &obj(json!({"username": "a b", "email": "nope", "password": "short", "roles": ["root"], "x": 1})),
+            &obj(
+                json!({"username": "a b", "email": "nope", "password": "short", "roles": ["root"], "x": 1}),
+            ),
             &roles,
         ) else {
             panic!()
@@ -456,7 +458,14 @@ mod tests {
             assert!(!valid_username(bad), "{bad}");
         }
         assert!(valid_email("a.b+c@x-y.example.org"));
-        for bad in ["a@b", "@x.org", "a@@x.org", "a b@x.org", "a@x.o", "a@x.org\n"] {
+        for bad in [
+            "a@b",
+            "@x.org",
+            "a@@x.org",
+            "a b@x.org",
+            "a@x.o",
+            "a@x.org\n",
+        ] {
             assert!(!valid_email(bad), "{bad}");
         }
     }

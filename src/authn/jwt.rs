@@ -176,7 +176,11 @@ impl Verifier {
 
     /// Sign `claims` with the first configured algorithm.
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, JwtError> {
-        let alg = self.algorithms.first().copied().ok_or(JwtError::NoAlgorithm)?;
+        let alg = self
+            .algorithms
+            .first()
+            .copied()
+            .ok_or(JwtError::NoAlgorithm)?;
         jsonwebtoken::encode(
             &Header::new(alg),
             claims,
@@ -312,8 +316,8 @@ impl Claims {
 /// that, the raw bytes; surrounding whitespace is ignored. At least 32 bytes
 /// (256 bits) are required.
 pub fn read_secret(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    let raw = std::fs::read(path)
-        .map_err(|e| anyhow::anyhow!("cannot read the JWT secret file: {e}"))?;
+    let raw =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read the JWT secret file: {e}"))?;
     let text = String::from_utf8_lossy(&raw);
     let trimmed = text.trim();
     let bytes = match base64::engine::general_purpose::STANDARD.decode(trimmed) {

@@ -146,13 +146,13 @@ impl Lockout {
 
     /// Is this username or this address locked at `now` (ms)?
     pub async fn check(&self, username: &str, addr: Option<IpAddr>, now: i64) -> Option<Locked> {
+        if self.accounts.locked(&username.to_string(), now) {
+            return Some(Locked::Account);
+        }
         if let Some(a) = addr {
             if self.addresses.locked(&group(a), now) {
                 return Some(Locked::Address);
             }
-        }
-        if self.accounts.locked(&username.to_string(), now) {
-            return Some(Locked::Account);
         }
         None
     }

@@ -93,7 +93,10 @@ pub async fn login(
             let newly = authn.lockout.failure(username, addr, store::now_ms()).await;
             let err = fail("invalid_credentials", u.map(|u| u.id)).await;
             for what in newly {
-                tracing::warn!(locked = what.as_str(), "login lockout after repeated failures");
+                tracing::warn!(
+                    locked = what.as_str(),
+                    "login lockout after repeated failures"
+                );
                 let mut ev = AuditEvent::new("security_violation")
                     .field("violation_type", "login_lockout")
                     .field(
@@ -120,7 +123,9 @@ pub async fn login(
     };
 
     authn.lockout.success(username).await;
-    let perms = state.roles.permissions(user.roles.iter().map(String::as_str));
+    let perms = state
+        .roles
+        .permissions(user.roles.iter().map(String::as_str));
     let (token, claims) = authn.issue_token(&user.id, perms).map_err(|e| {
         tracing::error!(error = %e, "token signing failed");
         ApiError::Internal

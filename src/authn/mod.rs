@@ -382,8 +382,7 @@ impl Authn {
         }
         let last = e.last_touch.load(Ordering::Relaxed);
         if now - last < TOUCH_INTERVAL_MS
-            || e
-                .last_touch
+            || e.last_touch
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
         {
@@ -485,9 +484,9 @@ impl Authn {
 
     /// A key was revoked or rotated: forget it at once.
     pub fn invalidate_key(&self, key_id: &str) {
-        self.keys.invalidate(|e| {
-            matches!(&e.principal.auth, AuthKind::ApiKey { key_id: k } if k == key_id)
-        });
+        self.keys.invalidate(
+            |e| matches!(&e.principal.auth, AuthKind::ApiKey { key_id: k } if k == key_id),
+        );
     }
 
     /// A user was deleted or changed: forget their keys and user entry at once.

@@ -211,7 +211,9 @@ pub fn users(cfg: Config, cmd: UsersCmd) -> CmdResult {
             } => {
                 let mut errs = Vec::new();
                 if !identity::valid_username(&username) {
-                    errs.push("username must be 3 to 20 letters, digits or underscores".to_string());
+                    errs.push(
+                        "username must be 3 to 20 letters, digits or underscores".to_string(),
+                    );
                 }
                 if let Some(e) = &email {
                     if !identity::valid_email(e) {
@@ -241,7 +243,11 @@ pub fn users(cfg: Config, cmd: UsersCmd) -> CmdResult {
                     .await
                     .map_err(identity_failure)?;
                 println!("{}", u.id);
-                eprintln!("frenly: created user `{}` ({})", u.username, u.roles.join(","));
+                eprintln!(
+                    "frenly: created user `{}` ({})",
+                    u.username,
+                    u.roles.join(",")
+                );
                 Ok(0)
             }
             UsersCmd::List => {
@@ -279,8 +285,12 @@ pub fn token(cfg: Config, args: TokenArgs) -> CmdResult {
         let roles = Roles::new(&cfg.roles);
         let perms = roles.permissions(u.roles.iter().map(String::as_str));
         let secret = jwt::read_secret(&cfg.jwt_secret_file)?;
-        let v = jwt::Verifier::new(secret, &cfg.auth.jwt_algorithms, cfg.auth.jwt_leeway_seconds)
-            .map_err(Failure::refused)?;
+        let v = jwt::Verifier::new(
+            secret,
+            &cfg.auth.jwt_algorithms,
+            cfg.auth.jwt_leeway_seconds,
+        )
+        .map_err(Failure::refused)?;
         let ttl = (cfg.auth.jwt_ttl_hours as i64).saturating_mul(3600);
         let names = perms.names().into_iter().map(String::from).collect();
         let claims = jwt::Claims::new(&u.id, names, store::now_ms().div_euclid(1000), ttl);

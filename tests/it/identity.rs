@@ -82,7 +82,8 @@ fn jwt_vectors_are_judged_as_expected() {
     use base64::Engine;
     use frenly::authn::jwt::Verifier;
     let text = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/vectors/jwt/vectors.json"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/vectors/jwt/vectors.json"),
     )
     .unwrap();
     let cases: Vec<Value> = serde_json::from_str(&text).unwrap();
@@ -119,7 +120,10 @@ fn jwt_vectors_are_judged_as_expected() {
                     assert_eq!(&Value::Object(claims.clone()), &c["claims"], "{name}")
                 }
                 (Err(_), false) => {}
-                _ => panic!("{name} (leeway {leeway}): expected {}, got {verdict:?}", c["expected"]),
+                _ => panic!(
+                    "{name} (leeway {leeway}): expected {}, got {verdict:?}",
+                    c["expected"]
+                ),
             }
         }
         valid += usize::from(expected_valid);
@@ -213,14 +217,29 @@ fn matrix() -> Vec<Row> {
         row("GET", "/api/users/{id}", None, ADMIN),
         row("DELETE", "/api/users/{id}", None, ADMIN),
         // other areas (skipped until their routes exist)
-        row("POST", "/api/tasks", Some(json!({"title": "t"})), &["admin", "user"]),
+        row(
+            "POST",
+            "/api/tasks",
+            Some(json!({"title": "t"})),
+            &["admin", "user"],
+        ),
         row("GET", "/api/tasks", None, ALL),
         row("GET", "/api/tasks/{id}", None, ALL),
-        row("PATCH", "/api/tasks/{id}", Some(json!({})), &["admin", "user"]),
+        row(
+            "PATCH",
+            "/api/tasks/{id}",
+            Some(json!({})),
+            &["admin", "user"],
+        ),
         row("DELETE", "/api/tasks/{id}", None, ADMIN),
         row("GET", "/api/agent", None, &["admin", "agent"]),
         row("PATCH", "/api/agent", Some(json!({})), &["admin", "agent"]),
-        row("POST", "/api/agent/claim", Some(json!({})), &["admin", "agent"]),
+        row(
+            "POST",
+            "/api/agent/claim",
+            Some(json!({})),
+            &["admin", "agent"],
+        ),
         row(
             "POST",
             "/api/tasks/{id}/result",
@@ -314,7 +333,14 @@ async fn keys_create_list_revoke_rotate_and_expire() {
     assert_eq!(list["next_cursor"], Value::Null);
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     // admin sees kate's key and its own
-    let all: Value = s.admin_get("/api/keys").send().await.unwrap().json().await.unwrap();
+    let all: Value = s
+        .admin_get("/api/keys")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(all["items"].as_array().unwrap().len() >= 2);
 
     // key in the query string is not accepted
@@ -339,7 +365,13 @@ async fn keys_create_list_revoke_rotate_and_expire() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    let ml: Value = with(s.get("/api/keys"), &m).send().await.unwrap().json().await.unwrap();
+    let ml: Value = with(s.get("/api/keys"), &m)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ml["items"].as_array().unwrap().len(), 0);
 
     // rotate: new secret works, old one works during the grace period only
@@ -354,7 +386,11 @@ async fn keys_create_list_revoke_rotate_and_expire() {
     assert_eq!(whoami(&s, &new_key).await.status(), 200);
     assert_eq!(whoami(&s, &key).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(2300)).await;
-    assert_eq!(whoami(&s, &key).await.status(), 401, "old secret after grace");
+    assert_eq!(
+        whoami(&s, &key).await.status(),
+        401,
+        "old secret after grace"
+    );
     assert_eq!(whoami(&s, &new_key).await.status(), 200);
 
     // revoke: fails at once (the key was just used, so it was cached)
@@ -367,7 +403,12 @@ async fn keys_create_list_revoke_rotate_and_expire() {
     assert_eq!((st, code.as_str()), (401, "unauthenticated"));
 
     // expired key fails (0.00003 days = 2.6 s)
-    let (_, short) = key_of(&s, &jwt, json!({"name": "short", "expires_in_days": 0.00003})).await;
+    let (_, short) = key_of(
+        &s,
+        &jwt,
+        json!({"name": "short", "expires_in_days": 0.00003}),
+    )
+    .await;
     assert_eq!(whoami(&s, &short).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(2800)).await;
     assert_eq!(whoami(&s, &short).await.status(), 401, "expired key");
@@ -376,7 +417,13 @@ async fn keys_create_list_revoke_rotate_and_expire() {
     let _ = s.admin_get("/healthz").send().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let audit = std::fs::read_to_string(s.data_dir().join("security_audit.log")).unwrap();
-    for ev in ["key_created", "key_rotated", "key_revoked", "user_created", "login_attempt"] {
+    for ev in [
+        "key_created",
+        "key_rotated",
+        "key_revoked",
+        "user_created",
+        "login_attempt",
+    ] {
         assert!(audit.contains(&format!("\"event_type\":\"{ev}\"")), "{ev}");
     }
     for secret in [&key, &new_key, &jwt] {
@@ -392,26 +439,52 @@ async fn key_permissions_never_exceed_the_creator() {
     let u = token(&s, "uma", "uma-password").await;
     let r = token(&s, "rita", "rita-password").await;
 
-    let (st, code, _) = error_code(new_key(&s, &u, json!({"name": "x", "permissions": ["admin"]})).await).await;
+    let (st, code, _) =
+        error_code(new_key(&s, &u, json!({"name": "x", "permissions": ["admin"]})).await).await;
     assert_eq!((st, code.as_str()), (403, "forbidden"));
-    let (st, _, _) = error_code(new_key(&s, &r, json!({"name": "x", "permissions": ["write:tasks"]})).await).await;
+    let (st, _, _) =
+        error_code(new_key(&s, &r, json!({"name": "x", "permissions": ["write:tasks"]})).await)
+            .await;
     assert_eq!(st, 403);
     // a key limited to read:tasks cannot mint a write key either
     let (_, ro) = key_of(&s, &u, json!({"name": "ro", "permissions": ["read:tasks"]})).await;
     let w: Value = whoami(&s, &ro).await.json().await.unwrap();
     assert_eq!(w["permissions"], json!(["read:tasks"]));
-    let (st, _, _) = error_code(new_key(&s, &ro, json!({"name": "x", "permissions": ["write:tasks"]})).await).await;
+    let (st, _, _) = error_code(
+        new_key(
+            &s,
+            &ro,
+            json!({"name": "x", "permissions": ["write:tasks"]}),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(st, 403);
     // the admin may mint admin keys
-    let r = new_key(&s, s.admin(), json!({"name": "adm", "permissions": ["admin"]})).await;
+    let r = new_key(
+        &s,
+        s.admin(),
+        json!({"name": "adm", "permissions": ["admin"]}),
+    )
+    .await;
     assert_eq!(r.status(), 201);
 
     // expires_in_days rules (400 validation_failed naming the field)
-    for bad in [json!(0), json!(-1), json!(366), json!("30"), json!(null), json!([1])] {
+    for bad in [
+        json!(0),
+        json!(-1),
+        json!(366),
+        json!("30"),
+        json!(null),
+        json!([1]),
+    ] {
         let (st, code, body) =
             error_code(new_key(&s, &u, json!({"name": "x", "expires_in_days": bad})).await).await;
         assert_eq!((st, code.as_str()), (400, "validation_failed"), "{bad}");
-        assert!(body["error"]["fields"]["expires_in_days"].is_array(), "{body}");
+        assert!(
+            body["error"]["fields"]["expires_in_days"].is_array(),
+            "{body}"
+        );
     }
     let r = new_key(&s, &u, json!({"name": "half", "expires_in_days": 0.5})).await;
     assert_eq!(r.status(), 201);
@@ -467,9 +540,23 @@ async fn users_create_validate_and_delete_kills_keys_and_tokens() {
         .unwrap();
     assert_eq!(error_code(r).await.1, "conflict");
     // list and show never carry the hash
-    let text = s.admin_get("/api/users").send().await.unwrap().text().await.unwrap();
+    let text = s
+        .admin_get("/api/users")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(text.contains("dave") && !text.contains("argon2"), "{text}");
-    let one: Value = s.admin_get(&format!("/api/users/{id}")).send().await.unwrap().json().await.unwrap();
+    let one: Value = s
+        .admin_get(&format!("/api/users/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(one["username"], "dave");
 
     let jwt = token(&s, "dave", "dave-password").await;
@@ -488,9 +575,17 @@ async fn users_create_validate_and_delete_kills_keys_and_tokens() {
         .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(whoami(&s, &key).await.status(), 401, "key of deleted user");
-    assert_eq!(whoami(&s, &jwt).await.status(), 401, "token of deleted user");
     assert_eq!(
-        s.admin_get(&format!("/api/users/{id}")).send().await.unwrap().status(),
+        whoami(&s, &jwt).await.status(),
+        401,
+        "token of deleted user"
+    );
+    assert_eq!(
+        s.admin_get(&format!("/api/users/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         404
     );
     assert_eq!(login(&s, "dave", "dave-password").await.status(), 401);
@@ -537,7 +632,12 @@ async fn login_logout_whoami_and_bearer_parsing() {
 
     // scheme is case-insensitive; other schemes and empty tokens are 401
     for h in [format!("bearer {t}"), format!("BEARER {t}")] {
-        let r = s.get("/api/auth/whoami").header("authorization", h).send().await.unwrap();
+        let r = s
+            .get("/api/auth/whoami")
+            .header("authorization", h)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     for h in [
@@ -548,7 +648,12 @@ async fn login_logout_whoami_and_bearer_parsing() {
         format!("Bearer {t}x"),
         format!("Bearer {}", t.replace('.', "..")),
     ] {
-        let r = s.get("/api/auth/whoami").header("authorization", h.clone()).send().await.unwrap();
+        let r = s
+            .get("/api/auth/whoami")
+            .header("authorization", h.clone())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401, "{h}");
     }
     // alg none with the same claims is refused
@@ -561,7 +666,11 @@ async fn login_logout_whoami_and_bearer_parsing() {
 
     // wrong password / unknown user / bootstrap admin without password: same answer
     let mut messages = Vec::new();
-    for (u, p) in [("lena", "wrong-password"), ("nobody", "whatever-pw"), ("admin", "")] {
+    for (u, p) in [
+        ("lena", "wrong-password"),
+        ("nobody", "whatever-pw"),
+        ("admin", ""),
+    ] {
         let (st, code, body) = error_code(login(&s, u, p).await).await;
         assert_eq!((st, code.as_str()), (401, "unauthenticated"), "{u}");
         messages.push(body["error"]["message"].as_str().unwrap().to_string());
@@ -569,9 +678,18 @@ async fn login_logout_whoami_and_bearer_parsing() {
     assert!(messages.windows(2).all(|w| w[0] == w[1]));
 
     // logout with an API key: 400; with the JWT: 204 and the token dies at once
-    let r = s.admin_post("/api/auth/logout", &json!({})).send().await.unwrap();
+    let r = s
+        .admin_post("/api/auth/logout", &json!({}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(r).await.1, "bad_request");
-    let r = s.post("/api/auth/logout").bearer_auth(&t).send().await.unwrap();
+    let r = s
+        .post("/api/auth/logout")
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(whoami(&s, &t).await.status(), 401, "revoked jti");
     // a fresh login still works
@@ -601,7 +719,12 @@ async fn revoked_token_survives_restart() {
     let s = server("").await;
     add_user(&s, "rex", &["user"], "rex-password").await;
     let t = token(&s, "rex", "rex-password").await;
-    let r = s.post("/api/auth/logout").bearer_auth(&t).send().await.unwrap();
+    let r = s
+        .post("/api/auth/logout")
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     let data = s.data_dir();
     let s = s.restart(Opts::default().config(BASE)).await;
@@ -624,13 +747,21 @@ async fn lockout_per_account_and_per_address_then_release() {
     let (_, _, wrong) = error_code(login(&s, "nobody", "bad-password").await).await;
     assert_eq!(body["error"]["message"], wrong["error"]["message"]);
     tokio::time::sleep(Duration::from_millis(2300)).await;
-    assert_eq!(login(&s, "vic", "vic-password").await.status(), 200, "released");
+    assert_eq!(
+        login(&s, "vic", "vic-password").await.status(),
+        200,
+        "released"
+    );
 
     // per address: failures spread over other usernames lock this address
     for u in ["ghost1", "ghost2", "ghost3"] {
         assert_eq!(login(&s, u, "bad-password").await.status(), 401);
     }
-    assert_eq!(login(&s, "vic", "vic-password").await.status(), 401, "address locked");
+    assert_eq!(
+        login(&s, "vic", "vic-password").await.status(),
+        401,
+        "address locked"
+    );
     tokio::time::sleep(Duration::from_millis(2300)).await;
     assert_eq!(login(&s, "vic", "vic-password").await.status(), 200);
 
@@ -650,34 +781,49 @@ async fn unknown_and_known_users_cost_the_same_time() {
         login(&s, "tim", "wrong-password").await;
         login(&s, "nobody_here", "wrong-password").await;
     }
-    let mut known = Vec::new();
-    let mut unknown = Vec::new();
-    for i in 0..12 {
-        let (a, b) = if i % 2 == 0 {
-            ("tim", "nobody_here")
-        } else {
-            ("nobody_here", "tim")
-        };
-        for u in [a, b] {
-            let t0 = Instant::now();
-            let r = login(&s, u, "wrong-password").await;
-            let dt = t0.elapsed().as_secs_f64();
-            assert_eq!(r.status(), 401);
-            if u == "tim" {
-                known.push(dt)
-            } else {
-                unknown.push(dt)
-            }
-        }
-    }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
-    let (k, u) = (median(&mut known), median(&mut unknown));
-    let diff = (k - u).abs() / k.max(u);
-    eprintln!("login median: known {:.1} ms, unknown {:.1} ms, diff {:.1}%", k * 1e3, u * 1e3, diff * 100.0);
-    assert!(diff < 0.2, "known {k} unknown {u}");
+    // Up to three rounds, so that a burst of load from tests running in
+    // parallel on a small machine does not decide; a real difference (no
+    // argon2 for unknown users: ~25 ms vs ~1 ms) fails every round.
+    let mut diffs = Vec::new();
+    for _round in 0..3 {
+        let mut known = Vec::new();
+        let mut unknown = Vec::new();
+        for i in 0..10 {
+            let order = if i % 2 == 0 {
+                ["tim", "nobody_here"]
+            } else {
+                ["nobody_here", "tim"]
+            };
+            for u in order {
+                let t0 = Instant::now();
+                let r = login(&s, u, "wrong-password").await;
+                let dt = t0.elapsed().as_secs_f64();
+                assert_eq!(r.status(), 401);
+                if u == "tim" {
+                    known.push(dt)
+                } else {
+                    unknown.push(dt)
+                }
+            }
+        }
+        let (k, u) = (median(&mut known), median(&mut unknown));
+        let diff = (k - u).abs() / k.max(u);
+        eprintln!(
+            "login median: known {:.1} ms, unknown {:.1} ms, diff {:.1}%",
+            k * 1e3,
+            u * 1e3,
+            diff * 100.0
+        );
+        if diff < 0.2 {
+            return;
+        }
+        diffs.push(diff);
+    }
+    panic!("unknown vs known login time differs by more than 20%: {diffs:?}");
 }
 
 // ---------------------------------------------------------------- headers
@@ -689,11 +835,21 @@ async fn key_header_name_is_configurable_and_case_insensitive() {
     )
     .await;
     for h in ["X-Token", "x-token", "X-TOKEN"] {
-        let r = s.get("/api/auth/whoami").header(h, s.admin()).send().await.unwrap();
+        let r = s
+            .get("/api/auth/whoami")
+            .header(h, s.admin())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{h}");
     }
     // the default header name means nothing here
-    let r = s.get("/api/auth/whoami").header("X-API-Key", s.admin()).send().await.unwrap();
+    let r = s
+        .get("/api/auth/whoami")
+        .header("X-API-Key", s.admin())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     // the static bootstrap key authenticates as the first admin
     let r = s
@@ -790,14 +946,25 @@ async fn cli_users_keys_and_token() {
 
     // password from stdin, never an argument
     let (code, out, err) = cli(
-        &["users", "add", "carol", "--role", "user", "--email", "carol@example.com"],
+        &[
+            "users",
+            "add",
+            "carol",
+            "--role",
+            "user",
+            "--email",
+            "carol@example.com",
+        ],
         Some("carol-password\n"),
     );
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains("carol-password") && !err.contains("carol-password"));
     let (code, _, _) = cli(&["users", "add", "carl", "--password", "x"], None);
     assert_eq!(code, 2);
-    let (code, _, err) = cli(&["users", "add", "carol2", "--role", "nope"], Some("carol-password\n"));
+    let (code, _, err) = cli(
+        &["users", "add", "carol2", "--role", "nope"],
+        Some("carol-password\n"),
+    );
     assert_eq!(code, 2, "{err}");
     let (code, _, _) = cli(&["users", "add", "carol"], Some("carol-password\n"));
     assert_eq!(code, 1, "duplicate");
@@ -807,16 +974,46 @@ async fn cli_users_keys_and_token() {
     assert_eq!(login(&s, "carol", "carol-password").await.status(), 200);
 
     // keys create prints the key once, on stdout
-    let (code, out, err) = cli(&["keys", "create", "--user", "carol", "--expires-in-days", "2"], None);
+    let (code, out, err) = cli(
+        &[
+            "keys",
+            "create",
+            "--user",
+            "carol",
+            "--expires-in-days",
+            "2",
+        ],
+        None,
+    );
     assert_eq!(code, 0, "{err}");
     let key = out.trim().to_string();
     assert!(key.starts_with("frn_") && out.lines().count() == 1, "{out}");
     assert!(!err.contains(&key));
     let w: Value = whoami(&s, &key).await.json().await.unwrap();
     assert_eq!(w["username"], "carol");
-    let (code, _, _) = cli(&["keys", "create", "--user", "carol", "--permissions", "admin"], None);
+    let (code, _, _) = cli(
+        &[
+            "keys",
+            "create",
+            "--user",
+            "carol",
+            "--permissions",
+            "admin",
+        ],
+        None,
+    );
     assert_eq!(code, 1, "user cannot get an admin key");
-    let (code, _, _) = cli(&["keys", "create", "--user", "carol", "--expires-in-days", "400"], None);
+    let (code, _, _) = cli(
+        &[
+            "keys",
+            "create",
+            "--user",
+            "carol",
+            "--expires-in-days",
+            "400",
+        ],
+        None,
+    );
     assert_eq!(code, 2);
     let (code, out, _) = cli(&["keys", "list"], None);
     assert_eq!(code, 0);
@@ -835,7 +1032,10 @@ async fn cli_users_keys_and_token() {
     assert_eq!(code, 0, "{err}");
     let t = out.trim().to_string();
     let w: Value = whoami(&s, &t).await.json().await.unwrap();
-    assert_eq!((w["username"].as_str(), w["auth"].as_str()), (Some("carol"), Some("jwt")));
+    assert_eq!(
+        (w["username"].as_str(), w["auth"].as_str()),
+        (Some("carol"), Some("jwt"))
+    );
 
     // offline revoke reaches the running server within the cache TTL
     let (code, _, err) = cli(&["keys", "revoke", &id], None);
@@ -870,7 +1070,9 @@ async fn cached_api_key_verification_is_fast() {
     .unwrap();
     let p = bootstrap::prepare(&cfg).await.unwrap();
     let key = p.admin_key.clone().unwrap();
-    let st = AppState::build(std::sync::Arc::new(cfg), p.db).await.unwrap();
+    let st = AppState::build(std::sync::Arc::new(cfg), p.db)
+        .await
+        .unwrap();
     let a = &st.authn;
     a.api_key_principal(&st.db, &st.roles, &key).await.unwrap();
     let n = 100_000;
