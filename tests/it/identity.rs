@@ -1087,3 +1087,37 @@ async fn cached_api_key_verification_is_fast() {
     // (a database hit per call would be ~100 µs).
     assert!(per < 20_000.0, "{per} ns");
 }
+
+#[test]
+fn server_refuses_to_start_with_an_empty_or_short_jwt_secret() {
+    for content in ["", "c2hvcnQ="] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("jwt.secret"), content).unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, "[network]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+        let mut child = std::process::Command::new(crate::common::BIN)
+            .args(["serve", "--config", cfg.to_str().unwrap(), "--data-dir"])
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("server started with a {}-byte JWT secret", content.len());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(status.code(), Some(0));
+        assert!(err.contains("JWT secret"), "{err}");
+    }
+}
