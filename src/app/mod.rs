@@ -4,9 +4,12 @@
 //! layer; [`routes`] is the whole route table, each route with its declared
 //! permission (see `authz`).
 
+pub mod auth;
 pub mod bootstrap;
 pub mod health;
+pub mod keys;
 pub mod openapi;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -48,6 +51,7 @@ impl AppState {
     pub async fn build(cfg: Arc<Config>, db: Db) -> anyhow::Result<AppState> {
         let roles = crate::authz::Roles::new(&cfg.roles);
         let authn = Authn::new(&cfg)?;
+        authn.revocations.load(&db).await?;
         let metrics = crate::monitoring::metrics::Metrics::new();
         let alerts = crate::monitoring::alerts::Alerts::start(&cfg)?;
         let audit = crate::monitoring::audit::Audit::start_with(
@@ -83,6 +87,9 @@ pub fn routes() -> Routes<AppState> {
         .merge(health::routes())
         .merge(openapi::routes())
         .merge(crate::monitoring::routes())
+        .merge(auth::routes())
+        .merge(keys::routes())
+        .merge(users::routes())
 }
 
 /// The application router (without the security stack).

@@ -3,17 +3,39 @@
 //!
 //! Threat: forged, stolen, expired or revoked credentials; credentials in
 //! URLs (logged everywhere); secrets stored in a form that a database leak
-//! turns into working keys. Guarantee: only this module reads the API-key
-//! header and `Authorization`; a request either carries no credentials (no
-//! principal: routes that need one answer 401), valid ones (an
-//! [`Authenticated`] in the request extensions, which only this module can
-//! build), or invalid ones (401 at once, whatever the route). Keys are
-//! compared by SHA-256 hash; the query string is never read.
+//! turns into working keys; password guessing and user enumeration. Guarantee:
+//! only this module reads the API-key header and `Authorization`; a request
+//! either carries no credentials (no principal: routes that need one answer
+//! 401), valid ones (an [`Authenticated`] in the request extensions, which
+//! only this module can build), or invalid ones (401 at once, whatever the
+//! route). Keys are compared by SHA-256 hash; the query string is never read.
+//! A principal's permissions are never more than its user's current ones (a
+//! key's or token's permissions are intersected with the user's roles at
+//! verification); a revoked key, a logged-out token and every credential of a
+//! deleted user fail at once on this instance (caches are invalidated on
+//! write) and within [`CACHE_TTL_MS`] on other instances.
 //!
-//! Not covered: what a principal may do (authz), per-tenant visibility (handlers).
+//! `security.api_key_required = false` weakens nothing: both credential kinds
+//! are always accepted, and the only routes open without credentials are the
+//! `Access::Public` ones (`/healthz`, `/readyz`, `/openapi.json`,
+//! `POST /api/auth/login`) in every configuration. The switch exists for the
+//! guide's configuration files; a JWT-only deployment simply creates no keys.
+//!
+//! Not covered: what a principal may do (authz), per-tenant visibility
+//! (handlers); sharing revocations and lockout counters between instances
+//! (in-process here, behind [`revocations::Revocations`] and
+//! [`lockout::Lockout`], for the shared-state layer to replace).
 
 pub mod apikey;
+pub mod cache;
+pub mod identity;
+pub mod jwt;
+pub mod lockout;
+pub mod login;
+pub mod password;
+pub mod revocations;
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Request, State};
@@ -22,8 +44,9 @@ use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 
 use crate::app::AppState;
-use crate::authz::PermissionSet;
+use crate::authz::{PermissionSet, Roles};
 use crate::http::ApiError;
+use crate::store::{self, Db};
 
 /// How the caller proved who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,8 +83,13 @@ pub struct Principal {
 pub struct Authenticated(Arc<Principal>);
 
 impl Authenticated {
+    #[allow(dead_code)] // for authn paths that build a principal by value
     pub(crate) fn new(p: Principal) -> Self {
         Authenticated(Arc::new(p))
+    }
+
+    pub(crate) fn from_arc(p: Arc<Principal>) -> Self {
+        Authenticated(p)
     }
 
     pub fn is_admin(&self) -> bool {
@@ -117,9 +145,9 @@ impl From<AuthnError> for ApiError {
 
 /// The authentication layer (middleware).
 pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    match authenticate(&state, req.headers()).await {
+    match resolve(&state, req.headers()).await {
         Ok(Some(p)) => {
-            req.extensions_mut().insert(Authenticated::new(p));
+            req.extensions_mut().insert(Authenticated::from_arc(p));
         }
         Ok(None) => {}
         Err(e) => {
@@ -135,32 +163,123 @@ pub async fn authenticate(
     state: &AppState,
     headers: &http::HeaderMap,
 ) -> Result<Option<Principal>, AuthnError> {
-    if let Some(v) = headers.get(&state.authn.key_header) {
+    Ok(resolve(state, headers).await?.map(|p| (*p).clone()))
+}
+
+/// Resolve the request's credentials to a shared principal.
+///
+/// The API-key header wins when present (more than one value is malformed);
+/// otherwise `Authorization: Bearer <jwt>` (scheme case-insensitive; any
+/// other scheme, or no token, is malformed). The query string is never read.
+async fn resolve(
+    state: &AppState,
+    headers: &http::HeaderMap,
+) -> Result<Option<Arc<Principal>>, AuthnError> {
+    let authn = &state.authn;
+    let mut keys = headers.get_all(&authn.key_header).iter();
+    if let Some(v) = keys.next() {
+        if keys.next().is_some() {
+            return Err(AuthnError::Malformed);
+        }
         let key = v.to_str().map_err(|_| AuthnError::Malformed)?;
-        return state.authn.verify_api_key(state, key).await.map(Some);
+        return authn
+            .api_key_principal(&state.db, &state.roles, key)
+            .await
+            .map(Some);
     }
-    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
-        let _ = v;
-        // JWT verification arrives with the identity layer.
-        return Err(AuthnError::Unknown);
+    let mut auths = headers.get_all(http::header::AUTHORIZATION).iter();
+    if let Some(v) = auths.next() {
+        if auths.next().is_some() {
+            return Err(AuthnError::Malformed);
+        }
+        let token = bearer_token(v)?;
+        return authn
+            .jwt_principal(&state.db, &state.roles, token)
+            .await
+            .map(Some);
     }
     Ok(None)
 }
 
-/// Authentication state: the key header and verification helpers.
+/// The token of `Authorization: Bearer <token>` (RFC 6750 §2.1; the scheme
+/// name is case-insensitive, RFC 9110 §11.1).
+pub fn bearer_token(v: &http::HeaderValue) -> Result<&str, AuthnError> {
+    let s = v.to_str().map_err(|_| AuthnError::Malformed)?;
+    let (scheme, rest) = s.split_once(' ').ok_or(AuthnError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthnError::Malformed);
+    }
+    let token = rest.trim_start_matches(' ');
+    if token.is_empty() {
+        return Err(AuthnError::Malformed);
+    }
+    Ok(token)
+}
+
+/// A verified API key, cached by the SHA-256 of the key.
+struct KeyEntry {
+    principal: Arc<Principal>,
+    /// Unix ms from which the key (or rotated-out secret) is no longer valid.
+    valid_until: i64,
+    /// Last `last_used_at` written (Unix ms); 0 = never.
+    last_touch: AtomicI64,
+    touch: bool,
+}
+
+/// A user as JWT verification needs it, cached by user id.
+struct UserEntry {
+    user_id: String,
+    username: String,
+    roles: Vec<String>,
+    permissions: PermissionSet,
+    tokens_valid_after: i64,
+}
+
+/// Seconds a cached credential is served before it is read again (bounds how
+/// long another instance's revoke, rotate or delete takes to be seen here).
+pub const CACHE_TTL_MS: i64 = 5_000;
+/// `last_used_at` is written at most once per this many ms per key.
+pub const TOUCH_INTERVAL_MS: i64 = 60_000;
+const CACHE_CAP: usize = 65_536;
+
+/// Authentication state: the key header, the JWT verifier, caches, the
+/// password hasher, lockout counters and revocations.
 pub struct Authn {
     pub key_header: http::HeaderName,
     static_key_hash: Option<[u8; 32]>,
+    pub jwt: jwt::Verifier,
+    pub jwt_ttl_seconds: i64,
+    pub passwords: password::Passwords,
+    pub lockout: lockout::Lockout,
+    pub revocations: revocations::Revocations,
+    keys: cache::TtlCache<[u8; 32], KeyEntry>,
+    users: cache::TtlCache<String, UserEntry>,
 }
 
 impl Authn {
+    /// Reads the JWT secret file (refusing an empty or short one) and prepares
+    /// the password hasher.
     pub fn new(cfg: &crate::config::Config) -> anyhow::Result<Self> {
         let key_header = http::HeaderName::from_bytes(
             cfg.security.api_key_header.to_ascii_lowercase().as_bytes(),
         )?;
+        let secret = jwt::read_secret(&cfg.jwt_secret_file)?;
+        let verifier = jwt::Verifier::new(
+            secret,
+            &cfg.auth.jwt_algorithms,
+            cfg.auth.jwt_leeway_seconds,
+        )
+        .map_err(|e| anyhow::anyhow!("auth: {e}"))?;
         Ok(Authn {
             key_header,
             static_key_hash: cfg.security.api_key.as_deref().map(apikey::hash),
+            jwt: verifier,
+            jwt_ttl_seconds: (cfg.auth.jwt_ttl_hours as i64).saturating_mul(3600),
+            passwords: password::Passwords::new()?,
+            lockout: lockout::Lockout::from_config(cfg),
+            revocations: revocations::Revocations::new(),
+            keys: cache::TtlCache::new(CACHE_TTL_MS, CACHE_CAP),
+            users: cache::TtlCache::new(CACHE_TTL_MS, CACHE_CAP),
         })
     }
 
@@ -170,17 +289,36 @@ impl Authn {
         state: &AppState,
         key: &str,
     ) -> Result<Principal, AuthnError> {
+        self.api_key_principal(&state.db, &state.roles, key)
+            .await
+            .map(|p| (*p).clone())
+    }
+
+    /// Verify an API key: the cache first (one SHA-256 and one map lookup),
+    /// then the static bootstrap key, then the database.
+    pub async fn api_key_principal(
+        &self,
+        db: &Db,
+        roles: &Roles,
+        key: &str,
+    ) -> Result<Arc<Principal>, AuthnError> {
+        let now = store::now_ms();
         let hash = apikey::hash(key);
+        if let Some(e) = self.keys.get(&hash, now) {
+            if now >= e.valid_until {
+                return Err(AuthnError::Expired);
+            }
+            self.touch(db, &e, now);
+            return Ok(e.principal.clone());
+        }
         if let Some(st) = &self.static_key_hash {
             if bool::from(subtle::ConstantTimeEq::ct_eq(&hash[..], &st[..])) {
-                let admin = crate::store::users::first_admin(&state.db)
+                let admin = store::users::first_admin(db)
                     .await
                     .map_err(|e| AuthnError::Store(e.to_string()))?
                     .ok_or(AuthnError::Unknown)?;
-                let permissions = state
-                    .roles
-                    .permissions(admin.roles.iter().map(String::as_str));
-                return Ok(Principal {
+                let permissions = roles.permissions(admin.roles.iter().map(String::as_str));
+                let principal = Arc::new(Principal {
                     user_id: admin.id,
                     username: admin.username,
                     roles: admin.roles,
@@ -189,34 +327,172 @@ impl Authn {
                         key_id: "static".into(),
                     },
                 });
+                let entry = KeyEntry {
+                    principal: principal.clone(),
+                    valid_until: i64::MAX,
+                    last_touch: AtomicI64::new(0),
+                    touch: false,
+                };
+                self.keys.insert(hash, Arc::new(entry), now);
+                return Ok(principal);
             }
         }
         if !apikey::well_formed(key) {
             return Err(AuthnError::Malformed);
         }
-        let row = crate::store::keys::find_by_hash(&state.db, &hex::encode(hash))
+        let row = store::keys::find_by_hash(db, &hex::encode(hash))
             .await
             .map_err(|e| AuthnError::Store(e.to_string()))?
             .ok_or(AuthnError::Unknown)?;
-        let now = crate::store::now_ms();
         if row.revoked_at.is_some() {
             return Err(AuthnError::Revoked);
         }
-        if row.expires_at <= now {
+        let mut valid_until = row.expires_at;
+        if row.matched_old {
+            valid_until = valid_until.min(row.old_valid_until.unwrap_or(0));
+        }
+        if now >= valid_until {
             return Err(AuthnError::Expired);
         }
-        let user_perms = state
-            .roles
-            .permissions(row.user_roles.iter().map(String::as_str));
+        let user_perms = roles.permissions(row.user_roles.iter().map(String::as_str));
         let key_perms =
             PermissionSet::parse(row.permissions.iter().map(String::as_str)).unwrap_or_default();
-        Ok(Principal {
+        let principal = Arc::new(Principal {
             user_id: row.user_id,
             username: row.username,
             roles: row.user_roles,
             permissions: key_perms.intersect(user_perms),
             auth: AuthKind::ApiKey { key_id: row.id },
-        })
+        });
+        let entry = Arc::new(KeyEntry {
+            principal: principal.clone(),
+            valid_until,
+            last_touch: AtomicI64::new(row.last_used_at.unwrap_or(0)),
+            touch: true,
+        });
+        self.touch(db, &entry, now);
+        self.keys.insert(hash, entry, now);
+        Ok(principal)
+    }
+
+    /// Write `last_used_at` off the request path, at most once a minute per key.
+    fn touch(&self, db: &Db, e: &KeyEntry, now: i64) {
+        if !e.touch {
+            return;
+        }
+        let last = e.last_touch.load(Ordering::Relaxed);
+        if now - last < TOUCH_INTERVAL_MS
+            || e.last_touch
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        if let AuthKind::ApiKey { key_id } = &e.principal.auth {
+            let (db, id) = (db.clone(), key_id.clone());
+            tokio::spawn(async move {
+                if let Err(err) = store::keys::touch(&db, &id, now).await {
+                    tracing::warn!(error = %err, "could not record key use");
+                }
+            });
+        }
+    }
+
+    /// Verify a JWT: the strict verifier, then revocation, then the user as
+    /// it is now (deleted -> 401; permissions = token's ∩ user's current).
+    pub async fn jwt_principal(
+        &self,
+        db: &Db,
+        roles: &Roles,
+        token: &str,
+    ) -> Result<Arc<Principal>, AuthnError> {
+        let now = store::now_ms();
+        let claims = self
+            .jwt
+            .verify(token, now.div_euclid(1000))
+            .and_then(jwt::Claims::from_verified)
+            .map_err(|e| {
+                tracing::debug!(error = %e, "JWT refused");
+                match e {
+                    jwt::JwtError::Expired => AuthnError::Expired,
+                    jwt::JwtError::Signature => AuthnError::Unknown,
+                    _ => AuthnError::Malformed,
+                }
+            })?;
+        if self.revocations.is_revoked(&claims.jti).await {
+            return Err(AuthnError::Revoked);
+        }
+        let user = self.user(db, roles, &claims.user_id, now).await?;
+        if claims.iat.saturating_mul(1000) < user.tokens_valid_after {
+            return Err(AuthnError::Revoked);
+        }
+        let token_perms = PermissionSet::parse(claims.permissions.iter().map(String::as_str))
+            .map_err(|_| AuthnError::Malformed)?;
+        Ok(Arc::new(Principal {
+            user_id: user.user_id.clone(),
+            username: user.username.clone(),
+            roles: user.roles.clone(),
+            permissions: token_perms.intersect(user.permissions),
+            auth: AuthKind::Jwt {
+                jti: claims.jti,
+                exp: claims.exp,
+            },
+        }))
+    }
+
+    async fn user(
+        &self,
+        db: &Db,
+        roles: &Roles,
+        user_id: &str,
+        now: i64,
+    ) -> Result<Arc<UserEntry>, AuthnError> {
+        let key = user_id.to_string();
+        if let Some(u) = self.users.get(&key, now) {
+            return Ok(u);
+        }
+        let u = store::users::by_id(db, user_id)
+            .await
+            .map_err(|e| AuthnError::Store(e.to_string()))?
+            .ok_or(AuthnError::Unknown)?;
+        let entry = Arc::new(UserEntry {
+            permissions: roles.permissions(u.roles.iter().map(String::as_str)),
+            user_id: u.id,
+            username: u.username,
+            roles: u.roles,
+            tokens_valid_after: u.tokens_valid_after,
+        });
+        self.users.insert(key, entry.clone(), now);
+        Ok(entry)
+    }
+
+    /// Sign a fresh token for a user; returns the token and its claims.
+    pub fn issue_token(
+        &self,
+        user_id: &str,
+        permissions: PermissionSet,
+    ) -> Result<(String, jwt::Claims), jwt::JwtError> {
+        let names = permissions.names().into_iter().map(String::from).collect();
+        let claims = jwt::Claims::new(
+            user_id,
+            names,
+            store::now_ms().div_euclid(1000),
+            self.jwt_ttl_seconds,
+        );
+        Ok((self.jwt.sign(&claims)?, claims))
+    }
+
+    /// A key was revoked or rotated: forget it at once.
+    pub fn invalidate_key(&self, key_id: &str) {
+        self.keys.invalidate(
+            |e| matches!(&e.principal.auth, AuthKind::ApiKey { key_id: k } if k == key_id),
+        );
+    }
+
+    /// A user was deleted or changed: forget their keys and user entry at once.
+    pub fn invalidate_user(&self, user_id: &str) {
+        self.keys.invalidate(|e| e.principal.user_id == user_id);
+        self.users.invalidate(|u| u.user_id == user_id);
     }
 }
 

@@ -1,9 +1,23 @@
 //! `frenly keys`, `frenly users`, `frenly token` (offline identity management).
+//!
+//! These commands open the database directly (through the same
+//! `bootstrap::prepare` as `serve`) and apply the same rules as the HTTP API
+//! (`authn::identity`). Secrets go to stdout exactly once (a created key, a
+//! minted token); passwords are read from stdin when it is not a terminal,
+//! otherwise from a prompt without echo, and are never command-line
+//! arguments. A running server notices an offline revoke or removal within
+//! `authn::CACHE_TTL_MS` (it re-reads cached credentials that often).
+
+use std::io::{BufRead, IsTerminal};
 
 use clap::{Args, Subcommand};
+use zeroize::Zeroizing;
 
-use super::{CmdResult, Failure};
+use super::{runtime, CmdResult, Failure};
+use crate::authn::{identity, jwt, password};
+use crate::authz::{PermissionSet, Roles};
 use crate::config::Config;
+use crate::store::{self, Db};
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCmd {
@@ -15,6 +29,9 @@ pub enum KeysCmd {
         permissions: Option<Vec<String>>,
         #[arg(long)]
         expires_in_days: Option<f64>,
+        /// A label for the key.
+        #[arg(long, default_value = "created with frenly keys create")]
+        name: String,
     },
     /// List keys (never the secrets).
     List,
@@ -44,14 +61,240 @@ pub struct TokenArgs {
     pub user: String,
 }
 
-pub fn keys(_cfg: Config, _cmd: KeysCmd) -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+/// Open the database (creating the data directory if needed; the first
+/// admin is created only by `serve` and `init`, which print its key).
+async fn open(cfg: &Config) -> Result<Db, Failure> {
+    Ok(crate::app::bootstrap::prepare(cfg).await?.db)
 }
 
-pub fn users(_cfg: Config, _cmd: UsersCmd) -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+fn fail_store(e: store::StoreError) -> Failure {
+    Failure::refused(format!("database: {e}"))
 }
 
-pub fn token(_cfg: Config, _args: TokenArgs) -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+fn identity_failure(e: identity::IdentityError) -> Failure {
+    match e {
+        identity::IdentityError::Validation(f) => Failure::usage(
+            f.into_iter()
+                .map(|(k, v)| format!("{k}: {}", v.join(", ")))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        identity::IdentityError::Conflict(m) => Failure::refused(m),
+        identity::IdentityError::NotFound => Failure::refused("not found"),
+        other => Failure::refused(other),
+    }
+}
+
+async fn user_by_name(db: &Db, username: &str) -> Result<store::users::User, Failure> {
+    store::users::by_username(db, username)
+        .await
+        .map_err(fail_store)?
+        .ok_or_else(|| Failure::refused(format!("no user named `{username}`")))
+}
+
+pub fn keys(cfg: Config, cmd: KeysCmd) -> CmdResult {
+    runtime()?.block_on(async move {
+        let db = open(&cfg).await?;
+        let roles = Roles::new(&cfg.roles);
+        match cmd {
+            KeysCmd::Create {
+                user,
+                permissions,
+                expires_in_days,
+                name,
+            } => {
+                let u = user_by_name(&db, &user).await?;
+                let own = roles.permissions(u.roles.iter().map(String::as_str));
+                let perms = match permissions {
+                    None => own,
+                    Some(list) => PermissionSet::parse(list.iter().map(|s| s.trim()))
+                        .map_err(|bad| Failure::usage(format!("unknown permission `{bad}`")))?,
+                };
+                if !own.covers(perms) {
+                    return Err(Failure::refused(format!(
+                        "user `{user}` does not hold every requested permission"
+                    )));
+                }
+                let days = match expires_in_days {
+                    None => cfg.auth.key_default_expiry_days,
+                    Some(d) => identity::check_days(&serde_json::json!(d)).map_err(Failure::usage)?,
+                };
+                if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+                    return Err(Failure::usage("--name must have 1 to 100 characters"));
+                }
+                let k = identity::create_key(&db, &u.id, &name, perms, days)
+                    .await
+                    .map_err(identity_failure)?;
+                println!("{}", k.key.as_str());
+                eprintln!(
+                    "frenly: created key {} for `{}` ({}), expires {}; the key above is shown only once",
+                    k.id,
+                    u.username,
+                    k.permissions.join(","),
+                    store::rfc3339(k.expires_at)
+                );
+                Ok(0)
+            }
+            KeysCmd::List => {
+                let now = store::now_ms();
+                println!("ID\tUSER\tNAME\tPERMISSIONS\tEXPIRES\tLAST_USED\tSTATUS");
+                for k in store::keys::list(&db, None).await.map_err(fail_store)? {
+                    let j = identity::key_json(&k, now);
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        k.id,
+                        k.username,
+                        k.name.replace(['\t', '\n'], " "),
+                        k.permissions.join(","),
+                        j["expires_at"].as_str().unwrap_or("-"),
+                        j["last_used_at"].as_str().unwrap_or("-"),
+                        j["status"].as_str().unwrap_or("-"),
+                    );
+                }
+                Ok(0)
+            }
+            KeysCmd::Revoke { id } => {
+                if store::keys::by_id(&db, &id).await.map_err(fail_store)?.is_none() {
+                    return Err(Failure::refused(format!("no key with id `{id}`")));
+                }
+                store::keys::revoke(&db, &id, store::now_ms())
+                    .await
+                    .map_err(fail_store)?;
+                eprintln!("frenly: key {id} revoked");
+                Ok(0)
+            }
+        }
+    })
+}
+
+/// The password: one line from stdin when it is not a terminal, else a
+/// prompt (twice) without echo.
+fn read_password() -> Result<Zeroizing<String>, Failure> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut line = Zeroizing::new(String::new());
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| Failure::refused(format!("reading the password from stdin: {e}")))?;
+        let pw = line.trim_end_matches(['\n', '\r']).to_string();
+        return Ok(Zeroizing::new(pw));
+    }
+    let a = Zeroizing::new(
+        rpassword::prompt_password("Password: ")
+            .map_err(|e| Failure::refused(format!("reading the password: {e}")))?,
+    );
+    let b = Zeroizing::new(
+        rpassword::prompt_password("Repeat password: ")
+            .map_err(|e| Failure::refused(format!("reading the password: {e}")))?,
+    );
+    if *a != *b {
+        return Err(Failure::refused("the passwords differ"));
+    }
+    Ok(a)
+}
+
+pub fn users(cfg: Config, cmd: UsersCmd) -> CmdResult {
+    runtime()?.block_on(async move {
+        let roles = Roles::new(&cfg.roles);
+        match cmd {
+            UsersCmd::Add {
+                username,
+                role,
+                email,
+            } => {
+                let mut errs = Vec::new();
+                if !identity::valid_username(&username) {
+                    errs.push(
+                        "username must be 3 to 20 letters, digits or underscores".to_string(),
+                    );
+                }
+                if let Some(e) = &email {
+                    if !identity::valid_email(e) {
+                        errs.push("email is not a valid address".into());
+                    }
+                }
+                let mut f = crate::http::FieldErrors::new();
+                let role_value = serde_json::json!(role);
+                let role = identity::check_roles(&mut f, Some(&role_value), &roles);
+                errs.extend(f.into_values().flatten());
+                if !errs.is_empty() {
+                    return Err(Failure::usage(errs.join("; ")));
+                }
+                let pw = read_password()?;
+                identity::validate_password(&pw).map_err(Failure::usage)?;
+                let db = open(&cfg).await?;
+                let hash = tokio::task::spawn_blocking(move || password::hash_blocking(&pw))
+                    .await
+                    .map_err(Failure::refused)??;
+                let new = identity::NewUser {
+                    username,
+                    email: email.unwrap_or_default(),
+                    password: Zeroizing::new(String::new()),
+                    roles: role,
+                };
+                let u = identity::insert_user(&db, &new, hash)
+                    .await
+                    .map_err(identity_failure)?;
+                println!("{}", u.id);
+                eprintln!(
+                    "frenly: created user `{}` ({})",
+                    u.username,
+                    u.roles.join(",")
+                );
+                Ok(0)
+            }
+            UsersCmd::List => {
+                let db = open(&cfg).await?;
+                println!("ID\tUSERNAME\tEMAIL\tROLES\tCREATED");
+                for u in store::users::list(&db).await.map_err(fail_store)? {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        u.id,
+                        u.username,
+                        u.email,
+                        u.roles.join(","),
+                        store::rfc3339(u.created_at)
+                    );
+                }
+                Ok(0)
+            }
+            UsersCmd::Remove { username } => {
+                let db = open(&cfg).await?;
+                let u = user_by_name(&db, &username).await?;
+                identity::delete_user(&db, &u)
+                    .await
+                    .map_err(identity_failure)?;
+                eprintln!("frenly: removed user `{username}`, their keys and tokens");
+                Ok(0)
+            }
+        }
+    })
+}
+
+pub fn token(cfg: Config, args: TokenArgs) -> CmdResult {
+    runtime()?.block_on(async move {
+        let db = open(&cfg).await?;
+        let u = user_by_name(&db, &args.user).await?;
+        let roles = Roles::new(&cfg.roles);
+        let perms = roles.permissions(u.roles.iter().map(String::as_str));
+        let secret = jwt::read_secret(&cfg.jwt_secret_file)?;
+        let v = jwt::Verifier::new(
+            secret,
+            &cfg.auth.jwt_algorithms,
+            cfg.auth.jwt_leeway_seconds,
+        )
+        .map_err(Failure::refused)?;
+        let ttl = (cfg.auth.jwt_ttl_hours as i64).saturating_mul(3600);
+        let names = perms.names().into_iter().map(String::from).collect();
+        let claims = jwt::Claims::new(&u.id, names, store::now_ms().div_euclid(1000), ttl);
+        let token = v.sign(&claims).map_err(Failure::refused)?;
+        println!("{token}");
+        eprintln!(
+            "frenly: token for `{}` valid until {}",
+            u.username,
+            store::rfc3339(claims.exp.saturating_mul(1000))
+        );
+        Ok(0)
+    })
 }

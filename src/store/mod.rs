@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod keys;
+pub mod revoked;
 pub mod users;
 
 use std::time::Duration;

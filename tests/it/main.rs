@@ -6,4 +6,5 @@
 mod common;
 
 mod backbone;
+mod identity;
 mod ops;

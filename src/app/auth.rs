@@ -1,0 +1,135 @@
+//! `/api/auth/login`, `/api/auth/logout`, `/api/auth/whoami`.
+//!
+//! Logout revokes the presented JWT's `jti` (the token fails at once). An API
+//! key caller gets 400 `bad_request` there: keys are revoked with
+//! `DELETE /api/keys/{id}`, and silently answering 204 would suggest a
+//! revocation that did not happen.
+
+use axum::extract::{Extension, State};
+use axum::response::{IntoResponse, Response};
+use http::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::AppState;
+use crate::authn::{AuthKind, Authenticated};
+use crate::authz::{Access, Routes};
+use crate::http::{ApiError, Json, RequestId};
+use crate::monitoring::audit::AuditEvent;
+use crate::network::ClientAddr;
+
+pub fn routes() -> Routes<AppState> {
+    Routes::new()
+        .route(
+            Method::POST,
+            "/api/auth/login",
+            Access::Public,
+            "log in with username and password; returns a JWT",
+            login,
+        )
+        .route(
+            Method::POST,
+            "/api/auth/logout",
+            Access::Authenticated,
+            "revoke the presented JWT (API keys: 400)",
+            logout,
+        )
+        .route(
+            Method::GET,
+            "/api/auth/whoami",
+            Access::Authenticated,
+            "the caller's identity and permissions",
+            whoami,
+        )
+}
+
+/// A login body. `Debug` is not derived: it holds a password.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    rid: Option<Extension<RequestId>>,
+    addr: Option<Extension<ClientAddr>>,
+    Json(body): Json<LoginBody>,
+) -> Result<Response, ApiError> {
+    let issued = crate::authn::login::login(
+        &state,
+        &body.username,
+        Zeroizing::new(body.password),
+        addr.map(|a| a.0 .0),
+        rid.as_ref().map(|r| r.0.as_str()),
+    )
+    .await?;
+    let mut resp = Json(json!({
+        "access_token": issued.access_token,
+        "token_type": "Bearer",
+        "expires_in": issued.expires_in,
+    }))
+    .into_response();
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    Ok(resp)
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    who: Authenticated,
+    rid: Option<Extension<RequestId>>,
+    addr: Option<Extension<ClientAddr>>,
+) -> Result<StatusCode, ApiError> {
+    let AuthKind::Jwt { jti, exp } = &who.auth else {
+        return Err(ApiError::BadRequest(
+            "logout revokes a JWT; revoke an API key with DELETE /api/keys/{id}".into(),
+        ));
+    };
+    state
+        .authn
+        .revocations
+        .revoke(&state.db, jti, exp.saturating_mul(1000))
+        .await?;
+    state.audit.record(event("logout", &rid, &addr, &who)).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn whoami(who: Authenticated) -> Json<serde_json::Value> {
+    Json(json!({
+        "user_id": who.user_id,
+        "username": who.username,
+        "roles": who.roles,
+        "permissions": who.permissions.names(),
+        "auth": who.auth.name(),
+    }))
+}
+
+/// An audit event about an action of `who` (shared by the identity routes).
+pub(super) fn event(
+    kind: &'static str,
+    rid: &Option<Extension<RequestId>>,
+    addr: &Option<Extension<ClientAddr>>,
+    who: &Authenticated,
+) -> AuditEvent {
+    base_event(kind, rid, addr).user(Some(who.user_id.clone()))
+}
+
+fn base_event(
+    kind: &'static str,
+    rid: &Option<Extension<RequestId>>,
+    addr: &Option<Extension<ClientAddr>>,
+) -> AuditEvent {
+    let mut ev = AuditEvent::new(kind);
+    if let Some(r) = rid {
+        ev = ev.request_id(r.0.as_str());
+    }
+    if let Some(a) = addr {
+        ev = ev.ip(a.0 .0);
+    }
+    ev
+}

@@ -1,0 +1,174 @@
+//! `/api/keys`: create, list, revoke and rotate API keys.
+//!
+//! Tenancy: a caller sees and manages only their own keys; an admin sees and
+//! manages all. Another user's key answers 404 (no existence oracle). A new
+//! key's permissions must be covered by the caller's own (effective)
+//! permissions, else 403; by default it gets exactly the caller's.
+
+use axum::extract::{Extension, Path, State};
+use http::{Method, StatusCode};
+use serde_json::{json, Map, Value};
+
+use super::auth::event;
+use super::AppState;
+use crate::authn::identity;
+use crate::authn::Authenticated;
+use crate::authz::{Access, Routes};
+use crate::http::{ApiError, Json, RequestId};
+use crate::network::ClientAddr;
+use crate::store;
+
+pub fn routes() -> Routes<AppState> {
+    Routes::new()
+        .route(
+            Method::POST,
+            "/api/keys",
+            Access::Authenticated,
+            "create an API key (the secret is shown once)",
+            create,
+        )
+        .route(
+            Method::GET,
+            "/api/keys",
+            Access::Authenticated,
+            "list own API keys (admin: all), never the secrets",
+            list,
+        )
+        .route(
+            Method::DELETE,
+            "/api/keys/{id}",
+            Access::Authenticated,
+            "revoke an API key (owner or admin)",
+            revoke,
+        )
+        .route(
+            Method::POST,
+            "/api/keys/{id}/rotate",
+            Access::Authenticated,
+            "new secret; the old one stays valid for the rotation grace period",
+            rotate,
+        )
+}
+
+async fn create(
+    State(state): State<AppState>,
+    who: Authenticated,
+    rid: Option<Extension<RequestId>>,
+    addr: Option<Extension<ClientAddr>>,
+    Json(body): Json<Map<String, Value>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req = identity::validate_key(&body, state.cfg.auth.key_default_expiry_days)?;
+    let perms = req.permissions.unwrap_or(who.permissions);
+    if !who.permissions.covers(perms) {
+        return Err(ApiError::Forbidden);
+    }
+    let k = identity::create_key(
+        &state.db,
+        &who.user_id,
+        &req.name,
+        perms,
+        req.expires_in_days,
+    )
+    .await?;
+    state
+        .audit
+        .record(
+            event("key_created", &rid, &addr, &who)
+                .field("key_id", k.id.as_str())
+                .field("name", k.name.as_str())
+                .field("permissions", k.permissions.clone())
+                .field("expires_at", store::rfc3339(k.expires_at)),
+        )
+        .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": k.id,
+            "key": k.key.as_str(),
+            "name": k.name,
+            "permissions": k.permissions,
+            "expires_at": store::rfc3339(k.expires_at),
+        })),
+    ))
+}
+
+async fn list(State(state): State<AppState>, who: Authenticated) -> Result<Json<Value>, ApiError> {
+    let owner = (!who.is_admin()).then_some(who.user_id.as_str());
+    let rows = store::keys::list(&state.db, owner).await?;
+    let now = store::now_ms();
+    let items: Vec<Value> = rows.iter().map(|k| identity::key_json(k, now)).collect();
+    Ok(Json(json!({"items": items, "next_cursor": null})))
+}
+
+/// The key, if the caller may manage it (owner or admin); else 404.
+async fn visible_key(
+    state: &AppState,
+    who: &Authenticated,
+    id: &str,
+) -> Result<store::keys::KeyRow, ApiError> {
+    match store::keys::by_id(&state.db, id).await? {
+        Some(k) if k.user_id == who.user_id || who.is_admin() => Ok(k),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    who: Authenticated,
+    rid: Option<Extension<RequestId>>,
+    addr: Option<Extension<ClientAddr>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let k = visible_key(&state, &who, &id).await?;
+    let changed = store::keys::revoke(&state.db, &k.id, store::now_ms()).await?;
+    state.authn.invalidate_key(&k.id);
+    if changed {
+        state
+            .audit
+            .record(
+                event("key_revoked", &rid, &addr, &who)
+                    .field("key_id", k.id.as_str())
+                    .field("owner_id", k.user_id.as_str()),
+            )
+            .await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn rotate(
+    State(state): State<AppState>,
+    who: Authenticated,
+    rid: Option<Extension<RequestId>>,
+    addr: Option<Extension<ClientAddr>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let k = visible_key(&state, &who, &id).await?;
+    if k.revoked_at.is_some() {
+        return Err(ApiError::Conflict("the key is revoked".into()));
+    }
+    let secret = zeroize::Zeroizing::new(crate::authn::apikey::generate());
+    let grace_ms = (state.cfg.auth.key_rotation_grace_seconds as i64).saturating_mul(1000);
+    let old_valid_until = store::now_ms().saturating_add(grace_ms);
+    let hash = crate::authn::apikey::hash_hex(&secret);
+    if !store::keys::rotate(&state.db, &k.id, &hash, old_valid_until).await? {
+        return Err(ApiError::Conflict("the key is revoked".into()));
+    }
+    state.authn.invalidate_key(&k.id);
+    state
+        .audit
+        .record(
+            event("key_rotated", &rid, &addr, &who)
+                .field("key_id", k.id.as_str())
+                .field("owner_id", k.user_id.as_str())
+                .field("old_valid_until", store::rfc3339(old_valid_until)),
+        )
+        .await;
+    Ok(Json(json!({
+        "id": k.id,
+        "key": secret.as_str(),
+        "name": k.name,
+        "permissions": k.permissions,
+        "expires_at": store::rfc3339(k.expires_at),
+        "old_valid_until": store::rfc3339(old_valid_until),
+    })))
+}

@@ -1,0 +1,110 @@
+//! `/api/users` (admin only): create, list, show and delete users.
+//!
+//! Deleting a user deletes their keys and invalidates every cached credential
+//! of theirs at once; their JWTs fail because the user no longer exists.
+
+use axum::extract::{Extension, Path, State};
+use http::{Method, StatusCode};
+use serde_json::{json, Map, Value};
+use zeroize::Zeroizing;
+
+use super::auth::event;
+use super::AppState;
+use crate::authn::identity;
+use crate::authn::Authenticated;
+use crate::authz::{Access, Permission, Routes};
+use crate::http::{ApiError, Json, RequestId};
+use crate::network::ClientAddr;
+use crate::store;
+
+pub fn routes() -> Routes<AppState> {
+    const ADMIN: Access = Access::Permission(Permission::Admin);
+    Routes::new()
+        .route(Method::POST, "/api/users", ADMIN, "create a user", create)
+        .route(Method::GET, "/api/users", ADMIN, "list users", list)
+        .route(Method::GET, "/api/users/{id}", ADMIN, "show a user", show)
+        .route(
+            Method::DELETE,
+            "/api/users/{id}",
+            ADMIN,
+            "delete a user, their keys and tokens",
+            remove,
+        )
+}
+
+async fn create(
+    State(state): State<AppState>,
+    who: Authenticated,
+    rid: Option<Extension<RequestId>>,
+    addr: Option<Extension<ClientAddr>>,
+    Json(body): Json<Map<String, Value>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let new = identity::validate_user(&body, &state.roles)?;
+    if store::users::by_username(&state.db, &new.username)
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::Conflict(
+            "a user with this username exists".into(),
+        ));
+    }
+    let pw = Zeroizing::new(new.password.to_string());
+    let hash = state
+        .authn
+        .passwords
+        .hash(pw)
+        .await
+        .map_err(crate::http::respond::internal("password hashing failed"))?;
+    let user = identity::insert_user(&state.db, &new, hash).await?;
+    state
+        .audit
+        .record(
+            event("user_created", &rid, &addr, &who)
+                .field("target_user_id", user.id.as_str())
+                .field("username", user.username.as_str())
+                .field("roles", user.roles.clone()),
+        )
+        .await;
+    Ok((StatusCode::CREATED, Json(identity::user_json(&user))))
+}
+
+async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let users = store::users::list(&state.db).await?;
+    let items: Vec<Value> = users.iter().map(identity::user_json).collect();
+    Ok(Json(json!({"items": items, "next_cursor": null})))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match store::users::by_id(&state.db, &id).await? {
+        Some(u) => Ok(Json(identity::user_json(&u))),
+        None => Err(ApiError::NotFound),
+    }
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    who: Authenticated,
+    rid: Option<Extension<RequestId>>,
+    addr: Option<Extension<ClientAddr>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let Some(user) = store::users::by_id(&state.db, &id).await? else {
+        return Err(ApiError::NotFound);
+    };
+    let result = identity::delete_user(&state.db, &user).await;
+    // Forget cached credentials even if the delete raced with another one.
+    state.authn.invalidate_user(&user.id);
+    result?;
+    state
+        .audit
+        .record(
+            event("user_deleted", &rid, &addr, &who)
+                .field("target_user_id", user.id.as_str())
+                .field("username", user.username.as_str()),
+        )
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}

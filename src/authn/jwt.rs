@@ -1,0 +1,384 @@
+//! JWT (compact JWS with HMAC) issuing and strict verification.
+//!
+//! Threat: forged tokens through `alg` confusion (`none`, RS256->HS256, an
+//! algorithm the operator did not enable), key selection by the token itself
+//! (`kid`, `jku`, `x5u`, `jwk`, `x5c`), ambiguous encodings (padding, stray
+//! bits, duplicate JSON members), tokens without an expiry, and oversized
+//! tokens. Guarantee: [`Verifier::verify`] is a pure function of the token,
+//! the configured secret, algorithms and leeway, and `now`; it accepts a token
+//! only if it is at most [`MAX_TOKEN_LEN`] characters, exactly three non-empty
+//! canonical base64url segments without padding, a header and a payload that
+//! are JSON objects without duplicate members, an `alg` that is exactly one
+//! of the configured HMAC algorithms, no `crit`, a MAC computed with the
+//! configured secret (compared in constant time by `jsonwebtoken`/`ring`), no
+//! `aud`, a numeric `exp` with `now < exp + leeway`, and numeric `nbf`/`iat`
+//! (when present) not after `now + leeway`. Header members other than `alg`
+//! and `crit` never influence verification. An empty secret is refused when
+//! the verifier is built, so nothing is ever verified with one.
+//!
+//! Not covered: what the claims mean (the caller checks `user_id`,
+//! `permissions`, `jti` and revocation, see `authn`).
+
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Tokens longer than this are rejected before any decoding.
+pub const MAX_TOKEN_LEN: usize = 8192;
+/// The largest clock leeway the configuration may set.
+pub const MAX_LEEWAY_SECONDS: u64 = 60;
+
+/// Why a token was refused (all answered as 401; told apart in logs and tests).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    #[error("the JWT secret is empty")]
+    EmptySecret,
+    #[error("no supported JWT algorithm is configured")]
+    NoAlgorithm,
+    #[error("token longer than {MAX_TOKEN_LEN} characters")]
+    TooLong,
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    #[error("algorithm not allowed")]
+    Algorithm,
+    #[error("critical header parameters are not supported")]
+    Critical,
+    #[error("bad signature")]
+    Signature,
+    #[error("unexpected audience")]
+    Audience,
+    #[error("invalid claim: {0}")]
+    Claim(&'static str),
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("token issued in the future")]
+    IssuedInFuture,
+}
+
+/// The configured secret, algorithms and leeway. `Debug` never shows the secret.
+pub struct Verifier {
+    secret: zeroize::Zeroizing<Vec<u8>>,
+    algorithms: Vec<Algorithm>,
+    leeway: f64,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("secret", &"<redacted>")
+            .field("algorithms", &self.algorithms)
+            .field("leeway", &self.leeway)
+            .finish()
+    }
+}
+
+/// The HMAC algorithm of this exact (case-sensitive) name.
+pub fn hmac_algorithm(name: &str) -> Option<Algorithm> {
+    match name {
+        "HS256" => Some(Algorithm::HS256),
+        "HS384" => Some(Algorithm::HS384),
+        "HS512" => Some(Algorithm::HS512),
+        _ => None,
+    }
+}
+
+impl Verifier {
+    /// Build a verifier. Names that are not HMAC algorithms are ignored (this
+    /// verifier never verifies anything else); none left, or an empty secret,
+    /// is an error. The first algorithm is the one [`Verifier::sign`] uses.
+    pub fn new<S: AsRef<str>>(
+        secret: Vec<u8>,
+        algorithms: &[S],
+        leeway_seconds: u64,
+    ) -> Result<Verifier, JwtError> {
+        if secret.is_empty() {
+            return Err(JwtError::EmptySecret);
+        }
+        let mut algs = Vec::new();
+        for a in algorithms.iter().filter_map(|a| hmac_algorithm(a.as_ref())) {
+            if !algs.contains(&a) {
+                algs.push(a);
+            }
+        }
+        if algs.is_empty() {
+            return Err(JwtError::NoAlgorithm);
+        }
+        Ok(Verifier {
+            secret: zeroize::Zeroizing::new(secret),
+            algorithms: algs,
+            leeway: leeway_seconds.min(MAX_LEEWAY_SECONDS) as f64,
+        })
+    }
+
+    /// Verify `token` at `now` (Unix seconds) and return its claims.
+    pub fn verify(&self, token: &str, now: i64) -> Result<Map<String, Value>, JwtError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(JwtError::TooLong);
+        }
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(JwtError::Malformed("not three segments"));
+        };
+        let header = object(&segment(h)?)?;
+        let payload_bytes = segment(p)?;
+        segment(s)?;
+
+        let alg = match header.get("alg") {
+            Some(Value::String(name)) => hmac_algorithm(name)
+                .filter(|a| self.algorithms.contains(a))
+                .ok_or(JwtError::Algorithm)?,
+            _ => return Err(JwtError::Algorithm),
+        };
+        if header.contains_key("crit") {
+            return Err(JwtError::Critical);
+        }
+        let message = &token[..h.len() + 1 + p.len()];
+        let key = DecodingKey::from_secret(&self.secret);
+        match jsonwebtoken::crypto::verify(s, message.as_bytes(), &key, alg) {
+            Ok(true) => {}
+            _ => return Err(JwtError::Signature),
+        }
+
+        let claims = object(&payload_bytes)?;
+        if claims.contains_key("aud") {
+            return Err(JwtError::Audience);
+        }
+        let now = now as f64;
+        match claims.get("exp") {
+            Some(Value::Number(n)) => {
+                let exp = n.as_f64().ok_or(JwtError::Claim("exp"))?;
+                if now >= exp + self.leeway {
+                    return Err(JwtError::Expired);
+                }
+            }
+            _ => return Err(JwtError::Claim("exp")),
+        }
+        if let Some(v) = claims.get("nbf") {
+            let nbf = v.as_f64().ok_or(JwtError::Claim("nbf"))?;
+            if nbf > now + self.leeway {
+                return Err(JwtError::NotYetValid);
+            }
+        }
+        if let Some(v) = claims.get("iat") {
+            let iat = v.as_f64().ok_or(JwtError::Claim("iat"))?;
+            if iat > now + self.leeway {
+                return Err(JwtError::IssuedInFuture);
+            }
+        }
+        Ok(claims)
+    }
+
+    /// Sign `claims` with the first configured algorithm.
+    pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, JwtError> {
+        let alg = self
+            .algorithms
+            .first()
+            .copied()
+            .ok_or(JwtError::NoAlgorithm)?;
+        jsonwebtoken::encode(
+            &Header::new(alg),
+            claims,
+            &EncodingKey::from_secret(&self.secret),
+        )
+        .map_err(|_| JwtError::Malformed("claims could not be encoded"))
+    }
+}
+
+/// Decode one segment: non-empty, only the url-safe alphabet, canonical.
+fn segment(seg: &str) -> Result<Vec<u8>, JwtError> {
+    if seg.is_empty() {
+        return Err(JwtError::Malformed("empty segment"));
+    }
+    if !seg
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(JwtError::Malformed("segment is not base64url"));
+    }
+    // URL_SAFE_NO_PAD refuses padding and non-zero trailing bits.
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(seg)
+        .map_err(|_| JwtError::Malformed("segment is not canonical base64url"))
+}
+
+/// Parse a JSON object, refusing duplicate member names at any depth.
+fn object(bytes: &[u8]) -> Result<Map<String, Value>, JwtError> {
+    match serde_json::from_slice::<Strict>(bytes) {
+        Ok(Strict(Value::Object(m))) => Ok(m),
+        Ok(_) => Err(JwtError::Malformed("not a JSON object")),
+        Err(_) => Err(JwtError::Malformed("invalid JSON")),
+    }
+}
+
+/// A JSON value whose objects have no duplicate member names.
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let Strict(v) = map.next_value()?;
+            if out.insert(k, v).is_some() {
+                return Err(serde::de::Error::custom("duplicate member"));
+            }
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// The claims Frenly issues (and requires on top of the profile above).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub sub: String,
+    pub user_id: String,
+    pub permissions: Vec<String>,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: String,
+}
+
+impl Claims {
+    /// Claims for `user_id`, valid `ttl_seconds` from `now`.
+    pub fn new(user_id: &str, permissions: Vec<String>, now: i64, ttl_seconds: i64) -> Claims {
+        Claims {
+            sub: user_id.to_string(),
+            user_id: user_id.to_string(),
+            permissions,
+            iat: now,
+            exp: now.saturating_add(ttl_seconds),
+            jti: crate::store::new_id(),
+        }
+    }
+
+    /// The server's requirements on verified claims: `sub`, `user_id` (equal
+    /// strings), `permissions` (strings), `jti`, integer `iat` and `exp`.
+    pub fn from_verified(claims: Map<String, Value>) -> Result<Claims, JwtError> {
+        let c: Claims = serde_json::from_value(Value::Object(claims))
+            .map_err(|_| JwtError::Claim("required claims missing"))?;
+        if c.sub != c.user_id || c.sub.is_empty() || c.jti.is_empty() {
+            return Err(JwtError::Claim("sub/user_id/jti"));
+        }
+        Ok(c)
+    }
+}
+
+/// Read the JWT secret file: base64 text (as Frenly writes it) or, failing
+/// that, the raw bytes; surrounding whitespace is ignored. At least 32 bytes
+/// (256 bits) are required.
+pub fn read_secret(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let raw =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read the JWT secret file: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let trimmed = text.trim();
+    let bytes = match base64::engine::general_purpose::STANDARD.decode(trimmed) {
+        Ok(b) => b,
+        Err(_) => trimmed.as_bytes().to_vec(),
+    };
+    if bytes.len() < 32 {
+        anyhow::bail!(
+            "the JWT secret file (auth.jwt_secret_file) holds fewer than 256 bits; refusing to start"
+        );
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn v() -> Verifier {
+        Verifier::new(b"0123456789abcdef0123456789abcdef".to_vec(), &["HS256"], 0).unwrap()
+    }
+
+    #[test]
+    fn round_trip_and_claims() {
+        let v = v();
+        let c = Claims::new("u1", vec!["read:tasks".into()], 1000, 60);
+        let t = v.sign(&c).unwrap();
+        let back = Claims::from_verified(v.verify(&t, 1000).unwrap()).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(v.verify(&t, 1060), Err(JwtError::Expired));
+        assert_eq!(v.verify(&t, 999), Err(JwtError::IssuedInFuture));
+    }
+
+    #[test]
+    fn empty_secret_is_refused() {
+        assert_eq!(
+            Verifier::new(vec![], &["HS256"], 0).unwrap_err(),
+            JwtError::EmptySecret
+        );
+        assert_eq!(
+            Verifier::new(vec![1], &["RS256", "none"], 0).unwrap_err(),
+            JwtError::NoAlgorithm
+        );
+    }
+
+    #[test]
+    fn leeway_extends_exp() {
+        let v = Verifier::new(b"k".repeat(32), &["HS256"], 30).unwrap();
+        let t = v.sign(&Claims::new("u", vec![], 1000, 10)).unwrap();
+        assert!(v.verify(&t, 1039).is_ok());
+        assert_eq!(v.verify(&t, 1040), Err(JwtError::Expired));
+    }
+
+    #[test]
+    fn claims_without_user_id_are_refused() {
+        let v = v();
+        let t = v
+            .sign(&serde_json::json!({"sub": "u", "exp": 2000, "jti": "j", "permissions": []}))
+            .unwrap();
+        let m = v.verify(&t, 1000).unwrap();
+        assert!(Claims::from_verified(m).is_err());
+    }
+}
