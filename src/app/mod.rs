@@ -4,9 +4,13 @@
 //! layer; [`routes`] is the whole route table, each route with its declared
 //! permission (see `authz`).
 
+pub mod agent;
 pub mod bootstrap;
+pub mod events;
 pub mod health;
 pub mod openapi;
+pub mod tasks;
+pub mod ws;
 
 use std::sync::Arc;
 
@@ -30,6 +34,12 @@ pub struct AppInner {
     pub alerts: crate::monitoring::alerts::Alerts,
     /// The route table (for the OpenAPI description).
     pub table: Vec<RouteSpec>,
+    /// Data-encryption keys (task description, input, result).
+    pub keyring: crate::data::keyring::Keyring,
+    /// Task events for WebSocket clients.
+    pub events: events::Events,
+    /// Input rules of the task routes.
+    pub task_rules: tasks::TaskRules,
 }
 
 /// Shared, cheap-to-clone application state.
@@ -54,6 +64,8 @@ impl AppState {
         let apisec = crate::apisec::ApiSecurity::new(&cfg);
         let alerts = crate::monitoring::alerts::Alerts::start(&cfg)?;
         let (_, table) = routes().into_parts();
+        let keyring = crate::data::keyring::Keyring::load(&cfg.keyring_file)?;
+        let task_rules = tasks::TaskRules::new(&cfg);
         Ok(AppState(Arc::new(AppInner {
             cfg,
             db,
@@ -65,6 +77,9 @@ impl AppState {
             apisec,
             alerts,
             table,
+            keyring,
+            events: events::Events::new(),
+            task_rules,
         })))
     }
 }
@@ -74,6 +89,7 @@ pub fn routes() -> Routes<AppState> {
     Routes::new()
         .merge(health::routes())
         .merge(openapi::routes())
+        .merge(tasks::routes().merge(agent::routes()).merge(ws::routes()))
 }
 
 /// The application router (without the security stack).

@@ -63,10 +63,19 @@ struct Ring {
     keys: BTreeMap<String, Key>,
 }
 
+/// How often a running process looks for a rotated keyring file.
+const RECHECK_MS: i64 = 5_000;
+
 /// The loaded keyring.
 pub struct Keyring {
     path: PathBuf,
     ring: RwLock<Ring>,
+    /// (last check in ms, file modification time then)
+    seen: parking_lot::Mutex<(i64, Option<std::time::SystemTime>)>,
+}
+
+fn mtime(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 impl std::fmt::Debug for Keyring {
@@ -113,6 +122,7 @@ impl Keyring {
         Ok(Keyring {
             path: path.to_path_buf(),
             ring: RwLock::new(ring),
+            seen: parking_lot::Mutex::new((crate::store::now_ms(), mtime(path))),
         })
     }
 
@@ -121,8 +131,31 @@ impl Keyring {
         self.ring.read().primary.clone()
     }
 
+    /// Re-read the file when it changed (`keyring rotate` by another
+    /// process), at most every few seconds. A broken file keeps the keys
+    /// already loaded.
+    fn recheck(&self) {
+        let now = crate::store::now_ms();
+        let changed = {
+            let mut seen = self.seen.lock();
+            if now - seen.0 < RECHECK_MS {
+                return;
+            }
+            let m = mtime(&self.path);
+            let changed = m != seen.1;
+            *seen = (now, m);
+            changed
+        };
+        if changed {
+            if let Err(e) = self.reload() {
+                tracing::error!(error = %e, "keyring file changed but cannot be loaded; keeping the loaded keys");
+            }
+        }
+    }
+
     /// Encrypt under the primary key: `"<key id>:<token>"`.
     pub fn encrypt(&self, plain: &[u8]) -> String {
+        self.recheck();
         let ring = self.ring.read();
         match ring.keys.get(&ring.primary) {
             Some(k) => format!("{}:{}", ring.primary, k.encrypt(plain)),

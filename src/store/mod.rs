@@ -9,6 +9,7 @@
 //! `FULL`, where that matters).
 
 pub mod keys;
+pub mod tasks;
 pub mod users;
 
 use std::time::Duration;
