@@ -7,3 +7,4 @@ mod common;
 
 mod backbone;
 mod tasks;
+mod ws;
