@@ -8,3 +8,4 @@ mod common;
 mod backbone;
 mod tasks;
 mod ws;
+mod crypto;
