@@ -93,7 +93,9 @@ impl Rule {
             // The config loader already rejected invalid patterns.
             match Regex::new(&format!("^(?:{p})")) {
                 Ok(re) => self.patterns.push(re),
-                Err(e) => tracing::warn!(field = %self.field, error = %e, "ignoring invalid pattern"),
+                Err(e) => {
+                    tracing::warn!(field = %self.field, error = %e, "ignoring invalid pattern")
+                }
             }
         }
         self
@@ -171,7 +173,10 @@ impl Schema {
         };
         for key in obj.keys() {
             if !self.rules.iter().any(|r| &r.field == key) {
-                out.insert(key.clone(), vec![format!("unknown field `{}`", shorten(key))]);
+                out.insert(
+                    key.clone(),
+                    vec![format!("unknown field `{}`", shorten(key))],
+                );
             }
         }
         for rule in &self.rules {
@@ -226,7 +231,8 @@ mod tests {
 
     #[test]
     fn every_rule_reported_at_once() {
-        let e = schema().errors(&json!({"title": "ab\u{7}cdef", "p": "c", "o": [], "n": 9, "b": 1, "x": 1}));
+        let e = schema()
+            .errors(&json!({"title": "ab\u{7}cdef", "p": "c", "o": [], "n": 9, "b": 1, "x": 1}));
         assert_eq!(e["title"].len(), 2, "{e:?}");
         for k in ["p", "o", "n", "b", "x"] {
             assert!(e.contains_key(k), "{k}: {e:?}");
@@ -235,7 +241,9 @@ mod tests {
         assert_eq!(e["title"], vec!["title is required"]);
         let e = schema().errors(&json!({"title": 5}));
         assert_eq!(e["title"], vec!["title must be a string"]);
-        assert!(schema().errors(&json!({"title": "ok", "p": "a", "o": {}, "n": 2, "b": true})).is_empty());
+        assert!(schema()
+            .errors(&json!({"title": "ok", "p": "a", "o": {}, "n": 2, "b": true}))
+            .is_empty());
         assert!(schema().errors(&json!([])).contains_key("body"));
     }
 

@@ -37,10 +37,34 @@ pub const MAX_RUNNING_LIMIT: i64 = 100_000;
 pub fn routes() -> Routes<AppState> {
     use Permission::*;
     Routes::new()
-        .route(Method::GET, "/api/agent", Access::Permission(ReadAgent), "agent status, settings and queue figures", status)
-        .route(Method::PATCH, "/api/agent", Access::Permission(WriteAgent), "change agent settings", update)
-        .route(Method::POST, "/api/agent/claim", Access::Permission(WriteAgent), "claim the next queued task", claim)
-        .route(Method::POST, "/api/tasks/{id}/result", Access::Permission(WriteAgent), "store a claimed task's result", result)
+        .route(
+            Method::GET,
+            "/api/agent",
+            Access::Permission(ReadAgent),
+            "agent status, settings and queue figures",
+            status,
+        )
+        .route(
+            Method::PATCH,
+            "/api/agent",
+            Access::Permission(WriteAgent),
+            "change agent settings",
+            update,
+        )
+        .route(
+            Method::POST,
+            "/api/agent/claim",
+            Access::Permission(WriteAgent),
+            "claim the next queued task",
+            claim,
+        )
+        .route(
+            Method::POST,
+            "/api/tasks/{id}/result",
+            Access::Permission(WriteAgent),
+            "store a claimed task's result",
+            result,
+        )
 }
 
 /// The agent settings.
@@ -53,7 +77,13 @@ pub struct Settings {
 fn settings_schema() -> Schema {
     Schema::new(vec![
         Rule::new("paused", Kind::Bool),
-        Rule::new("max_running", Kind::Integer { min: 1, max: MAX_RUNNING_LIMIT }),
+        Rule::new(
+            "max_running",
+            Kind::Integer {
+                min: 1,
+                max: MAX_RUNNING_LIMIT,
+            },
+        ),
     ])
 }
 
@@ -92,7 +122,12 @@ async fn figures(state: &AppState) -> Result<Status, ApiError> {
     } else {
         "idle"
     };
-    Ok(Status { status, settings, queue, workers })
+    Ok(Status {
+        status,
+        settings,
+        queue,
+        workers,
+    })
 }
 
 async fn status(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
@@ -149,18 +184,33 @@ async fn result(
     let obj = rules.validate(&body)?;
     let t = load_visible(&state, &who, &id).await?;
     if t.status != "running" {
-        return Err(ApiError::Conflict(format!("the task is {}, not running", t.status)));
+        return Err(ApiError::Conflict(format!(
+            "the task is {}, not running",
+            t.status
+        )));
     }
     if t.agent_id.as_deref() != Some(who.user_id.as_str()) {
-        return Err(ApiError::Conflict("the task is held by another worker".into()));
+        return Err(ApiError::Conflict(
+            "the task is held by another worker".into(),
+        ));
     }
     let status = obj.get("status").and_then(Value::as_str).unwrap_or("done");
     let result = obj.get("result").cloned().unwrap_or(Value::Null);
-    let bytes = serde_json::to_vec(&result).map_err(crate::http::respond::internal("serialising JSON"))?;
+    let bytes =
+        serde_json::to_vec(&result).map_err(crate::http::respond::internal("serialising JSON"))?;
     let enc = state.keyring.encrypt(&bytes);
-    let row = store::finish(&state.db, &id, &who.user_id, status, Some(&enc), crate::store::now_ms())
-        .await?
-        .ok_or_else(|| ApiError::Conflict("the task changed meanwhile (cancelled or finished)".into()))?;
+    let row = store::finish(
+        &state.db,
+        &id,
+        &who.user_id,
+        status,
+        Some(&enc),
+        crate::store::now_ms(),
+    )
+    .await?
+    .ok_or_else(|| {
+        ApiError::Conflict("the task changed meanwhile (cancelled or finished)".into())
+    })?;
     let view = TaskView::from_row(&state, row)?;
     publish(&state, EventKind::TaskFinished, &view);
     Ok(Json(view))

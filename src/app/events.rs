@@ -60,8 +60,8 @@ impl Event {
             kind: EventKind,
             task: &'a T,
         }
-        let json = serde_json::to_string(&Wire { kind, task })
-            .unwrap_or_else(|_| String::from("{}"));
+        let json =
+            serde_json::to_string(&Wire { kind, task }).unwrap_or_else(|_| String::from("{}"));
         Event {
             kind,
             owner_id: owner_id.to_string(),

@@ -36,11 +36,41 @@ pub const LIST_MAX: i64 = 200;
 pub fn routes() -> Routes<AppState> {
     use Permission::*;
     Routes::new()
-        .route(Method::POST, "/api/tasks", Access::Permission(WriteTasks), "create a task", create)
-        .route(Method::GET, "/api/tasks", Access::Permission(ReadTasks), "list tasks", list)
-        .route(Method::GET, "/api/tasks/{id}", Access::Permission(ReadTasks), "get a task", get)
-        .route(Method::PATCH, "/api/tasks/{id}", Access::Permission(WriteTasks), "change or cancel a task", patch)
-        .route(Method::DELETE, "/api/tasks/{id}", Access::Permission(DeleteTasks), "delete a task", delete)
+        .route(
+            Method::POST,
+            "/api/tasks",
+            Access::Permission(WriteTasks),
+            "create a task",
+            create,
+        )
+        .route(
+            Method::GET,
+            "/api/tasks",
+            Access::Permission(ReadTasks),
+            "list tasks",
+            list,
+        )
+        .route(
+            Method::GET,
+            "/api/tasks/{id}",
+            Access::Permission(ReadTasks),
+            "get a task",
+            get,
+        )
+        .route(
+            Method::PATCH,
+            "/api/tasks/{id}",
+            Access::Permission(WriteTasks),
+            "change or cancel a task",
+            patch,
+        )
+        .route(
+            Method::DELETE,
+            "/api/tasks/{id}",
+            Access::Permission(DeleteTasks),
+            "delete a task",
+            delete,
+        )
 }
 
 /// The input rules of the task routes (defaults from the contract, tightened
@@ -182,7 +212,9 @@ fn can_change(who: &Authenticated, t: &TaskRow) -> bool {
 
 /// Publish an event about a task.
 pub fn publish(state: &AppState, kind: EventKind, t: &TaskView) {
-    state.events.publish(Event::new(kind, &t.owner_id, t.agent_id.as_deref(), t));
+    state
+        .events
+        .publish(Event::new(kind, &t.owner_id, t.agent_id.as_deref(), t));
     if kind == EventKind::TaskCreated && t.status == "queued" {
         let v = AvailableView {
             id: &t.id,
@@ -197,7 +229,8 @@ pub fn publish(state: &AppState, kind: EventKind, t: &TaskView) {
 }
 
 fn encrypt_json(state: &AppState, v: &Value) -> Result<String, ApiError> {
-    let bytes = serde_json::to_vec(v).map_err(crate::http::respond::internal("serialising JSON"))?;
+    let bytes =
+        serde_json::to_vec(v).map_err(crate::http::respond::internal("serialising JSON"))?;
     Ok(state.keyring.encrypt(&bytes))
 }
 
@@ -216,9 +249,17 @@ async fn create(
     let row = TaskRow {
         id: crate::store::new_id(),
         owner_id: who.user_id.clone(),
-        title: obj.get("title").and_then(Value::as_str).unwrap_or_default().to_string(),
+        title: obj
+            .get("title")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
         description: description.map(|d| state.keyring.encrypt(d.as_bytes())),
-        priority: priority_value(obj.get("priority").and_then(Value::as_str).unwrap_or("normal")),
+        priority: priority_value(
+            obj.get("priority")
+                .and_then(Value::as_str)
+                .unwrap_or("normal"),
+        ),
         status: "queued".into(),
         input: Some(encrypt_json(&state, &input)?),
         result: None,
@@ -256,7 +297,9 @@ fn encode_cursor(created_at: i64, id: &str) -> String {
 }
 
 fn decode_cursor(c: &str) -> Option<(i64, String)> {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c).ok()?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()?;
     let s = String::from_utf8(raw).ok()?;
     let (t, id) = s.split_once(':')?;
     let ok = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric());
@@ -270,23 +313,35 @@ fn list_filter(
     let mut errs = FieldErrors::new();
     for k in q.keys() {
         if !["status", "q", "limit", "cursor"].contains(&k.as_str()) {
-            errs.insert(k.chars().take(64).collect(), vec!["unknown query parameter".into()]);
+            errs.insert(
+                k.chars().take(64).collect(),
+                vec!["unknown query parameter".into()],
+            );
         }
     }
     let status = q.get("status").cloned().unwrap_or_default();
     if q.contains_key("status") && !STATUSES.contains(&status.as_str()) {
-        errs.insert("status".into(), vec![format!("status must be one of {}", STATUSES.join(", "))]);
+        errs.insert(
+            "status".into(),
+            vec![format!("status must be one of {}", STATUSES.join(", "))],
+        );
     }
     let text = q.get("q").cloned().unwrap_or_default();
     if text.chars().count() > TITLE_MAX {
-        errs.insert("q".into(), vec![format!("q must be at most {TITLE_MAX} characters")]);
+        errs.insert(
+            "q".into(),
+            vec![format!("q must be at most {TITLE_MAX} characters")],
+        );
     }
     let limit = match q.get("limit") {
         None => LIST_DEFAULT,
         Some(l) => match l.parse::<i64>() {
             Ok(n) if (1..=LIST_MAX).contains(&n) => n,
             _ => {
-                errs.insert("limit".into(), vec![format!("limit must be an integer from 1 to {LIST_MAX}")]);
+                errs.insert(
+                    "limit".into(),
+                    vec![format!("limit must be an integer from 1 to {LIST_MAX}")],
+                );
                 0
             }
         },
@@ -294,7 +349,10 @@ fn list_filter(
     let after = match q.get("cursor") {
         None => (-1, String::new()),
         Some(c) => decode_cursor(c).unwrap_or_else(|| {
-            errs.insert("cursor".into(), vec!["cursor is not one this server issued".into()]);
+            errs.insert(
+                "cursor".into(),
+                vec!["cursor is not one this server issued".into()],
+            );
             (-1, String::new())
         }),
     };
@@ -302,7 +360,11 @@ fn list_filter(
         return Err(ApiError::Validation(errs));
     }
     Ok(ListFilter {
-        owner: if who.is_admin() { String::new() } else { who.user_id.clone() },
+        owner: if who.is_admin() {
+            String::new()
+        } else {
+            who.user_id.clone()
+        },
         status,
         pattern: store::like_pattern(&text),
         after,
@@ -313,7 +375,10 @@ fn list_filter(
 async fn list(
     State(state): State<AppState>,
     who: Authenticated,
-    query: Result<Query<std::collections::HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    query: Result<
+        Query<std::collections::HashMap<String, String>>,
+        axum::extract::rejection::QueryRejection,
+    >,
 ) -> Result<Json<Page>, ApiError> {
     let Query(q) = query.map_err(|_| ApiError::BadRequest("malformed query string".into()))?;
     let mut f = list_filter(&who, &q)?;
@@ -334,7 +399,11 @@ async fn list(
 }
 
 /// Load a task the caller may see, or 404.
-pub async fn load_visible(state: &AppState, who: &Authenticated, id: &str) -> Result<TaskRow, ApiError> {
+pub async fn load_visible(
+    state: &AppState,
+    who: &Authenticated,
+    id: &str,
+) -> Result<TaskRow, ApiError> {
     match store::get(&state.db, id).await? {
         Some(t) if can_see(who, &t) => Ok(t),
         _ => Err(ApiError::NotFound),
@@ -360,13 +429,21 @@ pub fn patch_move(from: &str, to: &str) -> Result<(), ApiError> {
         return Ok(());
     }
     if is_final(from) {
-        return Err(ApiError::Conflict(format!("the task is {from}; finished tasks cannot change")));
+        return Err(ApiError::Conflict(format!(
+            "the task is {from}; finished tasks cannot change"
+        )));
     }
     match to {
         "cancelled" => Ok(()),
-        "running" => Err(ApiError::Conflict("a task starts running only when a worker claims it (POST /api/agent/claim)".into())),
-        "done" | "failed" => Err(ApiError::Conflict("only the claiming worker finishes a task (POST /api/tasks/{id}/result)".into())),
-        _ => Err(ApiError::Conflict(format!("a task cannot move from {from} to {to}"))),
+        "running" => Err(ApiError::Conflict(
+            "a task starts running only when a worker claims it (POST /api/agent/claim)".into(),
+        )),
+        "done" | "failed" => Err(ApiError::Conflict(
+            "only the claiming worker finishes a task (POST /api/tasks/{id}/result)".into(),
+        )),
+        _ => Err(ApiError::Conflict(format!(
+            "a task cannot move from {from} to {to}"
+        ))),
     }
 }
 
@@ -381,7 +458,11 @@ async fn patch(
         Some(t) if can_change(&who, &t) => t,
         _ => return Err(ApiError::NotFound),
     };
-    let to = obj.get("status").and_then(Value::as_str).unwrap_or(&cur.status).to_string();
+    let to = obj
+        .get("status")
+        .and_then(Value::as_str)
+        .unwrap_or(&cur.status)
+        .to_string();
     patch_move(&cur.status, &to)?;
     let mut next = cur.clone();
     if let Some(t) = obj.get("title").and_then(Value::as_str) {

@@ -33,7 +33,13 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn routes() -> Routes<AppState> {
-    Routes::new().route(Method::GET, "/api/ws", Access::Authenticated, "task events (WebSocket)", ws)
+    Routes::new().route(
+        Method::GET,
+        "/api/ws",
+        Access::Authenticated,
+        "task events (WebSocket)",
+        ws,
+    )
 }
 
 async fn ws(
@@ -41,7 +47,8 @@ async fn ws(
     who: Authenticated,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let upgrade = upgrade.map_err(|_| ApiError::BadRequest("a WebSocket upgrade is required".into()))?;
+    let upgrade =
+        upgrade.map_err(|_| ApiError::BadRequest("a WebSocket upgrade is required".into()))?;
     let sub = state.events.subscribe();
     Ok(upgrade
         .max_message_size(MAX_MESSAGE)
@@ -59,7 +66,10 @@ impl Drop for Gauge {
 }
 
 async fn send(socket: &mut WebSocket, msg: Message) -> bool {
-    matches!(tokio::time::timeout(WRITE_TIMEOUT, socket.send(msg)).await, Ok(Ok(())))
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, socket.send(msg)).await,
+        Ok(Ok(()))
+    )
 }
 
 async fn serve(state: AppState, who: Authenticated, mut sub: Subscription, mut socket: WebSocket) {
@@ -103,4 +113,3 @@ async fn serve(state: AppState, who: Authenticated, mut sub: Subscription, mut s
 fn deliver(who: &Authenticated, ev: &Event) -> bool {
     ev.visible_to(who)
 }
-

@@ -50,7 +50,10 @@ fn key_from_file(path: &Path, create: bool) -> Result<Key, Failure> {
         crate::app::bootstrap::write_secret(path, key.to_base64().as_bytes()).map_err(|e| {
             Failure::refused(format!("cannot write key file {}: {e}", path.display()))
         })?;
-        eprintln!("frenly: generated a new key in {} (mode 0600); keep it safe", path.display());
+        eprintln!(
+            "frenly: generated a new key in {} (mode 0600); keep it safe",
+            path.display()
+        );
         return Ok(key);
     }
     let text = std::fs::read_to_string(path)

@@ -159,8 +159,7 @@ impl Key {
 
     fn mac(&self) -> HmacSha256 {
         // HMAC accepts keys of any length: this cannot fail.
-        <HmacSha256 as Mac>::new_from_slice(&self.signing)
-            .unwrap_or_else(|_| unreachable_hmac())
+        <HmacSha256 as Mac>::new_from_slice(&self.signing).unwrap_or_else(|_| unreachable_hmac())
     }
 
     /// Encrypt `msg` into a token (random IV, current time).

@@ -103,7 +103,8 @@ fn parse(path: &Path, doc: &FileDoc) -> Result<Ring, KeyringError> {
         if k.id.is_empty() || k.id.contains(':') {
             return Err(bad("a key id is empty or contains `:`"));
         }
-        let key = Key::from_base64(&k.key).map_err(|_| bad(&format!("key `{}` is invalid", k.id)))?;
+        let key =
+            Key::from_base64(&k.key).map_err(|_| bad(&format!("key `{}` is invalid", k.id)))?;
         keys.insert(k.id.clone(), key);
     }
     if !keys.contains_key(&doc.primary) {

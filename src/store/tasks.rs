@@ -236,11 +236,10 @@ pub async fn counts(db: &Db) -> Result<BTreeMap<String, i64>> {
 
 /// Number of distinct workers with a running task.
 pub async fn active_workers(db: &Db) -> Result<i64> {
-    let row = sqlx::query(
-        "SELECT COUNT(DISTINCT agent_id) AS n FROM tasks WHERE status = 'running'",
-    )
-    .fetch_one(&db.pool)
-    .await?;
+    let row =
+        sqlx::query("SELECT COUNT(DISTINCT agent_id) AS n FROM tasks WHERE status = 'running'")
+            .fetch_one(&db.pool)
+            .await?;
     col(&row, "n")
 }
 

@@ -6,6 +6,7 @@
 mod common;
 
 mod backbone;
-mod tasks;
-mod ws;
 mod crypto;
+mod tasks;
+mod tasks_multiuser;
+mod ws;

@@ -12,7 +12,7 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use crate::common::TestServer;
 use crate::tasks::{create, start};
 
-type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn connector(s: &TestServer) -> Connector {
     let pem = std::fs::read(s.data_dir().join("tls/cert.pem")).unwrap();
@@ -20,16 +20,23 @@ fn connector(s: &TestServer) -> Connector {
     for c in rustls_pemfile::certs(&mut &pem[..]) {
         roots.add(c.unwrap()).unwrap();
     }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     Connector::Rustls(Arc::new(cfg))
 }
 
-async fn connect(s: &TestServer, key: Option<&str>) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-    let mut req = format!("wss://{}/api/ws", s.addr).into_client_request().unwrap();
+pub async fn connect(
+    s: &TestServer,
+    key: Option<&str>,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut req = format!("wss://{}/api/ws", s.addr)
+        .into_client_request()
+        .unwrap();
     if let Some(k) = key {
         req.headers_mut().insert("X-API-Key", k.parse().unwrap());
     }
@@ -38,7 +45,7 @@ async fn connect(s: &TestServer, key: Option<&str>) -> Result<Ws, tokio_tungsten
         .map(|(ws, _)| ws)
 }
 
-async fn next_event(ws: &mut Ws) -> Value {
+pub async fn next_event(ws: &mut Ws) -> Value {
     loop {
         match ws.next().await.unwrap().unwrap() {
             Message::Text(t) => return serde_json::from_str(&t).unwrap(),
@@ -58,7 +65,9 @@ async fn handshake_without_credentials_is_401_and_query_credentials_are_ignored(
     let req = format!("wss://{}/api/ws?api_key={}", s.addr, s.admin())
         .into_client_request()
         .unwrap();
-    match tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector(&s))).await {
+    match tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector(&s)))
+        .await
+    {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
         other => panic!("expected 401, got {:?}", other.map(|_| ())),
     }
@@ -76,7 +85,9 @@ async fn events_arrive_within_a_second_of_each_change() {
     let t = create(&s, json!({"title": "watched", "description": "d"})).await;
     let mut kinds = Vec::new();
     for _ in 0..2 {
-        let ev = tokio::time::timeout(Duration::from_secs(1), next_event(&mut ws)).await.expect("event within 1 s");
+        let ev = tokio::time::timeout(Duration::from_secs(1), next_event(&mut ws))
+            .await
+            .expect("event within 1 s");
         assert_eq!(ev["task"]["id"], t["id"]);
         kinds.push(ev["type"].as_str().unwrap().to_string());
         if ev["type"] == "task_available" {
@@ -91,18 +102,51 @@ async fn events_arrive_within_a_second_of_each_change() {
     assert!(t0.elapsed() < Duration::from_secs(2));
     let id = t["id"].as_str().unwrap();
     // claimed, updated, finished
-    let c = s.admin_post("/api/agent/claim", &json!({})).send().await.unwrap();
+    let c = s
+        .admin_post("/api/agent/claim", &json!({}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(c.status(), 200);
-    let ev = tokio::time::timeout(Duration::from_secs(1), next_event(&mut ws)).await.unwrap();
-    assert_eq!((ev["type"].as_str(), ev["task"]["status"].as_str()), (Some("task_claimed"), Some("running")));
-    let r = s.client.patch(s.url(&format!("/api/tasks/{id}"))).header("X-API-Key", s.admin()).json(&json!({"title": "renamed"})).send().await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(1), next_event(&mut ws))
+        .await
+        .unwrap();
+    assert_eq!(
+        (ev["type"].as_str(), ev["task"]["status"].as_str()),
+        (Some("task_claimed"), Some("running"))
+    );
+    let r = s
+        .client
+        .patch(s.url(&format!("/api/tasks/{id}")))
+        .header("X-API-Key", s.admin())
+        .json(&json!({"title": "renamed"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let ev = tokio::time::timeout(Duration::from_secs(1), next_event(&mut ws)).await.unwrap();
-    assert_eq!((ev["type"].as_str(), ev["task"]["title"].as_str()), (Some("task_updated"), Some("renamed")));
-    let r = s.admin_post(&format!("/api/tasks/{id}/result"), &json!({"status": "done", "result": [1]})).send().await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(1), next_event(&mut ws))
+        .await
+        .unwrap();
+    assert_eq!(
+        (ev["type"].as_str(), ev["task"]["title"].as_str()),
+        (Some("task_updated"), Some("renamed"))
+    );
+    let r = s
+        .admin_post(
+            &format!("/api/tasks/{id}/result"),
+            &json!({"status": "done", "result": [1]}),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let ev = tokio::time::timeout(Duration::from_secs(1), next_event(&mut ws)).await.unwrap();
-    assert_eq!((ev["type"].as_str(), ev["task"]["status"].as_str()), (Some("task_finished"), Some("done")));
+    let ev = tokio::time::timeout(Duration::from_secs(1), next_event(&mut ws))
+        .await
+        .unwrap();
+    assert_eq!(
+        (ev["type"].as_str(), ev["task"]["status"].as_str()),
+        (Some("task_finished"), Some("done"))
+    );
 }
 
 #[tokio::test]
@@ -132,7 +176,11 @@ async fn a_client_that_stops_reading_is_dropped_while_others_keep_up() {
     // the reader got every event, promptly
     let deadline = Instant::now() + Duration::from_secs(10);
     while received.load(std::sync::atomic::Ordering::SeqCst) < created {
-        assert!(Instant::now() < deadline, "reader fell behind: {} of {created}", received.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(
+            Instant::now() < deadline,
+            "reader fell behind: {} of {created}",
+            received.load(std::sync::atomic::Ordering::SeqCst)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // the stalled client was disconnected: draining it ends early
@@ -149,6 +197,9 @@ async fn a_client_that_stops_reading_is_dropped_while_others_keep_up() {
     })
     .await;
     assert!(drained.is_ok(), "the stalled connection was never closed");
-    assert!(got < created * 2, "the stalled client got everything ({got}); it was not dropped");
+    assert!(
+        got < created * 2,
+        "the stalled client got everything ({got}); it was not dropped"
+    );
     reading.abort();
 }
