@@ -9,6 +9,8 @@
 //! at the limit while read, also 413); a body on a request that is not
 //! `application/json` -> 415.
 
+pub mod validation;
+
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};

@@ -4,12 +4,16 @@
 //! layer; [`routes`] is the whole route table, each route with its declared
 //! permission (see `authz`).
 
+pub mod agent;
 pub mod auth;
 pub mod bootstrap;
+pub mod events;
 pub mod health;
 pub mod keys;
 pub mod openapi;
+pub mod tasks;
 pub mod users;
+pub mod ws;
 
 use std::sync::Arc;
 
@@ -33,6 +37,12 @@ pub struct AppInner {
     pub alerts: crate::monitoring::alerts::Alerts,
     /// The route table (for the OpenAPI description).
     pub table: Vec<RouteSpec>,
+    /// Data-encryption keys (task description, input, result).
+    pub keyring: crate::data::keyring::Keyring,
+    /// Task events for WebSocket clients.
+    pub events: events::Events,
+    /// Input rules of the task routes.
+    pub task_rules: tasks::TaskRules,
 }
 
 /// Shared, cheap-to-clone application state.
@@ -66,6 +76,8 @@ impl AppState {
         let network = crate::network::Network::new(&cfg);
         let apisec = crate::apisec::ApiSecurity::new(&cfg);
         let (_, table) = routes().into_parts();
+        let keyring = crate::data::keyring::Keyring::load(&cfg.keyring_file)?;
+        let task_rules = tasks::TaskRules::new(&cfg);
         Ok(AppState(Arc::new(AppInner {
             cfg,
             db,
@@ -77,6 +89,9 @@ impl AppState {
             apisec,
             alerts,
             table,
+            keyring,
+            events: events::Events::new(),
+            task_rules,
         })))
     }
 }
@@ -90,6 +105,7 @@ pub fn routes() -> Routes<AppState> {
         .merge(auth::routes())
         .merge(keys::routes())
         .merge(users::routes())
+        .merge(tasks::routes().merge(agent::routes()).merge(ws::routes()))
 }
 
 /// The application router (without the security stack).

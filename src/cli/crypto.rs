@@ -1,11 +1,21 @@
 //! `frenly encrypt-file`, `decrypt-file`, `encrypt-field`, `decrypt-field`, `keyring`.
+//!
+//! The guide's FileEncryption (the output file is the raw Fernet token,
+//! readable by Python's `cryptography` and vice versa; a missing key file is
+//! generated with mode 0600 on encrypt) and DataEncryption (url-safe base64
+//! of the token). Decryption failures (tampered file, wrong key) exit 1 with
+//! one line on stderr and leave no output file.
 
-use std::path::PathBuf;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
 
+use base64::Engine;
 use clap::{Args, Subcommand};
 
 use super::{CmdResult, Failure};
 use crate::config::Config;
+use crate::data::fernet::{FernetError, Key};
+use crate::data::keyring::Keyring;
 
 #[derive(Debug, Args)]
 pub struct FileArgs {
@@ -33,18 +43,181 @@ pub enum KeyringCmd {
     },
 }
 
-pub fn encrypt_file(_a: FileArgs) -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+/// Read a key file, or create one (0600) when `create` and it is missing.
+fn key_from_file(path: &Path, create: bool) -> Result<Key, Failure> {
+    if create && !path.exists() {
+        let key = Key::generate();
+        crate::app::bootstrap::write_secret(path, key.to_base64().as_bytes()).map_err(|e| {
+            Failure::refused(format!("cannot write key file {}: {e}", path.display()))
+        })?;
+        eprintln!(
+            "frenly: generated a new key in {} (mode 0600); keep it safe",
+            path.display()
+        );
+        return Ok(key);
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::refused(format!("cannot read key file {}: {e}", path.display())))?;
+    Key::from_base64(&text).map_err(|_| {
+        Failure::refused(format!(
+            "key file {} does not hold a Fernet key (url-safe base64 of 32 bytes)",
+            path.display()
+        ))
+    })
 }
-pub fn decrypt_file(_a: FileArgs) -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+
+fn progress() -> indicatif::ProgressBar {
+    if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(0);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            bar.set_style(style);
+        }
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    }
 }
-pub fn encrypt_field(_a: FieldArgs) -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+
+fn crypto_failure(what: &str, input: &Path, e: FernetError) -> Failure {
+    match e {
+        FernetError::InvalidToken(_) => Failure::refused(format!(
+            "{what}: {} is not a valid Fernet token for this key (tampered, corrupted or wrong key); nothing written",
+            input.display()
+        )),
+        FernetError::InvalidKey => Failure::refused(format!("{what}: invalid key")),
+        FernetError::Io(e) => Failure::refused(format!("{what}: {e}")),
+    }
 }
-pub fn decrypt_field(_a: FieldArgs) -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+
+pub fn encrypt_file(a: FileArgs) -> CmdResult {
+    let key = key_from_file(&a.key_file, true)?;
+    let bar = progress();
+    key.encrypt_file(&a.input, &a.output, &bar)
+        .map_err(|e| crypto_failure("encrypt-file", &a.input, e))?;
+    bar.finish_and_clear();
+    Ok(0)
 }
-pub fn keyring(_cfg: Config, _c: KeyringCmd) -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+
+pub fn decrypt_file(a: FileArgs) -> CmdResult {
+    let key = key_from_file(&a.key_file, false)?;
+    let bar = progress();
+    let r = key.decrypt_file(&a.input, &a.output, &bar);
+    bar.finish_and_clear();
+    r.map_err(|e| crypto_failure("decrypt-file", &a.input, e))?;
+    Ok(0)
+}
+
+/// The value argument, or stdin without one trailing newline.
+fn field_value(v: Option<String>) -> Result<Vec<u8>, Failure> {
+    if let Some(v) = v {
+        return Ok(v.into_bytes());
+    }
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .map_err(|e| Failure::refused(format!("cannot read stdin: {e}")))?;
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+    }
+    Ok(buf)
+}
+
+fn print(bytes: &[u8]) -> CmdResult {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|_| out.write_all(b"\n"))
+        .and_then(|_| out.flush())
+        .map_err(|e| Failure::refused(format!("cannot write stdout: {e}")))?;
+    Ok(0)
+}
+
+pub fn encrypt_field(a: FieldArgs) -> CmdResult {
+    let key = key_from_file(&a.key_file, true)?;
+    let token = key.encrypt(&field_value(a.value)?);
+    print(
+        base64::engine::general_purpose::URL_SAFE
+            .encode(token)
+            .as_bytes(),
+    )
+}
+
+pub fn decrypt_field(a: FieldArgs) -> CmdResult {
+    let key = key_from_file(&a.key_file, false)?;
+    let value = field_value(a.value)?;
+    let bad = || {
+        Failure::refused(
+            "decrypt-field: not a valid encrypted value for this key (tampered, corrupted or wrong key)",
+        )
+    };
+    let lenient = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let token = lenient
+        .decode(value.trim_ascii())
+        .ok()
+        .and_then(|t| String::from_utf8(t).ok())
+        .ok_or_else(bad)?;
+    let plain = key.decrypt(&token).map_err(|_| bad())?;
+    print(&plain)
+}
+
+pub fn keyring(cfg: Config, c: KeyringCmd) -> CmdResult {
+    let KeyringCmd::Rotate { reencrypt } = c;
+    crate::app::bootstrap::ensure_data_dir(&cfg.data_dir)
+        .map_err(|e| Failure::refused(format!("data directory: {e}")))?;
+    crate::data::ensure_keyring(&cfg)?;
+    let id = Keyring::rotate(&cfg.keyring_file).map_err(Failure::refused)?;
+    eprintln!("frenly: new primary data-encryption key `{id}`; old data stays readable");
+    if !reencrypt {
+        return Ok(0);
+    }
+    let ring = Keyring::load(&cfg.keyring_file).map_err(Failure::refused)?;
+    let rt = super::runtime()?;
+    let (done, skipped) = rt.block_on(async {
+        let db = crate::store::Db::connect(&cfg.database_url, 1, 2)
+            .await
+            .map_err(|e| Failure::refused(format!("database: {e}")))?;
+        reencrypt_all(&db, &ring)
+            .await
+            .map_err(|e| Failure::refused(format!("re-encryption stopped: {e}")))
+    })?;
+    eprintln!("frenly: re-encrypted {done} task(s) under `{id}`; {skipped} changed meanwhile and were left as written");
+    Ok(0)
+}
+
+/// Rewrite every encrypted task column not under the primary key.
+pub async fn reencrypt_all(db: &crate::store::Db, ring: &Keyring) -> anyhow::Result<(u64, u64)> {
+    use crate::store::tasks;
+    let (mut done, mut skipped) = (0u64, 0u64);
+    let mut after = String::new();
+    loop {
+        let page = tasks::encrypted_page(db, &after, 200).await?;
+        let Some((last, _)) = page.last() else { break };
+        after = last.clone();
+        for (id, old) in page {
+            if old.iter().flatten().all(|v| ring.is_primary(v)) {
+                continue;
+            }
+            let mut new: [Option<String>; 3] = Default::default();
+            for (slot, v) in new.iter_mut().zip(old.iter()) {
+                *slot = match v {
+                    Some(v) if !ring.is_primary(v) => Some(ring.encrypt(&ring.decrypt(v)?)),
+                    other => other.clone(),
+                };
+            }
+            if tasks::replace_encrypted(db, &id, &old, &new).await? {
+                done += 1;
+            } else {
+                skipped += 1;
+            }
+        }
+    }
+    Ok((done, skipped))
 }

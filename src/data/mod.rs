@@ -5,6 +5,9 @@
 //! Fernet tokens under a key from the keyring (0600 file, key ids so old rows
 //! stay readable after rotation).
 
+pub mod fernet;
+pub mod keyring;
+
 /// Generate the keyring (one Fernet key, id `k1`) into a 0600 file when absent.
 pub fn ensure_keyring(cfg: &crate::config::Config) -> anyhow::Result<()> {
     use base64::Engine;

@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod keys;
 pub mod revoked;
+pub mod tasks;
 pub mod users;
 
 use std::time::Duration;

@@ -6,5 +6,9 @@
 mod common;
 
 mod backbone;
+mod crypto;
 mod identity;
 mod ops;
+mod tasks;
+mod tasks_multiuser;
+mod ws;

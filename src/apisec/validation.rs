@@ -1,0 +1,269 @@
+//! Input validation in the guide's terms: per field `required`, `type`,
+//! `min_length`, `max_length`, `pattern`, plus Frenly's `no control
+//! characters` and `one of` rules.
+//!
+//! Threat: malformed, oversized or unexpected input reaching storage and
+//! other clients (mass assignment through unknown fields, control characters
+//! in titles shown in terminals, megabyte "titles"). Guarantee: a body is
+//! validated as a `serde_json::Value` (so a wrong type is reported per field,
+//! not as a parse error), unknown fields are rejected, and every broken rule
+//! of every field is reported at once in the error's `fields`
+//! (400 `validation_failed`). Lengths count Unicode scalar values.
+//! Configured patterns follow the guide's `re.match` semantics: anchored at
+//! the start of the value (add `$` to anchor the end).
+//!
+//! Not covered: the body's size and nesting depth (the body limit and
+//! `http::json` refuse those before a handler runs).
+
+use regex::Regex;
+use serde_json::{Map, Value};
+
+use crate::config::FieldRuleConfig;
+use crate::http::{ApiError, FieldErrors};
+
+/// The JSON type a field must have.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    String,
+    Bool,
+    /// An integer in `min..=max`.
+    Integer {
+        min: i64,
+        max: i64,
+    },
+    /// A JSON object.
+    Object,
+    /// A string that is one of these values.
+    OneOf(&'static [&'static str]),
+    /// Any JSON value.
+    Any,
+}
+
+/// The rules of one field.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub field: String,
+    pub required: bool,
+    pub kind: Kind,
+    pub min_length: Option<usize>,
+    pub max_length: Option<usize>,
+    pub patterns: Vec<Regex>,
+    pub no_control: bool,
+}
+
+impl Rule {
+    pub fn new(field: &str, kind: Kind) -> Rule {
+        Rule {
+            field: field.to_string(),
+            required: false,
+            kind,
+            min_length: None,
+            max_length: None,
+            patterns: Vec::new(),
+            no_control: false,
+        }
+    }
+    pub fn required(mut self) -> Rule {
+        self.required = true;
+        self
+    }
+    pub fn length(mut self, min: Option<usize>, max: Option<usize>) -> Rule {
+        self.min_length = min;
+        self.max_length = max;
+        self
+    }
+    pub fn no_control(mut self) -> Rule {
+        self.no_control = true;
+        self
+    }
+
+    /// Add configured rules. They can only make a field stricter: a required
+    /// field stays required and the default length bounds stay in force.
+    pub fn with_config(mut self, c: &FieldRuleConfig, allow_required: bool) -> Rule {
+        if allow_required && c.required == Some(true) {
+            self.required = true;
+        }
+        if let Some(min) = c.min_length {
+            self.min_length = Some(self.min_length.map_or(min, |m| m.max(min)));
+        }
+        if let Some(max) = c.max_length {
+            self.max_length = Some(self.max_length.map_or(max, |m| m.min(max)));
+        }
+        if let Some(p) = &c.pattern {
+            // The config loader already rejected invalid patterns.
+            match Regex::new(&format!("^(?:{p})")) {
+                Ok(re) => self.patterns.push(re),
+                Err(e) => {
+                    tracing::warn!(field = %self.field, error = %e, "ignoring invalid pattern")
+                }
+            }
+        }
+        self
+    }
+
+    fn check(&self, value: Option<&Value>, errs: &mut Vec<String>) {
+        let f = &self.field;
+        let value = match value {
+            None | Some(Value::Null) => {
+                if self.required {
+                    errs.push(format!("{f} is required"));
+                }
+                return;
+            }
+            Some(v) => v,
+        };
+        match (&self.kind, value) {
+            (Kind::Any, _) => {}
+            (Kind::Object, Value::Object(_)) => {}
+            (Kind::Object, _) => errs.push(format!("{f} must be a JSON object")),
+            (Kind::Bool, Value::Bool(_)) => {}
+            (Kind::Bool, _) => errs.push(format!("{f} must be true or false")),
+            (Kind::Integer { min, max }, v) => match v.as_i64() {
+                Some(n) if (*min..=*max).contains(&n) => {}
+                _ => errs.push(format!("{f} must be an integer from {min} to {max}")),
+            },
+            (Kind::OneOf(allowed), Value::String(s)) if allowed.contains(&s.as_str()) => {}
+            (Kind::OneOf(allowed), _) => {
+                errs.push(format!("{f} must be one of {}", allowed.join(", ")))
+            }
+            (Kind::String, Value::String(s)) => self.check_str(s, errs),
+            (Kind::String, _) => errs.push(format!("{f} must be a string")),
+        }
+    }
+
+    fn check_str(&self, s: &str, errs: &mut Vec<String>) {
+        let f = &self.field;
+        let len = s.chars().count();
+        if let Some(min) = self.min_length {
+            if len < min {
+                errs.push(format!("{f} must be at least {min} characters"));
+            }
+        }
+        if let Some(max) = self.max_length {
+            if len > max {
+                errs.push(format!("{f} must be at most {max} characters"));
+            }
+        }
+        if self.no_control && s.chars().any(char::is_control) {
+            errs.push(format!("{f} must not contain control characters"));
+        }
+        if self.patterns.iter().any(|re| !re.is_match(s)) {
+            errs.push(format!("{f} has an invalid format"));
+        }
+    }
+}
+
+/// The rules of a body: its fields, and nothing else.
+#[derive(Debug, Clone, Default)]
+pub struct Schema {
+    pub rules: Vec<Rule>,
+}
+
+impl Schema {
+    pub fn new(rules: Vec<Rule>) -> Schema {
+        Schema { rules }
+    }
+
+    /// Every broken rule of `body`, by field (empty when valid).
+    pub fn errors(&self, body: &Value) -> FieldErrors {
+        let mut out = FieldErrors::new();
+        let Some(obj) = body.as_object() else {
+            out.insert("body".into(), vec!["the body must be a JSON object".into()]);
+            return out;
+        };
+        for key in obj.keys() {
+            if !self.rules.iter().any(|r| &r.field == key) {
+                out.insert(
+                    key.clone(),
+                    vec![format!("unknown field `{}`", shorten(key))],
+                );
+            }
+        }
+        for rule in &self.rules {
+            let mut errs = Vec::new();
+            rule.check(obj.get(&rule.field), &mut errs);
+            if !errs.is_empty() {
+                out.insert(rule.field.clone(), errs);
+            }
+        }
+        out
+    }
+
+    /// Validate `body`; on success the object's fields.
+    pub fn validate<'a>(&self, body: &'a Value) -> Result<&'a Map<String, Value>, ApiError> {
+        let errs = self.errors(body);
+        match body.as_object() {
+            Some(obj) if errs.is_empty() => Ok(obj),
+            _ => Err(ApiError::Validation(errs)),
+        }
+    }
+}
+
+/// Unknown field names are echoed back; keep them short.
+fn shorten(s: &str) -> String {
+    if s.chars().count() > 64 {
+        let mut t: String = s.chars().take(64).collect();
+        t.push('…');
+        t
+    } else {
+        s.to_string()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema() -> Schema {
+        Schema::new(vec![
+            Rule::new("title", Kind::String)
+                .required()
+                .length(Some(1), Some(5))
+                .no_control(),
+            Rule::new("p", Kind::OneOf(&["a", "b"])),
+            Rule::new("o", Kind::Object),
+            Rule::new("n", Kind::Integer { min: 1, max: 3 }),
+            Rule::new("b", Kind::Bool),
+        ])
+    }
+
+    #[test]
+    fn every_rule_reported_at_once() {
+        let e = schema()
+            .errors(&json!({"title": "ab\u{7}cdef", "p": "c", "o": [], "n": 9, "b": 1, "x": 1}));
+        assert_eq!(e["title"].len(), 2, "{e:?}");
+        for k in ["p", "o", "n", "b", "x"] {
+            assert!(e.contains_key(k), "{k}: {e:?}");
+        }
+        let e = schema().errors(&json!({}));
+        assert_eq!(e["title"], vec!["title is required"]);
+        let e = schema().errors(&json!({"title": 5}));
+        assert_eq!(e["title"], vec!["title must be a string"]);
+        assert!(schema()
+            .errors(&json!({"title": "ok", "p": "a", "o": {}, "n": 2, "b": true}))
+            .is_empty());
+        assert!(schema().errors(&json!([])).contains_key("body"));
+    }
+
+    #[test]
+    fn config_only_tightens_and_patterns_anchor() {
+        let c = FieldRuleConfig {
+            required: Some(false),
+            min_length: Some(0),
+            max_length: Some(100),
+            pattern: Some("[a-z]+$".into()),
+        };
+        let r = Rule::new("t", Kind::String)
+            .required()
+            .length(Some(1), Some(5))
+            .with_config(&c, true);
+        assert!(r.required);
+        assert_eq!((r.min_length, r.max_length), (Some(1), Some(5)));
+        let s = Schema::new(vec![r]);
+        assert!(s.errors(&json!({"t": "abc"})).is_empty());
+        assert!(!s.errors(&json!({"t": "1abc"})).is_empty());
+        assert!(!s.errors(&json!({"t": "abc1"})).is_empty());
+    }
+}

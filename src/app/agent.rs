@@ -1,0 +1,217 @@
+//! Agent workers: settings and queue figures, claiming, and results.
+//!
+//! Threat: two workers running the same task, a worker (or anyone else)
+//! writing the result of a task it does not hold. Guarantee: a claim hands
+//! the oldest highest-priority queued task to exactly one worker (one
+//! conditional UPDATE, see `store::tasks::claim`); `POST
+//! /api/tasks/{id}/result` is accepted only from the worker that claimed the
+//! task (its user id is the task's `agent_id`) while the task is running:
+//! a caller that cannot see the task gets 404, one that can see it but does
+//! not hold it (admin, owner, another worker) or a task that is not running
+//! gets 409. The worker identity is the caller's user id: processes sharing
+//! one agent user act as one worker.
+//!
+//! Settings (`agent_settings` table): `paused` (bool: claims answer 204) and
+//! `max_running` (1..=100000: claims answer 204 while that many tasks run;
+//! exact on SQLite, a soft cap under PostgreSQL's READ COMMITTED).
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::{Method, StatusCode};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::events::EventKind;
+use super::tasks::{load_visible, publish, TaskView};
+use super::AppState;
+use crate::apisec::validation::{Kind, Rule, Schema};
+use crate::authn::Authenticated;
+use crate::authz::{Access, Permission, Routes};
+use crate::http::{ApiError, Json};
+use crate::monitoring::audit::AuditEvent;
+use crate::store::tasks as store;
+
+pub const MAX_RUNNING_DEFAULT: i64 = 1000;
+pub const MAX_RUNNING_LIMIT: i64 = 100_000;
+
+pub fn routes() -> Routes<AppState> {
+    use Permission::*;
+    Routes::new()
+        .route(
+            Method::GET,
+            "/api/agent",
+            Access::Permission(ReadAgent),
+            "agent status, settings and queue figures",
+            status,
+        )
+        .route(
+            Method::PATCH,
+            "/api/agent",
+            Access::Permission(WriteAgent),
+            "change agent settings",
+            update,
+        )
+        .route(
+            Method::POST,
+            "/api/agent/claim",
+            Access::Permission(WriteAgent),
+            "claim the next queued task",
+            claim,
+        )
+        .route(
+            Method::POST,
+            "/api/tasks/{id}/result",
+            Access::Permission(WriteAgent),
+            "store a claimed task's result",
+            result,
+        )
+}
+
+/// The agent settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub paused: bool,
+    pub max_running: i64,
+}
+
+fn settings_schema() -> Schema {
+    Schema::new(vec![
+        Rule::new("paused", Kind::Bool),
+        Rule::new(
+            "max_running",
+            Kind::Integer {
+                min: 1,
+                max: MAX_RUNNING_LIMIT,
+            },
+        ),
+    ])
+}
+
+pub async fn load_settings(state: &AppState) -> Result<Settings, ApiError> {
+    let m = store::settings(&state.db).await?;
+    Ok(Settings {
+        paused: m.get("paused").is_some_and(|v| v == "true"),
+        max_running: m
+            .get("max_running")
+            .and_then(|v| v.parse().ok())
+            .filter(|n| (1..=MAX_RUNNING_LIMIT).contains(n))
+            .unwrap_or(MAX_RUNNING_DEFAULT),
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct Status {
+    status: &'static str,
+    settings: Settings,
+    queue: std::collections::BTreeMap<&'static str, i64>,
+    workers: i64,
+}
+
+async fn figures(state: &AppState) -> Result<Status, ApiError> {
+    let settings = load_settings(state).await?;
+    let counts = store::counts(&state.db).await?;
+    let queue = super::tasks::STATUSES
+        .iter()
+        .map(|s| (*s, counts.get(*s).copied().unwrap_or(0)))
+        .collect::<std::collections::BTreeMap<_, _>>();
+    let workers = store::active_workers(&state.db).await?;
+    let status = if settings.paused {
+        "paused"
+    } else if queue.get("running").copied().unwrap_or(0) > 0 {
+        "working"
+    } else {
+        "idle"
+    };
+    Ok(Status {
+        status,
+        settings,
+        queue,
+        workers,
+    })
+}
+
+async fn status(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(figures(&state).await?))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    who: Authenticated,
+    Json(body): Json<Value>,
+) -> Result<impl IntoResponse, ApiError> {
+    let obj = settings_schema().validate(&body)?;
+    if let Some(p) = obj.get("paused").and_then(Value::as_bool) {
+        store::set_setting(&state.db, "paused", if p { "true" } else { "false" }).await?;
+    }
+    if let Some(n) = obj.get("max_running").and_then(Value::as_i64) {
+        store::set_setting(&state.db, "max_running", &n.to_string()).await?;
+    }
+    let f = figures(&state).await?;
+    state
+        .audit
+        .record(
+            AuditEvent::new("agent_settings_changed")
+                .user(Some(who.user_id.clone()))
+                .field("paused", f.settings.paused)
+                .field("max_running", f.settings.max_running),
+        )
+        .await;
+    Ok(Json(f))
+}
+
+async fn claim(State(state): State<AppState>, who: Authenticated) -> Result<Response, ApiError> {
+    let s = load_settings(&state).await?;
+    if s.paused {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    match store::claim(&state.db, &who.user_id, s.max_running).await? {
+        Some(row) => {
+            let view = TaskView::from_row(&state, row)?;
+            publish(&state, EventKind::TaskClaimed, &view);
+            Ok(Json(view).into_response())
+        }
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+async fn result(
+    State(state): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> Result<Json<TaskView>, ApiError> {
+    let rules = &state.task_rules.result;
+    let obj = rules.validate(&body)?;
+    let t = load_visible(&state, &who, &id).await?;
+    if t.status != "running" {
+        return Err(ApiError::Conflict(format!(
+            "the task is {}, not running",
+            t.status
+        )));
+    }
+    if t.agent_id.as_deref() != Some(who.user_id.as_str()) {
+        return Err(ApiError::Conflict(
+            "the task is held by another worker".into(),
+        ));
+    }
+    let status = obj.get("status").and_then(Value::as_str).unwrap_or("done");
+    let result = obj.get("result").cloned().unwrap_or(Value::Null);
+    let bytes =
+        serde_json::to_vec(&result).map_err(crate::http::respond::internal("serialising JSON"))?;
+    let enc = state.keyring.encrypt(&bytes);
+    let row = store::finish(
+        &state.db,
+        &id,
+        &who.user_id,
+        status,
+        Some(&enc),
+        crate::store::now_ms(),
+    )
+    .await?
+    .ok_or_else(|| {
+        ApiError::Conflict("the task changed meanwhile (cancelled or finished)".into())
+    })?;
+    let view = TaskView::from_row(&state, row)?;
+    publish(&state, EventKind::TaskFinished, &view);
+    Ok(Json(view))
+}

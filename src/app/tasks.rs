@@ -1,0 +1,531 @@
+//! The task API: create, list, get, patch, delete, and the task object.
+//!
+//! Threat: one tenant reading or changing another's tasks, illegal state
+//! moves, and task contents readable from the database files. Guarantee:
+//! a task is visible to its owner, to the worker that claimed it and to
+//! admins; anyone else gets 404 (no existence oracle); only the owner or an
+//! admin may change or delete it. Status moves only along
+//! queued -> running (claim) -> done/failed (result), or queued/running ->
+//! cancelled (PATCH); anything else is 409. `description`, `input` and
+//! `result` are encrypted with the keyring's primary key before they reach
+//! the store; `title` is stored in clear (it is searched).
+
+use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
+use base64::Engine;
+use http::{Method, StatusCode};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::events::{Event, EventKind};
+use super::AppState;
+use crate::apisec::validation::{Kind, Rule, Schema};
+use crate::authn::Authenticated;
+use crate::authz::{Access, Permission, Routes};
+use crate::config::Config;
+use crate::http::{ApiError, FieldErrors, Json};
+use crate::store::tasks::{self as store, ListFilter, TaskRow};
+
+pub const PRIORITIES: &[&str] = &["low", "normal", "high"];
+pub const STATUSES: &[&str] = &["queued", "running", "done", "failed", "cancelled"];
+pub const TITLE_MAX: usize = 200;
+pub const DESCRIPTION_MAX: usize = 100_000;
+pub const LIST_DEFAULT: i64 = 50;
+pub const LIST_MAX: i64 = 200;
+
+pub fn routes() -> Routes<AppState> {
+    use Permission::*;
+    Routes::new()
+        .route(
+            Method::POST,
+            "/api/tasks",
+            Access::Permission(WriteTasks),
+            "create a task",
+            create,
+        )
+        .route(
+            Method::GET,
+            "/api/tasks",
+            Access::Permission(ReadTasks),
+            "list tasks",
+            list,
+        )
+        .route(
+            Method::GET,
+            "/api/tasks/{id}",
+            Access::Permission(ReadTasks),
+            "get a task",
+            get,
+        )
+        .route(
+            Method::PATCH,
+            "/api/tasks/{id}",
+            Access::Permission(WriteTasks),
+            "change or cancel a task",
+            patch,
+        )
+        .route(
+            Method::DELETE,
+            "/api/tasks/{id}",
+            Access::Permission(DeleteTasks),
+            "delete a task",
+            delete,
+        )
+}
+
+/// The input rules of the task routes (defaults from the contract, tightened
+/// by `validation.tasks` in the config).
+#[derive(Debug, Clone)]
+pub struct TaskRules {
+    pub create: Schema,
+    pub patch: Schema,
+    pub result: Schema,
+}
+
+impl TaskRules {
+    pub fn new(cfg: &Config) -> TaskRules {
+        let extra = &cfg.validation.tasks;
+        let fields = |create: bool| {
+            let mut title = Rule::new("title", Kind::String)
+                .length(Some(1), Some(TITLE_MAX))
+                .no_control();
+            if create {
+                title = title.required();
+            }
+            let mut rules = vec![
+                title,
+                Rule::new("description", Kind::String).length(None, Some(DESCRIPTION_MAX)),
+                Rule::new("priority", Kind::OneOf(PRIORITIES)),
+            ];
+            rules.push(if create {
+                Rule::new("input", Kind::Object)
+            } else {
+                Rule::new("status", Kind::OneOf(STATUSES))
+            });
+            rules
+                .into_iter()
+                .map(|r| match extra.get(&r.field) {
+                    Some(c) => r.with_config(c, create),
+                    None => r,
+                })
+                .collect()
+        };
+        for name in extra.keys() {
+            if !["title", "description", "priority", "input"].contains(&name.as_str()) {
+                tracing::warn!(field = %name, "validation.tasks names an unknown task field; ignored");
+            }
+        }
+        TaskRules {
+            create: Schema::new(fields(true)),
+            patch: Schema::new(fields(false)),
+            result: Schema::new(vec![
+                Rule::new("status", Kind::OneOf(&["done", "failed"])).required(),
+                Rule::new("result", Kind::Any),
+            ]),
+        }
+    }
+}
+
+/// The task object of the contract.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskView {
+    pub id: String,
+    pub title: String,
+    pub description: Option<String>,
+    pub priority: &'static str,
+    pub status: String,
+    pub input: Value,
+    pub result: Value,
+    pub owner_id: String,
+    pub agent_id: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// What agent workers learn from `task_available` (not the contents).
+#[derive(Debug, Clone, Serialize)]
+pub struct AvailableView<'a> {
+    pub id: &'a str,
+    pub priority: &'static str,
+    pub status: &'a str,
+    pub created_at: &'a str,
+}
+
+pub fn priority_name(p: i32) -> &'static str {
+    match p {
+        0 => "low",
+        2 => "high",
+        _ => "normal",
+    }
+}
+
+fn priority_value(s: &str) -> i32 {
+    match s {
+        "low" => 0,
+        "high" => 2,
+        _ => 1,
+    }
+}
+
+impl TaskView {
+    /// Decrypt a stored row.
+    pub fn from_row(state: &AppState, r: TaskRow) -> Result<TaskView, ApiError> {
+        let json = |c: &Option<String>| -> Result<Value, ApiError> {
+            match c {
+                None => Ok(Value::Null),
+                Some(s) => {
+                    let bytes = state.keyring.decrypt(s)?;
+                    serde_json::from_slice(&bytes)
+                        .map_err(crate::http::respond::internal("stored JSON is corrupt"))
+                }
+            }
+        };
+        Ok(TaskView {
+            description: r
+                .description
+                .as_deref()
+                .map(|d| state.keyring.decrypt_string(d))
+                .transpose()?,
+            input: json(&r.input)?,
+            result: json(&r.result)?,
+            priority: priority_name(r.priority),
+            created_at: crate::store::rfc3339(r.created_at),
+            updated_at: crate::store::rfc3339(r.updated_at),
+            id: r.id,
+            title: r.title,
+            status: r.status,
+            owner_id: r.owner_id,
+            agent_id: r.agent_id,
+        })
+    }
+}
+
+/// May `who` see this task? Owner, claiming worker, admin.
+pub fn can_see(who: &Authenticated, t: &TaskRow) -> bool {
+    who.is_admin() || t.owner_id == who.user_id || t.agent_id.as_deref() == Some(&who.user_id)
+}
+
+/// May `who` change or delete it? Owner, admin.
+fn can_change(who: &Authenticated, t: &TaskRow) -> bool {
+    who.is_admin() || t.owner_id == who.user_id
+}
+
+/// Publish an event about a task.
+pub fn publish(state: &AppState, kind: EventKind, t: &TaskView) {
+    state
+        .events
+        .publish(Event::new(kind, &t.owner_id, t.agent_id.as_deref(), t));
+    if kind == EventKind::TaskCreated && t.status == "queued" {
+        let v = AvailableView {
+            id: &t.id,
+            priority: t.priority,
+            status: &t.status,
+            created_at: &t.created_at,
+        };
+        state
+            .events
+            .publish(Event::new(EventKind::TaskAvailable, &t.owner_id, None, &v));
+    }
+}
+
+fn encrypt_json(state: &AppState, v: &Value) -> Result<String, ApiError> {
+    let bytes =
+        serde_json::to_vec(v).map_err(crate::http::respond::internal("serialising JSON"))?;
+    Ok(state.keyring.encrypt(&bytes))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    who: Authenticated,
+    Json(body): Json<Value>,
+) -> Result<impl IntoResponse, ApiError> {
+    let obj = state.task_rules.create.validate(&body)?;
+    let now = crate::store::now_ms();
+    let description = obj.get("description").and_then(Value::as_str);
+    let input = match obj.get("input") {
+        Some(v @ Value::Object(_)) => v.clone(),
+        _ => Value::Object(Map::new()),
+    };
+    let row = TaskRow {
+        id: crate::store::new_id(),
+        owner_id: who.user_id.clone(),
+        title: obj
+            .get("title")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        description: description.map(|d| state.keyring.encrypt(d.as_bytes())),
+        priority: priority_value(
+            obj.get("priority")
+                .and_then(Value::as_str)
+                .unwrap_or("normal"),
+        ),
+        status: "queued".into(),
+        input: Some(encrypt_json(&state, &input)?),
+        result: None,
+        agent_id: None,
+        created_at: now,
+        updated_at: now,
+    };
+    store::insert(&state.db, &row).await?;
+    let view = TaskView {
+        id: row.id,
+        title: row.title,
+        description: description.map(str::to_string),
+        priority: priority_name(row.priority),
+        status: row.status,
+        input,
+        result: Value::Null,
+        owner_id: row.owner_id,
+        agent_id: None,
+        created_at: crate::store::rfc3339(now),
+        updated_at: crate::store::rfc3339(now),
+    };
+    publish(&state, EventKind::TaskCreated, &view);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// A page of tasks.
+#[derive(Debug, Serialize)]
+pub struct Page {
+    pub items: Vec<TaskView>,
+    pub next_cursor: Option<String>,
+}
+
+fn encode_cursor(created_at: i64, id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{created_at}:{id}"))
+}
+
+fn decode_cursor(c: &str) -> Option<(i64, String)> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()?;
+    let s = String::from_utf8(raw).ok()?;
+    let (t, id) = s.split_once(':')?;
+    let ok = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric());
+    ok.then(|| Some((t.parse().ok()?, id.to_string())))?
+}
+
+fn list_filter(
+    who: &Authenticated,
+    q: &std::collections::HashMap<String, String>,
+) -> Result<ListFilter, ApiError> {
+    let mut errs = FieldErrors::new();
+    for k in q.keys() {
+        if !["status", "q", "limit", "cursor"].contains(&k.as_str()) {
+            errs.insert(
+                k.chars().take(64).collect(),
+                vec!["unknown query parameter".into()],
+            );
+        }
+    }
+    let status = q.get("status").cloned().unwrap_or_default();
+    if q.contains_key("status") && !STATUSES.contains(&status.as_str()) {
+        errs.insert(
+            "status".into(),
+            vec![format!("status must be one of {}", STATUSES.join(", "))],
+        );
+    }
+    let text = q.get("q").cloned().unwrap_or_default();
+    if text.chars().count() > TITLE_MAX {
+        errs.insert(
+            "q".into(),
+            vec![format!("q must be at most {TITLE_MAX} characters")],
+        );
+    }
+    let limit = match q.get("limit") {
+        None => LIST_DEFAULT,
+        Some(l) => match l.parse::<i64>() {
+            Ok(n) if (1..=LIST_MAX).contains(&n) => n,
+            _ => {
+                errs.insert(
+                    "limit".into(),
+                    vec![format!("limit must be an integer from 1 to {LIST_MAX}")],
+                );
+                0
+            }
+        },
+    };
+    let after = match q.get("cursor") {
+        None => (-1, String::new()),
+        Some(c) => decode_cursor(c).unwrap_or_else(|| {
+            errs.insert(
+                "cursor".into(),
+                vec!["cursor is not one this server issued".into()],
+            );
+            (-1, String::new())
+        }),
+    };
+    if !errs.is_empty() {
+        return Err(ApiError::Validation(errs));
+    }
+    Ok(ListFilter {
+        owner: if who.is_admin() {
+            String::new()
+        } else {
+            who.user_id.clone()
+        },
+        status,
+        pattern: store::like_pattern(&text),
+        after,
+        limit,
+    })
+}
+
+async fn list(
+    State(state): State<AppState>,
+    who: Authenticated,
+    query: Result<
+        Query<std::collections::HashMap<String, String>>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<Json<Page>, ApiError> {
+    let Query(q) = query.map_err(|_| ApiError::BadRequest("malformed query string".into()))?;
+    let mut f = list_filter(&who, &q)?;
+    let limit = f.limit;
+    f.limit += 1;
+    let mut rows = store::list(&state.db, &f).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next_cursor = match rows.last() {
+        Some(last) if more => Some(encode_cursor(last.created_at, &last.id)),
+        _ => None,
+    };
+    let items = rows
+        .into_iter()
+        .map(|r| TaskView::from_row(&state, r))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// Load a task the caller may see, or 404.
+pub async fn load_visible(
+    state: &AppState,
+    who: &Authenticated,
+    id: &str,
+) -> Result<TaskRow, ApiError> {
+    match store::get(&state.db, id).await? {
+        Some(t) if can_see(who, &t) => Ok(t),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+async fn get(
+    State(state): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
+    let t = load_visible(&state, &who, &id).await?;
+    Ok(Json(TaskView::from_row(&state, t)?))
+}
+
+fn is_final(status: &str) -> bool {
+    matches!(status, "done" | "failed" | "cancelled")
+}
+
+/// The status machine for PATCH: `Ok` when `from -> to` is allowed there.
+pub fn patch_move(from: &str, to: &str) -> Result<(), ApiError> {
+    if from == to && !is_final(from) {
+        return Ok(());
+    }
+    if is_final(from) {
+        return Err(ApiError::Conflict(format!(
+            "the task is {from}; finished tasks cannot change"
+        )));
+    }
+    match to {
+        "cancelled" => Ok(()),
+        "running" => Err(ApiError::Conflict(
+            "a task starts running only when a worker claims it (POST /api/agent/claim)".into(),
+        )),
+        "done" | "failed" => Err(ApiError::Conflict(
+            "only the claiming worker finishes a task (POST /api/tasks/{id}/result)".into(),
+        )),
+        _ => Err(ApiError::Conflict(format!(
+            "a task cannot move from {from} to {to}"
+        ))),
+    }
+}
+
+async fn patch(
+    State(state): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> Result<Json<TaskView>, ApiError> {
+    let obj = state.task_rules.patch.validate(&body)?;
+    let cur = match store::get(&state.db, &id).await? {
+        Some(t) if can_change(&who, &t) => t,
+        _ => return Err(ApiError::NotFound),
+    };
+    let to = obj
+        .get("status")
+        .and_then(Value::as_str)
+        .unwrap_or(&cur.status)
+        .to_string();
+    patch_move(&cur.status, &to)?;
+    let mut next = cur.clone();
+    if let Some(t) = obj.get("title").and_then(Value::as_str) {
+        next.title = t.to_string();
+    }
+    match obj.get("description") {
+        Some(Value::String(d)) => next.description = Some(state.keyring.encrypt(d.as_bytes())),
+        Some(Value::Null) => next.description = None,
+        _ => {}
+    }
+    if let Some(p) = obj.get("priority").and_then(Value::as_str) {
+        next.priority = priority_value(p);
+    }
+    next.status = to;
+    next.updated_at = crate::store::now_ms();
+    let row = store::update(&state.db, &next, &cur.status)
+        .await?
+        .ok_or_else(|| ApiError::Conflict("the task changed meanwhile; read it again".into()))?;
+    let view = TaskView::from_row(&state, row)?;
+    publish(&state, EventKind::TaskUpdated, &view);
+    Ok(Json(view))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    match store::get(&state.db, &id).await? {
+        Some(t) if can_change(&who, &t) => {
+            store::delete(&state.db, &id).await?;
+            Ok(StatusCode::NO_CONTENT)
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_machine() {
+        for (from, to, ok) in [
+            ("queued", "cancelled", true),
+            ("running", "cancelled", true),
+            ("queued", "queued", true),
+            ("queued", "running", false),
+            ("queued", "done", false),
+            ("running", "queued", false),
+            ("done", "cancelled", false),
+            ("cancelled", "cancelled", false),
+            ("failed", "queued", false),
+        ] {
+            assert_eq!(patch_move(from, to).is_ok(), ok, "{from} -> {to}");
+        }
+    }
+
+    #[test]
+    fn cursor_round_trip() {
+        let c = encode_cursor(42, "abc123");
+        assert_eq!(decode_cursor(&c), Some((42, "abc123".into())));
+        assert_eq!(decode_cursor("!!"), None);
+        assert_eq!(decode_cursor(&encode_cursor(1, "a' OR 1=1")), None);
+    }
+}

@@ -1,0 +1,323 @@
+//! The `tasks` and `agent_settings` tables.
+//!
+//! Guarantee: every statement is a constant string with bound values; the
+//! title search binds a `LIKE` pattern whose `%`, `_` and `\` were escaped by
+//! [`like_pattern`] (`ESCAPE '\'`); state changes are conditional updates
+//! (`... AND status = $n`), so two writers can never both move a task; a
+//! claim is one `UPDATE ... WHERE id = (SELECT ...) AND status = 'queued'
+//! RETURNING`, which hands a task to exactly one worker on SQLite (one writer)
+//! and PostgreSQL (the loser's re-checked `status` fails; it retries).
+//! `description`, `input` and `result` arrive here already encrypted.
+
+use std::collections::BTreeMap;
+
+use sqlx::any::AnyRow;
+
+use super::{col, Db, Result};
+
+/// A stored task (encrypted columns as stored).
+#[derive(Debug, Clone)]
+pub struct TaskRow {
+    pub id: String,
+    pub owner_id: String,
+    pub title: String,
+    pub description: Option<String>,
+    pub priority: i32,
+    pub status: String,
+    pub input: Option<String>,
+    pub result: Option<String>,
+    pub agent_id: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+macro_rules! cols {
+    () => {
+        "id, owner_id, title, description, priority, status, input, result, agent_id, created_at, updated_at"
+    };
+}
+
+fn from_row(r: &AnyRow) -> Result<TaskRow> {
+    Ok(TaskRow {
+        id: col(r, "id")?,
+        owner_id: col(r, "owner_id")?,
+        title: col(r, "title")?,
+        description: col(r, "description")?,
+        priority: col(r, "priority")?,
+        status: col(r, "status")?,
+        input: col(r, "input")?,
+        result: col(r, "result")?,
+        agent_id: col(r, "agent_id")?,
+        created_at: col(r, "created_at")?,
+        updated_at: col(r, "updated_at")?,
+    })
+}
+
+fn opt(row: Option<AnyRow>) -> Result<Option<TaskRow>> {
+    row.as_ref().map(from_row).transpose()
+}
+
+pub async fn insert(db: &Db, t: &TaskRow) -> Result<()> {
+    sqlx::query(concat!(
+        "INSERT INTO tasks (",
+        cols!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    ))
+    .bind(&t.id)
+    .bind(&t.owner_id)
+    .bind(&t.title)
+    .bind(&t.description)
+    .bind(t.priority)
+    .bind(&t.status)
+    .bind(&t.input)
+    .bind(&t.result)
+    .bind(&t.agent_id)
+    .bind(t.created_at)
+    .bind(t.updated_at)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn get(db: &Db, id: &str) -> Result<Option<TaskRow>> {
+    let row = sqlx::query(concat!("SELECT ", cols!(), " FROM tasks WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await?;
+    opt(row)
+}
+
+/// Escape `%`, `_` and `\` and wrap in `%...%`, lower-cased (the search is
+/// case-insensitive for ASCII on every engine).
+pub fn like_pattern(q: &str) -> String {
+    let mut p = String::with_capacity(q.len() + 2);
+    p.push('%');
+    for c in q.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+/// A page filter. Empty `owner`/`status` mean "any"; `after` is the cursor
+/// position `(created_at, id)`.
+#[derive(Debug, Clone)]
+pub struct ListFilter {
+    pub owner: String,
+    pub status: String,
+    pub pattern: String,
+    pub after: (i64, String),
+    pub limit: i64,
+}
+
+pub async fn list(db: &Db, f: &ListFilter) -> Result<Vec<TaskRow>> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        cols!(),
+        " FROM tasks WHERE ($1 = '' OR owner_id = $1) AND ($2 = '' OR status = $2) \
+         AND LOWER(title) LIKE $3 ESCAPE '\\' \
+         AND (created_at > $4 OR (created_at = $4 AND id > $5)) \
+         ORDER BY created_at, id LIMIT $6"
+    ))
+    .bind(&f.owner)
+    .bind(&f.status)
+    .bind(&f.pattern)
+    .bind(f.after.0)
+    .bind(&f.after.1)
+    .bind(f.limit)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Write the editable fields, only if the task is still in `expected` status.
+pub async fn update(db: &Db, t: &TaskRow, expected_status: &str) -> Result<Option<TaskRow>> {
+    let row = sqlx::query(concat!(
+        "UPDATE tasks SET title = $1, description = $2, priority = $3, status = $4, \
+         updated_at = $5 WHERE id = $6 AND status = $7 RETURNING ",
+        cols!()
+    ))
+    .bind(&t.title)
+    .bind(&t.description)
+    .bind(t.priority)
+    .bind(&t.status)
+    .bind(t.updated_at)
+    .bind(&t.id)
+    .bind(expected_status)
+    .fetch_optional(&db.pool)
+    .await?;
+    opt(row)
+}
+
+pub async fn delete(db: &Db, id: &str) -> Result<bool> {
+    let r = sqlx::query("DELETE FROM tasks WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// One claim attempt: the oldest highest-priority queued task, if the number
+/// of running tasks is below `max_running`.
+async fn claim_once(db: &Db, agent: &str, now: i64, max_running: i64) -> Result<Option<TaskRow>> {
+    let row = sqlx::query(concat!(
+        "UPDATE tasks SET status = 'running', agent_id = $1, updated_at = $2 \
+         WHERE id = (SELECT id FROM tasks WHERE status = 'queued' \
+                     ORDER BY priority DESC, created_at, id LIMIT 1) \
+           AND status = 'queued' \
+           AND (SELECT COUNT(*) FROM tasks WHERE status = 'running') < $3 \
+         RETURNING ",
+        cols!()
+    ))
+    .bind(agent)
+    .bind(now)
+    .bind(max_running)
+    .fetch_optional(&db.pool)
+    .await?;
+    opt(row)
+}
+
+/// Claim the next task for `agent`; `None` when nothing is queued (or the
+/// running cap is reached). Retries when another worker won the race.
+pub async fn claim(db: &Db, agent: &str, max_running: i64) -> Result<Option<TaskRow>> {
+    for _ in 0..64 {
+        if let Some(t) = claim_once(db, agent, super::now_ms(), max_running).await? {
+            return Ok(Some(t));
+        }
+        let c = counts(db).await?;
+        let queued = c.get("queued").copied().unwrap_or(0);
+        let running = c.get("running").copied().unwrap_or(0);
+        if queued == 0 || running >= max_running {
+            return Ok(None);
+        }
+        tokio::task::yield_now().await;
+    }
+    Ok(None)
+}
+
+/// Store the result of a running task claimed by `agent`.
+pub async fn finish(
+    db: &Db,
+    id: &str,
+    agent: &str,
+    status: &str,
+    result: Option<&str>,
+    now: i64,
+) -> Result<Option<TaskRow>> {
+    let row = sqlx::query(concat!(
+        "UPDATE tasks SET status = $1, result = $2, updated_at = $3 \
+         WHERE id = $4 AND status = 'running' AND agent_id = $5 RETURNING ",
+        cols!()
+    ))
+    .bind(status)
+    .bind(result)
+    .bind(now)
+    .bind(id)
+    .bind(agent)
+    .fetch_optional(&db.pool)
+    .await?;
+    opt(row)
+}
+
+/// Number of tasks by status.
+pub async fn counts(db: &Db) -> Result<BTreeMap<String, i64>> {
+    let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status")
+        .fetch_all(&db.pool)
+        .await?;
+    let mut out = BTreeMap::new();
+    for r in &rows {
+        out.insert(col::<String>(r, "status")?, col::<i64>(r, "n")?);
+    }
+    Ok(out)
+}
+
+/// Number of distinct workers with a running task.
+pub async fn active_workers(db: &Db) -> Result<i64> {
+    let row =
+        sqlx::query("SELECT COUNT(DISTINCT agent_id) AS n FROM tasks WHERE status = 'running'")
+            .fetch_one(&db.pool)
+            .await?;
+    col(&row, "n")
+}
+
+pub async fn settings(db: &Db) -> Result<BTreeMap<String, String>> {
+    let rows = sqlx::query("SELECT name, value FROM agent_settings")
+        .fetch_all(&db.pool)
+        .await?;
+    let mut out = BTreeMap::new();
+    for r in &rows {
+        out.insert(col::<String>(r, "name")?, col::<String>(r, "value")?);
+    }
+    Ok(out)
+}
+
+pub async fn set_setting(db: &Db, name: &str, value: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO agent_settings (name, value) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )
+    .bind(name)
+    .bind(value)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// The encrypted columns of a page of tasks after `after_id`.
+pub async fn encrypted_page(
+    db: &Db,
+    after_id: &str,
+    limit: i64,
+) -> Result<Vec<(String, [Option<String>; 3])>> {
+    let rows = sqlx::query(
+        "SELECT id, description, input, result FROM tasks WHERE id > $1 ORDER BY id LIMIT $2",
+    )
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                col(r, "id")?,
+                [col(r, "description")?, col(r, "input")?, col(r, "result")?],
+            ))
+        })
+        .collect()
+}
+
+/// Replace the encrypted columns if they still hold `old` (a concurrent
+/// writer wins; the caller counts the skip).
+pub async fn replace_encrypted(
+    db: &Db,
+    id: &str,
+    old: &[Option<String>; 3],
+    new: &[Option<String>; 3],
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE tasks SET description = $1, input = $2, result = $3 WHERE id = $4 \
+         AND COALESCE(description, '') = $5 AND COALESCE(input, '') = $6 \
+         AND COALESCE(result, '') = $7",
+    )
+    .bind(&new[0])
+    .bind(&new[1])
+    .bind(&new[2])
+    .bind(id)
+    .bind(old[0].as_deref().unwrap_or(""))
+    .bind(old[1].as_deref().unwrap_or(""))
+    .bind(old[2].as_deref().unwrap_or(""))
+    .execute(&db.pool)
+    .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn like_escapes_wildcards_and_escape() {
+        assert_eq!(super::like_pattern("a%b_c\\D"), "%a\\%b\\_c\\\\d%");
+    }
+}

@@ -1,0 +1,852 @@
+//! Tasks and agent workers (issue 4): the task object, validation, the
+//! status machine, pagination, search, encryption at rest, claiming.
+
+use std::collections::HashSet;
+
+use serde_json::{json, Value};
+
+use crate::common::{error_code, Opts, TestServer};
+
+/// The config every test server of this area uses: the test client's
+/// address is never rate-limited or banned (hundreds of requests per test).
+pub const BASE_CONFIG: &str = "[limits]\nallowlist = [\"127.0.0.1/32\"]\n";
+
+pub async fn start() -> TestServer {
+    TestServer::with(Opts::default().config(BASE_CONFIG)).await
+}
+
+pub async fn start_with(extra: &str) -> TestServer {
+    TestServer::with(Opts::default().config(&format!("{BASE_CONFIG}{extra}"))).await
+}
+
+/// Create a task with the admin key; returns the task JSON.
+pub async fn create(s: &TestServer, body: Value) -> Value {
+    let r = s.admin_post("/api/tasks", &body).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    r.json().await.unwrap()
+}
+
+async fn patch(s: &TestServer, id: &str, body: Value) -> reqwest::Response {
+    s.client
+        .patch(s.url(&format!("/api/tasks/{id}")))
+        .header("X-API-Key", s.admin())
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn raw_post(s: &TestServer, path: &str, body: Vec<u8>) -> reqwest::Response {
+    s.post(path)
+        .header("X-API-Key", s.admin())
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn fields(r: reqwest::Response) -> serde_json::Map<String, Value> {
+    let (status, code, body) = error_code(r).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (400, "validation_failed"),
+        "{body}"
+    );
+    body["error"]["fields"].as_object().unwrap().clone()
+}
+
+#[tokio::test]
+async fn task_object_is_the_contracts_and_crud_works() {
+    let s = start().await;
+    let t = create(
+        &s,
+        json!({"title": "t1", "description": "d", "priority": "high", "input": {"a": [1, 2]}}),
+    )
+    .await;
+    let keys: HashSet<&str> = t.as_object().unwrap().keys().map(String::as_str).collect();
+    let want: HashSet<&str> = [
+        "id",
+        "title",
+        "description",
+        "priority",
+        "status",
+        "input",
+        "result",
+        "owner_id",
+        "agent_id",
+        "created_at",
+        "updated_at",
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(keys, want);
+    assert_eq!(t["priority"], "high");
+    assert_eq!(t["status"], "queued");
+    assert_eq!(t["input"], json!({"a": [1, 2]}));
+    assert!(t["result"].is_null() && t["agent_id"].is_null());
+    chrono::DateTime::parse_from_rfc3339(t["created_at"].as_str().unwrap()).unwrap();
+    let id = t["id"].as_str().unwrap();
+
+    let got: Value = s
+        .admin_get(&format!("/api/tasks/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got, t);
+
+    let r = patch(
+        &s,
+        id,
+        json!({"title": "t2", "priority": "low", "description": null}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(
+        (p["title"].as_str(), p["priority"].as_str()),
+        (Some("t2"), Some("low"))
+    );
+    assert!(p["description"].is_null());
+
+    // defaults
+    let d = create(&s, json!({"title": "x"})).await;
+    assert_eq!(d["priority"], "normal");
+    assert_eq!(d["input"], json!({}));
+
+    let r = s
+        .client
+        .delete(s.url(&format!("/api/tasks/{id}")))
+        .header("X-API-Key", s.admin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = s
+        .admin_get(&format!("/api/tasks/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.1, "not_found");
+    let r = s.admin_get("/api/tasks/nope").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    // without credentials
+    let r = s.get("/api/tasks").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn validation_reports_every_rule_at_once() {
+    let s = start().await;
+    // every field broken at once, plus an unknown one
+    let long = "x".repeat(100_001);
+    let r = s
+        .admin_post(
+            "/api/tasks",
+            &json!({"title": "", "description": long, "priority": "urgent", "input": [1], "owner_id": "me"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let f = fields(r).await;
+    assert_eq!(f["title"], json!(["title must be at least 1 characters"]));
+    assert_eq!(
+        f["description"],
+        json!(["description must be at most 100000 characters"])
+    );
+    assert_eq!(
+        f["priority"],
+        json!(["priority must be one of low, normal, high"])
+    );
+    assert_eq!(f["input"], json!(["input must be a JSON object"]));
+    assert!(f["owner_id"][0].as_str().unwrap().contains("unknown field"));
+
+    for (body, field, msg) in [
+        (json!({}), "title", "title is required"),
+        (json!({"title": null}), "title", "title is required"),
+        (
+            json!({"title": "x".repeat(201)}),
+            "title",
+            "title must be at most 200 characters",
+        ),
+        (
+            json!({"title": "a\u{0}b"}),
+            "title",
+            "title must not contain control characters",
+        ),
+        (
+            json!({"title": "a\nb"}),
+            "title",
+            "title must not contain control characters",
+        ),
+        (
+            json!({"title": "a\u{9b}b"}),
+            "title",
+            "title must not contain control characters",
+        ),
+        // wrong types, reported per field
+        (json!({"title": 5}), "title", "title must be a string"),
+        (
+            json!({"title": "t", "description": 1}),
+            "description",
+            "description must be a string",
+        ),
+        (
+            json!({"title": "t", "priority": 2}),
+            "priority",
+            "priority must be one of low, normal, high",
+        ),
+        (
+            json!({"title": "t", "input": "s"}),
+            "input",
+            "input must be a JSON object",
+        ),
+    ] {
+        let r = s.admin_post("/api/tasks", &body).send().await.unwrap();
+        let f = fields(r).await;
+        assert_eq!(f[field], json!([msg]), "{body}");
+    }
+    // boundaries pass: 200 characters (multi-byte), 100,000-character description
+    let t = create(
+        &s,
+        json!({"title": "é".repeat(200), "description": "y".repeat(100_000)}),
+    )
+    .await;
+    assert_eq!(t["title"].as_str().unwrap().chars().count(), 200);
+
+    // not an object
+    let r = s
+        .admin_post("/api/tasks", &json!([1]))
+        .send()
+        .await
+        .unwrap();
+    assert!(fields(r).await.contains_key("body"));
+    // malformed JSON, invalid UTF-8, deep nesting: 400 bad_request, never a crash
+    for body in [
+        b"{\"title\": ".to_vec(),
+        b"{title: 1}".to_vec(),
+        b"{\"title\": \"\xff\xfe\"}".to_vec(),
+        format!(
+            "{{\"title\": \"t\", \"input\": {}{}}}",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        )
+        .into_bytes(),
+        format!("{}{}", "{\"a\":".repeat(10_000), "}".repeat(10_000)).into_bytes(),
+    ] {
+        let r = raw_post(&s, "/api/tasks", body).await;
+        let (status, code, _) = error_code(r).await;
+        assert_eq!((status, code.as_str()), (400, "bad_request"));
+    }
+    // wrong content type
+    let r = s
+        .post("/api/tasks")
+        .header("X-API-Key", s.admin())
+        .body("title=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    // the server is still fine
+    create(&s, json!({"title": "still alive"})).await;
+    // patch rules too
+    let t = create(&s, json!({"title": "p"})).await;
+    let r = patch(
+        &s,
+        t["id"].as_str().unwrap(),
+        json!({"title": "", "input": {}, "status": "bogus"}),
+    )
+    .await;
+    let f = fields(r).await;
+    assert!(
+        f.contains_key("title") && f.contains_key("input") && f.contains_key("status"),
+        "{f:?}"
+    );
+}
+
+#[tokio::test]
+async fn configured_rules_tighten_the_defaults() {
+    let s = start_with(
+        "[validation.tasks.title]\npattern = \"[A-Z]\"\nmax_length = 10\n\
+         [validation.tasks.description]\nrequired = true\nmin_length = 3\n",
+    )
+    .await;
+    let r = s
+        .admin_post("/api/tasks", &json!({"title": "lowercase title"}))
+        .send()
+        .await
+        .unwrap();
+    let f = fields(r).await;
+    assert_eq!(
+        f["title"],
+        json!([
+            "title must be at most 10 characters",
+            "title has an invalid format"
+        ])
+    );
+    assert_eq!(f["description"], json!(["description is required"]));
+    let r = s
+        .admin_post("/api/tasks", &json!({"title": "Ok", "description": "ab"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        fields(r).await["description"],
+        json!(["description must be at least 3 characters"])
+    );
+    create(&s, json!({"title": "Ok", "description": "abc"})).await;
+}
+
+#[tokio::test]
+async fn status_machine_refuses_illegal_moves() {
+    let s = start().await;
+    let t = create(&s, json!({"title": "m"})).await;
+    let id = t["id"].as_str().unwrap();
+    for to in ["running", "done", "failed"] {
+        let r = patch(&s, id, json!({"status": to})).await;
+        assert_eq!(error_code(r).await.1, "conflict", "queued -> {to}");
+    }
+    // result on a queued task
+    let r = s
+        .admin_post(
+            &format!("/api/tasks/{id}/result"),
+            &json!({"status": "done"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.1, "conflict");
+    // claim -> running
+    let c: Value = s
+        .admin_post("/api/agent/claim", &json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(c["id"], t["id"]);
+    assert_eq!(c["status"], "running");
+    for to in ["queued", "done"] {
+        let r = patch(&s, id, json!({"status": to})).await;
+        assert_eq!(error_code(r).await.1, "conflict", "running -> {to}");
+    }
+    // bad result bodies
+    let r = s
+        .admin_post(
+            &format!("/api/tasks/{id}/result"),
+            &json!({"status": "cancelled"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.1, "validation_failed");
+    let r = s
+        .admin_post(&format!("/api/tasks/{id}/result"), &json!({"result": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.1, "validation_failed");
+    let r = s
+        .admin_post(
+            &format!("/api/tasks/{id}/result"),
+            &json!({"status": "done", "result": {"answer": 42}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let d: Value = r.json().await.unwrap();
+    assert_eq!(
+        (d["status"].as_str(), d["result"]["answer"].as_i64()),
+        (Some("done"), Some(42))
+    );
+    // finished: everything is a conflict
+    for body in [json!({"status": "cancelled"}), json!({"title": "new"})] {
+        let r = patch(&s, id, body).await;
+        assert_eq!(error_code(r).await.1, "conflict");
+    }
+    let r = s
+        .admin_post(
+            &format!("/api/tasks/{id}/result"),
+            &json!({"status": "failed"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.1, "conflict");
+    // queued -> cancelled and running -> cancelled are allowed; cancelled is final
+    let t2 = create(&s, json!({"title": "c"})).await;
+    let id2 = t2["id"].as_str().unwrap();
+    let r = patch(&s, id2, json!({"status": "cancelled"})).await;
+    assert_eq!(r.status(), 200);
+    let r = patch(&s, id2, json!({"status": "queued"})).await;
+    assert_eq!(error_code(r).await.1, "conflict");
+    let t3 = create(&s, json!({"title": "c3"})).await;
+    let c: Value = s
+        .admin_post("/api/agent/claim", &json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(c["id"], t3["id"]);
+    let r = patch(
+        &s,
+        t3["id"].as_str().unwrap(),
+        json!({"status": "cancelled"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    // the worker's result on a cancelled task is a conflict
+    let r = s
+        .admin_post(
+            &format!("/api/tasks/{}/result", t3["id"].as_str().unwrap()),
+            &json!({"status": "done"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.1, "conflict");
+    // result for an unknown task
+    let r = s
+        .admin_post("/api/tasks/nope/result", &json!({"status": "done"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+async fn list_all(s: &TestServer, query: &str, limit: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("/api/tasks?limit={limit}{query}");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let r = s.admin_get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let page: Value = r.json().await.unwrap();
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= limit);
+        out.extend(items.iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn pagination_is_stable_and_complete_and_search_escapes_wildcards() {
+    let s = start().await;
+    let titles = [
+        "100% done",
+        "100 percent",
+        "a_b",
+        "axb",
+        "back\\slash",
+        "plain",
+    ];
+    let mut ids = Vec::new();
+    for i in 0..23 {
+        let t = create(
+            &s,
+            json!({"title": format!("{} #{i}", titles[i % titles.len()])}),
+        )
+        .await;
+        ids.push(t["id"].as_str().unwrap().to_string());
+    }
+    for limit in [1, 7, 23, 200] {
+        let got: Vec<String> = list_all(&s, "", limit)
+            .await
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(got, ids, "limit {limit}");
+    }
+    // a task created while paging shows up at the end, nothing repeats
+    let first: Value = s
+        .admin_get("/api/tasks?limit=5")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    create(&s, json!({"title": "late"})).await;
+    let c = first["next_cursor"].as_str().unwrap();
+    let rest = list_all(&s, &format!("&cursor={c}"), 50).await;
+    assert_eq!(rest.len(), 23 - 5 + 1);
+
+    let count = |q: &str| {
+        let q = q.to_string();
+        let s = &s;
+        async move {
+            list_all(s, &format!("&q={}", urlencode(&q)), 200)
+                .await
+                .len()
+        }
+    };
+    assert_eq!(count("%").await, 4, "% is literal");
+    assert_eq!(count("_").await, 4, "_ is literal");
+    assert_eq!(count("\\").await, 4, "the escape character is literal");
+    assert_eq!(count("100").await, 8);
+    assert_eq!(count("PLAIN").await, 3, "ASCII case-insensitive");
+    assert_eq!(count("' OR 1=1 --").await, 0);
+    // status filter
+    let r: Value = s
+        .admin_get("/api/tasks?status=done")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["items"].as_array().unwrap().len(), 0);
+    assert_eq!(list_all(&s, "&status=queued", 200).await.len(), 24);
+    // bad parameters
+    for q in [
+        "limit=0",
+        "limit=201",
+        "limit=x",
+        "limit=-1",
+        "status=weird",
+        "cursor=abc",
+        "cursor=%00",
+        "sort=title",
+    ] {
+        let r = s
+            .admin_get(&format!("/api/tasks?{q}"))
+            .send()
+            .await
+            .unwrap();
+        let (status, code, _) = error_code(r).await;
+        assert_eq!((status, code.as_str()), (400, "validation_failed"), "{q}");
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+#[tokio::test]
+async fn task_contents_never_reach_the_disk_in_clear() {
+    let mut s = start().await;
+    let marker = format!("MARKER{}", uuid::Uuid::new_v4().simple());
+    let t = create(
+        &s,
+        json!({"title": "visible title", "description": format!("secret {marker} here"), "input": {"k": marker}}),
+    )
+    .await;
+    let id = t["id"].as_str().unwrap();
+    // a result and a patched description as well
+    let c: Value = s
+        .admin_post("/api/agent/claim", &json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(c["description"], format!("secret {marker} here"));
+    let r = s
+        .admin_post(
+            &format!("/api/tasks/{id}/result"),
+            &json!({"status": "done", "result": {"out": marker}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t2 = create(&s, json!({"title": "second"})).await;
+    let r = patch(
+        &s,
+        t2["id"].as_str().unwrap(),
+        json!({"description": marker}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    // the same task reads back
+    let got: Value = s
+        .admin_get(&format!("/api/tasks/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["input"]["k"], marker.as_str());
+    assert_eq!(got["result"]["out"], marker.as_str());
+    // stop the server, then scan every file (database, WAL, logs, keys)
+    let data = s.data_dir();
+    s.terminate().await;
+    let mut files = Vec::new();
+    files_under(&data, &mut files);
+    assert!(files
+        .iter()
+        .any(|f| f.to_string_lossy().contains("frenly.db")));
+    let mut saw_title = false;
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+            "marker found in {}",
+            f.display()
+        );
+        saw_title |= bytes.windows(13).any(|w| w == b"visible title");
+    }
+    assert!(
+        saw_title,
+        "the scan reads the database (the clear title is there)"
+    );
+}
+
+#[tokio::test]
+async fn eight_workers_claim_two_hundred_tasks_each_exactly_once() {
+    let s = start().await;
+    let mut all = HashSet::new();
+    for i in 0..200 {
+        let t = create(&s, json!({"title": format!("job {i}")})).await;
+        all.insert(t["id"].as_str().unwrap().to_string());
+    }
+    let s = std::sync::Arc::new(s);
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        workers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let r = s
+                    .admin_post("/api/agent/claim", &json!({}))
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status() == 204 {
+                    break;
+                }
+                assert_eq!(r.status(), 200);
+                let t: Value = r.json().await.unwrap();
+                assert_eq!(t["status"], "running");
+                let id = t["id"].as_str().unwrap().to_string();
+                let r = s
+                    .admin_post(
+                        &format!("/api/tasks/{id}/result"),
+                        &json!({"status": "done", "result": null}),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200, "result for {id}");
+                mine.push(id);
+            }
+            mine
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut busy = 0;
+    for w in workers {
+        let mine = w.await.unwrap();
+        busy += usize::from(!mine.is_empty());
+        for id in mine {
+            assert!(seen.insert(id.clone()), "{id} claimed twice");
+        }
+    }
+    assert_eq!(seen, all);
+    assert!(busy > 1, "the claims really ran concurrently");
+    let a: Value = s
+        .admin_get("/api/agent")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(a["queue"]["done"], 200);
+    assert_eq!(a["queue"]["queued"], 0);
+}
+
+#[tokio::test]
+async fn claims_take_the_oldest_highest_priority_task_and_respect_settings() {
+    let s = start().await;
+    let low = create(&s, json!({"title": "low", "priority": "low"})).await;
+    let n1 = create(&s, json!({"title": "n1"})).await;
+    let high = create(&s, json!({"title": "high", "priority": "high"})).await;
+    let n2 = create(&s, json!({"title": "n2"})).await;
+    let a: Value = s
+        .admin_get("/api/agent")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(a["status"], "idle");
+    assert_eq!(a["settings"], json!({"paused": false, "max_running": 1000}));
+    assert_eq!(a["queue"]["queued"], 4);
+
+    // settings: validated, every broken rule at once
+    let r = s
+        .client
+        .patch(s.url("/api/agent"))
+        .header("X-API-Key", s.admin())
+        .json(&json!({"paused": "yes", "max_running": 0, "x": 1}))
+        .send()
+        .await
+        .unwrap();
+    let f = fields(r).await;
+    assert_eq!(f.len(), 3, "{f:?}");
+    let set = |body: Value| {
+        s.client
+            .patch(s.url("/api/agent"))
+            .header("X-API-Key", s.admin())
+            .json(&body)
+            .send()
+    };
+    let r = set(json!({"paused": true})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = s
+        .admin_post("/api/agent/claim", &json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "paused");
+    set(json!({"paused": false, "max_running": 1}))
+        .await
+        .unwrap();
+
+    let claim = || async {
+        let r = s
+            .admin_post("/api/agent/claim", &json!({}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 204 {
+            return None;
+        }
+        Some(r.json::<Value>().await.unwrap())
+    };
+    let c = claim().await.unwrap();
+    assert_eq!(c["id"], high["id"]);
+    assert!(c["agent_id"].is_string());
+    assert!(claim().await.is_none(), "max_running = 1");
+    let a: Value = s
+        .admin_get("/api/agent")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (a["status"].as_str(), a["workers"].as_i64()),
+        (Some("working"), Some(1))
+    );
+    set(json!({"max_running": 100})).await.unwrap();
+    for want in [&n1, &n2, &low] {
+        assert_eq!(claim().await.unwrap()["id"], want["id"]);
+    }
+    assert!(claim().await.is_none());
+}
+
+#[tokio::test]
+async fn keyring_rotation_keeps_rows_readable_and_reencrypt_rewrites_them() {
+    let s = start().await;
+    let t = create(
+        &s,
+        json!({"title": "rot", "description": "before", "input": {"x": 1}}),
+    )
+    .await;
+    let id = t["id"].as_str().unwrap().to_string();
+    let data = s.data_dir();
+    let cfg = s.dir.path().join("frenly.toml");
+    let cfg = cfg.to_str().unwrap().to_string();
+    let data_s = data.to_str().unwrap().to_string();
+    // rotate while running: old rows readable, new rows under k2
+    let (code, _, err) = crate::common::run_cli(
+        &["keyring", "rotate", "--config", &cfg, "--data-dir", &data_s],
+        None,
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let ring: Value =
+        serde_json::from_slice(&std::fs::read(data.join("keyring.json")).unwrap()).unwrap();
+    assert_eq!(ring["primary"], "k2");
+    let got: Value = s
+        .admin_get(&format!("/api/tasks/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["description"], "before");
+    let key = s.admin().to_string();
+    let mut s = s;
+    s.terminate().await;
+    let (code, _, err) = crate::common::run_cli(
+        &[
+            "keyring",
+            "rotate",
+            "--reencrypt",
+            "--config",
+            &cfg,
+            "--data-dir",
+            &data_s,
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("re-encrypted 1 task"), "{err}");
+    // drop every old key: the row must still decrypt, so it was rewritten
+    let mut ring: Value =
+        serde_json::from_slice(&std::fs::read(data.join("keyring.json")).unwrap()).unwrap();
+    assert_eq!(ring["primary"], "k3");
+    ring["keys"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|k| k["id"] == "k3");
+    std::fs::write(
+        data.join("keyring.json"),
+        serde_json::to_vec(&ring).unwrap(),
+    )
+    .unwrap();
+    let s = s.restart(Opts::default().config(BASE_CONFIG)).await;
+    let got: Value = s
+        .get(&format!("/api/tasks/{id}"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["description"], "before");
+    assert_eq!(got["input"], json!({"x": 1}));
+}

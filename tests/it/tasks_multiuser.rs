@@ -1,0 +1,224 @@
+//! Tenancy and agent roles across users (issue 4), with users and keys made
+//! through the identity endpoints (`POST /api/users`, login, `POST /api/keys`).
+
+use serde_json::{json, Value};
+
+use crate::common::{error_code, TestServer};
+use crate::tasks::{create, start};
+
+/// Create a user with `roles` and return an API key of theirs.
+async fn user_key(s: &TestServer, name: &str, roles: &[&str]) -> String {
+    let r = s
+        .admin_post(
+            "/api/users",
+            &json!({"username": name, "email": format!("{name}@example.test"), "password": "a long enough passphrase 123", "roles": roles}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let login: Value = s
+        .post("/api/auth/login")
+        .json(&json!({"username": name, "password": "a long enough passphrase 123"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap();
+    let r = s
+        .post("/api/keys")
+        .bearer_auth(token)
+        .json(&json!({"name": "test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn with(s: &TestServer, m: reqwest::Method, path: &str, key: &str) -> reqwest::RequestBuilder {
+    s.client.request(m, s.url(path)).header("X-API-Key", key)
+}
+
+#[tokio::test]
+async fn users_see_only_their_own_tasks_and_admins_see_all() {
+    let s = start().await;
+    let alice = user_key(&s, "alice", &["user"]).await;
+    let bob = user_key(&s, "bob", &["user"]).await;
+    let r = with(&s, reqwest::Method::POST, "/api/tasks", &alice)
+        .json(&json!({"title": "alice's"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let t: Value = r.json().await.unwrap();
+    let id = t["id"].as_str().unwrap();
+    let path = format!("/api/tasks/{id}");
+    // bob: 404 for get, patch, and his list is empty
+    let r = with(&s, reqwest::Method::GET, &path, &bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.1, "not_found");
+    let r = with(&s, reqwest::Method::PATCH, &path, &bob)
+        .json(&json!({"status": "cancelled"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.1, "not_found");
+    let page: Value = with(&s, reqwest::Method::GET, "/api/tasks", &bob)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 0);
+    // users lack delete:tasks: 403 before any lookup
+    let r = with(&s, reqwest::Method::DELETE, &path, &bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.1, "forbidden");
+    // alice sees hers, the admin sees everything
+    let page: Value = with(&s, reqwest::Method::GET, "/api/tasks", &alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    create(&s, json!({"title": "admin's"})).await;
+    let page: Value = s
+        .admin_get("/api/tasks")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    // users cannot claim or see the agent
+    let r = with(&s, reqwest::Method::POST, "/api/agent/claim", &alice)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.1, "forbidden");
+}
+
+#[tokio::test]
+async fn only_the_claiming_worker_posts_the_result() {
+    let s = start().await;
+    let alice = user_key(&s, "alice", &["user"]).await;
+    let w1 = user_key(&s, "worker1", &["agent"]).await;
+    let w2 = user_key(&s, "worker2", &["agent"]).await;
+    let r = with(&s, reqwest::Method::POST, "/api/tasks", &alice)
+        .json(&json!({"title": "job", "description": "d"}))
+        .send()
+        .await
+        .unwrap();
+    let t: Value = r.json().await.unwrap();
+    let id = t["id"].as_str().unwrap();
+    // a worker cannot read a task before claiming it
+    let r = with(&s, reqwest::Method::GET, &format!("/api/tasks/{id}"), &w1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = with(&s, reqwest::Method::POST, "/api/agent/claim", &w1)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let c: Value = r.json().await.unwrap();
+    assert_eq!(c["id"], t["id"]);
+    assert_eq!(c["description"], "d");
+    // the claiming worker can read it now
+    let r = with(&s, reqwest::Method::GET, &format!("/api/tasks/{id}"), &w1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let result = format!("/api/tasks/{id}/result");
+    // another worker: cannot see it -> 404
+    let r = with(&s, reqwest::Method::POST, &result, &w2)
+        .json(&json!({"status": "done"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.1, "not_found");
+    // the owner lacks write:agent -> 403
+    let r = with(&s, reqwest::Method::POST, &result, &alice)
+        .json(&json!({"status": "done"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.1, "forbidden");
+    // an admin sees it but does not hold it -> 409
+    let r = s
+        .admin_post(&result, &json!({"status": "done"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.1, "conflict");
+    let r = with(&s, reqwest::Method::POST, &result, &w1)
+        .json(&json!({"status": "failed", "result": {"e": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // the owner sees the result
+    let got: Value = with(
+        &s,
+        reqwest::Method::GET,
+        &format!("/api/tasks/{id}"),
+        &alice,
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        (got["status"].as_str(), got["result"]["e"].as_str()),
+        (Some("failed"), Some("x"))
+    );
+}
+
+#[tokio::test]
+async fn websocket_events_follow_tenancy_and_workers_get_task_available() {
+    use futures_util::StreamExt;
+    let s = start().await;
+    let alice = user_key(&s, "alice", &["user"]).await;
+    let bob = user_key(&s, "bob", &["user"]).await;
+    let worker = user_key(&s, "worker", &["agent"]).await;
+    let mut bob_ws = crate::ws::connect(&s, Some(&bob)).await.unwrap();
+    let mut worker_ws = crate::ws::connect(&s, Some(&worker)).await.unwrap();
+    let r = with(&s, reqwest::Method::POST, "/api/tasks", &alice)
+        .json(&json!({"title": "secret title", "description": "secret"}))
+        .send()
+        .await
+        .unwrap();
+    let t: Value = r.json().await.unwrap();
+    let ev = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        crate::ws::next_event(&mut worker_ws),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ev["type"], "task_available");
+    assert_eq!(ev["task"]["id"], t["id"]);
+    assert!(ev["task"].get("title").is_none());
+    // bob hears nothing about alice's task
+    let none = tokio::time::timeout(std::time::Duration::from_millis(500), bob_ws.next()).await;
+    assert!(none.is_err(), "bob received {none:?}");
+}

@@ -1,0 +1,205 @@
+//! `/api/ws` with a real WebSocket client over real TLS (issue 4).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use crate::common::TestServer;
+use crate::tasks::{create, start};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn connector(s: &TestServer) -> Connector {
+    let pem = std::fs::read(s.data_dir().join("tls/cert.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut &pem[..]) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Connector::Rustls(Arc::new(cfg))
+}
+
+pub async fn connect(
+    s: &TestServer,
+    key: Option<&str>,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut req = format!("wss://{}/api/ws", s.addr)
+        .into_client_request()
+        .unwrap();
+    if let Some(k) = key {
+        req.headers_mut().insert("X-API-Key", k.parse().unwrap());
+    }
+    tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector(s)))
+        .await
+        .map(|(ws, _)| ws)
+}
+
+pub async fn next_event(ws: &mut Ws) -> Value {
+    loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn handshake_without_credentials_is_401_and_query_credentials_are_ignored() {
+    let s = start().await;
+    match connect(&s, None).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected a 401 handshake, got {:?}", other.map(|_| ())),
+    }
+    // a key in the query string is not a credential
+    let req = format!("wss://{}/api/ws?api_key={}", s.addr, s.admin())
+        .into_client_request()
+        .unwrap();
+    match tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector(&s)))
+        .await
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+    // a plain GET (no upgrade) with credentials is a 400 in the error shape
+    let r = s.admin_get("/api/ws").send().await.unwrap();
+    let (status, code, _) = crate::common::error_code(r).await;
+    assert_eq!((status, code.as_str()), (400, "bad_request"));
+}
+
+#[tokio::test]
+async fn events_arrive_within_a_second_of_each_change() {
+    let s = start().await;
+    let mut ws = connect(&s, Some(s.admin())).await.unwrap();
+    let t0 = Instant::now();
+    let t = create(&s, json!({"title": "watched", "description": "d"})).await;
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let ev = tokio::time::timeout(Duration::from_secs(1), next_event(&mut ws))
+            .await
+            .expect("event within 1 s");
+        assert_eq!(ev["task"]["id"], t["id"]);
+        kinds.push(ev["type"].as_str().unwrap().to_string());
+        if ev["type"] == "task_available" {
+            // workers learn that a task exists, not what it says
+            assert!(ev["task"].get("description").is_none() && ev["task"].get("title").is_none());
+        } else {
+            assert_eq!(ev["task"], t);
+        }
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["task_available", "task_created"]);
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    let id = t["id"].as_str().unwrap();
+    // claimed, updated, finished
+    let c = s
+        .admin_post("/api/agent/claim", &json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(c.status(), 200);
+    let ev = tokio::time::timeout(Duration::from_secs(1), next_event(&mut ws))
+        .await
+        .unwrap();
+    assert_eq!(
+        (ev["type"].as_str(), ev["task"]["status"].as_str()),
+        (Some("task_claimed"), Some("running"))
+    );
+    let r = s
+        .client
+        .patch(s.url(&format!("/api/tasks/{id}")))
+        .header("X-API-Key", s.admin())
+        .json(&json!({"title": "renamed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ev = tokio::time::timeout(Duration::from_secs(1), next_event(&mut ws))
+        .await
+        .unwrap();
+    assert_eq!(
+        (ev["type"].as_str(), ev["task"]["title"].as_str()),
+        (Some("task_updated"), Some("renamed"))
+    );
+    let r = s
+        .admin_post(
+            &format!("/api/tasks/{id}/result"),
+            &json!({"status": "done", "result": [1]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ev = tokio::time::timeout(Duration::from_secs(1), next_event(&mut ws))
+        .await
+        .unwrap();
+    assert_eq!(
+        (ev["type"].as_str(), ev["task"]["status"].as_str()),
+        (Some("task_finished"), Some("done"))
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_while_others_keep_up() {
+    let s = Arc::new(start().await);
+    let stalled = connect(&s, Some(s.admin())).await.unwrap();
+    let mut reader = connect(&s, Some(s.admin())).await.unwrap();
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r2 = received.clone();
+    let reading = tokio::spawn(async move {
+        while let Some(Ok(m)) = reader.next().await {
+            if let Message::Text(t) = m {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "task_created" {
+                    r2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    // big events fill the stalled client's socket buffers quickly
+    let desc = "z".repeat(90_000);
+    let mut created = 0usize;
+    for _ in 0..400 {
+        create(&s, json!({"title": "flood", "description": desc})).await;
+        created += 1;
+    }
+    // the reader got every event, promptly
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.load(std::sync::atomic::Ordering::SeqCst) < created {
+        assert!(
+            Instant::now() < deadline,
+            "reader fell behind: {} of {created}",
+            received.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // the stalled client was disconnected: draining it ends early
+    let mut stalled = stalled;
+    let mut got = 0usize;
+    let drained = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stalled.next().await {
+                Some(Ok(Message::Text(_))) => got += 1,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the stalled connection was never closed");
+    assert!(
+        got < created * 2,
+        "the stalled client got everything ({got}); it was not dropped"
+    );
+    reading.abort();
+}
