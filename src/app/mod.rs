@@ -7,6 +7,7 @@
 pub mod bootstrap;
 pub mod health;
 pub mod openapi;
+pub mod security;
 
 use std::sync::Arc;
 
@@ -30,6 +31,8 @@ pub struct AppInner {
     pub alerts: crate::monitoring::alerts::Alerts,
     /// The route table (for the OpenAPI description).
     pub table: Vec<RouteSpec>,
+    /// Incident detection and response.
+    pub incidents: crate::monitoring::incidents::Incidents,
 }
 
 /// Shared, cheap-to-clone application state.
@@ -51,6 +54,8 @@ impl AppState {
         let audit = crate::monitoring::audit::Audit::start(&cfg, db.clone())?;
         let metrics = crate::monitoring::metrics::Metrics::new();
         let network = crate::network::Network::new(&cfg);
+        network.start(&db, metrics.active_bans.clone()).await?;
+        let incidents = crate::monitoring::incidents::Incidents::new(&cfg);
         let apisec = crate::apisec::ApiSecurity::new(&cfg);
         let alerts = crate::monitoring::alerts::Alerts::start(&cfg)?;
         let (_, table) = routes().into_parts();
@@ -65,6 +70,7 @@ impl AppState {
             apisec,
             alerts,
             table,
+            incidents,
         })))
     }
 }
@@ -74,6 +80,7 @@ pub fn routes() -> Routes<AppState> {
     Routes::new()
         .merge(health::routes())
         .merge(openapi::routes())
+        .merge(security::routes())
 }
 
 /// The application router (without the security stack).

@@ -8,6 +8,8 @@
 //! (SIGKILL); a power loss may lose the last transactions (use PostgreSQL, or
 //! `FULL`, where that matters).
 
+pub mod bans;
+pub mod incidents;
 pub mod keys;
 pub mod users;
 
