@@ -127,7 +127,7 @@ async fn list_bans(
         .bans
         .active(now)
         .into_iter()
-        .filter(|b| after.is_none_or(|a| b.key > a))
+        .filter(|b| after.map_or(true, |a| b.key > a))
         .collect();
     let page = &bans[..bans.len().min(limit)];
     let next = (bans.len() > limit)
