@@ -418,6 +418,14 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_config_parses_with_the_default_actions() {
+        let cfg = config(crate::cli::serve::SAMPLE_CONFIG).unwrap();
+        let d = crate::config::IncidentsConfig::default();
+        assert_eq!(cfg.incidents.ban, d.ban);
+        assert_eq!(cfg.incidents.alert, d.alert);
+    }
+
+    #[test]
     fn families_map_to_kinds() {
         assert_eq!(Kind::from_family("sqli"), Kind::SqlInjection);
         assert_eq!(Kind::from_family("xss"), Kind::XssAttempt);

@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use hashlink::DefaultHashBuilder;
 use parking_lot::RwLock;
 
 /// The limiter/ban key of a client address.
@@ -96,7 +97,7 @@ fn escalated(base: u64, cap: u64, offences: i64) -> u64 {
 
 /// The ban table.
 pub struct Bans {
-    map: RwLock<HashMap<IpAddr, BanRecord>>,
+    map: RwLock<HashMap<IpAddr, BanRecord, DefaultHashBuilder>>,
     len: AtomicUsize,
     capacity: usize,
     /// How long offences are remembered after a ban ends.
@@ -106,7 +107,7 @@ pub struct Bans {
 impl Bans {
     pub fn new(capacity: usize, memory_seconds: u64) -> Bans {
         Bans {
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(HashMap::default()),
             len: AtomicUsize::new(0),
             capacity: capacity.max(1),
             memory_ms: (memory_seconds.min(i64::MAX as u64 / 1000) * 1000) as i64,
@@ -153,7 +154,7 @@ impl Bans {
         Some(rec)
     }
 
-    fn make_room(&self, map: &mut HashMap<IpAddr, BanRecord>, now_ms: i64) {
+    fn make_room(&self, map: &mut HashMap<IpAddr, BanRecord, DefaultHashBuilder>, now_ms: i64) {
         map.retain(|_, b| b.until_ms > now_ms);
         while map.len() >= self.capacity {
             let Some(k) = map.values().min_by_key(|b| b.until_ms).map(|b| b.key) else {
