@@ -11,6 +11,7 @@ pub mod events;
 pub mod health;
 pub mod keys;
 pub mod openapi;
+pub mod security;
 pub mod tasks;
 pub mod users;
 pub mod ws;
@@ -43,6 +44,8 @@ pub struct AppInner {
     pub events: events::Events,
     /// Input rules of the task routes.
     pub task_rules: tasks::TaskRules,
+    /// Incident detection and response.
+    pub incidents: crate::monitoring::incidents::Incidents,
 }
 
 /// Shared, cheap-to-clone application state.
@@ -74,6 +77,8 @@ impl AppState {
             },
         )?;
         let network = crate::network::Network::new(&cfg);
+        network.start(&db, metrics.active_bans.clone()).await?;
+        let incidents = crate::monitoring::incidents::Incidents::new(&cfg);
         let apisec = crate::apisec::ApiSecurity::new(&cfg);
         let (_, table) = routes().into_parts();
         let keyring = crate::data::keyring::Keyring::load(&cfg.keyring_file)?;
@@ -92,6 +97,7 @@ impl AppState {
             keyring,
             events: events::Events::new(),
             task_rules,
+            incidents,
         })))
     }
 }
@@ -106,6 +112,7 @@ pub fn routes() -> Routes<AppState> {
         .merge(keys::routes())
         .merge(users::routes())
         .merge(tasks::routes().merge(agent::routes()).merge(ws::routes()))
+        .merge(security::routes())
 }
 
 /// The application router (without the security stack).

@@ -110,12 +110,23 @@ allowlist = []                # CIDRs never rate-limited or banned
 header_max_bytes = 16384
 body_max_bytes = 1048576
 rate = { max_requests = 100, window_seconds = 60 }
-ddos = { max_requests_per_second = 10, ban_seconds = 300 }
+ddos = { max_requests_per_second = 10, ban_seconds = 300, max_ban_seconds = 86400 }
+max_tracked_clients = 100000  # memory bound of the limiter (least recently seen evicted)
+ipv6_group_by_64 = true
 
 [ids]
 mode = "block"                # block, detect or off
 threshold = 5                 # blocked requests before the address is banned
 ban_seconds = 300
+
+[incidents]
+# kinds that ban the address (IDS kinds at ids.threshold blocked requests;
+# brute_force at monitor.failed_login_burst failures); ddos always bans
+ban = ["sql_injection", "xss_attempt", "path_traversal", "command_injection", "intrusion_attempt"]
+alert = ["brute_force", "sql_injection", "xss_attempt", "path_traversal", "command_injection", "intrusion_attempt", "ddos"]
+audit = true                  # security_violation audit event per incident
+cooldown_seconds = 60         # same kind from one address recorded at most once per this
+window_seconds = 3600         # blocked requests count towards ids.threshold within this
 
 [auth]
 login_max_failures = 5

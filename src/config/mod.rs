@@ -66,6 +66,8 @@ pub struct RawConfig {
     pub roles: BTreeMap<String, RoleConfig>,
     pub validation: ValidationConfig,
     pub gateway: GatewayConfig,
+    /// Incident detection and automated response.
+    pub incidents: IncidentsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -442,6 +444,67 @@ fn default_gateway_timeout() -> u64 {
     300
 }
 
+/// Incident kinds (`/api/security/incidents`, `incidents.ban`, `incidents.alert`).
+pub const INCIDENT_KINDS: [&str; 8] = [
+    "brute_force",
+    "sql_injection",
+    "xss_attempt",
+    "path_traversal",
+    "command_injection",
+    "intrusion_attempt",
+    "rate_limit_exceeded",
+    "ddos",
+];
+
+/// Incident detection and the automated response to each kind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncidentsConfig {
+    /// Kinds whose detection bans the address (escalating, from
+    /// `ids.ban_seconds` up to `limits.ddos.max_ban_seconds`): the IDS kinds
+    /// once an address has `ids.threshold` blocked requests, `brute_force`
+    /// once it has `monitor.failed_login_burst` failed logins in
+    /// `monitor.failed_login_window_seconds`. `ddos` always bans
+    /// (`limits.ddos`).
+    pub ban: Vec<String>,
+    /// Kinds POSTed to `alerts.webhook_url`.
+    pub alert: Vec<String>,
+    /// Write a `security_violation` audit event for each incident.
+    pub audit: bool,
+    /// The same kind from the same address is recorded at most once per
+    /// this many seconds (a ban is always recorded).
+    pub cooldown_seconds: u64,
+    /// Blocked requests count towards `ids.threshold` within this window.
+    pub window_seconds: u64,
+}
+
+impl Default for IncidentsConfig {
+    fn default() -> Self {
+        let kinds = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Self {
+            ban: kinds(&[
+                "sql_injection",
+                "xss_attempt",
+                "path_traversal",
+                "command_injection",
+                "intrusion_attempt",
+            ]),
+            alert: kinds(&[
+                "brute_force",
+                "sql_injection",
+                "xss_attempt",
+                "path_traversal",
+                "command_injection",
+                "intrusion_attempt",
+                "ddos",
+            ]),
+            audit: true,
+            cooldown_seconds: 60,
+            window_seconds: 3600,
+        }
+    }
+}
+
 /// The effective configuration: [`RawConfig`] with every path resolved
 /// against the data directory and every value checked.
 #[derive(Debug, Clone)]
@@ -589,6 +652,28 @@ impl Config {
                 "limits.ddos.max_requests_per_second",
                 "must be > 0",
             ));
+        }
+        for (key, kinds) in [
+            ("incidents.ban", &raw.incidents.ban),
+            ("incidents.alert", &raw.incidents.alert),
+        ] {
+            if let Some(k) = kinds.iter().find(|k| !INCIDENT_KINDS.contains(&k.as_str())) {
+                return Err(invalid(key, &format!("unknown incident kind `{k}`")));
+            }
+        }
+        if raw.ids.threshold == 0 {
+            return Err(invalid("ids.threshold", "must be > 0"));
+        }
+        if raw.limits.max_tracked_clients == 0 {
+            return Err(invalid("limits.max_tracked_clients", "must be > 0"));
+        }
+        if let Some(r) = &raw.limits.per_identity {
+            if r.max_requests == 0 || r.window_seconds == 0 {
+                return Err(invalid(
+                    "limits.per_identity",
+                    "max_requests and window_seconds must be > 0",
+                ));
+            }
         }
         if raw.limits.header_max_bytes < 1024 {
             return Err(invalid("limits.header_max_bytes", "must be at least 1024"));

@@ -24,6 +24,7 @@ pub mod api;
 pub mod audit;
 pub mod check;
 pub mod firewall;
+pub mod incidents;
 pub mod metrics;
 pub mod monitor;
 

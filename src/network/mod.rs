@@ -5,29 +5,241 @@
 //! per-address defences by forging `X-Forwarded-For`. Guarantee: the client
 //! address is the TCP peer, or — only when the peer is in
 //! `network.trusted_proxies` — the right-most untrusted hop of the forwarding
-//! headers; handlers and every other layer see only this [`ClientAddr`].
+//! headers; handlers and every other layer see only this [`ClientAddr`]
+//! (limits, bans, IDS and audit alike).
+//!
+//! Every request except `GET /healthz` and `/readyz` (probes of load
+//! balancers, which must keep working for a banned or limited address) goes
+//! through one decision, in this order, before any other layer does work:
+//!
+//! 1. `limits.allowlist` (CIDRs): never limited or banned. Loopback is not
+//!    special.
+//! 2. Ban ([`ban`]): 403 `ip_banned` with `Retry-After`. Nothing else counts
+//!    the request: a banned client cannot renew or extend its ban.
+//! 3. Burst: every arrival counts; more than
+//!    `limits.ddos.max_requests_per_second` within one second bans the
+//!    address for `limits.ddos.ban_seconds`, doubling for repeat offenders up
+//!    to `limits.ddos.max_ban_seconds` (incident `ddos`).
+//! 4. Rate ([`ratelimit`]): at most `limits.rate.max_requests` admitted in
+//!    any `window_seconds`; beyond, 429 `rate_limited` with `Retry-After` and
+//!    `RateLimit-Limit/Remaining/Reset` (incident `rate_limit_exceeded`).
+//!    Admitted responses carry the `RateLimit-*` headers.
+//!
+//! `/openapi.json`, `/metrics` and unknown paths are limited like `/api/*`:
+//! only the two probes are exempt. IPv6 clients count per /64 with
+//! `limits.ipv6_group_by_64`. After the inner layers answer, an IDS block
+//! (`ApiError::RequestBlocked` in the response extensions) or a 401 from
+//! `POST /api/auth/login` feeds incident detection (`monitoring::incidents`).
+//!
+//! `limits.per_identity` adds a per-user window on top, checked by
+//! [`identity_layer`], which sits right after authentication (the principal
+//! is not known earlier); the response then carries the `RateLimit-*`
+//! figures of whichever limit has fewer requests remaining.
+//!
+//! Backends: [`Network::check`] is the one decision per request (ban, burst
+//! and rate at once), so a shared backend (Redis, a later issue) replaces it
+//! with one atomic round trip.
 
+pub mod ban;
 pub mod client_addr;
+pub mod ratelimit;
+
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use ipnet::IpNet;
 
 use crate::app::AppState;
 use crate::config::Config;
+use crate::http::respond::RateLimitInfo;
+use crate::http::{ApiError, RequestId};
+use crate::monitoring::audit::AuditEvent;
+use crate::monitoring::incidents::{Context, Signal};
+pub use ban::{BanRecord, Bans, Length};
 pub use client_addr::{ClientAddr, PeerAddr};
+use ratelimit::{Decision, IdentityLimiter, Limiter, Window};
+
+/// Milliseconds on a monotonic clock (the limiter's time).
+pub fn mono_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Paths never limited or banned.
+pub fn is_exempt(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
+
+/// The decision for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed(RateLimitInfo),
+    Limited(RateLimitInfo),
+    /// Banned; seconds until the ban ends.
+    Banned(u64),
+    /// This request pushed the address over the burst limit (not banned yet).
+    Burst,
+}
 
 /// Network-layer state.
 pub struct Network {
-    pub trusted: Vec<ipnet::IpNet>,
+    pub trusted: Vec<IpNet>,
+    pub allowlist: Vec<IpNet>,
+    pub group_v6: bool,
+    pub limiter: Limiter<IpAddr>,
+    pub identity: Option<IdentityLimiter>,
+    pub bans: Arc<Bans>,
+    pub ddos_ban: Length,
 }
 
 impl Network {
     pub fn new(cfg: &Config) -> Network {
+        let l = &cfg.limits;
+        let rate = Window::new(l.rate.max_requests, u64::from(l.rate.window_seconds) * 1000);
+        let burst = Window::new(l.ddos.max_requests_per_second, 1000);
         Network {
             trusted: cfg.network.trusted_proxies.clone(),
+            allowlist: l.allowlist.clone(),
+            group_v6: l.ipv6_group_by_64,
+            limiter: Limiter::new(rate, burst, l.max_tracked_clients),
+            identity: l.per_identity.as_ref().map(|r| {
+                IdentityLimiter::new(
+                    Window::new(r.max_requests, u64::from(r.window_seconds) * 1000),
+                    l.max_tracked_clients,
+                )
+            }),
+            bans: Arc::new(Bans::new(l.max_tracked_clients, l.ddos.max_ban_seconds)),
+            ddos_ban: Length::Escalating {
+                base: l.ddos.ban_seconds,
+                cap: l.ddos.max_ban_seconds,
+            },
         }
     }
+
+    /// Load stored bans and start pruning expired ones (every minute).
+    pub async fn start(
+        &self,
+        db: &crate::store::Db,
+        gauge: prometheus_client::metrics::gauge::Gauge,
+    ) -> crate::store::Result<()> {
+        let now = crate::store::now_ms();
+        let cutoff = self.bans.prune(now);
+        let rows = crate::store::bans::load(db, cutoff).await?;
+        let group = self.group_v6;
+        self.bans.load(rows.into_iter().filter_map(|r| {
+            Some(BanRecord {
+                key: ban::parse_key(&r.ip, group)?,
+                until_ms: r.until_ms,
+                reason: r.reason,
+                created_at: r.created_at,
+                offences: r.offences,
+            })
+        }));
+        gauge.set(self.bans.active_count(now) as i64);
+        let weak = Arc::downgrade(&self.bans);
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let Some(bans) = weak.upgrade() else { return };
+                let now = crate::store::now_ms();
+                let cutoff = bans.prune(now);
+                gauge.set(bans.active_count(now) as i64);
+                drop(bans);
+                if let Err(e) = crate::store::bans::prune(&db, cutoff).await {
+                    tracing::warn!(error = %e, "cannot prune expired bans");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    pub fn allowlisted(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.allowlist.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The limiter/ban key of an address.
+    pub fn key(&self, ip: IpAddr) -> IpAddr {
+        ban::group(ip, self.group_v6)
+    }
+
+    /// The one decision per request: ban, burst, rate.
+    pub fn check(&self, key: &IpAddr, mono_ms: u64, wall_ms: i64) -> Verdict {
+        if let Some(retry) = self.bans.check(key, wall_ms) {
+            return Verdict::Banned(retry);
+        }
+        match self.limiter.check(key, mono_ms) {
+            Decision::Allowed(i) => Verdict::Allowed(i),
+            Decision::Limited(i) => Verdict::Limited(i),
+            Decision::Burst => Verdict::Burst,
+        }
+    }
+}
+
+/// Persist a new ban and audit it (`ban_added`). Returns false when the
+/// database refused it (the ban still holds in memory).
+pub async fn record_ban(
+    state: &AppState,
+    rec: &BanRecord,
+    by: Option<&str>,
+    request_id: Option<&str>,
+) -> bool {
+    let ip = ban::key_string(rec.key, state.network.group_v6);
+    let row = crate::store::bans::BanRow {
+        ip: ip.clone(),
+        until_ms: rec.until_ms,
+        reason: rec.reason.clone(),
+        created_at: rec.created_at,
+        offences: rec.offences,
+    };
+    let stored = match crate::store::bans::upsert(&state.db, &row).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store ban");
+            false
+        }
+    };
+    state
+        .metrics
+        .active_bans
+        .set(state.network.bans.active_count(crate::store::now_ms()) as i64);
+    let mut ev = AuditEvent::new("ban_added")
+        .ip(&ip)
+        .user(by)
+        .field("reason", rec.reason.clone())
+        .field("seconds", (rec.until_ms - rec.created_at).max(0) / 1000)
+        .field("until", crate::store::rfc3339(rec.until_ms))
+        .field("offences", rec.offences);
+    if let Some(r) = request_id {
+        ev = ev.request_id(r);
+    }
+    state.audit.record(ev).await;
+    stored
+}
+
+/// Set the `RateLimit-*` headers unless an inner limit already set figures
+/// with fewer requests remaining.
+fn merge_headers(resp: &mut Response, info: RateLimitInfo) {
+    let inner = resp
+        .headers()
+        .get("ratelimit-remaining")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok());
+    if inner.map_or(true, |r| info.remaining < r) {
+        info.apply(resp.headers_mut());
+    }
+}
+
+fn request_id(req: &Request) -> Option<String> {
+    req.extensions()
+        .get::<RequestId>()
+        .map(|r| r.as_str().to_string())
 }
 
 /// The network layer (middleware).
@@ -39,5 +251,99 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
         .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     let client = client_addr::resolve(peer, req.headers(), &state.network.trusted);
     req.extensions_mut().insert(ClientAddr(client));
-    next.run(req).await
+    let net = &state.network;
+    if is_exempt(req.uri().path()) || net.allowlisted(client) {
+        return next.run(req).await;
+    }
+    let key = net.key(client);
+    let wall = crate::store::now_ms();
+    let info = match net.check(&key, mono_ms(), wall) {
+        Verdict::Allowed(i) => i,
+        Verdict::Banned(retry_after) => return ApiError::IpBanned { retry_after }.into_response(),
+        Verdict::Burst => {
+            let retry_after = match net.bans.ban(key, net.ddos_ban, "ddos", wall) {
+                Some(rec) => {
+                    let retry = rec.retry_after(wall);
+                    let signal = Signal::Ddos {
+                        ban_seconds: (rec.until_ms - rec.created_at).max(0) as u64 / 1000,
+                        offences: rec.offences,
+                    };
+                    let ctx = Context {
+                        request_id: request_id(&req),
+                        user_id: None,
+                    };
+                    state.incidents.handle(&state, key, signal, ctx, Some(rec));
+                    retry
+                }
+                // a concurrent request set the ban a moment ago
+                None => net.bans.check(&key, wall).unwrap_or(1),
+            };
+            return ApiError::IpBanned { retry_after }.into_response();
+        }
+        Verdict::Limited(info) => {
+            let ctx = Context {
+                request_id: request_id(&req),
+                user_id: None,
+            };
+            state
+                .incidents
+                .handle(&state, key, Signal::RateLimited, ctx, None);
+            return ApiError::RateLimited(info).into_response();
+        }
+    };
+    let login = req.method() == http::Method::POST && req.uri().path() == "/api/auth/login";
+    let rid = request_id(&req);
+    let mut resp = next.run(req).await;
+    merge_headers(&mut resp, info);
+    let signal = match resp.extensions().get::<ApiError>() {
+        Some(ApiError::RequestBlocked { family, .. }) => Some(Signal::IdsBlock {
+            family: family.clone(),
+        }),
+        _ if login && resp.status() == http::StatusCode::UNAUTHORIZED => Some(Signal::LoginFailure),
+        _ => None,
+    };
+    if let Some(signal) = signal {
+        let ctx = Context {
+            request_id: rid,
+            user_id: None,
+        };
+        state.incidents.handle(&state, key, signal, ctx, None);
+    }
+    resp
+}
+
+/// The per-identity limit (`limits.per_identity`), right after
+/// authentication: keyed by the authenticated user id; anonymous requests
+/// and allowlisted addresses pass.
+pub async fn identity_layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(limiter) = &state.network.identity else {
+        return next.run(req).await;
+    };
+    let Some(who) = req.extensions().get::<crate::authn::Authenticated>() else {
+        return next.run(req).await;
+    };
+    let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
+    if is_exempt(req.uri().path()) || client.is_some_and(|c| state.network.allowlisted(c)) {
+        return next.run(req).await;
+    }
+    match limiter.check(&who.user_id, mono_ms()) {
+        Ok(info) => {
+            let mut resp = next.run(req).await;
+            merge_headers(&mut resp, info);
+            resp
+        }
+        Err(info) => {
+            if let Some(c) = client {
+                let ctx = Context {
+                    request_id: request_id(&req),
+                    user_id: Some(who.user_id.clone()),
+                };
+                let key = state.network.key(c);
+                state
+                    .incidents
+                    .handle(&state, key, Signal::RateLimited, ctx, None);
+            }
+            ApiError::RateLimited(info).into_response()
+        }
+    }
 }

@@ -8,6 +8,7 @@
 //!             ││││┌ apisec ─ header/body limits, content type, IDS ───────┐││││
 //!             │││││┌ timeout ─ whole request incl. body (408) ───────────┐│││││
 //!             ││││││┌ authn ─ API key / JWT -> Authenticated ──────────┐││││││
+//!             │││││││ per-identity rate limit (limits.per_identity)     │││││││
 //!             │││││││ router ─ per route: authz (401/403), then handler │││││││
 //! ```
 //!
@@ -42,6 +43,10 @@ pub fn wrap(router: Router, state: AppState) -> Router {
     router
         .layer(from_fn(crate::monitoring::expose_principal))
         .layer(DefaultBodyLimit::max(body_max))
+        .layer(from_fn_with_state(
+            state.clone(),
+            crate::network::identity_layer,
+        ))
         .layer(from_fn_with_state(state.clone(), crate::authn::layer))
         .layer(from_fn(move |req, next| {
             request_timeout(timeout, req, next)

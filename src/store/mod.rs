@@ -9,6 +9,8 @@
 //! `FULL`, where that matters).
 
 pub mod audit;
+pub mod bans;
+pub mod incidents;
 pub mod keys;
 pub mod revoked;
 pub mod tasks;

@@ -11,4 +11,5 @@ mod identity;
 mod ops;
 mod tasks;
 mod tasks_multiuser;
+mod traffic;
 mod ws;

@@ -1,0 +1,296 @@
+//! `/api/security/*` (admin): list, add and lift bans; list incidents.
+//!
+//! Bans are keyed like the network layer keys them (IPv4, or the IPv6 /64
+//! with `limits.ipv6_group_by_64`, written `2001:db8::/64`): any address of a
+//! /64 names that /64's ban. Operator bans last exactly `seconds`
+//! (1..=31,536,000) and replace an active ban; an address in
+//! `limits.allowlist` cannot be banned (it would have no effect). Every
+//! change is audited (`ban_added`, `ban_lifted`) with the admin's user id.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::Extension;
+use http::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::AppState;
+use crate::authn::Authenticated;
+use crate::authz::{Access, Permission, Routes};
+use crate::http::{ApiError, FieldErrors, Json, RequestId};
+use crate::monitoring::audit::AuditEvent;
+use crate::network::ban::{key_string, parse_key, BanRecord, Length};
+
+/// Longest operator ban: one year.
+pub const MAX_BAN_SECONDS: u64 = 31_536_000;
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+pub fn routes() -> Routes<AppState> {
+    let admin = Access::Permission(Permission::Admin);
+    Routes::new()
+        .route(
+            Method::GET,
+            "/api/security/bans",
+            admin,
+            "list active bans",
+            list_bans,
+        )
+        .route(
+            Method::POST,
+            "/api/security/bans",
+            admin,
+            "ban an address",
+            add_ban,
+        )
+        .route(
+            Method::DELETE,
+            "/api/security/bans/{ip}",
+            admin,
+            "lift a ban",
+            lift_ban,
+        )
+        .route(
+            Method::GET,
+            "/api/security/incidents",
+            admin,
+            "detected incidents and the response taken",
+            list_incidents,
+        )
+}
+
+fn ban_json(b: &BanRecord, group_v6: bool, now: i64) -> Value {
+    json!({
+        "ip": key_string(b.key, group_v6),
+        "reason": b.reason,
+        "created_at": crate::store::rfc3339(b.created_at),
+        "until": crate::store::rfc3339(b.until_ms),
+        "retry_after": b.retry_after(now),
+        "offences": b.offences,
+    })
+}
+
+/// `limit`, `cursor` and other query parameters (percent-decoded).
+fn query_params(raw: Option<&str>) -> Vec<(String, String)> {
+    raw.unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let dec = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn limit_param(params: &[(String, String)]) -> Result<usize, ApiError> {
+    match param(params, "limit") {
+        None => Ok(DEFAULT_LIMIT),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => Err(crate::http::respond::field_error(
+                "limit",
+                format!("must be an integer from 1 to {MAX_LIMIT}"),
+            )),
+        },
+    }
+}
+
+async fn list_bans(
+    State(state): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params = query_params(q.as_deref());
+    let limit = limit_param(&params)?;
+    let cursor = param(&params, "cursor").unwrap_or("");
+    let now = crate::store::now_ms();
+    let group = state.network.group_v6;
+    let after = match cursor {
+        "" => None,
+        c => Some(
+            parse_key(c, group)
+                .ok_or_else(|| crate::http::respond::field_error("cursor", "invalid cursor"))?,
+        ),
+    };
+    let bans: Vec<BanRecord> = state
+        .network
+        .bans
+        .active(now)
+        .into_iter()
+        .filter(|b| after.map_or(true, |a| b.key > a))
+        .collect();
+    let page = &bans[..bans.len().min(limit)];
+    let next = (bans.len() > limit)
+        .then(|| page.last().map(|b| key_string(b.key, group)))
+        .flatten();
+    let items: Vec<Value> = page.iter().map(|b| ban_json(b, group, now)).collect();
+    Ok(Json(json!({"items": items, "next_cursor": next})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewBan {
+    ip: Option<Value>,
+    seconds: Option<Value>,
+    reason: Option<Value>,
+}
+
+async fn add_ban(
+    State(state): State<AppState>,
+    who: Authenticated,
+    rid: Option<Extension<RequestId>>,
+    Json(body): Json<NewBan>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let group = state.network.group_v6;
+    let mut errors = FieldErrors::new();
+    let mut err = |f: &str, m: &str| errors.entry(f.into()).or_default().push(m.into());
+    let ip = match body.ip.as_ref() {
+        Some(Value::String(s)) => match s.trim().parse::<std::net::IpAddr>() {
+            Ok(ip) if state.network.allowlisted(ip) => {
+                err("ip", "is in limits.allowlist, which is never banned");
+                None
+            }
+            Ok(ip) => Some(ip),
+            Err(_) => match parse_key(s, group) {
+                Some(k) => Some(k),
+                None => {
+                    err("ip", "must be an IPv4 or IPv6 address");
+                    None
+                }
+            },
+        },
+        Some(_) => {
+            err("ip", "must be a string");
+            None
+        }
+        None => {
+            err("ip", "ip is required");
+            None
+        }
+    };
+    let seconds = match body.seconds.as_ref().map(Value::as_u64) {
+        Some(Some(s)) if (1..=MAX_BAN_SECONDS).contains(&s) => Some(s),
+        Some(_) => {
+            err(
+                "seconds",
+                &format!("must be a whole number from 1 to {MAX_BAN_SECONDS}"),
+            );
+            None
+        }
+        None => {
+            err("seconds", "seconds is required");
+            None
+        }
+    };
+    let reason = match body.reason.as_ref() {
+        None => Some("manual".to_string()),
+        Some(Value::String(r))
+            if (1..=200).contains(&r.chars().count()) && !r.chars().any(char::is_control) =>
+        {
+            Some(r.clone())
+        }
+        Some(_) => {
+            err(
+                "reason",
+                "must be 1 to 200 characters without control characters",
+            );
+            None
+        }
+    };
+    let (Some(ip), Some(seconds), Some(reason)) = (ip, seconds, reason) else {
+        return Err(ApiError::Validation(errors));
+    };
+    let now = crate::store::now_ms();
+    let key = state.network.key(ip);
+    let rec = state
+        .network
+        .bans
+        .ban(key, Length::Fixed(seconds), &reason, now)
+        .ok_or(ApiError::Internal)?;
+    let rid = rid.map(|r| r.0.as_str().to_string());
+    if !crate::network::record_ban(&state, &rec, Some(&who.user_id), rid.as_deref()).await {
+        return Err(ApiError::Internal);
+    }
+    Ok((StatusCode::CREATED, Json(ban_json(&rec, group, now))))
+}
+
+async fn lift_ban(
+    State(state): State<AppState>,
+    who: Authenticated,
+    rid: Option<Extension<RequestId>>,
+    Path(ip): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let group = state.network.group_v6;
+    let key = parse_key(&ip, group).ok_or_else(|| {
+        crate::http::respond::field_error("ip", "must be an IPv4 or IPv6 address")
+    })?;
+    let now = crate::store::now_ms();
+    if !state.network.bans.lift(&key, now) {
+        return Err(ApiError::NotFound);
+    }
+    let written = key_string(key, group);
+    crate::store::bans::delete(&state.db, &written).await?;
+    state
+        .metrics
+        .active_bans
+        .set(state.network.bans.active_count(now) as i64);
+    let mut ev = AuditEvent::new("ban_lifted")
+        .ip(&written)
+        .user(Some(who.user_id.clone()));
+    if let Some(r) = rid {
+        ev = ev.request_id(r.0.as_str());
+    }
+    state.audit.record(ev).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_incidents(
+    State(state): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params = query_params(q.as_deref());
+    let limit = limit_param(&params)?;
+    let kind = param(&params, "kind").unwrap_or("");
+    if !kind.is_empty() && crate::monitoring::incidents::Kind::parse(kind).is_none() {
+        return Err(crate::http::respond::field_error(
+            "kind",
+            "unknown incident kind",
+        ));
+    }
+    let cursor = param(&params, "cursor").unwrap_or("");
+    if cursor.len() > 64 || !cursor.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(crate::http::respond::field_error(
+            "cursor",
+            "invalid cursor",
+        ));
+    }
+    let rows = crate::store::incidents::list(&state.db, kind, cursor, limit as i64 + 1).await?;
+    let more = rows.len() > limit;
+    let page = &rows[..rows.len().min(limit)];
+    let next = more.then(|| page.last().map(|r| r.id.clone())).flatten();
+    let items: Vec<Value> = page
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "kind": r.kind,
+                "ip": r.ip,
+                "user_id": r.user_id,
+                "details": r.details,
+                "actions": r.actions,
+                "created_at": crate::store::rfc3339(r.created_at),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"items": items, "next_cursor": next})))
+}

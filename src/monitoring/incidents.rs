@@ -1,0 +1,518 @@
+//! Incident detection and automated response.
+//!
+//! Threat: attacks that each single layer only refuses request by request
+//! (an injection scanner, a password guesser, a flood) without anyone
+//! noticing or the attacker paying for it.
+//!
+//! Guarantee: the network layer feeds every refusal it can see into the
+//! [`Engine`] — IDS blocks (`ApiError::RequestBlocked` coming back from the
+//! inner layers), 401s of `POST /api/auth/login`, its own 429s and burst
+//! bans — once per request. The engine (pure: time is a parameter) turns
+//! them into incidents:
+//!
+//! | kind | detected when |
+//! |---|---|
+//! | `sql_injection`, `xss_attempt`, `path_traversal`, `command_injection`, `intrusion_attempt` | an IDS block of family sqli / xss / lfi, rfi / rce, php, java, nodejs / anything else: recorded at the first block (then at most once per `incidents.cooldown_seconds`) and when the address reaches `ids.threshold` blocked requests within `incidents.window_seconds` (the count restarts after that) |
+//! | `brute_force` | `monitor.failed_login_burst` failed logins from one address within `monitor.failed_login_window_seconds` |
+//! | `rate_limit_exceeded` | a 429 (at most once per cooldown per address) |
+//! | `ddos` | a burst ban (more than `limits.ddos.max_requests_per_second` in one second) |
+//!
+//! Each incident is stored (`incidents` table, listed at
+//! `GET /api/security/incidents`), written to the audit log as `incident`
+//! (and, with `incidents.audit`, as `security_violation` with
+//! `violation_type` and `details`), and answered by the configured actions:
+//! `ban` for the kinds in `incidents.ban` (escalating from `ids.ban_seconds`
+//! up to `limits.ddos.max_ban_seconds`), `alert` for the kinds in
+//! `incidents.alert` (POSTed to `alerts.webhook_url`, never blocking).
+//! The ban takes effect in memory before the triggering request's response
+//! is returned; storing, auditing and alerting run in a background task.
+//!
+//! Requests refused by Frenly itself before the detectors (a ban) never
+//! reach the engine again, so a banned client cannot renew its own ban;
+//! details hold only the rule family and counts, never the request's
+//! payload, credentials or body.
+//!
+//! Not covered: correlating across instances (each instance counts its own).
+
+use std::net::IpAddr;
+
+use serde_json::{json, Value};
+
+use crate::app::AppState;
+use crate::config::{Config, INCIDENT_KINDS};
+use crate::monitoring::audit::AuditEvent;
+use crate::network::ban::{key_string, BanRecord, Length};
+use crate::network::ratelimit::Table;
+
+/// An incident kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    BruteForce,
+    SqlInjection,
+    XssAttempt,
+    PathTraversal,
+    CommandInjection,
+    IntrusionAttempt,
+    RateLimitExceeded,
+    Ddos,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 8] = [
+        Kind::BruteForce,
+        Kind::SqlInjection,
+        Kind::XssAttempt,
+        Kind::PathTraversal,
+        Kind::CommandInjection,
+        Kind::IntrusionAttempt,
+        Kind::RateLimitExceeded,
+        Kind::Ddos,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        INCIDENT_KINDS[self as usize]
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The incident kind of an IDS rule family.
+    pub fn from_family(family: &str) -> Kind {
+        match family {
+            "sqli" => Kind::SqlInjection,
+            "xss" => Kind::XssAttempt,
+            "lfi" | "rfi" | "path_traversal" => Kind::PathTraversal,
+            "rce" | "php" | "java" | "nodejs" | "command_injection" => Kind::CommandInjection,
+            _ => Kind::IntrusionAttempt,
+        }
+    }
+}
+
+/// What the network layer saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// The IDS blocked a request (403 `request_blocked`).
+    IdsBlock { family: String },
+    /// `POST /api/auth/login` answered 401.
+    LoginFailure,
+    /// A 429 (per address or per identity).
+    RateLimited,
+    /// A burst ban was just set.
+    Ddos { ban_seconds: u64, offences: i64 },
+}
+
+/// An incident the engine decided to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    pub kind: Kind,
+    pub details: Value,
+    /// Ban the address (escalating).
+    pub ban: bool,
+    pub alert: bool,
+    pub audit: bool,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    ids: u32,
+    ids_since: u64,
+    logins: u32,
+    logins_since: u64,
+    /// When each kind was last recorded.
+    recorded: [Option<u64>; 8],
+}
+
+/// The detector: per-address counts (a capped table, like the limiter's)
+/// and the configured actions.
+pub struct Engine {
+    table: Table<IpAddr, Counts>,
+    threshold: u32,
+    window_ms: u64,
+    login_burst: u32,
+    login_window_ms: u64,
+    cooldown_ms: u64,
+    ban: [bool; 8],
+    alert: [bool; 8],
+    audit: bool,
+}
+
+fn set_of(names: &[String]) -> [bool; 8] {
+    let mut s = [false; 8];
+    for n in names {
+        if let Some(k) = Kind::parse(n) {
+            s[k as usize] = true;
+        }
+    }
+    s
+}
+
+impl Engine {
+    pub fn new(cfg: &Config) -> Engine {
+        let i = &cfg.incidents;
+        Engine {
+            table: Table::new(cfg.limits.max_tracked_clients),
+            threshold: cfg.ids.threshold.max(1),
+            window_ms: i.window_seconds.saturating_mul(1000),
+            login_burst: cfg.monitor.failed_login_burst.max(1),
+            login_window_ms: cfg.monitor.failed_login_window_seconds.saturating_mul(1000),
+            cooldown_ms: i.cooldown_seconds.saturating_mul(1000),
+            ban: set_of(&i.ban),
+            alert: set_of(&i.alert),
+            audit: i.audit,
+        }
+    }
+
+    fn detection(&self, kind: Kind, details: Value, ban: bool) -> Detection {
+        Detection {
+            kind,
+            details,
+            ban: ban && self.ban[kind as usize],
+            alert: self.alert[kind as usize],
+            audit: self.audit,
+        }
+    }
+
+    /// Feed one signal from address `key` at `now_ms`.
+    pub fn observe(&self, key: IpAddr, signal: &Signal, now_ms: u64) -> Option<Detection> {
+        self.table.with(&key, |c| {
+            let cooled = |c: &Counts, k: Kind| {
+                c.recorded[k as usize]
+                    .map_or(true, |t| now_ms.saturating_sub(t) >= self.cooldown_ms)
+            };
+            match signal {
+                Signal::IdsBlock { family } => {
+                    if c.ids == 0 || now_ms.saturating_sub(c.ids_since) > self.window_ms {
+                        c.ids = 0;
+                        c.ids_since = now_ms;
+                    }
+                    c.ids += 1;
+                    let n = c.ids;
+                    let kind = Kind::from_family(family);
+                    let details = json!({
+                        "family": family,
+                        "blocked_requests": n,
+                        "threshold": self.threshold,
+                    });
+                    if n >= self.threshold {
+                        c.ids = 0;
+                        c.recorded[kind as usize] = Some(now_ms);
+                        return Some(self.detection(kind, details, true));
+                    }
+                    if cooled(c, kind) {
+                        c.recorded[kind as usize] = Some(now_ms);
+                        return Some(self.detection(kind, details, false));
+                    }
+                    None
+                }
+                Signal::LoginFailure => {
+                    if c.logins == 0 || now_ms.saturating_sub(c.logins_since) > self.login_window_ms
+                    {
+                        c.logins = 0;
+                        c.logins_since = now_ms;
+                    }
+                    c.logins += 1;
+                    if c.logins < self.login_burst {
+                        return None;
+                    }
+                    let n = c.logins;
+                    c.logins = 0;
+                    c.recorded[Kind::BruteForce as usize] = Some(now_ms);
+                    let details = json!({
+                        "failed_logins": n,
+                        "window_seconds": self.login_window_ms / 1000,
+                    });
+                    Some(self.detection(Kind::BruteForce, details, true))
+                }
+                Signal::RateLimited => {
+                    let k = Kind::RateLimitExceeded;
+                    if !cooled(c, k) {
+                        return None;
+                    }
+                    c.recorded[k as usize] = Some(now_ms);
+                    Some(self.detection(k, json!({}), true))
+                }
+                Signal::Ddos {
+                    ban_seconds,
+                    offences,
+                } => {
+                    c.recorded[Kind::Ddos as usize] = Some(now_ms);
+                    let details = json!({"ban_seconds": ban_seconds, "offences": offences});
+                    // the burst ban is already in place
+                    Some(self.detection(Kind::Ddos, details, false))
+                }
+            }
+        })
+    }
+}
+
+/// Incident state in `AppState`.
+pub struct Incidents {
+    pub engine: Engine,
+}
+
+/// Who and what a signal is about, besides the address.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub request_id: Option<String>,
+    pub user_id: Option<String>,
+}
+
+impl Incidents {
+    pub fn new(cfg: &Config) -> Incidents {
+        Incidents {
+            engine: Engine::new(cfg),
+        }
+    }
+
+    /// Feed a signal; apply the detection's ban now (in memory) and store,
+    /// audit and alert in the background. Never blocks the request.
+    /// `ban` is a ban already set by the caller (burst bans).
+    pub fn handle(
+        &self,
+        state: &AppState,
+        key: IpAddr,
+        signal: Signal,
+        ctx: Context,
+        ban: Option<BanRecord>,
+    ) {
+        let Some(det) = self.engine.observe(key, &signal, crate::network::mono_ms()) else {
+            return;
+        };
+        let now = crate::store::now_ms();
+        let mut ban = ban;
+        if det.ban {
+            let len = Length::Escalating {
+                base: state.cfg.ids.ban_seconds,
+                cap: state.cfg.limits.ddos.max_ban_seconds,
+            };
+            if let Some(rec) = state.network.bans.ban(key, len, det.kind.as_str(), now) {
+                ban = Some(rec);
+            }
+        }
+        let state = state.clone();
+        tokio::spawn(async move {
+            respond(&state, key, det, ctx, ban, now).await;
+        });
+    }
+}
+
+/// The background part of the response: persist the ban, store the
+/// incident, audit, alert.
+async fn respond(
+    state: &AppState,
+    key: IpAddr,
+    det: Detection,
+    ctx: Context,
+    ban: Option<BanRecord>,
+    now: i64,
+) {
+    let ip = key_string(key, state.network.group_v6);
+    let mut details = det.details.clone();
+    let mut actions = Vec::new();
+    if let Some(rec) = &ban {
+        crate::network::record_ban(state, rec, None, ctx.request_id.as_deref()).await;
+        let secs = (rec.until_ms - rec.created_at).max(0) / 1000;
+        if let Some(o) = details.as_object_mut() {
+            o.insert("ban_seconds".into(), secs.into());
+            o.insert(
+                "ban_until".into(),
+                crate::store::rfc3339(rec.until_ms).into(),
+            );
+            o.insert("offences".into(), rec.offences.into());
+        }
+        actions.push("ban".to_string());
+    }
+    if det.audit {
+        actions.push("audit".to_string());
+    }
+    if det.alert {
+        actions.push("alert".to_string());
+    }
+    let row = crate::store::incidents::IncidentRow {
+        id: crate::store::new_id(),
+        kind: det.kind.as_str().to_string(),
+        ip: Some(ip.clone()),
+        user_id: ctx.user_id.clone(),
+        details: details.clone(),
+        actions: actions.clone(),
+        created_at: now,
+    };
+    if let Err(e) = crate::store::incidents::insert(&state.db, &row).await {
+        tracing::error!(error = %e, "cannot store incident");
+    }
+    let event = |t: &'static str| {
+        let mut ev = AuditEvent::new(t).ip(&ip).user(ctx.user_id.clone());
+        if let Some(r) = &ctx.request_id {
+            ev = ev.request_id(r.clone());
+        }
+        ev
+    };
+    state
+        .audit
+        .record(
+            event("incident")
+                .field("incident_id", row.id.clone())
+                .field("kind", row.kind.clone())
+                .field("actions", json!(actions))
+                .field("details", details.clone()),
+        )
+        .await;
+    if det.audit {
+        state
+            .audit
+            .record(
+                event("security_violation")
+                    .field("violation_type", row.kind.clone())
+                    .field("details", details.clone()),
+            )
+            .await;
+    }
+    if det.alert {
+        state.alerts.send(alert_body(&row));
+    }
+}
+
+/// The JSON POSTed to the webhook for an incident.
+pub fn alert_body(row: &crate::store::incidents::IncidentRow) -> Value {
+    json!({
+        "source": "frenly",
+        "type": "incident",
+        "id": row.id,
+        "kind": row.kind,
+        "ip": row.ip,
+        "user_id": row.user_id,
+        "actions": row.actions,
+        "details": row.details,
+        "created_at": crate::store::rfc3339(row.created_at),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::{load, Source};
+
+    fn config(toml: &str) -> Result<Config, crate::config::ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, toml).unwrap();
+        load(&Source {
+            file: Some(f),
+            data_dir: Some(dir.path().into()),
+            env: vec![],
+        })
+    }
+
+    fn engine(toml: &str) -> Engine {
+        Engine::new(&config(toml).unwrap())
+    }
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, n])
+    }
+
+    fn block(f: &str) -> Signal {
+        Signal::IdsBlock { family: f.into() }
+    }
+
+    #[test]
+    fn the_sample_config_parses_with_the_default_actions() {
+        let cfg = config(crate::cli::serve::SAMPLE_CONFIG).unwrap();
+        let d = crate::config::IncidentsConfig::default();
+        assert_eq!(cfg.incidents.ban, d.ban);
+        assert_eq!(cfg.incidents.alert, d.alert);
+    }
+
+    #[test]
+    fn families_map_to_kinds() {
+        assert_eq!(Kind::from_family("sqli"), Kind::SqlInjection);
+        assert_eq!(Kind::from_family("xss"), Kind::XssAttempt);
+        assert_eq!(Kind::from_family("lfi"), Kind::PathTraversal);
+        assert_eq!(Kind::from_family("rce"), Kind::CommandInjection);
+        assert_eq!(Kind::from_family("session"), Kind::IntrusionAttempt);
+        for k in Kind::ALL {
+            assert_eq!(Kind::parse(k.as_str()), Some(k));
+        }
+    }
+
+    #[test]
+    fn ids_blocks_ban_at_the_threshold() {
+        let e = engine("[ids]\nthreshold = 3\n");
+        let d = e.observe(ip(1), &block("sqli"), 0).unwrap();
+        assert_eq!((d.kind, d.ban), (Kind::SqlInjection, false));
+        // second block within the cooldown: nothing recorded
+        assert!(e.observe(ip(1), &block("sqli"), 10).is_none());
+        // another address counts on its own
+        assert!(!e.observe(ip(2), &block("xss"), 10).unwrap().ban);
+        let d = e.observe(ip(1), &block("xss"), 20).unwrap();
+        assert_eq!(
+            (d.kind, d.ban, d.alert, d.audit),
+            (Kind::XssAttempt, true, true, true)
+        );
+        assert_eq!(d.details["blocked_requests"], 3);
+        // the count restarts after a ban
+        assert!(e.observe(ip(1), &block("xss"), 30).is_none());
+    }
+
+    #[test]
+    fn blocks_outside_the_window_do_not_add_up() {
+        let e = engine("[ids]\nthreshold = 2\n[incidents]\nwindow_seconds = 10\n");
+        e.observe(ip(1), &block("sqli"), 0);
+        let d = e.observe(ip(1), &block("sqli"), 10_001);
+        assert!(d.map_or(true, |d| !d.ban));
+        assert!(e.observe(ip(1), &block("sqli"), 10_002).unwrap().ban);
+    }
+
+    #[test]
+    fn configured_actions_are_honoured() {
+        let e = engine("[incidents]\nban = []\nalert = []\naudit = false\n[ids]\nthreshold = 1\n");
+        let d = e.observe(ip(1), &block("rce"), 0).unwrap();
+        assert_eq!((d.ban, d.alert, d.audit), (false, false, false));
+        let err = config("[incidents]\nban = [\"nope\"]\n").unwrap_err();
+        assert!(err.to_string().contains("incidents.ban"), "{err}");
+    }
+
+    #[test]
+    fn brute_force_after_the_burst() {
+        let e = engine(
+            "[monitor]\nfailed_login_burst = 3\nfailed_login_window_seconds = 60\n\
+             [incidents]\nban = [\"brute_force\"]\n",
+        );
+        assert!(e.observe(ip(1), &Signal::LoginFailure, 0).is_none());
+        assert!(e.observe(ip(1), &Signal::LoginFailure, 1).is_none());
+        let d = e.observe(ip(1), &Signal::LoginFailure, 2).unwrap();
+        assert_eq!((d.kind, d.ban), (Kind::BruteForce, true));
+        // spread over more than the window: no incident
+        let e = engine("[monitor]\nfailed_login_burst = 2\nfailed_login_window_seconds = 1\n");
+        assert!(e.observe(ip(1), &Signal::LoginFailure, 0).is_none());
+        assert!(e.observe(ip(1), &Signal::LoginFailure, 1500).is_none());
+        let d = e.observe(ip(1), &Signal::LoginFailure, 1600).unwrap();
+        assert!(!d.ban, "brute_force does not ban by default");
+    }
+
+    #[test]
+    fn rate_limit_incidents_respect_the_cooldown() {
+        let e = engine("[incidents]\ncooldown_seconds = 5\n");
+        let d = e.observe(ip(1), &Signal::RateLimited, 0).unwrap();
+        assert_eq!(
+            (d.kind, d.ban, d.alert),
+            (Kind::RateLimitExceeded, false, false)
+        );
+        assert!(e.observe(ip(1), &Signal::RateLimited, 4999).is_none());
+        assert!(e.observe(ip(1), &Signal::RateLimited, 5000).is_some());
+    }
+
+    #[test]
+    fn ddos_is_always_recorded_and_never_bans_again() {
+        let e = engine("");
+        let s = Signal::Ddos {
+            ban_seconds: 10,
+            offences: 1,
+        };
+        let d = e.observe(ip(1), &s, 0).unwrap();
+        assert_eq!((d.kind, d.ban, d.alert), (Kind::Ddos, false, true));
+        assert!(e.observe(ip(1), &s, 1).is_some());
+    }
+}
