@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     let mut dir = PathBuf::from("tests/data/corpus");
     let mut misses: Option<String> = None;
     let mut show_benign = false;
+    let mut explain: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -22,6 +23,10 @@ fn main() -> ExitCode {
                 }
             },
             "--blocked-benign" => show_benign = true,
+            "--explain" => match args.next() {
+                Some(f) => explain.push(f),
+                None => return ExitCode::from(2),
+            },
             "-h" | "--help" => {
                 println!("usage: ids-eval [DIR] [--misses FAMILY] [--blocked-benign]");
                 return ExitCode::SUCCESS;
@@ -40,6 +45,17 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if !explain.is_empty() {
+        let mut ids = frenly::apisec::ids::Ids::new(&Default::default(), "X-API-Key", &[]);
+        for r in records.iter().filter(|r| explain.iter().any(|e| r.id.contains(e.as_str()))) {
+            ids.set_prefilter(true);
+            let a = eval::explain(&ids, r);
+            ids.set_prefilter(false);
+            let b = eval::explain(&ids, r);
+            println!("{}\n  {}\n  uri={} body={:.200}\n  prefilter on:  {a}\n  prefilter off: {b}", r.id, r.family, r.uri, r.body);
+        }
+        return ExitCode::SUCCESS;
+    }
     let rep = eval::evaluate(&records);
     print!("{}", eval::table(&rep));
     if !rep.prefilter_mismatches.is_empty() {

@@ -95,8 +95,29 @@ pub fn load(dir: &Path) -> std::io::Result<Vec<Record>> {
     Ok(out)
 }
 
+/// The verdict for one record (for `ids-eval --explain`).
+pub fn explain(ids: &Ids, r: &Record) -> String {
+    let body = r.body_bytes();
+    let view = RequestView {
+        method: &r.method,
+        target: &r.uri,
+        headers: r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .collect(),
+        body: &body,
+    };
+    format!("{:?}", ids.inspect(&view))
+}
+
 /// Is this record blocked (a block verdict, or refused as too deep)?
 pub fn blocked(ids: &Ids, r: &Record) -> bool {
+    why(ids, r).is_some()
+}
+
+/// Why a record is blocked: `family/rule at location`, or `None`.
+pub fn why(ids: &Ids, r: &Record) -> Option<String> {
     let body = r.body_bytes();
     let view = RequestView {
         method: &r.method,
@@ -109,8 +130,10 @@ pub fn blocked(ids: &Ids, r: &Record) -> bool {
         body: &body,
     };
     match ids.inspect(&view) {
-        Ok(v) => v.block.is_some(),
-        Err(_) => true,
+        Ok(v) => v
+            .block
+            .map(|h| format!("{}/{} at {}", h.family.name(), h.rule, h.location)),
+        Err(e) => Some(e.to_string()),
     }
 }
 
@@ -121,7 +144,8 @@ pub fn evaluate(records: &[Record]) -> Report {
     raw.set_prefilter(false);
     let mut rep = Report::default();
     for r in records {
-        let b = blocked(&ids, r);
+        let w = why(&ids, r);
+        let b = w.is_some();
         if b != blocked(&raw, r) {
             rep.prefilter_mismatches.push(r.id.clone());
         }
@@ -135,7 +159,7 @@ pub fn evaluate(records: &[Record]) -> Report {
         row.total += 1;
         if b {
             row.blocked += 1;
-            row.blocked_ids.push(r.id.clone());
+            row.blocked_ids.push(format!("{} ({})", r.id, w.unwrap_or_default()));
         } else {
             row.missed.push(r.id.clone());
         }

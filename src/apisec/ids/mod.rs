@@ -663,7 +663,7 @@ impl Scan {
     }
 
     fn header(&mut self, lname: &str, value: &str) {
-        if GRAMMAR_HEADERS.contains(&lname) && plain_header_value(value, false) {
+        if GRAMMAR_HEADERS.contains(&lname) && plain_header_value(value, true) {
             return;
         }
         if lname.starts_with("sec-") && plain_header_value(value, true) {
@@ -878,7 +878,10 @@ mod prefilter {
         "javascript", "vbscript", "entity", "doctype", "interrupts", "backup", "sql", "bak",
         "dump", ".log", ".key", ".pem", "sess_", "sleep", "like", " or ", " and ", " xor ", "null",
         "time ", "timeout", "awk", "gunzip", "zcat", "ls", "cat", "id", "ps", "echo", "base64",
-        "netcat", "ncat", "nc ", "bash", "sh ", "perl", "python", "ruby", "node", "lua",
+        "netcat", "ncat", "nc ", "bash", "sh ", "perl", "python", "ruby", "node", "lua", "com.",
+        "org.", "javax", "groovy", "freemarker", "mozilla", "spring", "pht", "jsp", "asp", "phar",
+        "cgi", ".sh", "cer", "asa", "war", "jar", ".inc", "rmt", "perf", "who", "date", "env",
+        "ver", "help", "noop", "apop",
     ];
 
     static AC: LazyLock<Option<AhoCorasick>> = LazyLock::new(|| {
@@ -895,6 +898,9 @@ mod prefilter {
         }
         if raw.len() >= 16 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             // possibly base64 of something
+            return true;
+        }
+        if super::rules::B64_FRAGMENTS.as_ref().is_some_and(|ac| ac.is_match(raw)) {
             return true;
         }
         match AC.as_ref() {

@@ -16,7 +16,8 @@
 //! | `w` | word operator `like rlike regexp glob sounds is in between div mod` |
 //! | `o` | other operator `+ - * / % ^ \| & ~ ! ::` |
 //! | `U` | `union` |
-//! | `E` | statement keyword `select insert update delete drop create alter exec ...` |
+//! | `S` | `select` |
+//! | `E` | other statement keyword `insert update delete drop create alter exec ...` |
 //! | `k` | clause keyword `from where having group order by limit into ...` |
 //! | `(` `)` `,` `;` | themselves |
 //! | `c` | comment (`--`, `#`, `/* */`) |
@@ -42,43 +43,44 @@ enum Ctx {
 /// SQL-specific function names: flagged with or without blanks/comments
 /// before `(`.
 const SQL_FUNCS: &[&str] = &[
-    "abs", "ascii", "benchmark", "bin", "bit_length", "cast", "ceil", "ceiling", "char", "char_length",
-    "character_length", "chr", "coalesce", "collation", "compress", "concat", "concat_ws",
-    "connection_id", "conv", "convert_tz", "crc32", "current_database", "current_schema", "current_user",
-    "curdate", "curtime", "database", "date_add", "date_format", "date_sub", "datediff", "db_id",
-    "db_name", "dbms_pipe", "decode", "degrees", "elt", "encode", "exp", "export_set", "extractvalue",
-    "field", "find_in_set", "floor", "format", "found_rows", "from_base64", "geometrycollection",
-    "get_lock", "greatest", "group_concat", "gtid_subset", "has_dbaccess", "hex", "host_name",
-    "ifnull", "iif", "inet_aton", "inet_ntoa", "instr", "is_srvrolemember", "isnull", "json_array",
-    "json_build_object", "json_extract", "json_keys", "json_object", "json_valid", "last_insert_id",
-    "lcase", "least", "length", "linestring", "ln", "load_file", "locate", "log10", "log2", "lo_export",
-    "lo_get", "lo_import", "lower", "lpad", "ltrim", "make_set", "master_pos_wait", "md5",
-    "multipoint", "multipolygon", "name_const", "now", "nullif", "nvl", "oct", "octet_length",
-    "openquery", "openrowset", "ord", "pg_ls_dir", "pg_read_file", "pg_sleep", "polygon", "pow",
-    "power", "quote", "radians", "rand", "randomblob", "regexp_substr", "release_lock", "repeat",
-    "reverse", "round", "row_count", "rpad", "rtrim", "schema", "sec_to_time", "session_user", "sha",
-    "sha1", "sha2", "sign", "sin", "sleep", "soundex", "space", "sqlite_compileoption_get",
-    "sqlite_compileoption_used", "sqlite_version", "sqrt", "starts_with", "str_to_date", "strcmp",
-    "subdate", "substr", "substring", "substring_index", "sys_context", "sysdate", "system_user",
-    "time_to_sec", "to_base64", "to_char", "to_number", "trim", "ucase", "uncompress", "unhex",
-    "unistr", "updatexml", "upper", "user_name", "utl_inaddr", "uuid", "version", "waitfor",
-    "xmltype", "exists", "count", "string_agg", "array_agg", "xp_cmdshell", "xp_dirtree",
-    "current_setting", "query_to_xml", "overlay", "json_agg", "lo_from_bytea", "dblink",
+    "ascii", "benchmark", "bit_length", "char_length", "character_length", "coalesce", "compress",
+    "uncompress", "concat", "concat_ws", "group_concat", "connection_id", "crc32", "current_database",
+    "current_schema", "current_user", "session_user", "system_user", "curdate", "curtime",
+    "date_add", "date_format", "date_sub", "datediff", "db_id", "db_name", "dbms_pipe",
+    "export_set", "extractvalue", "find_in_set", "found_rows", "from_base64", "to_base64",
+    "geometrycollection", "get_lock", "release_lock", "gtid_subset", "has_dbaccess", "ifnull",
+    "isnull", "nullif", "nvl", "iif", "inet_aton", "inet_ntoa", "instr", "is_srvrolemember",
+    "json_array", "json_build_object", "json_extract", "json_keys", "json_object", "json_valid",
+    "last_insert_id", "lcase", "ucase", "linestring", "load_file", "lo_export", "lo_get",
+    "lo_import", "lo_from_bytea", "lpad", "rpad", "ltrim", "rtrim", "make_set", "master_pos_wait",
+    "md5", "sha1", "sha2", "multipoint", "multipolygon", "name_const", "octet_length",
+    "openquery", "openrowset", "pg_ls_dir", "pg_read_file", "pg_sleep", "randomblob",
+    "regexp_substr", "row_count", "sec_to_time", "time_to_sec", "soundex", "sqlite_compileoption_get",
+    "sqlite_compileoption_used", "sqlite_version", "starts_with", "str_to_date", "strcmp",
+    "subdate", "substr", "substring", "substring_index", "sys_context", "sysdate", "to_char",
+    "to_number", "unhex", "unistr", "updatexml", "user_name", "utl_inaddr", "xmltype",
+    "string_agg", "array_agg", "xp_cmdshell", "xp_dirtree", "current_setting", "query_to_xml",
+    "json_agg", "dblink", "sqrt", "log10", "log2", "conv", "elt",
 ];
 
 /// Function names that are also ordinary words: only flagged when `(`
 /// follows directly, and not as a plural marker `word(s)`.
 const WORD_FUNCS: &[&str] = &[
     "if", "left", "right", "mid", "user", "date", "default", "replace", "position", "insert",
-    "values", "schema_name", "div", "mod", "position", "convert", "time", "year", "month", "day",
-    "any", "all", "some", "procedure", "analyse", "function", "ilike", "glob", "json", "likely",
-    "unlikely",
+    "values", "schema_name", "div", "mod", "convert", "year", "month", "day", "any", "all",
+    "some", "procedure", "analyse", "ilike", "glob", "json", "likely", "unlikely", "abs", "sin",
+    "cos", "tan", "pow", "power", "ord", "hex", "bin", "oct", "chr", "char", "floor", "ceil",
+    "ceiling", "round", "rand", "sleep", "database", "schema", "version", "lower", "upper",
+    "degrees", "radians", "field", "format", "length", "quote", "repeat", "reverse", "space",
+    "sign", "trim", "exists", "count", "least", "greatest", "encode", "decode", "collation",
+    "now", "cast", "exp", "ln", "locate", "uuid", "waitfor", "overlay",
 ];
 
 fn keyword(w: &str) -> Option<u8> {
     Some(match w {
         "union" => b'U',
-        "select" | "insert" | "update" | "delete" | "drop" | "create" | "alter" | "exec"
+        "select" => b'S',
+        "insert" | "update" | "delete" | "drop" | "create" | "alter" | "exec"
         | "execute" | "declare" | "truncate" | "shutdown" | "grant" | "revoke" | "merge"
         | "handler" | "rename" => b'E',
         "from" | "where" | "having" | "group" | "order" | "by" | "limit" | "offset" | "into"
@@ -307,8 +309,9 @@ static QUOTE_SHAPES: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
     compile(&[
         ("sqli-quote-bool", r"^s\)*!?&[\(!]*[snbfv(]"),
         ("sqli-quote-terminate", r"^s\)*(;|c)"),
-        ("sqli-quote-keyword", r"^s\)*(U|E[^&]|k[^&]|kk)"),
-        ("sqli-quote-compare", r"^s\)*(=|w|o)[\(!]*[snbfv(c]"),
+        ("sqli-quote-keyword", r"^s\)*(U[kS(]|[SE][^&b]|k[^&b]|kk)"),
+        ("sqli-quote-compare", r"^s\)*(=|o)[\(!]*[snbfv(c]"),
+        ("sqli-quote-word-op", r"^s\)*w!?[(]*[nsv(]|^s\)*w.*c$"),
         ("sqli-quote-concat", r"^s\)*o[snbfv(]"),
     ])
 });
@@ -316,17 +319,16 @@ static QUOTE_SHAPES: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
 /// Shapes over the fingerprint of the value as it stands.
 static PLAIN_SHAPES: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
     compile(&[
-        ("sqli-union-select", r"U[k(]*E"),
+        ("sqli-union-select", r"U[k(]*S"),
         ("sqli-function", r"f"),
-        ("sqli-select-expr", r"E[(]*([nvs*]|o[kn]|b,|bk?[ns=(])"),
+        ("sqli-select-expr", r"S[(]*([nvs*f]|o[kn]|b,|bk?[ns=(])"),
         ("sqli-bool-compare", r"^[(]*!?&[\(!]*[nsvbf]\)*[=w]"),
         ("sqli-bool-compare", r"[ns)][)]*&[(!]*[nsvf][)]*[=w]"),
-        ("sqli-stacked", r";[(]*E[(]*[^&!,;b]"),
-        ("sqli-stacked", r";E?bo?="),
+        ("sqli-stacked", r";[(]*[SE][(]*[^&!,;b]"),
         ("sqli-leading-bool", r"^[(]*&[(!]*[nsv][)]*($|[=wo]|c)"),
         ("sqli-compare-comment", r"[=w][(]*[nsb][)]*c$"),
         ("sqli-tautology", r"^[ns]=[ns](c|;|&)"),
-        ("sqli-closing-paren", r"^[ns]?\)+[&;]?[(]*(U|E|&[(]*[nsbf])"),
+        ("sqli-closing-paren", r"^[ns]?\)+[&;]?[(]*(U|S|E|&[(]*[nsbf])"),
     ])
 });
 
@@ -346,7 +348,7 @@ static GRAMMAR: LazyLock<(RegexSet, Vec<&'static str>)> = LazyLock::new(|| {
         ("sqli-update", r"\bupdate\s+[\w`.]+\s+set\s+[\w`.]+\s*="),
         ("sqli-ddl", r"\b(drop|truncate|alter)\s+(table|database|schema|view|procedure|function|user|trigger|index)\b"),
         ("sqli-ddl", r"\bcreate\s+(or\s+replace\s+)?(table|database|schema|procedure|function|user|trigger|view)\s+[\w`.]+\s*(\(|as\b|returns\b)"),
-        ("sqli-exec", r"\bexec(ute)?\s*(\(|@|master\.|xp_|sp_)"),
+        ("sqli-exec", r"\bexec(ute)?\s*(\(\s*['\x22@]|@|master\.|xp_|sp_)"),
         ("sqli-declare", r"\bdeclare\s+@"),
         ("sqli-set-var", r"(^|;)\s*set\s+@@?\w+\s*[:=]?"),
         ("sqli-waitfor", r"\bwaitfor\s+(delay|time)\b"),
