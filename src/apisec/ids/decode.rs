@@ -362,6 +362,51 @@ pub fn squeeze(folded: &str) -> String {
         .collect()
 }
 
+/// Undo shell word-splitting tricks that keep a command name from
+/// matching: quotes inside words (`c'a't`, `""p""y`), backslashes (`c\\at`),
+/// empty special parameters (`c$@at`, `c$?at`), empty backquotes
+/// (`pi``ng`) and one-character bracket globs (`adduse[r]`). `None` when
+/// nothing changes.
+pub fn unsplit(folded: &str) -> Option<String> {
+    if !folded.contains(['\'', '"', '\\', '$', '`', '[']) {
+        return None;
+    }
+    let b = folded.as_bytes();
+    let mut out = String::with_capacity(folded.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\'' | b'"' | b'\\' => i += 1,
+            b'$' if matches!(b.get(i + 1), Some(b'@' | b'*' | b'?' | b'-' | b'_' | b'#' | b'!')) => i += 2,
+            b'`' if b.get(i + 1) == Some(&b'`') => i += 2,
+            b'[' if b.get(i + 2) == Some(&b']') && b.get(i + 1).is_some_and(u8::is_ascii_alphanumeric) => {
+                out.push(char::from(b[i + 1]));
+                i += 3;
+            }
+            _ => {
+                let ch_len = folded[i..].chars().next().map_or(1, char::len_utf8);
+                out.push_str(&folded[i..i + ch_len]);
+                i += ch_len;
+            }
+        }
+    }
+    (out != folded).then_some(out)
+}
+
+/// A Log4Shell lookup, with the nested `${...:-x}` / `${lower:x}`
+/// obfuscations folded away: does the value look up `jndi:`?
+pub fn jndi_lookup(folded: &str) -> bool {
+    if !folded.contains("${") {
+        return false;
+    }
+    let mut s = folded.replace("${", "").replace('}', "");
+    for pat in ["lower:", "upper:", "::-", ":-", "env:", "sys:", "date:"] {
+        s = s.replace(pat, "");
+    }
+    let squeezed: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    squeezed.contains("jndi:")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,5 +423,14 @@ mod tests {
         assert_eq!(decode("%c0%ae%c0%ae/", false).folded, "../");
         assert_eq!(decode("A\0B  \t C", false).folded, "ab c");
         assert_eq!(decode("x\r\n  y", false).folded, "x\ny");
+    }
+
+    #[test]
+    fn shell_and_lookup_tricks() {
+        assert_eq!(unsplit("c'a't /et$@c/passwd").as_deref(), Some("cat /etc/passwd"));
+        assert_eq!(unsplit("pi``ng").as_deref(), Some("ping"));
+        assert_eq!(unsplit("plain"), None);
+        assert!(jndi_lookup("${${::-j}${lower:n}di:ldap://x}"));
+        assert!(!jndi_lookup("${home}/jndi"));
     }
 }

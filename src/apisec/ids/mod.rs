@@ -560,6 +560,28 @@ impl Scan {
                 return;
             }
         }
+        if self.enabled(Family::Rce) {
+            if let Some(u) = decode::unsplit(&d.folded) {
+                let mut hit = None;
+                rules::scan(kind, &u, "", "", |h| {
+                    if h.family == Family::Rce {
+                        hit = Some(h.id);
+                        false
+                    } else {
+                        true
+                    }
+                });
+                if hit.is_some() && !self.hit(Family::Rce, "rce-split-command", location) {
+                    return;
+                }
+            }
+        }
+        if self.enabled(Family::Java)
+            && decode::jndi_lookup(&d.folded)
+            && !self.hit(Family::Java, "java-log4j-lookup", location)
+        {
+            return;
+        }
         if self.enabled(Family::Java) {
             if let Some(ac) = rules::B64_FRAGMENTS.as_ref() {
                 if ac.is_match(&d.text) && !self.hit(Family::Java, "java-base64-gadget", location) {
@@ -881,7 +903,7 @@ mod prefilter {
         "netcat", "ncat", "nc ", "bash", "sh ", "perl", "python", "ruby", "node", "lua", "com.",
         "org.", "javax", "groovy", "freemarker", "mozilla", "spring", "pht", "jsp", "asp", "phar",
         "cgi", ".sh", "cer", "asa", "war", "jar", ".inc", "rmt", "perf", "who", "date", "env",
-        "ver", "help", "noop", "apop",
+        "ver", "help", "noop", "apop", "2250738585072011",
     ];
 
     static AC: LazyLock<Option<AhoCorasick>> = LazyLock::new(|| {

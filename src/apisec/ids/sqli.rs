@@ -73,7 +73,7 @@ const WORD_FUNCS: &[&str] = &[
     "ceiling", "round", "rand", "sleep", "database", "schema", "version", "lower", "upper",
     "degrees", "radians", "field", "format", "length", "quote", "repeat", "reverse", "space",
     "sign", "trim", "exists", "count", "least", "greatest", "encode", "decode", "collation",
-    "now", "cast", "exp", "ln", "locate", "uuid", "waitfor", "overlay",
+    "now", "cast", "exp", "ln", "locate", "uuid", "waitfor", "overlay", "pi", "log",
 ];
 
 fn keyword(w: &str) -> Option<u8> {
@@ -259,6 +259,10 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
                 fp.push(b'o');
                 i += 2;
             }
+            b'?' if i > 0 && s[i - 1] == b' ' && matches!(s.get(i + 1), Some(b' ' | b'|' | b'&')) => {
+                fp.push(b'o');
+                i += 1;
+            }
             b'+' | b'-' | b'*' | b'/' | b'%' | b'^' | b'~' => {
                 fp.push(b'o');
                 i += 1;
@@ -307,11 +311,12 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
 /// (the value closes a literal first).
 static QUOTE_SHAPES: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
     compile(&[
-        ("sqli-quote-bool", r"^s\)*!?&[\(!]*[snbfv(]"),
+        ("sqli-quote-bool", r"^s\)*!?&[\(!]*[snbfvw(c]"),
         ("sqli-quote-terminate", r"^s\)*(;|c)"),
-        ("sqli-quote-keyword", r"^s\)*(U[kS(]|[SE][^&b]|k[^&b]|kk)"),
-        ("sqli-quote-compare", r"^s\)*(=|o)[\(!]*[snbfv(c]"),
-        ("sqli-quote-word-op", r"^s\)*w!?[(]*[nsv(]|^s\)*w.*c$"),
+        ("sqli-quote-keyword", r"^s\)*(U($|[kS(oc])|[SE][^&b]|k[^&b]|kk)"),
+        ("sqli-quote-compare", r"^s\)*(=|o)[\(!]*[snbfvk(c]"),
+        ("sqli-quote-word-op", r"^s\)*!?w!?[(]*[nsv(]|^s\)*!?w.*c$"),
+        ("sqli-quote-list", r"^s\)*,[(]*[nsf]"),
         ("sqli-quote-concat", r"^s\)*o[snbfv(]"),
     ])
 });
@@ -321,11 +326,14 @@ static PLAIN_SHAPES: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
     compile(&[
         ("sqli-union-select", r"U[k(]*S"),
         ("sqli-function", r"f"),
-        ("sqli-select-expr", r"S[(]*([nvs*f]|o[kn]|b,|bk?[ns=(])"),
+        ("sqli-select-expr", r"S[(]*([nvs*f]|o[kn]|b,|bk?[ns=(])|S[(]+[kSE]"),
         ("sqli-bool-compare", r"^[(]*!?&[\(!]*[nsvbf]\)*[=w]"),
+        ("sqli-bool-compare", r"[=(,][(]*!?&[(!]*[nsvbf][)]*[=w]"),
+        ("sqli-string-compare", r"s[=w]s"),
+        ("sqli-bare-operator", r"^[&=]$"),
         ("sqli-bool-compare", r"[ns)][)]*&[(!]*[nsvf][)]*[=w]"),
-        ("sqli-stacked", r";[(]*[SE][(]*[^&!,;b]"),
-        ("sqli-leading-bool", r"^[(]*&[(!]*[nsv][)]*($|[=wo]|c)"),
+        ("sqli-stacked", r";[(]*[SE][(]*[^&!,;b]|;S$"),
+        ("sqli-leading-bool", r"^[(]*&[(!]*[nsv][)]*($|[=wobs]|c)"),
         ("sqli-compare-comment", r"[=w][(]*[nsb][)]*c$"),
         ("sqli-tautology", r"^[ns]=[ns](c|;|&)"),
         ("sqli-closing-paren", r"^[ns]?\)+[&;]?[(]*(U|S|E|&[(]*[nsbf])"),
@@ -372,9 +380,16 @@ static GRAMMAR: LazyLock<(RegexSet, Vec<&'static str>)> = LazyLock::new(|| {
         ("sqli-like-wildcard", r"^'?\s*(or|and)?\s*like\s*'%"),
         ("sqli-types", r"\b(nvarchar|varchar2?|nchar)\b\s*(\(|$)"),
         ("sqli-alter-short", r"^['`\x22]\s*(alter|drop|truncate|shutdown)\b"),
-        ("sqli-as-from", r"[)`'\x22]\s*as\s*[`'\x22]?[\w]*[`'\x22]?\s+from\b"),
+        ("sqli-as-from", r"(\d|[)`'\x22!])\s*as\s*[`'\x22]?[\w]*[`'\x22]?\s+from\b"),
         ("sqli-json-op", r"'\s*::\s*jsonb?\s*(<@|@>|\?)|(<@|@>)\s*'\{"),
         ("sqli-sleep", r"\b(sleep|benchmark|pg_sleep)\s*\(\s*\d"),
+        ("sqli-like-probe", r"\blike\s+(null\b|['\x22]\s*$|'%)"),
+        ("sqli-values-list", r"\bvalues\s*\(\s*('[^']*'|\d+)\s*,"),
+        ("sqli-magic-number", r"^2\.2250738585072011e-308$"),
+        ("sqli-select-snake", r"\bselect\s+([a-z]+_[a-z_]+|@@?\w+)"),
+        ("sqli-case-fragment", r"\bwhen\s+[\d'(]\S*\s+then\b"),
+        ("sqli-create-table", r"\bcreate\s+(temporary\s+)?table\s+[\w`.]+"),
+        ("sqli-from-where", r"\bfrom\s+[\w`.]+\s+where\s+[\w`.]+\s*(=|<|>|like\b|in\s*\()"),
         ("sqli-tautology-str", r"'\s*(or|and|\|\||&&)\s*'[^']*'\s*(=|<>|!=|like)\s*'"),
     ];
     let set = RegexSet::new(rules.iter().map(|(_, r)| *r)).unwrap_or_else(|_| RegexSet::empty());
