@@ -76,6 +76,9 @@ const WORD_FUNCS: &[&str] = &[
     "now", "cast", "exp", "ln", "locate", "uuid", "waitfor", "overlay", "pi", "log",
 ];
 
+/// Word functions whose bare `name()` call is itself a probe.
+const NOARG_FUNCS: &[&str] = &["database", "user", "version", "schema", "now", "pi", "uuid"];
+
 fn keyword(w: &str) -> Option<u8> {
     Some(match w {
         "union" => b'U',
@@ -161,7 +164,11 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
             }
             b'*' if s.get(i + 1) == Some(&b'/') => i += 2,
             b'-' if s.get(i + 1) == Some(&b'-') => {
-                fp.push(b'c');
+                // `x -- y` (blanks on both sides) is also an English dash
+                let spaced = i > 0
+                    && s[i - 1] == b' '
+                    && matches!(s.get(i + 2), Some(b' ') | None);
+                fp.push(if spaced { b'C' } else { b'c' });
                 match s[i..].iter().position(|&d| d == b'\n') {
                     Some(p) => i += p + 1,
                     None => i = s.len(),
@@ -227,7 +234,11 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
                 let last = w.rsplit('.').next().unwrap_or(w);
                 let t = if paren && SQL_FUNCS.contains(&last) {
                     b'f'
-                } else if tight && WORD_FUNCS.contains(&last) && !plural(&s[j..]) {
+                } else if tight
+                    && WORD_FUNCS.contains(&last)
+                    && !plural(&s[j..])
+                    && (!s[j..].starts_with(b"()") || NOARG_FUNCS.contains(&last))
+                {
                     b'f'
                 } else if let Some(k) = keyword(w) {
                     k
@@ -311,11 +322,11 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
 /// (the value closes a literal first).
 static QUOTE_SHAPES: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
     compile(&[
-        ("sqli-quote-bool", r"^s\)*!?&[\(!]*[snbfvw(c]"),
+        ("sqli-quote-bool", r"^s\)*!?&[\(!]*[snbfvw(cC]"),
         ("sqli-quote-terminate", r"^s\)*(;|c)"),
-        ("sqli-quote-keyword", r"^s\)*(U($|[kS(oc])|[SE][^&b]|k[^&b]|kk)"),
-        ("sqli-quote-compare", r"^s\)*(=|o)[\(!]*[snbfvk(c]"),
-        ("sqli-quote-word-op", r"^s\)*!?w!?[(]*[nsv(]|^s\)*!?w.*c$"),
+        ("sqli-quote-keyword", r"^s\)*(U($|[kS(ocC])|[SE][^&b]|k[^&bo]|kk)"),
+        ("sqli-quote-compare", r"^s\)*(=|o)[\(!]*[snbfvk(cC]"),
+        ("sqli-quote-word-op", r"^s\)*!?w(!|[(]*n)|^s\)*!?w.*c$"),
         ("sqli-quote-list", r"^s\)*,[(]*[nsf]"),
         ("sqli-quote-concat", r"^s\)*o[snbfv(]"),
     ])
@@ -326,16 +337,15 @@ static PLAIN_SHAPES: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
     compile(&[
         ("sqli-union-select", r"U[k(]*S"),
         ("sqli-function", r"f"),
-        ("sqli-select-expr", r"S[(]*([nvs*f]|o[kn]|b,|bk?[ns=(])|S[(]+[kSE]"),
-        ("sqli-bool-compare", r"^[(]*!?&[\(!]*[nsvbf]\)*[=w]"),
-        ("sqli-bool-compare", r"[=(,][(]*!?&[(!]*[nsvbf][)]*[=w]"),
+        ("sqli-select-expr", r"S([nvs*f]|o[kn]|b,|bk?[ns=(])|S[(]+[kSEsvf]"),
+        ("sqli-bool-compare", r"^[(]*!?&[\(!]*([nsvf]\)*[=w]|b\)*=)"),
+        ("sqli-bool-compare", r"[=(,][(]*!?&[(!]*([nsvf][)]*[=w]|b[)]*=)"),
         ("sqli-string-compare", r"s[=w]s"),
-        ("sqli-bare-operator", r"^[&=]$"),
         ("sqli-bool-compare", r"[ns)][)]*&[(!]*[nsvf][)]*[=w]"),
         ("sqli-stacked", r";[(]*[SE][(]*[^&!,;b]|;S$"),
-        ("sqli-leading-bool", r"^[(]*&[(!]*[nsv][)]*($|[=wobs]|c)"),
-        ("sqli-compare-comment", r"[=w][(]*[nsb][)]*c$"),
-        ("sqli-tautology", r"^[ns]=[ns](c|;|&)"),
+        ("sqli-leading-bool", r"^[(]*&[(!]*[nsv][)]*($|[=wobs]|[cC])"),
+        ("sqli-compare-comment", r"[=w][(]*[ns][)]*[cC]$"),
+        ("sqli-tautology", r"^[ns]=[ns]([cC]|;|&)"),
         ("sqli-closing-paren", r"^[ns]?\)+[&;]?[(]*(U|S|E|&[(]*[nsbf])"),
     ])
 });
@@ -424,6 +434,10 @@ fn strip_comments(s: &str) -> std::borrow::Cow<'_, str> {
 pub fn check(folded: &str) -> Option<&'static str> {
     let b = folded.as_bytes();
     let plain = fingerprint(b, Ctx::None);
+    // a value that is nothing but an operator (`||`, `!=`, `<>`) is a probe
+    if (plain == b"&" || plain == b"=") && !b.iter().any(u8::is_ascii_alphabetic) {
+        return Some("sqli-bare-operator");
+    }
     if let Some(id) = shapes(&PLAIN_SHAPES, &plain) {
         return Some(id);
     }
