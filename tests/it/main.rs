@@ -6,3 +6,4 @@
 mod common;
 
 mod backbone;
+mod ids;

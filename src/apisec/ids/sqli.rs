@@ -88,7 +88,7 @@ fn keyword(w: &str) -> Option<u8> {
         | "handler" | "rename" => b'E',
         "from" | "where" | "having" | "group" | "order" | "by" | "limit" | "offset" | "into"
         | "values" | "table" | "join" | "case" | "when" | "then" | "else" | "end" | "top"
-        | "distinct" | "procedure" | "outfile" | "dumpfile" | "delay" | "collate" | "escape"
+        | "distinct" | "all" | "procedure" | "outfile" | "dumpfile" | "delay" | "collate" | "escape"
         | "returns" | "return" | "as" | "set" | "except" | "intersect" | "nocase" => b'k',
         "and" | "or" | "xor" => b'&',
         "not" => b'!',
@@ -364,7 +364,7 @@ static GRAMMAR: LazyLock<(RegexSet, Vec<&'static str>)> = LazyLock::new(|| {
         ("sqli-insert", r"\binsert\s+into\s+[\w`.]+\s*(\([^)]*\)\s*)?(values|select)\b"),
         ("sqli-delete", r"\bdelete\s+from\s+[\w`.]+\s+where\b"),
         ("sqli-update", r"\bupdate\s+[\w`.]+\s+set\s+[\w`.]+\s*="),
-        ("sqli-ddl", r"\b(drop|truncate|alter)\s+(table|database|schema|view|procedure|function|user|trigger|index)\b"),
+        ("sqli-ddl", r"\b(drop|truncate|alter)\s+(table|database|schema|view|procedure|function|user|trigger|index)\s+(if\s+exists\s+)?[\w`.\x22\[\]]+\s*($|;|--|#|,|\b(add|drop|modify|cascade|rename)\b)"),
         ("sqli-ddl", r"\bcreate\s+(or\s+replace\s+)?(table|database|schema|procedure|function|user|trigger|view)\s+[\w`.]+\s*(\(|as\b|returns\b)"),
         ("sqli-exec", r"\bexec(ute)?\s*(\(\s*['\x22@]|@|master\.|xp_|sp_)"),
         ("sqli-declare", r"\bdeclare\s+@"),
@@ -472,7 +472,7 @@ mod tests {
     #[test]
     fn fingerprints() {
         assert_eq!(fp("1 or 1=1"), "n&n=n");
-        assert_eq!(fp("union all select null--"), "UkEnc");
+        assert_eq!(fp("union all select null--"), "UkSnc");
         assert_eq!(fp("sleep(5)"), "f(n)");
         assert_eq!(fp("version(s)"), "b(b)");
     }
