@@ -131,10 +131,14 @@ async fn read_body(
         Err(_) => Err(ApiError::RequestTimeout),
         Ok(Ok(c)) => Ok(c.to_bytes()),
         Ok(Err(e)) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 Err(ApiError::PayloadTooLarge)
             } else {
-                Err(ApiError::BadRequest("the request body could not be read".into()))
+                Err(ApiError::BadRequest(
+                    "the request body could not be read".into(),
+                ))
             }
         }
     }
@@ -143,7 +147,11 @@ async fn read_body(
 /// Audit and count what the detector found; the refusal when a `block`
 /// family matched. Neither the audit event nor the response carries the
 /// matched text: only the family, the rule id and where it sat.
-async fn report(state: &AppState, parts: &http::request::Parts, v: ids::Verdict) -> Option<ApiError> {
+async fn report(
+    state: &AppState,
+    parts: &http::request::Parts,
+    v: ids::Verdict,
+) -> Option<ApiError> {
     let request_id = parts
         .extensions
         .get::<crate::http::RequestId>()
@@ -166,7 +174,9 @@ async fn report(state: &AppState, parts: &http::request::Parts, v: ids::Verdict)
             .field("endpoint", parts.uri.path())
     };
     for hit in &v.detected {
-        state.metrics.block(&format!("ids_detect:{}", hit.family.name()));
+        state
+            .metrics
+            .block(&format!("ids_detect:{}", hit.family.name()));
         tracing::info!(family = hit.family.name(), rule = hit.rule, location = %hit.location, request_id = %request_id, "IDS detect-mode match");
         state.audit.record(event(hit, "detected")).await;
     }

@@ -47,19 +47,28 @@ fn main() -> ExitCode {
     };
     if !explain.is_empty() {
         let mut ids = frenly::apisec::ids::Ids::new(&Default::default(), "X-API-Key", &[]);
-        for r in records.iter().filter(|r| explain.iter().any(|e| r.id.contains(e.as_str()))) {
+        for r in records
+            .iter()
+            .filter(|r| explain.iter().any(|e| r.id.contains(e.as_str())))
+        {
             ids.set_prefilter(true);
             let a = eval::explain(&ids, r);
             ids.set_prefilter(false);
             let b = eval::explain(&ids, r);
-            println!("{}\n  {}\n  uri={} body={:.200}\n  prefilter on:  {a}\n  prefilter off: {b}", r.id, r.family, r.uri, r.body);
+            println!(
+                "{}\n  {}\n  uri={} body={:.200}\n  prefilter on:  {a}\n  prefilter off: {b}",
+                r.id, r.family, r.uri, r.body
+            );
         }
         return ExitCode::SUCCESS;
     }
     let rep = eval::evaluate(&records);
     print!("{}", eval::table(&rep));
     if !rep.prefilter_mismatches.is_empty() {
-        println!("\nprefilter changed the verdict of: {:?}", rep.prefilter_mismatches);
+        println!(
+            "\nprefilter changed the verdict of: {:?}",
+            rep.prefilter_mismatches
+        );
     }
     if let Some(f) = misses {
         let row = match f.as_str() {
@@ -78,11 +87,17 @@ fn main() -> ExitCode {
         }
     }
     if show_benign {
-        println!("\nblocked CRS benign ({}):", rep.crs_benign.blocked_ids.len());
+        println!(
+            "\nblocked CRS benign ({}):",
+            rep.crs_benign.blocked_ids.len()
+        );
         for id in &rep.crs_benign.blocked_ids {
             println!("{id}");
         }
-        println!("\nblocked agent benign ({}):", rep.agent_benign.blocked_ids.len());
+        println!(
+            "\nblocked agent benign ({}):",
+            rep.agent_benign.blocked_ids.len()
+        );
         for id in &rep.agent_benign.blocked_ids {
             println!("{id}");
         }

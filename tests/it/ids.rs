@@ -40,7 +40,10 @@ fn corpus_targets_hold() {
         let row = &rep.attacks[fam];
         assert!(row.rate() >= 80.0, "{fam} detection below 80 %\n{table}");
     }
-    assert!(rep.crs_benign.rate() <= 10.0, "CRS benign FP above 10 %\n{table}");
+    assert!(
+        rep.crs_benign.rate() <= 10.0,
+        "CRS benign FP above 10 %\n{table}"
+    );
     assert!(
         rep.prefilter_mismatches.is_empty(),
         "the clean-value shortcut changed verdicts: {:?}",
@@ -51,9 +54,17 @@ fn corpus_targets_hold() {
 #[tokio::test]
 async fn attacks_in_every_part_of_the_request_are_blocked() {
     let s = TestServer::start().await;
-    let r = s.get("/api/tasks?q=1%27%20or%20%271%27%3D%271").send().await.unwrap();
+    let r = s
+        .get("/api/tasks?q=1%27%20or%20%271%27%3D%271")
+        .send()
+        .await
+        .unwrap();
     assert_blocked(r, "sqli", "or '1'='1").await;
-    let r = s.get("/api/tasks/%3Cscript%3Ealert(1)%3C%2Fscript%3E").send().await.unwrap();
+    let r = s
+        .get("/api/tasks/%3Cscript%3Ealert(1)%3C%2Fscript%3E")
+        .send()
+        .await
+        .unwrap();
     assert_blocked(r, "xss", "<script>").await;
     let r = s
         .get("/api/tasks")
@@ -70,19 +81,30 @@ async fn attacks_in_every_part_of_the_request_are_blocked() {
         .unwrap();
     assert_blocked(r, "rce", "cat /etc/passwd").await;
     let r = s
-        .admin_post("/api/tasks", &json!({"title": "t", "priority": "high' union select password from users--"}))
+        .admin_post(
+            "/api/tasks",
+            &json!({"title": "t", "priority": "high' union select password from users--"}),
+        )
         .send()
         .await
         .unwrap();
     assert_blocked(r, "sqli", "union select").await;
     let r = s
-        .admin_post("/api/tasks", &json!({"title": "t", "input": {}, "x": {"<svg/onload=alert(1)>": 1}}))
+        .admin_post(
+            "/api/tasks",
+            &json!({"title": "t", "input": {}, "x": {"<svg/onload=alert(1)>": 1}}),
+        )
         .send()
         .await
         .unwrap();
     assert_blocked(r, "xss", "onload").await;
     // credentials are never inspected: an odd key is a 401, not a block
-    let r = s.get("/api/tasks").header("X-API-Key", "' or 1=1 --").send().await.unwrap();
+    let r = s
+        .get("/api/tasks")
+        .header("X-API-Key", "' or 1=1 --")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
 }
 
@@ -127,7 +149,11 @@ async fn deep_json_is_a_400_not_a_crash() {
 #[tokio::test]
 async fn detect_mode_lets_attacks_through_and_audits_them() {
     let s = TestServer::with(Opts::default().config("[ids]\nmode = \"detect\"\n")).await;
-    let r = s.get("/api/tasks?id=1%27%20or%20%271%27%3D%271").send().await.unwrap();
+    let r = s
+        .get("/api/tasks?id=1%27%20or%20%271%27%3D%271")
+        .send()
+        .await
+        .unwrap();
     assert_ne!(r.status(), 403);
     let log = s.data_dir().join("security_audit.log");
     let mut found = String::new();
@@ -145,7 +171,10 @@ async fn detect_mode_lets_attacks_through_and_audits_them() {
     let ev: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(ev["violation_type"], "sqli");
     assert!(ev["details"].as_str().unwrap().contains("query:id"), "{ev}");
-    assert!(!line.contains("or '1'='1") && !line.contains("%27"), "payload in the audit: {line}");
+    assert!(
+        !line.contains("or '1'='1") && !line.contains("%27"),
+        "payload in the audit: {line}"
+    );
 }
 
 #[tokio::test]
@@ -153,26 +182,52 @@ async fn family_route_and_field_overrides() {
     let cfg = "[ids.families]\nxss = \"detect\"\n\n[ids.routes.\"/api/agent\"]\nmode = \"off\"\n\n[ids.routes.\"/api/tasks\"]\nexclude_fields = [\"query:debug\", \"meta.note\"]\n";
     let s = TestServer::with(Opts::default().config(cfg)).await;
     // xss only detected, sqli still blocked
-    let r = s.get("/api/tasks?x=%3Cscript%3Ealert(1)%3C/script%3E").send().await.unwrap();
-    assert_ne!(r.status(), 403);
-    let r = s.get("/api/tasks?x=1%27%20or%20%271%27%3D%271").send().await.unwrap();
-    assert_eq!(r.status(), 403);
-    // the route switched off
-    let r = s.get("/api/agent?x=1%27%20or%20%271%27%3D%271").send().await.unwrap();
-    assert_ne!(r.status(), 403);
-    // one excluded field of one route; the same payload elsewhere is blocked
-    let r = s.get("/api/tasks?debug=..%2F..%2Fetc%2Fpasswd").send().await.unwrap();
-    assert_ne!(r.status(), 403);
-    let r = s.get("/api/users?debug=..%2F..%2Fetc%2Fpasswd").send().await.unwrap();
-    assert_eq!(r.status(), 403);
     let r = s
-        .admin_post("/api/tasks", &json!({"title": "t", "meta": {"note": "../../etc/passwd"}}))
+        .get("/api/tasks?x=%3Cscript%3Ealert(1)%3C/script%3E")
         .send()
         .await
         .unwrap();
     assert_ne!(r.status(), 403);
     let r = s
-        .admin_post("/api/tasks", &json!({"title": "t", "meta": {"other": "../../etc/passwd"}}))
+        .get("/api/tasks?x=1%27%20or%20%271%27%3D%271")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // the route switched off
+    let r = s
+        .get("/api/agent?x=1%27%20or%20%271%27%3D%271")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 403);
+    // one excluded field of one route; the same payload elsewhere is blocked
+    let r = s
+        .get("/api/tasks?debug=..%2F..%2Fetc%2Fpasswd")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 403);
+    let r = s
+        .get("/api/users?debug=..%2F..%2Fetc%2Fpasswd")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = s
+        .admin_post(
+            "/api/tasks",
+            &json!({"title": "t", "meta": {"note": "../../etc/passwd"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 403);
+    let r = s
+        .admin_post(
+            "/api/tasks",
+            &json!({"title": "t", "meta": {"other": "../../etc/passwd"}}),
+        )
         .send()
         .await
         .unwrap();

@@ -204,7 +204,9 @@ fn html_entities(s: &str) -> Option<String> {
                 };
                 match d {
                     Some(d) => {
-                        v = v.saturating_mul(if is_hex { 16 } else { 10 }).saturating_add(d);
+                        v = v
+                            .saturating_mul(if is_hex { 16 } else { 10 })
+                            .saturating_add(d);
                         j += 1;
                     }
                     None => break,
@@ -377,9 +379,17 @@ pub fn unsplit(folded: &str) -> Option<String> {
     while i < b.len() {
         match b[i] {
             b'\'' | b'"' | b'\\' => i += 1,
-            b'$' if matches!(b.get(i + 1), Some(b'@' | b'*' | b'?' | b'-' | b'_' | b'#' | b'!')) => i += 2,
+            b'$' if matches!(
+                b.get(i + 1),
+                Some(b'@' | b'*' | b'?' | b'-' | b'_' | b'#' | b'!')
+            ) =>
+            {
+                i += 2
+            }
             b'`' if b.get(i + 1) == Some(&b'`') => i += 2,
-            b'[' if b.get(i + 2) == Some(&b']') && b.get(i + 1).is_some_and(u8::is_ascii_alphanumeric) => {
+            b'[' if b.get(i + 2) == Some(&b']')
+                && b.get(i + 1).is_some_and(u8::is_ascii_alphanumeric) =>
+            {
                 out.push(char::from(b[i + 1]));
                 i += 3;
             }
@@ -418,7 +428,10 @@ mod tests {
         assert_eq!(decode("a+b", false).folded, "a+b");
         assert_eq!(decode("%uff1cscript%uff1e", false).folded, "<script>");
         assert_eq!(decode("&#60;x&#x3e;&lt;", false).folded, "<x><");
-        assert_eq!(decode("ja&tab;vascript&colon;", false).text, "ja\tvascript:");
+        assert_eq!(
+            decode("ja&tab;vascript&colon;", false).text,
+            "ja\tvascript:"
+        );
         assert_eq!(decode("\\u0072equire", false).folded, "require");
         assert_eq!(decode("%c0%ae%c0%ae/", false).folded, "../");
         assert_eq!(decode("A\0B  \t C", false).folded, "ab c");
@@ -427,7 +440,10 @@ mod tests {
 
     #[test]
     fn shell_and_lookup_tricks() {
-        assert_eq!(unsplit("c'a't /et$@c/passwd").as_deref(), Some("cat /etc/passwd"));
+        assert_eq!(
+            unsplit("c'a't /et$@c/passwd").as_deref(),
+            Some("cat /etc/passwd")
+        );
         assert_eq!(unsplit("pi``ng").as_deref(), Some("ping"));
         assert_eq!(unsplit("plain"), None);
         assert!(jndi_lookup("${${::-j}${lower:n}di:ldap://x}"));

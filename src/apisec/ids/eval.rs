@@ -159,7 +159,8 @@ pub fn evaluate(records: &[Record]) -> Report {
         row.total += 1;
         if b {
             row.blocked += 1;
-            row.blocked_ids.push(format!("{} ({})", r.id, w.unwrap_or_default()));
+            row.blocked_ids
+                .push(format!("{} ({})", r.id, w.unwrap_or_default()));
         } else {
             row.missed.push(r.id.clone());
         }

@@ -24,10 +24,10 @@
 //! heuristic: `docs/IDS.md` lists what it misses and what it blocks wrongly.
 
 pub mod decode;
+pub mod eval;
 pub mod rules;
 pub mod sqli;
 mod walk;
-pub mod eval;
 
 use std::collections::BTreeMap;
 
@@ -200,7 +200,7 @@ impl FieldSet {
                 if !name.is_empty() {
                     segs.push(PatSeg::Key(name.to_string()));
                 }
-                segs.extend(std::iter::repeat_n(PatSeg::AnyIndex, idx));
+                segs.extend(std::iter::repeat(PatSeg::AnyIndex).take(idx));
             }
             if !segs.is_empty() {
                 out.push(segs);
@@ -306,12 +306,12 @@ impl Ids {
                 }
             })
             .collect();
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let mut free_text = default_free_text();
         for g in gateway {
             free_text.push((g.prefix.clone(), free_text_fields(&g.free_text)));
         }
-        free_text.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        free_text.sort_by_key(|f| std::cmp::Reverse(f.0.len()));
         rules::warm_up();
         Ids {
             mode: cfg.mode,
@@ -440,7 +440,10 @@ impl Ids {
         excluded: &dyn Fn(&str, &str) -> bool,
     ) -> Result<(), IdsError> {
         let mime = ctype.split(';').next().unwrap_or("").trim();
-        let trimmed = body.iter().position(|b| !b.is_ascii_whitespace()).map(|i| &body[i..]);
+        let trimmed = body
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .map(|i| &body[i..]);
         let looks_json = matches!(trimmed.and_then(|t| t.first()), Some(b'{' | b'['));
         let is_json = mime == "application/json" || mime.ends_with("+json");
         if is_json || (looks_json && !mime.contains("form") && !mime.contains("xml")) {
@@ -605,7 +608,11 @@ impl Scan {
             }
             let d = decode::decode(seg, false);
             let s = d.folded.as_str();
-            if s.starts_with('.') && s != "." && s != ".." && s != ".well-known" && !s.starts_with("...")
+            if s.starts_with('.')
+                && s != "."
+                && s != ".."
+                && s != ".well-known"
+                && !s.starts_with("...")
                 && !self.hit(Family::Lfi, "lfi-hidden-file", "path")
             {
                 return;
@@ -653,14 +660,21 @@ impl Scan {
     /// A URL handed to a parameter whose name says it is included or loaded.
     fn rfi_param(&mut self, name: &str, raw: &str, loc: &str) {
         let n = name.to_ascii_lowercase();
-        let includey = ["path", "dir", "file", "include", "inc", "require", "template", "root", "conf", "config", "page", "load", "lang", "module", "src", "doc"]
-            .iter()
-            .any(|k| n.ends_with(k));
+        let includey = [
+            "path", "dir", "file", "include", "inc", "require", "template", "root", "conf",
+            "config", "page", "load", "lang", "module", "src", "doc",
+        ]
+        .iter()
+        .any(|k| n.ends_with(k));
         if !includey {
             return;
         }
         let v = decode::decode(raw, true).folded;
-        if v.starts_with("http://") || v.starts_with("https://") || v.starts_with("ftp://") || v.starts_with("ftps://") {
+        if v.starts_with("http://")
+            || v.starts_with("https://")
+            || v.starts_with("ftp://")
+            || v.starts_with("ftps://")
+        {
             self.hit(Family::Rfi, "rfi-include-parameter", loc);
         }
     }
@@ -692,7 +706,9 @@ impl Scan {
             return;
         }
         let loc = format!("header:{}", safe_name(lname));
-        let filename = lname.contains("filename") || lname.contains("file-name") || lname.contains("file_name");
+        let filename = lname.contains("filename")
+            || lname.contains("file-name")
+            || lname.contains("file_name");
         if filename {
             self.value(Kind::Filename, &loc, value, false);
         }
@@ -705,7 +721,10 @@ impl Scan {
             if part.starts_with("--") {
                 break;
             }
-            let part = part.strip_prefix("\r\n").or_else(|| part.strip_prefix('\n')).unwrap_or(part);
+            let part = part
+                .strip_prefix("\r\n")
+                .or_else(|| part.strip_prefix('\n'))
+                .unwrap_or(part);
             let (head, content) = match part.find("\r\n\r\n") {
                 Some(i) => (&part[..i], &part[i + 4..]),
                 None => match part.find("\n\n") {
@@ -713,7 +732,10 @@ impl Scan {
                     None => (part, ""),
                 },
             };
-            let content = content.strip_suffix("\r\n").or_else(|| content.strip_suffix('\n')).unwrap_or(content);
+            let content = content
+                .strip_suffix("\r\n")
+                .or_else(|| content.strip_suffix('\n'))
+                .unwrap_or(content);
             let mut name = String::new();
             let mut is_xml = false;
             for line in head.lines() {
@@ -792,25 +814,77 @@ impl Scan {
 /// Path extensions of files that are never an API resource (backups,
 /// dumps, keys, configuration).
 const SENSITIVE_EXT: &[&str] = &[
-    ".sql", ".sql.zip", ".sql.gz", ".bak", ".backup", ".old", ".orig", ".save", ".swp", ".swo",
-    ".dump", ".sqlite", ".sqlite3", ".mdb", ".pem", ".key", ".ini", ".log", ".env", ".cfg",
-    ".conf", ".htpasswd", ".htaccess", ".git", ".svn", ".tar.gz", ".tgz", ".7z", ".rar",
+    ".sql",
+    ".sql.zip",
+    ".sql.gz",
+    ".bak",
+    ".backup",
+    ".old",
+    ".orig",
+    ".save",
+    ".swp",
+    ".swo",
+    ".dump",
+    ".sqlite",
+    ".sqlite3",
+    ".mdb",
+    ".pem",
+    ".key",
+    ".ini",
+    ".log",
+    ".env",
+    ".cfg",
+    ".conf",
+    ".htpasswd",
+    ".htaccess",
+    ".git",
+    ".svn",
+    ".tar.gz",
+    ".tgz",
+    ".7z",
+    ".rar",
 ];
 
 /// Headers with a fixed grammar: a value made only of that grammar's
 /// characters is not inspected (a browser's `Accept` is not an attack).
 const GRAMMAR_HEADERS: &[&str] = &[
-    "accept", "accept-encoding", "accept-language", "accept-charset", "content-type",
-    "content-length", "content-encoding", "cache-control", "connection", "keep-alive",
-    "proxy-connection", "pragma", "te", "upgrade", "host", "if-none-match", "if-match",
-    "if-modified-since", "if-unmodified-since", "date", "dnt", "upgrade-insecure-requests",
-    "priority", "transfer-encoding", "expect", "range", "x-request-id", "origin",
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "accept-charset",
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "cache-control",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "pragma",
+    "te",
+    "upgrade",
+    "host",
+    "if-none-match",
+    "if-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "date",
+    "dnt",
+    "upgrade-insecure-requests",
+    "priority",
+    "transfer-encoding",
+    "expect",
+    "range",
+    "x-request-id",
+    "origin",
 ];
 
 fn plain_header_value(v: &str, quotes: bool) -> bool {
     v.bytes().all(|b| {
         b.is_ascii_alphanumeric()
-            || matches!(b, b' ' | b',' | b';' | b'=' | b'/' | b'*' | b'.' | b'+' | b':' | b'_' | b'-')
+            || matches!(
+                b,
+                b' ' | b',' | b';' | b'=' | b'/' | b'*' | b'.' | b'+' | b':' | b'_' | b'-'
+            )
             || (quotes && b == b'"')
     }) && !v.contains("..")
 }
@@ -884,26 +958,195 @@ mod prefilter {
     };
 
     const TRIGGERS: &[&str] = &[
-        "..", "/", "\\", ":", " -", "etc", "proc", "passwd", "ini", "system32", ".ssh", ".aws",
-        ".git", ".env", ".ht", "id_", "config", "select", "union", "insert", "update", "delete",
-        "drop", "create", "alter", "truncate", "exec", "declare", "waitfor", "sleep", "benchmark",
-        "schema", "xp_", "sp_", "utl_", "msdasql", "char", "pg_", "sqlite", "sysobjects",
-        "tempdb", "msys", "having", "order", "group", "outfile", "procedure", "java", "jndi",
-        "ro0ab", "aced", "builder", "runtime", "transformer", "closure", "factory", "omg",
-        "com.sun", "sun.", "ognl", "script", "document", "window", "alert", "data", "file", "php",
-        "sess", "extension", "opcache", "ansible", "chef", "cscli", "pipx", "whoami", "ifconfig",
-        "ipconfig", "uname", "nohup", "strace", "cpulimit", "localhost", "169.254", "internal",
-        "localtest", "0x", "__", "session", "sid", "cftoken", "cfid", "require", "constructor",
-        "process", "console", "function", "while", "child_", "xyqktkrf", "for ", "if ", "alias ",
-        "+ad", "tab", "newline", "nvarchar", "varchar", "nchar", "cmd", "powershell", "bin",
-        "dev", "wget", "curl", "ping", "regedit", "invoke", "mshta", "certutil", "_", "import",
-        "javascript", "vbscript", "entity", "doctype", "interrupts", "backup", "sql", "bak",
-        "dump", ".log", ".key", ".pem", "sess_", "sleep", "like", " or ", " and ", " xor ", "null",
-        "time ", "timeout", "awk", "gunzip", "zcat", "ls", "cat", "id", "ps", "echo", "base64",
-        "netcat", "ncat", "nc ", "bash", "sh ", "perl", "python", "ruby", "node", "lua", "com.",
-        "org.", "javax", "groovy", "freemarker", "mozilla", "spring", "pht", "jsp", "asp", "phar",
-        "cgi", ".sh", "cer", "asa", "war", "jar", ".inc", "rmt", "perf", "who", "date", "env",
-        "ver", "help", "noop", "apop", "2250738585072011",
+        "..",
+        "/",
+        "\\",
+        ":",
+        " -",
+        "etc",
+        "proc",
+        "passwd",
+        "ini",
+        "system32",
+        ".ssh",
+        ".aws",
+        ".git",
+        ".env",
+        ".ht",
+        "id_",
+        "config",
+        "select",
+        "union",
+        "insert",
+        "update",
+        "delete",
+        "drop",
+        "create",
+        "alter",
+        "truncate",
+        "exec",
+        "declare",
+        "waitfor",
+        "sleep",
+        "benchmark",
+        "schema",
+        "xp_",
+        "sp_",
+        "utl_",
+        "msdasql",
+        "char",
+        "pg_",
+        "sqlite",
+        "sysobjects",
+        "tempdb",
+        "msys",
+        "having",
+        "order",
+        "group",
+        "outfile",
+        "procedure",
+        "java",
+        "jndi",
+        "ro0ab",
+        "aced",
+        "builder",
+        "runtime",
+        "transformer",
+        "closure",
+        "factory",
+        "omg",
+        "com.sun",
+        "sun.",
+        "ognl",
+        "script",
+        "document",
+        "window",
+        "alert",
+        "data",
+        "file",
+        "php",
+        "sess",
+        "extension",
+        "opcache",
+        "ansible",
+        "chef",
+        "cscli",
+        "pipx",
+        "whoami",
+        "ifconfig",
+        "ipconfig",
+        "uname",
+        "nohup",
+        "strace",
+        "cpulimit",
+        "localhost",
+        "169.254",
+        "internal",
+        "localtest",
+        "0x",
+        "__",
+        "session",
+        "sid",
+        "cftoken",
+        "cfid",
+        "require",
+        "constructor",
+        "process",
+        "console",
+        "function",
+        "while",
+        "child_",
+        "xyqktkrf",
+        "for ",
+        "if ",
+        "alias ",
+        "+ad",
+        "tab",
+        "newline",
+        "nvarchar",
+        "varchar",
+        "nchar",
+        "cmd",
+        "powershell",
+        "bin",
+        "dev",
+        "wget",
+        "curl",
+        "ping",
+        "regedit",
+        "invoke",
+        "mshta",
+        "certutil",
+        "_",
+        "import",
+        "javascript",
+        "vbscript",
+        "entity",
+        "doctype",
+        "interrupts",
+        "backup",
+        "sql",
+        "bak",
+        "dump",
+        ".log",
+        ".key",
+        ".pem",
+        "sess_",
+        "sleep",
+        "like",
+        " or ",
+        " and ",
+        " xor ",
+        "null",
+        "time ",
+        "timeout",
+        "awk",
+        "gunzip",
+        "zcat",
+        "ls",
+        "cat",
+        "id",
+        "ps",
+        "echo",
+        "base64",
+        "netcat",
+        "ncat",
+        "nc ",
+        "bash",
+        "sh ",
+        "perl",
+        "python",
+        "ruby",
+        "node",
+        "lua",
+        "com.",
+        "org.",
+        "javax",
+        "groovy",
+        "freemarker",
+        "mozilla",
+        "spring",
+        "pht",
+        "jsp",
+        "asp",
+        "phar",
+        "cgi",
+        ".sh",
+        "cer",
+        "asa",
+        "war",
+        "jar",
+        ".inc",
+        "rmt",
+        "perf",
+        "who",
+        "date",
+        "env",
+        "ver",
+        "help",
+        "noop",
+        "apop",
+        "2250738585072011",
     ];
 
     static AC: LazyLock<Option<AhoCorasick>> = LazyLock::new(|| {
@@ -918,11 +1161,18 @@ mod prefilter {
         if raw.bytes().any(|b| SPECIAL[b as usize]) {
             return true;
         }
-        if raw.len() >= 16 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if raw.len() >= 16
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             // possibly base64 of something
             return true;
         }
-        if super::rules::B64_FRAGMENTS.as_ref().is_some_and(|ac| ac.is_match(raw)) {
+        if super::rules::B64_FRAGMENTS
+            .as_ref()
+            .is_some_and(|ac| ac.is_match(raw))
+        {
             return true;
         }
         match AC.as_ref() {

@@ -43,37 +43,209 @@ enum Ctx {
 /// SQL-specific function names: flagged with or without blanks/comments
 /// before `(`.
 const SQL_FUNCS: &[&str] = &[
-    "ascii", "benchmark", "bit_length", "char_length", "character_length", "coalesce", "compress",
-    "uncompress", "concat", "concat_ws", "group_concat", "connection_id", "crc32", "current_database",
-    "current_schema", "current_user", "session_user", "system_user", "curdate", "curtime",
-    "date_add", "date_format", "date_sub", "datediff", "db_id", "db_name", "dbms_pipe",
-    "export_set", "extractvalue", "find_in_set", "found_rows", "from_base64", "to_base64",
-    "geometrycollection", "get_lock", "release_lock", "gtid_subset", "has_dbaccess", "ifnull",
-    "isnull", "nullif", "nvl", "iif", "inet_aton", "inet_ntoa", "instr", "is_srvrolemember",
-    "json_array", "json_build_object", "json_extract", "json_keys", "json_object", "json_valid",
-    "last_insert_id", "lcase", "ucase", "linestring", "load_file", "lo_export", "lo_get",
-    "lo_import", "lo_from_bytea", "lpad", "rpad", "ltrim", "rtrim", "make_set", "master_pos_wait",
-    "md5", "sha1", "sha2", "multipoint", "multipolygon", "name_const", "octet_length",
-    "openquery", "openrowset", "pg_ls_dir", "pg_read_file", "pg_sleep", "randomblob",
-    "regexp_substr", "row_count", "sec_to_time", "time_to_sec", "soundex", "sqlite_compileoption_get",
-    "sqlite_compileoption_used", "sqlite_version", "starts_with", "str_to_date", "strcmp",
-    "subdate", "substr", "substring", "substring_index", "sys_context", "sysdate", "to_char",
-    "to_number", "unhex", "unistr", "updatexml", "user_name", "utl_inaddr", "xmltype",
-    "string_agg", "array_agg", "xp_cmdshell", "xp_dirtree", "current_setting", "query_to_xml",
-    "json_agg", "dblink", "sqrt", "log10", "log2", "conv", "elt",
+    "ascii",
+    "benchmark",
+    "bit_length",
+    "char_length",
+    "character_length",
+    "coalesce",
+    "compress",
+    "uncompress",
+    "concat",
+    "concat_ws",
+    "group_concat",
+    "connection_id",
+    "crc32",
+    "current_database",
+    "current_schema",
+    "current_user",
+    "session_user",
+    "system_user",
+    "curdate",
+    "curtime",
+    "date_add",
+    "date_format",
+    "date_sub",
+    "datediff",
+    "db_id",
+    "db_name",
+    "dbms_pipe",
+    "export_set",
+    "extractvalue",
+    "find_in_set",
+    "found_rows",
+    "from_base64",
+    "to_base64",
+    "geometrycollection",
+    "get_lock",
+    "release_lock",
+    "gtid_subset",
+    "has_dbaccess",
+    "ifnull",
+    "isnull",
+    "nullif",
+    "nvl",
+    "iif",
+    "inet_aton",
+    "inet_ntoa",
+    "instr",
+    "is_srvrolemember",
+    "json_array",
+    "json_build_object",
+    "json_extract",
+    "json_keys",
+    "json_object",
+    "json_valid",
+    "last_insert_id",
+    "lcase",
+    "ucase",
+    "linestring",
+    "load_file",
+    "lo_export",
+    "lo_get",
+    "lo_import",
+    "lo_from_bytea",
+    "lpad",
+    "rpad",
+    "ltrim",
+    "rtrim",
+    "make_set",
+    "master_pos_wait",
+    "md5",
+    "sha1",
+    "sha2",
+    "multipoint",
+    "multipolygon",
+    "name_const",
+    "octet_length",
+    "openquery",
+    "openrowset",
+    "pg_ls_dir",
+    "pg_read_file",
+    "pg_sleep",
+    "randomblob",
+    "regexp_substr",
+    "row_count",
+    "sec_to_time",
+    "time_to_sec",
+    "soundex",
+    "sqlite_compileoption_get",
+    "sqlite_compileoption_used",
+    "sqlite_version",
+    "starts_with",
+    "str_to_date",
+    "strcmp",
+    "subdate",
+    "substr",
+    "substring",
+    "substring_index",
+    "sys_context",
+    "sysdate",
+    "to_char",
+    "to_number",
+    "unhex",
+    "unistr",
+    "updatexml",
+    "user_name",
+    "utl_inaddr",
+    "xmltype",
+    "string_agg",
+    "array_agg",
+    "xp_cmdshell",
+    "xp_dirtree",
+    "current_setting",
+    "query_to_xml",
+    "json_agg",
+    "dblink",
+    "sqrt",
+    "log10",
+    "log2",
+    "conv",
+    "elt",
 ];
 
 /// Function names that are also ordinary words: only flagged when `(`
 /// follows directly, and not as a plural marker `word(s)`.
 const WORD_FUNCS: &[&str] = &[
-    "if", "left", "right", "mid", "user", "date", "default", "replace", "position", "insert",
-    "values", "schema_name", "div", "mod", "convert", "year", "month", "day", "any", "all",
-    "some", "procedure", "analyse", "ilike", "glob", "json", "likely", "unlikely", "abs", "sin",
-    "cos", "tan", "pow", "power", "ord", "hex", "bin", "oct", "chr", "char", "floor", "ceil",
-    "ceiling", "round", "rand", "sleep", "database", "schema", "version", "lower", "upper",
-    "degrees", "radians", "field", "format", "length", "quote", "repeat", "reverse", "space",
-    "sign", "trim", "exists", "count", "least", "greatest", "encode", "decode", "collation",
-    "now", "cast", "exp", "ln", "locate", "uuid", "waitfor", "overlay", "pi", "log",
+    "if",
+    "left",
+    "right",
+    "mid",
+    "user",
+    "date",
+    "default",
+    "replace",
+    "position",
+    "insert",
+    "values",
+    "schema_name",
+    "div",
+    "mod",
+    "convert",
+    "year",
+    "month",
+    "day",
+    "any",
+    "all",
+    "some",
+    "procedure",
+    "analyse",
+    "ilike",
+    "glob",
+    "json",
+    "likely",
+    "unlikely",
+    "abs",
+    "sin",
+    "cos",
+    "tan",
+    "pow",
+    "power",
+    "ord",
+    "hex",
+    "bin",
+    "oct",
+    "chr",
+    "char",
+    "floor",
+    "ceil",
+    "ceiling",
+    "round",
+    "rand",
+    "sleep",
+    "database",
+    "schema",
+    "version",
+    "lower",
+    "upper",
+    "degrees",
+    "radians",
+    "field",
+    "format",
+    "length",
+    "quote",
+    "repeat",
+    "reverse",
+    "space",
+    "sign",
+    "trim",
+    "exists",
+    "count",
+    "least",
+    "greatest",
+    "encode",
+    "decode",
+    "collation",
+    "now",
+    "cast",
+    "exp",
+    "ln",
+    "locate",
+    "uuid",
+    "waitfor",
+    "overlay",
+    "pi",
+    "log",
 ];
 
 /// Word functions whose bare `name()` call is itself a probe.
@@ -83,13 +255,15 @@ fn keyword(w: &str) -> Option<u8> {
     Some(match w {
         "union" => b'U',
         "select" => b'S',
-        "insert" | "update" | "delete" | "drop" | "create" | "alter" | "exec"
-        | "execute" | "declare" | "truncate" | "shutdown" | "grant" | "revoke" | "merge"
-        | "handler" | "rename" => b'E',
+        "insert" | "update" | "delete" | "drop" | "create" | "alter" | "exec" | "execute"
+        | "declare" | "truncate" | "shutdown" | "grant" | "revoke" | "merge" | "handler"
+        | "rename" => b'E',
         "from" | "where" | "having" | "group" | "order" | "by" | "limit" | "offset" | "into"
         | "values" | "table" | "join" | "case" | "when" | "then" | "else" | "end" | "top"
-        | "distinct" | "all" | "procedure" | "outfile" | "dumpfile" | "delay" | "collate" | "escape"
-        | "returns" | "return" | "as" | "set" | "except" | "intersect" | "nocase" => b'k',
+        | "distinct" | "all" | "procedure" | "outfile" | "dumpfile" | "delay" | "collate"
+        | "escape" | "returns" | "return" | "as" | "set" | "except" | "intersect" | "nocase" => {
+            b'k'
+        }
         "and" | "or" | "xor" => b'&',
         "not" => b'!',
         "like" | "rlike" | "regexp" | "glob" | "sounds" | "is" | "in" | "between" | "div"
@@ -138,7 +312,10 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
                 i = j.min(s.len());
             }
             b'`' => {
-                let j = s[i + 1..].iter().position(|&d| d == b'`').map_or(s.len(), |p| i + 2 + p);
+                let j = s[i + 1..]
+                    .iter()
+                    .position(|&d| d == b'`')
+                    .map_or(s.len(), |p| i + 2 + p);
                 fp.push(b'b');
                 i = j;
             }
@@ -165,9 +342,7 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
             b'*' if s.get(i + 1) == Some(&b'/') => i += 2,
             b'-' if s.get(i + 1) == Some(&b'-') => {
                 // `x -- y` (blanks on both sides) is also an English dash
-                let spaced = i > 0
-                    && s[i - 1] == b' '
-                    && matches!(s.get(i + 2), Some(b' ') | None);
+                let spaced = i > 0 && s[i - 1] == b' ' && matches!(s.get(i + 2), Some(b' ') | None);
                 fp.push(if spaced { b'C' } else { b'c' });
                 match s[i..].iter().position(|&d| d == b'\n') {
                     Some(p) => i += p + 1,
@@ -204,7 +379,10 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
                     while j < s.len() && (s[j].is_ascii_digit() || s[j] == b'.') {
                         j += 1;
                     }
-                    if matches!(s.get(j), Some(b'e')) && s.get(j + 1).is_some_and(|d| d.is_ascii_digit() || *d == b'-' || *d == b'+') {
+                    if matches!(s.get(j), Some(b'e'))
+                        && s.get(j + 1)
+                            .is_some_and(|d| d.is_ascii_digit() || *d == b'-' || *d == b'+')
+                    {
                         j += 2;
                         while j < s.len() && s[j].is_ascii_digit() {
                             j += 1;
@@ -232,18 +410,15 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
                 let tight = s.get(j) == Some(&b'(');
                 let paren = tight || next_is_paren(&s[j..]);
                 let last = w.rsplit('.').next().unwrap_or(w);
-                let t = if paren && SQL_FUNCS.contains(&last) {
-                    b'f'
-                } else if tight
+                let sql_call = paren && SQL_FUNCS.contains(&last);
+                let word_call = tight
                     && WORD_FUNCS.contains(&last)
                     && !plural(&s[j..])
-                    && (!s[j..].starts_with(b"()") || NOARG_FUNCS.contains(&last))
-                {
+                    && (!s[j..].starts_with(b"()") || NOARG_FUNCS.contains(&last));
+                let t = if sql_call || word_call {
                     b'f'
-                } else if let Some(k) = keyword(w) {
-                    k
                 } else {
-                    b'b'
+                    keyword(w).unwrap_or(b'b')
                 };
                 fp.push(t);
                 i = j;
@@ -254,7 +429,13 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
                     j += 1;
                 }
                 let op = &s[i..j];
-                fp.push(if op == b"!" { b'!' } else if op == b"<>" || op.contains(&b'=') || op == b"<" || op == b">" { b'=' } else { b'o' });
+                fp.push(if op == b"!" {
+                    b'!'
+                } else if op == b"<>" || op.contains(&b'=') || op == b"<" || op == b">" {
+                    b'='
+                } else {
+                    b'o'
+                });
                 i = j;
             }
             b'|' | b'&' => {
@@ -270,7 +451,10 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
                 fp.push(b'o');
                 i += 2;
             }
-            b'?' if i > 0 && s[i - 1] == b' ' && matches!(s.get(i + 1), Some(b' ' | b'|' | b'&')) => {
+            b'?' if i > 0
+                && s[i - 1] == b' '
+                && matches!(s.get(i + 1), Some(b' ' | b'|' | b'&')) =>
+            {
                 fp.push(b'o');
                 i += 1;
             }
@@ -324,7 +508,10 @@ static QUOTE_SHAPES: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
     compile(&[
         ("sqli-quote-bool", r"^s\)*!?&[\(!]*[snbfvw(cC]"),
         ("sqli-quote-terminate", r"^s\)*(;|c)"),
-        ("sqli-quote-keyword", r"^s\)*(U($|[kS(ocC])|[SE][^&b]|k[^&bo]|kk)"),
+        (
+            "sqli-quote-keyword",
+            r"^s\)*(U($|[kS(ocC])|[SE][^&b]|k[^&bo]|kk)",
+        ),
         ("sqli-quote-compare", r"^s\)*(=|o)[\(!]*[snbfvk(cC]"),
         ("sqli-quote-word-op", r"^s\)*!?w(!|[(]*n)|^s\)*!?w.*c$"),
         ("sqli-quote-list", r"^s\)*,[(]*[nsf]"),
@@ -337,16 +524,25 @@ static PLAIN_SHAPES: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
     compile(&[
         ("sqli-union-select", r"U[k(]*S"),
         ("sqli-function", r"f"),
-        ("sqli-select-expr", r"S([nvs*f]|o[kn]|b,|bk?[ns=(])|S[(]+[kSEsvf]"),
+        (
+            "sqli-select-expr",
+            r"S([nvs*f]|o[kn]|b,|bk?[ns=(])|S[(]+[kSEsvf]",
+        ),
         ("sqli-bool-compare", r"^[(]*!?&[\(!]*([nsvf]\)*[=w]|b\)*=)"),
-        ("sqli-bool-compare", r"[=(,][(]*!?&[(!]*([nsvf][)]*[=w]|b[)]*=)"),
+        (
+            "sqli-bool-compare",
+            r"[=(,][(]*!?&[(!]*([nsvf][)]*[=w]|b[)]*=)",
+        ),
         ("sqli-string-compare", r"s[=w]s"),
         ("sqli-bool-compare", r"[ns)][)]*&[(!]*[nsvf][)]*[=w]"),
         ("sqli-stacked", r";[(]*[SE][(]*[^&!,;b]|;S$"),
         ("sqli-leading-bool", r"^[(]*&[(!]*[nsv][)]*($|[=wobs]|[cC])"),
         ("sqli-compare-comment", r"[=w][(]*[ns][)]*[cC]$"),
         ("sqli-tautology", r"^[ns]=[ns]([cC]|;|&)"),
-        ("sqli-closing-paren", r"^[ns]?\)+[&;]?[(]*(U|S|E|&[(]*[nsbf])"),
+        (
+            "sqli-closing-paren",
+            r"^[ns]?\)+[&;]?[(]*(U|S|E|&[(]*[nsbf])",
+        ),
     ])
 });
 
@@ -360,13 +556,28 @@ fn compile(list: &[(&'static str, &'static str)]) -> Vec<(&'static str, Regex)> 
 /// replaced by a blank.
 static GRAMMAR: LazyLock<(RegexSet, Vec<&'static str>)> = LazyLock::new(|| {
     let rules: &[(&str, &str)] = &[
-        ("sqli-union-select", r"\bunion(\s+(all|distinct))?\s*[(\s]\s*select\b"),
-        ("sqli-insert", r"\binsert\s+into\s+[\w`.]+\s*(\([^)]*\)\s*)?(values|select)\b"),
+        (
+            "sqli-union-select",
+            r"\bunion(\s+(all|distinct))?\s*[(\s]\s*select\b",
+        ),
+        (
+            "sqli-insert",
+            r"\binsert\s+into\s+[\w`.]+\s*(\([^)]*\)\s*)?(values|select)\b",
+        ),
         ("sqli-delete", r"\bdelete\s+from\s+[\w`.]+\s+where\b"),
         ("sqli-update", r"\bupdate\s+[\w`.]+\s+set\s+[\w`.]+\s*="),
-        ("sqli-ddl", r"\b(drop|truncate|alter)\s+(table|database|schema|view|procedure|function|user|trigger|index)\s+(if\s+exists\s+)?[\w`.\x22\[\]]+\s*($|;|--|#|,|\b(add|drop|modify|cascade|rename)\b)"),
-        ("sqli-ddl", r"\bcreate\s+(or\s+replace\s+)?(table|database|schema|procedure|function|user|trigger|view)\s+[\w`.]+\s*(\(|as\b|returns\b)"),
-        ("sqli-exec", r"\bexec(ute)?\s*(\(\s*['\x22@]|@|master\.|xp_|sp_)"),
+        (
+            "sqli-ddl",
+            r"\b(drop|truncate|alter)\s+(table|database|schema|view|procedure|function|user|trigger|index)\s+(if\s+exists\s+)?[\w`.\x22\[\]]+\s*($|;|--|#|,|\b(add|drop|modify|cascade|rename)\b)",
+        ),
+        (
+            "sqli-ddl",
+            r"\bcreate\s+(or\s+replace\s+)?(table|database|schema|procedure|function|user|trigger|view)\s+[\w`.]+\s*(\(|as\b|returns\b)",
+        ),
+        (
+            "sqli-exec",
+            r"\bexec(ute)?\s*(\(\s*['\x22@]|@|master\.|xp_|sp_)",
+        ),
         ("sqli-declare", r"\bdeclare\s+@"),
         ("sqli-set-var", r"(^|;)\s*set\s+@@?\w+\s*[:=]?"),
         ("sqli-waitfor", r"\bwaitfor\s+(delay|time)\b"),
@@ -376,31 +587,73 @@ static GRAMMAR: LazyLock<(RegexSet, Vec<&'static str>)> = LazyLock::new(|| {
         ("sqli-group-having", r"\bgroup\s+by\b.{1,80}\bhaving\b"),
         ("sqli-having", r"\bhaving\s+\d+\s*[=<>]"),
         ("sqli-case-when", r"\bcase\s+when\b.{1,100}\bthen\b"),
-        ("sqli-schema", r"\b(information_schema|pg_catalog|pg_shadow|pg_user|pg_database|mysql\.user|sysobjects|syscolumns|sysdatabases|msysaccessobjects|msysobjects|sqlite_master|sqlite_schema|all_tables|user_tables|tempdb|master\.dbo|dbms_\w+|utl_(http|inaddr|file|smtp))\b"),
-        ("sqli-system-var", r"@@(version|datadir|hostname|basedir|servername|global|session|tmpdir)\b"),
-        ("sqli-xp", r"\b(xp_(cmdshell|regread|dirtree|fileexist|regwrite|availablemedia|servicecontrol)|sp_(executesql|password|oacreate|oamethod|makewebtask|addsrvrolemember|configure|addlogin|execute|prepare|helpdb)|msdasql|sqloledb)\b"),
-        ("sqli-pg-cast", r"::\s*(int|integer|int4|int8|bigint|bool|boolean|text|jsonb?|varchar|numeric|regclass|oid|bytea|double\s+precision|float|real|inet|xml)\b"),
-        ("sqli-select-from", r"\bselect\s+(top\s+\d+\s+|distinct\s+)?(\*|[\w`.]+(\s*,\s*[\w`.'()]+)+|@@?\w+|'[^']*'|\d+|null)\s*(,|from\b|$|--|#|;|\))"),
+        (
+            "sqli-schema",
+            r"\b(information_schema|pg_catalog|pg_shadow|pg_user|pg_database|mysql\.user|sysobjects|syscolumns|sysdatabases|msysaccessobjects|msysobjects|sqlite_master|sqlite_schema|all_tables|user_tables|tempdb|master\.dbo|dbms_\w+|utl_(http|inaddr|file|smtp))\b",
+        ),
+        (
+            "sqli-system-var",
+            r"@@(version|datadir|hostname|basedir|servername|global|session|tmpdir)\b",
+        ),
+        (
+            "sqli-xp",
+            r"\b(xp_(cmdshell|regread|dirtree|fileexist|regwrite|availablemedia|servicecontrol)|sp_(executesql|password|oacreate|oamethod|makewebtask|addsrvrolemember|configure|addlogin|execute|prepare|helpdb)|msdasql|sqloledb)\b",
+        ),
+        (
+            "sqli-pg-cast",
+            r"::\s*(int|integer|int4|int8|bigint|bool|boolean|text|jsonb?|varchar|numeric|regclass|oid|bytea|double\s+precision|float|real|inet|xml)\b",
+        ),
+        (
+            "sqli-select-from",
+            r"\bselect\s+(top\s+\d+\s+|distinct\s+)?(\*|[\w`.]+(\s*,\s*[\w`.'()]+)+|@@?\w+|'[^']*'|\d+|null)\s*(,|from\b|$|--|#|;|\))",
+        ),
         ("sqli-subselect", r"\(\s*select\b"),
         ("sqli-select-func", r"\bselect\s+[\w.]+\s*\("),
-        ("sqli-char-concat", r"\b(n?char|chr)\s*\(\s*\d+\s*\)\s*(\+|\|\|)"),
+        (
+            "sqli-char-concat",
+            r"\b(n?char|chr)\s*\(\s*\d+\s*\)\s*(\+|\|\|)",
+        ),
         ("sqli-hex-concat", r"\bconcat(_ws)?\s*\(\s*0x[0-9a-f]+"),
-        ("sqli-nosql", r"\[\s*\$(ne|eq|gt|gte|lt|lte|in|nin|regex|where|exists|elemmatch|or|and|not|nor|expr|type|size|all|mod|text|jsonschema)\s*\]"),
-        ("sqli-nosql", r"^\$(ne|eq|gt|gte|lt|lte|in|nin|regex|where|exists|elemmatch|or|and|not|nor|expr|type|size|all|mod|text|jsonschema|function|accumulator|lookup)$"),
+        (
+            "sqli-nosql",
+            r"\[\s*\$(ne|eq|gt|gte|lt|lte|in|nin|regex|where|exists|elemmatch|or|and|not|nor|expr|type|size|all|mod|text|jsonschema)\s*\]",
+        ),
+        (
+            "sqli-nosql",
+            r"^\$(ne|eq|gt|gte|lt|lte|in|nin|regex|where|exists|elemmatch|or|and|not|nor|expr|type|size|all|mod|text|jsonschema|function|accumulator|lookup)$",
+        ),
         ("sqli-like-wildcard", r"^'?\s*(or|and)?\s*like\s*'%"),
         ("sqli-types", r"\b(nvarchar|varchar2?|nchar)\b\s*(\(|$)"),
-        ("sqli-alter-short", r"^['`\x22]\s*(alter|drop|truncate|shutdown)\b"),
-        ("sqli-as-from", r"(\d|[)`'\x22!])\s*as\s*[`'\x22]?[\w]*[`'\x22]?\s+from\b"),
-        ("sqli-json-op", r"'\s*::\s*jsonb?\s*(<@|@>|\?)|(<@|@>)\s*'\{"),
+        (
+            "sqli-alter-short",
+            r"^['`\x22]\s*(alter|drop|truncate|shutdown)\b",
+        ),
+        (
+            "sqli-as-from",
+            r"(\d|[)`'\x22!])\s*as\s*[`'\x22]?[\w]*[`'\x22]?\s+from\b",
+        ),
+        (
+            "sqli-json-op",
+            r"'\s*::\s*jsonb?\s*(<@|@>|\?)|(<@|@>)\s*'\{",
+        ),
         ("sqli-sleep", r"\b(sleep|benchmark|pg_sleep)\s*\(\s*\d"),
         ("sqli-like-probe", r"\blike\s+(null\b|['\x22]\s*$|'%)"),
         ("sqli-values-list", r"\bvalues\s*\(\s*('[^']*'|\d+)\s*,"),
         ("sqli-magic-number", r"^2\.2250738585072011e-308$"),
         ("sqli-select-snake", r"\bselect\s+([a-z]+_[a-z_]+|@@?\w+)"),
         ("sqli-case-fragment", r"\bwhen\s+[\d'(]\S*\s+then\b"),
-        ("sqli-create-table", r"\bcreate\s+(temporary\s+)?table\s+[\w`.]+"),
-        ("sqli-from-where", r"\bfrom\s+[\w`.]+\s+where\s+[\w`.]+\s*(=|<|>|like\b|in\s*\()"),
-        ("sqli-tautology-str", r"'\s*(or|and|\|\||&&)\s*'[^']*'\s*(=|<>|!=|like)\s*'"),
+        (
+            "sqli-create-table",
+            r"\bcreate\s+(temporary\s+)?table\s+[\w`.]+",
+        ),
+        (
+            "sqli-from-where",
+            r"\bfrom\s+[\w`.]+\s+where\s+[\w`.]+\s*(=|<|>|like\b|in\s*\()",
+        ),
+        (
+            "sqli-tautology-str",
+            r"'\s*(or|and|\|\||&&)\s*'[^']*'\s*(=|<>|!=|like)\s*'",
+        ),
     ];
     let set = RegexSet::new(rules.iter().map(|(_, r)| *r)).unwrap_or_else(|_| RegexSet::empty());
     (set, rules.iter().map(|(id, _)| *id).collect())
@@ -418,7 +671,10 @@ fn strip_comments(s: &str) -> std::borrow::Cow<'_, str> {
         out.push_str(&rest[..p]);
         out.push(' ');
         let after = &rest[p + 2..];
-        let after = after.strip_prefix('!').map(|a| a.trim_start_matches(|c: char| c.is_ascii_digit())).unwrap_or(after);
+        let after = after
+            .strip_prefix('!')
+            .map(|a| a.trim_start_matches(|c: char| c.is_ascii_digit()))
+            .unwrap_or(after);
         match after.find("*/") {
             Some(e) => rest = &after[e + 2..],
             None => {
@@ -453,7 +709,10 @@ pub fn check(folded: &str) -> Option<&'static str> {
     }
     let text = strip_comments(folded);
     let (set, ids) = &*GRAMMAR;
-    set.matches(&text).iter().next().and_then(|i| ids.get(i).copied())
+    set.matches(&text)
+        .iter()
+        .next()
+        .and_then(|i| ids.get(i).copied())
 }
 
 fn shapes(list: &[(&'static str, Regex)], fp: &[u8]) -> Option<&'static str> {

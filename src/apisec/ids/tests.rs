@@ -6,18 +6,40 @@ fn ids() -> Ids {
 }
 
 fn view<'a>(target: &'a str, headers: Vec<(&'a str, &'a [u8])>, body: &'a [u8]) -> RequestView<'a> {
-    RequestView { method: "GET", target, headers, body }
+    RequestView {
+        method: "GET",
+        target,
+        headers,
+        body,
+    }
 }
 
 fn blocked(target: &str, headers: Vec<(&str, &[u8])>, body: &[u8]) -> Option<Family> {
-    ids().inspect(&view(target, headers, body)).unwrap().block.map(|h| h.family)
+    ids()
+        .inspect(&view(target, headers, body))
+        .unwrap()
+        .block
+        .map(|h| h.family)
 }
 
 #[test]
 fn query_attacks_are_blocked() {
-    assert_eq!(blocked("/api/tasks?q=1%27%20or%20%271%27%3D%271", vec![], b""), Some(Family::Sqli));
-    assert_eq!(blocked("/api/tasks?status=%3Cscript%3Ealert(1)%3C/script%3E", vec![], b""), Some(Family::Xss));
-    assert_eq!(blocked("/api/x?file=../../etc/passwd", vec![], b""), Some(Family::Lfi));
+    assert_eq!(
+        blocked("/api/tasks?q=1%27%20or%20%271%27%3D%271", vec![], b""),
+        Some(Family::Sqli)
+    );
+    assert_eq!(
+        blocked(
+            "/api/tasks?status=%3Cscript%3Ealert(1)%3C/script%3E",
+            vec![],
+            b""
+        ),
+        Some(Family::Xss)
+    );
+    assert_eq!(
+        blocked("/api/x?file=../../etc/passwd", vec![], b""),
+        Some(Family::Lfi)
+    );
     assert!(blocked("/api/x?host=a;cat%20/etc/passwd", vec![], b"").is_some());
 }
 
@@ -50,12 +72,18 @@ fn deep_json_is_refused() {
     let mut body = "[".repeat(10_000);
     body.push_str(&"]".repeat(10_000));
     let h: Vec<(&str, &[u8])> = vec![("content-type", b"application/json")];
-    assert_eq!(ids().inspect(&view("/api/tasks", h, body.as_bytes())).err(), Some(IdsError::TooDeep));
+    assert_eq!(
+        ids().inspect(&view("/api/tasks", h, body.as_bytes())).err(),
+        Some(IdsError::TooDeep)
+    );
 }
 
 #[test]
 fn credentials_headers_are_not_inspected() {
-    let h: Vec<(&str, &[u8])> = vec![("x-api-key", b"' or 1=1 --"), ("authorization", b"Bearer <script>")];
+    let h: Vec<(&str, &[u8])> = vec![
+        ("x-api-key", b"' or 1=1 --"),
+        ("authorization", b"Bearer <script>"),
+    ];
     assert_eq!(blocked("/api/tasks", h, b""), None);
     let h: Vec<(&str, &[u8])> = vec![("x-custom", b"' or 1=1 --")];
     assert_eq!(blocked("/api/tasks", h, b""), Some(Family::Sqli));
@@ -75,9 +103,13 @@ fn modes_resolve_most_specific_first() {
     let m = ids.modes_for("/v1/chat");
     assert_eq!(m[Family::Sqli.idx()], IdsMode::Off);
     assert_eq!(m[Family::Lfi.idx()], IdsMode::Detect);
-    let v = ids.inspect(&view("/v1/chat?debug=../../etc/passwd", vec![], b"")).unwrap();
+    let v = ids
+        .inspect(&view("/v1/chat?debug=../../etc/passwd", vec![], b""))
+        .unwrap();
     assert!(v.block.is_none() && v.detected.is_empty());
-    let v = ids.inspect(&view("/v1/chat?x=../../etc/passwd", vec![], b"")).unwrap();
+    let v = ids
+        .inspect(&view("/v1/chat?x=../../etc/passwd", vec![], b""))
+        .unwrap();
     assert!(v.block.is_none());
     assert_eq!(v.detected[0].family, Family::Lfi);
     assert_eq!(v.detected[0].location, "query:x");
@@ -86,7 +118,15 @@ fn modes_resolve_most_specific_first() {
 #[test]
 fn gateway_free_text_paths() {
     let f = free_text_fields(&["messages[].content".to_string(), "prompt".to_string()]);
-    assert!(f.covers(&[PathSeg::Key("messages".into()), PathSeg::Index, PathSeg::Key("content".into())]));
-    assert!(!f.covers(&[PathSeg::Key("messages".into()), PathSeg::Index, PathSeg::Key("role".into())]));
+    assert!(f.covers(&[
+        PathSeg::Key("messages".into()),
+        PathSeg::Index,
+        PathSeg::Key("content".into())
+    ]));
+    assert!(!f.covers(&[
+        PathSeg::Key("messages".into()),
+        PathSeg::Index,
+        PathSeg::Key("role".into())
+    ]));
     assert!(f.covers(&[PathSeg::Key("prompt".into())]));
 }

@@ -22,7 +22,12 @@ pub(crate) fn json(
 ) -> Result<(), IdsError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let mut path = Vec::new();
-    let mut ctx = Ctx { scan, free, exclude, path: &mut path };
+    let mut ctx = Ctx {
+        scan,
+        free,
+        exclude,
+        path: &mut path,
+    };
     match (Node { ctx: &mut ctx }).deserialize(&mut de) {
         Ok(()) => Ok(()),
         Err(e) => {
@@ -44,7 +49,8 @@ struct Ctx<'c, 's> {
 
 impl Ctx<'_, '_> {
     fn skipped(&self) -> bool {
-        self.free.is_some_and(|f| f.covers(self.path)) || self.exclude.is_some_and(|f| f.covers(self.path))
+        self.free.is_some_and(|f| f.covers(self.path))
+            || self.exclude.is_some_and(|f| f.covers(self.path))
     }
 
     fn location(&self) -> String {
@@ -119,7 +125,9 @@ impl<'de> Visitor<'de> for Node<'_, '_, '_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         self.ctx.path.push(PathSeg::Index);
         let r = loop {
-            match seq.next_element_seed(Node { ctx: &mut *self.ctx }) {
+            match seq.next_element_seed(Node {
+                ctx: &mut *self.ctx,
+            }) {
                 Ok(Some(())) => {}
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
@@ -131,12 +139,16 @@ impl<'de> Visitor<'de> for Node<'_, '_, '_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         loop {
-            let key = match map.next_key_seed(Key { ctx: &mut *self.ctx })? {
+            let key = match map.next_key_seed(Key {
+                ctx: &mut *self.ctx,
+            })? {
                 Some(k) => k,
                 None => return Ok(()),
             };
             self.ctx.path.push(PathSeg::Key(key));
-            let r = map.next_value_seed(Node { ctx: &mut *self.ctx });
+            let r = map.next_value_seed(Node {
+                ctx: &mut *self.ctx,
+            });
             self.ctx.path.pop();
             r?;
         }
@@ -165,7 +177,11 @@ impl<'de> Visitor<'de> for Key<'_, '_, '_> {
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
         let loc = self.ctx.location();
-        let loc = if loc == "json:" { "json-key".to_string() } else { format!("{loc}-key") };
+        let loc = if loc == "json:" {
+            "json-key".to_string()
+        } else {
+            format!("{loc}-key")
+        };
         self.ctx.scan.value(Kind::Name, &loc, v, false);
         if self.ctx.scan.done() {
             return Err(E::custom(STOP));
