@@ -130,3 +130,19 @@ fn gateway_free_text_paths() {
     ]));
     assert!(f.covers(&[PathSeg::Key("prompt".into())]));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+    /// Hostile bytes anywhere never panic the detector.
+    #[test]
+    fn arbitrary_input_never_panics(
+        target in "/[ -~%\\\\\u{80}-\u{10ffff}]{0,80}",
+        header in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+        body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ctype in proptest::sample::select(vec!["application/json", "application/x-www-form-urlencoded", "application/xml", "multipart/form-data; boundary=x", "text/plain", ""]),
+    ) {
+        let ids = ids();
+        let headers: Vec<(&str, &[u8])> = vec![("content-type", ctype.as_bytes()), ("x-thing", &header), ("cookie", &header)];
+        let _ = ids.inspect(&RequestView { method: "POST", target: &target, headers, body: &body });
+    }
+}
