@@ -5,6 +5,8 @@
 //!
 //! `cargo bench --bench hotpaths`
 
+#![allow(clippy::expect_used)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -69,7 +71,8 @@ fn bench(c: &mut Criterion) {
     let user_roles = vec!["user".to_string(), "agent".to_string()];
     c.bench_function("rbac_decision", |b| {
         b.iter(|| {
-            let set: PermissionSet = roles.permissions(black_box(&user_roles).iter().map(String::as_str));
+            let set: PermissionSet =
+                roles.permissions(black_box(&user_roles).iter().map(String::as_str));
             black_box(set.allows(black_box(Permission::WriteAgent)))
         })
     });

@@ -8,6 +8,7 @@ mod common;
 mod backbone;
 mod crypto;
 mod identity;
+mod ids;
 mod ops;
 mod tasks;
 mod tasks_multiuser;
