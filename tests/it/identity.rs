@@ -938,10 +938,12 @@ async fn cli_users_keys_and_token() {
     let cfg = cfg.to_str().unwrap().to_string();
     let data = s.data_dir();
     let data = data.to_str().unwrap().to_string();
+    let env = s.cli_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let cli = |args: &[&str], stdin: Option<&str>| {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--config", &cfg, "--data-dir", &data]);
-        run_cli(&all, stdin, &[])
+        run_cli(&all, stdin, &env)
     };
 
     // password from stdin, never an argument

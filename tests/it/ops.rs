@@ -460,7 +460,7 @@ async fn no_secret_reaches_the_audit_log() {
         assert!(!text.contains(secret), "secret in the audit log");
     }
     // Nor in the database copy.
-    let db = std::fs::read(s.data.join("frenly.db")).unwrap();
+    let db = s.database_bytes();
     let db = String::from_utf8_lossy(&db);
     assert!(!db.contains(&admin[4..]) && !db.contains(static_like));
 }

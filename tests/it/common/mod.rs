@@ -156,7 +156,16 @@ impl TestServer {
             .data_dir
             .clone()
             .unwrap_or_else(|| dir.path().join("data"));
-        Self::spawn(opts, dir, data).await
+        let mut opts = opts;
+        let mut owned_db = None;
+        if opts.database_url.is_none() && pg_mode() {
+            let url = fresh_pg_database();
+            owned_db = Some(url.clone());
+            opts.database_url = Some(url);
+        }
+        let mut s = Self::spawn(opts, dir, data).await;
+        s.owned_db = owned_db;
+        s
     }
 
     /// Restart on the same data directory (the old process must be stopped).
@@ -200,6 +209,9 @@ impl TestServer {
         }
         if let Some(url) = &opts.database_url {
             cmd.env("FRENLY_DATABASE__URL", url);
+            // many servers run at once against one PostgreSQL (100 connections)
+            cmd.env("FRENLY_DATABASE__MIN_CONNECTIONS", "1");
+            cmd.env("FRENLY_DATABASE__MAX_CONNECTIONS", "4");
         }
         // Loopback is not special to Frenly: with the contract's burst limit
         // (10 req/s) a test sending requests in a row would be banned. Tests
@@ -297,6 +309,32 @@ impl TestServer {
     /// POST JSON with the admin key.
     pub fn admin_post(&self, path: &str, body: &serde_json::Value) -> reqwest::RequestBuilder {
         self.post(path).header("X-API-Key", self.admin()).json(body)
+    }
+
+    /// Environment for offline commands (`frenly keys ...`) that must reach
+    /// the same database as this server.
+    pub fn cli_env(&self) -> Vec<(&'static str, String)> {
+        match &self.database_url {
+            Some(url) => vec![("FRENLY_DATABASE__URL", url.clone())],
+            None => Vec::new(),
+        }
+    }
+
+    /// The database's bytes as they sit on disk: the SQLite file and its WAL,
+    /// or a `pg_dump` of the PostgreSQL database.
+    pub fn database_bytes(&self) -> Vec<u8> {
+        match &self.database_url {
+            Some(url) => {
+                let out = Command::new("pg_dump").arg(url).output().expect("pg_dump");
+                assert!(out.status.success(), "pg_dump failed");
+                out.stdout
+            }
+            None => {
+                let mut v = std::fs::read(self.data.join("frenly.db")).unwrap_or_default();
+                v.extend(std::fs::read(self.data.join("frenly.db-wal")).unwrap_or_default());
+                v
+            }
+        }
     }
 
     /// Everything the server wrote to stderr so far.
