@@ -9,6 +9,7 @@ mod backbone;
 mod crypto;
 mod identity;
 mod ops;
+mod scale;
 mod tasks;
 mod tasks_multiuser;
 mod traffic;
