@@ -510,12 +510,13 @@ impl Authn {
     }
 
     /// A request saw revocation epoch `epoch` in the shared state: when it
-    /// moved, drop every cached credential before verifying that request
+    /// changed, drop every cached credential before verifying that request
     /// (revocations, rotations and deletions on other instances; the cache's
     /// generation keeps a verification that started earlier from
-    /// re-inserting what it read before).
+    /// re-inserting what it read before). Any change counts, not only an
+    /// increase: a Redis that restarted empty starts the epoch again.
     pub fn observe_epoch(&self, epoch: u64) {
-        if self.epoch.fetch_max(epoch, Ordering::AcqRel) < epoch {
+        if self.epoch.swap(epoch, Ordering::AcqRel) != epoch {
             self.keys.clear();
             self.users.clear();
         }

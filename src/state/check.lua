@@ -3,11 +3,13 @@
 -- atomic call.
 -- KEYS: ban, offences, burst ring, rate ring, epoch, [revoked jti]
 -- ARGV: rate limit, rate bucket ms, burst limit, burst bucket ms,
---       ddos base s, ddos cap s, offence memory ms, buckets k
+--       ddos base s, ddos cap s, offence memory ms, buckets k,
+--       [now ms: tests only; production uses Redis's clock]
 -- Returns {tag, a, b, c, epoch, jti_revoked}:
 --   0 allowed {limit, remaining, reset}; 1 limited {same};
 --   2 banned {retry_after s}; 3 burst ban {until, created, offences}
 local now = now_ms()
+if ARGV[9] then now = tonumber(ARGV[9]) end
 local epoch = tonumber(redis.call('GET', KEYS[5]) or '0')
 local jti = 0
 if #KEYS >= 6 then jti = redis.call('EXISTS', KEYS[6]) end

@@ -125,6 +125,12 @@ impl SharedState {
         wall_ms: i64,
     ) -> (Decision, Option<View>) {
         if let Some(r) = self.redis() {
+            // The local mirror (database at start, pub/sub since) first: a
+            // banned client costs no round trip, and a ban survives Redis
+            // restarting empty.
+            if let Some(retry) = net.bans.check(&key, wall_ms) {
+                return (Decision::Banned(retry), r.view(jti).await);
+            }
             if let Some((d, view)) = r.check(net, key, jti).await {
                 if let Decision::BurstBan(Some(rec)) = &d {
                     net.bans.put(rec.clone());

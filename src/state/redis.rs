@@ -211,6 +211,18 @@ impl RedisState {
         key: IpAddr,
         jti: Option<&str>,
     ) -> Option<(Decision, View)> {
+        self.check_at(net, key, jti, None).await
+    }
+
+    /// [`check`](RedisState::check) at a given time instead of Redis's clock
+    /// (tests drive the window with it).
+    pub async fn check_at(
+        &self,
+        net: &Network,
+        key: IpAddr,
+        jti: Option<&str>,
+        now_ms: Option<u64>,
+    ) -> Option<(Decision, View)> {
         let ks = key_string(key, net.group_v6);
         let (rate, burst) = (net.limiter.rate, net.limiter.burst);
         let (base, cap) = match net.ddos_ban {
@@ -234,6 +246,9 @@ impl RedisState {
             .arg(cap)
             .arg(self.memory_ms)
             .arg(BUCKETS);
+        if let Some(t) = now_ms {
+            inv.arg(t);
+        }
         let r: Vec<i64> = self
             .call(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
@@ -620,5 +635,172 @@ async fn publish_loop(me: Weak<RedisState>, mut rx: mpsc::Receiver<String>) {
                     .await
             })
             .await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::network::ratelimit::{Counter, Window};
+
+    /// Redis at 127.0.0.1:6379, or SKIPPED (a failure with
+    /// `CI_REQUIRE_SERVICES=1`).
+    fn redis_here() -> bool {
+        let up = std::net::TcpStream::connect_timeout(
+            &"127.0.0.1:6379".parse().unwrap(),
+            Duration::from_millis(500),
+        )
+        .is_ok();
+        if !up {
+            assert!(
+                std::env::var("CI_REQUIRE_SERVICES").map_or(true, |v| v != "1"),
+                "Redis is required (CI_REQUIRE_SERVICES=1) but unreachable"
+            );
+            eprintln!("SKIPPED: Redis is not reachable on this machine");
+        }
+        up
+    }
+
+    fn config(toml: &str) -> (Config, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let prefix = format!("frenly_unit_{}:", uuid::Uuid::new_v4().simple());
+        std::fs::write(
+            &f,
+            format!(
+                "{toml}\n[state]\nredis_url = \"redis://127.0.0.1:6379\"\nredis_prefix = \"{prefix}\"\n"
+            ),
+        )
+        .unwrap();
+        let cfg = crate::config::load(&crate::config::Source {
+            file: Some(f),
+            data_dir: Some(dir.path().into()),
+            env: vec![],
+        })
+        .unwrap();
+        (cfg, dir)
+    }
+
+    async fn connected(cfg: &Config) -> Arc<RedisState> {
+        let url = cfg.state.redis_url.clone().unwrap();
+        let r = RedisState::start(cfg, &url, Gauge::default()).unwrap();
+        for _ in 0..100 {
+            if r.is_up() {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("Redis did not come up");
+    }
+
+    /// A small deterministic generator (the arrival gaps).
+    fn gaps(seed: u64, n: usize, max: u64) -> Vec<u64> {
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 33) % max
+            })
+            .collect()
+    }
+
+    /// The Redis ring decides exactly like the in-process ring (same
+    /// admissions, same `RateLimit-*` figures), so it keeps the same bound:
+    /// never more than N admitted in any interval of length W.
+    #[tokio::test]
+    async fn the_redis_window_is_the_local_window_and_keeps_the_bound() {
+        if !redis_here() {
+            return;
+        }
+        for (limit, secs, seed) in [(3u32, 1u64, 1u64), (7, 2, 2), (20, 3, 3)] {
+            let (cfg, _dir) = config(&format!(
+                "[limits]\nrate.max_requests = {limit}\nrate.window_seconds = {secs}\n\
+                 ddos.max_requests_per_second = 100000\n"
+            ));
+            let r = connected(&cfg).await;
+            let net = Network::new(&cfg);
+            let w = Window::new(limit, secs * 1000);
+            let mut local = Counter::default();
+            let key: IpAddr = "198.51.100.7".parse().unwrap();
+            let mut now = 1_000_000u64;
+            let mut admitted = Vec::new();
+            for g in gaps(seed, 400, 300 * secs) {
+                now += g;
+                let (d, _) = r.check_at(&net, key, None, Some(now)).await.unwrap();
+                match (d, local.try_admit(&w, now)) {
+                    (Decision::Allowed(a), Ok(b)) => {
+                        assert_eq!(a, b, "at {now}");
+                        admitted.push(now);
+                    }
+                    (Decision::Limited(a), Err(b)) => assert_eq!(a, b, "at {now}"),
+                    (d, l) => panic!("at {now}: Redis {d:?}, local {l:?}"),
+                }
+            }
+            assert!(admitted.len() > limit as usize);
+            for (i, &s) in admitted.iter().enumerate() {
+                let n = admitted[i..]
+                    .iter()
+                    .take_while(|&&t| t <= s + secs * 1000)
+                    .count();
+                assert!(
+                    n <= limit as usize,
+                    "{n} admitted in [{s}, {}]",
+                    s + secs * 1000
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn burst_bans_escalate_and_keys_expire() {
+        if !redis_here() {
+            return;
+        }
+        let (cfg, _dir) = config(
+            "[limits]\nddos.max_requests_per_second = 3\nddos.ban_seconds = 1\n\
+             ddos.max_ban_seconds = 4\n",
+        );
+        let r = connected(&cfg).await;
+        let net = Network::new(&cfg);
+        let key: IpAddr = "198.51.100.8".parse().unwrap();
+        for _ in 0..3 {
+            let (d, _) = r.check(&net, key, None).await.unwrap();
+            assert!(matches!(d, Decision::Allowed(_)), "{d:?}");
+        }
+        let (d, _) = r.check(&net, key, None).await.unwrap();
+        let Decision::BurstBan(Some(rec)) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!((rec.offences, rec.until_ms - rec.created_at), (1, 1000));
+        let (d, _) = r.check(&net, key, None).await.unwrap();
+        assert!(matches!(d, Decision::Banned(1)), "{d:?}");
+        // every key of this address carries a TTL
+        let mut c = r.conn.read().clone().unwrap();
+        let ks = key.to_string();
+        for k in ["ban", "off", "rate"] {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(r.key(k, &ks))
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            assert!(ttl > 0, "{k} has no TTL ({ttl})");
+        }
+        // a second offence doubles the ban
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let len = Length::Escalating { base: 1, cap: 4 };
+        let rec = r.ban(&net, key, len, "x").await.unwrap().unwrap();
+        assert_eq!((rec.offences, rec.until_ms - rec.created_at), (2, 2000));
+        assert_eq!(
+            r.ban(&net, key, len, "x").await,
+            Some(None),
+            "no-op while banned"
+        );
+        assert_eq!(r.lift(&net, key).await, Some(true));
+        assert_eq!(r.lift(&net, key).await, Some(false));
     }
 }
