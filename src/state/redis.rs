@@ -639,7 +639,7 @@ async fn publish_loop(me: Weak<RedisState>, mut rx: mpsc::Receiver<String>) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::network::ratelimit::{Counter, Window};

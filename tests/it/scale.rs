@@ -89,7 +89,7 @@ fn as_client(s: &TestServer, ip: &str, key: &str, path: &str) -> reqwest::Reques
         .header("X-API-Key", key)
 }
 
-fn admin_of<'a>(p: &'a Pair) -> &'a str {
+fn admin_of(p: &Pair) -> &str {
     p.a.admin()
 }
 
