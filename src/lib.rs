@@ -3,7 +3,8 @@
 //! The modules mirror the layers of the security guide, outermost first:
 //! [`network`] (1), [`apisec`] (2), [`authn`] (3), [`authz`] (4), [`data`]
 //! (5), [`monitoring`] (6), then the [`app`] they protect. [`server`] owns the
-//! listener and the stack that puts the layers in order; [`config`] is parsed
+//! listener and the stack that puts the layers in order; [`state`] is where
+//! shared security state lives (in-process or Redis); [`config`] is parsed
 //! once; [`http`] holds the one error shape. See ARCHITECTURE.md.
 
 pub mod apisec;
@@ -17,4 +18,5 @@ pub mod http;
 pub mod monitoring;
 pub mod network;
 pub mod server;
+pub mod state;
 pub mod store;

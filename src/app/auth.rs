@@ -95,6 +95,10 @@ async fn logout(
         .revocations
         .revoke(&state.db, jti, exp.saturating_mul(1000))
         .await?;
+    state
+        .shared
+        .token_revoked(jti, exp.saturating_mul(1000))
+        .await;
     state.audit.record(event("logout", &rid, &addr, &who)).await;
     Ok(StatusCode::NO_CONTENT)
 }

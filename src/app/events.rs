@@ -9,8 +9,10 @@
 //! Delivery filtering (own tasks, admin all, `task_available` for principals
 //! with `read:agent`) is [`Event::visible_to`].
 //!
-//! Not covered: delivery across instances; a later Redis pub/sub fan-out
-//! calls [`Events::publish_local`] for events received from other instances.
+//! With Redis (`crate::state`), [`Events::publish`] also sends the event on
+//! the pub/sub channel (through a bounded queue: still never waits) and every
+//! other instance delivers it with [`Events::publish_local`]. Not covered:
+//! events published while Redis is down are not replayed.
 
 use std::sync::Arc;
 
@@ -24,7 +26,7 @@ use crate::authz::Permission;
 pub const BUFFER: usize = 256;
 
 /// What happened to a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     TaskCreated,
@@ -97,6 +99,8 @@ pub enum Next {
 #[derive(Clone)]
 pub struct Events {
     tx: broadcast::Sender<Event>,
+    /// Other instances (Redis pub/sub) when the state is shared.
+    shared: crate::state::SharedState,
 }
 
 impl Default for Events {
@@ -107,12 +111,19 @@ impl Default for Events {
 
 impl Events {
     pub fn new() -> Events {
-        let (tx, _) = broadcast::channel(BUFFER);
-        Events { tx }
+        Events::with_shared(crate::state::SharedState::Local)
     }
 
-    /// Publish an event from this instance (never waits).
+    /// A hub whose events also reach the other instances.
+    pub fn with_shared(shared: crate::state::SharedState) -> Events {
+        let (tx, _) = broadcast::channel(BUFFER);
+        Events { tx, shared }
+    }
+
+    /// Publish an event from this instance (never waits): to this
+    /// instance's subscribers and, when shared, to the other instances.
     pub fn publish(&self, ev: Event) {
+        self.shared.publish_event(&ev);
         self.publish_local(ev);
     }
 

@@ -1,4 +1,10 @@
-//! `/healthz` (liveness) and `/readyz` (readiness: the database answers).
+//! `/healthz` (liveness) and `/readyz` (readiness: the database answers, and
+//! Redis when configured).
+//!
+//! With Redis down, `/readyz` answers 200 `{"status": "degraded", "checks":
+//! {"redis": "down"}}` under `fail_open` (the instance serves, on local
+//! state) and 503 `unavailable` under `fail_closed` (it refuses `/api/*`, so
+//! a load balancer should route around it).
 
 use axum::extract::State;
 use http::Method;
@@ -6,6 +12,7 @@ use serde_json::json;
 
 use super::AppState;
 use crate::authz::{Access, Routes};
+use crate::config::FailurePolicy;
 use crate::http::{ApiError, Json};
 
 pub fn routes() -> Routes<AppState> {
@@ -22,7 +29,16 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
     if !state.db.ping().await {
         return Err(ApiError::Unavailable);
     }
-    Ok(Json(
-        json!({"status": "ready", "checks": {"database": "ok"}}),
-    ))
+    let mut checks = json!({"database": "ok"});
+    let mut status = "ready";
+    if let Some(up) = state.shared.redis_up() {
+        checks["redis"] = if up { "ok" } else { "down" }.into();
+        if !up {
+            if state.cfg.state.redis_failure_policy == FailurePolicy::FailClosed {
+                return Err(ApiError::Unavailable);
+            }
+            status = "degraded";
+        }
+    }
+    Ok(Json(json!({"status": status, "checks": checks})))
 }

@@ -122,6 +122,7 @@ async fn revoke(
     let k = visible_key(&state, &who, &id).await?;
     let changed = store::keys::revoke(&state.db, &k.id, store::now_ms()).await?;
     state.authn.invalidate_key(&k.id);
+    state.shared.credentials_changed().await;
     if changed {
         state
             .audit
@@ -154,6 +155,7 @@ async fn rotate(
         return Err(ApiError::Conflict("the key is revoked".into()));
     }
     state.authn.invalidate_key(&k.id);
+    state.shared.credentials_changed().await;
     state
         .audit
         .record(

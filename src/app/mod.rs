@@ -46,6 +46,8 @@ pub struct AppInner {
     pub task_rules: tasks::TaskRules,
     /// Incident detection and response.
     pub incidents: crate::monitoring::incidents::Incidents,
+    /// Where shared security state lives (in-process or Redis).
+    pub shared: crate::state::SharedState,
 }
 
 /// Shared, cheap-to-clone application state.
@@ -63,9 +65,11 @@ impl AppState {
     /// Build the state: database, keys, audit writer.
     pub async fn build(cfg: Arc<Config>, db: Db) -> anyhow::Result<AppState> {
         let roles = crate::authz::Roles::new(&cfg.roles);
-        let authn = Authn::new(&cfg)?;
-        authn.revocations.load(&db).await?;
         let metrics = crate::monitoring::metrics::Metrics::new();
+        let shared = crate::state::SharedState::new(&cfg, metrics.redis_up.clone())?;
+        let mut authn = Authn::new(&cfg)?;
+        authn.lockout.set_shared(shared.clone());
+        authn.revocations.load(&db).await?;
         let alerts = crate::monitoring::alerts::Alerts::start(&cfg)?;
         let audit = crate::monitoring::audit::Audit::start_with(
             &cfg,
@@ -83,7 +87,7 @@ impl AppState {
         let (_, table) = routes().into_parts();
         let keyring = crate::data::keyring::Keyring::load(&cfg.keyring_file)?;
         let task_rules = tasks::TaskRules::new(&cfg);
-        Ok(AppState(Arc::new(AppInner {
+        let inner = Arc::new(AppInner {
             cfg,
             db,
             roles,
@@ -95,10 +99,13 @@ impl AppState {
             alerts,
             table,
             keyring,
-            events: events::Events::new(),
+            events: events::Events::with_shared(shared.clone()),
             task_rules,
             incidents,
-        })))
+            shared,
+        });
+        inner.shared.start_subscriber(Arc::downgrade(&inner));
+        Ok(AppState(inner))
     }
 }
 

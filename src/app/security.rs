@@ -213,9 +213,9 @@ async fn add_ban(
     let now = crate::store::now_ms();
     let key = state.network.key(ip);
     let rec = state
-        .network
-        .bans
-        .ban(key, Length::Fixed(seconds), &reason, now)
+        .shared
+        .ban(&state.network, key, Length::Fixed(seconds), &reason, now)
+        .await
         .ok_or(ApiError::Internal)?;
     let rid = rid.map(|r| r.0.as_str().to_string());
     if !crate::network::record_ban(&state, &rec, Some(&who.user_id), rid.as_deref()).await {
@@ -235,7 +235,7 @@ async fn lift_ban(
         crate::http::respond::field_error("ip", "must be an IPv4 or IPv6 address")
     })?;
     let now = crate::store::now_ms();
-    if !state.network.bans.lift(&key, now) {
+    if !state.shared.lift(&state.network, key, now).await {
         return Err(ApiError::NotFound);
     }
     let written = key_string(key, group);

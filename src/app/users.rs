@@ -97,6 +97,7 @@ async fn remove(
     let result = identity::delete_user(&state.db, &user).await;
     // Forget cached credentials even if the delete raced with another one.
     state.authn.invalidate_user(&user.id);
+    state.shared.credentials_changed().await;
     result?;
     state
         .audit

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -16,6 +17,9 @@ pub struct TtlCache<K, V> {
     map: RwLock<HashMap<K, (i64, Arc<V>)>>,
     ttl_ms: i64,
     cap: usize,
+    /// Bumped by every invalidation: a value read from the database before
+    /// an invalidation is not inserted after it ([`TtlCache::insert_at`]).
+    generation: AtomicU64,
 }
 
 impl<K: Hash + Eq, V> TtlCache<K, V> {
@@ -24,6 +28,7 @@ impl<K: Hash + Eq, V> TtlCache<K, V> {
             map: RwLock::new(HashMap::new()),
             ttl_ms,
             cap: cap.max(1),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -44,12 +49,35 @@ impl<K: Hash + Eq, V> TtlCache<K, V> {
         m.insert(k, (now, v));
     }
 
+    /// The generation to pass to [`TtlCache::insert_at`]; read it before
+    /// reading the value from the database.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Insert unless an invalidation happened since `generation` was read
+    /// (the value may predate that invalidation).
+    pub fn insert_at(&self, k: K, v: Arc<V>, now: i64, generation: u64) {
+        let mut m = self.map.write();
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        if m.len() >= self.cap {
+            m.clear();
+        }
+        m.insert(k, (now, v));
+    }
+
     /// Drop every entry for which `f` says so.
     pub fn invalidate(&self, mut f: impl FnMut(&V) -> bool) {
-        self.map.write().retain(|_, (_, v)| !f(v));
+        let mut m = self.map.write();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        m.retain(|_, (_, v)| !f(v));
     }
 
     pub fn clear(&self) {
-        self.map.write().clear();
+        let mut m = self.map.write();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        m.clear();
     }
 }

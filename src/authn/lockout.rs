@@ -13,9 +13,13 @@
 //! Memory is bounded: at most `limits.max_tracked_clients` entries per map;
 //! when full, expired then unlocked entries are dropped first.
 //!
-//! Not covered: counters are per instance (in-process) until the shared-state
-//! issue moves them to Redis behind this same API; an attacker with more than
-//! `max_tracked_clients` addresses can make unlocked counters restart.
+//! With Redis (`crate::state`) the counters and locks are Redis keys shared by
+//! every instance (TTL `auth.lockout_seconds`), so guesses spread over the
+//! instances add up; the in-process tables here are the fallback while
+//! Redis is down.
+//!
+//! Not covered: an attacker with more than `max_tracked_clients` addresses
+//! can make unlocked in-process counters restart.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -112,6 +116,8 @@ pub struct Lockout {
     cap: usize,
     accounts: Table<String>,
     addresses: Table<IpAddr>,
+    /// Redis when configured (this in-process state is the fallback).
+    shared: crate::state::SharedState,
 }
 
 /// IPv6 addresses count by their /64 (one subscriber's prefix).
@@ -133,7 +139,13 @@ impl Lockout {
             cap: cap.max(16),
             accounts: Table::new(),
             addresses: Table::new(),
+            shared: crate::state::SharedState::Local,
         }
+    }
+
+    /// Keep the counters in the shared state (Redis) from now on.
+    pub fn set_shared(&mut self, shared: crate::state::SharedState) {
+        self.shared = shared;
     }
 
     pub fn from_config(cfg: &crate::config::Config) -> Lockout {
@@ -146,6 +158,16 @@ impl Lockout {
 
     /// Is this username or this address locked at `now` (ms)?
     pub async fn check(&self, username: &str, addr: Option<IpAddr>, now: i64) -> Option<Locked> {
+        if let Some([account, address]) = self.shared.lockout_check(username, addr.map(group)).await
+        {
+            return if account {
+                Some(Locked::Account)
+            } else if address {
+                Some(Locked::Address)
+            } else {
+                None
+            };
+        }
         if self.accounts.locked(&username.to_string(), now) {
             return Some(Locked::Account);
         }
@@ -161,6 +183,19 @@ impl Lockout {
     pub async fn failure(&self, username: &str, addr: Option<IpAddr>, now: i64) -> Vec<Locked> {
         let mut out = Vec::new();
         let (max, w, cap) = (self.max_failures, self.window_ms, self.cap);
+        if let Some([account, address]) = self
+            .shared
+            .lockout_failure(username, addr.map(group), max, w)
+            .await
+        {
+            if account {
+                out.push(Locked::Account);
+            }
+            if address {
+                out.push(Locked::Address);
+            }
+            return out;
+        }
         if self.accounts.fail(&username.to_string(), now, max, w, cap) {
             out.push(Locked::Account);
         }
@@ -174,6 +209,9 @@ impl Lockout {
 
     /// A successful login clears the account's counter (not the address's).
     pub async fn success(&self, username: &str) {
+        if self.shared.lockout_success(username).await.is_some() {
+            return;
+        }
         self.accounts.clear(&username.to_string());
     }
 

@@ -13,7 +13,10 @@
 //! key's or token's permissions are intersected with the user's roles at
 //! verification); a revoked key, a logged-out token and every credential of a
 //! deleted user fail at once on this instance (caches are invalidated on
-//! write) and within [`CACHE_TTL_MS`] on other instances.
+//! write); on other instances at once with Redis (the revocation epoch and
+//! the revoked `jti` come with every request's shared-state answer, see
+//! `crate::state`), within [`CACHE_TTL_MS`] without it (or while Redis is
+//! down).
 //!
 //! `security.api_key_required = false` weakens nothing: both credential kinds
 //! are always accepted, and the only routes open without credentials are the
@@ -145,7 +148,11 @@ impl From<AuthnError> for ApiError {
 
 /// The authentication layer (middleware).
 pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    match resolve(&state, req.headers()).await {
+    let view = req.extensions().get::<crate::state::View>().cloned();
+    if let Some(v) = &view {
+        state.authn.observe_epoch(v.epoch);
+    }
+    match resolve(&state, req.headers(), view.as_ref()).await {
         Ok(Some(p)) => {
             req.extensions_mut().insert(Authenticated::from_arc(p));
         }
@@ -163,7 +170,7 @@ pub async fn authenticate(
     state: &AppState,
     headers: &http::HeaderMap,
 ) -> Result<Option<Principal>, AuthnError> {
-    Ok(resolve(state, headers).await?.map(|p| (*p).clone()))
+    Ok(resolve(state, headers, None).await?.map(|p| (*p).clone()))
 }
 
 /// Resolve the request's credentials to a shared principal.
@@ -174,6 +181,7 @@ pub async fn authenticate(
 async fn resolve(
     state: &AppState,
     headers: &http::HeaderMap,
+    view: Option<&crate::state::View>,
 ) -> Result<Option<Arc<Principal>>, AuthnError> {
     let authn = &state.authn;
     let mut keys = headers.get_all(&authn.key_header).iter();
@@ -193,8 +201,9 @@ async fn resolve(
             return Err(AuthnError::Malformed);
         }
         let token = bearer_token(v)?;
+        let shared = view.and_then(|v| v.jti.as_ref());
         return authn
-            .jwt_principal(&state.db, &state.roles, token)
+            .jwt_principal_with(&state.db, &state.roles, token, shared)
             .await
             .map(Some);
     }
@@ -254,6 +263,8 @@ pub struct Authn {
     pub revocations: revocations::Revocations,
     keys: cache::TtlCache<[u8; 32], KeyEntry>,
     users: cache::TtlCache<String, UserEntry>,
+    /// The newest revocation epoch seen (shared state; 0 without Redis).
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Authn {
@@ -280,6 +291,7 @@ impl Authn {
             revocations: revocations::Revocations::new(),
             keys: cache::TtlCache::new(CACHE_TTL_MS, CACHE_CAP),
             users: cache::TtlCache::new(CACHE_TTL_MS, CACHE_CAP),
+            epoch: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -340,6 +352,7 @@ impl Authn {
         if !apikey::well_formed(key) {
             return Err(AuthnError::Malformed);
         }
+        let generation = self.keys.generation();
         let row = store::keys::find_by_hash(db, &hex::encode(hash))
             .await
             .map_err(|e| AuthnError::Store(e.to_string()))?
@@ -371,7 +384,7 @@ impl Authn {
             touch: true,
         });
         self.touch(db, &entry, now);
-        self.keys.insert(hash, entry, now);
+        self.keys.insert_at(hash, entry, now, generation);
         Ok(principal)
     }
 
@@ -406,6 +419,18 @@ impl Authn {
         roles: &Roles,
         token: &str,
     ) -> Result<Arc<Principal>, AuthnError> {
+        self.jwt_principal_with(db, roles, token, None).await
+    }
+
+    /// [`jwt_principal`](Authn::jwt_principal) with the shared state's answer
+    /// for a `jti` (used only when it is this token's `jti`).
+    pub async fn jwt_principal_with(
+        &self,
+        db: &Db,
+        roles: &Roles,
+        token: &str,
+        shared: Option<&(String, bool)>,
+    ) -> Result<Arc<Principal>, AuthnError> {
         let now = store::now_ms();
         let claims = self
             .jwt
@@ -419,7 +444,8 @@ impl Authn {
                     _ => AuthnError::Malformed,
                 }
             })?;
-        if self.revocations.is_revoked(&claims.jti).await {
+        let shared_revoked = shared.is_some_and(|(j, r)| *r && *j == claims.jti);
+        if shared_revoked || self.revocations.is_revoked(&claims.jti).await {
             return Err(AuthnError::Revoked);
         }
         let user = self.user(db, roles, &claims.user_id, now).await?;
@@ -451,6 +477,7 @@ impl Authn {
         if let Some(u) = self.users.get(&key, now) {
             return Ok(u);
         }
+        let generation = self.users.generation();
         let u = store::users::by_id(db, user_id)
             .await
             .map_err(|e| AuthnError::Store(e.to_string()))?
@@ -462,7 +489,7 @@ impl Authn {
             roles: u.roles,
             tokens_valid_after: u.tokens_valid_after,
         });
-        self.users.insert(key, entry.clone(), now);
+        self.users.insert_at(key, entry.clone(), now, generation);
         Ok(entry)
     }
 
@@ -480,6 +507,49 @@ impl Authn {
             self.jwt_ttl_seconds,
         );
         Ok((self.jwt.sign(&claims)?, claims))
+    }
+
+    /// A request saw revocation epoch `epoch` in the shared state: when it
+    /// changed, drop every cached credential before verifying that request
+    /// (revocations, rotations and deletions on other instances; the cache's
+    /// generation keeps a verification that started earlier from
+    /// re-inserting what it read before). Any change counts, not only an
+    /// increase: a Redis that restarted empty starts the epoch again.
+    pub fn observe_epoch(&self, epoch: u64) {
+        if self.epoch.swap(epoch, Ordering::AcqRel) != epoch {
+            self.keys.clear();
+            self.users.clear();
+        }
+    }
+
+    /// The `jti` of the request's bearer JWT, read WITHOUT verifying it, so
+    /// that the network layer can ask the shared state about its revocation
+    /// in the same round trip as the rate limit. Authn later verifies the
+    /// token and uses that answer only for this same `jti`. `None` when an
+    /// API key is present (it wins) or the token is not a plausible JWT.
+    pub fn peek_jti(&self, headers: &http::HeaderMap) -> Option<String> {
+        use base64::Engine;
+        if headers.contains_key(&self.key_header) {
+            return None;
+        }
+        let token = bearer_token(headers.get(http::header::AUTHORIZATION)?).ok()?;
+        let payload = token.split('.').nth(1)?;
+        if payload.len() > 8192 {
+            return None;
+        }
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()?;
+        #[derive(serde::Deserialize)]
+        struct Peek {
+            jti: String,
+        }
+        let jti = serde_json::from_slice::<Peek>(&bytes).ok()?.jti;
+        let sane = (1..=128).contains(&jti.len())
+            && jti
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        sane.then_some(jti)
     }
 
     /// A key was revoked or rotated: forget it at once.

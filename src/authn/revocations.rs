@@ -7,8 +7,10 @@
 //! the database at start, so a restart forgets nothing. Memory is bounded by
 //! the live (unexpired) revoked tokens; expired entries are pruned.
 //!
-//! Not covered: other instances learn of a logout at their next start; the
-//! shared-state issue replaces the in-process set with Redis behind this API.
+//! With Redis (`crate::state`), a logout also sets `jti:<jti>` in Redis
+//! (checked in the same round trip as the rate limit, so it fails on every
+//! instance at once) and is mirrored into every instance's set (pub/sub),
+//! which serves while Redis is down.
 
 use std::collections::HashMap;
 
@@ -42,13 +44,18 @@ impl Revocations {
     /// Revoke `jti` until `expires_at_ms` (the token's `exp`).
     pub async fn revoke(&self, db: &Db, jti: &str, expires_at_ms: i64) -> store::Result<()> {
         store::revoked::insert(db, jti, expires_at_ms).await?;
+        self.insert_local(jti, expires_at_ms);
+        Ok(())
+    }
+
+    /// Record a revocation another instance made (already persisted there).
+    pub fn insert_local(&self, jti: &str, expires_at_ms: i64) {
         let now = store::now_ms();
         let mut m = self.jtis.write();
         if m.len() >= PRUNE_AT {
             m.retain(|_, exp| *exp > now);
         }
         m.insert(jti.to_string(), expires_at_ms);
-        Ok(())
     }
 
     /// Has `jti` been revoked?

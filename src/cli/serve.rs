@@ -141,6 +141,10 @@ jwt_ttl_hours = 24
 
 # [database]
 # url = "postgres://frenly@127.0.0.1/frenly"
-# [state]
+# min_connections = 5
+# max_connections = 20
+# [state]            # several instances as one: see docs/SCALING.md
 # redis_url = "redis://127.0.0.1:6379"
+# redis_failure_policy = "fail_open"   # or "fail_closed" (503 while Redis is down)
+# redis_prefix = "frenly:"
 "#;

@@ -314,11 +314,24 @@ pub enum FailurePolicy {
     FailClosed,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     pub redis_url: Option<String>,
     pub redis_failure_policy: FailurePolicy,
+    /// Prefix of every Redis key and of the pub/sub channel, so that several
+    /// deployments (or test runs) can share one Redis.
+    pub redis_prefix: String,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            redis_failure_policy: FailurePolicy::default(),
+            redis_prefix: "frenly:".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -727,6 +740,13 @@ impl Config {
                     "must start with redis:// or rediss://",
                 ));
             }
+        }
+        if raw.state.redis_prefix.len() > 64 || raw.state.redis_prefix.chars().any(char::is_control)
+        {
+            return Err(invalid(
+                "state.redis_prefix",
+                "at most 64 characters, no control characters",
+            ));
         }
         for (i, r) in raw.gateway.routes.iter().enumerate() {
             validate_url(&r.upstream)

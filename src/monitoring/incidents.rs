@@ -32,7 +32,9 @@
 //! details hold only the rule family and counts, never the request's
 //! payload, credentials or body.
 //!
-//! Not covered: correlating across instances (each instance counts its own).
+//! With Redis (`crate::state`), IDS block counts (suspicion scores) and the
+//! bans they lead to are shared by every instance; the other counters
+//! (login bursts, cooldowns) stay per instance.
 
 use std::net::IpAddr;
 
@@ -175,6 +177,23 @@ impl Engine {
 
     /// Feed one signal from address `key` at `now_ms`.
     pub fn observe(&self, key: IpAddr, signal: &Signal, now_ms: u64) -> Option<Detection> {
+        self.observe_counted(key, signal, now_ms, None)
+    }
+
+    /// The window of IDS block counts (ms) and the threshold.
+    pub fn ids_window(&self) -> (u64, u32) {
+        (self.window_ms, self.threshold)
+    }
+
+    /// [`observe`](Engine::observe), with an IDS block count kept elsewhere
+    /// (the shared state: this block included, reset there at the threshold).
+    pub fn observe_counted(
+        &self,
+        key: IpAddr,
+        signal: &Signal,
+        now_ms: u64,
+        shared_ids: Option<u32>,
+    ) -> Option<Detection> {
         self.table.with(&key, |c| {
             let cooled = |c: &Counts, k: Kind| {
                 c.recorded[k as usize]
@@ -182,12 +201,17 @@ impl Engine {
             };
             match signal {
                 Signal::IdsBlock { family } => {
-                    if c.ids == 0 || now_ms.saturating_sub(c.ids_since) > self.window_ms {
-                        c.ids = 0;
-                        c.ids_since = now_ms;
-                    }
-                    c.ids += 1;
-                    let n = c.ids;
+                    let n = match shared_ids {
+                        Some(n) => n,
+                        None => {
+                            if c.ids == 0 || now_ms.saturating_sub(c.ids_since) > self.window_ms {
+                                c.ids = 0;
+                                c.ids_since = now_ms;
+                            }
+                            c.ids += 1;
+                            c.ids
+                        }
+                    };
                     let kind = Kind::from_family(family);
                     let details = json!({
                         "family": family,
@@ -265,10 +289,11 @@ impl Incidents {
         }
     }
 
-    /// Feed a signal; apply the detection's ban now (in memory) and store,
-    /// audit and alert in the background. Never blocks the request.
+    /// Feed a signal; apply the detection's ban now (in memory, and in Redis
+    /// when shared: one bounded call) and store, audit and alert in the
+    /// background.
     /// `ban` is a ban already set by the caller (burst bans).
-    pub fn handle(
+    pub async fn handle(
         &self,
         state: &AppState,
         key: IpAddr,
@@ -276,7 +301,17 @@ impl Incidents {
         ctx: Context,
         ban: Option<BanRecord>,
     ) {
-        let Some(det) = self.engine.observe(key, &signal, crate::network::mono_ms()) else {
+        let shared = match &signal {
+            Signal::IdsBlock { .. } => {
+                let (window, threshold) = self.engine.ids_window();
+                state.shared.ids_count(key, window, threshold).await
+            }
+            _ => None,
+        };
+        let Some(det) =
+            self.engine
+                .observe_counted(key, &signal, crate::network::mono_ms(), shared)
+        else {
             return;
         };
         let now = crate::store::now_ms();
@@ -286,7 +321,8 @@ impl Incidents {
                 base: state.cfg.ids.ban_seconds,
                 cap: state.cfg.limits.ddos.max_ban_seconds,
             };
-            if let Some(rec) = state.network.bans.ban(key, len, det.kind.as_str(), now) {
+            let kind = det.kind.as_str();
+            if let Some(rec) = state.shared.ban(&state.network, key, len, kind, now).await {
                 ban = Some(rec);
             }
         }

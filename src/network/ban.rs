@@ -21,8 +21,9 @@
 //! folded to IPv4), or with `limits.ipv6_group_by_64` the IPv6 /64 network,
 //! written `2001:db8:1:2::/64`.
 //!
-//! Not covered: bans set by another instance reach this one only at its next
-//! start (a shared Redis backend is a later issue).
+//! With Redis (`crate::state`), bans live in Redis too (checked on every
+//! request) and this table mirrors them (pub/sub), for listing and as the
+//! `fail_open` fallback.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
@@ -162,6 +163,17 @@ impl Bans {
             };
             map.remove(&k);
         }
+    }
+
+    /// Insert a ban decided elsewhere (the shared state, another instance),
+    /// replacing this address's entry.
+    pub fn put(&self, rec: BanRecord) {
+        let mut map = self.map.write();
+        if !map.contains_key(&rec.key) && map.len() >= self.capacity {
+            self.make_room(&mut map, rec.created_at);
+        }
+        map.insert(rec.key, rec);
+        self.len.store(map.len(), Ordering::Relaxed);
     }
 
     /// Lift an active ban (offences are forgotten too). `false` when `key`

@@ -36,9 +36,11 @@
 //! is not known earlier); the response then carries the `RateLimit-*`
 //! figures of whichever limit has fewer requests remaining.
 //!
-//! Backends: [`Network::check`] is the one decision per request (ban, burst
-//! and rate at once), so a shared backend (Redis, a later issue) replaces it
-//! with one atomic round trip.
+//! Backends: [`Network::check`] is the one in-process decision per request
+//! (ban, burst and rate at once); with `state.redis_url` the same decision is
+//! one atomic round trip to Redis (`crate::state`), with this one as the
+//! `fail_open` fallback. With Redis down and `fail_closed`, `/api/*` answers
+//! 503 `unavailable` here.
 
 pub mod ban;
 pub mod client_addr;
@@ -59,6 +61,7 @@ use crate::http::respond::RateLimitInfo;
 use crate::http::{ApiError, RequestId};
 use crate::monitoring::audit::AuditEvent;
 use crate::monitoring::incidents::{Context, Signal};
+use crate::state::{Decision as Shared, SharedState};
 pub use ban::{BanRecord, Bans, Length};
 pub use client_addr::{ClientAddr, PeerAddr};
 use ratelimit::{Decision, IdentityLimiter, Limiter, Window};
@@ -252,16 +255,41 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     let client = client_addr::resolve(peer, req.headers(), &state.network.trusted);
     req.extensions_mut().insert(ClientAddr(client));
     let net = &state.network;
-    if is_exempt(req.uri().path()) || net.allowlisted(client) {
+    let (exempt, api) = {
+        let path = req.uri().path();
+        (is_exempt(path), path.starts_with("/api/"))
+    };
+    if exempt {
+        return next.run(req).await;
+    }
+    if api && state.shared.refusing() {
+        return ApiError::Unavailable.into_response();
+    }
+    let jti = match &state.shared {
+        SharedState::Redis(_) => state.authn.peek_jti(req.headers()),
+        SharedState::Local => None,
+    };
+    if net.allowlisted(client) {
+        if let Some(view) = state.shared.view(jti.as_deref()).await {
+            req.extensions_mut().insert(view);
+        }
         return next.run(req).await;
     }
     let key = net.key(client);
     let wall = crate::store::now_ms();
-    let info = match net.check(&key, mono_ms(), wall) {
-        Verdict::Allowed(i) => i,
-        Verdict::Banned(retry_after) => return ApiError::IpBanned { retry_after }.into_response(),
-        Verdict::Burst => {
-            let retry_after = match net.bans.ban(key, net.ddos_ban, "ddos", wall) {
+    let (mut decision, view) = state.shared.check(net, key, jti.as_deref(), wall).await;
+    if decision == Shared::Unavailable && !api {
+        decision = state.shared.check_local(net, key, wall);
+    }
+    if let Some(view) = view {
+        req.extensions_mut().insert(view);
+    }
+    let info = match decision {
+        Shared::Allowed(i) => i,
+        Shared::Unavailable => return ApiError::Unavailable.into_response(),
+        Shared::Banned(retry_after) => return ApiError::IpBanned { retry_after }.into_response(),
+        Shared::BurstBan(rec) => {
+            let retry_after = match rec {
                 Some(rec) => {
                     let retry = rec.retry_after(wall);
                     let signal = Signal::Ddos {
@@ -272,7 +300,10 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
                         request_id: request_id(&req),
                         user_id: None,
                     };
-                    state.incidents.handle(&state, key, signal, ctx, Some(rec));
+                    state
+                        .incidents
+                        .handle(&state, key, signal, ctx, Some(rec))
+                        .await;
                     retry
                 }
                 // a concurrent request set the ban a moment ago
@@ -280,14 +311,15 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
             };
             return ApiError::IpBanned { retry_after }.into_response();
         }
-        Verdict::Limited(info) => {
+        Shared::Limited(info) => {
             let ctx = Context {
                 request_id: request_id(&req),
                 user_id: None,
             };
             state
                 .incidents
-                .handle(&state, key, Signal::RateLimited, ctx, None);
+                .handle(&state, key, Signal::RateLimited, ctx, None)
+                .await;
             return ApiError::RateLimited(info).into_response();
         }
     };
@@ -307,7 +339,7 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
             request_id: rid,
             user_id: None,
         };
-        state.incidents.handle(&state, key, signal, ctx, None);
+        state.incidents.handle(&state, key, signal, ctx, None).await;
     }
     resp
 }
@@ -341,7 +373,8 @@ pub async fn identity_layer(State(state): State<AppState>, req: Request, next: N
                 let key = state.network.key(c);
                 state
                     .incidents
-                    .handle(&state, key, Signal::RateLimited, ctx, None);
+                    .handle(&state, key, Signal::RateLimited, ctx, None)
+                    .await;
             }
             ApiError::RateLimited(info).into_response()
         }

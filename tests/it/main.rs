@@ -10,6 +10,7 @@ mod crypto;
 mod identity;
 mod ids;
 mod ops;
+mod scale;
 mod tasks;
 mod tasks_multiuser;
 mod traffic;

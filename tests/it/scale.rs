@@ -1,0 +1,613 @@
+//! Scale-out (issue 7): two real instances sharing one PostgreSQL database
+//! and one Redis behave as one server; Redis going away is handled by the
+//! configured policy and the instance reconnects by itself.
+//!
+//! Without PostgreSQL or Redis on this machine these tests print SKIPPED and
+//! pass; with `CI_REQUIRE_SERVICES=1` they fail instead.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::{
+    drop_pg_database, error_code, fresh_pg_database, need, pg_available, redis_available, Opts,
+    TestServer,
+};
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+/// A fresh PostgreSQL database, dropped at the end of the test.
+struct PgDb(String);
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        drop_pg_database(&self.0);
+    }
+}
+
+/// Two instances A and B sharing one database, one Redis (own key prefix),
+/// the JWT secret and the keyring; each its own data dir, certificate and
+/// audit file. Requests from 127.0.0.1 itself are allowlisted (the test's
+/// admin traffic); loopback is a trusted proxy, so a test plays a client by
+/// sending `X-Forwarded-For`, and that address is limited and bannable.
+struct Pair {
+    a: TestServer,
+    b: TestServer,
+    _db: PgDb,
+}
+
+fn services() -> bool {
+    need("PostgreSQL", pg_available()) && need("Redis", redis_available())
+}
+
+fn config(limits: &str, prefix: &str, redis: &str, extra: &str) -> String {
+    format!(
+        "[network]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n\
+         [limits]\nallowlist = [\"127.0.0.1/32\"]\n{limits}\n\
+         [state]\nredis_url = \"{redis}\"\nredis_prefix = \"{prefix}\"\n{extra}"
+    )
+}
+
+fn prefix() -> String {
+    format!("frenly_t_{}:", uuid::Uuid::new_v4().simple())
+}
+
+async fn pair(limits: &str) -> Pair {
+    let db = PgDb(fresh_pg_database());
+    let prefix = prefix();
+    let a = TestServer::with(
+        Opts::default()
+            .config(&config(limits, &prefix, REDIS, ""))
+            .database(&db.0),
+    )
+    .await;
+    let shared = format!(
+        "[auth]\njwt_secret_file = \"{}\"\n[encryption]\nkeyring_file = \"{}\"\n",
+        a.data_dir().join("jwt.secret").display(),
+        a.data_dir().join("keyring.json").display()
+    );
+    let b = TestServer::with(
+        Opts::default()
+            .config(&config(limits, &prefix, REDIS, &shared))
+            .database(&db.0),
+    )
+    .await;
+    assert!(a.admin_key.is_some(), "A prints the first admin key");
+    assert!(
+        b.admin_key.is_none(),
+        "B finds the admin and prints nothing"
+    );
+    Pair { a, b, _db: db }
+}
+
+/// A request as client `ip` (forwarded by the loopback proxy) with a key.
+fn as_client(s: &TestServer, ip: &str, key: &str, path: &str) -> reqwest::RequestBuilder {
+    s.get(path)
+        .header("X-Forwarded-For", ip)
+        .header("X-API-Key", key)
+}
+
+fn admin_of(p: &Pair) -> &str {
+    p.a.admin()
+}
+
+/// Poll `f` until it returns true or `limit` passes; returns the time taken.
+async fn within<F, Fut>(limit: Duration, mut f: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_ban_made_on_a_refuses_the_address_on_b_within_a_second() {
+    if !services() {
+        return;
+    }
+    let p = pair("").await;
+    let admin = admin_of(&p).to_string();
+    let ip = "203.0.113.9";
+    let r = as_client(&p.b, ip, &admin, "/api/auth/whoami")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r =
+        p.a.admin_post(
+            "/api/security/bans",
+            &json!({"ip": ip, "seconds": 120, "reason": "test"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let banned = within(Duration::from_secs(1), || async {
+        let r = as_client(&p.b, ip, &admin, "/api/auth/whoami")
+            .send()
+            .await
+            .unwrap();
+        r.status() == 403
+    })
+    .await;
+    assert!(
+        banned.is_some(),
+        "B still serves the banned address after 1 s"
+    );
+    let r = as_client(&p.b, ip, &admin, "/api/auth/whoami")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().contains_key("retry-after"));
+    let (status, code, _) = error_code(r).await;
+    assert_eq!((status, code.as_str()), (403, "ip_banned"));
+    // B lists it (mirrored through pub/sub) and lifting it on B frees it on A
+    let listed = within(Duration::from_secs(1), || async {
+        let v: Value =
+            p.b.client
+                .get(p.b.url("/api/security/bans"))
+                .header("X-API-Key", &admin)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        v["items"].as_array().unwrap().iter().any(|b| b["ip"] == ip)
+    })
+    .await;
+    assert!(listed.is_some(), "B does not list A's ban");
+    let r =
+        p.b.client
+            .delete(p.b.url(&format!("/api/security/bans/{ip}")))
+            .header("X-API-Key", &admin)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 204);
+    let lifted = within(Duration::from_secs(1), || async {
+        let r = as_client(&p.a, ip, &admin, "/api/auth/whoami")
+            .send()
+            .await
+            .unwrap();
+        r.status() == 200
+    })
+    .await;
+    assert!(lifted.is_some(), "lifted on B, still banned on A after 1 s");
+}
+
+#[tokio::test]
+async fn the_rate_limit_is_global() {
+    if !services() {
+        return;
+    }
+    let n = 12u32;
+    let p = pair(&format!(
+        "rate.max_requests = {n}\nrate.window_seconds = 60\nddos.max_requests_per_second = 1000\n"
+    ))
+    .await;
+    let admin = admin_of(&p).to_string();
+    let ip = "203.0.113.20";
+    for i in 0..n {
+        let s = if i % 2 == 0 { &p.a } else { &p.b };
+        let r = as_client(s, ip, &admin, "/api/auth/whoami")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        let remaining: u32 = r.headers()["ratelimit-remaining"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(remaining, n - i - 1, "request {i}: the count is shared");
+    }
+    for s in [&p.a, &p.b] {
+        let r = as_client(s, ip, &admin, "/api/auth/whoami")
+            .send()
+            .await
+            .unwrap();
+        assert!(r.headers().contains_key("retry-after"));
+        let (status, code, _) = error_code(r).await;
+        assert_eq!((status, code.as_str()), (429, "rate_limited"));
+    }
+    // another address is not affected
+    let r = as_client(&p.b, "203.0.113.21", &admin, "/api/auth/whoami")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn a_key_revoked_on_a_fails_on_b_at_once_and_so_do_tokens_and_lockouts() {
+    if !services() {
+        return;
+    }
+    let p = pair("").await;
+    let admin = admin_of(&p).to_string();
+    let ip = "203.0.113.30";
+    // key: verified (and cached) on B, revoked on A, refused on B at once
+    let r =
+        p.a.admin_post("/api/keys", &json!({"name": "k"}))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 201);
+    let k: Value = r.json().await.unwrap();
+    let key = k["key"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        let r = as_client(&p.b, ip, &key, "/api/auth/whoami")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        // allowlisted requests (no limits) learn of revocations too
+        let r =
+            p.b.get("/api/auth/whoami")
+                .header("X-API-Key", &key)
+                .send()
+                .await
+                .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r =
+        p.a.client
+            .delete(p.a.url(&format!("/api/keys/{}", k["id"].as_str().unwrap())))
+            .header("X-API-Key", &admin)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = as_client(&p.b, ip, &key, "/api/auth/whoami")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "revoked on A, still accepted on B");
+    let r =
+        p.b.get("/api/auth/whoami")
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // JWT: logout on B, refused on A at once
+    let user = json!({"username": "scale_user", "email": "s@example.com",
+                      "password": "a long enough password 1", "roles": ["user"]});
+    let r = p.a.admin_post("/api/users", &user).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let login = |s: &TestServer, pw: &str, from: &str| {
+        s.post("/api/auth/login")
+            .header("X-Forwarded-For", from)
+            .json(&json!({"username": "scale_user", "password": pw}))
+    };
+    let r = login(&p.b, "a long enough password 1", ip)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let token = r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bearer = |s: &TestServer, path: &str| {
+        s.get(path)
+            .header("X-Forwarded-For", ip)
+            .header("Authorization", format!("Bearer {token}"))
+    };
+    assert_eq!(
+        bearer(&p.a, "/api/auth/whoami")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r =
+        p.b.post("/api/auth/logout")
+            .header("X-Forwarded-For", ip)
+            .header("Authorization", format!("Bearer {token}"))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        bearer(&p.a, "/api/auth/whoami")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    // lockout: failures spread over A and B add up (5 by default); then
+    // even the right password is refused on either instance
+    for i in 0..5 {
+        let s = if i % 2 == 0 { &p.a } else { &p.b };
+        let r = login(s, "wrong password", &format!("198.51.100.{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let r = login(&p.a, "a long enough password 1", "198.51.100.99")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the account is locked on every instance");
+}
+
+#[tokio::test]
+async fn eight_workers_over_two_instances_claim_200_tasks_each_exactly_once() {
+    if !services() {
+        return;
+    }
+    let p = pair("").await;
+    let admin = admin_of(&p).to_string();
+    for i in 0..200 {
+        let s = if i % 2 == 0 { &p.a } else { &p.b };
+        let r = s
+            .post("/api/tasks")
+            .header("X-API-Key", &admin)
+            .json(&json!({"title": format!("task {i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let s = if w % 2 == 0 { &p.a } else { &p.b };
+        let (client, url, key) = (s.client.clone(), s.url("/api/agent/claim"), admin.clone());
+        workers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let r = client
+                    .post(&url)
+                    .header("X-API-Key", &key)
+                    .json(&json!({}))
+                    .send()
+                    .await
+                    .unwrap();
+                match r.status().as_u16() {
+                    200 => {
+                        let t: Value = r.json().await.unwrap();
+                        assert_eq!(t["status"], "running");
+                        got.push(t["id"].as_str().unwrap().to_string());
+                    }
+                    204 => return got,
+                    s => panic!("claim answered {s}"),
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    let mut per_worker = Vec::new();
+    for w in workers {
+        let got = w.await.unwrap();
+        per_worker.push(got.len());
+        all.extend(got);
+    }
+    let distinct: HashSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), 200, "claims per worker: {per_worker:?}");
+    assert_eq!(distinct.len(), 200, "a task was claimed twice");
+    assert!(
+        per_worker.iter().filter(|&&n| n > 0).count() >= 2,
+        "both instances served claims: {per_worker:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_task_created_on_a_reaches_a_websocket_on_b() {
+    if !services() {
+        return;
+    }
+    let p = pair("").await;
+    let mut ws = crate::ws::connect(&p.b, Some(admin_of(&p))).await.unwrap();
+    // the subscriber on B may still be connecting: retry with new tasks
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = crate::tasks::create(&p.a, json!({"title": "hello from A"})).await;
+        let id = t["id"].as_str().unwrap().to_string();
+        let got = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                let ev = crate::ws::next_event(&mut ws).await;
+                if ev["type"] == "task_created" && ev["task"]["id"] == id.as_str() {
+                    return ev;
+                }
+            }
+        })
+        .await;
+        if let Ok(ev) = got {
+            assert_eq!(ev["task"]["title"], "hello from A");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no event from A reached B");
+    }
+}
+
+// ---------------------------------------------------------------- outages
+
+/// A private Redis (never the machine's shared one) on a fixed free port.
+struct PrivateRedis {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = PrivateRedis {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "private redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn redis_server_installed() -> bool {
+    Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+async fn readyz(s: &TestServer) -> (u16, Value) {
+    let r = s.get("/readyz").send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+async fn redis_up_metric(s: &TestServer) -> String {
+    let text = s
+        .admin_get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("frenly_redis_up"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn whoami(s: &TestServer) -> u16 {
+    s.admin_get("/api/auth/whoami")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn redis_going_away_is_handled_by_each_policy_and_the_instances_reconnect() {
+    if !need("redis-server (binary)", redis_server_installed()) {
+        return;
+    }
+    let mut redis = PrivateRedis::start();
+    let start = |policy: &'static str| {
+        let cfg = config(
+            "",
+            &prefix(),
+            &redis.url(),
+            &format!("redis_failure_policy = \"{policy}\"\n"),
+        );
+        TestServer::with(Opts::default().config(&cfg))
+    };
+    let open = start("fail_open").await;
+    let closed = start("fail_closed").await;
+    for s in [&open, &closed] {
+        let up = within(Duration::from_secs(5), || async {
+            readyz(s).await.1["checks"]["redis"] == "ok"
+        })
+        .await;
+        assert!(up.is_some(), "{:?}", readyz(s).await);
+        assert_eq!(whoami(s).await, 200);
+        assert!(redis_up_metric(s).await.ends_with(" 1"));
+    }
+
+    redis.kill();
+    // fail_open: keeps serving, at once (the request that finds Redis gone
+    // falls back to local state), and reports the outage
+    assert_eq!(whoami(&open).await, 200);
+    let degraded = within(Duration::from_secs(3), || async {
+        let (status, v) = readyz(&open).await;
+        status == 200 && v["status"] == "degraded" && v["checks"]["redis"] == "down"
+    })
+    .await;
+    assert!(degraded.is_some(), "{:?}", readyz(&open).await);
+    assert!(redis_up_metric(&open).await.ends_with(" 0"));
+    for _ in 0..20 {
+        assert_eq!(whoami(&open).await, 200);
+    }
+    // fail_closed: /api/* refused with 503, probes still answer
+    let refused = within(Duration::from_secs(3), || async {
+        whoami(&closed).await == 503
+    })
+    .await;
+    assert!(refused.is_some());
+    let (status, code, _) = error_code(closed.admin_get("/api/tasks").send().await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (503, "unavailable"));
+    assert_eq!(closed.get("/healthz").send().await.unwrap().status(), 200);
+    let (status, _) = readyz(&closed).await;
+    assert_eq!(status, 503);
+    assert!(redis_up_metric(&closed).await.ends_with(" 0"));
+
+    // Redis back on the same port: both reconnect by themselves
+    redis.spawn();
+    for s in [&open, &closed] {
+        let back = within(Duration::from_secs(5), || async {
+            let (status, v) = readyz(s).await;
+            status == 200 && v["checks"]["redis"] == "ok"
+        })
+        .await;
+        assert!(back.is_some(), "no reconnect: {:?}", readyz(s).await);
+        assert_eq!(whoami(s).await, 200);
+        assert!(redis_up_metric(s).await.ends_with(" 1"));
+    }
+    // logged once per outage
+    for s in [&open, &closed] {
+        let n = s.stderr_text().matches("Redis unreachable").count();
+        assert_eq!(n, 1, "{}", s.stderr_text());
+    }
+}
