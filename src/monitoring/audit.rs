@@ -578,3 +578,83 @@ pub fn last_hash(path: &Path) -> std::io::Result<String> {
     }
     Ok(last.unwrap_or_else(|| GENESIS.into()))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A chain of `n` events with varied fields, as the writer renders it.
+    fn chain(values: &[String]) -> Vec<String> {
+        let mut prev = GENESIS.to_string();
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let ev = AuditEvent::new("api_access")
+                    .request_id(format!("r{i}"))
+                    .ip("203.0.113.7")
+                    .user(Some(format!("u{i}")))
+                    .field("endpoint", v.as_str())
+                    .field("status", 200 + i as u64);
+                let (line, hash) = render_at(&ev, &prev, 1_700_000_000_000 + i as i64);
+                prev = hash;
+                line
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// An unedited chain verifies; changing any one byte of any line to
+        /// any other printable ASCII byte is detected.
+        #[test]
+        fn any_edit_of_any_line_is_rejected(
+            values in proptest::collection::vec("[ -~é]{0,40}", 1..8),
+            which in any::<proptest::sample::Index>(),
+            pos in any::<proptest::sample::Index>(),
+            byte in 0x20u8..0x7f,
+        ) {
+            let lines = chain(&values);
+            prop_assert!(verify_lines(lines.iter().map(String::as_str), GENESIS.into(), 1).is_ok());
+            let l = which.index(lines.len());
+            let mut bytes = lines[l].clone().into_bytes();
+            let i = pos.index(bytes.len());
+            prop_assume!(bytes[i] != byte && bytes[i].is_ascii());
+            bytes[i] = byte;
+            let mut edited = lines.clone();
+            edited[l] = String::from_utf8(bytes).unwrap();
+            let res = verify_lines(edited.iter().map(String::as_str), GENESIS.into(), 1);
+            prop_assert!(res.is_err(), "edit at line {} byte {} not detected", l + 1, i);
+        }
+
+        /// Dropping, duplicating or swapping lines is detected.
+        #[test]
+        fn dropped_or_reordered_lines_are_rejected(
+            values in proptest::collection::vec("[a-z]{0,10}", 2..8),
+            a in any::<proptest::sample::Index>(),
+            b in any::<proptest::sample::Index>(),
+        ) {
+            let lines = chain(&values);
+            let (a, b) = (a.index(lines.len()), b.index(lines.len()));
+            let verify = |ls: &[String]| verify_lines(ls.iter().map(String::as_str), GENESIS.into(), 1);
+            let mut dropped = lines.clone();
+            dropped.remove(a);
+            // Dropping the last line leaves a valid (shorter) chain: that is
+            // what the database copy and the file's length are for.
+            if a + 1 != lines.len() {
+                prop_assert!(verify(&dropped).is_err());
+            }
+            let mut dup = lines.clone();
+            dup.insert(a, lines[a].clone());
+            prop_assert!(verify(&dup).is_err());
+            if a != b {
+                let mut swapped = lines.clone();
+                swapped.swap(a, b);
+                prop_assert!(verify(&swapped).is_err());
+            }
+        }
+    }
+}
