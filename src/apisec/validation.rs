@@ -189,6 +189,77 @@ impl Schema {
         out
     }
 
+    /// The JSON Schema these rules enforce (for the OpenAPI description):
+    /// an object with exactly these properties (`additionalProperties:
+    /// false`), each with its type, bounds and enumeration. Configured
+    /// patterns and the control-character rule are stated in the
+    /// description (regex dialects differ).
+    pub fn json_schema(&self) -> Value {
+        let mut props = Map::new();
+        let mut required = Vec::new();
+        for r in &self.rules {
+            let mut p = Map::new();
+            match &r.kind {
+                Kind::String => {
+                    p.insert("type".into(), "string".into());
+                    if let Some(min) = r.min_length {
+                        p.insert("minLength".into(), min.into());
+                    }
+                    if let Some(max) = r.max_length {
+                        p.insert("maxLength".into(), max.into());
+                    }
+                    let mut notes = Vec::new();
+                    if r.no_control {
+                        notes.push("no control characters".to_string());
+                        p.insert(
+                            "pattern".into(),
+                            "^[^\\u0000-\\u001f\\u007f-\\u009f]*$".into(),
+                        );
+                    }
+                    for re in &r.patterns {
+                        notes.push(format!("matches `{}`", re.as_str()));
+                    }
+                    if !notes.is_empty() {
+                        p.insert("description".into(), notes.join("; ").into());
+                    }
+                }
+                Kind::Bool => {
+                    p.insert("type".into(), "boolean".into());
+                }
+                Kind::Integer { min, max } => {
+                    p.insert("type".into(), "integer".into());
+                    p.insert("minimum".into(), (*min).into());
+                    p.insert("maximum".into(), (*max).into());
+                }
+                Kind::Object => {
+                    p.insert("type".into(), "object".into());
+                }
+                Kind::OneOf(values) => {
+                    p.insert("type".into(), "string".into());
+                    p.insert("enum".into(), (*values).into());
+                }
+                Kind::Any => {}
+            }
+            if r.required {
+                required.push(Value::from(r.field.as_str()));
+            } else if !matches!(r.kind, Kind::Any) {
+                // An absent and a null optional field mean the same.
+                let inner = Value::Object(std::mem::take(&mut p));
+                p.insert(
+                    "anyOf".into(),
+                    vec![inner, serde_json::json!({"type": "null"})].into(),
+                );
+            }
+            props.insert(r.field.clone(), Value::Object(p));
+        }
+        serde_json::json!({
+            "type": "object",
+            "properties": props,
+            "required": required,
+            "additionalProperties": false,
+        })
+    }
+
     /// Validate `body`; on success the object's fields.
     pub fn validate<'a>(&self, body: &'a Value) -> Result<&'a Map<String, Value>, ApiError> {
         let errs = self.errors(body);
