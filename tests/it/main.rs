@@ -6,6 +6,7 @@
 mod common;
 
 mod backbone;
+mod crash;
 mod crypto;
 mod identity;
 mod ops;
