@@ -198,7 +198,7 @@ async fn list_bans(
         .into_iter()
         .filter(|b| after.map_or(true, |a| b.key > a))
         .collect();
-    let page = &bans[..bans.len().min(limit)];
+    let page = bans.get(..limit).unwrap_or(&bans);
     let next = (bans.len() > limit)
         .then(|| page.last().map(|b| key_string(b.key, group)))
         .flatten();
@@ -345,7 +345,7 @@ async fn list_incidents(
     }
     let rows = crate::store::incidents::list(&state.db, kind, cursor, limit as i64 + 1).await?;
     let more = rows.len() > limit;
-    let page = &rows[..rows.len().min(limit)];
+    let page = rows.get(..limit).unwrap_or(&rows);
     let next = more.then(|| page.last().map(|r| r.id.clone())).flatten();
     let items: Vec<Value> = page
         .iter()

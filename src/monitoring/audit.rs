@@ -586,7 +586,11 @@ pub fn verify_lines<'a, I: IntoIterator<Item = &'a str>>(
 /// (hex), or `None` when the file ends in a line end, is empty or absent.
 pub fn repair_tail(path: &Path) -> std::io::Result<Option<(u64, String)>> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),

@@ -77,6 +77,8 @@ pub struct Counter {
     head: u64,
 }
 
+// Ring positions are taken modulo `RING` (the array's length).
+#[allow(clippy::indexing_slicing)]
 impl Counter {
     /// Move the ring to `now`, clearing buckets that left the window. Time
     /// never goes back: an earlier `now` counts into the newest bucket.
@@ -187,6 +189,8 @@ impl<K: Hash + Eq, V: Default> Table<K, V> {
         }
     }
 
+    // The index is taken modulo the (never empty) shard count.
+    #[allow(clippy::indexing_slicing)]
     fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Mutex<LruCache<K, V>> {
         let i = self.hasher.hash_one(key) as usize % self.shards.len();
         &self.shards[i]
@@ -304,7 +308,7 @@ impl IdentityLimiter {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -89,7 +89,11 @@ async fn sigkill_while_creating_tasks_loses_no_acknowledged_task() {
     for c in clients {
         sent.extend(c.await.unwrap());
     }
-    assert!(sent.len() >= 50, "too few tasks acknowledged: {}", sent.len());
+    assert!(
+        sent.len() >= 50,
+        "too few tasks acknowledged: {}",
+        sent.len()
+    );
 
     // The audit chain as the crash left it: intact up to the last complete
     // line; only the very last line may be incomplete.
@@ -191,7 +195,11 @@ async fn incomplete_last_audit_line_is_reported_then_repaired() {
     let mid = format!("{}\n{text}", &fake[..fake.len() / 2]);
     std::fs::write(log.with_extension("mid"), mid).unwrap();
     let (code, out, _) = run_cli(
-        &["audit", "verify", log.with_extension("mid").to_str().unwrap()],
+        &[
+            "audit",
+            "verify",
+            log.with_extension("mid").to_str().unwrap(),
+        ],
         None,
         &[],
     );
