@@ -7,10 +7,15 @@
 //! `limits.header_max_count` fields -> 431; a declared body over
 //! `limits.body_max_bytes` -> 413 before it is read (an undeclared one is cut
 //! at the limit while read, also 413); a body on a request that is not
-//! `application/json` -> 415.
+//! `application/json` -> 415; then the intrusion-detection layer
+//! ([`ids`]) inspects the request's structure, body included (buffered up to
+//! `limits.body_max_bytes`, then handed on to the handlers unchanged).
 
 pub mod validation;
 
+pub mod ids;
+
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -25,6 +30,8 @@ pub struct ApiSecurity {
     pub header_max_bytes: usize,
     pub header_max_count: usize,
     pub body_max_bytes: usize,
+    pub ids: ids::Ids,
+    body_timeout: std::time::Duration,
 }
 
 impl ApiSecurity {
@@ -33,6 +40,10 @@ impl ApiSecurity {
             header_max_bytes: cfg.limits.header_max_bytes,
             header_max_count: cfg.limits.header_max_count,
             body_max_bytes: cfg.limits.body_max_bytes,
+            ids: ids::Ids::new(&cfg.ids, &cfg.security.api_key_header, &cfg.gateway.routes),
+            body_timeout: std::time::Duration::from_secs(
+                cfg.network.request_timeout_seconds.max(1),
+            ),
         }
     }
 
@@ -76,5 +87,112 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
     if let Err(e) = state.apisec.check_head(&req) {
         return e.into_response();
     }
-    next.run(req).await
+    if !state.apisec.ids.active_for(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match read_body(&state.apisec, &parts, body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let route = parts
+        .extensions
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let verdict = state.apisec.ids.inspect_routed(
+        &ids::RequestView::from_parts(&parts, &bytes),
+        route.as_deref(),
+    );
+    match verdict {
+        Err(e) => return ApiError::from(e).into_response(),
+        Ok(v) => {
+            if let Some(refusal) = report(&state, &parts, v).await {
+                return refusal.into_response();
+            }
+        }
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// Buffer the body (only when there is one), at most `body_max_bytes`
+/// (413 beyond), within the request timeout (408 beyond).
+async fn read_body(
+    sec: &ApiSecurity,
+    parts: &http::request::Parts,
+    body: Body,
+) -> Result<bytes::Bytes, ApiError> {
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // HTTP/2 bodies need neither Content-Length nor Transfer-Encoding: ask
+    // the body itself whether it is empty.
+    use http_body::Body as _;
+    if declared == Some(0) || body.is_end_stream() {
+        return Ok(bytes::Bytes::new());
+    }
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(body, sec.body_max_bytes);
+    match tokio::time::timeout(sec.body_timeout, limited.collect()).await {
+        Err(_) => Err(ApiError::RequestTimeout),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(ApiError::PayloadTooLarge)
+            } else {
+                Err(ApiError::BadRequest(
+                    "the request body could not be read".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Audit and count what the detector found; the refusal when a `block`
+/// family matched. Neither the audit event nor the response carries the
+/// matched text: only the family, the rule id and where it sat.
+async fn report(
+    state: &AppState,
+    parts: &http::request::Parts,
+    v: ids::Verdict,
+) -> Option<ApiError> {
+    let request_id = parts
+        .extensions
+        .get::<crate::http::RequestId>()
+        .map(|r| r.as_str().to_string())
+        .unwrap_or_default();
+    let ip = parts
+        .extensions
+        .get::<crate::network::ClientAddr>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
+    let event = |hit: &ids::Hit, action: &str| {
+        crate::monitoring::audit::AuditEvent::new("security_violation")
+            .request_id(request_id.clone())
+            .ip(ip.clone())
+            .user(None::<String>)
+            .field("violation_type", hit.family.name())
+            .field("details", format!("rule {} at {}", hit.rule, hit.location))
+            .field("action", action)
+            .field("method", parts.method.as_str())
+            .field("endpoint", parts.uri.path())
+    };
+    for hit in &v.detected {
+        state
+            .metrics
+            .block(&format!("ids_detect:{}", hit.family.name()));
+        tracing::info!(family = hit.family.name(), rule = hit.rule, location = %hit.location, request_id = %request_id, "IDS detect-mode match");
+        state.audit.record(event(hit, "detected")).await;
+    }
+    let hit = v.block?;
+    tracing::warn!(family = hit.family.name(), rule = hit.rule, location = %hit.location, request_id = %request_id, "IDS blocked a request");
+    state.audit.record(event(&hit, "blocked")).await;
+    Some(ApiError::RequestBlocked {
+        family: hit.family.name().to_string(),
+        request_id,
+    })
 }

@@ -14,6 +14,7 @@ mod backbone;
 mod crash;
 mod crypto;
 mod identity;
+mod ids;
 mod ops;
 mod tasks;
 mod tasks_multiuser;

@@ -1,0 +1,89 @@
+//! IDS cost: a typical API request, and a 100 KiB JSON task body that is
+//! mostly free text with some structured fields.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use frenly::apisec::ids::{Ids, RequestView};
+use frenly::config::IdsConfig;
+
+const UA: &[u8] = b"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+
+fn typical_get(ids: &Ids) -> bool {
+    let view = RequestView {
+        method: "GET",
+        target: "/api/tasks?status=done&limit=20&cursor=BAUAIeA3fEsuTIt9",
+        headers: vec![
+            ("host", b"localhost:8080".as_slice()),
+            ("user-agent", UA),
+            ("accept", b"application/json"),
+            (
+                "x-api-key",
+                b"frn_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG",
+            ),
+            ("x-request-id", b"3f2c9a7e-5b1d-4e8a-9c0f-1a2b3c4d5e6f"),
+        ],
+        body: b"",
+    };
+    ids.inspect(&view)
+        .map(|v| v.block.is_some())
+        .unwrap_or(true)
+}
+
+fn typical_post(ids: &Ids, body: &[u8]) -> bool {
+    let view = RequestView {
+        method: "POST",
+        target: "/api/tasks",
+        headers: vec![
+            ("host", b"localhost:8080".as_slice()),
+            ("user-agent", UA),
+            ("accept", b"application/json"),
+            ("content-type", b"application/json"),
+            (
+                "x-api-key",
+                b"frn_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG",
+            ),
+        ],
+        body,
+    };
+    ids.inspect(&view)
+        .map(|v| v.block.is_some())
+        .unwrap_or(true)
+}
+
+fn big_body() -> Vec<u8> {
+    let para = "Review this code: ```sql\nSELECT name FROM users WHERE id = 1; -- <script>alert(1)</script> ../../etc/passwd | sh\n``` and summarise what it does in plain English. ";
+    let mut description = String::new();
+    while description.len() < 90 * 1024 {
+        description.push_str(para);
+    }
+    let items: Vec<serde_json::Value> = (0..40)
+        .map(|i| serde_json::json!({"id": format!("step-{i}"), "kind": "shell", "timeout": 30, "tags": ["build", "test"]}))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "title": "Summarise the nightly build log",
+        "description": description,
+        "priority": "high",
+        "input": {"steps": items, "notes": "free text, never inspected"},
+    }))
+    .unwrap_or_default()
+}
+
+fn bench(c: &mut Criterion) {
+    let ids = Ids::new(&IdsConfig::default(), "X-API-Key", &[]);
+    c.bench_function("ids typical GET /api/tasks", |b| {
+        b.iter(|| typical_get(black_box(&ids)))
+    });
+    let small = br#"{"title":"Nightly build","description":"Summarise the log of the nightly build and list the failing tests.","priority":"normal"}"#;
+    c.bench_function("ids typical POST /api/tasks (small JSON)", |b| {
+        b.iter(|| typical_post(black_box(&ids), black_box(small)))
+    });
+    let big = big_body();
+    let mut g = c.benchmark_group("ids 100 KiB JSON body");
+    g.throughput(Throughput::Bytes(big.len() as u64));
+    g.bench_function("POST /api/tasks, mostly free text", |b| {
+        b.iter(|| typical_post(black_box(&ids), black_box(&big)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,452 @@
+//! Decoding: turn a raw value into the form the rules match.
+//!
+//! The attacker controls the encoding, so every rule sees the value after
+//! the transformations a server, a browser or a shell could apply:
+//! `+` as space (query and form values), percent-decoding (repeated, with
+//! `%uXXXX` and overlong UTF-8 dots and slashes), HTML entities (named,
+//! decimal, hex, with or without `;`), `\uXXXX` / `\u{X}` / `\xHH` escapes,
+//! full-width ASCII folded to ASCII, NUL bytes dropped, whitespace runs
+//! collapsed, and case folding. Decoding repeats until the value stops
+//! changing (at most [`MAX_ROUNDS`] rounds), so double encoding does not hide
+//! a payload.
+
+use std::borrow::Cow;
+
+/// Rounds of decoding before we stop (a value still changing after this
+/// many rounds is decoded as far as we got).
+pub const MAX_ROUNDS: usize = 4;
+
+/// A value in the forms the rules use.
+pub struct Decoded {
+    /// Fully decoded, case preserved (base64 checks need the case).
+    pub text: String,
+    /// `text` lower-cased, whitespace runs collapsed to one space
+    /// (newlines kept as `\n`), NUL dropped.
+    pub folded: String,
+}
+
+/// Decode a value. `plus` says whether `+` means space (query strings and
+/// form bodies).
+pub fn decode(raw: &str, plus: bool) -> Decoded {
+    let mut cur: Cow<str> = Cow::Borrowed(raw);
+    if plus && cur.contains('+') {
+        cur = Cow::Owned(cur.replace('+', " "));
+    }
+    for _ in 0..MAX_ROUNDS {
+        let mut changed = false;
+        if cur.contains('%') {
+            if let Some(s) = percent_decode(&cur) {
+                cur = Cow::Owned(s);
+                changed = true;
+            }
+        }
+        if cur.contains('&') {
+            if let Some(s) = html_entities(&cur) {
+                cur = Cow::Owned(s);
+                changed = true;
+            }
+        }
+        if cur.contains('\\') {
+            if let Some(s) = backslash_escapes(&cur) {
+                cur = Cow::Owned(s);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let text = fold_width(&cur);
+    let folded = fold(&text);
+    Decoded { text, folded }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn hex_at(b: &[u8], i: usize, n: usize) -> Option<u32> {
+    let mut v: u32 = 0;
+    for k in 0..n {
+        v = v * 16 + u32::from(hex(*b.get(i + k)?)?);
+    }
+    Some(v)
+}
+
+/// One round of percent-decoding; `None` when nothing was decoded.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    let mut i = 0;
+    let mut changed = false;
+    while i < b.len() {
+        if b[i] == b'%' {
+            // %uXXXX (IIS style)
+            if matches!(b.get(i + 1), Some(b'u' | b'U')) {
+                if let Some(cp) = hex_at(b, i + 2, 4) {
+                    push_char(&mut out, cp);
+                    i += 6;
+                    changed = true;
+                    continue;
+                }
+            }
+            if let Some(v) = hex_at(b, i + 1, 2) {
+                // overlong UTF-8 encodings of '.', '/', '\' (%c0%ae, %c0%af, %c1%9c)
+                if (v == 0xc0 || v == 0xc1) && b.get(i + 3) == Some(&b'%') {
+                    if let Some(v2) = hex_at(b, i + 4, 2) {
+                        let c = ((v & 0x1f) << 6) | (v2 & 0x3f);
+                        if c < 0x80 {
+                            out.push(c as u8);
+                            i += 6;
+                            changed = true;
+                            continue;
+                        }
+                    }
+                }
+                out.push(v as u8);
+                i += 3;
+                changed = true;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    if !changed {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn push_char(out: &mut Vec<u8>, cp: u32) {
+    let c = char::from_u32(cp).unwrap_or('\u{fffd}');
+    let mut buf = [0u8; 4];
+    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+}
+
+/// Named entities that matter for injection (the characters an attacker
+/// needs); unknown names are left alone.
+fn named_entity(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "lt" => "<",
+        "gt" => ">",
+        "quot" => "\"",
+        "apos" => "'",
+        "amp" => "&",
+        "tab" => "\t",
+        "newline" => "\n",
+        "nbsp" => " ",
+        "colon" => ":",
+        "semi" => ";",
+        "lpar" => "(",
+        "rpar" => ")",
+        "lcub" | "lbrace" => "{",
+        "rcub" | "rbrace" => "}",
+        "lsqb" | "lbrack" => "[",
+        "rsqb" | "rbrack" => "]",
+        "sol" => "/",
+        "bsol" => "\\",
+        "num" => "#",
+        "dollar" => "$",
+        "period" => ".",
+        "comma" => ",",
+        "equals" => "=",
+        "excl" => "!",
+        "quest" => "?",
+        "grave" => "`",
+        "vert" | "verbar" => "|",
+        "percnt" => "%",
+        "plus" => "+",
+        "ast" | "midast" => "*",
+        "commat" => "@",
+        "hat" => "^",
+        "lowbar" => "_",
+        "apos;" => "'",
+        _ => return None,
+    })
+}
+
+/// One round of HTML entity decoding; `None` when nothing was decoded.
+fn html_entities(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    let mut last = 0;
+    let mut changed = false;
+    while i < b.len() {
+        if b[i] != b'&' {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let mut j = i + 1;
+        let mut decoded: Option<(String, usize)> = None;
+        if b.get(j) == Some(&b'#') {
+            j += 1;
+            let is_hex = matches!(b.get(j), Some(b'x' | b'X'));
+            if is_hex {
+                j += 1;
+            }
+            let ds = j;
+            let mut v: u32 = 0;
+            while j < b.len() && j - ds < 40 {
+                let d = if is_hex {
+                    hex(b[j]).map(u32::from)
+                } else if b[j].is_ascii_digit() {
+                    Some(u32::from(b[j] - b'0'))
+                } else {
+                    None
+                };
+                match d {
+                    Some(d) => {
+                        v = v
+                            .saturating_mul(if is_hex { 16 } else { 10 })
+                            .saturating_add(d);
+                        j += 1;
+                    }
+                    None => break,
+                }
+            }
+            if j > ds {
+                if b.get(j) == Some(&b';') {
+                    j += 1;
+                }
+                let c = char::from_u32(v).unwrap_or('\u{fffd}');
+                decoded = Some((c.to_string(), j));
+            }
+        } else {
+            let ns = j;
+            while j < b.len() && j - ns < 10 && b[j].is_ascii_alphabetic() {
+                j += 1;
+            }
+            if j > ns {
+                let name = s[ns..j].to_ascii_lowercase();
+                if let Some(rep) = named_entity(&name) {
+                    if b.get(j) == Some(&b';') {
+                        j += 1;
+                    }
+                    decoded = Some((rep.to_string(), j));
+                }
+            }
+        }
+        match decoded {
+            Some((rep, end)) => {
+                out.push_str(&s[last..start]);
+                out.push_str(&rep);
+                last = end;
+                i = end;
+                changed = true;
+            }
+            None => i += 1,
+        }
+    }
+    if !changed {
+        return None;
+    }
+    out.push_str(&s[last..]);
+    Some(out)
+}
+
+/// `\uXXXX`, `\u{X..}` and `\xHH` escapes (JavaScript, JSON, C); `None` when
+/// nothing was decoded.
+fn backslash_escapes(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    let mut i = 0;
+    let mut changed = false;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            match b.get(i + 1) {
+                Some(b'u' | b'U') => {
+                    if b.get(i + 2) == Some(&b'{') {
+                        let mut j = i + 3;
+                        let mut v: u32 = 0;
+                        while j < b.len() && j - i < 12 {
+                            match hex(b[j]) {
+                                Some(d) => v = v.saturating_mul(16).saturating_add(u32::from(d)),
+                                None => break,
+                            }
+                            j += 1;
+                        }
+                        if b.get(j) == Some(&b'}') && j > i + 3 {
+                            push_char(&mut out, v);
+                            i = j + 1;
+                            changed = true;
+                            continue;
+                        }
+                    } else if let Some(cp) = hex_at(b, i + 2, 4) {
+                        push_char(&mut out, cp);
+                        i += 6;
+                        changed = true;
+                        continue;
+                    }
+                }
+                Some(b'x' | b'X') => {
+                    if let Some(v) = hex_at(b, i + 2, 2) {
+                        out.push(v as u8);
+                        i += 4;
+                        changed = true;
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    if !changed {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Full-width ASCII (U+FF01..U+FF5E) and a few look-alikes to ASCII.
+fn fold_width(s: &str) -> String {
+    if s.is_ascii() {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| match c {
+            '\u{ff01}'..='\u{ff5e}' => char::from_u32(c as u32 - 0xff01 + 0x21).unwrap_or(c),
+            '\u{3002}' | '\u{ff61}' => '.',
+            '\u{2044}' | '\u{2215}' => '/',
+            '\u{00a0}' | '\u{3000}' => ' ',
+            '\u{2018}' | '\u{2019}' | '\u{02bc}' => '\'',
+            '\u{201c}' | '\u{201d}' => '"',
+            _ => c,
+        })
+        .collect()
+}
+
+/// Lower-case, drop NUL and other C0 controls except newline, collapse runs
+/// of blanks (a run with a newline becomes `\n`).
+fn fold(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut pending: Option<char> = None;
+    for c in s.chars() {
+        match c {
+            '\0' => {}
+            '\n' => pending = Some('\n'),
+            ' ' | '\t' | '\r' | '\u{b}' | '\u{c}' => {
+                if pending.is_none() {
+                    pending = Some(' ');
+                }
+            }
+            c if c.is_control() => {}
+            c => {
+                if let Some(p) = pending.take() {
+                    out.push(p);
+                }
+                for l in c.to_lowercase() {
+                    out.push(l);
+                }
+            }
+        }
+    }
+    if let Some(p) = pending {
+        out.push(p);
+    }
+    out
+}
+
+/// The value with every whitespace and control character removed (for
+/// checks an attacker can split with blanks, such as `java\tscript:`).
+pub fn squeeze(folded: &str) -> String {
+    folded
+        .chars()
+        .filter(|c| !c.is_whitespace() && !c.is_control())
+        .collect()
+}
+
+/// Undo shell word-splitting tricks that keep a command name from
+/// matching: quotes inside words (`c'a't`, `""p""y`), backslashes (`c\\at`),
+/// empty special parameters (`c$@at`, `c$?at`), empty backquotes
+/// (`pi``ng`) and one-character bracket globs (`adduse[r]`). `None` when
+/// nothing changes.
+pub fn unsplit(folded: &str) -> Option<String> {
+    if !folded.contains(['\'', '"', '\\', '$', '`', '[']) {
+        return None;
+    }
+    let b = folded.as_bytes();
+    let mut out = String::with_capacity(folded.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\'' | b'"' | b'\\' => i += 1,
+            b'$' if matches!(
+                b.get(i + 1),
+                Some(b'@' | b'*' | b'?' | b'-' | b'_' | b'#' | b'!')
+            ) =>
+            {
+                i += 2
+            }
+            b'`' if b.get(i + 1) == Some(&b'`') => i += 2,
+            b'[' if b.get(i + 2) == Some(&b']')
+                && b.get(i + 1).is_some_and(u8::is_ascii_alphanumeric) =>
+            {
+                out.push(char::from(b[i + 1]));
+                i += 3;
+            }
+            _ => {
+                let ch_len = folded[i..].chars().next().map_or(1, char::len_utf8);
+                out.push_str(&folded[i..i + ch_len]);
+                i += ch_len;
+            }
+        }
+    }
+    (out != folded).then_some(out)
+}
+
+/// A Log4Shell lookup, with the nested `${...:-x}` / `${lower:x}`
+/// obfuscations folded away: does the value look up `jndi:`?
+pub fn jndi_lookup(folded: &str) -> bool {
+    if !folded.contains("${") {
+        return false;
+    }
+    let mut s = folded.replace("${", "").replace('}', "");
+    for pat in ["lower:", "upper:", "::-", ":-", "env:", "sys:", "date:"] {
+        s = s.replace(pat, "");
+    }
+    let squeezed: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    squeezed.contains("jndi:")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_of_encoding() {
+        assert_eq!(decode("%253Cscript%253E", false).folded, "<script>");
+        assert_eq!(decode("a+b", true).folded, "a b");
+        assert_eq!(decode("a+b", false).folded, "a+b");
+        assert_eq!(decode("%uff1cscript%uff1e", false).folded, "<script>");
+        assert_eq!(decode("&#60;x&#x3e;&lt;", false).folded, "<x><");
+        assert_eq!(
+            decode("ja&tab;vascript&colon;", false).text,
+            "ja\tvascript:"
+        );
+        assert_eq!(decode("\\u0072equire", false).folded, "require");
+        assert_eq!(decode("%c0%ae%c0%ae/", false).folded, "../");
+        assert_eq!(decode("A\0B  \t C", false).folded, "ab c");
+        assert_eq!(decode("x\r\n  y", false).folded, "x\ny");
+    }
+
+    #[test]
+    fn shell_and_lookup_tricks() {
+        assert_eq!(
+            unsplit("c'a't /et$@c/passwd").as_deref(),
+            Some("cat /etc/passwd")
+        );
+        assert_eq!(unsplit("pi``ng").as_deref(), Some("ping"));
+        assert_eq!(unsplit("plain"), None);
+        assert!(jndi_lookup("${${::-j}${lower:n}di:ldap://x}"));
+        assert!(!jndi_lookup("${home}/jndi"));
+    }
+}

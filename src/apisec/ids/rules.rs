@@ -1,0 +1,651 @@
+//! The pattern rules of every family except the SQL lexer (see `sqli.rs`).
+//!
+//! Each rule is a regular expression over one form of a decoded value
+//! (`folded`: lower-cased, blanks collapsed; `squeezed`: also without any
+//! blank; `text`: case kept) and applies to some kinds of location. The
+//! rules describe attack grammar — a tag with an event handler, a command
+//! after a shell separator, a path that climbs directories — not single
+//! words, so ordinary English in a parameter does not match. All rules of
+//! one form run as one `RegexSet` pass.
+
+use std::sync::LazyLock;
+
+use regex::RegexSet;
+
+use super::Family;
+
+/// Where a value sits; rules choose the kinds they apply to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    /// The whole decoded path.
+    Path,
+    /// A parameter, cookie or JSON key name.
+    Name,
+    /// A parameter, cookie, path segment, form, XML or JSON value.
+    Value,
+    /// A header value (not credentials).
+    Header,
+    /// An uploaded file's name (multipart `filename`, `X-Filename` headers).
+    Filename,
+}
+
+impl Kind {
+    fn bit(self) -> u8 {
+        match self {
+            Kind::Path => 1,
+            Kind::Name => 2,
+            Kind::Value => 4,
+            Kind::Header => 8,
+            Kind::Filename => 16,
+        }
+    }
+}
+
+const P: u8 = 1;
+const N: u8 = 2;
+const V: u8 = 4;
+const H: u8 = 8;
+const F: u8 = 16;
+const ANY: u8 = N | V | H | F;
+
+#[derive(Clone, Copy)]
+enum Form {
+    Folded,
+    Squeezed,
+    Text,
+}
+
+struct Rule {
+    family: Family,
+    id: &'static str,
+    form: Form,
+    kinds: u8,
+    re: &'static str,
+}
+
+const fn r(family: Family, id: &'static str, kinds: u8, re: &'static str) -> Rule {
+    Rule {
+        family,
+        id,
+        form: Form::Folded,
+        kinds,
+        re,
+    }
+}
+const fn sq(family: Family, id: &'static str, kinds: u8, re: &'static str) -> Rule {
+    Rule {
+        family,
+        id,
+        form: Form::Squeezed,
+        kinds,
+        re,
+    }
+}
+const fn tx(family: Family, id: &'static str, kinds: u8, re: &'static str) -> Rule {
+    Rule {
+        family,
+        id,
+        form: Form::Text,
+        kinds,
+        re,
+    }
+}
+
+use Family::{Generic, Java, Lfi, Nodejs, Php, Rce, Rfi, Session, Xss};
+
+/// Command and tool names with no ordinary-English meaning.
+const DISTINCT_CMDS: &str = r"whoami|ifconfig|ipconfig|uname|netstat|nslookup|wget|curl|nc|ncat|netcat|nmap|telnet|bash|zsh|ksh|csh|tcsh|dash|sh|powershell|pwsh|cmd|python[23]?(\.\d+)?|perl|ruby|php|node|lua|gcc|cc|c89|c99|busybox|socat|mkfifo|mknod|chmod|chown|chgrp|useradd|adduser|usermod|userdel|passwd|crontab|systemctl|nohup|strace|ltrace|gdb|tcpdump|tshark|lsof|traceroute|ping|base64|xxd|hexdump|certutil|bitsadmin|mshta|rundll32|regsvr32|wmic|cscript|wscript|schtasks|tasklist|taskkill|systeminfo|vssadmin|bcdedit|bcdboot|ansible(-[a-z]+)?|chef(-[a-z]+)?|cscli|pipx|pip3?|npm|npx|docker|kubectl|sshpass|scp|sftp|rsync|tftp|ftp|lwp-[a-z]+|aria2c|gunzip|bunzip2|unzip|zcat|bzcat|xzcat|tar|bsdtar|cpulimit|perf|xargs|awk|gawk|sed|grep|egrep|fgrep|vi|vim|nano|rmt|iptables|sudo|doas|pkexec|printenv|getent|hostname|uptime|dmesg|journalctl|lastlog|lastlogin|ssh|ssh-[a-z-]+|openssl|mysql|psql|sqlite3|regedit|icacls|takeown|ionice|setsid|chroot|unshare|nsenter|runuser|visudo|groupadd|aa-[a-z]+|finger|rcp|rlogin|rsh|whois|ps|id|ls|ll|cat|rm|cp|mv|pkill|killall|mkdir|rmdir|dd|df|du|umount|wc|tee|readlink|whereis|htop|nl|tac|shred|iwr|iex|column|comm|trap|env|dig";
+
+/// Command names that are also English words: only flagged with a
+/// shell-shaped argument.
+const COMMON_CMDS: &str = r"kill|echo|printf|sleep|touch|mount|head|tail|more|less|sort|uniq|cut|tr|find|locate|which|file|stat|ln|time|who|w|last|date|top|free|alias|eval|exec|source|export|set|unset|type|call|start|copy|del|dir|ver|tree|attrib|pwd|cd|wall|od|strings|diff|rev|install|make|at|host|timeout|nice|reg|net";
+
+static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
+    let cmds = DISTINCT_CMDS;
+    let leaked = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    vec![
+        // ---- cross-site scripting
+        r(Xss, "xss-script-tag", ANY, r"<\s*/?\s*script\b|<script$"),
+        r(
+            Xss,
+            "xss-tag-event",
+            ANY,
+            r"<[a-z][\w:-]*[^>]*[\s/'\x22]on[a-z]{3,24}\s*=",
+        ),
+        r(
+            Xss,
+            "xss-event-attr",
+            ANY,
+            r"(^|[\s'\x22/;>`])on(load|error|click|dblclick|mouse[a-z]+|focus[a-z]*|blur|select|change|submit|reset|key[a-z]+|input|abort|animation[a-z]+|transition[a-z]+|begin|end|toggle|pointer[a-z]+|drag[a-z]*|drop|wheel|scroll|resize|unload|beforeunload|hashchange|message|pageshow|pagehide|start|finish|copy|paste|cut|contextmenu|auxclick|show|invalid|search|play|pause|ended|loadstart|loadend|progress|readystatechange|afterprint|beforeprint|popstate|storage|touch[a-z]+|formdata|securitypolicyviolation|bounce|repeat|activate|beforeactivate|deactivate|filterchange|propertychange|help|cellchange|dataavailable|rowenter|rowexit|scrollend)\s*=",
+        ),
+        sq(
+            Xss,
+            "xss-script-uri",
+            ANY,
+            r"(java|vb|live|ecma)script:|mocha:",
+        ),
+        r(
+            Xss,
+            "xss-data-uri",
+            ANY,
+            r"data:\s*(text/(html|javascript|xml)|application/(x-)?(javascript|xhtml)|image/svg)|\b(src|href|data|action)\s*=\s*['\x22]?\s*data:",
+        ),
+        sq(
+            Xss,
+            "xss-dangerous-tag",
+            ANY,
+            r"<(iframe|frame|frameset|embed|object|applet|meta|link|base|style|svg|math|form|isindex|xss|vmlframe|v:[a-z]+|[a-z]+:script|body|img|image|video|audio|source|marquee|details|dialog|template|import|bgsound|layer|ilayer|keygen|textarea|xmp|noscript|plaintext|html|input|button|select|option|animate|set|handler|listener|param|portal|title|xml)([\s/>]|$)|<(a|div|p|span|table|td|font|b|i|u)\b[^>]*\b(href|src|style|id|class)=",
+        ),
+        r(
+            Xss,
+            "xss-tag-attr",
+            ANY,
+            r"<[a-z][\w:-]*\s+[^>]*\b(href|src|style|formaction|xmlns(:[a-z]+)?|background|dynsrc|lowsrc|srcdoc|xlink:href|language|http-equiv|implementation)\s*=",
+        ),
+        r(
+            Xss,
+            "xss-css-expression",
+            ANY,
+            r"expression\s*\(|-moz-binding|\bbehavior\s*:|@im\\?port\b|url\s*\(\s*['\x22]?\s*(javascript|vbscript|data):",
+        ),
+        r(
+            Xss,
+            "xss-dom-sink",
+            ANY,
+            r"\b(document|window|top|parent|self|this|frames|globalthis)\s*\)?\s*(\.\s*|\[\s*['\x22`])(cookie|write|writeln|domain|location|body|createelement|getelementbyid|open|name|eval|execscript|\$|\\x24|globaleval|alert)\b|\.(innerhtml|outerhtml|appendchild|insertadjacenthtml)\b|\bfromcharcode\b|\bglobaleval\b|\b(settimeout|setinterval|execscript)\s*\(|\bnew\s+function\s*\(|\b(alert|prompt|confirm|eval|atob|btoa)\s*(\(|`)",
+        ),
+        r(
+            Xss,
+            "xss-jsfuck",
+            ANY,
+            r"\[\]\[|\(!\[\]|!\+\[\]|!!\[\]|\+\[\]\)|\[\+!\+\[\]",
+        ),
+        r(
+            Xss,
+            "xss-template",
+            ANY,
+            r"\{\{.*\b(constructor|__proto__|\$on|\$eval|alert|prompt)\b.*\}\}|\$\{\s*(eval|alert|prompt|constructor)\b|\.(call|apply)\s*`",
+        ),
+        r(Xss, "xss-utf7", ANY, r"\+adw-|\+ad4-"),
+        r(
+            Xss,
+            "xss-markup-break",
+            ANY,
+            r"['\x22]\s*/?>\s*<\s*[a-z!/]|-->\s*<|</(title|style|textarea|script|xmp|noscript|iframe|a)>\s*<",
+        ),
+        r(
+            Xss,
+            "xss-xml-ns",
+            N | V | H,
+            r"<[a-z][\w:-]*\s[^>]*\bxmlns(:[a-z]+)?\s*=|<[a-z]+:include\b|\bxsi:schemalocation\b",
+        ),
+        // ---- XML external entities
+        r(
+            Generic,
+            "xxe-entity",
+            ANY,
+            r"<!\s*(entity|doctype)\b|!entity\s+%?\s*\w+\s+(system|public)\b",
+        ),
+        // ---- path traversal and local files
+        r(
+            Lfi,
+            "lfi-traversal",
+            P | ANY,
+            r"(^|[/\\=:;,'\x22\s])\.{2,3}[/\\]|[/\\]\.{2,3}([/\\;]|$)|\.\.;/|(0x2e|%2e)\.?(0x2e|%2e|\.)?\s*(0x2f|0x5c|%2f|%5c|/|\\)|0x5c0x2e",
+        ),
+        r(
+            Lfi,
+            "lfi-sensitive-file",
+            P,
+            r"(^|[/\\])(etc/(passwd|shadow|group|hosts|issue|subuid|subgid|sudoers|crontab|environment|profile|motd|master\.passwd|security/|ssh/|ssl/|mysql/|apache2?/|nginx/|httpd/|resolv\.conf|fstab|inittab|hostname|os-release|aliases|gshadow|pwd\.db|spwd\.db|shells|passwd-|shadow-|machine-id)|proc/(self|\d+|net|sys|version|cpuinfo|meminfo|interrupts|mounts|modules|cmdline|environ|kcore|partitions|loadavg|stat|sched_debug|kallsyms)|var/log/|var/run/secrets|root/\.|windows/(win\.ini|system\.ini|system32)|winnt/|boot\.ini|win\.ini|system32[/\\]|\.ssh/|\.aws/|\.git/|\.svn/|\.hg/|\.htaccess|\.htpasswd|\.bash_history|\.bashrc|\.zsh_history|id_rsa|id_dsa|id_ecdsa|id_ed25519|authorized_keys|known_hosts|web\.config|wp-config\.php|\.docker/config\.json|\.kube/config|\.npmrc|\.netrc|\.pgpass|\.my\.cnf|\.env(\.[a-z]+)?\b)",
+        ),
+        r(
+            Lfi,
+            "lfi-sensitive-file",
+            ANY,
+            r"^\s*['\x22]?(file:/*|[a-z]:)?([/\\]|\.{1,2}[/\\])*(etc/(passwd|shadow|group|hosts|issue|subuid|subgid|sudoers|crontab|environment|profile|motd|master\.passwd|security/|ssh/|ssl/|mysql/|apache2?/|nginx/|httpd/|resolv\.conf|fstab|inittab|hostname|os-release|aliases|gshadow|pwd\.db|spwd\.db|shells|passwd-|shadow-|machine-id)|proc/(self|\d+|net|sys|version|cpuinfo|meminfo|interrupts|mounts|modules|cmdline|environ|kcore|partitions|loadavg|stat|sched_debug|kallsyms)|var/log/|var/run/secrets|root/\.|windows/(win\.ini|system\.ini|system32)|winnt/|boot\.ini|win\.ini|system32[/\\]|\.ssh/|\.aws/|\.git/|\.svn/|\.hg/|\.htaccess|\.htpasswd|\.bash_history|\.bashrc|\.zsh_history|id_rsa|id_dsa|id_ecdsa|id_ed25519|authorized_keys|known_hosts|web\.config|wp-config\.php|\.docker/config\.json|\.kube/config|\.npmrc|\.netrc|\.pgpass|\.my\.cnf|\.env(\.[a-z]+)?\b)[^\s]*\s*$",
+        ),
+        r(
+            Lfi,
+            "lfi-sensitive-file",
+            ANY,
+            r"(\.\.[/\\]|[;|&]\s*)/?(etc/(passwd|shadow|group|hosts|issue|subuid|subgid|sudoers|crontab|environment|profile|motd|master\.passwd|security/|ssh/|ssl/|mysql/|apache2?/|nginx/|httpd/|resolv\.conf|fstab|inittab|hostname|os-release|aliases|gshadow|pwd\.db|spwd\.db|shells|passwd-|shadow-|machine-id)|proc/(self|\d+|net|sys|version|cpuinfo|meminfo|interrupts|mounts|modules|cmdline|environ|kcore|partitions|loadavg|stat|sched_debug|kallsyms)|var/log/|var/run/secrets|root/\.|windows/(win\.ini|system\.ini|system32)|winnt/|boot\.ini|win\.ini|system32[/\\]|\.ssh/|\.aws/|\.git/|\.svn/|\.hg/|\.htaccess|\.htpasswd|\.bash_history|\.bashrc|\.zsh_history|id_rsa|id_dsa|id_ecdsa|id_ed25519|authorized_keys|known_hosts|web\.config|wp-config\.php|\.docker/config\.json|\.kube/config|\.npmrc|\.netrc|\.pgpass|\.my\.cnf|\.env(\.[a-z]+)?\b)",
+        ),
+        r(Lfi, "lfi-file-scheme", N | V | H, r"(^|[\s'\x22=(])file:/"),
+        // ---- remote command execution
+        r(
+            Rce,
+            "rce-command-after-separator",
+            ANY,
+            leaked(format!(
+                r"([;&|`\n]|\$\(|\$\{{|\|\||&&)\s*['\x22]?\s*(\$\w+\s+)?(sudo\s+|nohup\s+|time\s+|timeout\s+\d+\s+)?({cmds})(\.exe)?([\s;&|<>`'\x22)}},]|$)"
+            )),
+        ),
+        r(
+            Rce,
+            "rce-command-after-separator",
+            ANY,
+            leaked(format!(
+                r"([;&|`\n]|\$\(|\$\{{|\|\||&&)\s*['\x22]?\s*(sudo\s+|nohup\s+)?({common})(\.exe)?(\s+(-{{1,2}}[a-z0-9]|/|~|\$|\.{{0,2}}/|[a-z0-9._-]+\s+-|['\x22])|\s*[;&|<>`'\x22)}}]|\s*$)",
+                common = COMMON_CMDS
+            )),
+        ),
+        r(
+            Rce,
+            "rce-variable-command",
+            ANY,
+            r"[;&|\n]\s*\$\{?[a-z_]\w*\}?\s+[a-z]",
+        ),
+        r(
+            Rce,
+            "rce-command-start",
+            V | H | N,
+            r"^\s*['\x22]?(sudo\s+|nohup\s+|time\s+|timeout\s+\d+\s+)?(whoami|ifconfig|ipconfig|uname|netstat|nslookup|wget|curl|ncat|netcat|nmap|busybox|socat|mkfifo|strace|ltrace|tcpdump|certutil|bitsadmin|mshta|rundll32|regsvr32|wmic|vssadmin|ansible(-[a-z]+)?|chef(-[a-z]+)?|cscli|pipx|lwp-download|lwp-request|cpulimit|gunzip|zcat|chmod|chown|crontab|useradd|systemctl|cat|ls|ll|rm|cp|mv|ps|id|kill|nc|tar|dd|perf|pip3?|npm|nohup|time|bash|sh|zsh|ksh|python[23]?(\.\d+)?|perl|ruby|php|node|ping|echo|base64|find|grep|awk|sed|head|tail|date|ssh|scp|set|export|unset|alias|gcc|cc|c89|c99|visudo|iwr)(\.exe)?(\s+(-{1,2}[a-z]|/[a-z]|~/|\$|\.\.?/|[a-z0-9._-]+\.(sh|txt|gz|log|php|py|pl|rb|conf|ini|bak|json|yml|yaml)\b|\d+\.\d+\.\d+\.\d+|(whoami|ifconfig|uname|id|ls|ps|ping|curl|wget|cat|cmd)\b)|\s*[;&|<>`])",
+        ),
+        r(
+            Rce,
+            "rce-bare-tool",
+            V | H | N,
+            r"^\s*['\x22]?(time\s+|nohup\s+)?(whoami|ipconfig|systeminfo)(\.exe)?\s*$",
+        ),
+        r(
+            Rce,
+            "rce-tool-invocation",
+            V | H | N,
+            r"^\s*['\x22]?(ansible-(playbook|vault|galaxy|inventory|console|pull|doc|config|test|connection)|chef-(client|shell|solo|vault|run|apply|zero)|aa-(disable|enforce|complain|exec|status)|cscli|pipx|nohup|strace|cpulimit|lwp-download)\s+\S",
+        ),
+        r(Rce, "rce-tilde-expansion", V | N, r"^~[+-]\d*$"),
+        r(
+            Rce,
+            "rce-bracket-glob",
+            ANY,
+            r"(^|[\s;|&=])/[\w/.-]*\[[^\]]+\]",
+        ),
+        r(
+            Rce,
+            "rce-substitution",
+            ANY,
+            r"\$\(\s*[a-z({$]|`\s*(/[\w/]*)?(whoami|id|ls|cat|uname|ifconfig|curl|wget|nc|bash|sh|ping|echo|ps|cut|dig|sleep|rm|cp|mv|head|tail|python|perl|php|ruby|base64|env|printenv|hostname|who|nslookup|chmod|find)\b[^`]*`|\$\{?ifs\b|\$\{[a-z_]*:?-?[0-9]*\}\s*[a-z/]|\$\{\w*[:#%/^,~@!-]",
+        ),
+        r(
+            Rce,
+            "rce-brace-expansion",
+            ANY,
+            leaked(format!(
+                r"\{{\s*,?\s*({cmds}|/[\w/]+)\s*,[^}}]*\}}|(^|[\s;|&`])\{{[\w./$'-]*,[\w./$'-]*\}}"
+            )),
+        ),
+        r(Rce, "rce-shellshock", ANY, r"\(\s*\)\s*\{"),
+        r(
+            Rce,
+            "rce-shell-path",
+            ANY,
+            r"(^|[\s'\x22=;|&`(])/(usr/)?(local/)?s?bin/(bash|sh|zsh|ksh|csh|tcsh|dash|nc|ncat|netcat|cat|ls|id|rm|cp|mv|ps|kill|chmod|chown|wget|curl|python[23]?|perl|ruby|php|busybox|whoami|uname|ping|echo|ab|env|sudo|su)\b|/dev/(tcp|udp)/|/dev/null|\bcmd(\.exe)?\s*/[ck]\b|\bpowershell(\.exe)?\s+-|\binvoke-(expression|webrequest|command|item|restmethod)\b|\biex\s*\(|%comspec%|%systemroot%|\\windows\\system32|c:\\windows",
+        ),
+        r(
+            Rce,
+            "rce-redirection",
+            ANY,
+            r"(>&|2>&1|>\s*/dev/|<<<|<\(|>\()",
+        ),
+        r(
+            Rce,
+            "rce-glob-path",
+            ANY,
+            r"(^|[\s;|&=])/[a-z]*(\?|\*|\[[^\]/]*\])[a-z?*\[\]]*/|(^|[\s;|&=])/[a-z]+/[a-z]*[?*][a-z?*]*(\s|$)",
+        ),
+        r(
+            Rce,
+            "rce-windows-for",
+            ANY,
+            r"(^|[&|;(\s])for\s+(/[dflr]\s+(\x22[^\x22]*\x22\s+)?)*([a-z]:\\\S*\s+)?%%?[\w~-]+\s+in\s*\(|\)\s*do\s+(@?echo|call|set|cmd|del|copy|start|if)\b",
+        ),
+        r(
+            Rce,
+            "rce-windows-if",
+            ANY,
+            r"(^|[&|;(])\s*if(\s+|\s*/i\s*)(not\s+)?(exist|defined|errorlevel|cmdextversion)\b|(^|[&|;(])\s*if(\s+|\s*/i\s*|\s*\()(not\s+)?.{1,60}?(==|\s(equ|neq|lss|leq|gtr|geq)\s)",
+        ),
+        r(
+            Rce,
+            "rce-alias",
+            ANY,
+            r"\balias\s+(-[a-z]+\s+|\+[a-z]\s+)?['\x22]?[\w-]+['\x22]?\s*=",
+        ),
+        r(
+            Rce,
+            "rce-sqlite-shell",
+            ANY,
+            r"(^|;)\s*(\\n|\n)?\s*\.(shell|system|databases|tables|dump|import|output|load|read|open|once)\b",
+        ),
+        r(Rce, "rce-history", ANY, r"^!-?\d+(!-?\d+)?$"),
+        tx(
+            Rce,
+            "rce-mail-command",
+            ANY,
+            r"(?i)\r\n\s*([a-z0-9]+\s+)?(rcpt\s+to|mail\s+from|helo|ehlo|data|quit|vrfy|expn|apop|retr|dele|noop|rset|stat|top|uidl|user|pass|capability|login|logout|select|examine|search|fetch|store|copy|uid|expunge|starttls|authenticate|auth|append|list|lsub|status|create|delete|rename|subscribe|help)\b",
+        ),
+        r(
+            Rce,
+            "rce-code-exec",
+            ANY,
+            r"\b(os|subprocess|commands|pty)\s*\.\s*(system|popen\d?|spawn\w*|exec\w*|call|run|check_output|getoutput)\s*\(|\b__import__\s*\(|\bcompile\s*\(\s*['\x22]|\b(process|kernel|open3|io)\s*\.\s*(spawn|exec|system|popen\w*|capture\w*)\b|%x\(|\bexec\s*\(\s*['\x22]",
+        ),
+        // ---- PHP
+        r(
+            Php,
+            "php-open-tag",
+            ANY,
+            r"<\?(php|=|\s)|<\?$|\{/?php\}|\[/?php\]",
+        ),
+        r(
+            Php,
+            "php-wrapper",
+            ANY,
+            r"\b(php|phar|zip|zlib|compress\.zlib|compress\.bzip2|glob|expect|rar|ogg|ssh2(\.[a-z]+)?)://",
+        ),
+        r(
+            Php,
+            "php-superglobal",
+            ANY,
+            r"\$_(get|post|cookie|server|request|files|env|session)\b|\$globals\b|\$http_[a-z]+_vars\b",
+        ),
+        r(
+            Php,
+            "php-function-call",
+            ANY,
+            r"\b(shell_exec|passthru|popen|proc_open|pcntl_exec|base64_decode|gzinflate|gzuncompress|gzdecode|str_rot13|create_function|call_user_func(_array)?|preg_replace|file_get_contents|file_put_contents|fopen|fwrite|fputs|readfile|fsockopen|pfsockopen|curl_init|curl_exec|unserialize|phpinfo|print_r|var_dump|var_export|include_once|require_once|highlight_file|show_source|move_uploaded_file|symlink|putenv|ini_set|assert_options|array_map|array_filter|usort|uasort|filemtime|filegroup|fileowner|chroot|gethostbyname|strrev|ucfirst|opendir|scandir|unlink|posix_\w+|escapeshellcmd|getenv)(\s|/\*.*?\*/|#[^\n]*\n|//[^\n]*\n)*\(|\b(eval|assert|system|exec|include|require|serialize|dl)(\s|/\*.*?\*/|#[^\n]*\n|//[^\n]*\n)*\(\s*(['\x22$@`]|\w+\s*\(|\)\s*;)",
+        ),
+        r(
+            Php,
+            "php-snake-call",
+            ANY,
+            r"\b[a-z][a-z0-9]*(_[a-z0-9]+)+\(",
+        ),
+        r(
+            Php,
+            "php-serialized",
+            ANY,
+            r#"\b[oc]:\+?\d+:"[^"]+":\d+:\{|\ba:\d+:\{([si]:\d+[:;]|\}|$)|^s:\d+:""#,
+        ),
+        r(
+            Php,
+            "php-variable-call",
+            ANY,
+            r"@?\$+[\w]*\s*((\[[^\]]*\]|\{[^}]*\})\s*)*(/\*.*?\*/\s*)?\(|\$\s*\{\s*@?\$?\w*\s*\}|\$\{[^}]*\}\s*(\[|\()",
+        ),
+        r(
+            Php,
+            "php-callable-string",
+            ANY,
+            r#"[)\]'"](/\*[^*]*\*/)?\(\s*['"$@]"#,
+        ),
+        r(
+            Php,
+            "php-ini-directive",
+            ANY,
+            r"\b(allow_url_(include|fopen)|auto_(prepend|append)_file|disable_functions|open_basedir|extension_dir|extension|safe_mode|register_globals|opcache\.[\w.]+|zend_extension|include_path|error_log|short_open_tag|upload_tmp_dir|display_errors|sendmail_path)\s*=",
+        ),
+        r(
+            Php,
+            "php-upload",
+            F | N,
+            r"\.\s*(php\d*|phtml\d*|pht|phpt|phar|phps|shtml|jsp|jspx|asp|aspx|cer|asa|cgi|htaccess|user\.ini)(\s|\.|$|[^a-z])",
+        ),
+        r(Php, "php-session-file", F | V, r"(^|[/\\])sess_[\w-]{10,}"),
+        // ---- Java
+        r(
+            Java,
+            "java-class",
+            ANY,
+            r"(^|[^\w./])java\.(lang|io|util|net|nio|beans|rmi|security|sql|awt|applet)(\.[a-z]|$|[^\w./])|\bjavax\.[a-z]|\borg\.omg\b|\borg\.apache\.(commons\.(collections|beanutils)|xalan|xerces|tomcat|catalina|naming|bcel|myfaces|struts)|\bcom\.sun\.|\bsun\.(misc|reflect|rmi|tools|net)\b|\borg\.springframework\.|\borg\.codehaus\.groovy|\bgroovy\.lang\b|\bognl\.|\bcom\.opensymphony\.|\bfreemarker\.template\b|\borg\.mozilla\.javascript",
+        ),
+        r(
+            Java,
+            "java-gadget",
+            ANY,
+            r"(clone|instantiate|invoker|chained|constant)transformer|forclosure|whileclosure|instantiatefactory|prototype(clone|serialization)factory|processbuilder|getruntime|lazymap|transformedmap|templatesimpl|jdbcrowsetimpl|annotationinvocationhandler|xmldecoder|objectinputstream|\bjava\.[\w.]*\b(runtime|processbuilder)\b",
+        ),
+        r(
+            Java,
+            "java-reflection",
+            ANY,
+            r"\.(getclass|forname|getmethod|getdeclaredmethod|newinstance|getruntime|getclassloader|getparameter)\s*\(|\bclass\.(module\.)?classloader\b",
+        ),
+        tx(
+            Java,
+            "java-serialized",
+            ANY,
+            r"rO0AB|\baced0005|\xac\xed\x00\x05",
+        ),
+        r(
+            Java,
+            "java-jsp-upload",
+            F,
+            r"\.\s*(jsp|jspx|jspf|war|jar)(\s|\.|$)",
+        ),
+        // ---- Node.js
+        r(
+            Nodejs,
+            "nodejs-injection",
+            ANY,
+            r"\brequire\s*(\(|\.\s*main\b)|\bchild_process\b|\bprocess\s*\.\s*(env|mainmodule|binding|exit|kill|cwd|dlopen)\b|\bconstructor\s*(\.|\[)\s*['\x22]?(constructor|prototype)\b|\bthis\.constructor\b|__proto__|_\$\$nd_func\$\$_|\bfunction\s*\w*\s*\([^)]*\)\s*\{|\bwhile\s*\(+\s*(!|true|1\b|this|\[|\{)|\bconsole\s*\.\s*(log|info|error|warn|debug|dir|trace)\b|\.(spawn|execsync|spawnsync|execfile|exec)\s*\(|\bglobal\s*\.\s*process\b|\bmodule\s*\.\s*exports\b|\$\d+:constructor",
+        ),
+        tx(Nodejs, "nodejs-serialized-b64", ANY, r"XyQkTkRfRlVOQyQk"),
+        // ---- remote file inclusion and SSRF (parameter values only)
+        r(
+            Rfi,
+            "rfi-ip-url",
+            V,
+            r"^\s*(https?|ftps?)://\d{1,3}(\.\d{1,3}){3}\b",
+        ),
+        r(
+            Rfi,
+            "rfi-url-truncation",
+            V,
+            r"^\s*(https?|ftps?|file)(:/?/?[^?\s]*)?\?+$",
+        ),
+        r(
+            Rfi,
+            "rfi-authority-confusion",
+            V,
+            r"^\s*(https?|ftps?)://[^\s@]*/[^\s/@]*:[^\s/]*@|^\s*(https?|ftps?)://[^/\s]*@[^/\s]*@",
+        ),
+        r(
+            Rfi,
+            "rfi-scheme",
+            V,
+            r"^\s*(jar|netdoc|expect|xri|phar):|^\s*data:[a-z]+/[\w.+-]+\s*[;,]?",
+        ),
+        r(
+            Generic,
+            "ssrf-internal-host",
+            V,
+            r"^\s*[a-z][a-z0-9+.-]*://\[?(localhost|127\.\d+\.\d+\.\d+|0\.0\.0\.0|0+|169\.254\.\d+\.\d+|169\.254\.\d+|100\.100\.100\.200|metadata(\.google\.internal)?|::1?|::ffff:|0:0:0:0:0:(0|ffff):|fe80:|fd00:ec2|[0-9]{8,10}|0x[0-9a-f]+|0[0-7]+\.|[a-f0-9:]*::|[a-z0-9-]+\.(internal|local|localdomain)|host\.docker\.internal|localtest\.me|[\w.-]*\.nip\.io)([\]:/?#%\s]|$)|://[^/\s]*\\|^\s*(localhost\.localdomain|ipv6-localhost|ipv6-loopback|ip6-localhost|ip6-loopback|host\.docker\.internal|host\.containers\.internal|gateway\.docker\.internal|localtest\.me|kubernetes\.default(\.svc)?)([:/]|$)|\b169\.254\.169\.254\b.*\b(latest|computemetadata|metadata|openstack)\b|\[::ffff:|\b169\.254\.\d+$",
+        ),
+        r(
+            Generic,
+            "template-injection",
+            ANY,
+            r"(\{\{|\{%|<%=?|#\{|\$\{)[^}%]*?(\.\s*\w+\s*\(|\w\s*\(|__\w+__|\[\s*['\x22]|\d\s*[*+/-]\s*\d|\bif\b)|\b(__class__|__mro__|__subclasses__|__globals__|__builtins__|__getattribute__|__init__)\b",
+        ),
+        r(
+            Generic,
+            "perl-interpolation",
+            ANY,
+            r"@\{\s*\[|\bcore::\w+|\bqq\{",
+        ),
+        r(
+            Generic,
+            "orm-lookup-injection",
+            N,
+            r"^\w+(__\w+){2,}$|^(password|passwd|email|token|secret|is_staff|is_superuser|is_admin)__(startswith|istartswith|endswith|iendswith|contains|icontains|regex|iregex|exact|iexact|gt|gte|lt|lte|in|has_keys?|has_any_keys)$|__(has_keys?|has_any_keys|regex|iregex)$",
+        ),
+        // ---- session fixation: a session identifier passed as a parameter
+        r(
+            Session,
+            "session-id-parameter",
+            N,
+            r"^(jsessionid|phpsessid|phpsession|aspsessionid\w*|asp\.net_sessionid|sessionid|session_id|_session_id|sess_id|sid|cftoken|cfid|laravel_session|ci_session|play_session|connect\.sid|zend_session_id|(__secure-|__host-)?next-auth\.session-token|[\w.-]*[._-]session[._-]?(id|token)|[\w]+_session)$",
+        ),
+        r(
+            Session,
+            "session-cookie-set",
+            ANY,
+            r"\bdocument\s*\.\s*cookie\s*=|\bset-cookie\s*:|\bsessionid\s*=\s*\w+\s*;\s*domain=",
+        ),
+    ]
+});
+
+struct Compiled {
+    folded: RegexSet,
+    folded_idx: Vec<usize>,
+    squeezed: RegexSet,
+    squeezed_idx: Vec<usize>,
+    text: RegexSet,
+    text_idx: Vec<usize>,
+}
+
+static COMPILED: LazyLock<Compiled> = LazyLock::new(|| {
+    let mut f = (Vec::new(), Vec::new());
+    let mut s = (Vec::new(), Vec::new());
+    let mut t = (Vec::new(), Vec::new());
+    for (i, rule) in RULES.iter().enumerate() {
+        let dst = match rule.form {
+            Form::Folded => &mut f,
+            Form::Squeezed => &mut s,
+            Form::Text => &mut t,
+        };
+        dst.0.push(rule.re);
+        dst.1.push(i);
+    }
+    let build = |v: &[&str]| {
+        regex::RegexSetBuilder::new(v)
+            .size_limit(64 << 20)
+            .dfa_size_limit(64 << 20)
+            .build()
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "IDS rule set failed to compile");
+                RegexSet::empty()
+            })
+    };
+    Compiled {
+        folded: build(&f.0),
+        folded_idx: f.1,
+        squeezed: build(&s.0),
+        squeezed_idx: s.1,
+        text: build(&t.0),
+        text_idx: t.1,
+    }
+});
+
+/// Force compilation (at start, so the first request does not pay for it).
+pub fn warm_up() {
+    LazyLock::force(&COMPILED);
+}
+
+/// A rule that matched.
+pub struct RuleHit {
+    pub family: Family,
+    pub id: &'static str,
+}
+
+/// Run every rule that applies to `kind` over the three forms; call `hit`
+/// for each match, in rule order, until it returns `false`.
+pub fn scan(
+    kind: Kind,
+    folded: &str,
+    squeezed: &str,
+    text: &str,
+    mut hit: impl FnMut(RuleHit) -> bool,
+) {
+    let c = &*COMPILED;
+    let bit = kind.bit();
+    let passes: [(&RegexSet, &Vec<usize>, &str); 3] = [
+        (&c.folded, &c.folded_idx, folded),
+        (&c.squeezed, &c.squeezed_idx, squeezed),
+        (&c.text, &c.text_idx, text),
+    ];
+    for (set, idx, s) in passes {
+        if s.is_empty() {
+            continue;
+        }
+        for m in set.matches(s).iter() {
+            let Some(rule) = idx.get(m).and_then(|&i| RULES.get(i)) else {
+                continue;
+            };
+            if rule.kinds & bit == 0 {
+                continue;
+            }
+            if !hit(RuleHit {
+                family: rule.family,
+                id: rule.id,
+            }) {
+                return;
+            }
+        }
+    }
+}
+
+/// Keywords whose base64 encodings (at each of the three byte alignments)
+/// betray a serialized Java gadget chain inside a base64 blob.
+const B64_KEYWORDS: &[&str] = &[
+    "runtime",
+    "Runtime",
+    "processbuilder",
+    "ProcessBuilder",
+    "clonetransformer",
+    "CloneTransformer",
+    "forclosure",
+    "ForClosure",
+    "instantiatefactory",
+    "InstantiateFactory",
+    "instantiatetransformer",
+    "InstantiateTransformer",
+    "invokertransformer",
+    "InvokerTransformer",
+    "prototypeclonefactory",
+    "PrototypeCloneFactory",
+    "prototypeserializationfactory",
+    "PrototypeSerializationFactory",
+    "whileclosure",
+    "WhileClosure",
+    "java.lang",
+    "getRuntime",
+];
+
+/// Base64 fragments of [`B64_KEYWORDS`], case-sensitive.
+pub static B64_FRAGMENTS: LazyLock<Option<aho_corasick::AhoCorasick>> = LazyLock::new(|| {
+    use base64::Engine;
+    let mut pats: Vec<String> = Vec::new();
+    for kw in B64_KEYWORDS {
+        for off in 0..3usize {
+            let mut buf = vec![0u8; off];
+            buf.extend_from_slice(kw.as_bytes());
+            let enc = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&buf);
+            let start = (8 * off).div_ceil(6);
+            let end = (8 * (off + kw.len())) / 6;
+            if let Some(frag) = enc.get(start..end) {
+                if frag.len() >= 8 {
+                    pats.push(frag.to_string());
+                }
+            }
+        }
+    }
+    aho_corasick::AhoCorasick::new(&pats).ok()
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::panic)]
+    fn all_rules_compile() {
+        for rule in RULES.iter() {
+            if let Err(e) = regex::Regex::new(rule.re) {
+                panic!("{}: {e}", rule.id);
+            }
+        }
+    }
+}

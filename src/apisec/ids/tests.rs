@@ -1,0 +1,166 @@
+use super::*;
+use crate::config::IdsConfig;
+
+fn ids() -> Ids {
+    Ids::new(&IdsConfig::default(), "X-API-Key", &[])
+}
+
+fn view<'a>(target: &'a str, headers: Vec<(&'a str, &'a [u8])>, body: &'a [u8]) -> RequestView<'a> {
+    RequestView {
+        method: "GET",
+        target,
+        headers,
+        body,
+    }
+}
+
+fn blocked(target: &str, headers: Vec<(&str, &[u8])>, body: &[u8]) -> Option<Family> {
+    ids()
+        .inspect(&view(target, headers, body))
+        .unwrap()
+        .block
+        .map(|h| h.family)
+}
+
+#[test]
+fn query_attacks_are_blocked() {
+    assert_eq!(
+        blocked("/api/tasks?q=1%27%20or%20%271%27%3D%271", vec![], b""),
+        Some(Family::Sqli)
+    );
+    assert_eq!(
+        blocked(
+            "/api/tasks?status=%3Cscript%3Ealert(1)%3C/script%3E",
+            vec![],
+            b""
+        ),
+        Some(Family::Xss)
+    );
+    assert_eq!(
+        blocked("/api/x?file=../../etc/passwd", vec![], b""),
+        Some(Family::Lfi)
+    );
+    assert!(blocked("/api/x?host=a;cat%20/etc/passwd", vec![], b"").is_some());
+}
+
+#[test]
+fn english_search_passes() {
+    for q in [
+        "/api/tasks?q=select+the+union+of+two+sets&status=done",
+        "/api/tasks?q=drop+table+from+the+list",
+        "/api/tasks?q=GNU+Bourne+Again+SHell&status=cancelled&limit=100",
+        "/api/tasks?q=secure+shell+%28SSH%29+client%2C+for+secure+access+to+remote+machines",
+        "/api/tasks?q=https%3A%2F%2Fwww.gnupg.org%2F&cursor=V_LSdy0gAoTUzymv",
+    ] {
+        assert_eq!(blocked(q, vec![], b""), None, "{q}");
+    }
+}
+
+#[test]
+fn free_text_is_not_inspected_but_other_fields_are() {
+    let body = br#"{"title":"x' or 1=1 --","description":"<script>alert(1)</script> ../../etc/passwd; rm -rf /","input":{"sql":"union select 1"},"priority":"normal"}"#;
+    let h: Vec<(&str, &[u8])> = vec![("content-type", b"application/json")];
+    assert_eq!(blocked("/api/tasks", h.clone(), body), None);
+    let bad = br#"{"title":"t","priority":"normal' or '1'='1"}"#;
+    assert_eq!(blocked("/api/tasks", h.clone(), bad), Some(Family::Sqli));
+    // the same body on a route without free text is inspected
+    assert!(blocked("/api/agent", h, body).is_some());
+}
+
+#[test]
+fn deep_json_is_refused() {
+    let mut body = "[".repeat(10_000);
+    body.push_str(&"]".repeat(10_000));
+    let h: Vec<(&str, &[u8])> = vec![("content-type", b"application/json")];
+    assert_eq!(
+        ids().inspect(&view("/api/tasks", h, body.as_bytes())).err(),
+        Some(IdsError::TooDeep)
+    );
+}
+
+#[test]
+fn credentials_headers_are_not_inspected() {
+    let h: Vec<(&str, &[u8])> = vec![
+        ("x-api-key", b"' or 1=1 --"),
+        ("authorization", b"Bearer <script>"),
+    ];
+    assert_eq!(blocked("/api/tasks", h, b""), None);
+    let h: Vec<(&str, &[u8])> = vec![("x-custom", b"' or 1=1 --")];
+    assert_eq!(blocked("/api/tasks", h, b""), Some(Family::Sqli));
+}
+
+#[test]
+fn modes_resolve_most_specific_first() {
+    let cfg: IdsConfig = serde_json::from_value(serde_json::json!({
+        "mode": "block",
+        "families": {"xss": "detect"},
+        "routes": {"/v1": {"mode": "detect", "families": {"sqli": "off"}, "exclude_fields": ["messages[].name", "query:debug"]}}
+    })).unwrap();
+    let ids = Ids::new(&cfg, "X-API-Key", &[]);
+    let m = ids.modes_for("/api/tasks");
+    assert_eq!(m[Family::Xss.idx()], IdsMode::Detect);
+    assert_eq!(m[Family::Sqli.idx()], IdsMode::Block);
+    let m = ids.modes_for("/v1/chat");
+    assert_eq!(m[Family::Sqli.idx()], IdsMode::Off);
+    assert_eq!(m[Family::Lfi.idx()], IdsMode::Detect);
+    let v = ids
+        .inspect(&view("/v1/chat?debug=../../etc/passwd", vec![], b""))
+        .unwrap();
+    assert!(v.block.is_none() && v.detected.is_empty());
+    let v = ids
+        .inspect(&view("/v1/chat?x=../../etc/passwd", vec![], b""))
+        .unwrap();
+    assert!(v.block.is_none());
+    assert_eq!(v.detected[0].family, Family::Lfi);
+    assert_eq!(v.detected[0].location, "query:x");
+}
+
+#[test]
+fn gateway_free_text_paths() {
+    let f = free_text_fields(&["messages[].content".to_string(), "prompt".to_string()]);
+    assert!(f.covers(&[
+        PathSeg::Key("messages".into()),
+        PathSeg::Index,
+        PathSeg::Key("content".into())
+    ]));
+    assert!(!f.covers(&[
+        PathSeg::Key("messages".into()),
+        PathSeg::Index,
+        PathSeg::Key("role".into())
+    ]));
+    assert!(f.covers(&[PathSeg::Key("prompt".into())]));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+    /// Hostile bytes anywhere never panic the detector.
+    #[test]
+    fn arbitrary_input_never_panics(
+        target in "/[ -~%\\\\\u{80}-\u{10ffff}]{0,80}",
+        header in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+        body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ctype in proptest::sample::select(vec!["application/json", "application/x-www-form-urlencoded", "application/xml", "multipart/form-data; boundary=x", "text/plain", ""]),
+    ) {
+        let ids = ids();
+        let headers: Vec<(&str, &[u8])> = vec![("content-type", ctype.as_bytes()), ("x-thing", &header), ("cookie", &header)];
+        let _ = ids.inspect(&RequestView { method: "POST", target: &target, headers, body: &body });
+    }
+}
+
+#[test]
+fn dynamic_segments_keep_only_parameters() {
+    use super::dynamic_segments;
+    assert_eq!(dynamic_segments("/api/auth/whoami", "/api/auth/whoami"), "");
+    assert_eq!(
+        dynamic_segments("/api/tasks/{id}", "/api/tasks/abc"),
+        "/abc"
+    );
+    assert_eq!(
+        dynamic_segments(
+            "/api/tasks/{id}/result",
+            "/api/tasks/..%2f..%2fetc%2fpasswd/result"
+        ),
+        "/..%2f..%2fetc%2fpasswd"
+    );
+    assert_eq!(dynamic_segments("/v1/{*rest}", "/v1/a/b;id"), "/a/b;id");
+}
