@@ -13,6 +13,7 @@ mod common;
 mod backbone;
 mod crash;
 mod crypto;
+mod exhaustion;
 mod identity;
 mod ids;
 mod ops;
