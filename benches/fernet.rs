@@ -1,6 +1,8 @@
 //! Fernet encrypt/decrypt throughput at 1 KiB and 1 MiB (the data layer's hot
 //! path: every task description, input and result goes through it).
 
+#![allow(clippy::indexing_slicing)]
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use frenly::data::fernet::Key;
 

@@ -3,6 +3,8 @@
 //!
 //! `cargo bench --bench limiter`
 
+#![allow(clippy::indexing_slicing)]
+
 use std::hint::black_box;
 use std::net::IpAddr;
 

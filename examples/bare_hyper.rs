@@ -3,6 +3,8 @@
 //!
 //! `cargo run --release --example bare_hyper -- 127.0.0.1:9101`
 
+#![allow(clippy::indexing_slicing)]
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 

@@ -189,6 +189,77 @@ impl Schema {
         out
     }
 
+    /// The JSON Schema these rules enforce (for the OpenAPI description):
+    /// an object with exactly these properties (`additionalProperties:
+    /// false`), each with its type, bounds and enumeration. Configured
+    /// patterns and the control-character rule are stated in the
+    /// description (regex dialects differ).
+    pub fn json_schema(&self) -> Value {
+        let mut props = Map::new();
+        let mut required = Vec::new();
+        for r in &self.rules {
+            let mut p = Map::new();
+            match &r.kind {
+                Kind::String => {
+                    p.insert("type".into(), "string".into());
+                    if let Some(min) = r.min_length {
+                        p.insert("minLength".into(), min.into());
+                    }
+                    if let Some(max) = r.max_length {
+                        p.insert("maxLength".into(), max.into());
+                    }
+                    let mut notes = Vec::new();
+                    if r.no_control {
+                        notes.push("no control characters".to_string());
+                        p.insert(
+                            "pattern".into(),
+                            "^[^\\u0000-\\u001f\\u007f-\\u009f]*$".into(),
+                        );
+                    }
+                    for re in &r.patterns {
+                        notes.push(format!("matches `{}`", re.as_str()));
+                    }
+                    if !notes.is_empty() {
+                        p.insert("description".into(), notes.join("; ").into());
+                    }
+                }
+                Kind::Bool => {
+                    p.insert("type".into(), "boolean".into());
+                }
+                Kind::Integer { min, max } => {
+                    p.insert("type".into(), "integer".into());
+                    p.insert("minimum".into(), (*min).into());
+                    p.insert("maximum".into(), (*max).into());
+                }
+                Kind::Object => {
+                    p.insert("type".into(), "object".into());
+                }
+                Kind::OneOf(values) => {
+                    p.insert("type".into(), "string".into());
+                    p.insert("enum".into(), (*values).into());
+                }
+                Kind::Any => {}
+            }
+            if r.required {
+                required.push(Value::from(r.field.as_str()));
+            } else if !matches!(r.kind, Kind::Any) {
+                // An absent and a null optional field mean the same.
+                let inner = Value::Object(std::mem::take(&mut p));
+                p.insert(
+                    "anyOf".into(),
+                    vec![inner, serde_json::json!({"type": "null"})].into(),
+                );
+            }
+            props.insert(r.field.clone(), Value::Object(p));
+        }
+        serde_json::json!({
+            "type": "object",
+            "properties": props,
+            "required": required,
+            "additionalProperties": false,
+        })
+    }
+
     /// Validate `body`; on success the object's fields.
     pub fn validate<'a>(&self, body: &'a Value) -> Result<&'a Map<String, Value>, ApiError> {
         let errs = self.errors(body);
@@ -211,7 +282,7 @@ fn shorten(s: &str) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -265,5 +336,129 @@ mod tests {
         assert!(s.errors(&json!({"t": "abc"})).is_empty());
         assert!(!s.errors(&json!({"t": "1abc"})).is_empty());
         assert!(!s.errors(&json!({"t": "abc1"})).is_empty());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeSet;
+
+        /// A task field: absent, valid, or broken in one of several ways.
+        fn title() -> impl Strategy<Value = (Option<Value>, bool)> {
+            prop_oneof![
+                "[a-zA-Z0-9 ]{1,200}".prop_map(|s| (Some(json!(s)), false)),
+                Just((None, true)),
+                Just((Some(json!("")), true)),
+                Just((Some(Value::Null), true)),
+                "[a-z]{201,260}".prop_map(|s| (Some(json!(s)), true)),
+                "[a-z]{0,5}[\u{0}-\u{1f}\u{7f}][a-z]{0,5}".prop_map(|s| (Some(json!(s)), true)),
+                any::<i64>().prop_map(|n| (Some(json!(n)), true)),
+                Just((Some(json!(["t"])), true)),
+            ]
+        }
+        fn description() -> impl Strategy<Value = (Option<Value>, bool)> {
+            prop_oneof![
+                Just((None, false)),
+                Just((Some(Value::Null), false)),
+                ".{0,50}".prop_map(|s| (Some(json!(s)), false)),
+                Just((Some(json!("x".repeat(100_001))), true)),
+                any::<bool>().prop_map(|b| (Some(json!(b)), true)),
+                Just((Some(json!({"a": 1})), true)),
+            ]
+        }
+        fn priority() -> impl Strategy<Value = (Option<Value>, bool)> {
+            prop_oneof![
+                Just((None, false)),
+                prop::sample::select(vec!["low", "normal", "high"])
+                    .prop_map(|s| (Some(json!(s)), false)),
+                "[A-Z]{1,6}".prop_map(|s| (Some(json!(s)), true)),
+                any::<i32>().prop_map(|n| (Some(json!(n)), true)),
+            ]
+        }
+        fn input() -> impl Strategy<Value = (Option<Value>, bool)> {
+            prop_oneof![
+                Just((None, false)),
+                Just((Some(json!({"k": [1, "two", null]})), false)),
+                Just((Some(json!({})), false)),
+                Just((Some(json!([1, 2])), true)),
+                ".{0,10}".prop_map(|s| (Some(json!(s)), true)),
+                any::<i32>().prop_map(|n| (Some(json!(n)), true)),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            /// For task bodies with a random subset of broken rules (and
+            /// random unknown fields), `fields` names exactly the broken ones.
+            #[test]
+            fn reports_exactly_the_broken_fields(
+                t in title(), d in description(), p in priority(), i in input(),
+                unknown in proptest::collection::btree_set("[a-z_]{1,12}", 0..3),
+            ) {
+                let cfg = crate::config::load(&crate::config::Source::default()).unwrap();
+                let rules = crate::app::tasks::TaskRules::new(&cfg);
+                let mut body = Map::new();
+                let mut broken = BTreeSet::new();
+                for (name, (v, bad)) in [("title", t), ("description", d), ("priority", p), ("input", i)] {
+                    if let Some(v) = v { body.insert(name.into(), v); }
+                    if bad { broken.insert(name.to_string()); }
+                }
+                for u in unknown {
+                    if ["title", "description", "priority", "input"].contains(&u.as_str()) { continue; }
+                    body.insert(u.clone(), json!(1));
+                    broken.insert(u);
+                }
+                let body = Value::Object(body);
+                let errs = rules.create.errors(&body);
+                let got: BTreeSet<String> = errs.keys().cloned().collect();
+                prop_assert_eq!(&got, &broken, "{:?}", errs);
+                prop_assert!(errs.values().all(|v| !v.is_empty()));
+                prop_assert_eq!(rules.create.validate(&body).is_ok(), broken.is_empty());
+            }
+
+            /// Validation never panics, whatever the JSON.
+            #[test]
+            fn never_panics(v in arb_json()) {
+                let cfg = crate::config::load(&crate::config::Source::default()).unwrap();
+                let rules = crate::app::tasks::TaskRules::new(&cfg);
+                for s in [&rules.create, &rules.patch, &rules.result] {
+                    let errs = s.errors(&v);
+                    prop_assert_eq!(errs.is_empty(), s.validate(&v).is_ok());
+                }
+            }
+        }
+
+        fn arb_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(|f| json!(f)),
+                ".{0,20}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 32, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    proptest::collection::btree_map(
+                        prop_oneof![
+                            prop::sample::select(vec![
+                                "title",
+                                "description",
+                                "priority",
+                                "input",
+                                "status",
+                                "result"
+                            ])
+                            .prop_map(String::from),
+                            ".{0,8}",
+                        ],
+                        inner,
+                        0..6
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
     }
 }

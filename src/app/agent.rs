@@ -26,7 +26,7 @@ use super::tasks::{load_visible, publish, TaskView};
 use super::AppState;
 use crate::apisec::validation::{Kind, Rule, Schema};
 use crate::authn::Authenticated;
-use crate::authz::{Access, Permission, Routes};
+use crate::authz::{Access, Permission, RouteDoc, Routes};
 use crate::http::{ApiError, Json};
 use crate::monitoring::audit::AuditEvent;
 use crate::store::tasks as store;
@@ -44,12 +44,20 @@ pub fn routes() -> Routes<AppState> {
             "agent status, settings and queue figures",
             status,
         )
+        .doc(RouteDoc::new().ok(200, "the agent's status", |_| status_schema()))
         .route(
             Method::PATCH,
             "/api/agent",
             Access::Permission(WriteAgent),
             "change agent settings",
             update,
+        )
+        .doc(
+            RouteDoc::new()
+                .body(|_| settings_schema().json_schema())
+                .ok(200, "the agent's status after the change", |_| {
+                    status_schema()
+                }),
         )
         .route(
             Method::POST,
@@ -58,12 +66,30 @@ pub fn routes() -> Routes<AppState> {
             "claim the next queued task",
             claim,
         )
+        .doc(
+            RouteDoc::new()
+                .ok(
+                    200,
+                    "the claimed task (status running, agent_id set)",
+                    |_| super::tasks::task_schema(),
+                )
+                .empty(204, "nothing queued, or the agent is paused"),
+        )
         .route(
             Method::POST,
             "/api/tasks/{id}/result",
             Access::Permission(WriteAgent),
             "store a claimed task's result",
             result,
+        )
+        .doc(
+            RouteDoc::new()
+                .body(|c| super::tasks::TaskRules::new(c).result.json_schema())
+                .ok(200, "the finished task", |_| super::tasks::task_schema())
+                .error(
+                    409,
+                    "conflict: the task is not running or held by another worker",
+                ),
         )
 }
 
@@ -85,6 +111,36 @@ fn settings_schema() -> Schema {
             },
         ),
     ])
+}
+
+/// The JSON Schema of the agent's status.
+fn status_schema() -> serde_json::Value {
+    let queue: serde_json::Map<String, serde_json::Value> = super::tasks::STATUSES
+        .iter()
+        .map(|s| {
+            (
+                s.to_string(),
+                serde_json::json!({"type": "integer", "minimum": 0}),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "type": "object",
+        "required": ["status", "settings", "queue", "workers"],
+        "properties": {
+            "status": {"type": "string", "enum": ["paused", "working", "idle"]},
+            "settings": {
+                "type": "object",
+                "required": ["paused", "max_running"],
+                "properties": {
+                    "paused": {"type": "boolean"},
+                    "max_running": {"type": "integer", "minimum": 1, "maximum": MAX_RUNNING_LIMIT},
+                }
+            },
+            "queue": {"type": "object", "properties": queue},
+            "workers": {"type": "integer", "minimum": 0},
+        }
+    })
 }
 
 pub async fn load_settings(state: &AppState) -> Result<Settings, ApiError> {

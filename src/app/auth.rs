@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use super::AppState;
 use crate::authn::{AuthKind, Authenticated};
-use crate::authz::{Access, Routes};
+use crate::authz::{Access, RouteDoc, Routes};
 use crate::http::{ApiError, Json, RequestId};
 use crate::monitoring::audit::AuditEvent;
 use crate::network::ClientAddr;
@@ -28,12 +28,40 @@ pub fn routes() -> Routes<AppState> {
             "log in with username and password; returns a JWT",
             login,
         )
+        .doc(
+            RouteDoc::new()
+                .body(|_| {
+                    json!({
+                        "type": "object",
+                        "required": ["username", "password"],
+                        "additionalProperties": false,
+                        "properties": {"username": {"type": "string"}, "password": {"type": "string"}},
+                    })
+                })
+                .ok(200, "a JWT", |_| {
+                    json!({
+                        "type": "object",
+                        "required": ["access_token", "token_type", "expires_in"],
+                        "properties": {
+                            "access_token": {"type": "string"},
+                            "token_type": {"const": "Bearer"},
+                            "expires_in": {"type": "integer", "minimum": 0},
+                        }
+                    })
+                })
+                .error(401, "unauthenticated: wrong username or password, or locked out"),
+        )
         .route(
             Method::POST,
             "/api/auth/logout",
             Access::Authenticated,
             "revoke the presented JWT (API keys: 400)",
             logout,
+        )
+        .doc(
+            RouteDoc::new()
+                .empty(204, "the token is revoked")
+                .error(400, "bad_request: the caller used an API key, not a JWT"),
         )
         .route(
             Method::GET,
@@ -42,6 +70,19 @@ pub fn routes() -> Routes<AppState> {
             "the caller's identity and permissions",
             whoami,
         )
+        .doc(RouteDoc::new().ok(200, "the caller", |_| {
+            json!({
+                "type": "object",
+                "required": ["user_id", "username", "roles", "permissions", "auth"],
+                "properties": {
+                    "user_id": {"type": "string"},
+                    "username": {"type": "string"},
+                    "roles": {"type": "array", "items": {"type": "string"}},
+                    "permissions": super::openapi::permission_names(),
+                    "auth": {"type": "string", "enum": ["api_key", "jwt"]},
+                }
+            })
+        }))
 }
 
 /// A login body. `Debug` is not derived: it holds a password.

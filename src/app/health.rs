@@ -11,14 +11,24 @@ use http::Method;
 use serde_json::json;
 
 use super::AppState;
-use crate::authz::{Access, Routes};
+use crate::authz::{Access, RouteDoc, Routes};
 use crate::config::FailurePolicy;
 use crate::http::{ApiError, Json};
 
 pub fn routes() -> Routes<AppState> {
     Routes::new()
         .route(Method::GET, "/healthz", Access::Public, "liveness", healthz)
+        .doc(RouteDoc::new().ok(200, "alive", |_| {
+            json!({"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}})
+        }))
         .route(Method::GET, "/readyz", Access::Public, "readiness", readyz)
+        .doc(
+            RouteDoc::new()
+                .ok(200, "ready", |_| {
+                    json!({"type": "object", "required": ["status"], "properties": {"status": {"const": "ready"}}})
+                })
+                .error(503, "unavailable: the database (or Redis) does not answer"),
+        )
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -29,10 +39,11 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
     if !state.db.ping().await {
         return Err(ApiError::Unavailable);
     }
-    let mut checks = json!({"database": "ok"});
+    let mut checks = serde_json::Map::new();
+    checks.insert("database".into(), "ok".into());
     let mut status = "ready";
     if let Some(up) = state.shared.redis_up() {
-        checks["redis"] = if up { "ok" } else { "down" }.into();
+        checks.insert("redis".into(), if up { "ok" } else { "down" }.into());
         if !up {
             if state.cfg.state.redis_failure_policy == FailurePolicy::FailClosed {
                 return Err(ApiError::Unavailable);

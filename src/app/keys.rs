@@ -13,7 +13,7 @@ use super::auth::event;
 use super::AppState;
 use crate::authn::identity;
 use crate::authn::Authenticated;
-use crate::authz::{Access, Routes};
+use crate::authz::{Access, RouteDoc, Routes};
 use crate::http::{ApiError, Json, RequestId};
 use crate::network::ClientAddr;
 use crate::store;
@@ -27,6 +27,14 @@ pub fn routes() -> Routes<AppState> {
             "create an API key (the secret is shown once)",
             create,
         )
+        .doc(
+            RouteDoc::new()
+                .body(|_| new_key_schema())
+                .ok(201, "the key, with its secret (shown once)", |_| {
+                    created_key_schema()
+                })
+                .error(403, "forbidden: more permissions than the caller has"),
+        )
         .route(
             Method::GET,
             "/api/keys",
@@ -34,6 +42,7 @@ pub fn routes() -> Routes<AppState> {
             "list own API keys (admin: all), never the secrets",
             list,
         )
+        .doc(RouteDoc::new().ok(200, "the keys", |_| super::openapi::list_of(key_schema())))
         .route(
             Method::DELETE,
             "/api/keys/{id}",
@@ -41,6 +50,7 @@ pub fn routes() -> Routes<AppState> {
             "revoke an API key (owner or admin)",
             revoke,
         )
+        .doc(RouteDoc::new().empty(204, "revoked"))
         .route(
             Method::POST,
             "/api/keys/{id}/rotate",
@@ -48,6 +58,60 @@ pub fn routes() -> Routes<AppState> {
             "new secret; the old one stays valid for the rotation grace period",
             rotate,
         )
+        .doc(
+            RouteDoc::new()
+                .ok(200, "the key with its new secret (shown once)", |_| {
+                    created_key_schema()
+                })
+                .error(409, "conflict: the key is revoked"),
+        )
+}
+
+fn key_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["id", "name", "user_id", "permissions", "created_at", "expires_at", "status"],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "user_id": {"type": "string"},
+            "username": {"type": ["string", "null"]},
+            "permissions": super::openapi::permission_names(),
+            "created_at": super::openapi::time(),
+            "expires_at": super::openapi::time(),
+            "last_used_at": super::openapi::nullable(super::openapi::time()),
+            "revoked_at": super::openapi::nullable(super::openapi::time()),
+            "status": {"type": "string", "enum": ["active", "expired", "revoked"]},
+        }
+    })
+}
+
+fn created_key_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["id", "key", "name", "permissions", "expires_at"],
+        "properties": {
+            "id": {"type": "string"},
+            "key": {"type": "string", "pattern": "^frn_[A-Za-z0-9_-]{43}$"},
+            "name": {"type": "string"},
+            "permissions": super::openapi::permission_names(),
+            "expires_at": super::openapi::time(),
+        }
+    })
+}
+
+fn new_key_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["name"],
+        "additionalProperties": false,
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 100,
+                     "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"},
+            "permissions": super::openapi::nullable(super::openapi::permission_names()),
+            "expires_in_days": {"type": "number", "exclusiveMinimum": 0, "maximum": 365},
+        }
+    })
 }
 
 async fn create(

@@ -13,9 +13,10 @@ use http::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::openapi;
 use super::AppState;
 use crate::authn::Authenticated;
-use crate::authz::{Access, Permission, Routes};
+use crate::authz::{Access, Permission, RouteDoc, Routes};
 use crate::http::{ApiError, FieldErrors, Json, RequestId};
 use crate::monitoring::audit::AuditEvent;
 use crate::network::ban::{key_string, parse_key, BanRecord, Length};
@@ -35,12 +36,37 @@ pub fn routes() -> Routes<AppState> {
             "list active bans",
             list_bans,
         )
+        .doc(
+            RouteDoc::new()
+                .query("limit", |_| openapi::limit(MAX_LIMIT as i64), "page size (default 100)")
+                .query("cursor", openapi::cursor, "next_cursor of the previous page")
+                .ok(200, "active bans", |_| openapi::list_of(ban_schema())),
+        )
         .route(
             Method::POST,
             "/api/security/bans",
             admin,
             "ban an address",
             add_ban,
+        )
+        .doc(
+            RouteDoc::new()
+                .body(|_| {
+                    json!({
+                        "type": "object",
+                        "required": ["ip", "seconds"],
+                        "additionalProperties": false,
+                        "properties": {
+                            "ip": {"type": "string", "description": "an IPv4 or IPv6 address (not in limits.allowlist)"},
+                            "seconds": {"type": "integer", "minimum": 1, "maximum": MAX_BAN_SECONDS},
+                            "reason": {"anyOf": [
+                                {"type": "string", "minLength": 1, "maxLength": 200,
+                                 "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"},
+                                {"type": "null"}]},
+                        }
+                    })
+                })
+                .ok(201, "the ban", |_| ban_schema()),
         )
         .route(
             Method::DELETE,
@@ -49,6 +75,7 @@ pub fn routes() -> Routes<AppState> {
             "lift a ban",
             lift_ban,
         )
+        .doc(RouteDoc::new().empty(204, "lifted"))
         .route(
             Method::GET,
             "/api/security/incidents",
@@ -56,6 +83,48 @@ pub fn routes() -> Routes<AppState> {
             "detected incidents and the response taken",
             list_incidents,
         )
+        .doc(
+            RouteDoc::new()
+                .query("kind", |_| {
+                    let kinds: Vec<&str> = crate::monitoring::incidents::Kind::ALL
+                        .iter()
+                        .map(|k| k.as_str())
+                        .collect();
+                    json!({"type": "string", "enum": kinds})
+                }, "only incidents of this kind")
+                .query("limit", |_| openapi::limit(MAX_LIMIT as i64), "page size (default 100)")
+                .query("cursor", |_| json!({"type": "string", "pattern": "^[0-9a-fA-F]{0,64}$"}), "next_cursor of the previous page")
+                .ok(200, "incidents, newest first", |_| {
+                    openapi::list_of(json!({
+                        "type": "object",
+                        "required": ["id", "kind", "created_at"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "kind": {"type": "string"},
+                            "ip": {"type": ["string", "null"]},
+                            "user_id": {"type": ["string", "null"]},
+                            "details": {},
+                            "actions": {},
+                            "created_at": openapi::time(),
+                        }
+                    }))
+                }),
+        )
+}
+
+fn ban_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["ip", "reason", "created_at", "until", "retry_after", "offences"],
+        "properties": {
+            "ip": {"type": "string"},
+            "reason": {"type": "string"},
+            "created_at": openapi::time(),
+            "until": openapi::time(),
+            "retry_after": {"type": "integer", "minimum": 0},
+            "offences": {"type": "integer", "minimum": 0},
+        }
+    })
 }
 
 fn ban_json(b: &BanRecord, group_v6: bool, now: i64) -> Value {
@@ -129,7 +198,7 @@ async fn list_bans(
         .into_iter()
         .filter(|b| after.map_or(true, |a| b.key > a))
         .collect();
-    let page = &bans[..bans.len().min(limit)];
+    let page = bans.get(..limit).unwrap_or(&bans);
     let next = (bans.len() > limit)
         .then(|| page.last().map(|b| key_string(b.key, group)))
         .flatten();
@@ -276,7 +345,7 @@ async fn list_incidents(
     }
     let rows = crate::store::incidents::list(&state.db, kind, cursor, limit as i64 + 1).await?;
     let more = rows.len() > limit;
-    let page = &rows[..rows.len().min(limit)];
+    let page = rows.get(..limit).unwrap_or(&rows);
     let next = more.then(|| page.last().map(|r| r.id.clone())).flatten();
     let items: Vec<Value> = page
         .iter()

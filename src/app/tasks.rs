@@ -15,13 +15,14 @@ use axum::response::IntoResponse;
 use base64::Engine;
 use http::{Method, StatusCode};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use super::events::{Event, EventKind};
+use super::openapi;
 use super::AppState;
 use crate::apisec::validation::{Kind, Rule, Schema};
 use crate::authn::Authenticated;
-use crate::authz::{Access, Permission, Routes};
+use crate::authz::{Access, Permission, RouteDoc, Routes};
 use crate::config::Config;
 use crate::http::{ApiError, FieldErrors, Json};
 use crate::store::tasks::{self as store, ListFilter, TaskRow};
@@ -43,12 +44,41 @@ pub fn routes() -> Routes<AppState> {
             "create a task",
             create,
         )
+        .doc(
+            RouteDoc::new()
+                .body(|c| TaskRules::new(c).create.json_schema())
+                .ok(201, "the created task", |_| task_schema()),
+        )
         .route(
             Method::GET,
             "/api/tasks",
             Access::Permission(ReadTasks),
             "list tasks",
             list,
+        )
+        .doc(
+            RouteDoc::new()
+                .query(
+                    "status",
+                    |_| json!({"type": "string", "enum": STATUSES}),
+                    "only tasks in this status",
+                )
+                .query(
+                    "q",
+                    |_| json!({"type": "string", "maxLength": TITLE_MAX}),
+                    "text the title contains",
+                )
+                .query(
+                    "limit",
+                    |_| openapi::limit(LIST_MAX),
+                    "page size (default 50)",
+                )
+                .query(
+                    "cursor",
+                    openapi::cursor,
+                    "next_cursor of the previous page",
+                )
+                .ok(200, "a page of tasks", |_| openapi::list_of(task_schema())),
         )
         .route(
             Method::GET,
@@ -57,12 +87,19 @@ pub fn routes() -> Routes<AppState> {
             "get a task",
             get,
         )
+        .doc(RouteDoc::new().ok(200, "the task", |_| task_schema()))
         .route(
             Method::PATCH,
             "/api/tasks/{id}",
             Access::Permission(WriteTasks),
             "change or cancel a task",
             patch,
+        )
+        .doc(
+            RouteDoc::new()
+                .body(|c| TaskRules::new(c).patch.json_schema())
+                .ok(200, "the changed task", |_| task_schema())
+                .error(409, "conflict: an illegal status move"),
         )
         .route(
             Method::DELETE,
@@ -71,6 +108,7 @@ pub fn routes() -> Routes<AppState> {
             "delete a task",
             delete,
         )
+        .doc(RouteDoc::new().empty(204, "deleted"))
 }
 
 /// The input rules of the task routes (defaults from the contract, tightened
@@ -140,6 +178,28 @@ pub struct TaskView {
     pub agent_id: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// The JSON Schema of [`TaskView`].
+pub fn task_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["id", "title", "description", "priority", "status", "input", "result",
+                     "owner_id", "agent_id", "created_at", "updated_at"],
+        "properties": {
+            "id": {"type": "string"},
+            "title": {"type": "string"},
+            "description": {"type": ["string", "null"]},
+            "priority": {"type": "string", "enum": PRIORITIES},
+            "status": {"type": "string", "enum": STATUSES},
+            "input": {"type": ["object", "null"]},
+            "result": {},
+            "owner_id": {"type": "string"},
+            "agent_id": {"type": ["string", "null"]},
+            "created_at": openapi::time(),
+            "updated_at": openapi::time(),
+        }
+    })
 }
 
 /// What agent workers learn from `task_available` (not the contents).

@@ -12,7 +12,7 @@ use super::auth::event;
 use super::AppState;
 use crate::authn::identity;
 use crate::authn::Authenticated;
-use crate::authz::{Access, Permission, Routes};
+use crate::authz::{Access, Permission, RouteDoc, Routes};
 use crate::http::{ApiError, Json, RequestId};
 use crate::network::ClientAddr;
 use crate::store;
@@ -21,8 +21,20 @@ pub fn routes() -> Routes<AppState> {
     const ADMIN: Access = Access::Permission(Permission::Admin);
     Routes::new()
         .route(Method::POST, "/api/users", ADMIN, "create a user", create)
+        .doc(
+            RouteDoc::new()
+                .body(new_user_schema)
+                .ok(201, "the created user", |_| user_schema())
+                .error(409, "conflict: the username is taken"),
+        )
         .route(Method::GET, "/api/users", ADMIN, "list users", list)
+        .doc(RouteDoc::new().ok(
+            200,
+            "every user",
+            |_| super::openapi::list_of(user_schema()),
+        ))
         .route(Method::GET, "/api/users/{id}", ADMIN, "show a user", show)
+        .doc(RouteDoc::new().ok(200, "the user", |_| user_schema()))
         .route(
             Method::DELETE,
             "/api/users/{id}",
@@ -30,6 +42,45 @@ pub fn routes() -> Routes<AppState> {
             "delete a user, their keys and tokens",
             remove,
         )
+        .doc(
+            RouteDoc::new()
+                .empty(204, "deleted")
+                .error(409, "conflict: the last admin cannot be deleted"),
+        )
+}
+
+fn user_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["id", "username", "email", "roles", "created_at"],
+        "properties": {
+            "id": {"type": "string"},
+            "username": {"type": "string"},
+            "email": {"type": "string"},
+            "roles": {"type": "array", "items": {"type": "string"}},
+            "created_at": super::openapi::time(),
+        }
+    })
+}
+
+fn new_user_schema(cfg: &crate::config::Config) -> Value {
+    let roles: Vec<String> = crate::authz::Roles::new(&cfg.roles)
+        .names()
+        .map(String::from)
+        .collect();
+    json!({
+        "type": "object",
+        "required": ["username", "email", "password", "roles"],
+        "additionalProperties": false,
+        "properties": {
+            "username": {"type": "string", "pattern": "^[a-zA-Z0-9_]{3,20}$"},
+            "email": {"type": "string", "maxLength": 254,
+                      "pattern": "^[a-zA-Z0-9._%+-]+@[a-zA-Z0-9.-]+\\.[a-zA-Z]{2,}$"},
+            "password": {"type": "string", "minLength": 8, "maxLength": 1024},
+            "roles": {"type": "array", "minItems": 1, "maxItems": 16,
+                      "items": {"type": "string", "enum": roles}},
+        }
+    })
 }
 
 async fn create(

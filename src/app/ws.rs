@@ -24,7 +24,7 @@ use http::Method;
 use super::events::{Event, Next, Subscription};
 use super::AppState;
 use crate::authn::Authenticated;
-use crate::authz::{Access, Routes};
+use crate::authz::{Access, RouteDoc, Routes};
 use crate::http::ApiError;
 
 pub const MAX_MESSAGE: usize = 64 * 1024;
@@ -33,13 +33,19 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn routes() -> Routes<AppState> {
-    Routes::new().route(
-        Method::GET,
-        "/api/ws",
-        Access::Authenticated,
-        "task events (WebSocket)",
-        ws,
-    )
+    Routes::new()
+        .route(
+            Method::GET,
+            "/api/ws",
+            Access::Authenticated,
+            "task events (WebSocket)",
+            ws,
+        )
+        .doc(
+            RouteDoc::new()
+                .empty(101, "switching to the WebSocket protocol")
+                .error(400, "bad_request: not a WebSocket upgrade request"),
+        )
 }
 
 async fn ws(

@@ -216,6 +216,61 @@ pub struct RouteSpec {
     pub path: &'static str,
     pub access: Access,
     pub summary: &'static str,
+    /// What the OpenAPI description says beyond access and summary.
+    pub doc: RouteDoc,
+}
+
+/// A JSON Schema, built from the effective config (validation rules can be
+/// tightened there).
+pub type SchemaFn = fn(&crate::config::Config) -> serde_json::Value;
+
+/// The OpenAPI facts of a route that the table cannot infer: its body,
+/// query parameters, success responses and route-specific errors. Path
+/// parameters come from the `{name}` segments and the errors every route of
+/// its kind can give from the path, method and access (see `app::openapi`).
+/// Declared next to the route with [`Routes::doc`].
+#[derive(Debug, Clone, Default)]
+pub struct RouteDoc {
+    /// JSON Schema of the (required) JSON request body; `None`: no body.
+    pub body: Option<SchemaFn>,
+    /// Query parameters: name, JSON Schema, description.
+    pub query: Vec<(&'static str, SchemaFn, &'static str)>,
+    /// Success responses: status, description, JSON Schema of the body
+    /// (`None`: no body).
+    pub ok: Vec<(u16, &'static str, Option<SchemaFn>)>,
+    /// Errors this route gives beyond the common ones (404, 409, 503, ...).
+    pub errors: Vec<(u16, &'static str)>,
+}
+
+impl RouteDoc {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn body(mut self, schema: SchemaFn) -> Self {
+        self.body = Some(schema);
+        self
+    }
+    pub fn query(
+        mut self,
+        name: &'static str,
+        schema: SchemaFn,
+        description: &'static str,
+    ) -> Self {
+        self.query.push((name, schema, description));
+        self
+    }
+    pub fn ok(mut self, status: u16, description: &'static str, schema: SchemaFn) -> Self {
+        self.ok.push((status, description, Some(schema)));
+        self
+    }
+    pub fn empty(mut self, status: u16, description: &'static str) -> Self {
+        self.ok.push((status, description, None));
+        self
+    }
+    pub fn error(mut self, status: u16, description: &'static str) -> Self {
+        self.errors.push((status, description));
+        self
+    }
 }
 
 /// A router that only accepts routes with a declared [`Access`], and keeps
@@ -262,7 +317,16 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
             path,
             access,
             summary,
+            doc: RouteDoc::default(),
         });
+        self
+    }
+
+    /// Describe the route registered last (for the OpenAPI description).
+    pub fn doc(mut self, doc: RouteDoc) -> Self {
+        if let Some(last) = self.table.last_mut() {
+            last.doc = doc;
+        }
         self
     }
 

@@ -146,9 +146,9 @@ pub fn keys(cfg: Config, cmd: KeysCmd) -> CmdResult {
                         k.username,
                         k.name.replace(['\t', '\n'], " "),
                         k.permissions.join(","),
-                        j["expires_at"].as_str().unwrap_or("-"),
-                        j["last_used_at"].as_str().unwrap_or("-"),
-                        j["status"].as_str().unwrap_or("-"),
+                        j.get("expires_at").and_then(|v| v.as_str()).unwrap_or("-"),
+                        j.get("last_used_at").and_then(|v| v.as_str()).unwrap_or("-"),
+                        j.get("status").and_then(|v| v.as_str()).unwrap_or("-"),
                     );
                 }
                 Ok(0)

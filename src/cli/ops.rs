@@ -84,10 +84,22 @@ pub fn check(g: &Global) -> CmdResult {
 
 pub fn audit(g: &Global, c: AuditCmd) -> CmdResult {
     match c {
-        AuditCmd::Verify { files } => match checklist::verify_files(&files) {
-            Ok(n) => {
+        AuditCmd::Verify { files } => match checklist::verify_chain(&files) {
+            Ok(v) if v.incomplete_tail => {
+                // Exit 1 all the same: a cut-off tail is also what a
+                // truncation looks like; the operator decides.
                 println!(
-                    "OK {n} lines in {} file(s): the hash chain is intact",
+                    "INCOMPLETE verified {} complete lines in {} file(s); line {} (the last) is incomplete: a crash while writing it, or a truncation (the next start removes it)",
+                    v.lines,
+                    files.len(),
+                    v.lines + 1
+                );
+                Ok(1)
+            }
+            Ok(v) => {
+                println!(
+                    "OK {} lines in {} file(s): the hash chain is intact",
+                    v.lines,
                     files.len()
                 );
                 Ok(0)

@@ -831,12 +831,10 @@ impl Config {
             ("state", "redis_url"),
             ("alerts", "webhook_url"),
         ] {
-            if let Some(url) = v
-                .get_mut(section)
-                .and_then(|s| s.get_mut(key))
-                .and_then(|u| u.as_str().map(redact_url))
-            {
-                v[section][key] = url.into();
+            if let Some(u) = v.get_mut(section).and_then(|s| s.get_mut(key)) {
+                if let Some(url) = u.as_str().map(redact_url) {
+                    *u = url.into();
+                }
             }
         }
         let resolved = serde_json::json!({

@@ -17,7 +17,7 @@ use http::{header, HeaderValue, Method};
 use serde_json::{json, Value};
 
 use crate::app::AppState;
-use crate::authz::{Access, Permission, Routes};
+use crate::authz::{Access, Permission, RouteDoc, Routes};
 use crate::http::{ApiError, FieldErrors, Json};
 use crate::store::audit::AuditFilter;
 
@@ -37,12 +37,29 @@ pub fn routes() -> Routes<AppState> {
             "Prometheus metrics (OpenMetrics text)",
             metrics,
         )
+        .doc(RouteDoc::new().empty(200, "the metrics, in OpenMetrics text format"))
         .route(
             Method::GET,
             "/api/audit",
             Access::Permission(Permission::Admin),
             "audit events, filterable by type, since, user_id, ip",
             audit_list,
+        )
+        .doc(
+            RouteDoc::new()
+                .query("type", |_| json!({"type": "string", "pattern": "^[a-z_]{1,64}$"}), "only events of this type")
+                .query("since", |_| json!({"type": "string", "format": "date-time"}), "only events at or after this time")
+                .query("user_id", |_| json!({"type": "string", "minLength": 1, "maxLength": 128}), "only events of this user")
+                .query("ip", |_| json!({"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}), "only events from this address")
+                .query("limit", |_| crate::app::openapi::limit(AUDIT_MAX_LIMIT), "page size (default 100)")
+                .query("cursor", |_| json!({"type": "string", "pattern": "^[0-9]{1,19}$"}), "next_cursor of the previous page")
+                .ok(200, "audit events, newest first", |_| {
+                    crate::app::openapi::list_of(json!({
+                        "type": "object",
+                        "required": ["ts", "event_type"],
+                        "properties": {"ts": crate::app::openapi::time(), "event_type": {"type": "string"}}
+                    }))
+                }),
         )
 }
 

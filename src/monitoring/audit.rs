@@ -116,6 +116,10 @@ impl Audit {
     /// Start the writer, reporting backpressure to `hooks`.
     pub fn start_with(cfg: &Config, db: Db, hooks: AuditHooks) -> anyhow::Result<Audit> {
         let path = cfg.audit_file.clone();
+        // A crash (SIGKILL, power loss) can leave a last line without its
+        // line end; appending after it would glue the next line to it and
+        // break the chain for good. Remove it first, and say so in the chain.
+        let cut = repair_tail(&path)?;
         let prev = last_hash(&path)?;
         let capacity = cfg.audit.queue_capacity.max(16);
         let (tx, rx) = mpsc::channel(capacity);
@@ -131,7 +135,7 @@ impl Audit {
             queued.clone(),
             hooks.depth.clone(),
         ));
-        Ok(Audit {
+        let audit = Audit {
             tx,
             queued,
             waited: Arc::new(AtomicU64::new(0)),
@@ -139,7 +143,22 @@ impl Audit {
             capacity: capacity as u64,
             hooks,
             last_alert_ms: std::sync::atomic::AtomicI64::new(0),
-        })
+        };
+        if let Some((bytes, hash)) = cut {
+            tracing::warn!(
+                file = %cfg.audit_file.display(),
+                bytes,
+                "removed an incomplete last audit line (the process was killed while writing it)"
+            );
+            let ev = AuditEvent::new("audit_tail_truncated")
+                .field("bytes", bytes)
+                .field("sha256", hash);
+            audit.queued.fetch_add(1, Ordering::Relaxed);
+            if audit.tx.try_send(Msg::Event(ev)).is_err() {
+                audit.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        Ok(audit)
     }
 
     /// Hand an event to the writer. Waits for room when the queue is full
@@ -562,6 +581,48 @@ pub fn verify_lines<'a, I: IntoIterator<Item = &'a str>>(
     Ok(prev)
 }
 
+/// Remove an incomplete last line (bytes after the last line end) from the
+/// log at `path`; returns how many bytes were removed and their SHA-256
+/// (hex), or `None` when the file ends in a line end, is empty or absent.
+pub fn repair_tail(path: &Path) -> std::io::Result<Option<(u64, String)>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    // Scan backwards in blocks for the last line end.
+    let mut end = len;
+    let mut keep = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    'scan: while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let n = usize::try_from(end - start).unwrap_or(0);
+        let Some(block) = buf.get_mut(..n) else { break };
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(block)?;
+        if let Some(i) = block.iter().rposition(|&b| b == b'\n') {
+            keep = start + i as u64 + 1;
+            break 'scan;
+        }
+        end = start;
+    }
+    if keep == len {
+        return Ok(None);
+    }
+    f.seek(SeekFrom::Start(keep))?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail)?;
+    f.set_len(keep)?;
+    f.sync_all()?;
+    Ok(Some((len - keep, hex::encode(Sha256::digest(&tail)))))
+}
+
 /// The hash of the last line of an existing log (GENESIS if none).
 pub fn last_hash(path: &Path) -> std::io::Result<String> {
     let f = match std::fs::File::open(path) {
@@ -577,4 +638,111 @@ pub fn last_hash(path: &Path) -> std::io::Result<String> {
         }
     }
     Ok(last.unwrap_or_else(|| GENESIS.into()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A chain of `n` events with varied fields, as the writer renders it.
+    fn chain(values: &[String]) -> Vec<String> {
+        let mut prev = GENESIS.to_string();
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let ev = AuditEvent::new("api_access")
+                    .request_id(format!("r{i}"))
+                    .ip("203.0.113.7")
+                    .user(Some(format!("u{i}")))
+                    .field("endpoint", v.as_str())
+                    .field("status", 200 + i as u64);
+                let (line, hash) = render_at(&ev, &prev, 1_700_000_000_000 + i as i64);
+                prev = hash;
+                line
+            })
+            .collect()
+    }
+
+    /// Regression (crash safety): a SIGKILL mid-write leaves a last line
+    /// without its line end; appending after it glued the next line to it.
+    #[test]
+    fn incomplete_tail_after_crash_is_removed_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        let lines = chain(&["a".into(), "b".into(), "c".into()]);
+        let full = format!("{}\n{}\n", lines[0], lines[1]);
+        let cut = &lines[2][..lines[2].len() / 2];
+        std::fs::write(&p, format!("{full}{cut}")).unwrap();
+        let (n, hash) = repair_tail(&p).unwrap().unwrap();
+        assert_eq!(n as usize, cut.len());
+        assert_eq!(hash, hex::encode(Sha256::digest(cut.as_bytes())));
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), full);
+        assert_eq!(repair_tail(&p).unwrap(), None);
+        // the chain goes on from the last complete line
+        assert_eq!(
+            last_hash(&p).unwrap(),
+            verify_lines(lines[..2].iter().map(String::as_str), GENESIS.into(), 1).unwrap()
+        );
+        // no line end at all: everything goes
+        std::fs::write(&p, cut).unwrap();
+        assert!(repair_tail(&p).unwrap().is_some());
+        assert_eq!(std::fs::read(&p).unwrap(), b"");
+        assert_eq!(repair_tail(&dir.path().join("absent")).unwrap(), None);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// An unedited chain verifies; changing any one byte of any line to
+        /// any other printable ASCII byte is detected.
+        #[test]
+        fn any_edit_of_any_line_is_rejected(
+            values in proptest::collection::vec("[ -~é]{0,40}", 1..8),
+            which in any::<proptest::sample::Index>(),
+            pos in any::<proptest::sample::Index>(),
+            byte in 0x20u8..0x7f,
+        ) {
+            let lines = chain(&values);
+            prop_assert!(verify_lines(lines.iter().map(String::as_str), GENESIS.into(), 1).is_ok());
+            let l = which.index(lines.len());
+            let mut bytes = lines[l].clone().into_bytes();
+            let i = pos.index(bytes.len());
+            prop_assume!(bytes[i] != byte && bytes[i].is_ascii());
+            bytes[i] = byte;
+            let mut edited = lines.clone();
+            edited[l] = String::from_utf8(bytes).unwrap();
+            let res = verify_lines(edited.iter().map(String::as_str), GENESIS.into(), 1);
+            prop_assert!(res.is_err(), "edit at line {} byte {} not detected", l + 1, i);
+        }
+
+        /// Dropping, duplicating or swapping lines is detected.
+        #[test]
+        fn dropped_or_reordered_lines_are_rejected(
+            values in proptest::collection::vec("[a-z]{0,10}", 2..8),
+            a in any::<proptest::sample::Index>(),
+            b in any::<proptest::sample::Index>(),
+        ) {
+            let lines = chain(&values);
+            let (a, b) = (a.index(lines.len()), b.index(lines.len()));
+            let verify = |ls: &[String]| verify_lines(ls.iter().map(String::as_str), GENESIS.into(), 1);
+            let mut dropped = lines.clone();
+            dropped.remove(a);
+            // Dropping the last line leaves a valid (shorter) chain: that is
+            // what the database copy and the file's length are for.
+            if a + 1 != lines.len() {
+                prop_assert!(verify(&dropped).is_err());
+            }
+            let mut dup = lines.clone();
+            dup.insert(a, lines[a].clone());
+            prop_assert!(verify(&dup).is_err());
+            if a != b {
+                let mut swapped = lines.clone();
+                swapped.swap(a, b);
+                prop_assert!(verify(&swapped).is_err());
+            }
+        }
+    }
 }

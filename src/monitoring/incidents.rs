@@ -71,6 +71,8 @@ impl Kind {
         Kind::Ddos,
     ];
 
+    // Arrays of `Kind::ALL.len()` indexed by a `Kind` discriminant.
+    #[allow(clippy::indexing_slicing)]
     pub fn as_str(self) -> &'static str {
         INCIDENT_KINDS[self as usize]
     }
@@ -139,6 +141,8 @@ pub struct Engine {
     audit: bool,
 }
 
+// Arrays of `Kind::ALL.len()` indexed by a `Kind` discriminant.
+#[allow(clippy::indexing_slicing)]
 fn set_of(names: &[String]) -> [bool; 8] {
     let mut s = [false; 8];
     for n in names {
@@ -149,6 +153,8 @@ fn set_of(names: &[String]) -> [bool; 8] {
     s
 }
 
+// Arrays of `Kind::ALL.len()` indexed by a `Kind` discriminant.
+#[allow(clippy::indexing_slicing)]
 impl Engine {
     pub fn new(cfg: &Config) -> Engine {
         let i = &cfg.incidents;
@@ -425,7 +431,7 @@ pub fn alert_body(row: &crate::store::incidents::IncidentRow) -> Value {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::config::{load, Source};

@@ -269,10 +269,13 @@ pub fn parse_listeners(text: &str, v6: bool) -> Vec<(std::net::IpAddr, u16)> {
             }
             let mut bytes = [0u8; 16];
             let mut ok = true;
-            for w in 0..4 {
-                match u32::from_str_radix(&addr[w * 8..w * 8 + 8], 16) {
-                    Ok(x) => bytes[w * 4..w * 4 + 4].copy_from_slice(&x.to_le_bytes()),
-                    Err(_) => ok = false,
+            for (w, out) in bytes.chunks_exact_mut(4).enumerate() {
+                match addr
+                    .get(w * 8..w * 8 + 8)
+                    .and_then(|h| u32::from_str_radix(h, 16).ok())
+                {
+                    Some(x) => out.copy_from_slice(&x.to_le_bytes()),
+                    None => ok = false,
                 }
             }
             if !ok {
@@ -347,7 +350,7 @@ pub fn run_once(cfg: &Config) -> anyhow::Result<(Vec<Finding>, Option<String>)> 
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -77,6 +77,8 @@ pub struct Counter {
     head: u64,
 }
 
+// Ring positions are taken modulo `RING` (the array's length).
+#[allow(clippy::indexing_slicing)]
 impl Counter {
     /// Move the ring to `now`, clearing buckets that left the window. Time
     /// never goes back: an earlier `now` counts into the newest bucket.
@@ -187,6 +189,8 @@ impl<K: Hash + Eq, V: Default> Table<K, V> {
         }
     }
 
+    // The index is taken modulo the (never empty) shard count.
+    #[allow(clippy::indexing_slicing)]
     fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Mutex<LruCache<K, V>> {
         let i = self.hasher.hash_one(key) as usize % self.shards.len();
         &self.shards[i]
@@ -304,7 +308,7 @@ impl IdentityLimiter {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -355,7 +359,11 @@ mod tests {
             for i in 0..(10 * cap as u32) {
                 lim.check(&i, u64::from(i));
             }
-            assert_eq!(lim.tracked(), cap);
+            // never above the cap; each shard fills to its share, so the
+            // table is at (or, when the random hash seed spreads keys
+            // unevenly, just under) the cap
+            assert!(lim.tracked() <= cap, "{} > {cap}", lim.tracked());
+            assert!(lim.tracked() * 10 >= cap * 9, "{} of {cap}", lim.tracked());
             assert_eq!(lim.capacity(), cap);
         }
     }

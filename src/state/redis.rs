@@ -403,7 +403,7 @@ impl RedisState {
 
     fn account_key(&self, account: &str) -> String {
         let h = sha2::Sha256::digest(account.as_bytes());
-        self.key("lk:a", &hex::encode(&h[..16]))
+        self.key("lk:a", &hex::encode(h.get(..16).unwrap_or_default()))
     }
 
     fn lockout_keys(&self, account: &str, addr: Option<IpAddr>) -> Vec<String> {
@@ -639,7 +639,7 @@ async fn publish_loop(me: Weak<RedisState>, mut rx: mpsc::Receiver<String>) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::panic)]
+#[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::network::ratelimit::{Counter, Window};

@@ -264,6 +264,8 @@ pub struct Ids {
     prefilter: bool,
 }
 
+// Arrays of the 10 families indexed by `Family::idx()` (always < 10).
+#[allow(clippy::indexing_slicing)]
 fn family_modes(map: &BTreeMap<String, IdsMode>, ctx: &str) -> [Option<IdsMode>; 10] {
     let mut out = [None; 10];
     for (name, mode) in map {
@@ -341,6 +343,8 @@ impl Ids {
     /// The effective mode of every family on `path`: the route's family
     /// override, else the route's mode, else the global family override,
     /// else `ids.mode`.
+    // Arrays of the 10 families indexed by `Family::idx()` (always < 10).
+    #[allow(clippy::indexing_slicing)]
     pub fn modes_for(&self, path: &str) -> [IdsMode; 10] {
         let route = self.route(path);
         let mut out = [self.mode; 10];
@@ -464,7 +468,7 @@ impl Ids {
         let trimmed = body
             .iter()
             .position(|b| !b.is_ascii_whitespace())
-            .map(|i| &body[i..]);
+            .and_then(|i| body.get(i..));
         let looks_json = matches!(trimmed.and_then(|t| t.first()), Some(b'{' | b'['));
         let is_json = mime == "application/json" || mime.ends_with("+json");
         if is_json || (looks_json && !mime.contains("form") && !mime.contains("xml")) {
@@ -473,7 +477,7 @@ impl Ids {
                 return r;
             }
         }
-        let window = &body[..body.len().min(self.inspect_window)];
+        let window = body.get(..self.inspect_window).unwrap_or(body);
         let text = String::from_utf8_lossy(window);
         if mime == "multipart/form-data" {
             let boundary = ctype
@@ -525,12 +529,18 @@ impl Scan {
     }
 
     fn enabled(&self, f: Family) -> bool {
-        self.modes[f.idx()] != IdsMode::Off
+        self.mode(f) != IdsMode::Off
+    }
+
+    /// The effective mode of `f` (`Off` for an index out of range, which
+    /// `Family::idx()` never gives).
+    fn mode(&self, f: Family) -> IdsMode {
+        self.modes.get(f.idx()).copied().unwrap_or(IdsMode::Off)
     }
 
     /// Record a hit; `false` when the request is now blocked.
     fn hit(&mut self, family: Family, rule: &'static str, location: &str) -> bool {
-        match self.modes[family.idx()] {
+        match self.mode(family) {
             IdsMode::Off => true,
             IdsMode::Detect => {
                 if !self.verdict.detected.iter().any(|h| h.family == family) {
@@ -791,6 +801,8 @@ impl Scan {
 
     /// XML: attribute values and text nodes are the values; a DOCTYPE that
     /// declares external entities is an attack of its own.
+    // A byte scanner: every index is guarded by the loop's `< len` bound.
+    #[allow(clippy::indexing_slicing)]
     fn xml(&mut self, body: &str) {
         let lower = body.to_ascii_lowercase();
         if (lower.contains("<!entity") || lower.contains("<!doctype"))
@@ -957,6 +969,8 @@ mod prefilter {
 
     use aho_corasick::AhoCorasick;
 
+    // A 256-entry table indexed by a byte.
+    #[allow(clippy::indexing_slicing)]
     static SPECIAL: [bool; 256] = {
         let mut t = [false; 256];
         let s = b"'\"<>;|&$`(){}[]\\%#!*^~=+\n\r\t?@,";
@@ -1178,6 +1192,8 @@ mod prefilter {
     });
 
     /// Could any rule match this raw value?
+    // A 256-entry table indexed by a byte.
+    #[allow(clippy::indexing_slicing)]
     pub fn suspicious(raw: &str) -> bool {
         if raw.bytes().any(|b| SPECIAL[b as usize]) {
             return true;
@@ -1204,7 +1220,7 @@ mod prefilter {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests;
 
 /// The parts of `path` that fill the `{param}` (or `{*rest}`) segments of

@@ -138,3 +138,56 @@ fn file_round_trip_and_tamper() {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// decrypt(encrypt(m)) == m, for any message and key.
+        #[test]
+        fn encrypt_then_decrypt_is_identity(
+            key in proptest::array::uniform32(any::<u8>()),
+            msg in proptest::collection::vec(any::<u8>(), 0..2048),
+        ) {
+            let key = Key::from_bytes(&key);
+            let token = key.encrypt(&msg);
+            prop_assert_eq!(key.decrypt(&token).unwrap(), msg.clone());
+            prop_assert_eq!(key.decrypt_with_ttl(&token, 60).unwrap(), msg);
+        }
+
+        /// Any one-byte change of the token text is rejected.
+        #[test]
+        fn any_one_byte_change_is_rejected(
+            key in proptest::array::uniform32(any::<u8>()),
+            msg in proptest::collection::vec(any::<u8>(), 0..256),
+            pos in any::<proptest::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let key = Key::from_bytes(&key);
+            let mut token = key.encrypt(&msg).into_bytes();
+            let i = pos.index(token.len());
+            prop_assume!(token[i] != byte);
+            token[i] = byte;
+            let changed = String::from_utf8_lossy(&token).into_owned();
+            prop_assert!(key.decrypt(&changed).is_err(), "accepted a changed token at byte {}", i);
+        }
+
+        /// Any one-byte change of the decoded token (version, time, IV,
+        /// ciphertext or MAC) is rejected.
+        #[test]
+        fn any_one_byte_change_of_the_raw_token_is_rejected(
+            msg in proptest::collection::vec(any::<u8>(), 0..256),
+            pos in any::<proptest::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let key = Key::generate();
+            let mut raw = URL_SAFE.decode(key.encrypt(&msg)).unwrap();
+            let i = pos.index(raw.len());
+            raw[i] ^= flip;
+            prop_assert!(key.decrypt(&URL_SAFE.encode(&raw)).is_err());
+        }
+    }
+}
