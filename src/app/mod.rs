@@ -46,6 +46,8 @@ pub struct AppInner {
     pub task_rules: tasks::TaskRules,
     /// Incident detection and response.
     pub incidents: crate::monitoring::incidents::Incidents,
+    /// Gateway mode: the configured routes and the upstream clients.
+    pub gateway: crate::gateway::Gateway,
 }
 
 /// Shared, cheap-to-clone application state.
@@ -83,6 +85,7 @@ impl AppState {
         let (_, table) = routes().into_parts();
         let keyring = crate::data::keyring::Keyring::load(&cfg.keyring_file)?;
         let task_rules = tasks::TaskRules::new(&cfg);
+        let gateway = crate::gateway::Gateway::new(&cfg)?;
         Ok(AppState(Arc::new(AppInner {
             cfg,
             db,
@@ -98,6 +101,7 @@ impl AppState {
             events: events::Events::new(),
             task_rules,
             incidents,
+            gateway,
         })))
     }
 }
@@ -117,7 +121,9 @@ pub fn routes() -> Routes<AppState> {
 
 /// The application router (without the security stack).
 pub fn router(state: AppState) -> Router {
-    let (router, _) = routes().into_parts();
+    let (router, _) = routes()
+        .merge(crate::gateway::routes(&state))
+        .into_parts();
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
