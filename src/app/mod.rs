@@ -121,9 +121,7 @@ pub fn routes() -> Routes<AppState> {
 
 /// The application router (without the security stack).
 pub fn router(state: AppState) -> Router {
-    let (router, _) = routes()
-        .merge(crate::gateway::routes(&state))
-        .into_parts();
+    let (router, _) = routes().merge(crate::gateway::routes(&state)).into_parts();
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

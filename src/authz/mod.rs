@@ -279,7 +279,9 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
     {
         let base = prefix.trim_end_matches('/');
         let guarded = || {
-            axum::routing::any(handler.clone()).route_layer(axum::middleware::from_fn(
+            // `any` has no per-method routes for `route_layer` to wrap: the
+            // check wraps the whole method router (every method) instead.
+            axum::routing::any(handler.clone()).layer(axum::middleware::from_fn(
                 move |req, next| require(access, req, next),
             ))
         };

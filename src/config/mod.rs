@@ -891,7 +891,10 @@ fn validate_gateway(g: &GatewayConfig) -> Result<(), ConfigError> {
         }
         let p = &r.prefix;
         if !p.starts_with('/') || p.trim_end_matches('/').is_empty() {
-            return Err(invalid(key("prefix"), "must start with / and name a path (not /)"));
+            return Err(invalid(
+                key("prefix"),
+                "must start with / and name a path (not /)",
+            ));
         }
         if p.contains("//")
             || !p

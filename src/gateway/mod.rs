@@ -146,12 +146,10 @@ impl Route {
             timeout: Duration::from_secs(r.timeout_seconds.max(1)),
             forward_credentials: r.forward_credentials,
             body_max: r.body_max_bytes.unwrap_or(cfg.limits.body_max_bytes),
-            rate: r.rate.as_ref().map(|rc| {
-                (
-                    window_of(rc),
-                    Table::new(cfg.limits.max_tracked_clients),
-                )
-            }),
+            rate: r
+                .rate
+                .as_ref()
+                .map(|rc| (window_of(rc), Table::new(cfg.limits.max_tracked_clients))),
         })
     }
 
@@ -378,16 +376,12 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
     let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
-    let forwarded_host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+    let forwarded_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers, upgrade);
     for n in [
@@ -440,7 +434,12 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
     };
     let mut resp = match tokio::time::timeout(route.timeout, client_pool.request(out)).await {
         Err(_) => {
-            tracing::warn!(upstream, request_id, timeout_seconds = route.timeout.as_secs(), "gateway: upstream sent no response headers in time");
+            tracing::warn!(
+                upstream,
+                request_id,
+                timeout_seconds = route.timeout.as_secs(),
+                "gateway: upstream sent no response headers in time"
+            );
             return ApiError::GatewayTimeout.into_response();
         }
         Ok(Err(e)) => return upstream_error(upstream, &request_id, &trip, &e).into_response(),
@@ -473,7 +472,12 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
     if let Some(info) = limit_info {
         info.apply(response.headers_mut());
     }
-    tracing::debug!(upstream, request_id, status = response.status().as_u16(), "gateway: forwarded");
+    tracing::debug!(
+        upstream,
+        request_id,
+        status = response.status().as_u16(),
+        "gateway: forwarded"
+    );
     response
 }
 
@@ -509,7 +513,11 @@ fn upstream_error(
         return ApiError::BadGateway;
     }
     if timed_out {
-        tracing::warn!(upstream, request_id, "gateway: upstream connect timed out: {chain}");
+        tracing::warn!(
+            upstream,
+            request_id,
+            "gateway: upstream connect timed out: {chain}"
+        );
         return ApiError::GatewayTimeout;
     }
     tracing::warn!(upstream, request_id, "gateway: upstream failed: {chain}");

@@ -35,9 +35,9 @@ pub fn root_store(ca_file: Option<&Path>) -> anyhow::Result<RootCertStore> {
     match ca_file {
         Some(path) => {
             for cert in load_certs(path)? {
-                roots
-                    .add(cert)
-                    .with_context(|| format!("a certificate in {} is not a usable CA", path.display()))?;
+                roots.add(cert).with_context(|| {
+                    format!("a certificate in {} is not a usable CA", path.display())
+                })?;
             }
         }
         None => {
@@ -51,7 +51,11 @@ pub fn root_store(ca_file: Option<&Path>) -> anyhow::Result<RootCertStore> {
             let certs = rustls_pemfile::certs(&mut reader).filter_map(Result::ok);
             let (added, ignored) = roots.add_parsable_certificates(certs);
             if ignored > 0 {
-                tracing::debug!(added, ignored, "system CA bundle: some certificates ignored");
+                tracing::debug!(
+                    added,
+                    ignored,
+                    "system CA bundle: some certificates ignored"
+                );
             }
         }
     }
@@ -87,15 +91,13 @@ pub fn tls_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
             return Some(t.to_string());
         }
         // io::Error hides the error it wraps from `source()`: look inside.
-        if let Some(inner) = e
+        cur = match e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
         {
-            if let Some(t) = inner.downcast_ref::<rustls::Error>() {
-                return Some(t.to_string());
-            }
-        }
-        cur = e.source();
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     None
 }

@@ -56,19 +56,18 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
     let path = req.uri().path();
     let logged = path.starts_with("/api/") || state.gateway.route_for(path).is_some();
     let access = (state.cfg.audit.log_api_access && logged).then(|| {
-            let peer = req
-                .extensions()
-                .get::<PeerAddr>()
-                .map(|p| p.0.ip())
-                .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-            let ip =
-                crate::network::client_addr::resolve(peer, req.headers(), &state.network.trusted);
-            let rid = req
-                .extensions()
-                .get::<RequestId>()
-                .map(|r| r.as_str().to_string());
-            (ip, rid)
-        });
+        let peer = req
+            .extensions()
+            .get::<PeerAddr>()
+            .map(|p| p.0.ip())
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        let ip = crate::network::client_addr::resolve(peer, req.headers(), &state.network.trusted);
+        let rid = req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.as_str().to_string());
+        (ip, rid)
+    });
     let resp = next.run(req).await;
     let route = route.as_deref().unwrap_or("(unmatched)");
     let status = resp.status().as_u16();

@@ -7,6 +7,7 @@ mod common;
 
 mod backbone;
 mod crypto;
+mod gateway;
 mod identity;
 mod ids;
 mod ops;
