@@ -220,6 +220,19 @@ async fn user_key(s: &TestServer, name: &str, roles: &[&str]) -> String {
         .to_string()
 }
 
+/// The server's stderr once `done` holds for it (log lines reach the
+/// harness through a reader thread, a moment after the response).
+async fn log_when(s: &TestServer, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = s.stderr_text();
+        if done(&log) || std::time::Instant::now() > deadline {
+            return log;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn whoami(s: &TestServer, key: &str) -> String {
     let v: Value = s
         .get("/api/auth/whoami")
@@ -300,13 +313,22 @@ async fn passes_method_path_query_headers_and_body_through() {
     assert_eq!(v["path"], "/base/");
     assert_eq!(u.hits.load(Ordering::SeqCst), 8);
     // the access audit records gateway requests like Frenly's own
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let log = std::fs::read_to_string(s.data_dir().join("security_audit.log")).unwrap();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("\"api_access\"") && l.contains("/v1/{*rest}")),
-        "no api_access event for the gateway route"
-    );
+    let file = s.data_dir().join("security_audit.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(&file).unwrap_or_default();
+        if log
+            .lines()
+            .any(|l| l.contains("\"api_access\"") && l.contains("/v1/{*rest}"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no api_access event for the gateway route"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -545,7 +567,11 @@ async fn upstream_refused_is_502_and_too_slow_is_504() {
     .await;
     assert_eq!((status, code.as_str()), (504, "gateway_timeout"));
     assert!(started.elapsed() < Duration::from_secs(4));
-    let log = s.stderr_text();
+    let log = log_when(&s, |l| {
+        l.contains("gateway: upstream failed")
+            && l.contains("gateway: upstream sent no response headers in time")
+    })
+    .await;
     assert!(log.contains("gateway: upstream failed"), "{log}");
     assert!(
         log.contains("gateway: upstream sent no response headers in time"),
@@ -888,11 +914,9 @@ async fn outbound_tls_verifies_chain_and_hostname_and_does_mutual_tls() {
         "mutual TLS with the configured client certificate"
     );
 
-    let log = s.stderr_text();
-    let tls_lines: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("gateway: TLS with the upstream failed"))
-        .collect();
+    let marker = "gateway: TLS with the upstream failed";
+    let log = log_when(&s, |l| l.matches(marker).count() >= 2).await;
+    let tls_lines: Vec<&str> = log.lines().filter(|l| l.contains(marker)).collect();
     assert_eq!(tls_lines.len(), 2, "{log}");
     assert!(
         tls_lines
