@@ -17,6 +17,11 @@ Peers (from the shared peers folder, `--peers`): nginx + ModSecurity + CRS
 written and with `SEED_DDOS_IMPL=deque` (the stronger peer). Missing pieces
 (wrk, nginx, the peers folder) are installed or skipped with a printed reason.
 
+The `gateway` scenario puts Frenly (every layer on, plain HTTP) in front
+of the nginx peer's upstream (:9001, 200 JSON for any path) with a gateway
+route `/v1/` and measures `GET /v1/echo?q=hello` with the API key, next to
+the upstream alone and nginx+ModSecurity+CRS (:9080) on the same upstream.
+
 `--smoke` runs every Frenly scenario for one second and checks that it
 answers 2xx: CI uses it to keep the benchmark working, never to time it.
 """
@@ -38,6 +43,15 @@ FRENLY_PORT = 9100
 FRENLY_TLS_PORT = 9102
 BARE_PORT = 9101
 NGINX_TLS_PORT = 9443
+FRENLY_GW_PORT = 9103
+UPSTREAM = "http://127.0.0.1:9001"
+GATEWAY_ROUTE = f"""
+[[gateway.routes]]
+prefix = "/v1/"
+upstream = "{UPSTREAM}"
+permission = "write:agent"
+free_text = ["messages[].content", "prompt"]
+"""
 
 
 def log(msg):
@@ -76,7 +90,7 @@ def wait_port(port, timeout=30):
 
 
 class Frenly:
-    def __init__(self, tls, port):
+    def __init__(self, tls, port, extra=""):
         self.dir = tempfile.mkdtemp(prefix="frenly-bench-")
         self.port = port
         self.tls = tls
@@ -91,6 +105,7 @@ rate = {{ max_requests = 1000000000, window_seconds = 60 }}
 ddos = {{ max_requests_per_second = 1000000000, ban_seconds = 300 }}
 [ids]
 mode = "block"
+{extra}
 """)
         env = {k: v for k, v in os.environ.items() if not k.startswith("FRENLY_")}
         self.stderr = open(os.path.join(self.dir, "stderr.log"), "w+")
@@ -218,7 +233,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--peers", default=os.path.join(ROOT, "..", "shared", "peers"))
-    ap.add_argument("--only", default="frenly,frenly-tls,bare,nginx,seed,seed-deque,nginx-tls")
+    ap.add_argument("--only", default="frenly,frenly-tls,bare,nginx,seed,seed-deque,nginx-tls,gateway")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--json")
     ap.add_argument("--no-build", action="store_true", help="use the release binaries already built")
@@ -231,8 +246,8 @@ def main():
         only = {"frenly"}
     if not have_peers:
         log(f"peers folder {peers} not found: measuring Frenly and the bare server only")
-        only -= {"nginx", "seed", "seed-deque", "nginx-tls"}
-    ensure_tools(bool(only & {"nginx", "nginx-tls"}))
+        only -= {"nginx", "seed", "seed-deque", "nginx-tls", "gateway"}
+    ensure_tools(bool(only & {"nginx", "nginx-tls", "gateway"}))
     if not args.no_build:
         build()
     if not have_peers:
@@ -275,10 +290,21 @@ def main():
             record("GET small route", "bare hyper", wrk(peers, f"http://127.0.0.1:{BARE_PORT}/", args, server_pid=b.proc.pid))
         finally:
             b.stop()
-    if only & {"nginx", "nginx-tls"}:
+    if only & {"nginx", "nginx-tls", "gateway"}:
         run([os.path.join(peers, "nginx-modsec", "start.sh")], env={**env, "BENCH": "1"}, stdout=subprocess.DEVNULL)
         try:
             h = [f"Host: {HOST}"]
+            if "gateway" in only:
+                scenario = "GET gateway /echo?q=hello"
+                record(scenario, "upstream alone", wrk(peers, f"{UPSTREAM}/api/echo?q=hello", args, headers=h))
+                f = Frenly(tls=False, port=FRENLY_GW_PORT, extra=GATEWAY_ROUTE)
+                try:
+                    record(scenario, "frenly gateway", wrk(peers, f"{f.base}/v1/echo?q=hello", args,
+                                                           headers=h + [f"X-API-Key: {f.key}"], server_pid=f.proc.pid))
+                finally:
+                    f.stop()
+                record(scenario, "nginx+ModSecurity+CRS", wrk(peers, "http://127.0.0.1:9080/api/echo?q=hello", args,
+                                                              headers=h, peer="nginx-modsec"))
             if "nginx" in only:
                 record("GET small route", "nginx+ModSecurity+CRS", wrk(peers, "http://127.0.0.1:9080/api/echo?q=hello", args, headers=h, peer="nginx-modsec"))
                 record("POST 1 KB task", "nginx+ModSecurity+CRS", wrk(peers, "http://127.0.0.1:9080/api/tasks", args, "POST",
@@ -333,7 +359,7 @@ def print_table(rows):
                 return r
         return None
 
-    refs = [("bare", "bare hyper"), ("guide", "Python guide"), ("deque", "Python guide (deque)"),
+    refs = [("upstream", "upstream alone"), ("bare", "bare hyper"), ("guide", "Python guide"), ("deque", "Python guide (deque)"),
             ("modsec", "nginx+ModSecurity+CRS"), ("nginx-tls", "nginx TLS proxy")]
     print("| scenario | server | req/s | p50 ms | p99 ms | non-2xx | " + " | ".join(f"x {n}" for n, _ in refs) + " |")
     print("|---|---|---|---|---|---|" + "---|" * len(refs))

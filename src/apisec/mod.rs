@@ -10,6 +10,12 @@
 //! `application/json` -> 415; then the intrusion-detection layer
 //! ([`ids`]) inspects the request's structure, body included (buffered up to
 //! `limits.body_max_bytes`, then handed on to the handlers unchanged).
+//!
+//! Gateway routes (`crate::gateway`) are streamed, not buffered: their
+//! declared body limit is the route's (`body_max_bytes`, else
+//! `limits.body_max_bytes`); only the first `ids.inspect_window_bytes` of the
+//! body are buffered and inspected, then replayed and followed by the rest
+//! of the stream, which the gateway counts against the same limit.
 
 pub mod validation;
 
@@ -49,6 +55,11 @@ impl ApiSecurity {
 
     /// The structural checks, before any body byte is read.
     pub fn check_head(&self, req: &Request) -> Result<(), ApiError> {
+        self.check_head_limit(req, self.body_max_bytes)
+    }
+
+    /// [`ApiSecurity::check_head`] with the body limit of the request's route.
+    pub fn check_head_limit(&self, req: &Request, body_max_bytes: usize) -> Result<(), ApiError> {
         let headers = req.headers();
         if headers.len() > self.header_max_count {
             return Err(ApiError::HeadersTooLarge);
@@ -64,7 +75,7 @@ impl ApiSecurity {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.body_max_bytes as u64) {
+        if declared.is_some_and(|n| n > body_max_bytes as u64) {
             return Err(ApiError::PayloadTooLarge);
         }
         let has_body =
@@ -84,16 +95,31 @@ impl ApiSecurity {
 
 /// The API-security layer (middleware).
 pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if let Err(e) = state.apisec.check_head(&req) {
+    let gateway_limit = state
+        .gateway
+        .route_for(req.uri().path())
+        .map(|r| r.body_max);
+    let body_max = gateway_limit.unwrap_or(state.apisec.body_max_bytes);
+    if let Err(e) = state.apisec.check_head_limit(&req, body_max) {
         return e.into_response();
     }
     if !state.apisec.ids.active_for(req.uri().path()) {
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();
-    let bytes = match read_body(&state.apisec, &parts, body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
+    let (bytes, body) = if gateway_limit.is_some() {
+        let window = state.apisec.ids.inspect_window();
+        match crate::gateway::body::read_window(body, window, body_max, state.apisec.body_timeout)
+            .await
+        {
+            Ok((head, body)) => (head.slice(..head.len().min(window)), body),
+            Err(e) => return e.into_response(),
+        }
+    } else {
+        match read_body(&state.apisec, &parts, body).await {
+            Ok(b) => (b.clone(), Body::from(b)),
+            Err(e) => return e.into_response(),
+        }
     };
     let route = parts
         .extensions
@@ -111,8 +137,7 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
             }
         }
     }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    next.run(Request::from_parts(parts, body)).await
 }
 
 /// Buffer the body (only when there is one), at most `body_max_bytes`

@@ -48,6 +48,8 @@ pub struct AppInner {
     pub incidents: crate::monitoring::incidents::Incidents,
     /// Where shared security state lives (in-process or Redis).
     pub shared: crate::state::SharedState,
+    /// Gateway mode: the configured routes and the upstream clients.
+    pub gateway: crate::gateway::Gateway,
 }
 
 /// Shared, cheap-to-clone application state.
@@ -87,6 +89,7 @@ impl AppState {
         let (_, table) = routes().into_parts();
         let keyring = crate::data::keyring::Keyring::load(&cfg.keyring_file)?;
         let task_rules = tasks::TaskRules::new(&cfg);
+        let gateway = crate::gateway::Gateway::new(&cfg)?;
         let inner = Arc::new(AppInner {
             cfg,
             db,
@@ -102,6 +105,7 @@ impl AppState {
             events: events::Events::with_shared(shared.clone()),
             task_rules,
             incidents,
+            gateway,
             shared,
         });
         inner.shared.start_subscriber(Arc::downgrade(&inner));
@@ -124,7 +128,7 @@ pub fn routes() -> Routes<AppState> {
 
 /// The application router (without the security stack).
 pub fn router(state: AppState) -> Router {
-    let (router, _) = routes().into_parts();
+    let (router, _) = routes().merge(crate::gateway::routes(&state)).into_parts();
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -330,6 +330,33 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         self
     }
 
+    /// Register `handler` for every method on everything under `prefix`
+    /// (gateway routes, whose prefixes come from the configuration):
+    /// `{base}/` and `{base}/{*rest}`, plus `{base}` itself when the prefix
+    /// has no trailing `/` — the rule of `gateway::covers`. Guarded by
+    /// `access` like [`Routes::route`]. Not part of the API's own table (the
+    /// OpenAPI description covers Frenly's routes, not the upstream's).
+    pub fn route_prefix<H, T>(mut self, prefix: &str, access: Access, handler: H) -> Self
+    where
+        H: axum::handler::Handler<T, S>,
+        T: 'static,
+    {
+        let base = prefix.trim_end_matches('/');
+        let guarded = || {
+            // `any` has no per-method routes for `route_layer` to wrap: the
+            // check wraps the whole method router (every method) instead.
+            axum::routing::any(handler.clone()).layer(axum::middleware::from_fn(
+                move |req, next| require(access, req, next),
+            ))
+        };
+        if !prefix.ends_with('/') {
+            self.router = self.router.route(base, guarded());
+        }
+        self.router = self.router.route(&format!("{base}/"), guarded());
+        self.router = self.router.route(&format!("{base}/{{*rest}}"), guarded());
+        self
+    }
+
     /// Add another set of routes.
     pub fn merge(mut self, other: Routes<S>) -> Self {
         self.router = self.router.merge(other.router);

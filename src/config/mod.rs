@@ -449,8 +449,13 @@ pub struct GatewayRoute {
     pub timeout_seconds: u64,
     #[serde(default)]
     pub forward_credentials: bool,
+    /// Per-route limit on top of the per-address `limits.rate`, per client address.
     #[serde(default)]
     pub rate: Option<RateConfig>,
+    /// Request body limit of this route (streamed, counted on the way);
+    /// `limits.body_max_bytes` when unset.
+    #[serde(default)]
+    pub body_max_bytes: Option<usize>,
 }
 
 fn default_gateway_timeout() -> u64 {
@@ -748,14 +753,15 @@ impl Config {
                 "at most 64 characters, no control characters",
             ));
         }
-        for (i, r) in raw.gateway.routes.iter().enumerate() {
-            validate_url(&r.upstream)
-                .map_err(|why| invalid(&format!("gateway.routes[{i}].upstream"), &why))?;
-            if !r.prefix.starts_with('/') {
-                return Err(invalid(
-                    &format!("gateway.routes[{i}].prefix"),
-                    "must start with /",
-                ));
+        validate_gateway(&raw.gateway)?;
+        for (key, path) in [
+            ("alerts.ca_file", &raw.alerts.ca_file),
+            ("gateway.ca_file", &raw.gateway.ca_file),
+            ("gateway.client_cert", &raw.gateway.client_cert),
+            ("gateway.client_key", &raw.gateway.client_key),
+        ] {
+            if let Some(p) = path {
+                check_readable(p, key, "file")?;
             }
         }
         for (name, role) in &raw.roles {
@@ -867,6 +873,92 @@ fn check_readable(p: &Path, key: &'static str, what: &'static str) -> Result<(),
             path: p.display().to_string(),
             reason: e.to_string(),
         })
+}
+
+/// Frenly's own paths, which no gateway prefix may cover or fall under.
+const OWN_PATHS: [&str; 5] = ["/api", "/healthz", "/readyz", "/metrics", "/openapi.json"];
+
+fn validate_gateway(g: &GatewayConfig) -> Result<(), ConfigError> {
+    let invalid = |key: String, reason: &str| ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    };
+    if g.client_cert.is_some() != g.client_key.is_some() {
+        return Err(invalid(
+            "gateway.client_cert".into(),
+            "gateway.client_cert and gateway.client_key must be set together",
+        ));
+    }
+    let overlap = |a: &str, b: &str| {
+        let (a, b) = (a.trim_end_matches('/'), b.trim_end_matches('/'));
+        let under = |x: &str, y: &str| x == y || x.starts_with(&format!("{y}/"));
+        under(a, b) || under(b, a)
+    };
+    for (i, r) in g.routes.iter().enumerate() {
+        let key = |k: &str| format!("gateway.routes[{i}].{k}");
+        validate_url(&r.upstream).map_err(|why| invalid(key("upstream"), &why))?;
+        let up: http::Uri = r
+            .upstream
+            .parse()
+            .map_err(|_| invalid(key("upstream"), "not a valid URL"))?;
+        if up.query().is_some() || r.upstream.contains('@') || r.upstream.contains('#') {
+            return Err(invalid(
+                key("upstream"),
+                "must be scheme://host[:port][/path], without credentials, query or fragment",
+            ));
+        }
+        let p = &r.prefix;
+        if !p.starts_with('/') || p.trim_end_matches('/').is_empty() {
+            return Err(invalid(
+                key("prefix"),
+                "must start with / and name a path (not /)",
+            ));
+        }
+        if p.contains("//")
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~'))
+            || p.split('/').any(|s| s == "." || s == "..")
+        {
+            return Err(invalid(
+                key("prefix"),
+                "may only hold letters, digits, `/`, `-`, `_`, `.` and `~` (no empty, `.` or `..` segment)",
+            ));
+        }
+        if let Some(own) = OWN_PATHS.iter().find(|own| overlap(p, own)) {
+            return Err(invalid(
+                key("prefix"),
+                &format!("overlaps Frenly's own `{own}`"),
+            ));
+        }
+        if let Some(j) = g.routes.iter().take(i).position(|o| overlap(p, &o.prefix)) {
+            return Err(invalid(
+                key("prefix"),
+                &format!("overlaps gateway.routes[{j}].prefix"),
+            ));
+        }
+        if crate::authz::Permission::parse(&r.permission).is_none() {
+            return Err(invalid(
+                key("permission"),
+                &format!("unknown permission `{}`", r.permission),
+            ));
+        }
+        if r.timeout_seconds == 0 {
+            return Err(invalid(key("timeout_seconds"), "must be > 0"));
+        }
+        if let Some(rate) = &r.rate {
+            if rate.max_requests == 0 || rate.window_seconds == 0 {
+                return Err(invalid(
+                    key("rate"),
+                    "max_requests and window_seconds must be > 0",
+                ));
+            }
+        }
+        if r.body_max_bytes == Some(0) {
+            return Err(invalid(key("body_max_bytes"), "must be > 0"));
+        }
+    }
+    Ok(())
 }
 
 /// The guide's `validate_url`: only `http` and `https` URLs with a host.

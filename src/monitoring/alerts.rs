@@ -5,7 +5,8 @@
 //! or that silently loses alerts. Guarantee: [`Alerts::send`] never blocks
 //! the caller (a bounded queue feeds one sender task); each alert is retried
 //! with exponential backoff (5 tries); HTTPS receivers are verified against
-//! the system roots or `alerts.ca_file`. Alerts that cannot be queued or
+//! the system roots or `alerts.ca_file` by the shared outbound TLS policy
+//! (`gateway::tls`). Alerts that cannot be queued or
 //! delivered are logged and counted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,40 +82,14 @@ async fn deliver(client: &reqwest::Client, url: &str, alert: &serde_json::Value)
     false
 }
 
-/// An outbound HTTPS client: TLS 1.2+ (rustls), certificates verified
-/// against the system roots or, when given, only the CAs in `ca_file`.
+/// The webhook's HTTP client: the shared outbound TLS policy
+/// (`gateway::tls`: TLS 1.2+, chain and hostname verified against the
+/// system roots or, when given, only the CAs in `ca_file`), no redirects.
 pub fn http_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
-    let mut b = reqwest::Client::builder()
-        .use_rustls_tls()
-        .min_tls_version(reqwest::tls::Version::TLS_1_2)
+    let tls = crate::gateway::tls::client_config(ca_file, None)?;
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
         .timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none());
-    match ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path)?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
-                b = b.add_root_certificate(cert);
-            }
-        }
-        None => {
-            for pem in system_root_pems() {
-                if let Ok(c) = reqwest::Certificate::from_pem(&pem) {
-                    b = b.add_root_certificate(c);
-                }
-            }
-        }
-    }
-    Ok(b.build()?)
-}
-
-/// The system's CA certificates (Debian's bundle), one PEM each.
-fn system_root_pems() -> Vec<Vec<u8>> {
-    let Ok(bundle) = std::fs::read("/etc/ssl/certs/ca-certificates.crt") else {
-        return Vec::new();
-    };
-    let text = String::from_utf8_lossy(&bundle);
-    text.split_inclusive("-----END CERTIFICATE-----")
-        .filter(|c| c.contains("BEGIN CERTIFICATE"))
-        .map(|c| c.trim().as_bytes().to_vec())
-        .collect()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?)
 }

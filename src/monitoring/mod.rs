@@ -4,7 +4,7 @@
 //! Threat: attacks nobody sees, and evidence that can be quietly edited.
 //! Guarantee: every request is counted in the metrics (route pattern, method,
 //! status, latency; refusals by reason); with `audit.log_api_access` (the
-//! default) every `/api/*` request, refused or served, becomes an
+//! default) every `/api/*` and gateway request, refused or served, becomes an
 //! `api_access` audit event (route pattern, method, status, user id, client
 //! address, request id) before its response leaves. The only cost on the
 //! request path is handing the event to the audit queue.
@@ -53,21 +53,21 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string());
-    let access =
-        (state.cfg.audit.log_api_access && req.uri().path().starts_with("/api/")).then(|| {
-            let peer = req
-                .extensions()
-                .get::<PeerAddr>()
-                .map(|p| p.0.ip())
-                .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-            let ip =
-                crate::network::client_addr::resolve(peer, req.headers(), &state.network.trusted);
-            let rid = req
-                .extensions()
-                .get::<RequestId>()
-                .map(|r| r.as_str().to_string());
-            (ip, rid)
-        });
+    let path = req.uri().path();
+    let logged = path.starts_with("/api/") || state.gateway.route_for(path).is_some();
+    let access = (state.cfg.audit.log_api_access && logged).then(|| {
+        let peer = req
+            .extensions()
+            .get::<PeerAddr>()
+            .map(|p| p.0.ip())
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        let ip = crate::network::client_addr::resolve(peer, req.headers(), &state.network.trusted);
+        let rid = req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.as_str().to_string());
+        (ip, rid)
+    });
     let resp = next.run(req).await;
     let route = route.as_deref().unwrap_or("(unmatched)");
     let status = resp.status().as_u16();

@@ -10,14 +10,18 @@
 //!             ││││││┌ authn ─ API key / JWT -> Authenticated ──────────┐││││││
 //!             │││││││ per-identity rate limit (limits.per_identity)     │││││││
 //!             │││││││ router ─ per route: authz (401/403), then handler │││││││
+//!             │││││││  (gateway routes: route rate limit, then forward)  │││││││
 //! ```
+//!
+//! Gateway routes skip the whole-request timeout: their route's
+//! `timeout_seconds` bounds them (504), see `gateway`.
 //!
 //! Layers added later run first (axum's ordering); the list above is read
 //! outermost first, which is the order in [`build`].
 
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{from_fn, from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -48,8 +52,8 @@ pub fn wrap(router: Router, state: AppState) -> Router {
             crate::network::identity_layer,
         ))
         .layer(from_fn_with_state(state.clone(), crate::authn::layer))
-        .layer(from_fn(move |req, next| {
-            request_timeout(timeout, req, next)
+        .layer(from_fn_with_state(state.clone(), move |s, req, next| {
+            request_timeout(timeout, s, req, next)
         }))
         .layer(from_fn_with_state(state.clone(), crate::apisec::layer))
         .layer(from_fn_with_state(state.clone(), crate::network::layer))
@@ -58,7 +62,19 @@ pub fn wrap(router: Router, state: AppState) -> Router {
         .layer(from_fn_with_state(env, envelope::envelope))
 }
 
-async fn request_timeout(limit: Duration, req: Request, next: Next) -> Response {
+/// `network.request_timeout_seconds` over the whole request (408). Gateway
+/// requests are bounded by their route's `timeout_seconds` instead (time to
+/// the upstream's response headers, then idle time while streaming), in
+/// `gateway`: a model server may think for longer than Frenly's own routes.
+async fn request_timeout(
+    limit: Duration,
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if state.gateway.route_for(req.uri().path()).is_some() {
+        return next.run(req).await;
+    }
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(r) => r,
         Err(_) => ApiError::RequestTimeout.into_response(),

@@ -14,6 +14,7 @@ mod backbone;
 mod crash;
 mod crypto;
 mod exhaustion;
+mod gateway;
 mod identity;
 mod ids;
 mod ops;

@@ -358,6 +358,11 @@ impl Ids {
         out
     }
 
+    /// Bytes of a streamed (gateway) body that are inspected.
+    pub fn inspect_window(&self) -> usize {
+        self.inspect_window
+    }
+
     /// Is any family switched on for this path? (When not, the layer does
     /// not even buffer the body.)
     pub fn active_for(&self, path: &str) -> bool {

@@ -1,0 +1,528 @@
+//! Gateway mode: every security layer in front of an existing upstream HTTP
+//! service (an agent or model server), then the request is forwarded.
+//!
+//! Threat: an unauthenticated upstream exposed to callers who forge their
+//! identity (`X-Frenly-User`, `X-Forwarded-For`), replay Frenly's own
+//! credentials to it, smuggle injection payloads through it, flood it, or
+//! hold its connections open; and a network path to the upstream that a man
+//! in the middle controls.
+//!
+//! Guarantee — a request under a `[[gateway.routes]]` prefix goes through
+//! these phases (named after pingora's):
+//!
+//! 1. **request filter**: the whole security stack (`server::stack`):
+//!    bans, burst and rate limits per address, header limits, content type,
+//!    the IDS over path, query, headers and the first
+//!    `ids.inspect_window_bytes` of the body (the route's `free_text` fields
+//!    are data), authentication, the route's `permission` (403 without it,
+//!    checked before anything is forwarded), the per-identity limit, then the
+//!    route's own `rate` limit per client address (429).
+//! 2. **upstream peer selection**: the route's `upstream` (validated
+//!    http/https at config load); the path kept or `strip_prefix`ed under
+//!    the upstream's base path, the query string kept as sent.
+//! 3. **upstream request** (header rewrite): hop-by-hop headers removed
+//!    (`Connection` and the headers it names, `Keep-Alive`, `Proxy-*`, `TE`
+//!    except `trailers`, `Trailer`, `Transfer-Encoding`, `Upgrade` except on
+//!    an upgrade); `X-Forwarded-For` (the one client address every layer
+//!    uses), `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Frenly-User` (the
+//!    caller's user id) and `X-Request-Id` set by Frenly, incoming values
+//!    (and `Forwarded`, `X-Real-IP`) dropped, so they cannot be forged; the
+//!    API-key header and `Authorization` removed unless the route sets
+//!    `forward_credentials`. The body streams (byte limit counted on the
+//!    way, never buffered whole). HTTPS upstreams are verified ([`tls`]).
+//! 4. **response filter**: hop-by-hop headers removed, the body streamed as
+//!    it arrives (server-sent events, chunked output token by token), a
+//!    `101 Switching Protocols` joined to the client's connection (WebSocket
+//!    pass-through). No response headers within `timeout_seconds` -> 504
+//!    `gateway_timeout`; refused, reset, TLS failure -> 502 `bad_gateway`
+//!    (one log line naming the upstream and the cause); a stream idle longer
+//!    than `timeout_seconds` is cut.
+//! 5. **logging**: the monitoring layer records the request (metrics by the
+//!    route pattern, an `api_access` audit event with the caller and the
+//!    status), as for Frenly's own routes.
+//!
+//! Not covered: the content of WebSocket messages and of the body beyond the
+//! inspection window is not inspected; WebSocket over HTTP/2 (RFC 8441) is
+//! not offered; HTTP/2 to upstreams only through TLS (ALPN), cleartext
+//! upstreams are spoken to in HTTP/1.1. See docs/GATEWAY.md.
+
+pub mod body;
+pub mod tls;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Uri, Version};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::app::AppState;
+use crate::authn::Authenticated;
+use crate::authz::{Access, Permission, Routes};
+use crate::config::{Config, GatewayRoute};
+use crate::http::respond::RateLimitInfo;
+use crate::http::{ApiError, RequestId};
+use crate::network::ratelimit::{Counter, Table, Window};
+use crate::network::ClientAddr;
+use body::{Guarded, Trip};
+
+type Upstreams = Client<HttpsConnector<HttpConnector>, Body>;
+
+const X_FRENLY_USER: HeaderName = HeaderName::from_static("x-frenly-user");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Seconds a TCP connect to an upstream may take (then 504).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One configured route, compiled.
+pub struct Route {
+    pub prefix: String,
+    /// The prefix without its trailing `/` (what `strip_prefix` removes).
+    base: String,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    /// The upstream URL's own path, without a trailing `/`.
+    upstream_path: String,
+    pub access: Access,
+    strip_prefix: bool,
+    pub timeout: Duration,
+    forward_credentials: bool,
+    /// Request body limit (`body_max_bytes` of the route, else `limits.body_max_bytes`).
+    pub body_max: usize,
+    rate: Option<(Window, Table<IpAddr, Counter>)>,
+}
+
+/// The gateway: its routes and the pooled upstream clients.
+pub struct Gateway {
+    routes: Vec<Route>,
+    client: Upstreams,
+    /// HTTP/1.1 only: upgrades (WebSocket) need an HTTP/1.1 connection.
+    upgrade_client: Upstreams,
+    key_header: HeaderName,
+    proto: HeaderValue,
+}
+
+/// Does `path` fall under `prefix` (`/v1` covers `/v1` and `/v1/x`, `/v1/`
+/// covers `/v1/x`; neither covers `/v1x`)? The same rule as the router's
+/// (`{base}`, `{base}/`, `{base}/{*rest}`) and the IDS's free-text lookup.
+pub fn covers(prefix: &str, path: &str) -> bool {
+    path.starts_with(prefix)
+        && (path.len() == prefix.len()
+            || prefix.ends_with('/')
+            || path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
+impl Route {
+    fn new(r: &GatewayRoute, cfg: &Config) -> anyhow::Result<Route> {
+        let uri: Uri = r.upstream.parse()?;
+        let parts = uri.into_parts();
+        let (Some(scheme), Some(authority)) = (parts.scheme, parts.authority) else {
+            anyhow::bail!("gateway upstream `{}` has no scheme or host", r.upstream);
+        };
+        let upstream_path = parts
+            .path_and_query
+            .map(|p| p.path().trim_end_matches('/').to_string())
+            .unwrap_or_default();
+        // Validated at config load; an unknown name can only fail closed.
+        let permission = Permission::parse(&r.permission).unwrap_or(Permission::Admin);
+        let window_of = |rc: &crate::config::RateConfig| {
+            Window::new(rc.max_requests, u64::from(rc.window_seconds) * 1000)
+        };
+        Ok(Route {
+            prefix: r.prefix.clone(),
+            base: r.prefix.trim_end_matches('/').to_string(),
+            scheme,
+            authority,
+            upstream_path,
+            access: Access::Permission(permission),
+            strip_prefix: r.strip_prefix,
+            timeout: Duration::from_secs(r.timeout_seconds.max(1)),
+            forward_credentials: r.forward_credentials,
+            body_max: r.body_max_bytes.unwrap_or(cfg.limits.body_max_bytes),
+            rate: r
+                .rate
+                .as_ref()
+                .map(|rc| (window_of(rc), Table::new(cfg.limits.max_tracked_clients))),
+        })
+    }
+
+    /// Phase 2: the upstream URI for an incoming one.
+    fn upstream_uri(&self, incoming: &Uri) -> Result<Uri, ApiError> {
+        let path = incoming.path();
+        let rest = if self.strip_prefix {
+            path.get(self.base.len()..).unwrap_or("")
+        } else {
+            path
+        };
+        let mut target = String::with_capacity(self.upstream_path.len() + rest.len() + 16);
+        target.push_str(&self.upstream_path);
+        if !rest.starts_with('/') {
+            target.push('/');
+        }
+        target.push_str(rest);
+        if let Some(q) = incoming.query() {
+            target.push('?');
+            target.push_str(q);
+        }
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(target)
+            .build()
+            .map_err(|_| ApiError::BadRequest("the request target cannot be forwarded".into()))
+    }
+
+    /// The route's own rate limit for this address.
+    fn admit(&self, key: IpAddr) -> Option<Result<RateLimitInfo, RateLimitInfo>> {
+        let (w, table) = self.rate.as_ref()?;
+        Some(table.with(&key, |c| c.try_admit(w, crate::network::mono_ms())))
+    }
+}
+
+impl Gateway {
+    /// Compile the routes and build the upstream clients.
+    pub fn new(cfg: &Config) -> anyhow::Result<Gateway> {
+        let mut routes = cfg
+            .gateway
+            .routes
+            .iter()
+            .map(|r| Route::new(r, cfg))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        let g = &cfg.gateway;
+        let client_auth = match (&g.client_cert, &g.client_key) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            _ => None,
+        };
+        let (client, upgrade_client) = if routes.is_empty() {
+            // No route: no TLS material is read, the clients stay unused.
+            let tls = tls::client_config(None, None)?;
+            (upstreams(tls.clone(), true), upstreams(tls, false))
+        } else {
+            let tls = tls::client_config(g.ca_file.as_deref(), client_auth)?;
+            (upstreams(tls.clone(), true), upstreams(tls, false))
+        };
+        Ok(Gateway {
+            routes,
+            client,
+            upgrade_client,
+            key_header: HeaderName::from_bytes(
+                cfg.security.api_key_header.to_ascii_lowercase().as_bytes(),
+            )?,
+            proto: HeaderValue::from_static(if cfg.network.tls { "https" } else { "http" }),
+        })
+    }
+
+    /// The route a path belongs to (the longest prefix).
+    pub fn route_for(&self, path: &str) -> Option<&Route> {
+        if self.routes.is_empty() {
+            return None;
+        }
+        self.routes.iter().find(|r| covers(&r.prefix, path))
+    }
+}
+
+fn upstreams(tls: rustls::ClientConfig, h2: bool) -> Upstreams {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1();
+    let connector = if h2 {
+        b.enable_http2().wrap_connector(http)
+    } else {
+        b.wrap_connector(http)
+    };
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
+}
+
+/// The gateway's routes: each prefix for every method, guarded by its
+/// permission (see `authz::Routes::route_prefix`).
+pub fn routes(state: &AppState) -> Routes<AppState> {
+    let mut r = Routes::new();
+    for route in &state.gateway.routes {
+        let prefix = route.prefix.clone();
+        let handler = move |State(state): State<AppState>, req: Request| {
+            let prefix = prefix.clone();
+            async move { proxy(state, &prefix, req).await }
+        };
+        r = r.route_prefix(&route.prefix, route.access, handler);
+    }
+    r
+}
+
+/// Is this an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`)?
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Remove the hop-by-hop headers (RFC 9110 §7.6.1), keeping `Upgrade` and
+/// `Connection: upgrade` when `upgrade`, and `TE: trailers`.
+fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(upgrade && *n == header::UPGRADE))
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    let te_trailers = h
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for n in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        if upgrade && n == header::UPGRADE {
+            continue;
+        }
+        h.remove(n);
+    }
+    let proxy: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for n in proxy {
+        h.remove(n);
+    }
+    if upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Phases 2 to 4 for one request (phase 1 ran in the stack).
+async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
+    let Some(route) = state.gateway.routes.iter().find(|r| r.prefix == prefix) else {
+        return ApiError::NotFound.into_response();
+    };
+    let client = req
+        .extensions()
+        .get::<ClientAddr>()
+        .map(|c| c.0)
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.as_str().to_string())
+        .unwrap_or_default();
+    let user = req
+        .extensions()
+        .get::<Authenticated>()
+        .map(|a| a.user_id.clone());
+
+    // The route's own rate limit (end of the request filter).
+    let mut limit_info = None;
+    if !state.network.allowlisted(client) {
+        let key = state.network.key(client);
+        match route.admit(key) {
+            None => {}
+            Some(Ok(info)) => limit_info = Some(info),
+            Some(Err(info)) => {
+                let ctx = crate::monitoring::incidents::Context {
+                    request_id: Some(request_id.clone()),
+                    user_id: user.clone(),
+                };
+                state
+                    .incidents
+                    .handle(
+                        &state,
+                        key,
+                        crate::monitoring::incidents::Signal::RateLimited,
+                        ctx,
+                        None,
+                    )
+                    .await;
+                return ApiError::RateLimited(info).into_response();
+            }
+        }
+    }
+
+    // Phase 2: upstream peer selection.
+    let uri = match route.upstream_uri(req.uri()) {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+
+    // Phase 3: the upstream request.
+    let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
+    let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, incoming) = req.into_parts();
+    let forwarded_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers, upgrade);
+    for n in [
+        header::HOST,
+        header::FORWARDED,
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_HOST,
+        X_FRENLY_USER,
+        HeaderName::from_static("x-real-ip"),
+    ] {
+        headers.remove(n);
+    }
+    if !route.forward_credentials {
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(&state.gateway.key_header);
+    }
+    if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, state.gateway.proto.clone());
+    if let Some(h) = forwarded_host {
+        headers.insert(X_FORWARDED_HOST, h);
+    }
+    if let Some(v) = user.as_deref().and_then(|u| HeaderValue::from_str(u).ok()) {
+        headers.insert(X_FRENLY_USER, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        headers.insert(crate::http::envelope::X_REQUEST_ID, v);
+    }
+    let trip = Trip::default();
+    let body = Guarded::new(
+        incoming,
+        route.body_max as u64,
+        route.timeout,
+        trip.clone(),
+        "request",
+    );
+    let mut out = http::Request::new(Body::new(body));
+    *out.method_mut() = parts.method.clone();
+    *out.uri_mut() = uri;
+    *out.version_mut() = Version::HTTP_11;
+    *out.headers_mut() = headers;
+
+    let upstream = route.authority.as_str();
+    let client_pool = if upgrade {
+        &state.gateway.upgrade_client
+    } else {
+        &state.gateway.client
+    };
+    let mut resp = match tokio::time::timeout(route.timeout, client_pool.request(out)).await {
+        Err(_) => {
+            tracing::warn!(
+                upstream,
+                request_id,
+                timeout_seconds = route.timeout.as_secs(),
+                "gateway: upstream sent no response headers in time"
+            );
+            return ApiError::GatewayTimeout.into_response();
+        }
+        Ok(Err(e)) => return upstream_error(upstream, &request_id, &trip, &e).into_response(),
+        Ok(Ok(r)) => r,
+    };
+
+    // Phase 4: the response filter.
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        if let Some(on_client) = on_client_upgrade {
+            let on_upstream = hyper::upgrade::on(&mut resp);
+            let request_id = request_id.clone();
+            tokio::spawn(async move {
+                match tokio::try_join!(on_client, on_upstream) {
+                    Ok((c, u)) => {
+                        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                            tracing::debug!(request_id, error = %e, "gateway: upgraded connection ended");
+                        }
+                    }
+                    Err(e) => tracing::warn!(request_id, error = %e, "gateway: upgrade failed"),
+                }
+            });
+        }
+    }
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers, switching && upgrade);
+    let body = Guarded::new(rbody, u64::MAX, route.timeout, Trip::default(), "response");
+    let mut response = Response::from_parts(rparts, Body::new(body));
+    if let Some(info) = limit_info {
+        info.apply(response.headers_mut());
+    }
+    tracing::debug!(
+        upstream,
+        request_id,
+        status = response.status().as_u16(),
+        "gateway: forwarded"
+    );
+    response
+}
+
+/// Map a failed upstream exchange: 413 when the client's body went over the
+/// limit, 504 for a connect timeout, 502 otherwise — with one log line.
+fn upstream_error(
+    upstream: &str,
+    request_id: &str,
+    trip: &Trip,
+    e: &hyper_util::client::legacy::Error,
+) -> ApiError {
+    if trip.over_limit() {
+        return ApiError::PayloadTooLarge;
+    }
+    if trip.idle() {
+        return ApiError::RequestTimeout;
+    }
+    let mut chain = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    let mut timed_out = false;
+    while let Some(s) = cur {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            timed_out = true;
+        }
+        cur = s.source();
+    }
+    if let Some(why) = tls::tls_failure(e) {
+        tracing::warn!(upstream, request_id, "gateway: TLS with the upstream failed (certificate not trusted or not valid for this host?): {why}");
+        return ApiError::BadGateway;
+    }
+    if timed_out {
+        tracing::warn!(
+            upstream,
+            request_id,
+            "gateway: upstream connect timed out: {chain}"
+        );
+        return ApiError::GatewayTimeout;
+    }
+    tracing::warn!(upstream, request_id, "gateway: upstream failed: {chain}");
+    ApiError::BadGateway
+}

@@ -1,0 +1,962 @@
+//! Gateway mode (issue 10) with real upstream servers started in the test:
+//! plain HTTP (axum) for the proxy behaviour, HTTPS (tokio-rustls + hyper)
+//! signed by a test CA for outbound TLS.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ws::{Message as AxMessage, WebSocketUpgrade};
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::{error_code, Opts, TestServer};
+
+// ------------------------------------------------------------- the upstream
+
+#[derive(Clone, Default)]
+struct Upstream {
+    hits: Arc<AtomicUsize>,
+    /// The SSE handler waits on this before its second event.
+    go: Arc<Notify>,
+}
+
+async fn echo(State(u): State<Upstream>, req: Request) -> Response {
+    u.hits.fetch_add(1, Ordering::SeqCst);
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let headers: serde_json::Map<String, Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+        .collect();
+    let text = if body.len() <= 65536 {
+        String::from_utf8_lossy(&body).into_owned()
+    } else {
+        String::new()
+    };
+    let out = json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "headers": headers,
+        "body": text,
+        "body_len": body.len(),
+    });
+    (
+        http::StatusCode::CREATED,
+        [("x-upstream", "yes"), ("content-type", "application/json")],
+        out.to_string(),
+    )
+        .into_response()
+}
+
+async fn sse(State(u): State<Upstream>) -> Response {
+    u.hits.fetch_add(1, Ordering::SeqCst);
+    let go = u.go.clone();
+    let stream = async_stream(go);
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+fn async_stream(
+    go: Arc<Notify>,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    futures_util::stream::unfold(0u8, move |step| {
+        let go = go.clone();
+        async move {
+            match step {
+                0 => Some((Ok(bytes::Bytes::from_static(b"data: one\n\n")), 1)),
+                1 => {
+                    go.notified().await;
+                    Some((Ok(bytes::Bytes::from_static(b"data: two\n\n")), 2))
+                }
+                _ => None,
+            }
+        }
+    })
+}
+
+async fn slow(State(u): State<Upstream>) -> &'static str {
+    u.hits.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    "late"
+}
+
+async fn ws_echo(ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(|mut socket| async move {
+        while let Some(Ok(msg)) = socket.recv().await {
+            if let AxMessage::Text(t) = msg {
+                if socket.send(AxMessage::Text(t)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    })
+}
+
+fn upstream_router(u: Upstream) -> Router {
+    Router::new()
+        .route("/v1/sse", get(sse))
+        .route("/slow/wait", any(slow))
+        .route("/v1/ws", get(ws_echo))
+        .fallback(echo)
+        .with_state(u)
+}
+
+async fn start_upstream() -> (SocketAddr, Upstream) {
+    let u = Upstream::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = upstream_router(u.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (addr, u)
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn config(up: SocketAddr) -> String {
+    format!(
+        r#"
+[limits]
+rate = {{ max_requests = 100000, window_seconds = 60 }}
+ddos = {{ max_requests_per_second = 100000, ban_seconds = 1 }}
+body_max_bytes = 65536
+
+[ids]
+threshold = 1000
+inspect_window_bytes = 1024
+
+[[gateway.routes]]
+prefix = "/v1/"
+upstream = "http://{up}"
+permission = "write:agent"
+free_text = ["messages[].content", "prompt"]
+timeout_seconds = 10
+body_max_bytes = 8388608
+
+[[gateway.routes]]
+prefix = "/strip"
+upstream = "http://{up}/base/"
+permission = "read:tasks"
+strip_prefix = true
+forward_credentials = true
+
+[[gateway.routes]]
+prefix = "/limited/"
+upstream = "http://{up}"
+permission = "read:tasks"
+rate = {{ max_requests = 3, window_seconds = 60 }}
+
+[[gateway.routes]]
+prefix = "/slow/"
+upstream = "http://{up}"
+permission = "read:tasks"
+timeout_seconds = 1
+
+[[gateway.routes]]
+prefix = "/down/"
+upstream = "http://127.0.0.1:{down}"
+permission = "read:tasks"
+"#,
+        down = closed_port()
+    )
+}
+
+async fn setup() -> (TestServer, Upstream) {
+    let (addr, u) = start_upstream().await;
+    let s = TestServer::with(Opts::default().config(&config(addr))).await;
+    (s, u)
+}
+
+/// A user with `roles` and an API key of theirs.
+async fn user_key(s: &TestServer, name: &str, roles: &[&str]) -> String {
+    let r = s
+        .admin_post(
+            "/api/users",
+            &json!({"username": name, "email": format!("{name}@example.test"), "password": "a long enough passphrase 123", "roles": roles}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let login: Value = s
+        .post("/api/auth/login")
+        .json(&json!({"username": name, "password": "a long enough passphrase 123"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = s
+        .post("/api/keys")
+        .bearer_auth(login["access_token"].as_str().unwrap())
+        .json(&json!({"name": "test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The server's stderr once `done` holds for it (log lines reach the
+/// harness through a reader thread, a moment after the response).
+async fn log_when(s: &TestServer, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = s.stderr_text();
+        if done(&log) || std::time::Instant::now() > deadline {
+            return log;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn whoami(s: &TestServer, key: &str) -> String {
+    let v: Value = s
+        .get("/api/auth/whoami")
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["user_id"].as_str().unwrap().to_string()
+}
+
+// -------------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn passes_method_path_query_headers_and_body_through() {
+    let (s, u) = setup().await;
+    let body = json!({"model": "llama3", "stream": false});
+    let r = s
+        .client
+        .post(s.url("/v1/echo/a%20b?x=1&y=two"))
+        .header("X-API-Key", s.admin())
+        .header("X-Custom", "kept")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["x-upstream"], "yes");
+    // Frenly's envelope still applies to forwarded responses.
+    assert!(r.headers().contains_key("x-request-id"));
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["path"], "/v1/echo/a%20b");
+    assert_eq!(v["query"], "x=1&y=two");
+    assert_eq!(v["headers"]["x-custom"], "kept");
+    assert_eq!(v["headers"]["content-type"], "application/json");
+    assert_eq!(
+        serde_json::from_str::<Value>(v["body"].as_str().unwrap()).unwrap(),
+        body
+    );
+    assert_eq!(v["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(v["headers"]["x-forwarded-host"], s.addr.to_string());
+    // every method goes through
+    for m in ["GET", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        let r = s
+            .client
+            .request(m.parse().unwrap(), s.url("/v1/any"))
+            .header("X-API-Key", s.admin())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{m}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["method"], m);
+    }
+    // strip_prefix under the upstream's base path, query kept
+    let r = s
+        .get("/strip/a/b?k=v")
+        .header("X-API-Key", s.admin())
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["path"], "/base/a/b");
+    assert_eq!(v["query"], "k=v");
+    let v: Value = s
+        .get("/strip")
+        .header("X-API-Key", s.admin())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["path"], "/base/");
+    assert_eq!(u.hits.load(Ordering::SeqCst), 8);
+    // the access audit records gateway requests like Frenly's own
+    let file = s.data_dir().join("security_audit.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(&file).unwrap_or_default();
+        if log
+            .lines()
+            .any(|l| l.contains("\"api_access\"") && l.contains("/v1/{*rest}"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no api_access event for the gateway route"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn credentials_and_identity_headers_are_frenlys_own() {
+    let (s, _u) = setup().await;
+    let admin_id = whoami(&s, s.admin()).await;
+    let v: Value = s
+        .get("/v1/who")
+        .header("X-API-Key", s.admin())
+        .header("X-Frenly-User", "someone-else")
+        .header("X-Forwarded-For", "203.0.113.9")
+        .header("X-Forwarded-Host", "evil.example")
+        .header("Forwarded", "for=203.0.113.9")
+        .header("X-Real-IP", "203.0.113.9")
+        .header("Proxy-Authorization", "Basic Zm9vOmJhcg==")
+        .header("Connection", "X-Secret-Hop")
+        .header("X-Secret-Hop", "1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let h = &v["headers"];
+    assert!(h.get("x-api-key").is_none(), "API key forwarded: {h}");
+    assert!(h.get("authorization").is_none());
+    assert!(h.get("proxy-authorization").is_none());
+    assert!(
+        h.get("x-secret-hop").is_none(),
+        "a header named by Connection was forwarded"
+    );
+    assert!(h.get("forwarded").is_none());
+    assert!(h.get("x-real-ip").is_none());
+    assert_eq!(h["x-frenly-user"], admin_id.as_str());
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-host"], s.addr.to_string());
+    assert!(h["x-request-id"].as_str().is_some_and(|r| !r.is_empty()));
+
+    // a JWT is not forwarded either
+    let login: Value = s
+        .admin_post("/api/users", &json!({"username": "jwtuser", "email": "j@example.test", "password": "a long enough passphrase 123", "roles": ["agent"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(login["id"].is_string());
+    let tok: Value = s
+        .post("/api/auth/login")
+        .json(&json!({"username": "jwtuser", "password": "a long enough passphrase 123"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let v: Value = s
+        .get("/v1/who")
+        .bearer_auth(tok["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v["headers"].get("authorization").is_none());
+    assert_eq!(v["headers"]["x-frenly-user"], login["id"]);
+
+    // forward_credentials = true: the route gets them
+    let v: Value = s
+        .get("/strip/who")
+        .header("X-API-Key", s.admin())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["headers"]["x-api-key"], s.admin());
+}
+
+#[tokio::test]
+async fn permission_and_route_rate_limit_are_enforced_per_route() {
+    let (s, u) = setup().await;
+    let ro = user_key(&s, "reader", &["readonly"]).await;
+    // /v1/ needs write:agent
+    let (status, code, _) = error_code(
+        s.get("/v1/x")
+            .header("X-API-Key", &ro)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (403, "forbidden"));
+    let (status, code, _) = error_code(s.get("/v1/x").send().await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (401, "unauthenticated"));
+    assert_eq!(
+        u.hits.load(Ordering::SeqCst),
+        0,
+        "a refused request reached the upstream"
+    );
+    // /limited/ needs read:tasks, which readonly has; 3 per minute
+    for i in 0..3 {
+        let r = s
+            .get("/limited/x")
+            .header("X-API-Key", &ro)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "request {i}");
+        assert_eq!(r.headers()["ratelimit-limit"], "3");
+    }
+    let r = s
+        .get("/limited/x")
+        .header("X-API-Key", &ro)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().contains_key("retry-after"));
+    let (status, code, _) = error_code(r).await;
+    assert_eq!((status, code.as_str()), (429, "rate_limited"));
+    assert_eq!(u.hits.load(Ordering::SeqCst), 3);
+    // other routes are not limited by it
+    let r = s
+        .get("/v1/x")
+        .header("X-API-Key", s.admin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}
+
+#[tokio::test]
+async fn sse_arrives_incrementally() {
+    let (s, u) = setup().await;
+    let r = s
+        .get("/v1/sse")
+        .header("X-API-Key", s.admin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut stream = r.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("the first event did not arrive before the upstream finished")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first[..], b"data: one\n\n");
+    u.go.notify_one();
+    let mut rest = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+    {
+        rest.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(rest, b"data: two\n\n");
+}
+
+fn connector(s: &TestServer) -> tokio_tungstenite::Connector {
+    let pem = std::fs::read(s.data_dir().join("tls/cert.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut &pem[..]) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_tungstenite::Connector::Rustls(Arc::new(cfg))
+}
+
+#[tokio::test]
+async fn websocket_echo_through_the_gateway() {
+    let (s, _u) = setup().await;
+    let mut req = format!("wss://{}/v1/ws", s.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("X-API-Key", s.admin().parse().unwrap());
+    let (mut ws, resp) =
+        tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector(&s)))
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 101);
+    for text in ["hello", "through the gateway"] {
+        ws.send(Message::text(text)).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.into_text().unwrap().as_str(), text);
+    }
+    // without credentials the upgrade is refused before the upstream
+    let req = format!("wss://{}/v1/ws", s.addr)
+        .into_client_request()
+        .unwrap();
+    let err =
+        tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector(&s)))
+            .await
+            .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(r) => assert_eq!(r.status(), 401),
+        e => panic!("unexpected {e}"),
+    }
+}
+
+#[tokio::test]
+async fn upstream_refused_is_502_and_too_slow_is_504() {
+    let (s, _u) = setup().await;
+    let (status, code, _) = error_code(
+        s.get("/down/x")
+            .header("X-API-Key", s.admin())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (502, "bad_gateway"));
+    let started = std::time::Instant::now();
+    let (status, code, _) = error_code(
+        s.get("/slow/wait")
+            .header("X-API-Key", s.admin())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (504, "gateway_timeout"));
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let log = log_when(&s, |l| {
+        l.contains("gateway: upstream failed")
+            && l.contains("gateway: upstream sent no response headers in time")
+    })
+    .await;
+    assert!(log.contains("gateway: upstream failed"), "{log}");
+    assert!(
+        log.contains("gateway: upstream sent no response headers in time"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn ids_blocks_attacks_before_the_upstream_and_lets_chat_free_text_through() {
+    let (s, u) = setup().await;
+    // an attack in the query string never reaches the upstream
+    let r = s
+        .get("/v1/search?q=1%27%20UNION%20SELECT%20password%20FROM%20users--")
+        .header("X-API-Key", s.admin())
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = error_code(r).await;
+    assert_eq!((status, code.as_str()), (403, "request_blocked"));
+    assert_eq!(u.hits.load(Ordering::SeqCst), 0);
+
+    // SQL and HTML in the declared free-text fields pass
+    let sql = "SELECT * FROM users WHERE id = 1 OR 1=1; DROP TABLE users; --";
+    let html = "<script>alert(document.cookie)</script><img src=x onerror=alert(1)>";
+    let chat = json!({
+        "model": "llama3",
+        "messages": [{"role": "user", "content": format!("Explain: {sql} and {html}")}],
+        "prompt": format!("{html} {sql}"),
+    });
+    let r = s
+        .post("/v1/chat/completions")
+        .header("X-API-Key", s.admin())
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(v["body"].as_str().unwrap()).unwrap(),
+        chat
+    );
+    assert_eq!(u.hits.load(Ordering::SeqCst), 1);
+
+    // the same SQL in `model` (an identifier) is blocked
+    let bad = json!({"model": "x' UNION SELECT password FROM users--", "messages": []});
+    let (status, code, _) = error_code(
+        s.post("/v1/chat/completions")
+            .header("X-API-Key", s.admin())
+            .json(&bad)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (403, "request_blocked"));
+    assert_eq!(u.hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn streamed_bodies_are_inspected_only_in_the_window_and_counted() {
+    let (s, u) = setup().await;
+    // 3 MB of benign JSON (the window is 1 KB): streams through, and more
+    // than `limits.body_max_bytes` (64 KB) as the route allows 8 MB.
+    let big = json!({"model": "llama3", "prompt": "benign text ".repeat(250_000)}).to_string();
+    let len = big.len();
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = big
+        .into_bytes()
+        .chunks(16 * 1024)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    let r = s
+        .post("/v1/upload")
+        .header("X-API-Key", s.admin())
+        .header("Content-Type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["body_len"], len);
+    assert_eq!(u.hits.load(Ordering::SeqCst), 1);
+
+    // an attack in the first window of a big body is blocked
+    let bad = format!(
+        r#"{{"model": "x' UNION SELECT password FROM users--", "prompt": "{}"}}"#,
+        "a".repeat(2_000_000)
+    );
+    let (status, code, _) = error_code(
+        s.post("/v1/upload")
+            .header("X-API-Key", s.admin())
+            .header("Content-Type", "application/json")
+            .body(bad)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (403, "request_blocked"));
+    assert_eq!(u.hits.load(Ordering::SeqCst), 1);
+
+    // over the route's limit: declared -> 413 at once; streamed -> 413 too
+    let huge = "a".repeat(9 * 1024 * 1024);
+    let (status, code, _) = error_code(
+        s.post("/v1/upload")
+            .header("X-API-Key", s.admin())
+            .header("Content-Type", "application/json")
+            .body(huge.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (413, "payload_too_large"));
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = format!("{{\"prompt\": \"{huge}\"}}")
+        .into_bytes()
+        .chunks(64 * 1024)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    let (status, code, _) = error_code(
+        s.post("/v1/upload")
+            .header("X-API-Key", s.admin())
+            .header("Content-Type", "application/json")
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            )))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (413, "payload_too_large"));
+}
+
+#[tokio::test]
+async fn bad_gateway_config_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (route, key) in [
+        (
+            "prefix = \"/v1/\"\nupstream = \"ftp://x\"\npermission = \"read:tasks\"",
+            "gateway.routes[0].upstream",
+        ),
+        (
+            "prefix = \"/v1/\"\nupstream = \"http://x\"\npermission = \"read:everything\"",
+            "gateway.routes[0].permission",
+        ),
+        (
+            "prefix = \"/api/\"\nupstream = \"http://x\"\npermission = \"read:tasks\"",
+            "gateway.routes[0].prefix",
+        ),
+        (
+            "prefix = \"/\"\nupstream = \"http://x\"\npermission = \"read:tasks\"",
+            "gateway.routes[0].prefix",
+        ),
+    ] {
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, format!("[[gateway.routes]]\n{route}\n")).unwrap();
+        let (code, _, err) = crate::common::run_cli(
+            &[
+                "config",
+                "show",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--data-dir",
+                dir.path().join("d").to_str().unwrap(),
+            ],
+            None,
+            &[],
+        );
+        assert_ne!(code, 0, "{route}");
+        assert!(err.contains(key), "{route}: {err}");
+    }
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[alerts]\nwebhook_url = \"file:///etc/passwd\"\n").unwrap();
+    let (code, _, err) = crate::common::run_cli(
+        &["config", "show", "--config", cfg.to_str().unwrap()],
+        None,
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("alerts.webhook_url"), "{err}");
+}
+
+// ------------------------------------------------------------ outbound TLS
+
+struct Pki {
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = p.self_signed(&ca_key).unwrap();
+        Pki { ca, ca_key }
+    }
+
+    /// A leaf for `names` (PEM cert, PEM key).
+    fn leaf(&self, names: &[&str], client: bool) -> (String, String) {
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        p.extended_key_usages = vec![if client {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+fn certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .map(|c| c.unwrap())
+        .collect()
+}
+
+/// An HTTPS upstream (h2 and HTTP/1.1 by ALPN); with `client_ca`, it
+/// requires a client certificate signed by it.
+async fn tls_upstream(leaf: (String, String), client_ca: Option<&Pki>) -> SocketAddr {
+    let key = rustls_pemfile::private_key(&mut leaf.1.as_bytes())
+        .unwrap()
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let b = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let b = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.ca.der().clone()).unwrap();
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            b.with_client_cert_verifier(v)
+        }
+        None => b.with_no_client_auth(),
+    };
+    let mut sc = b.with_single_cert(certs(&leaf.0), key).unwrap();
+    sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(sc));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = Router::new().fallback(|req: Request| async move {
+        axum::Json(json!({"tls": true, "version": format!("{:?}", req.version())}))
+    });
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let router = router.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper_util::service::TowerToHyperService::new(router);
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+fn tls_routes(routes: &[(&str, SocketAddr)]) -> String {
+    routes
+        .iter()
+        .map(|(prefix, addr)| {
+            format!(
+                "[[gateway.routes]]\nprefix = \"{prefix}\"\nupstream = \"https://{addr}\"\npermission = \"read:tasks\"\n"
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn outbound_tls_verifies_chain_and_hostname_and_does_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = Pki::new("ours");
+    let other = Pki::new("other");
+    let trusted = tls_upstream(ours.leaf(&["127.0.0.1", "localhost"], false), None).await;
+    let untrusted = tls_upstream(other.leaf(&["127.0.0.1"], false), None).await;
+    let wrong_name = tls_upstream(ours.leaf(&["other.example"], false), None).await;
+    let mtls = tls_upstream(ours.leaf(&["127.0.0.1"], false), Some(&ours)).await;
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ours.ca.pem()).unwrap();
+    let (cc, ck) = ours.leaf(&["frenly-gateway"], true);
+    std::fs::write(dir.path().join("client.pem"), cc).unwrap();
+    std::fs::write(dir.path().join("client.key"), ck).unwrap();
+    let routes = tls_routes(&[
+        ("/trusted/", trusted),
+        ("/untrusted/", untrusted),
+        ("/wrongname/", wrong_name),
+        ("/mtls/", mtls),
+    ]);
+    let gw = format!("[gateway]\nca_file = \"{}\"\n", ca_file.display());
+    let with_client = format!(
+        "{gw}client_cert = \"{}\"\nclient_key = \"{}\"\n{routes}",
+        dir.path().join("client.pem").display(),
+        dir.path().join("client.key").display()
+    );
+    let s = TestServer::with(Opts::default().config(&with_client)).await;
+    let get = |p: &'static str| s.get(p).header("X-API-Key", s.admin()).send();
+
+    let r = get("/trusted/x").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["tls"], true);
+    assert_eq!(v["version"], "HTTP/2.0", "h2 negotiated by ALPN");
+
+    let (status, code, _) = error_code(get("/untrusted/x").await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (502, "bad_gateway"));
+    let (status, code, _) = error_code(get("/wrongname/x").await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (502, "bad_gateway"));
+    let r = get("/mtls/x").await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "mutual TLS with the configured client certificate"
+    );
+
+    let marker = "gateway: TLS with the upstream failed";
+    let log = log_when(&s, |l| l.matches(marker).count() >= 2).await;
+    let tls_lines: Vec<&str> = log.lines().filter(|l| l.contains(marker)).collect();
+    assert_eq!(tls_lines.len(), 2, "{log}");
+    assert!(
+        tls_lines
+            .iter()
+            .any(|l| l.contains("UnknownIssuer") && l.contains(&untrusted.to_string())),
+        "{log}"
+    );
+    assert!(
+        tls_lines
+            .iter()
+            .any(|l| l.contains("not valid for name") || l.contains("NotValidForName")),
+        "{log}"
+    );
+    drop(s);
+
+    // Without a client certificate the mTLS upstream refuses: 502. And
+    // without a CA file the test CA is not trusted (system roots only).
+    let without = format!("{gw}{routes}");
+    let s = TestServer::with(Opts::default().config(&without)).await;
+    let (status, code, _) = error_code(
+        s.get("/mtls/x")
+            .header("X-API-Key", s.admin())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (502, "bad_gateway"));
+    drop(s);
+    let s = TestServer::with(Opts::default().config(&routes)).await;
+    let (status, _, _) = error_code(
+        s.get("/trusted/x")
+            .header("X-API-Key", s.admin())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        status, 502,
+        "a test CA must not be trusted without gateway.ca_file"
+    );
+}
