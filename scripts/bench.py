@@ -43,6 +43,7 @@ FRENLY_PORT = 9100
 FRENLY_TLS_PORT = 9102
 BARE_PORT = 9101
 NGINX_TLS_PORT = 9443
+PROFILE = "release"  # `--smoke` uses the debug build the test run made
 FRENLY_GW_PORT = 9103
 UPSTREAM = "http://127.0.0.1:9001"
 GATEWAY_ROUTE = f"""
@@ -110,7 +111,7 @@ mode = "block"
         env = {k: v for k, v in os.environ.items() if not k.startswith("FRENLY_")}
         self.stderr = open(os.path.join(self.dir, "stderr.log"), "w+")
         self.proc = subprocess.Popen(
-            ["taskset", "-c", "1", os.path.join(ROOT, "target/release/frenly"), "serve",
+            ["taskset", "-c", "1", os.path.join(ROOT, f"target/{PROFILE}/frenly"), "serve",
              "--config", cfg, "--data-dir", os.path.join(self.dir, "data")],
             stdout=subprocess.DEVNULL, stderr=self.stderr, env=env)
         if not wait_port(port):
@@ -150,7 +151,7 @@ mode = "block"
 class Bare:
     def __init__(self):
         self.proc = subprocess.Popen(
-            ["taskset", "-c", "1", os.path.join(ROOT, "target/release/examples/bare_hyper"), f"127.0.0.1:{BARE_PORT}"],
+            ["taskset", "-c", "1", os.path.join(ROOT, f"target/{PROFILE}/examples/bare_hyper"), f"127.0.0.1:{BARE_PORT}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if not wait_port(BARE_PORT):
             raise SystemExit("bare hyper did not start")
@@ -242,8 +243,13 @@ def main():
     peers = os.path.abspath(args.peers)
     have_peers = os.path.isfile(os.path.join(peers, "bench.py"))
     if args.smoke:
+        global PROFILE
+        PROFILE = "debug"
         args.duration, args.warmup, args.conns = 1, 0, 4
         only = {"frenly"}
+        if not os.path.exists(os.path.join(ROOT, "target/debug/frenly")):
+            run(["cargo", "build", "--bin", "frenly"], cwd=ROOT)
+        args.no_build = True
     if not have_peers:
         log(f"peers folder {peers} not found: measuring Frenly and the bare server only")
         only -= {"nginx", "seed", "seed-deque", "nginx-tls", "gateway"}

@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+/// mimalloc: the request path allocates many small, short-lived buffers;
+/// glibc's allocator showed up at ~13% of a profile under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = frenly::cli::Cli::parse();
     init_logging();

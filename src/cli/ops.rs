@@ -257,6 +257,24 @@ async fn wait_for_alerts(cfg: &Config, alerts: &crate::monitoring::alerts::Alert
     eprintln!("frenly: some alerts were not delivered before exit");
 }
 
-pub fn bench(_g: &Global, _a: BenchArgs) -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+/// `frenly bench ARGS...`: the load benchmark lives in the source tree
+/// (`scripts/bench.py`: it builds Frenly, starts the peers, drives wrk); this
+/// runs it from the current directory's checkout or the one Frenly was built
+/// from, passing the arguments through (`--smoke`, `--only`, `--duration`).
+pub fn bench(_g: &Global, a: BenchArgs) -> CmdResult {
+    let candidates = [
+        PathBuf::from("scripts/bench.py"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench.py"),
+    ];
+    let Some(script) = candidates.iter().find(|p| p.is_file()) else {
+        return Err(Failure::refused(
+            "the benchmark needs a Frenly source checkout (scripts/bench.py); run it from there",
+        ));
+    };
+    let status = std::process::Command::new("python3")
+        .arg(script)
+        .args(&a.args)
+        .status()
+        .map_err(|e| Failure::refused(format!("cannot run python3: {e}")))?;
+    Ok(if status.success() { 0 } else { 1 })
 }

@@ -423,23 +423,53 @@ async fn writer(
 
 async fn store_lines(db: &Db, rows: &[(AuditEvent, i64, String)]) -> crate::store::Result<()> {
     let mut tx = db.pool.begin().await?;
-    for (ev, ts_ms, line) in rows {
-        sqlx::query(
-            "INSERT INTO audit_events (ts, ts_ms, event_type, request_id, ip, user_id, line) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(crate::store::rfc3339(*ts_ms))
-        .bind(*ts_ms)
-        .bind(ev.event_type)
-        .bind(&ev.request_id)
-        .bind(&ev.ip)
-        .bind(&ev.user_id)
-        .bind(line)
-        .execute(&mut *tx)
-        .await?;
+    for chunk in rows.chunks(STORE_CHUNK) {
+        // One statement per chunk: only the placeholder list depends on the
+        // chunk's length; every value is bound (never spliced into the SQL).
+        let sql = insert_sql(chunk.len());
+        let mut q = sqlx::query(&sql);
+        for (ev, ts_ms, line) in chunk {
+            q = q
+                .bind(crate::store::rfc3339(*ts_ms))
+                .bind(*ts_ms)
+                .bind(ev.event_type)
+                .bind(ev.request_id.clone())
+                .bind(ev.ip.clone())
+                .bind(ev.user_id.clone())
+                .bind(line.clone());
+        }
+        q.execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Rows per INSERT statement (7 parameters each). Small on purpose: SQLite
+/// looks up each numbered parameter by name (quadratic in their count).
+const STORE_CHUNK: usize = 16;
+
+/// `INSERT ... VALUES ($1..$7), ($8..$14), ...` for `n` rows.
+fn insert_sql(n: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO audit_events (ts, ts_ms, event_type, request_id, ip, user_id, line) VALUES ",
+    );
+    for r in 0..n {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        let b = r * 7;
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6,
+            b + 7
+        ));
+    }
+    sql
 }
 
 /// Member names whose values are never written: the last `_`/`-`/`.`
