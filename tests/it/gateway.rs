@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::common::user_key;
 use crate::common::{error_code, Opts, TestServer};
 
 // ------------------------------------------------------------- the upstream
@@ -184,40 +185,6 @@ async fn setup() -> (TestServer, Upstream) {
     let (addr, u) = start_upstream().await;
     let s = TestServer::with(Opts::default().config(&config(addr))).await;
     (s, u)
-}
-
-/// A user with `roles` and an API key of theirs.
-async fn user_key(s: &TestServer, name: &str, roles: &[&str]) -> String {
-    let r = s
-        .admin_post(
-            "/api/users",
-            &json!({"username": name, "email": format!("{name}@example.test"), "password": "a long enough passphrase 123", "roles": roles}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{:?}", r.text().await);
-    let login: Value = s
-        .post("/api/auth/login")
-        .json(&json!({"username": name, "password": "a long enough passphrase 123"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let r = s
-        .post("/api/keys")
-        .bearer_auth(login["access_token"].as_str().unwrap())
-        .json(&json!({"name": "test"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    r.json::<Value>().await.unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 /// The server's stderr once `done` holds for it (log lines reach the

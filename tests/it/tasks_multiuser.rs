@@ -3,43 +3,9 @@
 
 use serde_json::{json, Value};
 
+use crate::common::user_key;
 use crate::common::{error_code, TestServer};
 use crate::tasks::{create, start};
-
-/// Create a user with `roles` and return an API key of theirs.
-async fn user_key(s: &TestServer, name: &str, roles: &[&str]) -> String {
-    let r = s
-        .admin_post(
-            "/api/users",
-            &json!({"username": name, "email": format!("{name}@example.test"), "password": "a long enough passphrase 123", "roles": roles}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{:?}", r.text().await);
-    let login: Value = s
-        .post("/api/auth/login")
-        .json(&json!({"username": name, "password": "a long enough passphrase 123"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["access_token"].as_str().unwrap();
-    let r = s
-        .post("/api/keys")
-        .bearer_auth(token)
-        .json(&json!({"name": "test"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    r.json::<Value>().await.unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
 
 fn with(s: &TestServer, m: reqwest::Method, path: &str, key: &str) -> reqwest::RequestBuilder {
     s.client.request(m, s.url(path)).header("X-API-Key", key)

@@ -433,3 +433,39 @@ pub fn run_cli(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> (i32
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A user with `roles` (made by the admin), logged in, and an API key of
+/// theirs made with that login.
+pub async fn user_key(s: &TestServer, name: &str, roles: &[&str]) -> String {
+    let r = s
+        .admin_post(
+            "/api/users",
+            &serde_json::json!({"username": name, "email": format!("{name}@example.test"), "password": "a long enough passphrase 123", "roles": roles}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let login: serde_json::Value = s
+        .post("/api/auth/login")
+        .json(&serde_json::json!({"username": name, "password": "a long enough passphrase 123"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap();
+    let r = s
+        .post("/api/keys")
+        .bearer_auth(token)
+        .json(&serde_json::json!({"name": "test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<serde_json::Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
