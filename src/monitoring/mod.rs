@@ -13,8 +13,8 @@
 //! outside the router (inside authn), and copies the caller's user id from
 //! the request's `Authenticated` into the response extensions as
 //! [`AccessUser`]; requests refused before authn carry none (`user_id` null).
-//! The client address is resolved with the network layer's own function
-//! (same peer, same headers, same trusted proxies: the same address).
+//! The client address is the [`crate::network::ClientAddr`] resolved once,
+//! outside this layer, by `network::client_addr_layer`.
 //!
 //! Not covered: events of requests the TLS/HTTP layer rejects before the
 //! stack (malformed HTTP, handshake failures) — those are connection logs.
@@ -35,7 +35,6 @@ use axum::response::Response;
 use crate::app::AppState;
 use crate::authn::Authenticated;
 use crate::http::{ApiError, RequestId};
-use crate::network::PeerAddr;
 
 pub use api::routes;
 
@@ -56,12 +55,7 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
     let path = req.uri().path();
     let logged = path.starts_with("/api/") || state.gateway.route_for(path).is_some();
     let access = (state.cfg.audit.log_api_access && logged).then(|| {
-        let peer = req
-            .extensions()
-            .get::<PeerAddr>()
-            .map(|p| p.0.ip())
-            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-        let ip = crate::network::client_addr::resolve(peer, req.headers(), &state.network.trusted);
+        let ip = crate::network::client_of(&req, &state.network.trusted);
         let rid = req
             .extensions()
             .get::<RequestId>()

@@ -245,14 +245,42 @@ fn request_id(req: &Request) -> Option<String> {
         .map(|r| r.as_str().to_string())
 }
 
-/// The network layer (middleware).
-pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+/// Resolve the request's client address from its TCP peer and forwarding
+/// headers (trusted proxies only).
+fn resolve_request(req: &Request, trusted: &[IpNet]) -> IpAddr {
     let peer = req
         .extensions()
         .get::<PeerAddr>()
         .map(|p| p.0.ip())
-        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-    let client = client_addr::resolve(peer, req.headers(), &state.network.trusted);
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    client_addr::resolve(peer, req.headers(), trusted)
+}
+
+/// The request's client address: the [`ClientAddr`] that
+/// [`client_addr_layer`] set (resolved here only if the stack lacks it).
+pub fn client_of(req: &Request, trusted: &[IpNet]) -> IpAddr {
+    match req.extensions().get::<ClientAddr>() {
+        Some(c) => c.0,
+        None => resolve_request(req, trusted),
+    }
+}
+
+/// Resolves the client address once per request, outside every layer that
+/// uses it (monitoring, network, apisec, audit), and stores it as
+/// [`ClientAddr`].
+pub async fn client_addr_layer(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let client = resolve_request(&req, &state.network.trusted);
+    req.extensions_mut().insert(ClientAddr(client));
+    next.run(req).await
+}
+
+/// The network layer (middleware).
+pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let client = client_of(&req, &state.network.trusted);
     req.extensions_mut().insert(ClientAddr(client));
     let net = &state.network;
     let (exempt, api) = {

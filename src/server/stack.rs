@@ -3,6 +3,7 @@
 //! ```text
 //!  request ──►┌ envelope ─ request id, security headers ─────────────────────┐
 //!             │┌ catch-panic ─ a panic becomes 500 `internal` ──────────────┐│
+//!             ││  client address ─ resolved once (network::client_addr_layer)
 //!             ││┌ monitoring ─ metrics, access audit ──────────────────────┐││
 //!             │││┌ network ─ client address, bans, burst bans, rate limits ┐│││
 //!             ││││┌ apisec ─ header/body limits, content type, IDS ───────┐││││
@@ -58,6 +59,10 @@ pub fn wrap(router: Router, state: AppState) -> Router {
         .layer(from_fn_with_state(state.clone(), crate::apisec::layer))
         .layer(from_fn_with_state(state.clone(), crate::network::layer))
         .layer(from_fn_with_state(state.clone(), crate::monitoring::layer))
+        .layer(from_fn_with_state(
+            state.clone(),
+            crate::network::client_addr_layer,
+        ))
         .layer(CatchPanicLayer::custom(envelope::panic_response))
         .layer(from_fn_with_state(env, envelope::envelope))
 }
