@@ -126,15 +126,18 @@ impl Audit {
         let written = Arc::new(AtomicU64::new(0));
         let queued = Arc::new(AtomicU64::new(0));
         let file = LogFile::open(path, cfg.audit.rotate_bytes)?;
-        tokio::spawn(writer(
+        let writer = Writer {
             file,
             prev,
-            rx,
             db,
-            written.clone(),
-            queued.clone(),
-            hooks.depth.clone(),
-        ));
+            rt: tokio::runtime::Handle::try_current()?,
+            written: written.clone(),
+            queued: queued.clone(),
+            depth: hooks.depth.clone(),
+        };
+        std::thread::Builder::new()
+            .name("frenly-audit".into())
+            .spawn(move || writer.run(rx))?;
         let audit = Audit {
             tx,
             queued,
@@ -355,63 +358,78 @@ pub fn chain_files(path: &Path) -> Vec<PathBuf> {
     out
 }
 
-async fn writer(
-    mut file: LogFile,
-    mut prev: String,
-    mut rx: mpsc::Receiver<Msg>,
+/// How long the writer lets events gather after the first one of a batch:
+/// requests only queue events, so this adds at most this much delay before
+/// an event reaches the file, and lets one write, one hash pass and one
+/// database transaction serve a whole batch under load.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Most events written in one batch.
+const MAX_BATCH: usize = 4096;
+
+/// The writer's state: it lives on its own thread, so rendering, hashing and
+/// the file append never run on (or wait for) the request runtime.
+struct Writer {
+    file: LogFile,
+    prev: String,
     db: Db,
+    rt: tokio::runtime::Handle,
     written: Arc<AtomicU64>,
     queued: Arc<AtomicU64>,
     depth: Option<prometheus_client::metrics::gauge::Gauge>,
-) {
-    let mut batch = Vec::with_capacity(1024);
-    loop {
-        batch.clear();
-        if rx.recv_many(&mut batch, 4096).await == 0 {
-            return;
+}
+
+impl Writer {
+    /// Take messages until every sender is gone, a gathered batch at a time.
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = rx.blocking_recv() {
+            let flush_first = matches!(first, Msg::Flush(_));
+            batch.push(first);
+            if !flush_first {
+                std::thread::sleep(GATHER);
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            self.write_batch(&mut batch);
         }
-        let mut rows = Vec::new();
-        let mut lines = Vec::new();
+    }
+
+    fn write_batch(&mut self, batch: &mut Vec<Msg>) {
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut lines = Vec::with_capacity(batch.len());
         let mut flushes = Vec::new();
         for m in batch.drain(..) {
             match m {
                 Msg::Event(ev) => {
                     let ts_ms = crate::store::now_ms();
-                    let (line, hash) = render_at(&ev, &prev, ts_ms);
-                    prev = hash;
-                    lines.push(line.clone());
-                    rows.push((ev, ts_ms, line));
+                    let ts = crate::store::rfc3339(ts_ms);
+                    let (line, hash) = render_with(&ev, &self.prev, &ts);
+                    self.prev = hash;
+                    lines.push(line);
+                    rows.push((ev, ts_ms, ts));
                 }
                 Msg::Flush(done) => flushes.push(done),
             }
         }
-        if !lines.is_empty() || !flushes.is_empty() {
-            let sync = !flushes.is_empty();
-            let res = tokio::task::spawn_blocking(move || {
-                let r = file.append(&lines, sync);
-                (file, r)
-            })
-            .await;
-            match res {
-                Ok((f, r)) => {
-                    file = f;
-                    if let Err(e) = r {
-                        tracing::error!(file = %file.path.display(), error = %e, "cannot append to the audit log");
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "audit writer task failed");
-                    return;
-                }
-            }
+        if let Err(e) = self.file.append(&lines, !flushes.is_empty()) {
+            tracing::error!(file = %self.file.path.display(), error = %e, "cannot append to the audit log");
         }
         if !rows.is_empty() {
-            if let Err(e) = store_lines(&db, &rows).await {
+            if let Err(e) = self.rt.block_on(store_lines(&self.db, &rows, &lines)) {
                 tracing::error!(error = %e, "cannot store audit events in the database");
             }
-            written.fetch_add(rows.len() as u64, Ordering::Relaxed);
-            let left = queued.fetch_sub(rows.len() as u64, Ordering::Relaxed) - rows.len() as u64;
-            if let Some(g) = &depth {
+            let n = rows.len() as u64;
+            self.written.fetch_add(n, Ordering::Relaxed);
+            let left = self
+                .queued
+                .fetch_sub(n, Ordering::Relaxed)
+                .saturating_sub(n);
+            if let Some(g) = &self.depth {
                 g.set(left as i64);
             }
         }
@@ -421,22 +439,28 @@ async fn writer(
     }
 }
 
-async fn store_lines(db: &Db, rows: &[(AuditEvent, i64, String)]) -> crate::store::Result<()> {
+/// Store a batch: `rows[i]` is the event of `lines[i]` with its time (Unix
+/// ms and RFC 3339).
+async fn store_lines(
+    db: &Db,
+    rows: &[(AuditEvent, i64, String)],
+    lines: &[String],
+) -> crate::store::Result<()> {
     let mut tx = db.pool.begin().await?;
-    for chunk in rows.chunks(STORE_CHUNK) {
+    for (chunk, chunk_lines) in rows.chunks(STORE_CHUNK).zip(lines.chunks(STORE_CHUNK)) {
         // One statement per chunk: only the placeholder list depends on the
         // chunk's length; every value is bound (never spliced into the SQL).
         let sql = insert_sql(chunk.len());
         let mut q = sqlx::query(&sql);
-        for (ev, ts_ms, line) in chunk {
+        for ((ev, ts_ms, ts), line) in chunk.iter().zip(chunk_lines) {
             q = q
-                .bind(crate::store::rfc3339(*ts_ms))
+                .bind(ts.as_str())
                 .bind(*ts_ms)
                 .bind(ev.event_type)
-                .bind(ev.request_id.clone())
-                .bind(ev.ip.clone())
-                .bind(ev.user_id.clone())
-                .bind(line.clone());
+                .bind(ev.request_id.as_deref())
+                .bind(ev.ip.as_deref())
+                .bind(ev.user_id.as_deref())
+                .bind(line.as_str());
         }
         q.execute(&mut *tx).await?;
     }
@@ -534,31 +558,76 @@ pub fn render(ev: &AuditEvent, prev: &str) -> (String, String) {
 
 /// [`render`] with the event's time given (Unix ms).
 pub fn render_at(ev: &AuditEvent, prev: &str, ts_ms: i64) -> (String, String) {
-    let mut obj = Map::new();
-    obj.insert("ts".into(), crate::store::rfc3339(ts_ms).into());
-    obj.insert("event_type".into(), ev.event_type.into());
-    obj.insert("request_id".into(), ev.request_id.clone().into());
-    obj.insert("ip".into(), ev.ip.clone().into());
-    obj.insert("user_id".into(), ev.user_id.clone().into());
+    render_with(ev, prev, &crate::store::rfc3339(ts_ms))
+}
+
+/// Members every line carries, in this order, before the event's own.
+const RESERVED: &[&str] = &[
+    "ts",
+    "event_type",
+    "request_id",
+    "ip",
+    "user_id",
+    "prev_hash",
+    "hash",
+];
+
+/// Serialize one event with its RFC 3339 time, chained to `prev`: members in
+/// the order `ts, event_type, request_id, ip, user_id`, the event's own
+/// (secret guard applied), `prev_hash`, then `hash` over everything before it.
+fn render_with(ev: &AuditEvent, prev: &str, ts: &str) -> (String, String) {
+    let mut out = Vec::with_capacity(320);
+    out.extend_from_slice(b"{\"ts\":");
+    json_str(&mut out, ts);
+    out.extend_from_slice(b",\"event_type\":");
+    json_str(&mut out, ev.event_type);
+    for (name, value) in [
+        ("request_id", &ev.request_id),
+        ("ip", &ev.ip),
+        ("user_id", &ev.user_id),
+    ] {
+        out.push(b',');
+        json_str(&mut out, name);
+        out.push(b':');
+        match value {
+            Some(v) => json_str(&mut out, v),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
     for (k, v) in &ev.fields {
-        if matches!(
-            k.as_str(),
-            "prev_hash" | "hash" | "ts" | "event_type" | "request_id" | "ip" | "user_id"
-        ) {
+        if RESERVED.contains(&k.as_str()) {
             continue;
         }
-        let v = if is_secret_name(k) && !v.is_null() {
-            Value::from(REDACTED)
+        out.push(b',');
+        json_str(&mut out, k);
+        out.push(b':');
+        let written = if is_secret_name(k) && !v.is_null() {
+            serde_json::to_writer(&mut out, REDACTED)
         } else {
-            redact(v)
+            serde_json::to_writer(&mut out, &redact(v))
         };
-        obj.insert(k.clone(), v);
+        if written.is_err() {
+            out.extend_from_slice(b"null");
+        }
     }
-    obj.insert("prev_hash".into(), prev.into());
-    let body = Value::Object(obj).to_string();
-    let hash = hex::encode(Sha256::digest(body.as_bytes()));
-    let line = format!("{},\"hash\":\"{hash}\"}}", &body[..body.len() - 1]);
+    out.extend_from_slice(b",\"prev_hash\":");
+    json_str(&mut out, prev);
+    out.push(b'}');
+    let hash = hex::encode(Sha256::digest(&out));
+    out.pop();
+    out.extend_from_slice(b",\"hash\":\"");
+    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(b"\"}");
+    // Only JSON text went in (serde_json escapes every string).
+    let line = String::from_utf8(out).unwrap_or_default();
     (line, hash)
+}
+
+/// Append `s` as a JSON string.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    if serde_json::to_writer(&mut *out, s).is_err() {
+        out.extend_from_slice(b"null");
+    }
 }
 
 /// Why a line breaks the chain.
