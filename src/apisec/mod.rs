@@ -22,8 +22,7 @@ pub mod validation;
 pub mod ids;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::{header, Method};
 
@@ -93,18 +92,20 @@ impl ApiSecurity {
     }
 }
 
-/// The API-security layer (middleware).
-pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The API-security step: header and body limits, content type and the IDS.
+/// `Ok` is the request to pass on (its body buffered if the IDS read it);
+/// `Err` the refusal to send.
+pub async fn admit(state: &AppState, req: Request) -> Result<Request, Response> {
     let gateway_limit = state
         .gateway
         .route_for(req.uri().path())
         .map(|r| r.body_max);
     let body_max = gateway_limit.unwrap_or(state.apisec.body_max_bytes);
     if let Err(e) = state.apisec.check_head_limit(&req, body_max) {
-        return e.into_response();
+        return Err(e.into_response());
     }
     if !state.apisec.ids.active_for(req.uri().path()) {
-        return next.run(req).await;
+        return Ok(req);
     }
     let (parts, body) = req.into_parts();
     let (bytes, body) = if gateway_limit.is_some() {
@@ -113,12 +114,12 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
             .await
         {
             Ok((head, body)) => (head.slice(..head.len().min(window)), body),
-            Err(e) => return e.into_response(),
+            Err(e) => return Err(e.into_response()),
         }
     } else {
         match read_body(&state.apisec, &parts, body).await {
             Ok(b) => (b.clone(), Body::from(b)),
-            Err(e) => return e.into_response(),
+            Err(e) => return Err(e.into_response()),
         }
     };
     let route = parts
@@ -130,14 +131,14 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
         route.as_deref(),
     );
     match verdict {
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => return Err(ApiError::from(e).into_response()),
         Ok(v) => {
-            if let Some(refusal) = report(&state, &parts, v).await {
-                return refusal.into_response();
+            if let Some(refusal) = report(state, &parts, v).await {
+                return Err(refusal.into_response());
             }
         }
     }
-    next.run(Request::from_parts(parts, body)).await
+    Ok(Request::from_parts(parts, body))
 }
 
 /// Buffer the body (only when there is one), at most `body_max_bytes`

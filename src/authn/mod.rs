@@ -41,8 +41,7 @@ pub mod revocations;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Request, State};
-use axum::middleware::Next;
+use axum::extract::{FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 
@@ -146,23 +145,25 @@ impl From<AuthnError> for ApiError {
     }
 }
 
-/// The authentication layer (middleware).
-pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+/// The authentication step: resolve the request's credentials into
+/// [`Authenticated`] (absent for anonymous requests); a credential that does
+/// not verify is refused here (`Err` is the response to send).
+pub async fn admit(state: &AppState, req: &mut Request) -> Result<(), Response> {
     let view = req.extensions().get::<crate::state::View>().cloned();
     if let Some(v) = &view {
         state.authn.observe_epoch(v.epoch);
     }
-    match resolve(&state, req.headers(), view.as_ref()).await {
+    match resolve(state, req.headers(), view.as_ref()).await {
         Ok(Some(p)) => {
             req.extensions_mut().insert(Authenticated::from_arc(p));
+            Ok(())
         }
-        Ok(None) => {}
+        Ok(None) => Ok(()),
         Err(e) => {
             tracing::debug!(error = %e, "authentication failed");
-            return ApiError::from(e).into_response();
+            Err(ApiError::from(e).into_response())
         }
     }
-    next.run(req).await
 }
 
 /// Resolve the request's credentials, if any.

@@ -54,7 +54,14 @@ pub async fn envelope(
         Some(v) if is_sane_request_id(v.as_bytes()) => {
             Arc::<str>::from(v.to_str().unwrap_or_default())
         }
-        _ => Arc::<str>::from(uuid::Uuid::new_v4().simple().to_string()),
+        // A random (v4) id from the thread's CSPRNG: no system call per
+        // request, still unguessable.
+        _ => Arc::<str>::from(
+            uuid::Builder::from_random_bytes(rand::random())
+                .into_uuid()
+                .simple()
+                .to_string(),
+        ),
     };
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut resp = next.run(req).await;

@@ -9,12 +9,12 @@
 //! address, request id) before its response leaves. The only cost on the
 //! request path is handing the event to the audit queue.
 //!
-//! How the user id reaches this outer layer: [`expose_principal`] sits just
-//! outside the router (inside authn), and copies the caller's user id from
-//! the request's `Authenticated` into the response extensions as
-//! [`AccessUser`]; requests refused before authn carry none (`user_id` null).
-//! The client address is the [`crate::network::ClientAddr`] resolved once,
-//! outside this layer, by `network::client_addr_layer`.
+//! How the user id reaches this outer step: the pipeline
+//! (`server::stack`) copies the caller's user id from the request's
+//! `Authenticated` into the response extensions as [`AccessUser`] when the
+//! router answers; requests refused before authn carry none (`user_id`
+//! null). The client address is the [`crate::network::ClientAddr`] resolved
+//! once, before this step, by `network::set_client_addr`.
 //!
 //! Not covered: events of requests the TLS/HTTP layer rejects before the
 //! stack (malformed HTTP, handshake failures) — those are connection logs.
@@ -28,12 +28,10 @@ pub mod incidents;
 pub mod metrics;
 pub mod monitor;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
+use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
 
 use crate::app::AppState;
-use crate::authn::Authenticated;
 use crate::http::{ApiError, RequestId};
 
 pub use api::routes;
@@ -43,11 +41,19 @@ pub use api::routes;
 #[derive(Debug, Clone)]
 pub struct AccessUser(pub String);
 
-/// The monitoring layer: counts every request, its route, outcome and
-/// latency, and every refusal by reason; records `api_access` events.
-pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let started = std::time::Instant::now();
-    let method = req.method().clone();
+/// What the monitoring step notes before the request goes on.
+pub struct Watch {
+    started: std::time::Instant,
+    method: http::Method,
+    route: Option<String>,
+    /// Client address and request id, when the request is `api_access`
+    /// audited.
+    access: Option<(std::net::IpAddr, Option<String>)>,
+}
+
+/// The monitoring step, first half: note the start, the route and (for an
+/// audited request) who asked.
+pub fn watch(state: &AppState, req: &Request) -> Watch {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -55,47 +61,47 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
     let path = req.uri().path();
     let logged = path.starts_with("/api/") || state.gateway.route_for(path).is_some();
     let access = (state.cfg.audit.log_api_access && logged).then(|| {
-        let ip = crate::network::client_of(&req, &state.network.trusted);
+        let ip = crate::network::client_of(req, &state.network.trusted);
         let rid = req
             .extensions()
             .get::<RequestId>()
             .map(|r| r.as_str().to_string());
         (ip, rid)
     });
-    let resp = next.run(req).await;
-    let route = route.as_deref().unwrap_or("(unmatched)");
+    Watch {
+        started: std::time::Instant::now(),
+        method: req.method().clone(),
+        route,
+        access,
+    }
+}
+
+/// The monitoring step, second half: count the request, its route, outcome
+/// and latency, and every refusal by reason. Returns the `api_access` event
+/// to record (the caller awaits the audit queue without holding the
+/// response borrowed).
+pub fn finish(state: &AppState, watch: Watch, resp: &Response) -> Option<audit::AuditEvent> {
+    let route = watch.route.as_deref().unwrap_or("(unmatched)");
     let status = resp.status().as_u16();
-    state
-        .metrics
-        .observe(route, method.as_str(), status, started.elapsed());
+    state.metrics.observe(
+        route,
+        watch.method.as_str(),
+        status,
+        watch.started.elapsed(),
+    );
     if let Some(e) = resp.extensions().get::<ApiError>() {
         if !matches!(status, 404 | 405) {
             state.metrics.block(e.code());
         }
     }
-    if let Some((ip, rid)) = access {
-        let user = resp.extensions().get::<AccessUser>().map(|u| u.0.clone());
-        let mut ev = audit::AuditEvent::new("api_access")
-            .ip(ip)
-            .user(user)
-            .field("endpoint", route)
-            .field("method", method.as_str())
-            .field("status", status);
-        ev.request_id = rid;
-        state.audit.record(ev).await;
-    }
-    resp
-}
-
-/// Copies the caller's user id into the response (see the module docs).
-pub async fn expose_principal(req: Request, next: Next) -> Response {
-    let user = req
-        .extensions()
-        .get::<Authenticated>()
-        .map(|a| a.user_id.clone());
-    let mut resp = next.run(req).await;
-    if let Some(u) = user {
-        resp.extensions_mut().insert(AccessUser(u));
-    }
-    resp
+    let (ip, rid) = watch.access?;
+    let user = resp.extensions().get::<AccessUser>().map(|u| u.0.clone());
+    let mut ev = audit::AuditEvent::new("api_access")
+        .ip(ip)
+        .user(user)
+        .field("endpoint", route)
+        .field("method", watch.method.as_str())
+        .field("status", status);
+    ev.request_id = rid;
+    Some(ev)
 }

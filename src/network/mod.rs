@@ -32,7 +32,7 @@
 //! `POST /api/auth/login` feeds incident detection (`monitoring::incidents`).
 //!
 //! `limits.per_identity` adds a per-user window on top, checked by
-//! [`identity_layer`], which sits right after authentication (the principal
+//! [`identity_admit`], which runs right after authentication (the principal
 //! is not known earlier); the response then carries the `RateLimit-*`
 //! figures of whichever limit has fewer requests remaining.
 //!
@@ -50,8 +50,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
 
@@ -265,33 +264,38 @@ pub fn client_of(req: &Request, trusted: &[IpNet]) -> IpAddr {
     }
 }
 
-/// Resolves the client address once per request, outside every layer that
-/// uses it (monitoring, network, apisec, audit), and stores it as
+/// Resolve the client address once per request, before every step that
+/// uses it (monitoring, network, apisec, audit), and store it as
 /// [`ClientAddr`].
-pub async fn client_addr_layer(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let client = resolve_request(&req, &state.network.trusted);
+pub fn set_client_addr(state: &AppState, req: &mut Request) {
+    let client = resolve_request(req, &state.network.trusted);
     req.extensions_mut().insert(ClientAddr(client));
-    next.run(req).await
 }
 
-/// The network layer (middleware).
-pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let client = client_of(&req, &state.network.trusted);
-    req.extensions_mut().insert(ClientAddr(client));
+/// What [`admit`] let through, for [`finish`] to complete.
+pub struct Admitted {
+    key: IpAddr,
+    info: RateLimitInfo,
+    login: bool,
+    request_id: Option<String>,
+}
+
+/// The network step, before the request goes on: bans, burst bans and the
+/// sliding-window limit for the client address. `Err` is the refusal to
+/// send; `Ok(None)` means the request is exempt or allowlisted (nothing to
+/// do afterwards).
+pub async fn admit(state: &AppState, req: &mut Request) -> Result<Option<Admitted>, Response> {
+    let client = client_of(req, &state.network.trusted);
     let net = &state.network;
     let (exempt, api) = {
         let path = req.uri().path();
         (is_exempt(path), path.starts_with("/api/"))
     };
     if exempt {
-        return next.run(req).await;
+        return Ok(None);
     }
     if api && state.shared.refusing() {
-        return ApiError::Unavailable.into_response();
+        return Err(ApiError::Unavailable.into_response());
     }
     let jti = match &state.shared {
         SharedState::Redis(_) => state.authn.peek_jti(req.headers()),
@@ -301,7 +305,7 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
         if let Some(view) = state.shared.view(jti.as_deref()).await {
             req.extensions_mut().insert(view);
         }
-        return next.run(req).await;
+        return Ok(None);
     }
     let key = net.key(client);
     let wall = crate::store::now_ms();
@@ -314,8 +318,10 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     }
     let info = match decision {
         Shared::Allowed(i) => i,
-        Shared::Unavailable => return ApiError::Unavailable.into_response(),
-        Shared::Banned(retry_after) => return ApiError::IpBanned { retry_after }.into_response(),
+        Shared::Unavailable => return Err(ApiError::Unavailable.into_response()),
+        Shared::Banned(retry_after) => {
+            return Err(ApiError::IpBanned { retry_after }.into_response())
+        }
         Shared::BurstBan(rec) => {
             let retry_after = match rec {
                 Some(rec) => {
@@ -325,86 +331,109 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
                         offences: rec.offences,
                     };
                     let ctx = Context {
-                        request_id: request_id(&req),
+                        request_id: request_id(req),
                         user_id: None,
                     };
                     state
                         .incidents
-                        .handle(&state, key, signal, ctx, Some(rec))
+                        .handle(state, key, signal, ctx, Some(rec))
                         .await;
                     retry
                 }
                 // a concurrent request set the ban a moment ago
                 None => net.bans.check(&key, wall).unwrap_or(1),
             };
-            return ApiError::IpBanned { retry_after }.into_response();
+            return Err(ApiError::IpBanned { retry_after }.into_response());
         }
         Shared::Limited(info) => {
             let ctx = Context {
-                request_id: request_id(&req),
+                request_id: request_id(req),
                 user_id: None,
             };
             state
                 .incidents
-                .handle(&state, key, Signal::RateLimited, ctx, None)
+                .handle(state, key, Signal::RateLimited, ctx, None)
                 .await;
-            return ApiError::RateLimited(info).into_response();
+            return Err(ApiError::RateLimited(info).into_response());
         }
     };
-    let login = req.method() == http::Method::POST && req.uri().path() == "/api/auth/login";
-    let rid = request_id(&req);
-    let mut resp = next.run(req).await;
-    merge_headers(&mut resp, info);
+    Ok(Some(Admitted {
+        key,
+        info,
+        login: req.method() == http::Method::POST && req.uri().path() == "/api/auth/login",
+        request_id: request_id(req),
+    }))
+}
+
+/// The network step on the way back: the rate-limit headers, and the
+/// incident signals the response carries (an IDS block, a failed login).
+pub async fn finish(state: &AppState, admitted: Option<Admitted>, resp: &mut Response) {
+    let Some(a) = admitted else { return };
+    merge_headers(resp, a.info);
     let signal = match resp.extensions().get::<ApiError>() {
         Some(ApiError::RequestBlocked { family, .. }) => Some(Signal::IdsBlock {
             family: family.clone(),
         }),
-        _ if login && resp.status() == http::StatusCode::UNAUTHORIZED => Some(Signal::LoginFailure),
+        _ if a.login && resp.status() == http::StatusCode::UNAUTHORIZED => {
+            Some(Signal::LoginFailure)
+        }
         _ => None,
     };
     if let Some(signal) = signal {
         let ctx = Context {
-            request_id: rid,
+            request_id: a.request_id,
             user_id: None,
         };
-        state.incidents.handle(&state, key, signal, ctx, None).await;
+        state
+            .incidents
+            .handle(state, a.key, signal, ctx, None)
+            .await;
     }
-    resp
 }
 
 /// The per-identity limit (`limits.per_identity`), right after
 /// authentication: keyed by the authenticated user id; anonymous requests
 /// and allowlisted addresses pass.
-pub async fn identity_layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+///
+/// (`req` is `&mut` only because a shared borrow of a request cannot be
+/// held across an await: its body is not `Sync`.)
+pub async fn identity_admit(
+    state: &AppState,
+    req: &mut Request,
+) -> Result<Option<RateLimitInfo>, Response> {
     let Some(limiter) = &state.network.identity else {
-        return next.run(req).await;
+        return Ok(None);
     };
     let Some(who) = req.extensions().get::<crate::authn::Authenticated>() else {
-        return next.run(req).await;
+        return Ok(None);
     };
     let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
     if is_exempt(req.uri().path()) || client.is_some_and(|c| state.network.allowlisted(c)) {
-        return next.run(req).await;
+        return Ok(None);
     }
     match limiter.check(&who.user_id, mono_ms()) {
-        Ok(info) => {
-            let mut resp = next.run(req).await;
-            merge_headers(&mut resp, info);
-            resp
-        }
+        Ok(info) => Ok(Some(info)),
         Err(info) => {
             if let Some(c) = client {
                 let ctx = Context {
-                    request_id: request_id(&req),
+                    request_id: request_id(req),
                     user_id: Some(who.user_id.clone()),
                 };
                 let key = state.network.key(c);
                 state
                     .incidents
-                    .handle(&state, key, Signal::RateLimited, ctx, None)
+                    .handle(state, key, Signal::RateLimited, ctx, None)
                     .await;
             }
-            ApiError::RateLimited(info).into_response()
+            Err(ApiError::RateLimited(info).into_response())
         }
+    }
+}
+
+/// The per-identity limit's headers on the response (the tighter of the
+/// address and identity limits is what a client sees).
+pub fn identity_finish(info: Option<RateLimitInfo>, resp: &mut Response) {
+    if let Some(info) = info {
+        merge_headers(resp, info);
     }
 }
