@@ -12,6 +12,7 @@ pub mod audit;
 pub mod bans;
 pub mod incidents;
 pub mod keys;
+pub mod reader;
 pub mod revoked;
 pub mod tasks;
 pub mod users;
@@ -33,6 +34,8 @@ pub enum Engine {
 pub struct Db {
     pub pool: AnyPool,
     pub engine: Engine,
+    /// Inline reads by primary key (SQLite files only; see [`reader`]).
+    pub reader: Option<std::sync::Arc<reader::Reader>>,
 }
 
 /// Store failures.
@@ -106,10 +109,18 @@ impl Db {
             })
             .connect(&url)
             .await?;
-        let db = Db { pool, engine };
+        let mut db = Db {
+            pool,
+            engine,
+            reader: None,
+        };
         match engine {
             Engine::Sqlite => SQLITE_MIGRATIONS.run(&db.pool).await?,
             Engine::Postgres => POSTGRES_MIGRATIONS.run(&db.pool).await?,
+        }
+        if let Some(path) = sqlite_file(&url) {
+            let n = std::thread::available_parallelism().map_or(1, usize::from);
+            db.reader = Some(std::sync::Arc::new(reader::Reader::open(&path, n)?));
         }
         Ok(db)
     }
@@ -118,6 +129,18 @@ impl Db {
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
+}
+
+/// The file behind an SQLite URL (`None` for PostgreSQL and in-memory
+/// databases, which a second connection could not share).
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    use std::str::FromStr;
+    if !url.starts_with("sqlite:") || url.contains("mode=memory") {
+        return None;
+    }
+    let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+    let file = opts.get_filename();
+    (file.as_os_str() != ":memory:" && !file.as_os_str().is_empty()).then(|| file.to_path_buf())
 }
 
 /// Milliseconds since the Unix epoch.

@@ -80,6 +80,9 @@ pub async fn insert(db: &Db, t: &TaskRow) -> Result<()> {
 }
 
 pub async fn get(db: &Db, id: &str) -> Result<Option<TaskRow>> {
+    if let Some(reader) = &db.reader {
+        return reader.task(id);
+    }
     let row = sqlx::query(concat!("SELECT ", cols!(), " FROM tasks WHERE id = $1"))
         .bind(id)
         .fetch_optional(&db.pool)
