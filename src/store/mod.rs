@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod bans;
+pub mod group;
 pub mod incidents;
 pub mod keys;
 pub mod reader;
@@ -36,6 +37,8 @@ pub struct Db {
     pub engine: Engine,
     /// Inline reads by primary key (SQLite files only; see [`reader`]).
     pub reader: Option<std::sync::Arc<reader::Reader>>,
+    /// Group commit of task creations (SQLite only; see [`group`]).
+    pub task_inserts: Option<group::TaskInserts>,
 }
 
 /// Store failures.
@@ -113,6 +116,7 @@ impl Db {
             pool,
             engine,
             reader: None,
+            task_inserts: None,
         };
         match engine {
             Engine::Sqlite => SQLITE_MIGRATIONS.run(&db.pool).await?,
@@ -121,6 +125,9 @@ impl Db {
         if let Some(path) = sqlite_file(&url) {
             let n = std::thread::available_parallelism().map_or(1, usize::from);
             db.reader = Some(std::sync::Arc::new(reader::Reader::open(&path, n)?));
+        }
+        if engine == Engine::Sqlite {
+            db.task_inserts = Some(group::TaskInserts::start(&db));
         }
         Ok(db)
     }

@@ -58,6 +58,9 @@ fn opt(row: Option<AnyRow>) -> Result<Option<TaskRow>> {
 }
 
 pub async fn insert(db: &Db, t: &TaskRow) -> Result<()> {
+    if let Some(group) = &db.task_inserts {
+        return group.insert(t.clone()).await;
+    }
     sqlx::query(concat!(
         "INSERT INTO tasks (",
         cols!(),
