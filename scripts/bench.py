@@ -91,7 +91,7 @@ def wait_port(port, timeout=30):
 
 
 class Frenly:
-    def __init__(self, tls, port, extra=""):
+    def __init__(self, tls, port, extra="", network_extra=""):
         self.dir = tempfile.mkdtemp(prefix="frenly-bench-")
         self.port = port
         self.tls = tls
@@ -101,6 +101,7 @@ class Frenly:
 [network]
 listen = "127.0.0.1:{port}"
 tls = {str(tls).lower()}
+{network_extra}
 [limits]
 rate = {{ max_requests = 1000000000, window_seconds = 60 }}
 ddos = {{ max_requests_per_second = 1000000000, ban_seconds = 300 }}

@@ -203,3 +203,43 @@ async fn a_client_that_stops_reading_is_dropped_while_others_keep_up() {
     );
     reading.abort();
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Idle connections are cheap: each costs the server well under 32 KiB
+/// (measured about 4 KB over plain HTTP, docs/BENCHMARKS.md; a 128 KiB read
+/// buffer per connection, tungstenite's default, made it 130 KB).
+#[tokio::test]
+async fn idle_websockets_cost_little_memory() {
+    const N: u64 = 400;
+    let s = start().await;
+    let key = s.admin_key.clone().unwrap();
+    let pid = s.child.as_ref().unwrap().id();
+    // warm up: the first connections take the memory the allocator kept
+    // from start-up (argon2's block, the IDS compilation)
+    let mut warm = Vec::new();
+    for _ in 0..N {
+        warm.push(connect(&s, Some(&key)).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib(pid);
+    let mut open = Vec::new();
+    for _ in 0..N {
+        open.push(connect(&s, Some(&key)).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let per_conn = (rss_kib(pid).saturating_sub(before)) * 1024 / N;
+    assert!(per_conn < 32 * 1024, "{per_conn} bytes per idle WebSocket");
+    eprintln!("{per_conn} bytes per idle WebSocket (TLS)");
+    drop(open);
+    drop(warm);
+}
