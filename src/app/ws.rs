@@ -11,8 +11,11 @@
 //! the client are limited to [`MAX_MESSAGE`] bytes; the server pings every
 //! [`PING_EVERY`] and drops a client silent for [`IDLE_TIMEOUT`].
 //!
-//! Not covered: a credential revoked while a connection is open keeps that
-//! connection until it closes (the principal is fixed at the handshake).
+//! The handshake's credential is checked again every [`RECHECK_EVERY`]: a key
+//! revoked or expired, a JWT revoked or expired, or a deleted user closes the
+//! connection (close code 1008), and a changed role applies to the events
+//! that follow. (A failure of the credential store itself keeps the
+//! connection: the next check decides.)
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +36,8 @@ pub const READ_BUFFER: usize = 4 * 1024;
 pub const PING_EVERY: Duration = Duration::from_secs(20);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an open connection's credential is verified again.
+pub const RECHECK_EVERY: Duration = Duration::from_secs(5);
 
 pub fn routes() -> Routes<AppState> {
     Routes::new()
@@ -53,11 +58,13 @@ pub fn routes() -> Routes<AppState> {
 async fn ws(
     State(state): State<AppState>,
     who: Authenticated,
+    headers: http::HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let upgrade =
         upgrade.map_err(|_| ApiError::BadRequest("a WebSocket upgrade is required".into()))?;
     let sub = state.events.subscribe();
+    let credential = credential_of(&state, &headers);
     Ok(upgrade
         // tungstenite's default (128 KiB, allocated up front) made each idle
         // connection cost 130 KB: 1.3 GB for 10,000 clients. Clients send
@@ -65,7 +72,36 @@ async fn ws(
         .read_buffer_size(READ_BUFFER)
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| serve(state, who, sub, socket)))
+        .on_upgrade(move |socket| serve(state, who, credential, sub, socket)))
+}
+
+/// Only the headers that carry the credential, kept to verify it again.
+fn credential_of(state: &AppState, headers: &http::HeaderMap) -> http::HeaderMap {
+    let mut kept = http::HeaderMap::new();
+    for name in [&state.authn.key_header, &http::header::AUTHORIZATION] {
+        for v in headers.get_all(name) {
+            kept.append(name.clone(), v.clone());
+        }
+    }
+    kept
+}
+
+/// Is the handshake's credential still good? `Some` with the principal as it
+/// is now; `None` when it is refused (revoked, expired, user gone).
+async fn recheck(
+    state: &AppState,
+    who: &Authenticated,
+    credential: &http::HeaderMap,
+) -> Option<Authenticated> {
+    match crate::authn::authenticate(state, credential).await {
+        Ok(Some(p)) if p.user_id == who.user_id => Some(Authenticated::new(p)),
+        Ok(_) => None,
+        Err(crate::authn::AuthnError::Store(e)) => {
+            tracing::warn!(error = %e, "could not re-verify a WebSocket credential; keeping the connection");
+            Some(who.clone())
+        }
+        Err(_) => None,
+    }
 }
 
 /// Keeps the connection gauge right whatever way the connection ends.
@@ -84,11 +120,19 @@ async fn send(socket: &mut WebSocket, msg: Message) -> bool {
     )
 }
 
-async fn serve(state: AppState, who: Authenticated, mut sub: Subscription, mut socket: WebSocket) {
+async fn serve(
+    state: AppState,
+    mut who: Authenticated,
+    credential: http::HeaderMap,
+    mut sub: Subscription,
+    mut socket: WebSocket,
+) {
     state.metrics.ws_connections.inc();
     let _gauge = Gauge(state.metrics.ws_connections.clone());
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
+    let mut verify = tokio::time::interval(RECHECK_EVERY);
+    verify.tick().await;
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
@@ -112,6 +156,15 @@ async fn serve(state: AppState, who: Authenticated, mut sub: Subscription, mut s
                 // Pings are answered by the protocol layer; anything else only
                 // proves the client is alive.
                 Some(Ok(_)) => last_heard = Instant::now(),
+            },
+            _ = verify.tick() => match recheck(&state, &who, &credential).await {
+                Some(now) => who = now,
+                None => {
+                    tracing::debug!(user = %who.user_id, "websocket credential no longer valid; closing");
+                    let frame = CloseFrame { code: 1008, reason: "credential revoked or expired".into() };
+                    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+                    break;
+                }
             },
             _ = ping.tick() => {
                 if last_heard.elapsed() > IDLE_TIMEOUT || !send(&mut socket, Message::Ping(Default::default())).await {

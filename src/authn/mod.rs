@@ -85,7 +85,6 @@ pub struct Principal {
 pub struct Authenticated(Arc<Principal>);
 
 impl Authenticated {
-    #[allow(dead_code)] // for authn paths that build a principal by value
     pub(crate) fn new(p: Principal) -> Self {
         Authenticated(Arc::new(p))
     }

@@ -243,3 +243,53 @@ async fn idle_websockets_cost_little_memory() {
     drop(open);
     drop(warm);
 }
+
+/// A key revoked while its WebSocket is open closes that connection
+/// (1008) at the next credential check, and no event reaches it after.
+#[tokio::test]
+async fn revoking_the_key_closes_its_open_websocket() {
+    let s = start().await;
+    let key = crate::common::user_key(&s, "wsrevoke", &["user"]).await;
+    let mut ws = connect(&s, Some(&key)).await.unwrap();
+    let keys: Value = s
+        .client
+        .get(format!("{}/api/keys", s.base))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = keys["items"]
+        .as_array()
+        .or(keys.as_array())
+        .and_then(|a| a.first())
+        .and_then(|k| k["id"].as_str())
+        .unwrap()
+        .to_string();
+    let r = s
+        .client
+        .delete(format!("{}/api/keys/{id}", s.base))
+        .header("X-API-Key", s.admin())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let deadline = Instant::now() + RECHECK + Duration::from_secs(3);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => {
+                assert_eq!(u16::from(f.code), 1008);
+                break;
+            }
+            Ok(Some(Ok(Message::Text(t)))) => panic!("event after revocation: {t}"),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a 1008 close, got {other:?}"),
+        }
+    }
+}
+
+/// The server's re-verification interval (src/app/ws.rs `RECHECK_EVERY`).
+const RECHECK: Duration = Duration::from_secs(5);
