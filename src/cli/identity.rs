@@ -6,7 +6,9 @@
 //! minted token); passwords are read from stdin when it is not a terminal,
 //! otherwise from a prompt without echo, and are never command-line
 //! arguments. A running server notices an offline revoke or removal within
-//! `authn::CACHE_TTL_MS` (it re-reads cached credentials that often).
+//! `authn::CACHE_TTL_MS` (it re-reads cached credentials that often); with
+//! `state.redis_url` the command also moves the shared revocation epoch, so
+//! every instance drops its cached credentials at its next request.
 
 use std::io::{BufRead, IsTerminal};
 
@@ -161,10 +163,28 @@ pub fn keys(cfg: Config, cmd: KeysCmd) -> CmdResult {
                     .await
                     .map_err(fail_store)?;
                 eprintln!("frenly: key {id} revoked");
+                tell_instances(&cfg).await;
                 Ok(0)
             }
         }
     })
+}
+
+/// With Redis, tell running instances that credentials changed (the change
+/// itself is already in the database; failing here only delays it to the
+/// cache's TTL, which the warning says).
+async fn tell_instances(cfg: &Config) {
+    let Some(url) = &cfg.state.redis_url else {
+        return;
+    };
+    if let Err(e) =
+        crate::state::redis::RedisState::bump_epoch_offline(url, &cfg.state.redis_prefix).await
+    {
+        eprintln!(
+            "frenly: warning: could not reach Redis ({e}); running instances notice within {} s",
+            crate::authn::CACHE_TTL_MS / 1000
+        );
+    }
 }
 
 /// The password: one line from stdin when it is not a terminal, else a
@@ -266,6 +286,7 @@ pub fn users(cfg: Config, cmd: UsersCmd) -> CmdResult {
                     .await
                     .map_err(identity_failure)?;
                 eprintln!("frenly: removed user `{username}`, their keys and tokens");
+                tell_instances(&cfg).await;
                 Ok(0)
             }
         }

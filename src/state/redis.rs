@@ -356,6 +356,25 @@ impl RedisState {
         Some(n > 0)
     }
 
+    /// For offline commands (`frenly keys revoke`, `frenly users remove`):
+    /// move the revocation epoch once, so that every running instance drops
+    /// its cached credentials at its next request. Bounded by 3 s.
+    pub async fn bump_epoch_offline(url: &str, prefix: &str) -> Result<(), String> {
+        let client = redis::Client::open(url).map_err(|e| e.category().to_string())?;
+        let bump = async {
+            let mut c = client.get_multiplexed_async_connection().await?;
+            redis::cmd("INCR")
+                .arg(format!("{prefix}epoch"))
+                .query_async::<i64>(&mut c)
+                .await
+        };
+        match tokio::time::timeout(Duration::from_secs(3), bump).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.category().to_string()),
+            Err(_) => Err("timed out".into()),
+        }
+    }
+
     /// INCR the revocation epoch (and record a revoked `jti`), atomically.
     pub async fn bump_epoch(&self, jti: Option<(&str, i64)>) {
         let epoch = format!("{}epoch", self.prefix);

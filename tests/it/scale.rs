@@ -611,3 +611,49 @@ async fn redis_going_away_is_handled_by_each_policy_and_the_instances_reconnect(
         assert_eq!(n, 1, "{}", s.stderr_text());
     }
 }
+
+/// `frenly keys revoke` run offline against the shared database moves the
+/// Redis revocation epoch: a key cached on a running instance fails there
+/// at once, not after the cache's 5 s.
+#[tokio::test]
+async fn an_offline_revoke_reaches_running_instances_at_once() {
+    if !services() {
+        return;
+    }
+    let p = pair("").await;
+    let r =
+        p.a.admin_post("/api/keys", &json!({"name": "offline"}))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 201);
+    let k: Value = r.json().await.unwrap();
+    let key = k["key"].as_str().unwrap().to_string();
+    let whoami = |s: &TestServer| s.get("/api/auth/whoami").header("X-API-Key", &key).send();
+    assert_eq!(whoami(&p.b).await.unwrap().status(), 200, "cached on B");
+    let cfg = p.a.dir.path().join("frenly.toml");
+    let data = p.a.data_dir();
+    let env = p.a.cli_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, _, err) = crate::common::run_cli(
+        &[
+            "keys",
+            "revoke",
+            k["id"].as_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        None,
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    assert_eq!(
+        whoami(&p.b).await.unwrap().status(),
+        401,
+        "B still accepts it"
+    );
+    assert_eq!(whoami(&p.a).await.unwrap().status(), 401);
+}
