@@ -472,6 +472,9 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
     strip_hop_by_hop(&mut rparts.headers, switching && upgrade);
     let body = Guarded::new(rbody, u64::MAX, route.timeout, Trip::default(), "response");
     let mut response = Response::from_parts(rparts, Body::new(body));
+    response
+        .extensions_mut()
+        .insert(crate::http::envelope::Forwarded);
     if let Some(info) = limit_info {
         info.apply(response.headers_mut());
     }

@@ -9,6 +9,13 @@
 //! `Referrer-Policy`, `X-Frame-Options`, `Cache-Control: no-store`, and HSTS
 //! under TLS. A panic becomes a 500 `internal` without details (the panic is
 //! logged), and the server keeps serving.
+//!
+//! A response forwarded from a gateway upstream (marked [`Forwarded`])
+//! keeps the upstream's own `Content-Security-Policy`, `Cache-Control`,
+//! `X-Frame-Options`, `Referrer-Policy` and HSTS: the upstream knows what it
+//! serves (a UI with its own CSP, cacheable assets). Frenly's values fill in
+//! whichever of them the upstream did not set; `nosniff` and `X-Request-Id`
+//! are always Frenly's.
 
 use std::sync::Arc;
 
@@ -18,6 +25,10 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderName, HeaderValue};
 
 use super::ApiError;
+
+/// Marks a response relayed from a gateway upstream (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded;
 
 /// The request's id, as echoed in `X-Request-Id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +92,7 @@ pub fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response 
 }
 
 fn decorate(resp: &mut Response, id: &str, tls: bool) {
+    let forwarded = resp.extensions().get::<Forwarded>().is_some();
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(id) {
         h.insert(X_REQUEST_ID, v);
@@ -89,28 +101,29 @@ fn decorate(resp: &mut Response, id: &str, tls: bool) {
         http::header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(
-        http::header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-    );
-    h.insert(
-        http::header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(
-        http::header::X_FRAME_OPTIONS,
-        HeaderValue::from_static("DENY"),
-    );
     // Every API response is either authenticated or an error about it: none
-    // may be stored by a cache.
-    h.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
-    if tls {
-        h.insert(
+    // may be stored by a cache (`Cache-Control`).
+    let policy = [
+        (
+            http::header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+        (http::header::REFERRER_POLICY, "no-referrer"),
+        (http::header::X_FRAME_OPTIONS, "DENY"),
+        (http::header::CACHE_CONTROL, "no-store"),
+        (
             http::header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
-        );
+            "max-age=31536000; includeSubDomains",
+        ),
+    ];
+    let policy = policy
+        .into_iter()
+        .filter(|(name, _)| tls || name != http::header::STRICT_TRANSPORT_SECURITY);
+    for (name, value) in policy {
+        if forwarded {
+            h.entry(name).or_insert(HeaderValue::from_static(value));
+        } else {
+            h.insert(name, HeaderValue::from_static(value));
+        }
     }
 }

@@ -107,11 +107,24 @@ async fn ws_echo(ws: WebSocketUpgrade) -> Response {
     })
 }
 
+/// A page with its own caching and content policy.
+async fn page() -> Response {
+    (
+        [
+            ("cache-control", "public, max-age=60"),
+            ("content-security-policy", "default-src 'self'"),
+        ],
+        "<p>hello</p>",
+    )
+        .into_response()
+}
+
 fn upstream_router(u: Upstream) -> Router {
     Router::new()
         .route("/v1/sse", get(sse))
         .route("/slow/wait", any(slow))
         .route("/v1/ws", get(ws_echo))
+        .route("/v1/page", get(page))
         .fallback(echo)
         .with_state(u)
 }
@@ -925,5 +938,31 @@ async fn outbound_tls_verifies_chain_and_hostname_and_does_mutual_tls() {
     assert_eq!(
         status, 502,
         "a test CA must not be trusted without gateway.ca_file"
+    );
+}
+
+/// The upstream's own caching and content policy survive the envelope;
+/// Frenly's defaults fill in what the upstream left unset, and Frenly's own
+/// answers (a 401 on a gateway route) carry its full set.
+#[tokio::test]
+async fn upstream_policy_headers_are_kept_and_defaults_fill_the_rest() {
+    let (s, _) = setup().await;
+    let r = s.admin_get("/v1/page").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    assert_eq!(h["cache-control"], "public, max-age=60");
+    assert_eq!(h["content-security-policy"], "default-src 'self'");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert!(h.contains_key("x-request-id"));
+    let r = s.admin_get("/v1/echo").send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let r = s.get("/v1/page").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(
+        r.headers()["content-security-policy"],
+        "default-src 'none'; frame-ancestors 'none'"
     );
 }
