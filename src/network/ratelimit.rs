@@ -36,7 +36,7 @@
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 
-use hashlink::{DefaultHashBuilder, LruCache};
+use hashlink::LruCache;
 use parking_lot::Mutex;
 
 use crate::http::respond::RateLimitInfo;
@@ -169,7 +169,7 @@ impl Counter {
 /// A sharded, capped LRU table of per-client state.
 pub struct Table<K, V> {
     shards: Box<[Mutex<LruCache<K, V>>]>,
-    hasher: DefaultHashBuilder,
+    hasher: std::collections::hash_map::RandomState,
 }
 
 const MAX_SHARDS: usize = 64;
@@ -185,14 +185,19 @@ impl<K: Hash + Eq, V: Default> Table<K, V> {
             .collect();
         Table {
             shards,
-            hasher: DefaultHashBuilder::default(),
+            hasher: std::collections::hash_map::RandomState::new(),
         }
     }
 
-    // The index is taken modulo the (never empty) shard count.
+    // The shard is chosen by SipHash with a random key (std's
+    // `RandomState`), then scaled to the (never empty) shard count. The
+    // tables' fast hasher (foldhash) spread small keys so unevenly over the
+    // shards for some seeds that a table of 7 held 2 (a lower real capacity,
+    // and a way for a client to crowd out others' counters).
     #[allow(clippy::indexing_slicing)]
     fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Mutex<LruCache<K, V>> {
-        let i = self.hasher.hash_one(key) as usize % self.shards.len();
+        let h = u128::from(self.hasher.hash_one(key));
+        let i = ((h * self.shards.len() as u128) >> 64) as usize;
         &self.shards[i]
     }
 
