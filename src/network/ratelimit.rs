@@ -169,7 +169,7 @@ impl Counter {
 /// A sharded, capped LRU table of per-client state.
 pub struct Table<K, V> {
     shards: Box<[Mutex<LruCache<K, V>>]>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::quality::RandomState,
 }
 
 const MAX_SHARDS: usize = 64;
@@ -185,15 +185,16 @@ impl<K: Hash + Eq, V: Default> Table<K, V> {
             .collect();
         Table {
             shards,
-            hasher: std::collections::hash_map::RandomState::new(),
+            hasher: foldhash::quality::RandomState::default(),
         }
     }
 
-    // The shard is chosen by SipHash with a random key (std's
-    // `RandomState`), then scaled to the (never empty) shard count. The
-    // tables' fast hasher (foldhash) spread small keys so unevenly over the
-    // shards for some seeds that a table of 7 held 2 (a lower real capacity,
-    // and a way for a client to crowd out others' counters).
+    // The shard is chosen by foldhash's quality variant (a final mixing
+    // round over the fast one, random seed), scaled to the (never empty)
+    // shard count. The fast variant, which the tables use inside, spread
+    // small keys so unevenly over the shards for some seeds that a table of
+    // 7 held 2 (a lower real capacity, and a way for a client to crowd out
+    // others' counters).
     #[allow(clippy::indexing_slicing)]
     fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Mutex<LruCache<K, V>> {
         let h = u128::from(self.hasher.hash_one(key));
