@@ -474,26 +474,11 @@ const STORE_CHUNK: usize = 16;
 
 /// `INSERT ... VALUES ($1..$7), ($8..$14), ...` for `n` rows.
 fn insert_sql(n: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO audit_events (ts, ts_ms, event_type, request_id, ip, user_id, line) VALUES ",
-    );
-    for r in 0..n {
-        if r > 0 {
-            sql.push_str(", ");
-        }
-        let b = r * 7;
-        sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5,
-            b + 6,
-            b + 7
-        ));
-    }
-    sql
+    crate::store::insert_values_sql(
+        "INSERT INTO audit_events (ts, ts_ms, event_type, request_id, ip, user_id, line)",
+        n,
+        7,
+    )
 }
 
 /// Member names whose values are never written: the last `_`/`-`/`.`

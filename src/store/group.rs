@@ -15,7 +15,7 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::tasks::TaskRow;
+use super::tasks::{self, TaskRow};
 use super::{Db, Result, StoreError};
 
 /// Rows per INSERT statement (11 parameters each; SQLite looks parameters
@@ -83,23 +83,10 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Job>) {
 async fn insert_many(db: &Db, rows: &[&TaskRow]) -> Result<()> {
     let mut tx = db.pool.begin().await?;
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        // Only the placeholder list depends on the chunk's length; every
-        // value is bound, never spliced into the SQL.
         let sql = insert_sql(chunk.len());
         let mut q = sqlx::query(&sql);
         for t in chunk {
-            q = q
-                .bind(t.id.as_str())
-                .bind(t.owner_id.as_str())
-                .bind(t.title.as_str())
-                .bind(t.description.as_deref())
-                .bind(t.priority)
-                .bind(t.status.as_str())
-                .bind(t.input.as_deref())
-                .bind(t.result.as_deref())
-                .bind(t.agent_id.as_deref())
-                .bind(t.created_at)
-                .bind(t.updated_at);
+            q = tasks::bind_row(q, t);
         }
         q.execute(&mut *tx).await?;
     }
@@ -109,24 +96,7 @@ async fn insert_many(db: &Db, rows: &[&TaskRow]) -> Result<()> {
 
 /// `INSERT INTO tasks (...) VALUES ($1..$11), ($12..$22), ...` for `n` rows.
 fn insert_sql(n: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO tasks (id, owner_id, title, description, priority, status, input, \
-         result, agent_id, created_at, updated_at) VALUES ",
-    );
-    for r in 0..n {
-        if r > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for c in 0..11 {
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("${}", r * 11 + c + 1));
-        }
-        sql.push(')');
-    }
-    sql
+    super::insert_values_sql(&format!("INSERT INTO tasks ({})", tasks::COLUMNS), n, 11)
 }
 
 #[cfg(test)]

@@ -150,6 +150,23 @@ fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     (file.as_os_str() != ":memory:" && !file.as_os_str().is_empty()).then(|| file.to_path_buf())
 }
 
+/// `<head> VALUES ($1..$cols), ($cols+1..), ...` for `rows` rows: the SQL of
+/// a multi-row INSERT. Only the placeholder list depends on `rows`; every
+/// value is bound, never spliced into the SQL.
+pub fn insert_values_sql(head: &str, rows: usize, cols: usize) -> String {
+    use std::fmt::Write;
+    let mut sql = format!("{head} VALUES ");
+    for r in 0..rows {
+        sql.push_str(if r > 0 { ", (" } else { "(" });
+        for c in 0..cols {
+            let sep = if c > 0 { ", " } else { "" };
+            let _ = write!(sql, "{sep}${}", r * cols + c + 1);
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

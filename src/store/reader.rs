@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use super::tasks::TaskRow;
+use super::tasks::{self, TaskRow};
 use super::{Result, StoreError};
 
 /// A few read-only connections (one per core), handed out round robin.
@@ -43,9 +43,6 @@ impl From<rusqlite::Error> for StoreError {
         StoreError::Corrupt(format!("sqlite read: {e}"))
     }
 }
-
-const TASK_BY_ID: &str = "SELECT id, owner_id, title, description, priority, status, input, \
-     result, agent_id, created_at, updated_at FROM tasks WHERE id = $1";
 
 impl Reader {
     /// Open `n` read-only connections to the database file at `path`.
@@ -84,7 +81,7 @@ impl Reader {
     /// The task with this id, if any.
     pub fn task(&self, id: &str) -> Result<Option<TaskRow>> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached(TASK_BY_ID)?;
+        let mut stmt = conn.prepare_cached(tasks::BY_ID)?;
         let row = stmt
             .query_row([id], |r| {
                 Ok(TaskRow {

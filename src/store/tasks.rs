@@ -57,28 +57,40 @@ fn opt(row: Option<AnyRow>) -> Result<Option<TaskRow>> {
     row.as_ref().map(from_row).transpose()
 }
 
+/// The task columns in [`cols!`] order, for an INSERT.
+pub(super) const COLUMNS: &str = cols!();
+
+/// Bind a row's values in [`COLUMNS`] order.
+pub(super) fn bind_row<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    t: &'q TaskRow,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    q.bind(t.id.as_str())
+        .bind(t.owner_id.as_str())
+        .bind(t.title.as_str())
+        .bind(t.description.as_deref())
+        .bind(t.priority)
+        .bind(t.status.as_str())
+        .bind(t.input.as_deref())
+        .bind(t.result.as_deref())
+        .bind(t.agent_id.as_deref())
+        .bind(t.created_at)
+        .bind(t.updated_at)
+}
+
+/// One task by id (also run by `reader` on SQLite).
+pub(super) const BY_ID: &str = concat!("SELECT ", cols!(), " FROM tasks WHERE id = $1");
+
 pub async fn insert(db: &Db, t: &TaskRow) -> Result<()> {
     if let Some(group) = &db.task_inserts {
         return group.insert(t.clone()).await;
     }
-    sqlx::query(concat!(
+    let q = sqlx::query(concat!(
         "INSERT INTO tasks (",
         cols!(),
         ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-    ))
-    .bind(&t.id)
-    .bind(&t.owner_id)
-    .bind(&t.title)
-    .bind(&t.description)
-    .bind(t.priority)
-    .bind(&t.status)
-    .bind(&t.input)
-    .bind(&t.result)
-    .bind(&t.agent_id)
-    .bind(t.created_at)
-    .bind(t.updated_at)
-    .execute(&db.pool)
-    .await?;
+    ));
+    bind_row(q, t).execute(&db.pool).await?;
     Ok(())
 }
 
@@ -86,10 +98,7 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<TaskRow>> {
     if let Some(reader) = &db.reader {
         return reader.task(id);
     }
-    let row = sqlx::query(concat!("SELECT ", cols!(), " FROM tasks WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&db.pool)
-        .await?;
+    let row = sqlx::query(BY_ID).bind(id).fetch_optional(&db.pool).await?;
     opt(row)
 }
 
