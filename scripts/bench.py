@@ -116,15 +116,22 @@ mode = "block"
              "--config", cfg, "--data-dir", os.path.join(self.dir, "data")],
             stdout=subprocess.DEVNULL, stderr=self.stderr, env=env)
         if not wait_port(port):
-            raise SystemExit(f"frenly did not start: {self.log()}")
+            self.fail("frenly did not start")
         self.key = None
         lines = self.log().splitlines()
         for i, line in enumerate(lines):
             if "API key (shown once" in line and i + 1 < len(lines):
                 self.key = lines[i + 1].strip()
         if not self.key:
-            raise SystemExit(f"no admin key printed: {self.log()}")
+            self.fail("no admin key printed")
         self.base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+
+    def fail(self, why):
+        """Stop the half-started server (a leftover would hold the port for
+        every later run) and give up."""
+        self.proc.kill()
+        self.proc.wait()
+        raise SystemExit(f"{why}: {self.log()}")
 
     def log(self):
         self.stderr.flush()

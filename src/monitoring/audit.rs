@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
+use crate::store::audit::AuditRecord;
 use crate::store::Db;
 
 /// The first line's `prev_hash`.
@@ -420,10 +421,23 @@ impl Writer {
             tracing::error!(file = %self.file.path.display(), error = %e, "cannot append to the audit log");
         }
         if !rows.is_empty() {
-            if let Err(e) = self.rt.block_on(store_lines(&self.db, &rows, &lines)) {
+            let n = rows.len() as u64;
+            let records = rows
+                .into_iter()
+                .zip(lines)
+                .map(|((ev, ts_ms, ts), line)| AuditRecord {
+                    ts,
+                    ts_ms,
+                    event_type: ev.event_type,
+                    request_id: ev.request_id,
+                    ip: ev.ip,
+                    user_id: ev.user_id,
+                    line,
+                })
+                .collect();
+            if let Err(e) = crate::store::audit::store_blocking(&self.db, &self.rt, records) {
                 tracing::error!(error = %e, "cannot store audit events in the database");
             }
-            let n = rows.len() as u64;
             self.written.fetch_add(n, Ordering::Relaxed);
             let left = self
                 .queued
@@ -437,48 +451,6 @@ impl Writer {
             let _ = f.send(());
         }
     }
-}
-
-/// Store a batch: `rows[i]` is the event of `lines[i]` with its time (Unix
-/// ms and RFC 3339).
-async fn store_lines(
-    db: &Db,
-    rows: &[(AuditEvent, i64, String)],
-    lines: &[String],
-) -> crate::store::Result<()> {
-    let mut tx = db.pool.begin().await?;
-    for (chunk, chunk_lines) in rows.chunks(STORE_CHUNK).zip(lines.chunks(STORE_CHUNK)) {
-        // One statement per chunk: only the placeholder list depends on the
-        // chunk's length; every value is bound (never spliced into the SQL).
-        let sql = insert_sql(chunk.len());
-        let mut q = sqlx::query(&sql);
-        for ((ev, ts_ms, ts), line) in chunk.iter().zip(chunk_lines) {
-            q = q
-                .bind(ts.as_str())
-                .bind(*ts_ms)
-                .bind(ev.event_type)
-                .bind(ev.request_id.as_deref())
-                .bind(ev.ip.as_deref())
-                .bind(ev.user_id.as_deref())
-                .bind(line.as_str());
-        }
-        q.execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-/// Rows per INSERT statement (7 parameters each). Small on purpose: SQLite
-/// looks up each numbered parameter by name (quadratic in their count).
-const STORE_CHUNK: usize = 16;
-
-/// `INSERT ... VALUES ($1..$7), ($8..$14), ...` for `n` rows.
-fn insert_sql(n: usize) -> String {
-    crate::store::insert_values_sql(
-        "INSERT INTO audit_events (ts, ts_ms, event_type, request_id, ip, user_id, line)",
-        n,
-        7,
-    )
 }
 
 /// Member names whose values are never written: the last `_`/`-`/`.`

@@ -1,7 +1,65 @@
-//! The `audit_events` table, read side (the writer lives in
-//! `monitoring::audit`).
+//! The `audit_events` table. `monitoring::audit` renders and chains the
+//! lines on its own thread; [`store_blocking`] stores each batch in one
+//! transaction.
 
 use super::{col, Db, Result};
+
+/// One audit line as stored, with the columns it is filtered by.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub ts: String,
+    pub ts_ms: i64,
+    pub event_type: &'static str,
+    pub request_id: Option<String>,
+    pub ip: Option<String>,
+    pub user_id: Option<String>,
+    pub line: String,
+}
+
+pub(super) const INSERT: &str =
+    "INSERT INTO audit_events (ts, ts_ms, event_type, request_id, ip, user_id, line) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// Rows per INSERT statement on the pool (7 parameters each).
+const POOL_CHUNK: usize = 16;
+
+/// Store `rows` in one transaction, blocking the calling thread (the audit
+/// writer's own; never a runtime worker): on an SQLite file through the
+/// group-commit writer ([`super::group`]), on PostgreSQL through the pool,
+/// driven by `rt`.
+pub fn store_blocking(db: &Db, rt: &tokio::runtime::Handle, rows: Vec<AuditRecord>) -> Result<()> {
+    match &db.writer {
+        Some(w) => w.store_audit_blocking(rows),
+        None => rt.block_on(store_pool(db, &rows)),
+    }
+}
+
+async fn store_pool(db: &Db, rows: &[AuditRecord]) -> Result<()> {
+    let mut tx = db.pool.begin().await?;
+    for chunk in rows.chunks(POOL_CHUNK) {
+        // One statement per chunk: only the placeholder list depends on the
+        // chunk's length; every value is bound (never spliced into the SQL).
+        let sql = super::insert_values_sql(
+            "INSERT INTO audit_events (ts, ts_ms, event_type, request_id, ip, user_id, line)",
+            chunk.len(),
+            7,
+        );
+        let mut q = sqlx::query(&sql);
+        for r in chunk {
+            q = q
+                .bind(r.ts.as_str())
+                .bind(r.ts_ms)
+                .bind(r.event_type)
+                .bind(r.request_id.as_deref())
+                .bind(r.ip.as_deref())
+                .bind(r.user_id.as_deref())
+                .bind(r.line.as_str());
+        }
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
 
 /// Filters of `GET /api/audit` (empty strings / zero mean "any").
 #[derive(Debug, Clone, Default)]

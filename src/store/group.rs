@@ -1,108 +1,164 @@
-//! Group commit of task creations on SQLite.
+//! Group commit of the hot writes on SQLite: task creations and audit rows.
 //!
 //! SQLite commits one transaction at a time, and each commit (a WAL append,
 //! its bookkeeping and now and then a checkpoint) costs far more than the row
-//! it stores. Concurrent `POST /api/tasks` requests therefore hand their row
-//! to one writer task, which stores everything waiting in one transaction
-//! (multi-row INSERTs) and answers each request after the commit. A batch
-//! gathers only what arrived while the previous one committed: no timer, no
-//! added delay when the server is idle.
+//! it stores; two connections writing at once also wait on each other's
+//! lock. Concurrent `POST /api/tasks` requests and the audit writer therefore
+//! hand their rows to one writer thread with its own connection, which
+//! stores everything waiting in one transaction (one prepared INSERT per
+//! table, run per row: no hand-off to sqlx's worker per statement) and
+//! answers each sender after the commit. A batch gathers only what arrived
+//! while the previous one committed: no timer, no added delay when idle.
 //!
-//! Durability is the same as one transaction per task: a request gets its
-//! `201` only after the transaction holding its row has committed (WAL,
-//! `synchronous = NORMAL`: survives a process crash). If a batch fails, each
-//! of its rows is retried alone, so one bad row fails only its own request.
+//! Durability is the same as one transaction per write: a request gets its
+//! `201` (and the audit writer its acknowledgement) only after the
+//! transaction holding its rows has committed (WAL, `synchronous = NORMAL`:
+//! survives a process crash). If a batch fails, each job is retried alone,
+//! so one bad row fails only its own request.
 
+use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::audit::AuditRecord;
 use super::tasks::{self, TaskRow};
-use super::{Db, Result, StoreError};
+use super::{Result, StoreError};
 
-/// Rows per INSERT statement (11 parameters each; SQLite looks parameters
-/// up by name, so smaller statements bind faster).
-const ROWS_PER_STATEMENT: usize = 8;
-
-/// Most rows in one transaction.
+/// Most jobs in one transaction (an audit job is a whole batch of lines).
 const MAX_BATCH: usize = 256;
 
-type Job = (TaskRow, oneshot::Sender<Result<()>>);
+/// One sender's rows, and where to answer once they are committed.
+enum Job {
+    Task(TaskRow, oneshot::Sender<Result<()>>),
+    Audit(Vec<AuditRecord>, oneshot::Sender<Result<()>>),
+}
 
-/// Handle to the writer task (cheap to clone).
+/// Handle to the writer thread (cheap to clone).
 #[derive(Debug, Clone)]
-pub struct TaskInserts {
+pub struct Writer {
     tx: mpsc::Sender<Job>,
 }
 
-impl TaskInserts {
-    /// Start the writer on the current runtime, storing through `db`'s pool
-    /// (`db` must not hold a `TaskInserts` itself: the writer stops when the
-    /// last handle is dropped).
-    pub fn start(db: &Db) -> TaskInserts {
+fn stopped() -> StoreError {
+    StoreError::Corrupt("the SQLite writer has stopped".into())
+}
+
+impl Writer {
+    /// Start the writer thread on its own connection `conn` (see
+    /// [`super::sqlite_writer`]); it stops when the last handle is dropped.
+    pub fn start(conn: Connection) -> Result<Writer> {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(writer(db.clone(), rx));
-        TaskInserts { tx }
+        std::thread::Builder::new()
+            .name("frenly-sqlite".into())
+            .spawn(move || run(conn, rx))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the SQLite writer: {e}")))?;
+        Ok(Writer { tx })
     }
 
     /// Store `row`; returns once its transaction has committed.
-    pub async fn insert(&self, row: TaskRow) -> Result<()> {
+    pub async fn insert_task(&self, row: TaskRow) -> Result<()> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send((row, done))
+            .send(Job::Task(row, done))
             .await
-            .map_err(|_| StoreError::Corrupt("the task writer has stopped".into()))?;
-        wait.await
-            .map_err(|_| StoreError::Corrupt("the task writer has stopped".into()))?
+            .map_err(|_| stopped())?;
+        wait.await.map_err(|_| stopped())?
+    }
+
+    /// Store audit rows; blocks (the audit writer's own thread) until they
+    /// are committed.
+    pub fn store_audit_blocking(&self, rows: Vec<AuditRecord>) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .blocking_send(Job::Audit(rows, done))
+            .map_err(|_| stopped())?;
+        wait.blocking_recv().map_err(|_| stopped())?
     }
 }
 
-async fn writer(db: Db, mut rx: mpsc::Receiver<Job>) {
+/// Take everything waiting (up to [`MAX_BATCH`] jobs) and store it in one
+/// transaction; on failure retry each job alone.
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let rows: Vec<&TaskRow> = batch.iter().map(|(r, _)| r).collect();
-        match insert_many(&db, &rows).await {
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        match store(&mut conn, &batch) {
             Ok(()) => {
-                for (_, done) in batch.drain(..) {
-                    let _ = done.send(Ok(()));
+                for job in batch.drain(..) {
+                    answer(job, Ok(()));
                 }
             }
             Err(e) if batch.len() == 1 => {
-                if let Some((_, done)) = batch.pop() {
-                    let _ = done.send(Err(e));
+                if let Some(job) = batch.pop() {
+                    answer(job, Err(e));
                 }
             }
             Err(_) => {
-                for (row, done) in batch.drain(..) {
-                    let _ = done.send(insert_many(&db, &[&row]).await);
+                for job in batch.drain(..) {
+                    let r = store(&mut conn, std::slice::from_ref(&job));
+                    answer(job, r);
                 }
             }
         }
     }
 }
 
-/// Insert `rows` in one transaction.
-async fn insert_many(db: &Db, rows: &[&TaskRow]) -> Result<()> {
-    let mut tx = db.pool.begin().await?;
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let sql = insert_sql(chunk.len());
-        let mut q = sqlx::query(&sql);
-        for t in chunk {
-            q = tasks::bind_row(q, t);
-        }
-        q.execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
-    Ok(())
+fn answer(job: Job, r: Result<()>) {
+    let _ = match job {
+        Job::Task(_, done) | Job::Audit(_, done) => done.send(r),
+    };
 }
 
-/// `INSERT INTO tasks (...) VALUES ($1..$11), ($12..$22), ...` for `n` rows.
-fn insert_sql(n: usize) -> String {
-    super::insert_values_sql(&format!("INSERT INTO tasks ({})", tasks::COLUMNS), n, 11)
+/// Store every row of `jobs` in one transaction, one prepared statement
+/// per table.
+fn store(conn: &mut Connection, jobs: &[Job]) -> Result<()> {
+    let tx = conn.transaction()?;
+    for job in jobs {
+        match job {
+            Job::Task(t, _) => {
+                tx.prepare_cached(tasks::INSERT)?
+                    .execute(rusqlite::params![
+                        t.id,
+                        t.owner_id,
+                        t.title,
+                        t.description,
+                        t.priority,
+                        t.status,
+                        t.input,
+                        t.result,
+                        t.agent_id,
+                        t.created_at,
+                        t.updated_at
+                    ])?;
+            }
+            Job::Audit(rows, _) => {
+                let mut stmt = tx.prepare_cached(super::audit::INSERT)?;
+                for r in rows {
+                    stmt.execute(rusqlite::params![
+                        r.ts,
+                        r.ts_ms,
+                        r.event_type,
+                        r.request_id,
+                        r.ip,
+                        r.user_id,
+                        r.line
+                    ])?;
+                }
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
-    use super::insert_sql;
     use crate::store::tasks::{self, TaskRow};
     use crate::store::Db;
 
@@ -129,7 +185,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("g.db").display());
         let db = Db::connect(&url, 1, 1).await.unwrap();
-        assert!(db.task_inserts.is_some());
+        assert!(db.writer.is_some());
         tasks::insert(&db, &row("dup")).await.unwrap();
         let mut joins = Vec::new();
         for i in 0..200 {
@@ -153,14 +209,5 @@ mod tests {
         assert_eq!(failed, vec![77]);
         let counts = tasks::counts(&db).await.unwrap();
         assert_eq!(counts.get("queued").copied(), Some(200));
-    }
-
-    #[test]
-    fn placeholders_are_numbered_across_rows() {
-        let sql = insert_sql(2);
-        assert!(sql.ends_with(
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11), \
-             ($12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
-        ));
     }
 }

@@ -37,8 +37,9 @@ pub struct Db {
     pub engine: Engine,
     /// Inline reads by primary key (SQLite files only; see [`reader`]).
     pub reader: Option<std::sync::Arc<reader::Reader>>,
-    /// Group commit of task creations (SQLite only; see [`group`]).
-    pub task_inserts: Option<group::TaskInserts>,
+    /// Group commit of task creations and audit rows (SQLite files only;
+    /// see [`group`]).
+    pub writer: Option<group::Writer>,
 }
 
 /// Store failures.
@@ -48,6 +49,8 @@ pub enum StoreError {
     Sqlx(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("corrupt row: {0}")]
     Corrupt(String),
 }
@@ -57,6 +60,11 @@ impl StoreError {
     pub fn is_unique_violation(&self) -> bool {
         match self {
             StoreError::Sqlx(sqlx::Error::Database(e)) => e.is_unique_violation(),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.extended_code,
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            ),
             _ => false,
         }
     }
@@ -116,7 +124,7 @@ impl Db {
             pool,
             engine,
             reader: None,
-            task_inserts: None,
+            writer: None,
         };
         match engine {
             Engine::Sqlite => SQLITE_MIGRATIONS.run(&db.pool).await?,
@@ -125,9 +133,7 @@ impl Db {
         if let Some(path) = sqlite_file(&url) {
             let n = std::thread::available_parallelism().map_or(1, usize::from);
             db.reader = Some(std::sync::Arc::new(reader::Reader::open(&path, n)?));
-        }
-        if engine == Engine::Sqlite {
-            db.task_inserts = Some(group::TaskInserts::start(&db));
+            db.writer = Some(group::Writer::start(sqlite_writer(&path)?)?);
         }
         Ok(db)
     }
@@ -148,6 +154,27 @@ fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
     let file = opts.get_filename();
     (file.as_os_str() != ":memory:" && !file.as_os_str().is_empty()).then(|| file.to_path_buf())
+}
+
+/// A write connection to the SQLite file at `path`, for the writer that
+/// batches the hot writes on its own thread ([`group`]). Same settings as the pool's connection
+/// (WAL, `synchronous = NORMAL`, foreign keys). SQLite lets one writer at a
+/// time commit: when another connection holds the lock this one retries
+/// every 100 µs (the default handler sleeps whole milliseconds) for up to
+/// 10 s, then fails with SQLITE_BUSY.
+pub(crate) fn sqlite_writer(path: &std::path::Path) -> Result<rusqlite::Connection> {
+    let c = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    c.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+    )?;
+    c.busy_handler(Some(|tries: i32| {
+        std::thread::sleep(Duration::from_micros(100));
+        tries < 100_000
+    }))?;
+    Ok(c)
 }
 
 /// `<head> VALUES ($1..$cols), ($cols+1..), ...` for `rows` rows: the SQL of

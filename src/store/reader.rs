@@ -38,12 +38,6 @@ impl std::fmt::Debug for Reader {
     }
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Corrupt(format!("sqlite read: {e}"))
-    }
-}
-
 impl Reader {
     /// Open `n` read-only connections to the database file at `path`.
     pub fn open(path: &Path, n: usize) -> Result<Reader> {

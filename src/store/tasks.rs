@@ -57,15 +57,22 @@ fn opt(row: Option<AnyRow>) -> Result<Option<TaskRow>> {
     row.as_ref().map(from_row).transpose()
 }
 
-/// The task columns in [`cols!`] order, for an INSERT.
-pub(super) const COLUMNS: &str = cols!();
+/// Insert one row (also prepared by the group writer).
+pub(super) const INSERT: &str = concat!(
+    "INSERT INTO tasks (",
+    cols!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+);
 
-/// Bind a row's values in [`COLUMNS`] order.
-pub(super) fn bind_row<'q>(
-    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    t: &'q TaskRow,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    q.bind(t.id.as_str())
+/// One task by id (also run by `reader` on SQLite).
+pub(super) const BY_ID: &str = concat!("SELECT ", cols!(), " FROM tasks WHERE id = $1");
+
+pub async fn insert(db: &Db, t: &TaskRow) -> Result<()> {
+    if let Some(writer) = &db.writer {
+        return writer.insert_task(t.clone()).await;
+    }
+    sqlx::query(INSERT)
+        .bind(t.id.as_str())
         .bind(t.owner_id.as_str())
         .bind(t.title.as_str())
         .bind(t.description.as_deref())
@@ -76,21 +83,8 @@ pub(super) fn bind_row<'q>(
         .bind(t.agent_id.as_deref())
         .bind(t.created_at)
         .bind(t.updated_at)
-}
-
-/// One task by id (also run by `reader` on SQLite).
-pub(super) const BY_ID: &str = concat!("SELECT ", cols!(), " FROM tasks WHERE id = $1");
-
-pub async fn insert(db: &Db, t: &TaskRow) -> Result<()> {
-    if let Some(group) = &db.task_inserts {
-        return group.insert(t.clone()).await;
-    }
-    let q = sqlx::query(concat!(
-        "INSERT INTO tasks (",
-        cols!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-    ));
-    bind_row(q, t).execute(&db.pool).await?;
+        .execute(&db.pool)
+        .await?;
     Ok(())
 }
 
