@@ -127,6 +127,12 @@ impl Events {
         self.publish_local(ev);
     }
 
+    /// Would a published event reach anyone (a subscriber here, or the
+    /// other instances)? Publishers skip building events nobody receives.
+    pub fn has_audience(&self) -> bool {
+        self.tx.receiver_count() > 0 || self.shared.is_shared()
+    }
+
     /// Deliver an event to this instance's subscribers only.
     pub fn publish_local(&self, ev: Event) {
         // No subscribers is not an error.

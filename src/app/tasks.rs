@@ -15,6 +15,7 @@ use axum::response::IntoResponse;
 use base64::Engine;
 use http::{Method, StatusCode};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::events::{Event, EventKind};
@@ -172,8 +173,10 @@ pub struct TaskView {
     pub description: Option<String>,
     pub priority: &'static str,
     pub status: String,
-    pub input: Value,
-    pub result: Value,
+    /// Stored JSON, passed through as decrypted (never parsed into a tree
+    /// and serialised again).
+    pub input: Box<RawValue>,
+    pub result: Box<RawValue>,
     pub owner_id: String,
     pub agent_id: Option<String>,
     pub created_at: String,
@@ -230,12 +233,14 @@ fn priority_value(s: &str) -> i32 {
 impl TaskView {
     /// Decrypt a stored row.
     pub fn from_row(state: &AppState, r: TaskRow) -> Result<TaskView, ApiError> {
-        let json = |c: &Option<String>| -> Result<Value, ApiError> {
+        let json = |c: &Option<String>| -> Result<Box<RawValue>, ApiError> {
             match c {
-                None => Ok(Value::Null),
+                None => Ok(null()),
                 Some(s) => {
                     let bytes = state.keyring.decrypt(s)?;
-                    serde_json::from_slice(&bytes)
+                    let text = String::from_utf8(bytes)
+                        .map_err(crate::http::respond::internal("stored JSON is not UTF-8"))?;
+                    RawValue::from_string(text)
                         .map_err(crate::http::respond::internal("stored JSON is corrupt"))
                 }
             }
@@ -272,6 +277,9 @@ fn can_change(who: &Authenticated, t: &TaskRow) -> bool {
 
 /// Publish an event about a task.
 pub fn publish(state: &AppState, kind: EventKind, t: &TaskView) {
+    if !state.events.has_audience() {
+        return;
+    }
     state
         .events
         .publish(Event::new(kind, &t.owner_id, t.agent_id.as_deref(), t));
@@ -288,10 +296,17 @@ pub fn publish(state: &AppState, kind: EventKind, t: &TaskView) {
     }
 }
 
-fn encrypt_json(state: &AppState, v: &Value) -> Result<String, ApiError> {
-    let bytes =
-        serde_json::to_vec(v).map_err(crate::http::respond::internal("serialising JSON"))?;
-    Ok(state.keyring.encrypt(&bytes))
+/// JSON `null`.
+fn null() -> Box<RawValue> {
+    RawValue::NULL.to_owned()
+}
+
+/// `v` as JSON text, and that text encrypted for storage.
+fn encrypt_json(state: &AppState, v: &Value) -> Result<(Box<RawValue>, String), ApiError> {
+    let raw = serde_json::value::to_raw_value(v)
+        .map_err(crate::http::respond::internal("serialising JSON"))?;
+    let sealed = state.keyring.encrypt(raw.get().as_bytes());
+    Ok((raw, sealed))
 }
 
 async fn create(
@@ -302,9 +317,9 @@ async fn create(
     let obj = state.task_rules.create.validate(&body)?;
     let now = crate::store::now_ms();
     let description = obj.get("description").and_then(Value::as_str);
-    let input = match obj.get("input") {
-        Some(v @ Value::Object(_)) => v.clone(),
-        _ => Value::Object(Map::new()),
+    let (input, sealed_input) = match obj.get("input") {
+        Some(v @ Value::Object(_)) => encrypt_json(&state, v)?,
+        _ => encrypt_json(&state, &Value::Object(Map::new()))?,
     };
     let row = TaskRow {
         id: crate::store::new_id(),
@@ -321,7 +336,7 @@ async fn create(
                 .unwrap_or("normal"),
         ),
         status: "queued".into(),
-        input: Some(encrypt_json(&state, &input)?),
+        input: Some(sealed_input),
         result: None,
         agent_id: None,
         created_at: now,
@@ -335,7 +350,7 @@ async fn create(
         priority: priority_name(row.priority),
         status: row.status,
         input,
-        result: Value::Null,
+        result: null(),
         owner_id: row.owner_id,
         agent_id: None,
         created_at: crate::store::rfc3339(now),

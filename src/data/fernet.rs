@@ -162,10 +162,11 @@ impl Key {
         <HmacSha256 as Mac>::new_from_slice(&self.signing).unwrap_or_else(|_| unreachable_hmac())
     }
 
-    /// Encrypt `msg` into a token (random IV, current time).
+    /// Encrypt `msg` into a token (random IV from the thread's CSPRNG, which
+    /// the OS seeds; current time).
     pub fn encrypt(&self, msg: &[u8]) -> String {
         let mut iv = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut iv);
+        rand::thread_rng().fill_bytes(&mut iv);
         self.encrypt_at(msg, now_secs(), iv)
     }
 

@@ -104,6 +104,11 @@ impl SharedState {
         }
     }
 
+    /// Is state shared with other instances (Redis configured)?
+    pub fn is_shared(&self) -> bool {
+        matches!(self, SharedState::Redis(_))
+    }
+
     /// `Some(up)` with Redis configured.
     pub fn redis_up(&self) -> Option<bool> {
         self.redis().map(|r| r.is_up())

@@ -16,6 +16,8 @@
 //! survives a process crash). If a batch fails, each job is retried alone,
 //! so one bad row fails only its own request.
 
+use std::sync::mpsc::{Receiver, SyncSender};
+
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -43,14 +45,26 @@ fn stopped() -> StoreError {
 }
 
 impl Writer {
-    /// Start the writer thread on its own connection `conn` (see
-    /// [`super::sqlite_writer`]); it stops when the last handle is dropped.
-    pub fn start(conn: Connection) -> Result<Writer> {
+    /// Start the writer thread on its own connection `conn`, and its
+    /// checkpointer on `checkpoints` (both from [`super::sqlite_writer`]);
+    /// they stop when the last handle is dropped.
+    pub fn start(conn: Connection, checkpoints: Connection) -> Result<Writer> {
+        let spawn_failed =
+            |e: std::io::Error| StoreError::Corrupt(format!("cannot start the SQLite writer: {e}"));
+        // The writer never checkpoints itself (the fsyncs of a checkpoint
+        // would stall every request waiting on its next commit); it nudges
+        // the checkpointer after each commit instead.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let (kick, kicked) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("frenly-ckpt".into())
+            .spawn(move || checkpointer(checkpoints, kicked))
+            .map_err(spawn_failed)?;
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         std::thread::Builder::new()
             .name("frenly-sqlite".into())
-            .spawn(move || run(conn, rx))
-            .map_err(|e| StoreError::Corrupt(format!("cannot start the SQLite writer: {e}")))?;
+            .spawn(move || run(conn, rx, kick))
+            .map_err(spawn_failed)?;
         Ok(Writer { tx })
     }
 
@@ -77,7 +91,7 @@ impl Writer {
 
 /// Take everything waiting (up to [`MAX_BATCH`] jobs) and store it in one
 /// transaction; on failure retry each job alone.
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, kick: SyncSender<()>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -89,6 +103,7 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
         }
         match store(&mut conn, &batch) {
             Ok(()) => {
+                let _ = kick.try_send(());
                 for job in batch.drain(..) {
                     answer(job, Ok(()));
                 }
@@ -106,6 +121,25 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
             }
         }
     }
+}
+
+/// How often at most the checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Copy committed WAL frames into the database file, on a connection of its
+/// own, at most every [`CHECKPOINT_EVERY`] while there are commits.
+/// `PASSIVE` never blocks the writer or readers; frames it cannot copy yet
+/// (a reader still uses them) wait for the next round. Durability is
+/// unchanged: a commit is in the WAL before its sender is answered.
+fn checkpointer(conn: Connection, kicked: Receiver<()>) {
+    while kicked.recv().is_ok() {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed; retrying after the next commit");
+        }
+        std::thread::sleep(CHECKPOINT_EVERY);
+    }
+    // the writer is gone: leave the WAL checkpointed
+    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
 }
 
 fn answer(job: Job, r: Result<()>) {
@@ -209,5 +243,34 @@ mod tests {
         assert_eq!(failed, vec![77]);
         let counts = tasks::counts(&db).await.unwrap();
         assert_eq!(counts.get("queued").copied(), Some(200));
+    }
+
+    /// The writer never checkpoints; the checkpointer copies committed WAL
+    /// frames into the database file while writes go on.
+    #[tokio::test]
+    async fn the_checkpointer_moves_commits_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.db");
+        let db = Db::connect(&format!("sqlite://{}", file.display()), 1, 1)
+            .await
+            .unwrap();
+        let before = std::fs::metadata(&file).unwrap().len();
+        for i in 0..200 {
+            let mut r = row(&format!("c{i}"));
+            r.description = Some("x".repeat(2000));
+            tasks::insert(&db, &r).await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let grown = loop {
+            let now = std::fs::metadata(&file).unwrap().len();
+            if now >= before + 200 * 2000 || std::time::Instant::now() > deadline {
+                break now;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        assert!(
+            grown >= before + 200 * 2000,
+            "database file {before} -> {grown} bytes: the WAL was not checkpointed"
+        );
     }
 }

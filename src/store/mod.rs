@@ -133,7 +133,10 @@ impl Db {
         if let Some(path) = sqlite_file(&url) {
             let n = std::thread::available_parallelism().map_or(1, usize::from);
             db.reader = Some(std::sync::Arc::new(reader::Reader::open(&path, n)?));
-            db.writer = Some(group::Writer::start(sqlite_writer(&path)?)?);
+            db.writer = Some(group::Writer::start(
+                sqlite_writer(&path)?,
+                sqlite_writer(&path)?,
+            )?);
         }
         Ok(db)
     }

@@ -332,6 +332,13 @@ fn fold_width(s: &str) -> String {
 /// Lower-case, drop NUL and other C0 controls except newline, collapse runs
 /// of blanks (a run with a newline becomes `\n`).
 fn fold(s: &str) -> String {
+    if s.is_ascii() {
+        return fold_ascii(s.as_bytes());
+    }
+    fold_chars(s)
+}
+
+fn fold_chars(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut pending: Option<char> = None;
     for c in s.chars() {
@@ -358,6 +365,35 @@ fn fold(s: &str) -> String {
         out.push(p);
     }
     out
+}
+
+/// [`fold`] for ASCII text (most values), a byte at a time: the same
+/// result without decoding chars or the Unicode lower-case tables.
+fn fold_ascii(s: &[u8]) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    let mut pending: Option<u8> = None;
+    for &b in s {
+        match b {
+            b'\n' => pending = Some(b'\n'),
+            b' ' | b'\t' | b'\r' | 0x0b | 0x0c => {
+                if pending.is_none() {
+                    pending = Some(b' ');
+                }
+            }
+            b if b.is_ascii_control() => {}
+            b => {
+                if let Some(p) = pending.take() {
+                    out.push(p);
+                }
+                out.push(b.to_ascii_lowercase());
+            }
+        }
+    }
+    if let Some(p) = pending {
+        out.push(p);
+    }
+    // only ASCII bytes were pushed
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The value with every whitespace and control character removed (for
@@ -425,6 +461,14 @@ pub fn jndi_lookup(folded: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The ASCII fast path folds exactly as the general one.
+        #[test]
+        fn ascii_fold_matches_the_general_fold(s in "[\\x00-\\x7f]{0,64}") {
+            proptest::prop_assert_eq!(fold_ascii(s.as_bytes()), fold_chars(&s));
+        }
+    }
 
     #[test]
     fn layers_of_encoding() {
