@@ -10,11 +10,6 @@
 //! changing (at most [`MAX_ROUNDS`] rounds), so double encoding does not hide
 //! a payload.
 
-// Byte scanners: every index is guarded by the loop's `< len` bound and the
-// `fuzz/ids` target hunts for any that is not. Converting them to `get()`
-// is left to this module's owner (see docs/FUZZING.md).
-#![allow(clippy::indexing_slicing)]
-
 use std::borrow::Cow;
 
 /// Rounds of decoding before we stop (a value still changing after this
@@ -89,8 +84,8 @@ fn percent_decode(s: &str) -> Option<String> {
     let mut out: Vec<u8> = Vec::with_capacity(b.len());
     let mut i = 0;
     let mut changed = false;
-    while i < b.len() {
-        if b[i] == b'%' {
+    while let Some(&c) = b.get(i) {
+        if c == b'%' {
             // %uXXXX (IIS style)
             if matches!(b.get(i + 1), Some(b'u' | b'U')) {
                 if let Some(cp) = hex_at(b, i + 2, 4) {
@@ -119,7 +114,7 @@ fn percent_decode(s: &str) -> Option<String> {
                 continue;
             }
         }
-        out.push(b[i]);
+        out.push(c);
         i += 1;
     }
     if !changed {
@@ -183,8 +178,8 @@ fn html_entities(s: &str) -> Option<String> {
     let mut i = 0;
     let mut last = 0;
     let mut changed = false;
-    while i < b.len() {
-        if b[i] != b'&' {
+    while let Some(&c) = b.get(i) {
+        if c != b'&' {
             i += 1;
             continue;
         }
@@ -199,11 +194,11 @@ fn html_entities(s: &str) -> Option<String> {
             }
             let ds = j;
             let mut v: u32 = 0;
-            while j < b.len() && j - ds < 40 {
+            while let Some(&c) = b.get(j).filter(|_| j - ds < 40) {
                 let d = if is_hex {
-                    hex(b[j]).map(u32::from)
-                } else if b[j].is_ascii_digit() {
-                    Some(u32::from(b[j] - b'0'))
+                    hex(c).map(u32::from)
+                } else if c.is_ascii_digit() {
+                    Some(u32::from(c - b'0'))
                 } else {
                     None
                 };
@@ -226,11 +221,12 @@ fn html_entities(s: &str) -> Option<String> {
             }
         } else {
             let ns = j;
-            while j < b.len() && j - ns < 10 && b[j].is_ascii_alphabetic() {
+            while j - ns < 10 && b.get(j).is_some_and(u8::is_ascii_alphabetic) {
                 j += 1;
             }
-            if j > ns {
-                let name = s[ns..j].to_ascii_lowercase();
+            // `ns..j` spans ASCII letters only: always a valid str range
+            if let Some(name) = s.get(ns..j).filter(|n| !n.is_empty()) {
+                let name = name.to_ascii_lowercase();
                 if let Some(rep) = named_entity(&name) {
                     if b.get(j) == Some(&b';') {
                         j += 1;
@@ -241,7 +237,9 @@ fn html_entities(s: &str) -> Option<String> {
         }
         match decoded {
             Some((rep, end)) => {
-                out.push_str(&s[last..start]);
+                // `last` and `start` sit on ASCII bytes (`;`, `&`, a letter
+                // or digit, or the start): char boundaries
+                out.push_str(s.get(last..start).unwrap_or_default());
                 out.push_str(&rep);
                 last = end;
                 i = end;
@@ -253,7 +251,7 @@ fn html_entities(s: &str) -> Option<String> {
     if !changed {
         return None;
     }
-    out.push_str(&s[last..]);
+    out.push_str(s.get(last..).unwrap_or_default());
     Some(out)
 }
 
@@ -264,15 +262,15 @@ fn backslash_escapes(s: &str) -> Option<String> {
     let mut out: Vec<u8> = Vec::with_capacity(b.len());
     let mut i = 0;
     let mut changed = false;
-    while i < b.len() {
-        if b[i] == b'\\' {
+    while let Some(&c) = b.get(i) {
+        if c == b'\\' {
             match b.get(i + 1) {
                 Some(b'u' | b'U') => {
                     if b.get(i + 2) == Some(&b'{') {
                         let mut j = i + 3;
                         let mut v: u32 = 0;
-                        while j < b.len() && j - i < 12 {
-                            match hex(b[j]) {
+                        while let Some(&h) = b.get(j).filter(|_| j - i < 12) {
+                            match hex(h) {
                                 Some(d) => v = v.saturating_mul(16).saturating_add(u32::from(d)),
                                 None => break,
                             }
@@ -302,7 +300,7 @@ fn backslash_escapes(s: &str) -> Option<String> {
                 _ => {}
             }
         }
-        out.push(b[i]);
+        out.push(c);
         i += 1;
     }
     if !changed {
@@ -417,8 +415,8 @@ pub fn unsplit(folded: &str) -> Option<String> {
     let b = folded.as_bytes();
     let mut out = String::with_capacity(folded.len());
     let mut i = 0;
-    while i < b.len() {
-        match b[i] {
+    while let Some(&c) = b.get(i) {
+        match c {
             b'\'' | b'"' | b'\\' => i += 1,
             b'$' if matches!(
                 b.get(i + 1),
@@ -428,20 +426,29 @@ pub fn unsplit(folded: &str) -> Option<String> {
                 i += 2
             }
             b'`' if b.get(i + 1) == Some(&b'`') => i += 2,
-            b'[' if b.get(i + 2) == Some(&b']')
-                && b.get(i + 1).is_some_and(u8::is_ascii_alphanumeric) =>
-            {
-                out.push(char::from(b[i + 1]));
-                i += 3;
-            }
-            _ => {
-                let ch_len = folded[i..].chars().next().map_or(1, char::len_utf8);
-                out.push_str(&folded[i..i + ch_len]);
-                i += ch_len;
-            }
+            b'[' if b.get(i + 2) == Some(&b']') => match b.get(i + 1) {
+                Some(&g) if g.is_ascii_alphanumeric() => {
+                    out.push(char::from(g));
+                    i += 3;
+                }
+                _ => i = push_char_at(&mut out, folded, i),
+            },
+            _ => i = push_char_at(&mut out, folded, i),
         }
     }
     (out != folded).then_some(out)
+}
+
+/// Copy the char of `s` that starts at byte `i` (a char boundary) to `out`;
+/// the index after it.
+fn push_char_at(out: &mut String, s: &str, i: usize) -> usize {
+    match s.get(i..).and_then(|rest| rest.chars().next()) {
+        Some(ch) => {
+            out.push(ch);
+            i + ch.len_utf8()
+        }
+        None => i + 1,
+    }
 }
 
 /// A Log4Shell lookup, with the nested `${...:-x}` / `${lower:x}`

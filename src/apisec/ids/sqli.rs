@@ -30,11 +30,6 @@
 //! like `select` or `union` alone is a bare keyword with no operator, quote
 //! break or function call around it.
 
-// Byte scanners: every index is guarded by the loop's `< len` bound and the
-// `fuzz/ids` target hunts for any that is not. Converting them to `get()`
-// is left to this module's owner (see docs/FUZZING.md).
-#![allow(clippy::indexing_slicing)]
-
 use std::sync::LazyLock;
 
 use regex::{Regex, RegexSet};
@@ -292,8 +287,7 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
             None => return fp,
         }
     }
-    while i < s.len() && fp.len() < MAX_TOKENS {
-        let c = s[i];
+    while let Some(&c) = s.get(i).filter(|_| fp.len() < MAX_TOKENS) {
         match c {
             b' ' | b'\n' | b'\t' | b'\r' | 0x0b | 0x0c | 0xa0 => i += 1,
             b'\'' | b'"' => {
@@ -317,7 +311,7 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
                 i = j.min(s.len());
             }
             b'`' => {
-                let j = s[i + 1..]
+                let j = tail(s, i + 1)
                     .iter()
                     .position(|&d| d == b'`')
                     .map_or(s.len(), |p| i + 2 + p);
@@ -328,12 +322,12 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
                 // MySQL executable comment /*!50000 ... */: the content is code.
                 if s.get(i + 2) == Some(&b'!') {
                     i += 3;
-                    while i < s.len() && s[i].is_ascii_digit() {
+                    while s.get(i).is_some_and(u8::is_ascii_digit) {
                         i += 1;
                     }
                     continue;
                 }
-                match find(&s[i + 2..], b"*/") {
+                match find(tail(s, i + 2), b"*/") {
                     Some(p) => {
                         i += 2 + p + 2;
                         // an inline comment is a blank, not a token
@@ -347,16 +341,17 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
             b'*' if s.get(i + 1) == Some(&b'/') => i += 2,
             b'-' if s.get(i + 1) == Some(&b'-') => {
                 // `x -- y` (blanks on both sides) is also an English dash
-                let spaced = i > 0 && s[i - 1] == b' ' && matches!(s.get(i + 2), Some(b' ') | None);
+                let spaced =
+                    before(s, i) == Some(b' ') && matches!(s.get(i + 2), Some(b' ') | None);
                 fp.push(if spaced { b'C' } else { b'c' });
-                match s[i..].iter().position(|&d| d == b'\n') {
+                match tail(s, i).iter().position(|&d| d == b'\n') {
                     Some(p) => i += p + 1,
                     None => i = s.len(),
                 }
             }
             b'#' => {
                 fp.push(b'c');
-                match s[i..].iter().position(|&d| d == b'\n') {
+                match tail(s, i).iter().position(|&d| d == b'\n') {
                     Some(p) => i += p + 1,
                     None => i = s.len(),
                 }
@@ -367,7 +362,7 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
             }
             b'@' => {
                 let mut j = i + 1;
-                while j < s.len() && (s[j] == b'@' || is_word(s[j])) {
+                while s.get(j).is_some_and(|&d| d == b'@' || is_word(d)) {
                     j += 1;
                 }
                 fp.push(if j > i + 1 { b'v' } else { b'o' });
@@ -377,11 +372,11 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
                 let mut j = i;
                 if c == b'0' && matches!(s.get(i + 1), Some(b'x' | b'b')) {
                     j += 2;
-                    while j < s.len() && s[j].is_ascii_hexdigit() {
+                    while s.get(j).is_some_and(u8::is_ascii_hexdigit) {
                         j += 1;
                     }
                 } else {
-                    while j < s.len() && (s[j].is_ascii_digit() || s[j] == b'.') {
+                    while s.get(j).is_some_and(|&d| d.is_ascii_digit() || d == b'.') {
                         j += 1;
                     }
                     if matches!(s.get(j), Some(b'e'))
@@ -389,14 +384,14 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
                             .is_some_and(|d| d.is_ascii_digit() || *d == b'-' || *d == b'+')
                     {
                         j += 2;
-                        while j < s.len() && s[j].is_ascii_digit() {
+                        while s.get(j).is_some_and(u8::is_ascii_digit) {
                             j += 1;
                         }
                     }
                 }
                 // `1abc` is a word, not a number followed by a word
-                if j < s.len() && is_word(s[j]) && s[j] != b'e' {
-                    while j < s.len() && is_word(s[j]) {
+                if s.get(j).is_some_and(|&d| is_word(d) && d != b'e') {
+                    while s.get(j).is_some_and(|&d| is_word(d)) {
                         j += 1;
                     }
                     fp.push(b'b');
@@ -407,19 +402,19 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
             }
             c if is_word_start(c) => {
                 let mut j = i;
-                while j < s.len() && (is_word(s[j]) || s[j] == b'.') {
+                while s.get(j).is_some_and(|&d| is_word(d) || d == b'.') {
                     j += 1;
                 }
-                let w = std::str::from_utf8(&s[i..j]).unwrap_or("");
+                let w = std::str::from_utf8(s.get(i..j).unwrap_or_default()).unwrap_or("");
                 let w = w.trim_end_matches('.');
                 let tight = s.get(j) == Some(&b'(');
-                let paren = tight || next_is_paren(&s[j..]);
+                let paren = tight || next_is_paren(tail(s, j));
                 let last = w.rsplit('.').next().unwrap_or(w);
                 let sql_call = paren && SQL_FUNCS.contains(&last);
                 let word_call = tight
                     && WORD_FUNCS.contains(&last)
-                    && !plural(&s[j..])
-                    && (!s[j..].starts_with(b"()") || NOARG_FUNCS.contains(&last));
+                    && !plural(tail(s, j))
+                    && (!tail(s, j).starts_with(b"()") || NOARG_FUNCS.contains(&last));
                 let t = if sql_call || word_call {
                     b'f'
                 } else {
@@ -430,10 +425,10 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
             }
             b'=' | b'<' | b'>' | b'!' => {
                 let mut j = i + 1;
-                while j < s.len() && j - i < 3 && matches!(s[j], b'=' | b'<' | b'>') {
+                while j - i < 3 && matches!(s.get(j), Some(b'=' | b'<' | b'>')) {
                     j += 1;
                 }
-                let op = &s[i..j];
+                let op = s.get(i..j).unwrap_or_default();
                 fp.push(if op == b"!" {
                     b'!'
                 } else if op == b"<>" || op.contains(&b'=') || op == b"<" || op == b">" {
@@ -456,8 +451,7 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
                 fp.push(b'o');
                 i += 2;
             }
-            b'?' if i > 0
-                && s[i - 1] == b' '
+            b'?' if before(s, i) == Some(b' ')
                 && matches!(s.get(i + 1), Some(b' ' | b'|' | b'&')) =>
             {
                 fp.push(b'o');
@@ -473,6 +467,16 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
     fp
 }
 
+/// `s` from byte `i` on (empty past the end).
+fn tail(s: &[u8], i: usize) -> &[u8] {
+    s.get(i..).unwrap_or_default()
+}
+
+/// The byte before `i`, if any.
+fn before(s: &[u8], i: usize) -> Option<u8> {
+    i.checked_sub(1).and_then(|k| s.get(k)).copied()
+}
+
 fn is_word_start(c: u8) -> bool {
     c.is_ascii_alphabetic() || c == b'_' || c == b'$' || c >= 0x80
 }
@@ -484,10 +488,10 @@ fn is_word(c: u8) -> bool {
 /// Blanks or comments, then `(`.
 fn next_is_paren(s: &[u8]) -> bool {
     let mut i = 0;
-    while i < s.len() {
-        match s[i] {
+    while let Some(&c) = s.get(i) {
+        match c {
             b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => i += 1,
-            b'/' if s.get(i + 1) == Some(&b'*') => match find(&s[i + 2..], b"*/") {
+            b'/' if s.get(i + 1) == Some(&b'*') => match find(tail(s, i + 2), b"*/") {
                 Some(p) => i += 2 + p + 2,
                 None => return false,
             },
