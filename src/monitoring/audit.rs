@@ -274,7 +274,11 @@ impl LogFile {
 
     /// Append lines, rotating before a line that would take the file past
     /// `rotate_bytes` (a file always holds at least one line).
-    fn append(&mut self, lines: &[String], sync: bool) -> std::io::Result<()> {
+    fn append<'a>(
+        &mut self,
+        lines: impl IntoIterator<Item = &'a str>,
+        sync: bool,
+    ) -> std::io::Result<()> {
         let mut buf = Vec::new();
         for line in lines {
             let len = line.len() as u64 + 1;
@@ -401,8 +405,7 @@ impl Writer {
     }
 
     fn write_batch(&mut self, batch: &mut Vec<Msg>) {
-        let mut rows = Vec::with_capacity(batch.len());
-        let mut lines = Vec::with_capacity(batch.len());
+        let mut records = Vec::with_capacity(batch.len());
         let mut flushes = Vec::new();
         for m in batch.drain(..) {
             match m {
@@ -411,30 +414,25 @@ impl Writer {
                     let ts = crate::store::rfc3339(ts_ms);
                     let (line, hash) = render_with(&ev, &self.prev, &ts);
                     self.prev = hash;
-                    lines.push(line);
-                    rows.push((ev, ts_ms, ts));
+                    records.push(AuditRecord {
+                        ts,
+                        ts_ms,
+                        event_type: ev.event_type,
+                        request_id: ev.request_id,
+                        ip: ev.ip,
+                        user_id: ev.user_id,
+                        line,
+                    });
                 }
                 Msg::Flush(done) => flushes.push(done),
             }
         }
-        if let Err(e) = self.file.append(&lines, !flushes.is_empty()) {
+        let lines = records.iter().map(|r| r.line.as_str());
+        if let Err(e) = self.file.append(lines, !flushes.is_empty()) {
             tracing::error!(file = %self.file.path.display(), error = %e, "cannot append to the audit log");
         }
-        if !rows.is_empty() {
-            let n = rows.len() as u64;
-            let records = rows
-                .into_iter()
-                .zip(lines)
-                .map(|((ev, ts_ms, ts), line)| AuditRecord {
-                    ts,
-                    ts_ms,
-                    event_type: ev.event_type,
-                    request_id: ev.request_id,
-                    ip: ev.ip,
-                    user_id: ev.user_id,
-                    line,
-                })
-                .collect();
+        if !records.is_empty() {
+            let n = records.len() as u64;
             if let Err(e) = crate::store::audit::store_blocking(&self.db, &self.rt, records) {
                 tracing::error!(error = %e, "cannot store audit events in the database");
             }

@@ -16,9 +16,15 @@ pub struct AuditRecord {
     pub line: String,
 }
 
-pub(super) const INSERT: &str =
-    "INSERT INTO audit_events (ts, ts_ms, event_type, request_id, ip, user_id, line) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+/// The head of every audit INSERT (the columns of [`AuditRecord`]).
+macro_rules! insert_head {
+    () => {
+        "INSERT INTO audit_events (ts, ts_ms, event_type, request_id, ip, user_id, line)"
+    };
+}
+
+/// Insert one row (prepared by the group writer).
+pub(super) const INSERT: &str = concat!(insert_head!(), " VALUES ($1, $2, $3, $4, $5, $6, $7)");
 
 /// Rows per INSERT statement on the pool (7 parameters each).
 const POOL_CHUNK: usize = 16;
@@ -39,11 +45,7 @@ async fn store_pool(db: &Db, rows: &[AuditRecord]) -> Result<()> {
     for chunk in rows.chunks(POOL_CHUNK) {
         // One statement per chunk: only the placeholder list depends on the
         // chunk's length; every value is bound (never spliced into the SQL).
-        let sql = super::insert_values_sql(
-            "INSERT INTO audit_events (ts, ts_ms, event_type, request_id, ip, user_id, line)",
-            chunk.len(),
-            7,
-        );
+        let sql = super::insert_values_sql(insert_head!(), chunk.len(), 7);
         let mut q = sqlx::query(&sql);
         for r in chunk {
             q = q

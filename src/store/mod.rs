@@ -23,6 +23,14 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
 
+/// The settings of every SQLite write connection (the pool's and the group
+/// writer's): WAL, `synchronous = NORMAL` (see the module doc), foreign keys.
+macro_rules! sqlite_pragmas {
+    () => {
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;"
+    };
+}
+
 /// Which engine the pool talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
@@ -109,11 +117,8 @@ impl Db {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if engine == Engine::Sqlite {
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
-                        )
-                        .await?;
+                        conn.execute(concat!(sqlite_pragmas!(), " PRAGMA busy_timeout = 10000;"))
+                            .await?;
                     }
                     Ok(())
                 })
@@ -160,8 +165,8 @@ fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
 }
 
 /// A write connection to the SQLite file at `path`, for the writer that
-/// batches the hot writes on its own thread ([`group`]). Same settings as the pool's connection
-/// (WAL, `synchronous = NORMAL`, foreign keys). SQLite lets one writer at a
+/// batches the hot writes on its own thread ([`group`]), with the pool's
+/// settings (`sqlite_pragmas!`). SQLite lets one writer at a
 /// time commit: when another connection holds the lock this one retries
 /// every 100 µs (the default handler sleeps whole milliseconds) for up to
 /// 10 s, then fails with SQLITE_BUSY.
@@ -170,9 +175,7 @@ pub(crate) fn sqlite_writer(path: &std::path::Path) -> Result<rusqlite::Connecti
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    c.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-    )?;
+    c.execute_batch(sqlite_pragmas!())?;
     c.busy_handler(Some(|tries: i32| {
         std::thread::sleep(Duration::from_micros(100));
         tries < 100_000
