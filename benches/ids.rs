@@ -28,6 +28,28 @@ fn typical_get(ids: &Ids) -> bool {
         .unwrap_or(true)
 }
 
+/// `GET /api/tasks/{id}` as the router sees it: only the id is a dynamic
+/// segment (the task-poll request of the load benchmark).
+fn task_get(ids: &Ids) -> bool {
+    let view = RequestView {
+        method: "GET",
+        target: "/api/tasks/01a2227607657177974598bb9b6107dd",
+        headers: vec![
+            ("host", b"localhost:8080".as_slice()),
+            ("user-agent", UA),
+            ("accept", b"application/json"),
+            (
+                "x-api-key",
+                b"frn_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG",
+            ),
+        ],
+        body: b"",
+    };
+    ids.inspect_routed(&view, Some("/api/tasks/{id}"))
+        .map(|v| v.block.is_some())
+        .unwrap_or(true)
+}
+
 fn typical_post(ids: &Ids, body: &[u8]) -> bool {
     let view = RequestView {
         method: "POST",
@@ -72,7 +94,23 @@ fn bench(c: &mut Criterion) {
     c.bench_function("ids typical GET /api/tasks", |b| {
         b.iter(|| typical_get(black_box(&ids)))
     });
+    c.bench_function("ids GET /api/tasks/{id} (routed)", |b| {
+        b.iter(|| task_get(black_box(&ids)))
+    });
     let small = br#"{"title":"Nightly build","description":"Summarise the log of the nightly build and list the failing tests.","priority":"normal"}"#;
+    // The same requests with the clean-value memo off: the cost of values
+    // the detector has not seen before (the memo's hits are the cases above).
+    let mut cold = Ids::new(&IdsConfig::default(), "X-API-Key", &[]);
+    cold.set_memo(false);
+    c.bench_function("ids typical GET /api/tasks, memo off", |b| {
+        b.iter(|| typical_get(black_box(&cold)))
+    });
+    c.bench_function("ids GET /api/tasks/{id} (routed), memo off", |b| {
+        b.iter(|| task_get(black_box(&cold)))
+    });
+    c.bench_function("ids typical POST /api/tasks (small JSON), memo off", |b| {
+        b.iter(|| typical_post(black_box(&cold), black_box(small)))
+    });
     c.bench_function("ids typical POST /api/tasks (small JSON)", |b| {
         b.iter(|| typical_post(black_box(&ids), black_box(small)))
     });

@@ -25,11 +25,13 @@
 
 pub mod decode;
 pub mod eval;
+mod memo;
 pub mod rules;
 pub mod sqli;
 mod walk;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::config::{GatewayRoute, IdsConfig, IdsMode};
 
@@ -262,6 +264,7 @@ pub struct Ids {
     credential_headers: Vec<String>,
     inspect_window: usize,
     prefilter: bool,
+    memo: Option<Arc<memo::Memo>>,
 }
 
 // Arrays of the 10 families indexed by `Family::idx()` (always < 10).
@@ -327,6 +330,7 @@ impl Ids {
             ],
             inspect_window: cfg.inspect_window_bytes.max(1024),
             prefilter: true,
+            memo: Some(Arc::default()),
         }
     }
 
@@ -334,6 +338,12 @@ impl Ids {
     /// shortcut never changes a verdict).
     pub fn set_prefilter(&mut self, on: bool) {
         self.prefilter = on;
+    }
+
+    /// Turn the clean-value memo off (the eval runs a detector without it
+    /// to prove the memo never changes a verdict).
+    pub fn set_memo(&mut self, on: bool) {
+        self.memo = on.then(Arc::default);
     }
 
     fn route(&self, path: &str) -> Option<&RoutePolicy> {
@@ -408,6 +418,14 @@ impl Ids {
         let mut scan = Scan {
             modes,
             prefilter: self.prefilter,
+            // remember clean values only when every family runs, so that a
+            // remembered value is clean under any configuration
+            memo: self
+                .memo
+                .as_ref()
+                .filter(|_| modes.iter().all(|m| *m != IdsMode::Off))
+                .cloned(),
+            hits: 0,
             verdict: Verdict::default(),
         };
         if modes.iter().all(|m| *m == IdsMode::Off) {
@@ -511,6 +529,11 @@ impl Ids {
 pub(crate) struct Scan {
     modes: [IdsMode; 10],
     prefilter: bool,
+    /// Present only when every family is on (see `memo`).
+    memo: Option<Arc<memo::Memo>>,
+    /// Rule matches so far, in any mode (a value is clean when inspecting
+    /// it left this unchanged).
+    hits: u32,
     verdict: Verdict,
 }
 
@@ -545,6 +568,7 @@ impl Scan {
 
     /// Record a hit; `false` when the request is now blocked.
     fn hit(&mut self, family: Family, rule: &'static str, location: &str) -> bool {
+        self.hits = self.hits.saturating_add(1);
         match self.mode(family) {
             IdsMode::Off => true,
             IdsMode::Detect => {
@@ -576,8 +600,18 @@ impl Scan {
         if self.prefilter && !prefilter::suspicious(raw) {
             return;
         }
+        let memo = self.memo.clone().filter(|_| raw.len() <= memo::MAX_LEN);
+        if memo.as_ref().is_some_and(|m| m.is_clean(kind, plus, raw)) {
+            return;
+        }
+        let before = self.hits;
         let d = decode::decode(raw, plus);
         self.decoded(kind, location, &d, true);
+        if let Some(m) = memo {
+            if self.hits == before {
+                m.remember_clean(kind, plus, raw);
+            }
+        }
     }
 
     fn decoded(&mut self, kind: Kind, location: &str, d: &decode::Decoded, nested: bool) {

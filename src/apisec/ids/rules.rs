@@ -39,6 +39,17 @@ impl Kind {
             Kind::Filename => 16,
         }
     }
+
+    /// The kind's place in [`KINDS`].
+    fn slot(self) -> usize {
+        match self {
+            Kind::Path => 0,
+            Kind::Name => 1,
+            Kind::Value => 2,
+            Kind::Header => 3,
+            Kind::Filename => 4,
+        }
+    }
 }
 
 const P: u8 = 1;
@@ -48,7 +59,7 @@ const H: u8 = 8;
 const F: u8 = 16;
 const ANY: u8 = N | V | H | F;
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Form {
     Folded,
     Squeezed,
@@ -497,28 +508,29 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
     ]
 });
 
-struct Compiled {
-    folded: RegexSet,
-    folded_idx: Vec<usize>,
-    squeezed: RegexSet,
-    squeezed_idx: Vec<usize>,
-    text: RegexSet,
-    text_idx: Vec<usize>,
+/// One form's rules as a set, with each set member's index in [`RULES`].
+struct FormSet {
+    set: RegexSet,
+    idx: Vec<usize>,
 }
 
-static COMPILED: LazyLock<Compiled> = LazyLock::new(|| {
-    let mut f = (Vec::new(), Vec::new());
-    let mut s = (Vec::new(), Vec::new());
-    let mut t = (Vec::new(), Vec::new());
-    for (i, rule) in RULES.iter().enumerate() {
-        let dst = match rule.form {
-            Form::Folded => &mut f,
-            Form::Squeezed => &mut s,
-            Form::Text => &mut t,
-        };
-        dst.0.push(rule.re);
-        dst.1.push(i);
-    }
+/// The rules of one kind of location, one set per form. (One set per kind
+/// rather than one for all kinds: a set costs in proportion to the rules in
+/// it, and a path is checked by two rules, not by all of them.)
+struct KindSets {
+    forms: [FormSet; 3],
+}
+
+const KINDS: [Kind; 5] = [
+    Kind::Path,
+    Kind::Name,
+    Kind::Value,
+    Kind::Header,
+    Kind::Filename,
+];
+
+/// Indexed by `Kind::slot()`.
+static COMPILED: LazyLock<Vec<KindSets>> = LazyLock::new(|| {
     let build = |v: &[&str]| {
         regex::RegexSetBuilder::new(v)
             .size_limit(64 << 20)
@@ -529,17 +541,30 @@ static COMPILED: LazyLock<Compiled> = LazyLock::new(|| {
                 RegexSet::empty()
             })
     };
-    Compiled {
-        folded: build(&f.0),
-        folded_idx: f.1,
-        squeezed: build(&s.0),
-        squeezed_idx: s.1,
-        text: build(&t.0),
-        text_idx: t.1,
-    }
+    KINDS
+        .iter()
+        .map(|kind| {
+            let bit = kind.bit();
+            let form = |f: Form| {
+                let (res, idx): (Vec<&str>, Vec<usize>) = RULES
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.kinds & bit != 0 && r.form == f)
+                    .map(|(i, r)| (r.re, i))
+                    .unzip();
+                FormSet {
+                    set: build(&res),
+                    idx,
+                }
+            };
+            KindSets {
+                forms: [form(Form::Folded), form(Form::Squeezed), form(Form::Text)],
+            }
+        })
+        .collect()
 });
 
-/// Force compilation (at start, so the first request does not pay for it).
+/// Compile the rule sets now (at startup) rather than on the first request.
 pub fn warm_up() {
     LazyLock::force(&COMPILED);
 }
@@ -559,24 +584,17 @@ pub fn scan(
     text: &str,
     mut hit: impl FnMut(RuleHit) -> bool,
 ) {
-    let c = &*COMPILED;
-    let bit = kind.bit();
-    let passes: [(&RegexSet, &Vec<usize>, &str); 3] = [
-        (&c.folded, &c.folded_idx, folded),
-        (&c.squeezed, &c.squeezed_idx, squeezed),
-        (&c.text, &c.text_idx, text),
-    ];
-    for (set, idx, s) in passes {
-        if s.is_empty() {
+    let Some(sets) = COMPILED.get(kind.slot()) else {
+        return;
+    };
+    for (fs, s) in sets.forms.iter().zip([folded, squeezed, text]) {
+        if s.is_empty() || fs.idx.is_empty() {
             continue;
         }
-        for m in set.matches(s).iter() {
-            let Some(rule) = idx.get(m).and_then(|&i| RULES.get(i)) else {
+        for m in fs.set.matches(s).iter() {
+            let Some(rule) = fs.idx.get(m).and_then(|&i| RULES.get(i)) else {
                 continue;
             };
-            if rule.kinds & bit == 0 {
-                continue;
-            }
             if !hit(RuleHit {
                 family: rule.family,
                 id: rule.id,

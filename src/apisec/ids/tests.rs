@@ -164,3 +164,48 @@ fn dynamic_segments_keep_only_parameters() {
     );
     assert_eq!(dynamic_segments("/v1/{*rest}", "/v1/a/b;id"), "/a/b;id");
 }
+
+/// The clean-value memo is keyed by the value's kind and `+` decoding, not
+/// the value alone: a string that is harmless as a header is still an
+/// attack as a path, and one that is harmless undecoded is still an attack
+/// once `+` means a blank; and a remembered value never masks an attack.
+#[test]
+fn the_clean_value_memo_never_masks_an_attack() {
+    let ids = ids();
+    let verdict = |target: &str, headers: Vec<(&str, &[u8])>| {
+        ids.inspect(&view(target, headers, b""))
+            .unwrap()
+            .block
+            .map(|h| h.family)
+    };
+    for _ in 0..2 {
+        // remembered as a clean header value ...
+        assert_eq!(
+            verdict("/api/tasks", vec![("x-note", b"/x/etc/passwd")]),
+            None
+        );
+        // ... still a sensitive file as the path
+        assert_eq!(verdict("/x/etc/passwd", vec![]), Some(Family::Lfi));
+    }
+    let mut cold = Ids::new(&IdsConfig::default(), "X-API-Key", &[]);
+    cold.set_memo(false);
+    for target in [
+        "/api/tasks?q=1'+or+'1'='1",
+        "/api/tasks?q=abc",
+        "/api/tasks?q=%3Cscript%3Ealert(1)%3C/script%3E",
+    ] {
+        for _ in 0..3 {
+            let warm = ids
+                .inspect(&view(target, vec![], b""))
+                .unwrap()
+                .block
+                .map(|h| h.family);
+            let fresh = cold
+                .inspect(&view(target, vec![], b""))
+                .unwrap()
+                .block
+                .map(|h| h.family);
+            assert_eq!(warm, fresh, "{target}");
+        }
+    }
+}
