@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
@@ -44,8 +44,9 @@ pub struct AuditEvent {
     pub request_id: Option<String>,
     pub ip: Option<String>,
     pub user_id: Option<String>,
-    /// Extra members (never secrets).
-    pub fields: Map<String, Value>,
+    /// Extra members (never secrets), kept sorted by name and unique: the
+    /// line carries them in this order.
+    pub fields: Vec<(&'static str, Value)>,
 }
 
 impl AuditEvent {
@@ -55,7 +56,7 @@ impl AuditEvent {
             request_id: None,
             ip: None,
             user_id: None,
-            fields: Map::new(),
+            fields: Vec::new(),
         }
     }
 
@@ -74,8 +75,17 @@ impl AuditEvent {
         self
     }
 
-    pub fn field(mut self, k: &str, v: impl Into<Value>) -> Self {
-        self.fields.insert(k.to_string(), v.into());
+    /// Set member `k` (a second call with the same name replaces the value).
+    pub fn field(mut self, k: &'static str, v: impl Into<Value>) -> Self {
+        let v = v.into();
+        match self.fields.binary_search_by(|(n, _)| n.cmp(&k)) {
+            Ok(i) => {
+                if let Some(slot) = self.fields.get_mut(i) {
+                    slot.1 = v;
+                }
+            }
+            Err(i) => self.fields.insert(i, (k, v)),
+        }
         self
     }
 }
@@ -474,15 +484,37 @@ pub const REDACTED: &str = "[redacted]";
 /// Does a member name name a secret? (`api_key`, `access_token`, `password`
 /// yes; `key_id`, `token_id` no.)
 pub fn is_secret_name(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    let last = lower.rsplit(['_', '-', '.']).next().unwrap_or(&lower);
-    SECRET_WORDS.contains(&last) || lower.contains("password") || lower.contains("secret")
+    let last = name.rsplit(['_', '-', '.']).next().unwrap_or(name);
+    SECRET_WORDS.iter().any(|w| last.eq_ignore_ascii_case(w))
+        || contains_ignore_case(name, "password")
+        || contains_ignore_case(name, "secret")
+}
+
+/// `haystack` contains `needle` (ASCII, any case).
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// Does a string value look like a credential Frenly issues (an API key or a
 /// JWT)?
 fn looks_like_credential(s: &str) -> bool {
     s.contains("frn_") || (s.starts_with("eyJ") && s.matches('.').count() == 2)
+}
+
+/// Would [`redact`] change `v`? (Most values are plain: they are written as
+/// they are, without the copy `redact` makes.)
+fn needs_redaction(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .any(|(k, v)| (is_secret_name(k) && !v.is_null()) || needs_redaction(v)),
+        Value::Array(a) => a.iter().any(needs_redaction),
+        Value::String(s) => looks_like_credential(s),
+        _ => false,
+    }
 }
 
 /// The secret guard: redact secret-named members and credential-looking
@@ -550,7 +582,7 @@ fn render_with(ev: &AuditEvent, prev: &str, ts: &str) -> (String, String) {
         }
     }
     for (k, v) in &ev.fields {
-        if RESERVED.contains(&k.as_str()) {
+        if RESERVED.contains(k) {
             continue;
         }
         out.push(b',');
@@ -558,8 +590,10 @@ fn render_with(ev: &AuditEvent, prev: &str, ts: &str) -> (String, String) {
         out.push(b':');
         let written = if is_secret_name(k) && !v.is_null() {
             serde_json::to_writer(&mut out, REDACTED)
-        } else {
+        } else if needs_redaction(v) {
             serde_json::to_writer(&mut out, &redact(v))
+        } else {
+            serde_json::to_writer(&mut out, v)
         };
         if written.is_err() {
             out.extend_from_slice(b"null");
@@ -747,8 +781,78 @@ mod properties {
         assert_eq!(repair_tail(&dir.path().join("absent")).unwrap(), None);
     }
 
+    #[test]
+    fn secret_names_are_recognised_in_any_case() {
+        for n in [
+            "password",
+            "api_key",
+            "X-Api-Key",
+            "access_token",
+            "DB_PASSWORD",
+            "clientSecret",
+            "Authorization",
+            "cookie",
+        ] {
+            assert!(is_secret_name(n), "{n}");
+        }
+        for n in [
+            "key_id", "token_id", "endpoint", "status", "monkey", "passage",
+        ] {
+            assert!(!is_secret_name(n), "{n}");
+        }
+    }
+
+    /// Members sorted by name, a repeated name replaced, and the line keeps
+    /// that order (the render does not re-sort).
+    #[test]
+    fn fields_are_unique_and_sorted() {
+        let ev = AuditEvent::new("x")
+            .field("status", 1)
+            .field("endpoint", "/a")
+            .field("status", 2);
+        let names: Vec<&str> = ev.fields.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["endpoint", "status"]);
+        let (line, _) = render_at(&ev, GENESIS, 0);
+        assert!(
+            line.contains(r#""endpoint":"/a","status":2,"prev_hash""#),
+            "{line}"
+        );
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::from),
+            prop::sample::select(vec!["plain", "frn_abc", "eyJa.b.c", "x.y", ""])
+                .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec(
+                    (
+                        prop::sample::select(vec!["a", "password", "key_id", "api_key", "note"]),
+                        inner
+                    ),
+                    0..4
+                )
+                .prop_map(|kv| Value::Object(
+                    kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+                )),
+            ]
+        })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The shortcut that writes plain values as they are agrees with
+        /// the guard: a value needs redaction exactly when redacting it
+        /// changes it.
+        #[test]
+        fn needs_redaction_agrees_with_redact(v in json_value()) {
+            prop_assert_eq!(needs_redaction(&v), redact(&v) != v);
+        }
 
         /// An unedited chain verifies; changing any one byte of any line to
         /// any other printable ASCII byte is detected.
