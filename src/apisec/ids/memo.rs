@@ -17,16 +17,17 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use super::rules::Kind;
 
 /// Values longer than this are never remembered (bodies, long headers).
-pub const MAX_LEN: usize = 256;
+const MAX_LEN: usize = 256;
 const SHARDS: usize = 16;
 const PER_SHARD: usize = 256;
 
-type Shard = Mutex<HashMap<u64, (Kind, bool, Box<str>)>>;
+type Map = HashMap<u64, (Kind, bool, Box<str>)>;
+type Shard = Mutex<Map>;
 
 /// The memo (one per detector).
 pub struct Memo {
@@ -48,42 +49,33 @@ impl Memo {
         self.hasher.hash_one((kind as u8, plus, raw))
     }
 
-    fn shard(&self, key: u64) -> Option<&Shard> {
-        self.shards.get((key % SHARDS as u64) as usize)
+    /// The value's key and its shard, locked; `None` for a value too long
+    /// to remember (or a poisoned shard: then nothing is remembered).
+    fn slot(&self, kind: Kind, plus: bool, raw: &str) -> Option<(u64, MutexGuard<'_, Map>)> {
+        if raw.len() > MAX_LEN {
+            return None;
+        }
+        let key = self.key(kind, plus, raw);
+        let shard = self.shards.get((key % SHARDS as u64) as usize)?;
+        Some((key, shard.lock().ok()?))
     }
 
     /// Was this exact value found clean before?
     pub fn is_clean(&self, kind: Kind, plus: bool, raw: &str) -> bool {
-        if raw.len() > MAX_LEN {
-            return false;
-        }
-        let key = self.key(kind, plus, raw);
-        let Some(shard) = self.shard(key) else {
-            return false;
-        };
-        let Ok(map) = shard.lock() else {
-            return false;
-        };
-        map.get(&key)
-            .is_some_and(|(k, p, v)| *k == kind && *p == plus && **v == *raw)
+        self.slot(kind, plus, raw).is_some_and(|(key, map)| {
+            map.get(&key)
+                .is_some_and(|(k, p, v)| *k == kind && *p == plus && **v == *raw)
+        })
     }
 
     /// Remember a value that a full inspection found clean.
     pub fn remember_clean(&self, kind: Kind, plus: bool, raw: &str) {
-        if raw.len() > MAX_LEN {
-            return;
+        if let Some((key, mut map)) = self.slot(kind, plus, raw) {
+            if map.len() >= PER_SHARD {
+                map.clear();
+            }
+            map.insert(key, (kind, plus, raw.into()));
         }
-        let key = self.key(kind, plus, raw);
-        let Some(shard) = self.shard(key) else {
-            return;
-        };
-        let Ok(mut map) = shard.lock() else {
-            return;
-        };
-        if map.len() >= PER_SHARD {
-            map.clear();
-        }
-        map.insert(key, (kind, plus, raw.into()));
     }
 }
 

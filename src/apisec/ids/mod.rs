@@ -600,14 +600,17 @@ impl Scan {
         if self.prefilter && !prefilter::suspicious(raw) {
             return;
         }
-        let memo = self.memo.clone().filter(|_| raw.len() <= memo::MAX_LEN);
-        if memo.as_ref().is_some_and(|m| m.is_clean(kind, plus, raw)) {
+        if self
+            .memo
+            .as_ref()
+            .is_some_and(|m| m.is_clean(kind, plus, raw))
+        {
             return;
         }
         let before = self.hits;
         let d = decode::decode(raw, plus);
         self.decoded(kind, location, &d, true);
-        if let Some(m) = memo {
+        if let Some(m) = &self.memo {
             if self.hits == before {
                 m.remember_clean(kind, plus, raw);
             }

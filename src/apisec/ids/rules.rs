@@ -40,15 +40,9 @@ impl Kind {
         }
     }
 
-    /// The kind's place in [`KINDS`].
+    /// The kind's place in [`KINDS`] (listed in the order of their bits).
     fn slot(self) -> usize {
-        match self {
-            Kind::Path => 0,
-            Kind::Name => 1,
-            Kind::Value => 2,
-            Kind::Header => 3,
-            Kind::Filename => 4,
-        }
+        self.bit().trailing_zeros() as usize
     }
 }
 
@@ -521,6 +515,7 @@ struct KindSets {
     forms: [FormSet; 3],
 }
 
+/// Every kind, in the order of [`Kind::bit`].
 const KINDS: [Kind; 5] = [
     Kind::Path,
     Kind::Name,
@@ -656,6 +651,13 @@ pub static B64_FRAGMENTS: LazyLock<Option<aho_corasick::AhoCorasick>> = LazyLock
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_finds_its_own_rule_sets() {
+        for (i, k) in KINDS.iter().enumerate() {
+            assert_eq!(k.slot(), i, "{k:?}");
+        }
+    }
 
     #[test]
     #[allow(clippy::panic)]
