@@ -7,68 +7,70 @@ use frenly::config::IdsConfig;
 
 const UA: &[u8] = b"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
 
-fn typical_get(ids: &Ids) -> bool {
+/// Inspect one request carrying a browser's headers and an API key, plus
+/// `extra`; `route` as the router matched it. `true` when it is refused.
+fn inspect(
+    ids: &Ids,
+    (method, target, route): (&str, &str, Option<&str>),
+    extra: &[(&'static str, &'static [u8])],
+    body: &[u8],
+) -> bool {
+    let mut headers: Vec<(&str, &[u8])> = vec![
+        ("host", b"localhost:8080"),
+        ("user-agent", UA),
+        ("accept", b"application/json"),
+        (
+            "x-api-key",
+            b"frn_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG",
+        ),
+    ];
+    headers.extend_from_slice(extra);
     let view = RequestView {
-        method: "GET",
-        target: "/api/tasks?status=done&limit=20&cursor=BAUAIeA3fEsuTIt9",
-        headers: vec![
-            ("host", b"localhost:8080".as_slice()),
-            ("user-agent", UA),
-            ("accept", b"application/json"),
-            (
-                "x-api-key",
-                b"frn_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG",
-            ),
-            ("x-request-id", b"3f2c9a7e-5b1d-4e8a-9c0f-1a2b3c4d5e6f"),
-        ],
-        body: b"",
+        method,
+        target,
+        headers,
+        body,
     };
-    ids.inspect(&view)
+    ids.inspect_routed(&view, route)
         .map(|v| v.block.is_some())
         .unwrap_or(true)
+}
+
+fn typical_get(ids: &Ids) -> bool {
+    inspect(
+        ids,
+        (
+            "GET",
+            "/api/tasks?status=done&limit=20&cursor=BAUAIeA3fEsuTIt9",
+            None,
+        ),
+        &[("x-request-id", b"3f2c9a7e-5b1d-4e8a-9c0f-1a2b3c4d5e6f")],
+        b"",
+    )
 }
 
 /// `GET /api/tasks/{id}` as the router sees it: only the id is a dynamic
 /// segment (the task-poll request of the load benchmark).
 fn task_get(ids: &Ids) -> bool {
-    let view = RequestView {
-        method: "GET",
-        target: "/api/tasks/01a2227607657177974598bb9b6107dd",
-        headers: vec![
-            ("host", b"localhost:8080".as_slice()),
-            ("user-agent", UA),
-            ("accept", b"application/json"),
-            (
-                "x-api-key",
-                b"frn_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG",
-            ),
-        ],
-        body: b"",
-    };
-    ids.inspect_routed(&view, Some("/api/tasks/{id}"))
-        .map(|v| v.block.is_some())
-        .unwrap_or(true)
+    inspect(
+        ids,
+        (
+            "GET",
+            "/api/tasks/01a2227607657177974598bb9b6107dd",
+            Some("/api/tasks/{id}"),
+        ),
+        &[],
+        b"",
+    )
 }
 
 fn typical_post(ids: &Ids, body: &[u8]) -> bool {
-    let view = RequestView {
-        method: "POST",
-        target: "/api/tasks",
-        headers: vec![
-            ("host", b"localhost:8080".as_slice()),
-            ("user-agent", UA),
-            ("accept", b"application/json"),
-            ("content-type", b"application/json"),
-            (
-                "x-api-key",
-                b"frn_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG",
-            ),
-        ],
+    inspect(
+        ids,
+        ("POST", "/api/tasks", None),
+        &[("content-type", b"application/json")],
         body,
-    };
-    ids.inspect(&view)
-        .map(|v| v.block.is_some())
-        .unwrap_or(true)
+    )
 }
 
 fn big_body() -> Vec<u8> {
