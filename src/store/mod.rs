@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod bans;
+pub mod cache;
 pub mod group;
 pub mod incidents;
 pub mod keys;
@@ -48,6 +49,9 @@ pub struct Db {
     /// Group commit of task creations and audit rows (SQLite files only;
     /// see [`group`]).
     pub writer: Option<group::Writer>,
+    /// Task rows by id, as stored (SQLite only: this process is their one
+    /// writer; see [`cache`]).
+    pub tasks: Option<std::sync::Arc<cache::TaskCache>>,
 }
 
 /// Store failures.
@@ -130,6 +134,7 @@ impl Db {
             engine,
             reader: None,
             writer: None,
+            tasks: (engine == Engine::Sqlite).then(Default::default),
         };
         match engine {
             Engine::Sqlite => SQLITE_MIGRATIONS.run(&db.pool).await?,

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use sqlx::any::AnyRow;
 
-use super::{col, Db, Result};
+use super::{col, Db, Result, StoreError};
 
 /// A stored task (encrypted columns as stored).
 #[derive(Debug, Clone)]
@@ -68,32 +68,90 @@ pub(super) const INSERT: &str = concat!(
 pub(super) const BY_ID: &str = concat!("SELECT ", cols!(), " FROM tasks WHERE id = $1");
 
 pub async fn insert(db: &Db, t: &TaskRow) -> Result<()> {
+    let ticket = db.tasks.as_ref().map(|c| c.ticket(&t.id));
     if let Some(writer) = &db.writer {
-        return writer.insert_task(t.clone()).await;
+        writer.insert_task(t.clone()).await?;
+    } else {
+        sqlx::query(INSERT)
+            .bind(t.id.as_str())
+            .bind(t.owner_id.as_str())
+            .bind(t.title.as_str())
+            .bind(t.description.as_deref())
+            .bind(t.priority)
+            .bind(t.status.as_str())
+            .bind(t.input.as_deref())
+            .bind(t.result.as_deref())
+            .bind(t.agent_id.as_deref())
+            .bind(t.created_at)
+            .bind(t.updated_at)
+            .execute(&db.pool)
+            .await?;
     }
-    sqlx::query(INSERT)
-        .bind(t.id.as_str())
-        .bind(t.owner_id.as_str())
-        .bind(t.title.as_str())
-        .bind(t.description.as_deref())
-        .bind(t.priority)
-        .bind(t.status.as_str())
-        .bind(t.input.as_deref())
-        .bind(t.result.as_deref())
-        .bind(t.agent_id.as_deref())
-        .bind(t.created_at)
-        .bind(t.updated_at)
-        .execute(&db.pool)
-        .await?;
+    if let (Some(cache), Some(ticket)) = (&db.tasks, ticket) {
+        cache.keep(ticket, t);
+    }
     Ok(())
 }
 
 pub async fn get(db: &Db, id: &str) -> Result<Option<TaskRow>> {
-    if let Some(reader) = &db.reader {
-        return reader.task(id);
+    let ticket = match &db.tasks {
+        Some(cache) => match cache.get(id) {
+            Ok(row) => return Ok(Some(row)),
+            Err(ticket) => Some(ticket),
+        },
+        None => None,
+    };
+    let row = match &db.reader {
+        Some(reader) => reader.task(id)?,
+        None => opt(sqlx::query(BY_ID).bind(id).fetch_optional(&db.pool).await?)?,
+    };
+    if let (Some(cache), Some(ticket), Some(row)) = (&db.tasks, ticket, &row) {
+        cache.keep(ticket, row);
     }
-    let row = sqlx::query(BY_ID).bind(id).fetch_optional(&db.pool).await?;
-    opt(row)
+    Ok(row)
+}
+
+/// Run a statement that may change task `id` (`None`: the task it returns,
+/// or any task if it fails). With a cache, the statement runs as its own
+/// task, so it completes and the cache forgets the row afterwards even if
+/// the request that started it is dropped (a timeout) mid-statement.
+async fn changing<T, F>(
+    db: &Db,
+    id: Option<String>,
+    returned: fn(&T) -> Option<&str>,
+    write: impl FnOnce(Db) -> F,
+) -> Result<T>
+where
+    F: std::future::Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let Some(cache) = db.tasks.clone() else {
+        return write(db.clone()).await;
+    };
+    let fut = write(db.clone());
+    let run = tokio::spawn(async move {
+        let r = fut.await;
+        match (&id, &r) {
+            (Some(id), _) => cache.forget(id),
+            (None, Ok(t)) => {
+                if let Some(id) = returned(t) {
+                    cache.forget(id);
+                }
+            }
+            (None, Err(_)) => cache.clear(),
+        }
+        r
+    });
+    run.await
+        .map_err(|e| StoreError::Corrupt(format!("a task write stopped: {e}")))?
+}
+
+fn returned_id(t: &Option<TaskRow>) -> Option<&str> {
+    t.as_ref().map(|t| t.id.as_str())
+}
+
+fn nothing<T>(_: &T) -> Option<&str> {
+    None
 }
 
 /// Escape `%`, `_` and `\` and wrap in `%...%`, lower-cased (the search is
@@ -144,49 +202,61 @@ pub async fn list(db: &Db, f: &ListFilter) -> Result<Vec<TaskRow>> {
 
 /// Write the editable fields, only if the task is still in `expected` status.
 pub async fn update(db: &Db, t: &TaskRow, expected_status: &str) -> Result<Option<TaskRow>> {
-    let row = sqlx::query(concat!(
-        "UPDATE tasks SET title = $1, description = $2, priority = $3, status = $4, \
-         updated_at = $5 WHERE id = $6 AND status = $7 RETURNING ",
-        cols!()
-    ))
-    .bind(&t.title)
-    .bind(&t.description)
-    .bind(t.priority)
-    .bind(&t.status)
-    .bind(t.updated_at)
-    .bind(&t.id)
-    .bind(expected_status)
-    .fetch_optional(&db.pool)
-    .await?;
-    opt(row)
+    let (t, expected) = (t.clone(), expected_status.to_owned());
+    changing(db, Some(t.id.clone()), nothing, move |db| async move {
+        let row = sqlx::query(concat!(
+            "UPDATE tasks SET title = $1, description = $2, priority = $3, status = $4, \
+             updated_at = $5 WHERE id = $6 AND status = $7 RETURNING ",
+            cols!()
+        ))
+        .bind(&t.title)
+        .bind(&t.description)
+        .bind(t.priority)
+        .bind(&t.status)
+        .bind(t.updated_at)
+        .bind(&t.id)
+        .bind(&expected)
+        .fetch_optional(&db.pool)
+        .await?;
+        opt(row)
+    })
+    .await
 }
 
 pub async fn delete(db: &Db, id: &str) -> Result<bool> {
-    let r = sqlx::query("DELETE FROM tasks WHERE id = $1")
-        .bind(id)
-        .execute(&db.pool)
-        .await?;
-    Ok(r.rows_affected() > 0)
+    let id = id.to_owned();
+    changing(db, Some(id.clone()), nothing, move |db| async move {
+        let r = sqlx::query("DELETE FROM tasks WHERE id = $1")
+            .bind(&id)
+            .execute(&db.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    })
+    .await
 }
 
 /// One claim attempt: the oldest highest-priority queued task, if the number
 /// of running tasks is below `max_running`.
 async fn claim_once(db: &Db, agent: &str, now: i64, max_running: i64) -> Result<Option<TaskRow>> {
-    let row = sqlx::query(concat!(
-        "UPDATE tasks SET status = 'running', agent_id = $1, updated_at = $2 \
-         WHERE id = (SELECT id FROM tasks WHERE status = 'queued' \
-                     ORDER BY priority DESC, created_at, id LIMIT 1) \
-           AND status = 'queued' \
-           AND (SELECT COUNT(*) FROM tasks WHERE status = 'running') < $3 \
-         RETURNING ",
-        cols!()
-    ))
-    .bind(agent)
-    .bind(now)
-    .bind(max_running)
-    .fetch_optional(&db.pool)
-    .await?;
-    opt(row)
+    let agent = agent.to_owned();
+    changing(db, None, returned_id, move |db| async move {
+        let row = sqlx::query(concat!(
+            "UPDATE tasks SET status = 'running', agent_id = $1, updated_at = $2 \
+             WHERE id = (SELECT id FROM tasks WHERE status = 'queued' \
+                         ORDER BY priority DESC, created_at, id LIMIT 1) \
+               AND status = 'queued' \
+               AND (SELECT COUNT(*) FROM tasks WHERE status = 'running') < $3 \
+             RETURNING ",
+            cols!()
+        ))
+        .bind(&agent)
+        .bind(now)
+        .bind(max_running)
+        .fetch_optional(&db.pool)
+        .await?;
+        opt(row)
+    })
+    .await
 }
 
 /// Claim the next task for `agent`; `None` when nothing is queued (or the
@@ -216,19 +286,24 @@ pub async fn finish(
     result: Option<&str>,
     now: i64,
 ) -> Result<Option<TaskRow>> {
-    let row = sqlx::query(concat!(
-        "UPDATE tasks SET status = $1, result = $2, updated_at = $3 \
-         WHERE id = $4 AND status = 'running' AND agent_id = $5 RETURNING ",
-        cols!()
-    ))
-    .bind(status)
-    .bind(result)
-    .bind(now)
-    .bind(id)
-    .bind(agent)
-    .fetch_optional(&db.pool)
-    .await?;
-    opt(row)
+    let (id, agent, status) = (id.to_owned(), agent.to_owned(), status.to_owned());
+    let result = result.map(str::to_owned);
+    changing(db, Some(id.clone()), nothing, move |db| async move {
+        let row = sqlx::query(concat!(
+            "UPDATE tasks SET status = $1, result = $2, updated_at = $3 \
+             WHERE id = $4 AND status = 'running' AND agent_id = $5 RETURNING ",
+            cols!()
+        ))
+        .bind(&status)
+        .bind(&result)
+        .bind(now)
+        .bind(&id)
+        .bind(&agent)
+        .fetch_optional(&db.pool)
+        .await?;
+        opt(row)
+    })
+    .await
 }
 
 /// Number of tasks by status.
@@ -306,21 +381,25 @@ pub async fn replace_encrypted(
     old: &[Option<String>; 3],
     new: &[Option<String>; 3],
 ) -> Result<bool> {
-    let r = sqlx::query(
-        "UPDATE tasks SET description = $1, input = $2, result = $3 WHERE id = $4 \
-         AND COALESCE(description, '') = $5 AND COALESCE(input, '') = $6 \
-         AND COALESCE(result, '') = $7",
-    )
-    .bind(&new[0])
-    .bind(&new[1])
-    .bind(&new[2])
-    .bind(id)
-    .bind(old[0].as_deref().unwrap_or(""))
-    .bind(old[1].as_deref().unwrap_or(""))
-    .bind(old[2].as_deref().unwrap_or(""))
-    .execute(&db.pool)
-    .await?;
-    Ok(r.rows_affected() > 0)
+    let (id, old, new) = (id.to_owned(), old.clone(), new.clone());
+    changing(db, Some(id.clone()), nothing, move |db| async move {
+        let r = sqlx::query(
+            "UPDATE tasks SET description = $1, input = $2, result = $3 WHERE id = $4 \
+             AND COALESCE(description, '') = $5 AND COALESCE(input, '') = $6 \
+             AND COALESCE(result, '') = $7",
+        )
+        .bind(&new[0])
+        .bind(&new[1])
+        .bind(&new[2])
+        .bind(&id)
+        .bind(old[0].as_deref().unwrap_or(""))
+        .bind(old[1].as_deref().unwrap_or(""))
+        .bind(old[2].as_deref().unwrap_or(""))
+        .execute(&db.pool)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -697,6 +697,19 @@ async fn eight_workers_claim_two_hundred_tasks_each_exactly_once() {
     }
     assert_eq!(seen, all);
     assert!(busy > 1, "the claims really ran concurrently");
+    // every task was kept by the row cache as `queued` when it was created:
+    // the claims and results must have replaced it
+    for id in &all {
+        let t: Value = s
+            .admin_get(&format!("/api/tasks/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(t["status"], "done", "{id} reads as {t}");
+    }
     let a: Value = s
         .admin_get("/api/agent")
         .send()
@@ -869,4 +882,87 @@ async fn keyring_rotation_keeps_rows_readable_and_reencrypt_rewrites_them() {
         .unwrap();
     assert_eq!(got["description"], "before");
     assert_eq!(got["input"], json!({"x": 1}));
+}
+
+/// `GET /api/tasks/{id}` reads through a cache of rows on SQLite
+/// (`store::cache`): after every kind of write, the next read shows it.
+#[tokio::test]
+async fn a_task_read_again_shows_every_write_before_it() {
+    let s = start().await;
+    let get = |id: String| {
+        let s = &s;
+        async move {
+            s.admin_get(&format!("/api/tasks/{id}"))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let read = |id: String| {
+        let get = &get;
+        async move {
+            let r = get(id).await;
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let t = create(&s, json!({"title": "first", "description": "d"})).await;
+    let id = t["id"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        assert_eq!(read(id.clone()).await["title"], "first");
+    }
+    // PATCH
+    let r = patch(&s, &id, json!({"title": "second", "priority": "high"})).await;
+    assert_eq!(r.status(), 200);
+    let t = read(id.clone()).await;
+    assert_eq!(
+        (t["title"].as_str(), t["priority"].as_str()),
+        (Some("second"), Some("high"))
+    );
+    // claim
+    let r = s
+        .admin_post("/api/agent/claim", &json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t = read(id.clone()).await;
+    assert_eq!(t["status"], "running");
+    assert!(t["agent_id"].is_string(), "{t}");
+    // result
+    let r = s
+        .admin_post(
+            &format!("/api/tasks/{id}/result"),
+            &json!({"status": "failed", "result": {"why": "x"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t = read(id.clone()).await;
+    assert_eq!(
+        (t["status"].as_str(), &t["result"]),
+        (Some("failed"), &json!({"why": "x"}))
+    );
+    // DELETE
+    let r = s
+        .client
+        .delete(s.url(&format!("/api/tasks/{id}")))
+        .header("X-API-Key", s.admin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(get(id.clone()).await.status(), 404);
+    // cancel (a PATCH of the status) of another, read while queued
+    let t = create(&s, json!({"title": "other"})).await;
+    let other = t["id"].as_str().unwrap().to_string();
+    assert_eq!(read(other.clone()).await["status"], "queued");
+    assert_eq!(
+        patch(&s, &other, json!({"status": "cancelled"}))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(read(other).await["status"], "cancelled");
 }
