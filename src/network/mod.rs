@@ -33,8 +33,9 @@
 //!
 //! `limits.per_identity` adds a per-user window on top, checked by
 //! [`identity_admit`], which runs right after authentication (the principal
-//! is not known earlier); the response then carries the `RateLimit-*`
-//! figures of whichever limit has fewer requests remaining.
+//! is not known earlier; with Redis the window is shared by every instance);
+//! the response then carries the `RateLimit-*` figures of whichever limit
+//! has fewer requests remaining.
 //!
 //! Backends: [`Network::check`] is the one in-process decision per request
 //! (ban, burst and rate at once); with `state.redis_url` the same decision is
@@ -411,7 +412,10 @@ pub async fn identity_admit(
     if is_exempt(req.uri().path()) || client.is_some_and(|c| state.network.allowlisted(c)) {
         return Ok(None);
     }
-    match limiter.check(&who.user_id, mono_ms()) {
+    let Some(decision) = state.shared.identity(limiter, &who.user_id).await else {
+        return Err(ApiError::Unavailable.into_response());
+    };
+    match decision {
         Ok(info) => Ok(Some(info)),
         Err(info) => {
             if let Some(c) = client {

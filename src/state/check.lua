@@ -37,13 +37,5 @@ if btotal + 1 > burst_limit then
 end
 
 -- rate: only admitted requests count
-local cur, counts, total = ring(KEYS[4], rate_b, k, now)
-if total >= rate_limit then
-  local i = info(cur, counts, total, k, rate_b, now, rate_limit)
-  return {1, i[1], i[2], i[3], epoch, jti}
-end
-redis.call('HINCRBY', KEYS[4], int(cur), 1)
-redis.call('PEXPIRE', KEYS[4], int((k + 1) * rate_b))
-counts[cur] = (counts[cur] or 0) + 1
-local i = info(cur, counts, total + 1, k, rate_b, now, rate_limit)
-return {0, i[1], i[2], i[3], epoch, jti}
+local r = rate(KEYS[4], rate_limit, rate_b, k, now)
+return {r[1], r[2], r[3], r[4], epoch, jti}

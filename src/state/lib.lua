@@ -59,6 +59,21 @@ local function info(cur, counts, total, k, bucket_ms, now, limit)
   return {limit, remaining, reset}
 end
 
+-- The sliding-window rate limit on a ring: only admitted requests count.
+-- Returns {tag, limit, remaining, reset}: tag 0 admitted, 1 limited.
+local function rate(key, limit, bucket_ms, k, now)
+  local cur, counts, total = ring(key, bucket_ms, k, now)
+  if total >= limit then
+    local i = info(cur, counts, total, k, bucket_ms, now, limit)
+    return {1, i[1], i[2], i[3]}
+  end
+  redis.call('HINCRBY', key, int(cur), 1)
+  redis.call('PEXPIRE', key, int((k + 1) * bucket_ms))
+  counts[cur] = (counts[cur] or 0) + 1
+  local i = info(cur, counts, total + 1, k, bucket_ms, now, limit)
+  return {0, i[1], i[2], i[3]}
+end
+
 -- Ban: fixed (replaces an active ban) or escalating (no-op while banned).
 -- Returns {until_ms, created_ms, offences} or false.
 local function ban(bankey, offkey, fixed, secs, cap, reason, memory_ms, now)

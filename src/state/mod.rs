@@ -15,6 +15,8 @@
 //!   rate limit (the same bucket ring and the same bound as
 //!   `network::ratelimit`, counted on Redis's clock), the revocation epoch
 //!   and — when the request carries a JWT — whether its `jti` is revoked;
+//!   with `limits.per_identity`, a second round trip after authentication
+//!   counts the user's own window, also shared;
 //! * the revocation epoch is INCR'd after every key revocation, rotation,
 //!   user deletion and logout, on any instance; authn drops its credential
 //!   caches when a request shows a newer epoch than it has seen, before it
@@ -47,6 +49,7 @@ use std::sync::Arc;
 use crate::config::{Config, FailurePolicy};
 use crate::http::respond::RateLimitInfo;
 use crate::network::ban::{BanRecord, Length};
+use crate::network::ratelimit::IdentityLimiter;
 use crate::network::{Network, Verdict};
 
 /// What one request learnt from the shared state, for the inner layers
@@ -158,6 +161,26 @@ impl SharedState {
             Verdict::Banned(s) => Decision::Banned(s),
             Verdict::Burst => Decision::BurstBan(net.bans.ban(key, net.ddos_ban, "ddos", wall_ms)),
         }
+    }
+
+    /// The per-identity limit (`limits.per_identity`): on Redis shared by
+    /// every instance, else (or with Redis down and `fail_open`) this
+    /// instance's table. `None`: Redis is down and the policy is
+    /// `fail_closed`.
+    pub async fn identity(
+        &self,
+        limiter: &IdentityLimiter,
+        user_id: &str,
+    ) -> Option<Result<RateLimitInfo, RateLimitInfo>> {
+        if let Some(r) = self.redis() {
+            if let Some(d) = r.identity(user_id, limiter.rate, None).await {
+                return Some(d);
+            }
+            if r.policy == FailurePolicy::FailClosed {
+                return None;
+            }
+        }
+        Some(limiter.check(user_id, crate::network::mono_ms()))
     }
 
     /// The revocation epoch and `jti` answer alone (for requests that skip

@@ -7,6 +7,7 @@
 //! | `ban:<ip>` | hash `until, reason, created, offences` | remaining ban time |
 //! | `off:<ip>` | offences (escalation) | ban time + `limits.ddos.max_ban_seconds` |
 //! | `burst:<ip>`, `rate:<ip>` | bucket rings (field = bucket number) | the window + one bucket |
+//! | `urate:<user id>` | `limits.per_identity` bucket ring | the window + one bucket |
 //! | `epoch` | revocation epoch (INCR) | none (one small counter) |
 //! | `jti:<jti>` | a revoked JWT | until the token's `exp` |
 //! | `ids:<ip>` | IDS blocks (suspicion score) | `incidents.window_seconds` from the first block |
@@ -35,7 +36,7 @@ use crate::app::events::{Event, EventKind};
 use crate::config::{Config, FailurePolicy};
 use crate::http::respond::RateLimitInfo;
 use crate::network::ban::{key_string, parse_key, BanRecord, Length};
-use crate::network::ratelimit::BUCKETS;
+use crate::network::ratelimit::{Window, BUCKETS};
 use crate::network::Network;
 
 /// The most any Redis call may take (connect, command, script) before the
@@ -56,6 +57,7 @@ struct Scripts {
     ban: Script,
     count: Script,
     lockout: Script,
+    rate: Script,
 }
 
 /// The Redis backend.
@@ -133,6 +135,7 @@ impl RedisState {
                 ban: script(include_str!("ban.lua")),
                 count: script(include_str!("count.lua")),
                 lockout: script(include_str!("lockout.lua")),
+                rate: script(include_str!("rate.lua")),
             },
             publisher: tx,
             memory_ms: cfg.limits.ddos.max_ban_seconds.saturating_mul(1000),
@@ -278,6 +281,37 @@ impl RedisState {
             jti: jti.map(|j| (j.to_string(), revoked == 1)),
         };
         Some((d, view))
+    }
+
+    /// The per-identity limit (`limits.per_identity`) of `user_id`, shared
+    /// by every instance (one EVALSHA); `now_ms` only in tests.
+    pub async fn identity(
+        &self,
+        user_id: &str,
+        window: Window,
+        now_ms: Option<u64>,
+    ) -> Option<Result<RateLimitInfo, RateLimitInfo>> {
+        let mut inv = self.scripts.rate.prepare_invoke();
+        inv.key(self.key("urate", user_id))
+            .arg(window.limit)
+            .arg(window.bucket_ms())
+            .arg(BUCKETS);
+        if let Some(t) = now_ms {
+            inv.arg(t);
+        }
+        let r: Vec<i64> = self
+            .call(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        let [tag, a, b, c] = r[..] else {
+            tracing::error!("unexpected reply from the rate script");
+            return None;
+        };
+        let info = RateLimitInfo {
+            limit: a.clamp(0, i64::from(u32::MAX)) as u32,
+            remaining: b.clamp(0, i64::from(u32::MAX)) as u32,
+            reset: c.max(1) as u64,
+        };
+        Some(if tag == 0 { Ok(info) } else { Err(info) })
     }
 
     /// The revocation epoch (and a `jti`'s revocation) without the limits.
@@ -711,6 +745,31 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("Redis did not come up");
+    }
+
+    /// The per-identity window on Redis decides like the local one, and two
+    /// instances count into the same window.
+    #[tokio::test]
+    async fn the_identity_window_is_the_local_window_and_is_shared() {
+        if !redis_here() {
+            return;
+        }
+        let (cfg, _dir) = config("");
+        let (a, b) = (connected(&cfg).await, connected(&cfg).await);
+        let w = Window::new(5, 2000);
+        let mut local = Counter::default();
+        let mut now = 5_000_000u64;
+        let mut admitted = 0;
+        for (i, g) in gaps(9, 200, 300).into_iter().enumerate() {
+            now += g;
+            let r = if i % 2 == 0 { &a } else { &b };
+            let shared = r.identity("u1", w, Some(now)).await.unwrap();
+            assert_eq!(shared, local.try_admit(&w, now), "at {now}");
+            admitted += usize::from(shared.is_ok());
+        }
+        assert!(admitted > 5 && admitted < 200, "{admitted}");
+        // another user has a window of its own
+        assert!(a.identity("u2", w, Some(now)).await.unwrap().is_ok());
     }
 
     /// A small deterministic generator (the arrival gaps).

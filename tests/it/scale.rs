@@ -230,6 +230,46 @@ async fn the_rate_limit_is_global() {
     assert_eq!(r.status(), 200);
 }
 
+/// `limits.per_identity` counts one user's requests over every instance
+/// (here from a new address each time, so only the identity limit binds).
+#[tokio::test]
+async fn the_per_identity_limit_is_global() {
+    if !services() {
+        return;
+    }
+    let n = 10u32;
+    let p = pair(&format!(
+        "rate.max_requests = 100000\nddos.max_requests_per_second = 100000\n\
+         per_identity = {{ max_requests = {n}, window_seconds = 60 }}\n"
+    ))
+    .await;
+    let admin = admin_of(&p).to_string();
+    for i in 0..n {
+        let s = if i % 2 == 0 { &p.a } else { &p.b };
+        let ip = format!("203.0.113.{}", 40 + i);
+        let r = as_client(s, &ip, &admin, "/api/auth/whoami")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        let remaining: u32 = r.headers()["ratelimit-remaining"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(remaining, n - i - 1, "request {i}: the count is shared");
+    }
+    for (s, ip) in [(&p.a, "203.0.113.90"), (&p.b, "203.0.113.91")] {
+        let r = as_client(s, ip, &admin, "/api/auth/whoami")
+            .send()
+            .await
+            .unwrap();
+        assert!(r.headers().contains_key("retry-after"));
+        let (status, code, _) = error_code(r).await;
+        assert_eq!((status, code.as_str()), (429, "rate_limited"));
+    }
+}
+
 #[tokio::test]
 async fn a_key_revoked_on_a_fails_on_b_at_once_and_so_do_tokens_and_lockouts() {
     if !services() {
