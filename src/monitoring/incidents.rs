@@ -32,9 +32,9 @@
 //! details hold only the rule family and counts, never the request's
 //! payload, credentials or body.
 //!
-//! With Redis (`crate::state`), IDS block counts (suspicion scores) and the
-//! bans they lead to are shared by every instance; the other counters
-//! (login bursts, cooldowns) stay per instance.
+//! With Redis (`crate::state`), IDS block counts (suspicion scores), failed
+//! login bursts and the bans they lead to are shared by every instance; the
+//! alert cooldowns stay per instance.
 
 use std::net::IpAddr;
 
@@ -186,19 +186,27 @@ impl Engine {
         self.observe_counted(key, signal, now_ms, None)
     }
 
-    /// The window of IDS block counts (ms) and the threshold.
-    pub fn ids_window(&self) -> (u64, u32) {
-        (self.window_ms, self.threshold)
+    /// For the signals counted over a window: the counter's name in the
+    /// shared state, its window (ms) and its threshold.
+    pub fn counted(&self, signal: &Signal) -> Option<(&'static str, u64, u32)> {
+        match signal {
+            Signal::IdsBlock { .. } => Some(("ids", self.window_ms, self.threshold)),
+            Signal::LoginFailure => Some(("login", self.login_window_ms, self.login_burst)),
+            _ => None,
+        }
     }
 
-    /// [`observe`](Engine::observe), with an IDS block count kept elsewhere
-    /// (the shared state: this block included, reset there at the threshold).
+    /// [`observe`](Engine::observe), with the count of a [`counted`]
+    /// signal kept elsewhere (the shared state: this one included, reset
+    /// there at the threshold).
+    ///
+    /// [`counted`]: Engine::counted
     pub fn observe_counted(
         &self,
         key: IpAddr,
         signal: &Signal,
         now_ms: u64,
-        shared_ids: Option<u32>,
+        shared: Option<u32>,
     ) -> Option<Detection> {
         self.table.with(&key, |c| {
             let cooled = |c: &Counts, k: Kind| {
@@ -207,7 +215,7 @@ impl Engine {
             };
             match signal {
                 Signal::IdsBlock { family } => {
-                    let n = match shared_ids {
+                    let n = match shared {
                         Some(n) => n,
                         None => {
                             if c.ids == 0 || now_ms.saturating_sub(c.ids_since) > self.window_ms {
@@ -236,16 +244,22 @@ impl Engine {
                     None
                 }
                 Signal::LoginFailure => {
-                    if c.logins == 0 || now_ms.saturating_sub(c.logins_since) > self.login_window_ms
-                    {
-                        c.logins = 0;
-                        c.logins_since = now_ms;
-                    }
-                    c.logins += 1;
-                    if c.logins < self.login_burst {
+                    let n = match shared {
+                        Some(n) => n,
+                        None => {
+                            if c.logins == 0
+                                || now_ms.saturating_sub(c.logins_since) > self.login_window_ms
+                            {
+                                c.logins = 0;
+                                c.logins_since = now_ms;
+                            }
+                            c.logins += 1;
+                            c.logins
+                        }
+                    };
+                    if n < self.login_burst {
                         return None;
                     }
-                    let n = c.logins;
                     c.logins = 0;
                     c.recorded[Kind::BruteForce as usize] = Some(now_ms);
                     let details = json!({
@@ -307,12 +321,11 @@ impl Incidents {
         ctx: Context,
         ban: Option<BanRecord>,
     ) {
-        let shared = match &signal {
-            Signal::IdsBlock { .. } => {
-                let (window, threshold) = self.engine.ids_window();
-                state.shared.ids_count(key, window, threshold).await
+        let shared = match self.engine.counted(&signal) {
+            Some((name, window, threshold)) => {
+                state.shared.count(name, key, window, threshold).await
             }
-            _ => None,
+            None => None,
         };
         let Some(det) =
             self.engine

@@ -22,9 +22,9 @@
 //!   caches when a request shows a newer epoch than it has seen, before it
 //!   verifies that request's credentials, so a key revoked on A fails on B
 //!   at the next request (see `authn::Authn::observe_epoch`);
-//! * bans, lockout counters and IDS counts are Redis keys with the TTL of
-//!   what they count; the database stays the durable record of bans and
-//!   revoked tokens;
+//! * bans, lockout counters, IDS counts and failed-login bursts are Redis
+//!   keys with the TTL of what they count; the database stays the durable
+//!   record of bans and revoked tokens;
 //! * task events, bans and logouts are also published on one pub/sub
 //!   channel, so every instance delivers remote events to its WebSocket
 //!   clients and mirrors bans and revocations into its local state (used for
@@ -236,9 +236,17 @@ impl SharedState {
         }
     }
 
-    /// Count one IDS block from `key`; `None` = count locally.
-    pub async fn ids_count(&self, key: IpAddr, window_ms: u64, threshold: u32) -> Option<u32> {
-        self.redis()?.count("ids", key, window_ms, threshold).await
+    /// Count one event of kind `name` (`ids`: IDS blocks, `login`: failed
+    /// logins) from `key` in a window from its first event, reset at
+    /// `threshold`; `None` = count locally.
+    pub async fn count(
+        &self,
+        name: &'static str,
+        key: IpAddr,
+        window_ms: u64,
+        threshold: u32,
+    ) -> Option<u32> {
+        self.redis()?.count(name, key, window_ms, threshold).await
     }
 
     /// Publish a task event to the other instances (never waits).

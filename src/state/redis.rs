@@ -11,6 +11,7 @@
 //! | `epoch` | revocation epoch (INCR) | none (one small counter) |
 //! | `jti:<jti>` | a revoked JWT | until the token's `exp` |
 //! | `ids:<ip>` | IDS blocks (suspicion score) | `incidents.window_seconds` from the first block |
+//! | `login:<ip>` | failed logins (the `brute_force` incident) | `monitor.failed_login_window_seconds` from the first failure |
 //! | `lk:a:<sha256(user)>`, `lk:i:<ip>` (+ `:locked`) | failed logins, lock | `auth.lockout_seconds` |
 //!
 //! Channel `<prefix>events`: JSON messages `{from, type, ...}` (task events,

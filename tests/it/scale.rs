@@ -55,16 +55,21 @@ fn prefix() -> String {
 }
 
 async fn pair(limits: &str) -> Pair {
+    pair_with(limits, "").await
+}
+
+/// Two instances; `extra`: more config sections for both.
+async fn pair_with(limits: &str, extra: &str) -> Pair {
     let db = PgDb(fresh_pg_database());
     let prefix = prefix();
     let a = TestServer::with(
         Opts::default()
-            .config(&config(limits, &prefix, REDIS, ""))
+            .config(&config(limits, &prefix, REDIS, extra))
             .database(&db.0),
     )
     .await;
     let shared = format!(
-        "[auth]\njwt_secret_file = \"{}\"\n[encryption]\nkeyring_file = \"{}\"\n",
+        "{extra}[auth]\njwt_secret_file = \"{}\"\n[encryption]\nkeyring_file = \"{}\"\n",
         a.data_dir().join("jwt.secret").display(),
         a.data_dir().join("keyring.json").display()
     );
@@ -268,6 +273,50 @@ async fn the_per_identity_limit_is_global() {
         let (status, code, _) = error_code(r).await;
         assert_eq!((status, code.as_str()), (429, "rate_limited"));
     }
+}
+
+/// Failed logins from one address spread over the instances add up to the
+/// `brute_force` incident, and its ban holds on both.
+#[tokio::test]
+async fn failed_logins_spread_over_instances_are_one_brute_force_incident() {
+    if !services() {
+        return;
+    }
+    // limits far above the probes below, so only the incident can ban
+    let p = pair_with(
+        "rate.max_requests = 100000\nddos.max_requests_per_second = 100000\n",
+        "[monitor]\nfailed_login_burst = 3\n[incidents]\nban = [\"brute_force\"]\n",
+    )
+    .await;
+    let ip = "198.51.100.60";
+    let login = |s: &TestServer, user: &str| {
+        s.post("/api/auth/login")
+            .header("X-Forwarded-For", ip)
+            .json(&json!({"username": user, "password": "wrong password"}))
+            .send()
+    };
+    // asks without another login failure (which would count on its own)
+    let probe = |s: &TestServer| {
+        s.get("/api/auth/whoami")
+            .header("X-Forwarded-For", ip)
+            .send()
+    };
+    // three accounts (no account lockout): A, B, then A
+    for (s, user) in [(&p.a, "nobody1"), (&p.b, "nobody2")] {
+        assert_eq!(login(s, user).await.unwrap().status(), 401);
+        assert_eq!(probe(&p.a).await.unwrap().status(), 401, "not banned yet");
+    }
+    assert_eq!(login(&p.a, "nobody3").await.unwrap().status(), 401);
+    // the ban is in place on both (Redis, and each one's mirror)
+    let banned = within(Duration::from_secs(2), || async {
+        let (a, b) = (probe(&p.a).await.unwrap(), probe(&p.b).await.unwrap());
+        a.status() == 403 && b.status() == 403
+    })
+    .await;
+    assert!(
+        banned.is_some(),
+        "not banned on both after 3 failures over 2 instances"
+    );
 }
 
 #[tokio::test]
