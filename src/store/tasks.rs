@@ -67,29 +67,25 @@ pub(super) const INSERT: &str = concat!(
 /// One task by id (also run by `reader` on SQLite).
 pub(super) const BY_ID: &str = concat!("SELECT ", cols!(), " FROM tasks WHERE id = $1");
 
+/// Insert one task. (Not kept in the cache: its first read fills it.)
 pub async fn insert(db: &Db, t: &TaskRow) -> Result<()> {
-    let ticket = db.tasks.as_ref().map(|c| c.ticket(&t.id));
     if let Some(writer) = &db.writer {
-        writer.insert_task(t.clone()).await?;
-    } else {
-        sqlx::query(INSERT)
-            .bind(t.id.as_str())
-            .bind(t.owner_id.as_str())
-            .bind(t.title.as_str())
-            .bind(t.description.as_deref())
-            .bind(t.priority)
-            .bind(t.status.as_str())
-            .bind(t.input.as_deref())
-            .bind(t.result.as_deref())
-            .bind(t.agent_id.as_deref())
-            .bind(t.created_at)
-            .bind(t.updated_at)
-            .execute(&db.pool)
-            .await?;
+        return writer.insert_task(t.clone()).await;
     }
-    if let (Some(cache), Some(ticket)) = (&db.tasks, ticket) {
-        cache.keep(ticket, t);
-    }
+    sqlx::query(INSERT)
+        .bind(t.id.as_str())
+        .bind(t.owner_id.as_str())
+        .bind(t.title.as_str())
+        .bind(t.description.as_deref())
+        .bind(t.priority)
+        .bind(t.status.as_str())
+        .bind(t.input.as_deref())
+        .bind(t.result.as_deref())
+        .bind(t.agent_id.as_deref())
+        .bind(t.created_at)
+        .bind(t.updated_at)
+        .execute(&db.pool)
+        .await?;
     Ok(())
 }
 
