@@ -8,6 +8,11 @@
 //! RETURNING`, which hands a task to exactly one worker on SQLite (one writer)
 //! and PostgreSQL (the loser's re-checked `status` fails; it retries).
 //! `description`, `input` and `result` arrive here already encrypted.
+//!
+//! On SQLite, [`get`] reads through the row cache (`super::cache`) and every
+//! statement here that can change a task forgets its row once it has run
+//! (`changing`), so a read never returns a row older than a write that
+//! returned before it.
 
 use std::collections::BTreeMap;
 
