@@ -26,7 +26,6 @@
 //! [`BUDGET_BYTES`].
 
 use std::hash::BuildHasher;
-use std::sync::Arc;
 
 use hashlink::LruCache;
 use parking_lot::Mutex;
@@ -44,7 +43,7 @@ struct Shard {
     /// Moved by every `forget` in this shard.
     generation: u64,
     bytes: usize,
-    rows: LruCache<String, Arc<TaskRow>>,
+    rows: LruCache<String, TaskRow>,
 }
 
 /// Proof that no write was seen in a shard since it was taken.
@@ -110,7 +109,7 @@ impl TaskCache {
     pub fn get(&self, id: &str) -> Result<TaskRow, Ticket> {
         let mut s = self.shard(id).lock();
         match s.rows.get(id) {
-            Some(t) => Ok(TaskRow::clone(t)),
+            Some(t) => Ok(t.clone()),
             None => Err(Ticket(s.generation)),
         }
     }
@@ -125,7 +124,7 @@ impl TaskCache {
         if s.generation != ticket.0 {
             return;
         }
-        if let Some(old) = s.rows.insert(row.id.clone(), Arc::new(row.clone())) {
+        if let Some(old) = s.rows.insert(row.id.clone(), row.clone()) {
             s.bytes -= size(&old);
         }
         s.bytes += n;
