@@ -48,6 +48,7 @@
 
 pub mod body;
 pub mod tls;
+pub mod ws;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -377,6 +378,21 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
 
     // Phase 3: the upstream request.
     let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
+    // WebSocket messages go through the IDS when it is on for this path
+    // (`ws.rs`); the relay re-frames them, so no extension is negotiated
+    let inspect_ws = (upgrade
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && state.apisec.ids.active_for(req.uri().path()))
+    .then(|| ws::Conn {
+        path: req.uri().path().to_string(),
+        client,
+        request_id: request_id.clone(),
+        user: user.clone(),
+        max_message: route.body_max,
+    });
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
     let forwarded_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -397,6 +413,9 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
         HeaderName::from_static("x-real-ip"),
     ] {
         headers.remove(n);
+    }
+    if inspect_ws.is_some() {
+        headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
     if !route.forward_credentials {
         headers.remove(header::AUTHORIZATION);
@@ -455,14 +474,18 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
         if let Some(on_client) = on_client_upgrade {
             let on_upstream = hyper::upgrade::on(&mut resp);
             let request_id = request_id.clone();
+            let state = state.clone();
             tokio::spawn(async move {
                 match tokio::try_join!(on_client, on_upstream) {
-                    Ok((c, u)) => {
-                        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                            tracing::debug!(request_id, error = %e, "gateway: upgraded connection ended");
+                    Ok((c, u)) => match inspect_ws {
+                        Some(conn) => ws::relay(state, conn, c, u).await,
+                        None => {
+                            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                                tracing::debug!(request_id, error = %e, "gateway: upgraded connection ended");
+                            }
                         }
-                    }
+                    },
                     Err(e) => tracing::warn!(request_id, error = %e, "gateway: upgrade failed"),
                 }
             });

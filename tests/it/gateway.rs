@@ -524,6 +524,94 @@ async fn websocket_echo_through_the_gateway() {
     }
 }
 
+/// WebSocket messages from the client go through the IDS (`gateway::ws`):
+/// free text in a declared field passes, an injection in a structured
+/// field closes the socket with 1008 before the upstream sees it.
+#[tokio::test]
+async fn websocket_messages_are_inspected_before_the_upstream() {
+    let (s, _u) = setup().await;
+    let mut req = format!("wss://{}/v1/ws", s.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("X-API-Key", s.admin().parse().unwrap());
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector(&s)))
+            .await
+            .unwrap();
+    // SQL and HTML as chat text in the declared free-text field, plain
+    // text without an attack: echoed
+    let chat = json!({
+        "model": "llama3",
+        "prompt": "Explain: SELECT * FROM users WHERE id = 1 OR 1=1; DROP TABLE users; -- and <script>alert(1)</script>",
+    })
+    .to_string();
+    for text in [chat.as_str(), "hello there"] {
+        ws.send(Message::text(text)).await.unwrap();
+        let got = next_message(&mut ws).await;
+        assert_eq!(got.into_text().unwrap().as_str(), text);
+    }
+    // the same SQL in a structured field: closed with 1008, never echoed
+    let bad = json!({"model": "x' UNION SELECT password FROM users--", "prompt": "hi"}).to_string();
+    ws.send(Message::text(bad)).await.unwrap();
+    match next_message(&mut ws).await {
+        Message::Close(Some(f)) => {
+            assert_eq!(u16::from(f.code), 1008);
+            assert_eq!(f.reason.as_str(), "request_blocked");
+        }
+        m => panic!("expected a policy close, got {m:?}"),
+    }
+    // the audit log names the family and the WebSocket, not the message
+    let file = s.data_dir().join("security_audit.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        if let Some(l) = text
+            .lines()
+            .find(|l| l.contains("\"security_violation\"") && l.contains("\"WEBSOCKET\""))
+        {
+            break l.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit line: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(line.contains("\"action\":\"blocked\""), "{line}");
+    assert!(line.contains("\"endpoint\":\"/v1/ws\""), "{line}");
+    assert!(!line.contains("UNION"), "{line}");
+
+    // a message over the route's body limit (8 MiB) closes with 1009
+    let mut req = format!("wss://{}/v1/ws", s.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("X-API-Key", s.admin().parse().unwrap());
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector(&s)))
+            .await
+            .unwrap();
+    let _ = ws
+        .send(Message::text("a".repeat(8 * 1024 * 1024 + 1)))
+        .await;
+    match next_message(&mut ws).await {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1009),
+        m => panic!("expected a size close, got {m:?}"),
+    }
+}
+
+async fn next_message<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Message
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn upstream_refused_is_502_and_too_slow_is_504() {
     let (s, _u) = setup().await;

@@ -1,0 +1,182 @@
+//! WebSocket messages through the gateway, inspected by the IDS.
+//!
+//! Threat: a client that passed the handshake's checks sending injection
+//! payloads to the upstream agent inside WebSocket messages, where the
+//! request-level IDS never looks.
+//!
+//! Guarantee: when any IDS family is on for the route's path, every data
+//! message from the client (text or binary, reassembled from its frames) is
+//! inspected before it is sent on, as the body of a request to the
+//! upgrade's path: a message that is a JSON document is walked like a JSON
+//! body (the route's `ids.free_text` fields stay free text), any other
+//! message is inspected whole as text. A message a `block` family matches
+//! never reaches the upstream: the client gets a close frame with code 1008
+//! (policy violation) and reason `request_blocked`, the upstream a normal
+//! close, the audit log a `security_violation` (family, rule and location;
+//! never the message), and incident detection an IDS block from the client's
+//! address (so repeated attempts lead to a ban). Messages from the upstream
+//! pass as they are. Messages are bounded by the route's body limit (a
+//! larger one closes the connection with 1009, `message_too_large`, and is
+//! not sent on).
+//!
+//! The relay re-frames the messages, so the upgrade request to the upstream
+//! carries no `Sec-WebSocket-Extensions` (no compression is negotiated).
+
+use std::net::IpAddr;
+
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::apisec::ids::{self, RequestView};
+use crate::app::AppState;
+use crate::monitoring::audit::AuditEvent;
+use crate::monitoring::incidents::{Context, Signal};
+
+/// Who the connection belongs to, for the audit and incident records.
+pub struct Conn {
+    pub path: String,
+    pub client: IpAddr,
+    pub request_id: String,
+    pub user: Option<String>,
+    pub max_message: usize,
+}
+
+/// Relay messages between the client's and the upstream's upgraded
+/// connections until either side closes, inspecting the client's.
+pub async fn relay(
+    state: AppState,
+    conn: Conn,
+    client: hyper::upgrade::Upgraded,
+    upstream: hyper::upgrade::Upgraded,
+) {
+    let cfg = WebSocketConfig::default()
+        .max_message_size(Some(conn.max_message))
+        .max_frame_size(Some(conn.max_message));
+    let client =
+        WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, Some(cfg)).await;
+    let upstream =
+        WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, Some(cfg)).await;
+    let (mut c_tx, mut c_rx) = client.split();
+    let (mut u_tx, mut u_rx) = upstream.split();
+    loop {
+        tokio::select! {
+            m = c_rx.next() => match m {
+                Some(Ok(m)) => {
+                    if let Some(family) = blocked(&state, &conn, &m).await {
+                        let close = CloseFrame {
+                            code: CloseCode::Policy,
+                            reason: "request_blocked".into(),
+                        };
+                        let _ = c_tx.send(Message::Close(Some(close))).await;
+                        let _ = u_tx.send(Message::Close(None)).await;
+                        feed_incidents(&state, &conn, family).await;
+                        break;
+                    }
+                    if u_tx.send(m).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    if let Error::Capacity(_) = e {
+                        let close = CloseFrame {
+                            code: CloseCode::Size,
+                            reason: "message_too_large".into(),
+                        };
+                        let _ = c_tx.send(Message::Close(Some(close))).await;
+                    }
+                    tracing::debug!(request_id = %conn.request_id, error = %e, "gateway: client WebSocket ended");
+                    let _ = u_tx.send(Message::Close(None)).await;
+                    break;
+                }
+                None => {
+                    let _ = u_tx.close().await;
+                    break;
+                }
+            },
+            m = u_rx.next() => match m {
+                Some(Ok(m)) => {
+                    if c_tx.send(m).await.is_err() {
+                        break;
+                    }
+                }
+                _ => {
+                    let _ = c_tx.close().await;
+                    break;
+                }
+            },
+        }
+    }
+}
+
+/// The family that blocks this message, if any (after auditing what the
+/// detector found).
+async fn blocked(state: &AppState, conn: &Conn, m: &Message) -> Option<String> {
+    let body: &[u8] = match m {
+        Message::Text(t) => t.as_bytes(),
+        Message::Binary(b) => b,
+        _ => return None,
+    };
+    let trimmed = body.iter().find(|b| !b.is_ascii_whitespace());
+    let ctype: &[u8] = if matches!(trimmed, Some(b'{' | b'['))
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+    {
+        b"application/json"
+    } else {
+        b"text/plain"
+    };
+    let view = RequestView {
+        method: "POST",
+        target: &conn.path,
+        headers: vec![("content-type", ctype)],
+        body,
+    };
+    let verdict = match state.apisec.ids.inspect(&view) {
+        Ok(v) => v,
+        Err(e) => {
+            // a message the detector cannot read is not passed on unread
+            tracing::warn!(request_id = %conn.request_id, error = %e, "gateway: WebSocket message not inspectable; closing");
+            return Some("unreadable".into());
+        }
+    };
+    let event = |hit: &ids::Hit, action: &str| {
+        AuditEvent::new("security_violation")
+            .request_id(conn.request_id.clone())
+            .ip(conn.client)
+            .user(conn.user.clone())
+            .field("violation_type", hit.family.name())
+            .field("details", format!("rule {} at {}", hit.rule, hit.location))
+            .field("action", action)
+            .field("method", "WEBSOCKET")
+            .field("endpoint", conn.path.clone())
+    };
+    for hit in &verdict.detected {
+        state
+            .metrics
+            .block(&format!("ids_detect:{}", hit.family.name()));
+        state.audit.record(event(hit, "detected")).await;
+    }
+    let hit = verdict.block?;
+    tracing::warn!(family = hit.family.name(), rule = hit.rule, location = %hit.location, request_id = %conn.request_id, "IDS blocked a WebSocket message");
+    state.metrics.block(&format!("ids:{}", hit.family.name()));
+    state.audit.record(event(&hit, "blocked")).await;
+    Some(hit.family.name().to_string())
+}
+
+async fn feed_incidents(state: &AppState, conn: &Conn, family: String) {
+    if state.network.allowlisted(conn.client) {
+        return;
+    }
+    let ctx = Context {
+        request_id: Some(conn.request_id.clone()),
+        user_id: conn.user.clone(),
+    };
+    let key = state.network.key(conn.client);
+    state
+        .incidents
+        .handle(state, key, Signal::IdsBlock { family }, ctx, None)
+        .await;
+}
