@@ -11,7 +11,8 @@
 //! body (the route's `ids.free_text` fields stay free text), any other
 //! message is inspected whole as text. A message a `block` family matches
 //! never reaches the upstream: the client gets a close frame with code 1008
-//! (policy violation) and reason `request_blocked`, the upstream a normal
+//! (policy violation) and reason `request_blocked` (`bad_message` for JSON
+//! nested deeper than the detector reads, a 400 over HTTP), the upstream a normal
 //! close, the audit log a `security_violation` (family, rule and location;
 //! never the message), and incident detection an IDS block from the client's
 //! address (so repeated attempts lead to a ban). Messages from the upstream
@@ -66,14 +67,21 @@ pub async fn relay(
         tokio::select! {
             m = c_rx.next() => match m {
                 Some(Ok(m)) => {
-                    if let Some(family) = blocked(&state, &conn, &m).await {
+                    let refusal = match blocked(&state, &conn, &m).await {
+                        Ok(None) => None,
+                        Ok(Some(family)) => Some(("request_blocked", Some(family))),
+                        Err(_) => Some(("bad_message", None)),
+                    };
+                    if let Some((reason, family)) = refusal {
                         let close = CloseFrame {
                             code: CloseCode::Policy,
-                            reason: "request_blocked".into(),
+                            reason: reason.into(),
                         };
                         let _ = c_tx.send(Message::Close(Some(close))).await;
                         let _ = u_tx.send(Message::Close(None)).await;
-                        feed_incidents(&state, &conn, family).await;
+                        if let Some(family) = family {
+                            feed_incidents(&state, &conn, family).await;
+                        }
                         break;
                     }
                     if u_tx.send(m).await.is_err() {
@@ -113,12 +121,17 @@ pub async fn relay(
 }
 
 /// The family that blocks this message, if any (after auditing what the
-/// detector found).
-async fn blocked(state: &AppState, conn: &Conn, m: &Message) -> Option<String> {
+/// detector found); `Err` for a message the detector cannot read (JSON
+/// nested too deep: a 400 over HTTP), which is not passed on unread.
+async fn blocked(
+    state: &AppState,
+    conn: &Conn,
+    m: &Message,
+) -> Result<Option<String>, ids::IdsError> {
     let body: &[u8] = match m {
         Message::Text(t) => t.as_bytes(),
         Message::Binary(b) => b,
-        _ => return None,
+        _ => return Ok(None),
     };
     let trimmed = body.iter().find(|b| !b.is_ascii_whitespace());
     let ctype: &[u8] = if matches!(trimmed, Some(b'{' | b'['))
@@ -134,14 +147,9 @@ async fn blocked(state: &AppState, conn: &Conn, m: &Message) -> Option<String> {
         headers: vec![("content-type", ctype)],
         body,
     };
-    let verdict = match state.apisec.ids.inspect(&view) {
-        Ok(v) => v,
-        Err(e) => {
-            // a message the detector cannot read is not passed on unread
-            tracing::warn!(request_id = %conn.request_id, error = %e, "gateway: WebSocket message not inspectable; closing");
-            return Some("unreadable".into());
-        }
-    };
+    let verdict = state.apisec.ids.inspect(&view).inspect_err(|e| {
+        tracing::info!(request_id = %conn.request_id, error = %e, "gateway: WebSocket message refused unread");
+    })?;
     let event = |hit: &ids::Hit, action: &str| {
         AuditEvent::new("security_violation")
             .request_id(conn.request_id.clone())
@@ -159,11 +167,13 @@ async fn blocked(state: &AppState, conn: &Conn, m: &Message) -> Option<String> {
             .block(&format!("ids_detect:{}", hit.family.name()));
         state.audit.record(event(hit, "detected")).await;
     }
-    let hit = verdict.block?;
+    let Some(hit) = verdict.block else {
+        return Ok(None);
+    };
     tracing::warn!(family = hit.family.name(), rule = hit.rule, location = %hit.location, request_id = %conn.request_id, "IDS blocked a WebSocket message");
-    state.metrics.block(&format!("ids:{}", hit.family.name()));
+    state.metrics.block("request_blocked");
     state.audit.record(event(&hit, "blocked")).await;
-    Some(hit.family.name().to_string())
+    Ok(Some(hit.family.name().to_string()))
 }
 
 async fn feed_incidents(state: &AppState, conn: &Conn, family: String) {

@@ -582,22 +582,30 @@ async fn websocket_messages_are_inspected_before_the_upstream() {
     assert!(line.contains("\"endpoint\":\"/v1/ws\""), "{line}");
     assert!(!line.contains("UNION"), "{line}");
 
-    // a message over the route's body limit (8 MiB) closes with 1009
-    let mut req = format!("wss://{}/v1/ws", s.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("X-API-Key", s.admin().parse().unwrap());
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector(&s)))
-            .await
+    // JSON nested deeper than the detector reads (a 400 over HTTP) is not
+    // passed on unread; a message over the route's body limit (8 MiB)
+    // closes with 1009
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    for (text, code, reason) in [
+        (deep, 1008u16, "bad_message"),
+        ("a".repeat(8 * 1024 * 1024 + 1), 1009, "message_too_large"),
+    ] {
+        let mut req = format!("wss://{}/v1/ws", s.addr)
+            .into_client_request()
             .unwrap();
-    let _ = ws
-        .send(Message::text("a".repeat(8 * 1024 * 1024 + 1)))
-        .await;
-    match next_message(&mut ws).await {
-        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1009),
-        m => panic!("expected a size close, got {m:?}"),
+        req.headers_mut()
+            .insert("X-API-Key", s.admin().parse().unwrap());
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector(&s)))
+                .await
+                .unwrap();
+        let _ = ws.send(Message::text(text)).await;
+        match next_message(&mut ws).await {
+            Message::Close(Some(f)) => {
+                assert_eq!((u16::from(f.code), f.reason.as_str()), (code, reason));
+            }
+            m => panic!("expected close {code}, got {m:?}"),
+        }
     }
 }
 
