@@ -16,9 +16,9 @@
 //! close, the audit log a `security_violation` (family, rule and location;
 //! never the message), and incident detection an IDS block from the client's
 //! address (so repeated attempts lead to a ban). Messages from the upstream
-//! pass as they are. Messages are bounded by the route's body limit (a
-//! larger one closes the connection with 1009, `message_too_large`, and is
-//! not sent on).
+//! pass as they are (up to tungstenite's default 64 MiB). Client messages
+//! are bounded by the route's body limit (a larger one closes the connection
+//! with 1009, `message_too_large`, and is not sent on).
 //!
 //! The relay re-frames the messages, so the upgrade request to the upstream
 //! carries no `Sec-WebSocket-Extensions` (no compression is negotiated).
@@ -54,13 +54,16 @@ pub async fn relay(
     client: hyper::upgrade::Upgraded,
     upstream: hyper::upgrade::Upgraded,
 ) {
-    let cfg = WebSocketConfig::default()
+    // the client's messages are bounded like its request bodies; the
+    // upstream's by tungstenite's defaults (64 MiB), like nothing over HTTP
+    let from_client = WebSocketConfig::default()
         .max_message_size(Some(conn.max_message))
         .max_frame_size(Some(conn.max_message));
     let client =
-        WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, Some(cfg)).await;
+        WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, Some(from_client))
+            .await;
     let upstream =
-        WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, Some(cfg)).await;
+        WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, None).await;
     let (mut c_tx, mut c_rx) = client.split();
     let (mut u_tx, mut u_rx) = upstream.split();
     loop {
@@ -101,6 +104,8 @@ pub async fn relay(
                     break;
                 }
                 None => {
+                    // (flushes the reply to a close the client sent)
+                    let _ = c_tx.close().await;
                     let _ = u_tx.close().await;
                     break;
                 }
