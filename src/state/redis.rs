@@ -110,6 +110,16 @@ enum Msg {
     },
 }
 
+/// The `{limit, remaining, reset}` a script's rate window returned (lib.lua's
+/// `info`), clamped into the header figures.
+fn rate_info(limit: i64, remaining: i64, reset: i64) -> RateLimitInfo {
+    RateLimitInfo {
+        limit: limit.clamp(0, i64::from(u32::MAX)) as u32,
+        remaining: remaining.clamp(0, i64::from(u32::MAX)) as u32,
+        reset: reset.max(1) as u64,
+    }
+}
+
 /// Errors that mean "Redis is not reachable" (as opposed to a refused command).
 fn is_outage(e: &RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
@@ -260,14 +270,9 @@ impl RedisState {
             tracing::error!("unexpected reply from the check script");
             return None;
         };
-        let info = || RateLimitInfo {
-            limit: a.clamp(0, i64::from(u32::MAX)) as u32,
-            remaining: b.clamp(0, i64::from(u32::MAX)) as u32,
-            reset: c.max(1) as u64,
-        };
         let d = match tag {
-            0 => Decision::Allowed(info()),
-            1 => Decision::Limited(info()),
+            0 => Decision::Allowed(rate_info(a, b, c)),
+            1 => Decision::Limited(rate_info(a, b, c)),
             2 => Decision::Banned(a.max(1) as u64),
             _ => Decision::BurstBan(Some(BanRecord {
                 key,
@@ -307,11 +312,7 @@ impl RedisState {
             tracing::error!("unexpected reply from the rate script");
             return None;
         };
-        let info = RateLimitInfo {
-            limit: a.clamp(0, i64::from(u32::MAX)) as u32,
-            remaining: b.clamp(0, i64::from(u32::MAX)) as u32,
-            reset: c.max(1) as u64,
-        };
+        let info = rate_info(a, b, c);
         Some(if tag == 0 { Ok(info) } else { Err(info) })
     }
 
