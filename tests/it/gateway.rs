@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::user_key;
-use crate::common::{error_code, Opts, TestServer};
+use crate::common::{audit_line, error_code, Opts, TestServer};
 
 // ------------------------------------------------------------- the upstream
 
@@ -293,22 +293,10 @@ async fn passes_method_path_query_headers_and_body_through() {
     assert_eq!(v["path"], "/base/");
     assert_eq!(u.hits.load(Ordering::SeqCst), 8);
     // the access audit records gateway requests like Frenly's own
-    let file = s.data_dir().join("security_audit.log");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let log = std::fs::read_to_string(&file).unwrap_or_default();
-        if log
-            .lines()
-            .any(|l| l.contains("\"api_access\"") && l.contains("/v1/{*rest}"))
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no api_access event for the gateway route"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    audit_line(&s, "an api_access event for the gateway route", |l| {
+        l.contains("\"api_access\"") && l.contains("/v1/{*rest}")
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -491,34 +479,15 @@ fn connector(s: &TestServer) -> tokio_tungstenite::Connector {
 #[tokio::test]
 async fn websocket_echo_through_the_gateway() {
     let (s, _u) = setup().await;
-    let mut req = format!("wss://{}/v1/ws", s.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("X-API-Key", s.admin().parse().unwrap());
-    let (mut ws, resp) =
-        tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector(&s)))
-            .await
-            .unwrap();
+    let (mut ws, resp) = open_ws(&s, Some(s.admin())).await.unwrap();
     assert_eq!(resp.status(), 101);
     for text in ["hello", "through the gateway"] {
         ws.send(Message::text(text)).await.unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let got = next_message(&mut ws).await;
         assert_eq!(got.into_text().unwrap().as_str(), text);
     }
     // without credentials the upgrade is refused before the upstream
-    let req = format!("wss://{}/v1/ws", s.addr)
-        .into_client_request()
-        .unwrap();
-    let err =
-        tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector(&s)))
-            .await
-            .unwrap_err();
-    match err {
+    match open_ws(&s, None).await.unwrap_err() {
         tokio_tungstenite::tungstenite::Error::Http(r) => assert_eq!(r.status(), 401),
         e => panic!("unexpected {e}"),
     }
@@ -530,15 +499,7 @@ async fn websocket_echo_through_the_gateway() {
 #[tokio::test]
 async fn websocket_messages_are_inspected_before_the_upstream() {
     let (s, _u) = setup().await;
-    let mut req = format!("wss://{}/v1/ws", s.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("X-API-Key", s.admin().parse().unwrap());
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector(&s)))
-            .await
-            .unwrap();
+    let (mut ws, _) = open_ws(&s, Some(s.admin())).await.unwrap();
     // SQL and HTML as chat text in the declared free-text field, plain
     // text without an attack: echoed
     let chat = json!({
@@ -562,22 +523,10 @@ async fn websocket_messages_are_inspected_before_the_upstream() {
         m => panic!("expected a policy close, got {m:?}"),
     }
     // the audit log names the family and the WebSocket, not the message
-    let file = s.data_dir().join("security_audit.log");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let line = loop {
-        let text = std::fs::read_to_string(&file).unwrap_or_default();
-        if let Some(l) = text
-            .lines()
-            .find(|l| l.contains("\"security_violation\"") && l.contains("\"WEBSOCKET\""))
-        {
-            break l.to_string();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no audit line: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let line = audit_line(&s, "the WebSocket's security_violation", |l| {
+        l.contains("\"security_violation\"") && l.contains("\"WEBSOCKET\"")
+    })
+    .await;
     assert!(line.contains("\"action\":\"blocked\""), "{line}");
     assert!(line.contains("\"endpoint\":\"/v1/ws\""), "{line}");
     assert!(!line.contains("UNION"), "{line}");
@@ -590,15 +539,7 @@ async fn websocket_messages_are_inspected_before_the_upstream() {
         (deep, 1008u16, "bad_message"),
         ("a".repeat(8 * 1024 * 1024 + 1), 1009, "message_too_large"),
     ] {
-        let mut req = format!("wss://{}/v1/ws", s.addr)
-            .into_client_request()
-            .unwrap();
-        req.headers_mut()
-            .insert("X-API-Key", s.admin().parse().unwrap());
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector(&s)))
-                .await
-                .unwrap();
+        let (mut ws, _) = open_ws(&s, Some(s.admin())).await.unwrap();
         let _ = ws.send(Message::text(text)).await;
         match next_message(&mut ws).await {
             Message::Close(Some(f)) => {
@@ -607,6 +548,29 @@ async fn websocket_messages_are_inspected_before_the_upstream() {
             m => panic!("expected close {code}, got {m:?}"),
         }
     }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket to the gateway's `/v1/ws` (the upstream's echo), with `key`.
+async fn open_ws(
+    s: &TestServer,
+    key: Option<&str>,
+) -> Result<
+    (
+        Ws,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let mut req = format!("wss://{}/v1/ws", s.addr)
+        .into_client_request()
+        .unwrap();
+    if let Some(k) = key {
+        req.headers_mut().insert("X-API-Key", k.parse().unwrap());
+    }
+    tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector(s))).await
 }
 
 async fn next_message<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Message

@@ -4,11 +4,11 @@
 //! demand, the real stack in-process).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{error_code, Opts, TestServer};
+use crate::common::{audit_line, error_code, wait_for, Opts, TestServer};
 
 fn header(r: &reqwest::Response, name: &str) -> Option<String> {
     r.headers()
@@ -41,20 +41,6 @@ async fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
     let url = format!("http://{}/hook", l.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(l, app).await });
     (url, got)
-}
-
-async fn wait_for<T, F>(what: &str, mut f: impl FnMut() -> F) -> T
-where
-    F: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]
@@ -541,16 +527,9 @@ async fn ddos_incident_is_stored_audited_and_alerted_to_the_webhook() {
 /// Wait until the server's audit log holds each of these event types (the
 /// writer appends within moments; no shutdown needed).
 async fn audit_has(s: &TestServer, events: &[&str]) {
-    let path = s.data_dir().join("security_audit.log");
     for e in events {
         let needle = format!("\"event_type\":\"{e}\"");
-        wait_for(e, || {
-            let log = std::fs::read_to_string(&path)
-                .ok()
-                .filter(|log| log.contains(&needle));
-            async move { log }
-        })
-        .await;
+        audit_line(s, e, |l| l.contains(&needle)).await;
     }
 }
 

@@ -392,6 +392,37 @@ pub fn client_for(data: &Path, tls: bool) -> reqwest::Client {
     b.build().expect("client")
 }
 
+/// Poll `f` (every 100 ms, for up to 10 s) until it gives a value: for
+/// what the server does moments after a response (audit lines, alerts).
+pub async fn wait_for<T, F>(what: &str, mut f: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Wait for the first line of the server's audit file that `matches`.
+pub async fn audit_line(s: &TestServer, what: &str, matches: impl Fn(&str) -> bool) -> String {
+    let path = s.data_dir().join("security_audit.log");
+    wait_for(what, || {
+        let line = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|log| log.lines().find(|l| matches(l)).map(str::to_string));
+        async move { line }
+    })
+    .await
+}
+
 /// Parse an error body and return its code.
 pub async fn error_code(resp: reqwest::Response) -> (u16, String, serde_json::Value) {
     let status = resp.status().as_u16();
