@@ -26,6 +26,31 @@ pub async fn create(s: &TestServer, body: Value) -> Value {
     r.json().await.unwrap()
 }
 
+/// `GET /api/tasks/{id}` with the admin key.
+async fn get_task(s: &TestServer, id: &str) -> reqwest::Response {
+    s.admin_get(&format!("/api/tasks/{id}"))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The task as the admin reads it (200 required).
+async fn read_task(s: &TestServer, id: &str) -> Value {
+    let r = get_task(s, id).await;
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// `DELETE /api/tasks/{id}` with the admin key.
+async fn delete_task(s: &TestServer, id: &str) -> reqwest::Response {
+    s.client
+        .delete(s.url(&format!("/api/tasks/{id}")))
+        .header("X-API-Key", s.admin())
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn patch(s: &TestServer, id: &str, body: Value) -> reqwest::Response {
     s.client
         .patch(s.url(&format!("/api/tasks/{id}")))
@@ -88,14 +113,7 @@ async fn task_object_is_the_contracts_and_crud_works() {
     chrono::DateTime::parse_from_rfc3339(t["created_at"].as_str().unwrap()).unwrap();
     let id = t["id"].as_str().unwrap();
 
-    let got: Value = s
-        .admin_get(&format!("/api/tasks/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got = read_task(&s, id).await;
     assert_eq!(got, t);
 
     let r = patch(
@@ -117,19 +135,9 @@ async fn task_object_is_the_contracts_and_crud_works() {
     assert_eq!(d["priority"], "normal");
     assert_eq!(d["input"], json!({}));
 
-    let r = s
-        .client
-        .delete(s.url(&format!("/api/tasks/{id}")))
-        .header("X-API-Key", s.admin())
-        .send()
-        .await
-        .unwrap();
+    let r = delete_task(&s, id).await;
     assert_eq!(r.status(), 204);
-    let r = s
-        .admin_get(&format!("/api/tasks/{id}"))
-        .send()
-        .await
-        .unwrap();
+    let r = get_task(&s, id).await;
     assert_eq!(error_code(r).await.1, "not_found");
     let r = s.admin_get("/api/tasks/nope").send().await.unwrap();
     assert_eq!(r.status(), 404);
@@ -604,14 +612,7 @@ async fn task_contents_never_reach_the_disk_in_clear() {
     .await;
     assert_eq!(r.status(), 200);
     // the same task reads back
-    let got: Value = s
-        .admin_get(&format!("/api/tasks/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got = read_task(&s, id).await;
     assert_eq!(got["input"]["k"], marker.as_str());
     assert_eq!(got["result"]["out"], marker.as_str());
     // stop the server, then scan every file (database, WAL, logs, keys)
@@ -653,12 +654,7 @@ async fn eight_workers_claim_two_hundred_tasks_each_exactly_once() {
         let t = create(&s, json!({"title": format!("job {i}")})).await;
         let id = t["id"].as_str().unwrap().to_string();
         // read once: the row cache (SQLite) now keeps it as `queued`
-        let r = s
-            .admin_get(&format!("/api/tasks/{id}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        read_task(&s, &id).await;
         all.insert(id);
     }
     let s = std::sync::Arc::new(s);
@@ -708,14 +704,7 @@ async fn eight_workers_claim_two_hundred_tasks_each_exactly_once() {
     // every task was kept by the row cache as `queued` before the claims:
     // the claims and results must have replaced it
     for id in &all {
-        let t: Value = s
-            .admin_get(&format!("/api/tasks/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let t = read_task(&s, id).await;
         assert_eq!(t["status"], "done", "{id} reads as {t}");
     }
     let a: Value = s
@@ -838,14 +827,7 @@ async fn keyring_rotation_keeps_rows_readable_and_reencrypt_rewrites_them() {
     let ring: Value =
         serde_json::from_slice(&std::fs::read(data.join("keyring.json")).unwrap()).unwrap();
     assert_eq!(ring["primary"], "k2");
-    let got: Value = s
-        .admin_get(&format!("/api/tasks/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got = read_task(&s, &id).await;
     assert_eq!(got["description"], "before");
     let key = s.admin().to_string();
     let mut s = s;
@@ -897,32 +879,15 @@ async fn keyring_rotation_keeps_rows_readable_and_reencrypt_rewrites_them() {
 #[tokio::test]
 async fn a_task_read_again_shows_every_write_before_it() {
     let s = start().await;
-    let get = |id: String| {
-        let s = &s;
-        async move {
-            s.admin_get(&format!("/api/tasks/{id}"))
-                .send()
-                .await
-                .unwrap()
-        }
-    };
-    let read = |id: String| {
-        let get = &get;
-        async move {
-            let r = get(id).await;
-            assert_eq!(r.status(), 200);
-            r.json::<Value>().await.unwrap()
-        }
-    };
     let t = create(&s, json!({"title": "first", "description": "d"})).await;
     let id = t["id"].as_str().unwrap().to_string();
     for _ in 0..3 {
-        assert_eq!(read(id.clone()).await["title"], "first");
+        assert_eq!(read_task(&s, &id).await["title"], "first");
     }
     // PATCH
     let r = patch(&s, &id, json!({"title": "second", "priority": "high"})).await;
     assert_eq!(r.status(), 200);
-    let t = read(id.clone()).await;
+    let t = read_task(&s, &id).await;
     assert_eq!(
         (t["title"].as_str(), t["priority"].as_str()),
         (Some("second"), Some("high"))
@@ -934,7 +899,7 @@ async fn a_task_read_again_shows_every_write_before_it() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let t = read(id.clone()).await;
+    let t = read_task(&s, &id).await;
     assert_eq!(t["status"], "running");
     assert!(t["agent_id"].is_string(), "{t}");
     // result
@@ -947,30 +912,24 @@ async fn a_task_read_again_shows_every_write_before_it() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let t = read(id.clone()).await;
+    let t = read_task(&s, &id).await;
     assert_eq!(
         (t["status"].as_str(), &t["result"]),
         (Some("failed"), &json!({"why": "x"}))
     );
     // DELETE
-    let r = s
-        .client
-        .delete(s.url(&format!("/api/tasks/{id}")))
-        .header("X-API-Key", s.admin())
-        .send()
-        .await
-        .unwrap();
+    let r = delete_task(&s, &id).await;
     assert_eq!(r.status(), 204);
-    assert_eq!(get(id.clone()).await.status(), 404);
+    assert_eq!(get_task(&s, &id).await.status(), 404);
     // cancel (a PATCH of the status) of another, read while queued
     let t = create(&s, json!({"title": "other"})).await;
     let other = t["id"].as_str().unwrap().to_string();
-    assert_eq!(read(other.clone()).await["status"], "queued");
+    assert_eq!(read_task(&s, &other).await["status"], "queued");
     assert_eq!(
         patch(&s, &other, json!({"status": "cancelled"}))
             .await
             .status(),
         200
     );
-    assert_eq!(read(other).await["status"], "cancelled");
+    assert_eq!(read_task(&s, &other).await["status"], "cancelled");
 }
