@@ -204,29 +204,7 @@ async fn the_rate_limit_is_global() {
     .await;
     let admin = admin_of(&p).to_string();
     let ip = "203.0.113.20";
-    for i in 0..n {
-        let s = if i % 2 == 0 { &p.a } else { &p.b };
-        let r = as_client(s, ip, &admin, "/api/auth/whoami")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "request {i}");
-        let remaining: u32 = r.headers()["ratelimit-remaining"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert_eq!(remaining, n - i - 1, "request {i}: the count is shared");
-    }
-    for s in [&p.a, &p.b] {
-        let r = as_client(s, ip, &admin, "/api/auth/whoami")
-            .send()
-            .await
-            .unwrap();
-        assert!(r.headers().contains_key("retry-after"));
-        let (status, code, _) = error_code(r).await;
-        assert_eq!((status, code.as_str()), (429, "rate_limited"));
-    }
+    use_up_shared_window(&p, n, |_| ip.to_string(), [ip, ip]).await;
     // another address is not affected
     let r = as_client(&p.b, "203.0.113.21", &admin, "/api/auth/whoami")
         .send()
@@ -248,11 +226,24 @@ async fn the_per_identity_limit_is_global() {
          per_identity = {{ max_requests = {n}, window_seconds = 60 }}\n"
     ))
     .await;
-    let admin = admin_of(&p).to_string();
+    use_up_shared_window(
+        &p,
+        n,
+        |i| format!("203.0.113.{}", 40 + i),
+        ["203.0.113.90", "203.0.113.91"],
+    )
+    .await;
+}
+
+/// `n` admin requests alternating A and B (request `i` from address
+/// `ip(i)`) are each admitted with one less remaining in the shared window;
+/// then one more on A (from `refused[0]`) and on B (from `refused[1]`) is
+/// refused with 429.
+async fn use_up_shared_window(p: &Pair, n: u32, ip: impl Fn(u32) -> String, refused: [&str; 2]) {
+    let admin = admin_of(p);
     for i in 0..n {
         let s = if i % 2 == 0 { &p.a } else { &p.b };
-        let ip = format!("203.0.113.{}", 40 + i);
-        let r = as_client(s, &ip, &admin, "/api/auth/whoami")
+        let r = as_client(s, &ip(i), admin, "/api/auth/whoami")
             .send()
             .await
             .unwrap();
@@ -264,8 +255,8 @@ async fn the_per_identity_limit_is_global() {
             .unwrap();
         assert_eq!(remaining, n - i - 1, "request {i}: the count is shared");
     }
-    for (s, ip) in [(&p.a, "203.0.113.90"), (&p.b, "203.0.113.91")] {
-        let r = as_client(s, ip, &admin, "/api/auth/whoami")
+    for (s, ip) in [(&p.a, refused[0]), (&p.b, refused[1])] {
+        let r = as_client(s, ip, admin, "/api/auth/whoami")
             .send()
             .await
             .unwrap();
