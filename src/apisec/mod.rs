@@ -178,9 +178,8 @@ async fn read_body(
     }
 }
 
-/// Audit and count what the detector found; the refusal when a `block`
-/// family matched. Neither the audit event nor the response carries the
-/// matched text: only the family, the rule id and where it sat.
+/// Audit and count what the detector found in a request; the refusal when
+/// a `block` family matched.
 async fn report(
     state: &AppState,
     parts: &http::request::Parts,
@@ -196,29 +195,55 @@ async fn report(
         .get::<crate::network::ClientAddr>()
         .map(|c| c.0.to_string())
         .unwrap_or_default();
+    let found = Found {
+        request_id: &request_id,
+        ip,
+        user: None,
+        method: parts.method.as_str(),
+        endpoint: parts.uri.path(),
+    };
+    let hit = report_verdict(state, &found, v).await?;
+    Some(ApiError::RequestBlocked {
+        family: hit.family.name().to_string(),
+        request_id,
+    })
+}
+
+/// Where the detector looked: the request (or WebSocket message) its audit
+/// events name.
+pub struct Found<'a> {
+    pub request_id: &'a str,
+    pub ip: String,
+    pub user: Option<&'a str>,
+    pub method: &'a str,
+    pub endpoint: &'a str,
+}
+
+/// Audit and count what the detector found (each `detect` match, then the
+/// block); returns the blocking hit, if any. Neither the audit events nor
+/// the log carry the matched text: only the family, the rule id and where
+/// it sat. (Requests here; WebSocket messages in `gateway::ws`.)
+pub async fn report_verdict(state: &AppState, at: &Found<'_>, v: ids::Verdict) -> Option<ids::Hit> {
     let event = |hit: &ids::Hit, action: &str| {
         crate::monitoring::audit::AuditEvent::new("security_violation")
-            .request_id(request_id.clone())
-            .ip(ip.clone())
-            .user(None::<String>)
+            .request_id(at.request_id)
+            .ip(&at.ip)
+            .user(at.user)
             .field("violation_type", hit.family.name())
             .field("details", format!("rule {} at {}", hit.rule, hit.location))
             .field("action", action)
-            .field("method", parts.method.as_str())
-            .field("endpoint", parts.uri.path())
+            .field("method", at.method)
+            .field("endpoint", at.endpoint)
     };
     for hit in &v.detected {
         state
             .metrics
             .block(&format!("ids_detect:{}", hit.family.name()));
-        tracing::info!(family = hit.family.name(), rule = hit.rule, location = %hit.location, request_id = %request_id, "IDS detect-mode match");
+        tracing::info!(family = hit.family.name(), rule = hit.rule, location = %hit.location, request_id = %at.request_id, method = at.method, "IDS detect-mode match");
         state.audit.record(event(hit, "detected")).await;
     }
     let hit = v.block?;
-    tracing::warn!(family = hit.family.name(), rule = hit.rule, location = %hit.location, request_id = %request_id, "IDS blocked a request");
+    tracing::warn!(family = hit.family.name(), rule = hit.rule, location = %hit.location, request_id = %at.request_id, method = at.method, "IDS blocked a request");
     state.audit.record(event(&hit, "blocked")).await;
-    Some(ApiError::RequestBlocked {
-        family: hit.family.name().to_string(),
-        request_id,
-    })
+    Some(hit)
 }

@@ -33,8 +33,8 @@ use tokio_tungstenite::tungstenite::{Error, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::apisec::ids::{self, RequestView};
+use crate::apisec::{report_verdict, Found};
 use crate::app::AppState;
-use crate::monitoring::audit::AuditEvent;
 use crate::monitoring::incidents::{Context, Signal};
 
 /// Who the connection belongs to, for the audit and incident records.
@@ -155,29 +155,17 @@ async fn blocked(
     let verdict = state.apisec.ids.inspect(&view).inspect_err(|e| {
         tracing::info!(request_id = %conn.request_id, error = %e, "gateway: WebSocket message refused unread");
     })?;
-    let event = |hit: &ids::Hit, action: &str| {
-        AuditEvent::new("security_violation")
-            .request_id(conn.request_id.clone())
-            .ip(conn.client)
-            .user(conn.user.clone())
-            .field("violation_type", hit.family.name())
-            .field("details", format!("rule {} at {}", hit.rule, hit.location))
-            .field("action", action)
-            .field("method", "WEBSOCKET")
-            .field("endpoint", conn.path.clone())
+    let found = Found {
+        request_id: &conn.request_id,
+        ip: conn.client.to_string(),
+        user: conn.user.as_deref(),
+        method: "WEBSOCKET",
+        endpoint: &conn.path,
     };
-    for hit in &verdict.detected {
-        state
-            .metrics
-            .block(&format!("ids_detect:{}", hit.family.name()));
-        state.audit.record(event(hit, "detected")).await;
-    }
-    let Some(hit) = verdict.block else {
+    let Some(hit) = report_verdict(state, &found, verdict).await else {
         return Ok(None);
     };
-    tracing::warn!(family = hit.family.name(), rule = hit.rule, location = %hit.location, request_id = %conn.request_id, "IDS blocked a WebSocket message");
     state.metrics.block("request_blocked");
-    state.audit.record(event(&hit, "blocked")).await;
     Ok(Some(hit.family.name().to_string()))
 }
 
