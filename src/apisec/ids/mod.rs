@@ -495,9 +495,16 @@ impl Ids {
         let looks_json = matches!(trimmed.and_then(|t| t.first()), Some(b'{' | b'['));
         let is_json = mime == "application/json" || mime.ends_with("+json");
         if is_json || (looks_json && !mime.contains("form") && !mime.contains("xml")) {
-            let r = walk::json(scan, body, free, exclude);
-            if r.is_ok() || is_json {
-                return r;
+            match walk::json(scan, body, free, exclude) {
+                Ok(true) => return Ok(()),
+                Err(e) if is_json => return Err(e),
+                // malformed (text after the document, a broken one) or too
+                // deep for a body not declared JSON: inspected whole below
+                Ok(false) | Err(_) => {
+                    if scan.done() {
+                        return Ok(());
+                    }
+                }
             }
         }
         let window = body.get(..self.inspect_window).unwrap_or(body);

@@ -209,3 +209,26 @@ fn the_clean_value_memo_never_masks_an_attack() {
         }
     }
 }
+
+/// Regression: a payload after a complete JSON document (or in a broken
+/// one) was never inspected: the walk stopped at the syntax error and
+/// reported the body clean, and the gateway forwards bodies and WebSocket
+/// messages as they are.
+#[test]
+fn text_after_a_json_document_is_inspected() {
+    let body = br#"{"model":"x"} ' UNION SELECT password FROM users--"#;
+    for ct in [&b"application/json"[..], &b"text/plain"[..]] {
+        assert_eq!(
+            blocked("/v1/x", vec![("content-type", ct)], body),
+            Some(Family::Sqli),
+            "{ct:?}"
+        );
+    }
+    // a well-formed document with the same text as a free-text-looking
+    // value is still judged by the walk alone
+    let ok = br#"{"model":"x", "note": "union of sets"}"#;
+    assert_eq!(
+        blocked("/v1/x", vec![("content-type", b"application/json")], ok),
+        None
+    );
+}

@@ -12,14 +12,16 @@ use super::{safe_name, FieldSet, IdsError, Kind, PathSeg, Scan};
 
 const STOP: &str = "frenly-ids-stop";
 
-/// Walk a JSON body. `Ok` also for malformed JSON (the handler's extractor
-/// reports that); `Err(TooDeep)` for nesting over the limit.
+/// Walk a JSON body: `Ok(true)` when it was one well-formed document,
+/// `Ok(false)` when it was malformed (walked up to the error: the caller
+/// inspects the rest another way, since an upstream behind the gateway may
+/// read what follows); `Err(TooDeep)` for nesting over the limit.
 pub(crate) fn json(
     scan: &mut Scan,
     body: &[u8],
     free: Option<&FieldSet>,
     exclude: Option<&FieldSet>,
-) -> Result<(), IdsError> {
+) -> Result<bool, IdsError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let mut path = Vec::new();
     let mut ctx = Ctx {
@@ -28,13 +30,14 @@ pub(crate) fn json(
         exclude,
         path: &mut path,
     };
-    match (Node { ctx: &mut ctx }).deserialize(&mut de) {
-        Ok(()) => Ok(()),
+    let walked = (Node { ctx: &mut ctx }).deserialize(&mut de);
+    match walked.and_then(|()| de.end()) {
+        Ok(()) => Ok(true),
         Err(e) => {
             if e.to_string().starts_with("recursion limit exceeded") {
                 Err(IdsError::TooDeep)
             } else {
-                Ok(())
+                Ok(false)
             }
         }
     }
