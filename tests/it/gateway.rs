@@ -532,11 +532,16 @@ async fn websocket_messages_are_inspected_before_the_upstream() {
     assert!(!line.contains("UNION"), "{line}");
 
     // JSON nested deeper than the detector reads (a 400 over HTTP) is not
-    // passed on unread; a message over the route's body limit (8 MiB)
+    // passed on unread; an attack after a JSON document is seen; a message over the route's body limit (8 MiB)
     // closes with 1009
     let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
     for (text, code, reason) in [
         (deep, 1008u16, "bad_message"),
+        (
+            r#"{"prompt": "hi"} ' UNION SELECT password FROM users--"#.to_string(),
+            1008,
+            "request_blocked",
+        ),
         ("a".repeat(8 * 1024 * 1024 + 1), 1009, "message_too_large"),
     ] {
         let (mut ws, _) = open_ws(&s, Some(s.admin())).await.unwrap();
