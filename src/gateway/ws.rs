@@ -140,8 +140,7 @@ async fn blocked(
     };
     // a message that looks like JSON is read as JSON by the detector (a
     // broken one, or text after the document, is then inspected whole)
-    let trimmed = body.iter().find(|b| !b.is_ascii_whitespace());
-    let ctype: &[u8] = if matches!(trimmed, Some(b'{' | b'[')) {
+    let ctype: &[u8] = if ids::looks_like_json(body) {
         b"application/json"
     } else {
         b"text/plain"

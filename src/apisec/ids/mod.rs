@@ -492,7 +492,7 @@ impl Ids {
             .iter()
             .position(|b| !b.is_ascii_whitespace())
             .and_then(|i| body.get(i..));
-        let looks_json = matches!(trimmed.and_then(|t| t.first()), Some(b'{' | b'['));
+        let looks_json = looks_like_json(body);
         let is_json = mime == "application/json" || mime.ends_with("+json");
         if is_json || (looks_json && !mime.contains("form") && !mime.contains("xml")) {
             match walk::json(scan, body, free, exclude) {
@@ -1297,4 +1297,14 @@ pub fn dynamic_segments(pattern: &str, path: &str) -> String {
         out.push_str(rest);
     }
     out
+}
+
+/// Whether `body` starts (after whitespace) like a JSON document: an object
+/// or an array. Such a body is walked as JSON unless it is declared a form
+/// or XML, and such a WebSocket message is read as JSON (`gateway::ws`).
+pub fn looks_like_json(body: &[u8]) -> bool {
+    matches!(
+        body.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    )
 }
