@@ -112,6 +112,13 @@ pub struct Verdict {
     pub detected: Vec<Hit>,
 }
 
+impl Verdict {
+    /// Nothing matched (nothing to block, audit or count).
+    pub fn is_clean(&self) -> bool {
+        self.block.is_none() && self.detected.is_empty()
+    }
+}
+
 /// Inspection refused the request outright.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdsError {
