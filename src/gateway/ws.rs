@@ -154,6 +154,9 @@ async fn blocked(
     let verdict = state.apisec.ids.inspect(&view).inspect_err(|e| {
         tracing::info!(request_id = %conn.request_id, error = %e, "gateway: WebSocket message refused unread");
     })?;
+    if verdict.is_clean() {
+        return Ok(None);
+    }
     let found = Found {
         request_id: &conn.request_id,
         ip: conn.client.to_string(),
