@@ -4,7 +4,7 @@
 //!
 //! Read the limiter's 50,000-client bench against it: that table (~8 MB) is
 //! larger than the caches, so each decision costs about two of these loads
-//! (the entry, then its neighbours in the recency list) plus ~50 ns of work.
+//! (the entry, then its neighbours in the recency list) plus ~60 ns of work.
 //! VMs differ most here, which is why that bench moves most between them.
 //!
 //! `cargo run --release --example mem_latency`
