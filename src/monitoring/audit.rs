@@ -563,7 +563,8 @@ const RESERVED: &[&str] = &[
 /// the order `ts, event_type, request_id, ip, user_id`, the event's own
 /// (secret guard applied), `prev_hash`, then `hash` over everything before it.
 fn render_with(ev: &AuditEvent, prev: &str, ts: &str) -> (String, String) {
-    let mut out = Vec::with_capacity(320);
+    // an api_access line is ~400 bytes: one allocation, no regrowth
+    let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"{\"ts\":");
     json_str(&mut out, ts);
     out.extend_from_slice(b",\"event_type\":");
@@ -602,13 +603,16 @@ fn render_with(ev: &AuditEvent, prev: &str, ts: &str) -> (String, String) {
     out.extend_from_slice(b",\"prev_hash\":");
     json_str(&mut out, prev);
     out.push(b'}');
-    let hash = hex::encode(Sha256::digest(&out));
+    let mut hex_hash = [0u8; 64];
+    // 32 digest bytes fill the 64 hex digits exactly: this cannot fail
+    let _ = hex::encode_to_slice(Sha256::digest(&out), &mut hex_hash);
     out.pop();
     out.extend_from_slice(b",\"hash\":\"");
-    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(&hex_hash);
     out.extend_from_slice(b"\"}");
-    // Only JSON text went in (serde_json escapes every string).
+    // Only JSON text went in (serde_json escapes every string; hex digits).
     let line = String::from_utf8(out).unwrap_or_default();
+    let hash = String::from_utf8_lossy(&hex_hash).into_owned();
     (line, hash)
 }
 
