@@ -2,9 +2,10 @@
 //! a random cycle through working sets from 64 KiB to 128 MiB (one load per
 //! 64-byte line, each address known only once the previous load returns).
 //!
-//! Read the limiter's 50,000-client bench against it: that table (~8 MB) is
-//! larger than the caches, so each decision costs about two of these loads
-//! (the entry, then its neighbours in the recency list) plus ~60 ns of work.
+//! Read the limiter's 50,000-client bench against it: where that table
+//! (~8 MB) is larger than the caches, each decision costs about two of these
+//! loads (the entry, then its neighbours in the recency list) plus ~60 ns of
+//! work; where it fits (a 32 MiB L3), it costs little more than the work.
 //! VMs differ most here, which is why that bench moves most between them.
 //!
 //! `cargo run --release --example mem_latency`

@@ -603,9 +603,7 @@ fn render_with(ev: &AuditEvent, prev: &str, ts: &str) -> (String, String) {
     out.extend_from_slice(b",\"prev_hash\":");
     json_str(&mut out, prev);
     out.push(b'}');
-    let mut hex_hash = [0u8; 64];
-    // 32 digest bytes fill the 64 hex digits exactly: this cannot fail
-    let _ = hex::encode_to_slice(Sha256::digest(&out), &mut hex_hash);
+    let hex_hash = line_hash(&out);
     out.pop();
     out.extend_from_slice(b",\"hash\":\"");
     out.extend_from_slice(&hex_hash);
@@ -614,6 +612,16 @@ fn render_with(ev: &AuditEvent, prev: &str, ts: &str) -> (String, String) {
     let line = String::from_utf8(out).unwrap_or_default();
     let hash = String::from_utf8_lossy(&hex_hash).into_owned();
     (line, hash)
+}
+
+/// A line's `hash`: SHA-256 of its bytes without the `hash` member, as 64
+/// lowercase hex digits (written by [`render_with`], checked by
+/// [`verify_lines`]).
+fn line_hash(body: &[u8]) -> [u8; 64] {
+    let mut hex_hash = [0u8; 64];
+    // 32 digest bytes fill the 64 hex digits exactly: this cannot fail
+    let _ = hex::encode_to_slice(Sha256::digest(body), &mut hex_hash);
+    hex_hash
 }
 
 /// Append `s` as a JSON string.
@@ -662,7 +670,7 @@ pub fn verify_lines<'a, I: IntoIterator<Item = &'a str>>(
         let (body, hash) = split_line(line).ok_or(ChainError::Malformed { line: no })?;
         let v: Value =
             serde_json::from_str(&body).map_err(|_| ChainError::Malformed { line: no })?;
-        if hex::encode(Sha256::digest(body.as_bytes())) != hash {
+        if line_hash(body.as_bytes()) != hash.as_bytes() {
             return Err(ChainError::BadHash { line: no });
         }
         if v.get("prev_hash").and_then(Value::as_str) != Some(prev.as_str()) {
