@@ -15,7 +15,7 @@
 //! `max_running` (1..=100000: claims answer 204 while that many tasks run;
 //! exact on SQLite, a soft cap under PostgreSQL's READ COMMITTED).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{Method, StatusCode};
 use serde::Serialize;
@@ -27,7 +27,7 @@ use super::AppState;
 use crate::apisec::validation::{Kind, Rule, Schema};
 use crate::authn::Authenticated;
 use crate::authz::{Access, Permission, RouteDoc, Routes};
-use crate::http::{ApiError, Json};
+use crate::http::{ApiError, Json, Path};
 use crate::monitoring::audit::AuditEvent;
 use crate::store::tasks as store;
 

@@ -5,7 +5,7 @@
 //! key's permissions must be covered by the caller's own (effective)
 //! permissions, else 403; by default it gets exactly the caller's.
 
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, State};
 use http::{Method, StatusCode};
 use serde_json::{json, Map, Value};
 
@@ -14,7 +14,7 @@ use super::AppState;
 use crate::authn::identity;
 use crate::authn::Authenticated;
 use crate::authz::{Access, RouteDoc, Routes};
-use crate::http::{ApiError, Json, RequestId};
+use crate::http::{ApiError, Json, Path, RequestId};
 use crate::network::ClientAddr;
 use crate::store;
 

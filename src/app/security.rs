@@ -7,7 +7,7 @@
 //! `limits.allowlist` cannot be banned (it would have no effect). Every
 //! change is audited (`ban_added`, `ban_lifted`) with the admin's user id.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::Extension;
 use http::{Method, StatusCode};
 use serde::Deserialize;
@@ -17,7 +17,7 @@ use super::openapi;
 use super::AppState;
 use crate::authn::Authenticated;
 use crate::authz::{Access, Permission, RouteDoc, Routes};
-use crate::http::{ApiError, FieldErrors, Json, RequestId};
+use crate::http::{ApiError, FieldErrors, Json, Path, RequestId};
 use crate::monitoring::audit::AuditEvent;
 use crate::network::ban::{key_string, parse_key, BanRecord, Length};
 

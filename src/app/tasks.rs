@@ -10,7 +10,7 @@
 //! `result` are encrypted with the keyring's primary key before they reach
 //! the store; `title` is stored in clear (it is searched).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::IntoResponse;
 use base64::Engine;
 use http::{Method, StatusCode};
@@ -25,7 +25,7 @@ use crate::apisec::validation::{Kind, Rule, Schema};
 use crate::authn::Authenticated;
 use crate::authz::{Access, Permission, RouteDoc, Routes};
 use crate::config::Config;
-use crate::http::{ApiError, FieldErrors, Json};
+use crate::http::{ApiError, FieldErrors, Json, Path};
 use crate::store::tasks::{self as store, ListFilter, TaskRow};
 
 pub const PRIORITIES: &[&str] = &["low", "normal", "high"];

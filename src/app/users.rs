@@ -3,7 +3,7 @@
 //! Deleting a user deletes their keys and invalidates every cached credential
 //! of theirs at once; their JWTs fail because the user no longer exists.
 
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, State};
 use http::{Method, StatusCode};
 use serde_json::{json, Map, Value};
 use zeroize::Zeroizing;
@@ -13,7 +13,7 @@ use super::AppState;
 use crate::authn::identity;
 use crate::authn::Authenticated;
 use crate::authz::{Access, Permission, RouteDoc, Routes};
-use crate::http::{ApiError, Json, RequestId};
+use crate::http::{ApiError, Json, Path, RequestId};
 use crate::network::ClientAddr;
 use crate::store;
 

@@ -8,7 +8,10 @@
 //! `X-Content-Type-Options: nosniff`, `Content-Security-Policy`,
 //! `Referrer-Policy`, `X-Frame-Options`, `Cache-Control: no-store`, and HSTS
 //! under TLS. A panic becomes a 500 `internal` without details (the panic is
-//! logged), and the server keeps serving.
+//! logged), and the server keeps serving. An error response that did not
+//! come from an [`ApiError`] (an extractor's or a library's own rejection,
+//! with its `text/plain` body) is rewritten into the contract's error shape
+//! ([`into_contract`]), so no client ever has to special-case one.
 //!
 //! A response forwarded from a gateway upstream (marked [`Forwarded`])
 //! keeps the upstream's own `Content-Security-Policy`, `Cache-Control`,
@@ -76,8 +79,36 @@ pub async fn envelope(
     };
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut resp = next.run(req).await;
+    into_contract(&mut resp);
     decorate(&mut resp, &id, opts.tls);
     resp
+}
+
+/// Rewrite an error response that is not an [`ApiError`]'s (nor relayed
+/// from a gateway upstream, whose errors are the upstream's to shape) into
+/// the contract's `{"error": {...}}` shape, keeping its status where the
+/// contract has it and its headers (`Allow`, `Retry-After`, ...) but not its
+/// body, which may name internals.
+pub fn into_contract(resp: &mut Response) {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || resp.extensions().get::<ApiError>().is_some()
+        || resp.extensions().get::<Forwarded>().is_some()
+    {
+        return;
+    }
+    tracing::debug!(
+        status = status.as_u16(),
+        "error response rewritten into the contract's shape"
+    );
+    let mut fixed = ApiError::from_status(status).into_response();
+    let own: Vec<HeaderName> = fixed.headers().keys().cloned().collect();
+    for (name, value) in resp.headers() {
+        if *name != http::header::CONTENT_LENGTH && !own.contains(name) {
+            fixed.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    *resp = fixed;
 }
 
 /// Turn a caught panic into a 500 without details.

@@ -1,11 +1,14 @@
 //! HTTP plumbing shared by every layer: the error shape ([`respond`]), the
 //! request envelope (request id, security headers, panics), and the JSON
-//! extractor whose every rejection is an [`ApiError`].
+//! body and path-parameter extractors whose every rejection is an
+//! [`ApiError`].
 
 pub mod envelope;
 pub mod json;
+pub mod path;
 pub mod respond;
 
 pub use envelope::RequestId;
 pub use json::Json;
+pub use path::Path;
 pub use respond::{ApiError, FieldErrors};

@@ -163,6 +163,29 @@ impl ApiError {
         }
     }
 
+    /// The contract error for a bare status that some library produced
+    /// without going through [`ApiError`] (see `envelope::into_contract`):
+    /// the same status where the contract has one, otherwise 400 for a
+    /// client error and 500 for anything else.
+    pub fn from_status(status: StatusCode) -> ApiError {
+        match status.as_u16() {
+            401 => ApiError::Unauthenticated,
+            403 => ApiError::Forbidden,
+            404 => ApiError::NotFound,
+            405 => ApiError::MethodNotAllowed,
+            408 => ApiError::RequestTimeout,
+            409 => ApiError::Conflict("the request conflicts with the resource's state".into()),
+            413 => ApiError::PayloadTooLarge,
+            415 => ApiError::UnsupportedMediaType,
+            431 => ApiError::HeadersTooLarge,
+            502 => ApiError::BadGateway,
+            503 => ApiError::Unavailable,
+            504 => ApiError::GatewayTimeout,
+            400..=499 => ApiError::BadRequest("the request could not be processed".into()),
+            _ => ApiError::Internal,
+        }
+    }
+
     /// Whose fault it is.
     pub fn source(&self) -> ErrorSource {
         match self {

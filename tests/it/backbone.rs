@@ -491,4 +491,68 @@ mod in_process {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
+
+    /// Rejections that axum or a library answers on its own (a path segment
+    /// that does not parse, a handler's bare status with a text body) reach
+    /// the client in the contract's shape, with the envelope's headers and
+    /// the original's other headers, never with the original's body.
+    #[tokio::test]
+    async fn library_rejections_have_the_error_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(
+            dir.path(),
+            "[network]\nlisten = \"127.0.0.1:0\"\ntls = false\n",
+        )
+        .await;
+        let router = axum::Router::new()
+            .route(
+                "/ours/{n}",
+                get(|frenly::http::Path(n): frenly::http::Path<u32>| async move { n.to_string() }),
+            )
+            .route(
+                "/axums/{n}",
+                get(|axum::extract::Path(n): axum::extract::Path<u32>| async move { n.to_string() }),
+            )
+            .route(
+                "/bare",
+                get(|| async {
+                    (
+                        http::StatusCode::UNPROCESSABLE_ENTITY,
+                        [("retry-after", "7")],
+                        "detail: /etc/secret.conf line 3",
+                    )
+                }),
+            )
+            .route(
+                "/gone",
+                get(|| async { (http::StatusCode::SERVICE_UNAVAILABLE, "db down at 10.0.0.5") }),
+            );
+        let app = frenly::server::stack::wrap(router, st.clone());
+        let server = frenly::server::Server::bind_with(st, app).await.unwrap();
+        let addr = server.listener.local_addr().unwrap();
+        tokio::spawn(server.run(std::future::pending()));
+        let c = reqwest::Client::new();
+        let get = |path: &str| c.get(format!("http://{addr}{path}")).send();
+        // valid parameters still work through both extractors
+        assert_eq!(get("/ours/5").await.unwrap().text().await.unwrap(), "5");
+        assert_eq!(get("/axums/6").await.unwrap().text().await.unwrap(), "6");
+        for path in ["/ours/%ff", "/ours/abc", "/axums/%ff%fe", "/axums/-1"] {
+            let r = get(path).await.unwrap();
+            assert!(r.headers().get("x-request-id").is_some(), "{path}");
+            assert_eq!(r.headers()["content-type"], "application/json", "{path}");
+            let (st, code, body) = error_code(r).await;
+            assert_eq!((st, code.as_str()), (400, "bad_request"), "{path}: {body}");
+            let text = body.to_string();
+            assert!(!text.contains("abc") && !text.contains("-1"), "{path}: echoed {text}");
+        }
+        let r = get("/bare").await.unwrap();
+        assert_eq!(r.headers()["retry-after"], "7");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        let (st, code, body) = error_code(r).await;
+        assert_eq!((st, code.as_str()), (400, "bad_request"));
+        assert!(!body.to_string().contains("secret"), "{body}");
+        let (st, code, body) = error_code(get("/gone").await.unwrap()).await;
+        assert_eq!((st, code.as_str()), (503, "unavailable"));
+        assert!(!body.to_string().contains("10.0.0.5"), "{body}");
+    }
 }

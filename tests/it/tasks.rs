@@ -933,3 +933,35 @@ async fn a_task_read_again_shows_every_write_before_it() {
     );
     assert_eq!(read_task(&s, &other).await["status"], "cancelled");
 }
+
+/// A path parameter that percent-decodes to invalid UTF-8 is a 400 in the
+/// error shape on every route that takes one (axum's own rejection is a
+/// `text/plain` body naming the parameter).
+#[tokio::test]
+async fn malformed_path_parameters_are_400_in_the_error_shape() {
+    let s = start().await;
+    let c = &s.client;
+    let routes = [
+        (reqwest::Method::GET, "/api/tasks/%ff"),
+        (reqwest::Method::PATCH, "/api/tasks/%ff%fe"),
+        (reqwest::Method::DELETE, "/api/tasks/%c3%28"),
+        (reqwest::Method::POST, "/api/tasks/%ff/result"),
+        (reqwest::Method::DELETE, "/api/keys/%ff"),
+        (reqwest::Method::POST, "/api/keys/%ff/rotate"),
+        (reqwest::Method::GET, "/api/users/%ff"),
+        (reqwest::Method::DELETE, "/api/users/%ff"),
+        (reqwest::Method::DELETE, "/api/security/bans/%ff"),
+    ];
+    for (method, path) in routes {
+        let mut req = c
+            .request(method.clone(), s.url(path))
+            .header("X-API-Key", s.admin());
+        if matches!(method, reqwest::Method::PATCH | reqwest::Method::POST) {
+            req = req.json(&json!({"status": "done", "result": {}}));
+        }
+        let r = req.send().await.unwrap();
+        assert!(r.headers().get("x-request-id").is_some(), "{method} {path}");
+        let (st, code, body) = error_code(r).await;
+        assert_eq!((st, code.as_str()), (400, "bad_request"), "{method} {path}: {body}");
+    }
+}
