@@ -8,8 +8,12 @@
 //! between keep-alive requests); at most `network.max_connections`
 //! connections are served at once. On shutdown the listener closes first,
 //! in-flight requests get `network.shutdown_grace_seconds` to finish, then
-//! the audit log is flushed.
+//! the audit log is flushed. A connection's first request target has the
+//! bytes the URI parser refuses but clients send raw (`<`, `"`, ...)
+//! percent-encoded first ([`request_line`]), so such a request meets every
+//! layer instead of hyper's bare 400.
 
+pub mod request_line;
 pub mod stack;
 pub mod tls;
 
@@ -156,7 +160,8 @@ async fn serve_conn<IO>(
         req.map(axum::body::Body::new)
     });
     let svc = TowerToHyperService::new(svc);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(request_line::FirstRequestLine::new(io)), svc);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }

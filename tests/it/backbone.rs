@@ -511,7 +511,9 @@ mod in_process {
             )
             .route(
                 "/axums/{n}",
-                get(|axum::extract::Path(n): axum::extract::Path<u32>| async move { n.to_string() }),
+                get(
+                    |axum::extract::Path(n): axum::extract::Path<u32>| async move { n.to_string() },
+                ),
             )
             .route(
                 "/bare",
@@ -543,7 +545,10 @@ mod in_process {
             let (st, code, body) = error_code(r).await;
             assert_eq!((st, code.as_str()), (400, "bad_request"), "{path}: {body}");
             let text = body.to_string();
-            assert!(!text.contains("abc") && !text.contains("-1"), "{path}: echoed {text}");
+            assert!(
+                !text.contains("abc") && !text.contains("-1"),
+                "{path}: echoed {text}"
+            );
         }
         let r = get("/bare").await.unwrap();
         assert_eq!(r.headers()["retry-after"], "7");

@@ -962,6 +962,10 @@ async fn malformed_path_parameters_are_400_in_the_error_shape() {
         let r = req.send().await.unwrap();
         assert!(r.headers().get("x-request-id").is_some(), "{method} {path}");
         let (st, code, body) = error_code(r).await;
-        assert_eq!((st, code.as_str()), (400, "bad_request"), "{method} {path}: {body}");
+        assert_eq!(
+            (st, code.as_str()),
+            (400, "bad_request"),
+            "{method} {path}: {body}"
+        );
     }
 }

@@ -1,0 +1,223 @@
+//! Percent-encoding of the bytes in a connection's first request target
+//! that HTTP clients send raw but the URI parser refuses.
+//!
+//! Threat: `GET /api/tasks?q=<script>alert(1)</script>` sent as typed (curl,
+//! Python's `http.client`, a raw socket) carries `<`, `>`, `"`, a backtick or
+//! non-ASCII bytes in the request target. hyper's URI parser refuses those
+//! before any Frenly layer runs and answers a bare `400` with an empty body:
+//! no error shape, no `X-Request-Id`, no security headers, and the attack is
+//! neither recognised by the intrusion-detection layer nor audited.
+//! Guarantee: on the first request of each connection, those bytes of the
+//! request target (and only there: not the method, the version, the headers
+//! or the body) are percent-encoded before hyper parses the line, as a
+//! browser would have sent them. The target means the same once decoded
+//! (every layer and handler reads decoded values), so the request goes
+//! through the whole stack like any other: the IDS blocks the payload with
+//! a 403 `request_blocked`, a harmless one is served. Control characters
+//! are left alone (hyper still refuses them: they are no URI at all).
+//!
+//! Not covered: a later request on a kept-alive connection (its line is
+//! parsed by hyper as sent, so it gets hyper's bare 400); a first line that
+//! does not arrive whole in the connection's first read (up to 8 KiB, read
+//! here; a line split across TCP segments is passed on as sent).
+//! Clients that keep connections alive encode their URLs.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The bytes of a request target that are encoded: the printable ones the
+/// URI parser refuses in a path or a query, and every byte past ASCII.
+fn needs_encoding(b: u8) -> bool {
+    matches!(b, b'"' | b'<' | b'>' | b'`') || b >= 0x80
+}
+
+/// `buf` with the first request line's target percent-encoded where
+/// [`needs_encoding`] says so; `None` when nothing needs it, when `buf` holds
+/// no complete first line, or when that line is not `METHOD SP target SP
+/// HTTP/x` (an HTTP/2 preface, garbage: passed on as it is).
+pub fn normalize(buf: &[u8]) -> Option<Vec<u8>> {
+    let end = buf.iter().position(|&b| b == b'\n')?;
+    let line = buf.get(..end)?;
+    let sp1 = line.iter().position(|&b| b == b' ')?;
+    let sp2 = line.iter().rposition(|&b| b == b' ')?;
+    let target = line.get(sp1 + 1..sp2)?;
+    if sp1 == 0 || !line.get(sp2 + 1..)?.starts_with(b"HTTP/") {
+        return None;
+    }
+    if !target.iter().copied().any(needs_encoding) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(buf.len() + 2 * target.len());
+    out.extend_from_slice(buf.get(..=sp1)?);
+    for &b in target {
+        if needs_encoding(b) {
+            let hex = |d: u8| {
+                char::from_digit(u32::from(d), 16).map_or(b'0', |c| c.to_ascii_uppercase() as u8)
+            };
+            out.extend_from_slice(&[b'%', hex(b >> 4), hex(b & 15)]);
+        } else {
+            out.push(b);
+        }
+    }
+    out.extend_from_slice(buf.get(sp2..)?);
+    Some(out)
+}
+
+/// The connection's first read: a whole request head, as a rule.
+const FIRST_READ: usize = 8192;
+
+enum State {
+    /// The connection's first read has not happened yet.
+    First,
+    /// The first read's bytes (rewritten or not), handed out from `.1` on.
+    Draining(Vec<u8>, usize),
+    /// Everything else: reads and writes go straight through.
+    Through,
+}
+
+/// A connection whose first request line is normalised (module docs).
+pub struct FirstRequestLine<IO> {
+    io: IO,
+    state: State,
+}
+
+impl<IO> FirstRequestLine<IO> {
+    pub fn new(io: IO) -> Self {
+        FirstRequestLine {
+            io,
+            state: State::First,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for FirstRequestLine<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match &mut this.state {
+            State::Through => Pin::new(&mut this.io).poll_read(cx, out),
+            State::Draining(rest, at) => {
+                let left = rest.get(*at..).unwrap_or_default();
+                let n = left.len().min(out.remaining());
+                out.put_slice(left.get(..n).unwrap_or_default());
+                *at += n;
+                if *at >= rest.len() {
+                    this.state = State::Through;
+                }
+                Poll::Ready(Ok(()))
+            }
+            State::First => {
+                // Read into a buffer of our own: the caller's may be smaller
+                // than the line (hyper_util reads 24 bytes first, to tell an
+                // HTTP/2 preface from HTTP/1).
+                let mut own = vec![0u8; FIRST_READ];
+                let mut first = ReadBuf::new(&mut own);
+                ready!(Pin::new(&mut this.io).poll_read(cx, &mut first))?;
+                let n = first.filled().len();
+                own.truncate(n);
+                if n == 0 {
+                    this.state = State::Through;
+                    return Poll::Ready(Ok(()));
+                }
+                let bytes = normalize(&own).unwrap_or(own);
+                this.state = State::Draining(bytes, 0);
+                self.poll_read(cx, out)
+            }
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for FirstRequestLine<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn only_the_targets_refused_bytes_are_encoded() {
+        let got =
+            normalize(b"GET /a?q=<script>\"x\"`\xC3\xBC HTTP/1.1\r\nHost: <h>\r\n\r\n").unwrap();
+        assert_eq!(
+            got,
+            b"GET /a?q=%3Cscript%3E%22x%22%60%C3%BC HTTP/1.1\r\nHost: <h>\r\n\r\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn clean_lines_previews_and_non_requests_are_left_alone() {
+        for buf in [
+            &b"GET /api/tasks?q=a%3Cb HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET /a?q=<b",          // no complete line yet
+            b"GET /a?q=<b\r\n",      // no version
+            b"<<<< /a HTTP/1.1\r\n", // refused bytes in the method only
+            b" /a<b HTTP/1.1\r\n",   // no method
+            b"GET /a<b XTTP/1.1\r\n",
+            b"",
+        ] {
+            assert_eq!(normalize(buf), None, "{:?}", String::from_utf8_lossy(buf));
+        }
+    }
+
+    /// Through the wrapper, with a reader whose buffer is smaller than the
+    /// line (hyper_util's first read is 24 bytes): every byte of the
+    /// rewritten line arrives, in order, and later reads (a second request)
+    /// pass unchanged.
+    #[tokio::test]
+    async fn a_small_reader_gets_the_whole_rewritten_stream() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let first = b"GET /x?q=<<<<<<<<<<<<<<<< HTTP/1.1\r\nHost: h\r\n\r\n";
+        client.write_all(first).await.unwrap();
+        let mut conn = FirstRequestLine::new(server);
+        let want = normalize(first).unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 7];
+        while got.len() < want.len() {
+            let n = conn.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(got, want);
+        client.write_all(b"GET /y?q=<b HTTP/1.1\r\n").await.unwrap();
+        drop(client);
+        let mut rest = Vec::new();
+        conn.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"GET /y?q=<b HTTP/1.1\r\n".to_vec());
+    }
+}
