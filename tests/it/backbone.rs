@@ -328,6 +328,23 @@ mod in_process {
         AppState::build(Arc::new(cfg), p.db).await.unwrap()
     }
 
+    /// Serve `router` behind the real stack on a plain loopback listener
+    /// (`extra` lines added to its `[network]` table) for the rest of the
+    /// test; returns its address and the data dir, to be kept alive.
+    async fn serve_plain(
+        router: axum::Router,
+        extra: &str,
+    ) -> (std::net::SocketAddr, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!("[network]\nlisten = \"127.0.0.1:0\"\ntls = false\n{extra}");
+        let st = state(dir.path(), &toml).await;
+        let app = frenly::server::stack::wrap(router, st.clone());
+        let server = frenly::server::Server::bind_with(st, app).await.unwrap();
+        let addr = server.listener.local_addr().unwrap();
+        tokio::spawn(server.run(std::future::pending()));
+        (addr, dir)
+    }
+
     async fn boom() -> &'static str {
         panic!("secret detail /etc/passwd")
     }
@@ -403,12 +420,6 @@ mod in_process {
 
     #[tokio::test]
     async fn slow_body_is_cut_by_the_request_timeout() {
-        let dir = tempfile::tempdir().unwrap();
-        let st = state(
-            dir.path(),
-            "[network]\nlisten = \"127.0.0.1:0\"\ntls = false\nrequest_timeout_seconds = 1\n",
-        )
-        .await;
         let router = axum::Router::new().route(
             "/echo",
             axum::routing::post(
@@ -417,10 +428,7 @@ mod in_process {
                 },
             ),
         );
-        let app = frenly::server::stack::wrap(router, st.clone());
-        let server = frenly::server::Server::bind_with(st, app).await.unwrap();
-        let addr = server.listener.local_addr().unwrap();
-        tokio::spawn(server.run(std::future::pending()));
+        let (addr, _dir) = serve_plain(router, "request_timeout_seconds = 1\n").await;
         let out = tokio::task::spawn_blocking(move || {
             let mut c = std::net::TcpStream::connect(addr).unwrap();
             c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -437,12 +445,6 @@ mod in_process {
 
     #[tokio::test]
     async fn json_rejections_have_the_error_shape() {
-        let dir = tempfile::tempdir().unwrap();
-        let st = state(
-            dir.path(),
-            "[network]\nlisten = \"127.0.0.1:0\"\ntls = false\n",
-        )
-        .await;
         #[derive(serde::Deserialize, serde::Serialize)]
         #[serde(deny_unknown_fields)]
         struct In {
@@ -454,10 +456,7 @@ mod in_process {
                 frenly::http::Json(v)
             }),
         );
-        let app = frenly::server::stack::wrap(router, st.clone());
-        let server = frenly::server::Server::bind_with(st, app).await.unwrap();
-        let addr = server.listener.local_addr().unwrap();
-        tokio::spawn(server.run(std::future::pending()));
+        let (addr, _dir) = serve_plain(router, "").await;
         let c = reqwest::Client::new();
         let url = format!("http://{addr}/in");
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
@@ -498,12 +497,6 @@ mod in_process {
     /// the original's other headers, never with the original's body.
     #[tokio::test]
     async fn library_rejections_have_the_error_shape() {
-        let dir = tempfile::tempdir().unwrap();
-        let st = state(
-            dir.path(),
-            "[network]\nlisten = \"127.0.0.1:0\"\ntls = false\n",
-        )
-        .await;
         let router = axum::Router::new()
             .route(
                 "/ours/{n}",
@@ -529,10 +522,7 @@ mod in_process {
                 "/gone",
                 get(|| async { (http::StatusCode::SERVICE_UNAVAILABLE, "db down at 10.0.0.5") }),
             );
-        let app = frenly::server::stack::wrap(router, st.clone());
-        let server = frenly::server::Server::bind_with(st, app).await.unwrap();
-        let addr = server.listener.local_addr().unwrap();
-        tokio::spawn(server.run(std::future::pending()));
+        let (addr, _dir) = serve_plain(router, "").await;
         let c = reqwest::Client::new();
         let get = |path: &str| c.get(format!("http://{addr}{path}")).send();
         // valid parameters still work through both extractors
