@@ -103,8 +103,14 @@ pub fn into_contract(resp: &mut Response) {
     );
     let mut fixed = ApiError::from_status(status).into_response();
     let own: Vec<HeaderName> = fixed.headers().keys().cloned().collect();
+    // The body is replaced: what described the old one goes with it.
+    let body_headers = [
+        http::header::CONTENT_LENGTH,
+        http::header::CONTENT_ENCODING,
+        http::header::TRANSFER_ENCODING,
+    ];
     for (name, value) in resp.headers() {
-        if *name != http::header::CONTENT_LENGTH && !own.contains(name) {
+        if !body_headers.contains(name) && !own.contains(name) {
             fixed.headers_mut().append(name.clone(), value.clone());
         }
     }

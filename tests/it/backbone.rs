@@ -513,7 +513,7 @@ mod in_process {
                 get(|| async {
                     (
                         http::StatusCode::UNPROCESSABLE_ENTITY,
-                        [("retry-after", "7")],
+                        [("retry-after", "7"), ("content-encoding", "gzip")],
                         "detail: /etc/secret.conf line 3",
                     )
                 }),
@@ -542,6 +542,10 @@ mod in_process {
         }
         let r = get("/bare").await.unwrap();
         assert_eq!(r.headers()["retry-after"], "7");
+        assert!(
+            r.headers().get("content-encoding").is_none(),
+            "the old body's encoding stays behind"
+        );
         assert_eq!(r.headers()["x-content-type-options"], "nosniff");
         let (st, code, body) = error_code(r).await;
         assert_eq!((st, code.as_str()), (400, "bad_request"));
