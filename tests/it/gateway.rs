@@ -461,19 +461,7 @@ async fn sse_arrives_incrementally() {
 }
 
 fn connector(s: &TestServer) -> tokio_tungstenite::Connector {
-    let pem = std::fs::read(s.data_dir().join("tls/cert.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut &pem[..]) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tokio_tungstenite::Connector::Rustls(Arc::new(cfg))
+    tokio_tungstenite::Connector::Rustls(s.tls_client_config())
 }
 
 #[tokio::test]

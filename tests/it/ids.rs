@@ -307,3 +307,29 @@ async fn raw_payloads_in_the_request_target_meet_the_ids() {
     assert_eq!(bad.0, 400, "{}", bad.1);
     assert!(bad.1.contains("\"bad_request\""), "{}", bad.1);
 }
+
+/// The same over TLS, the embedded default: the first request line is
+/// normalised after the handshake, so a raw `<script>` in the target is a
+/// 403 `request_blocked` there too.
+#[tokio::test]
+async fn raw_payloads_in_the_request_target_meet_the_ids_over_tls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start().await;
+    assert!(s.tls);
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(s.addr.ip().into());
+    let mut tls = tokio_rustls::TlsConnector::from(s.tls_client_config())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let req = format!(
+        "GET /api/tasks?q=<script>alert(1)</script> HTTP/1.1\r\nHost: x\r\nX-API-Key: {}\r\nConnection: close\r\n\r\n",
+        s.admin()
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    assert!(text.contains("\"request_blocked\""), "{text}");
+}

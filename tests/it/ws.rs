@@ -15,19 +15,7 @@ use crate::tasks::{create, start};
 pub type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn connector(s: &TestServer) -> Connector {
-    let pem = std::fs::read(s.data_dir().join("tls/cert.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut &pem[..]) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Connector::Rustls(Arc::new(cfg))
+    Connector::Rustls(s.tls_client_config())
 }
 
 pub async fn connect(

@@ -283,6 +283,25 @@ impl TestServer {
         self.data.clone()
     }
 
+    /// A rustls client configuration that trusts exactly this instance's
+    /// certificate (for raw TLS and WebSocket clients; `client` is the
+    /// HTTP one).
+    pub fn tls_client_config(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        let pem = std::fs::read(self.data.join("tls/cert.pem")).expect("cert");
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut &pem[..]) {
+            roots.add(c.expect("certificate")).expect("root");
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        std::sync::Arc::new(cfg)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
