@@ -22,21 +22,21 @@
 //! here; a line split across TCP segments is passed on as sent).
 //! Clients that keep connections alive encode their URLs.
 
+use std::borrow::Cow;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use percent_encoding::{percent_encode, AsciiSet};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The bytes of a request target that are encoded: the printable ones the
-/// URI parser refuses in a path or a query, and every byte past ASCII.
-fn needs_encoding(b: u8) -> bool {
-    matches!(b, b'"' | b'<' | b'>' | b'`') || b >= 0x80
-}
+/// The printable bytes the URI parser refuses in a path or a query;
+/// `percent_encode` also encodes every byte past ASCII.
+const REFUSED: &AsciiSet = &AsciiSet::EMPTY.add(b'"').add(b'<').add(b'>').add(b'`');
 
 /// `buf` with the first request line's target percent-encoded where
-/// [`needs_encoding`] says so; `None` when nothing needs it, when `buf` holds
-/// no complete first line, or when that line is not `METHOD SP target SP
+/// [`REFUSED`] says so; `None` when nothing needs it, when `buf` holds no
+/// complete first line, or when that line is not `METHOD SP target SP
 /// HTTP/x` (an HTTP/2 preface, garbage: passed on as it is).
 pub fn normalize(buf: &[u8]) -> Option<Vec<u8>> {
     let end = buf.iter().position(|&b| b == b'\n')?;
@@ -47,21 +47,13 @@ pub fn normalize(buf: &[u8]) -> Option<Vec<u8>> {
     if sp1 == 0 || !line.get(sp2 + 1..)?.starts_with(b"HTTP/") {
         return None;
     }
-    if !target.iter().copied().any(needs_encoding) {
+    // borrowed: nothing in the target needed encoding
+    let Cow::Owned(encoded) = Cow::<str>::from(percent_encode(target, REFUSED)) else {
         return None;
-    }
-    let mut out = Vec::with_capacity(buf.len() + 2 * target.len());
+    };
+    let mut out = Vec::with_capacity(buf.len() + encoded.len() - target.len());
     out.extend_from_slice(buf.get(..=sp1)?);
-    for &b in target {
-        if needs_encoding(b) {
-            let hex = |d: u8| {
-                char::from_digit(u32::from(d), 16).map_or(b'0', |c| c.to_ascii_uppercase() as u8)
-            };
-            out.extend_from_slice(&[b'%', hex(b >> 4), hex(b & 15)]);
-        } else {
-            out.push(b);
-        }
-    }
+    out.extend_from_slice(encoded.as_bytes());
     out.extend_from_slice(buf.get(sp2..)?);
     Some(out)
 }
