@@ -234,16 +234,22 @@ async fn family_route_and_field_overrides() {
     assert_eq!(r.status(), 403);
 }
 
-/// One raw HTTP/1.1 exchange on a fresh connection: `(status, headers and
-/// body as text)`.
-fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    c.write_all(request).unwrap();
+/// `GET target` sent as raw bytes on `conn` (a fresh connection, closed
+/// after the answer), with the API key: `(status, headers and body as text)`.
+async fn raw_get<C>(mut conn: C, key: &str, target: &[u8]) -> (u16, String)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut req = b"GET ".to_vec();
+    req.extend_from_slice(target);
+    req.extend_from_slice(
+        format!(" HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    conn.write_all(&req).await.unwrap();
     let mut buf = Vec::new();
-    let _ = c.read_to_end(&mut buf);
+    let read = conn.read_to_end(&mut buf);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text
         .split(' ')
@@ -260,17 +266,10 @@ fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> (u16, String) {
 /// search is served, a bad path parameter is a 400 `bad_request`.
 #[tokio::test]
 async fn raw_payloads_in_the_request_target_meet_the_ids() {
-    let s = TestServer::with(Opts::default().plain()).await;
-    let key = s.admin().to_string();
-    let addr = s.addr;
-    let send = move |target: &[u8]| {
-        let mut req = b"GET ".to_vec();
-        req.extend_from_slice(target);
-        req.extend_from_slice(
-            format!(" HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        );
-        raw_exchange(addr, &req)
+    let s = &TestServer::with(Opts::default().plain()).await;
+    let send = |target: &'static [u8]| async move {
+        let conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        raw_get(conn, s.admin(), target).await
     };
     let blocked = [
         &b"/api/tasks?q=<script>alert(1)</script>"[..],
@@ -278,13 +277,7 @@ async fn raw_payloads_in_the_request_target_meet_the_ids() {
         b"/api/tasks?q=`id`;cat</etc/passwd",
     ];
     for target in blocked {
-        let (st, text) = tokio::task::spawn_blocking({
-            let send = send.clone();
-            let target = target.to_vec();
-            move || send(&target)
-        })
-        .await
-        .unwrap();
+        let (st, text) = send(target).await;
         let shown = String::from_utf8_lossy(target);
         assert_eq!(st, 403, "{shown}: {text}");
         assert!(text.contains("\"request_blocked\""), "{shown}: {text}");
@@ -293,17 +286,10 @@ async fn raw_payloads_in_the_request_target_meet_the_ids() {
             "{text}"
         );
     }
-    let served = tokio::task::spawn_blocking({
-        let send = send.clone();
-        move || send(b"/api/tasks?q=\"quarterly\"")
-    })
-    .await
-    .unwrap();
+    let served = send(b"/api/tasks?q=\"quarterly\"").await;
     assert_eq!(served.0, 200, "{}", served.1);
     assert!(served.1.contains("\"items\""), "{}", served.1);
-    let bad = tokio::task::spawn_blocking(move || send(b"/api/tasks/\xff\xfe"))
-        .await
-        .unwrap();
+    let bad = send(b"/api/tasks/\xff\xfe").await;
     assert_eq!(bad.0, 400, "{}", bad.1);
     assert!(bad.1.contains("\"bad_request\""), "{}", bad.1);
 }
@@ -313,23 +299,15 @@ async fn raw_payloads_in_the_request_target_meet_the_ids() {
 /// 403 `request_blocked` there too.
 #[tokio::test]
 async fn raw_payloads_in_the_request_target_meet_the_ids_over_tls() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = TestServer::start().await;
     assert!(s.tls);
     let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::IpAddress(s.addr.ip().into());
-    let mut tls = tokio_rustls::TlsConnector::from(s.tls_client_config())
+    let tls = tokio_rustls::TlsConnector::from(s.tls_client_config())
         .connect(name, tcp)
         .await
         .unwrap();
-    let req = format!(
-        "GET /api/tasks?q=<script>alert(1)</script> HTTP/1.1\r\nHost: x\r\nX-API-Key: {}\r\nConnection: close\r\n\r\n",
-        s.admin()
-    );
-    tls.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tls.read_to_end(&mut out).await;
-    let text = String::from_utf8_lossy(&out);
-    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    let (st, text) = raw_get(tls, s.admin(), b"/api/tasks?q=<script>alert(1)</script>").await;
+    assert_eq!(st, 403, "{text}");
     assert!(text.contains("\"request_blocked\""), "{text}");
 }
