@@ -68,20 +68,22 @@ pub async fn envelope(
         Some(v) if is_sane_request_id(v.as_bytes()) => {
             Arc::<str>::from(v.to_str().unwrap_or_default())
         }
-        // A random (v4) id from the thread's CSPRNG: no system call per
-        // request, still unguessable.
-        _ => Arc::<str>::from(
-            uuid::Builder::from_random_bytes(rand::random())
-                .into_uuid()
-                .simple()
-                .to_string(),
-        ),
+        _ => Arc::<str>::from(new_request_id()),
     };
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut resp = next.run(req).await;
     into_contract(&mut resp);
     decorate(&mut resp, &id, opts.tls);
     resp
+}
+
+/// A fresh request id: a random (v4) UUID from the thread's CSPRNG (no
+/// system call per request, still unguessable), 32 hex digits.
+pub fn new_request_id() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .simple()
+        .to_string()
 }
 
 /// Rewrite an error response that is not an [`ApiError`]'s (nor relayed
@@ -138,9 +140,20 @@ fn decorate(resp: &mut Response, id: &str, tls: bool) {
         http::header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    // Every API response is either authenticated or an error about it: none
-    // may be stored by a cache (`Cache-Control`).
-    let policy = [
+    for (name, value) in policy_headers(tls) {
+        if forwarded {
+            h.entry(name).or_insert(HeaderValue::from_static(value));
+        } else {
+            h.insert(name, HeaderValue::from_static(value));
+        }
+    }
+}
+
+/// The policy headers every Frenly response carries besides `nosniff` and
+/// `X-Request-Id` (HSTS only under TLS). Every API response is either
+/// authenticated or an error about it: none may be stored by a cache.
+pub fn policy_headers(tls: bool) -> impl Iterator<Item = (HeaderName, &'static str)> {
+    [
         (
             http::header::CONTENT_SECURITY_POLICY,
             "default-src 'none'; frame-ancestors 'none'",
@@ -152,15 +165,7 @@ fn decorate(resp: &mut Response, id: &str, tls: bool) {
             http::header::STRICT_TRANSPORT_SECURITY,
             "max-age=31536000; includeSubDomains",
         ),
-    ];
-    let policy = policy
-        .into_iter()
-        .filter(|(name, _)| tls || name != http::header::STRICT_TRANSPORT_SECURITY);
-    for (name, value) in policy {
-        if forwarded {
-            h.entry(name).or_insert(HeaderValue::from_static(value));
-        } else {
-            h.insert(name, HeaderValue::from_static(value));
-        }
-    }
+    ]
+    .into_iter()
+    .filter(move |(name, _)| tls || name != http::header::STRICT_TRANSPORT_SECURITY)
 }

@@ -186,6 +186,24 @@ impl ApiError {
         }
     }
 
+    /// The JSON body: `{"error": {"code", "message", "fields"?}}`.
+    pub fn body_bytes(&self) -> Vec<u8> {
+        let fields = match self {
+            ApiError::Validation(f) => Some(f),
+            _ => None,
+        };
+        let body = Body {
+            error: Inner {
+                code: self.code(),
+                message: self.message(),
+                fields,
+            },
+        };
+        serde_json::to_vec(&body).unwrap_or_else(|_| {
+            br#"{"error":{"code":"internal","message":"internal error"}}"#.to_vec()
+        })
+    }
+
     /// Whose fault it is.
     pub fn source(&self) -> ErrorSource {
         match self {
@@ -226,21 +244,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let fields = match &self {
-            ApiError::Validation(f) => Some(f),
-            _ => None,
-        };
-        let body = Body {
-            error: Inner {
-                code: self.code(),
-                message: self.message(),
-                fields,
-            },
-        };
-        let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| {
-            br#"{"error":{"code":"internal","message":"internal error"}}"#.to_vec()
-        });
-        let mut resp = (self.status(), bytes).into_response();
+        let mut resp = (self.status(), self.body_bytes()).into_response();
         let h = resp.headers_mut();
         h.insert(
             header::CONTENT_TYPE,

@@ -11,8 +11,11 @@
 //! the audit log is flushed. A connection's first request target has the
 //! bytes the URI parser refuses but clients send raw (`<`, `"`, ...)
 //! percent-encoded first ([`request_line`]), so such a request meets every
-//! layer instead of hyper's bare 400.
+//! layer instead of hyper's bare 400; what hyper still refuses as not
+//! HTTP at all gets its answer in the contract's error shape
+//! ([`parse_error`]).
 
+pub mod parse_error;
 pub mod request_line;
 pub mod stack;
 pub mod tls;
@@ -31,7 +34,9 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::app::AppState;
+use crate::monitoring::metrics::ReasonLabel;
 use crate::network::PeerAddr;
+use parse_error::ShapedParseErrors;
 
 /// A running server's settings.
 pub struct Server {
@@ -95,6 +100,14 @@ impl Server {
             cfg.network.max_connections.max(1),
         ));
         let handshake = Duration::from_secs(cfg.network.tls_handshake_timeout_seconds.max(1));
+        let malformed = self
+            .state
+            .metrics
+            .blocked
+            .get_or_create(&ReasonLabel {
+                reason: "malformed_http".into(),
+            })
+            .clone();
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -117,19 +130,26 @@ impl Server {
             let builder = builder.clone();
             let watcher = graceful.watcher();
             let tls = self.tls.clone();
+            let malformed = malformed.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 match tls {
                     Some(acceptor) => {
                         match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => serve_conn(s, peer, app, &builder, watcher).await,
+                            Ok(Ok(s)) => {
+                                let io = ShapedParseErrors::new(s, true, malformed);
+                                serve_conn(io, peer, app, &builder, watcher).await
+                            }
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed")
                             }
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         }
                     }
-                    None => serve_conn(stream, peer, app, &builder, watcher).await,
+                    None => {
+                        let io = ShapedParseErrors::new(stream, false, malformed);
+                        serve_conn(io, peer, app, &builder, watcher).await
+                    }
                 }
             });
         }

@@ -17,7 +17,8 @@
 //! are left alone (hyper still refuses them: they are no URI at all).
 //!
 //! Not covered: a later request on a kept-alive connection (its line is
-//! parsed by hyper as sent, so it gets hyper's bare 400); a first line that
+//! parsed by hyper as sent, so hyper refuses it: a 400 in the error shape,
+//! see [`super::parse_error`], that the IDS never sees); a first line that
 //! does not arrive whole in the connection's first read (up to 8 KiB, read
 //! here; a line split across TCP segments is passed on as sent).
 //! Clients that keep connections alive encode their URLs.

@@ -5,6 +5,8 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::json;
+
 use crate::common::{error_code, run_cli, Opts, TestServer};
 
 #[tokio::test]
@@ -72,7 +74,7 @@ async fn unknown_route_and_wrong_method_are_json_errors() {
 #[tokio::test]
 async fn oversized_body_is_413_and_non_json_body_is_415() {
     let s = TestServer::with(Opts::default().config("[limits]\nbody_max_bytes = 1024\n")).await;
-    let big = serde_json::json!({"title": "x".repeat(5000)});
+    let big = json!({"title": "x".repeat(5000)});
     let r = s
         .post("/api/tasks")
         .header("X-API-Key", s.admin())
@@ -124,6 +126,171 @@ async fn too_many_or_too_large_headers_are_431() {
         .unwrap();
     let (st, code, _) = error_code(r).await;
     assert_eq!((st, code.as_str()), (431, "headers_too_large"));
+}
+
+/// `bytes` sent on `conn`, everything the server answers before it closes
+/// (10 s at most), as text.
+async fn exchange<C>(mut conn: C, bytes: &[u8]) -> String
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(bytes).await.unwrap();
+    let mut buf = Vec::new();
+    let read = conn.read_to_end(&mut buf);
+    let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
+    String::from_utf8_lossy(&buf).to_string()
+}
+
+/// The last response in `text` (a connection's whole answer): its status,
+/// its head (lowercase) and its body parsed as JSON.
+fn last_response(text: &str) -> (u16, String, serde_json::Value) {
+    let at = text
+        .rfind("HTTP/1.1 ")
+        .unwrap_or_else(|| panic!("{text:?}"));
+    let (head, body) = text[at..].split_once("\r\n\r\n").unwrap();
+    let status = head[9..12].parse().unwrap();
+    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    (status, head.to_ascii_lowercase(), json)
+}
+
+/// What hyper's parser refuses as not HTTP at all (smuggling and
+/// parser-confusion probes) is still answered in the contract's shape —
+/// status, JSON error, request id, security headers, connection closed —
+/// and counted, instead of hyper's bare 400/431 with an empty body.
+#[tokio::test]
+async fn requests_that_are_not_http_get_the_error_shape() {
+    let s = &TestServer::with(Opts::default().plain()).await;
+    let send = |bytes: Vec<u8>| async move {
+        exchange(
+            tokio::net::TcpStream::connect(s.addr).await.unwrap(),
+            &bytes,
+        )
+        .await
+    };
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "control character in the request line",
+            b"GET /healthz\x01 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "control character in a header",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "obsolete header folding",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "two different Content-Lengths",
+            b"POST /api/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\n{}\n"
+                .to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "Content-Length that is no number",
+            b"POST /api/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 1e3\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "a TLS ClientHello on the plain port",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "a header past the parser's buffer",
+            big.into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+    ];
+    for (what, bytes, want, code) in &cases {
+        let text = send(bytes.clone()).await;
+        let (status, head, json) = last_response(&text);
+        assert_eq!(
+            (status, &json["error"]["code"]),
+            (*want, &json!(code)),
+            "{what}: {text}"
+        );
+        for h in [
+            "content-type: application/json",
+            "connection: close",
+            "x-content-type-options: nosniff",
+            "cache-control: no-store",
+        ] {
+            assert!(head.contains(h), "{what}: no {h} in {head}");
+        }
+        assert!(head.contains("\r\nx-request-id: "), "{what}: {head}");
+        assert!(!head.contains("strict-transport-security"), "{head}");
+    }
+    // A raw `<` on a later request of a kept-alive connection (the first
+    // line alone is normalised): the second answer is shaped too.
+    let text = send(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz?q=<b> HTTP/1.1\r\nHost: x\r\n\r\n"
+            .to_vec(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    let (status, _, json) = last_response(&text);
+    assert_eq!(
+        (status, &json["error"]["code"]),
+        (400, &json!("bad_request")),
+        "{text}"
+    );
+    let metrics = s
+        .admin_get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let want = format!(
+        "frenly_requests_blocked_total{{reason=\"malformed_http\"}} {}",
+        cases.len() + 1
+    );
+    assert!(metrics.contains(&want), "{want} not in:\n{metrics}");
+}
+
+/// The same over TLS (the embedded default): the shaped answer goes out
+/// through the TLS session, with HSTS.
+#[tokio::test]
+async fn requests_that_are_not_http_get_the_error_shape_over_tls() {
+    let s = TestServer::start().await;
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(s.addr.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(s.tls_client_config())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let text = exchange(
+        tls,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+    )
+    .await;
+    let (status, head, json) = last_response(&text);
+    assert_eq!(
+        (status, &json["error"]["code"]),
+        (400, &json!("bad_request")),
+        "{text}"
+    );
+    assert!(
+        head.contains("strict-transport-security: max-age="),
+        "{head}"
+    );
 }
 
 #[tokio::test]
