@@ -1,4 +1,5 @@
-//! JSON body parsing and task validation: any body gives a value or a 400,
+//! JSON body parsing (as the handlers do: `UniqueValue`, which refuses a
+//! member named twice) and task validation: any body gives a value or a 400,
 //! validation never panics, and `validate` succeeds exactly when `errors`
 //! is empty.
 #![no_main]
@@ -6,8 +7,8 @@ use std::sync::OnceLock;
 
 use frenly::app::tasks::TaskRules;
 use frenly::config::{load, Source};
+use frenly::http::UniqueValue;
 use libfuzzer_sys::fuzz_target;
-use serde_json::Value;
 
 fn rules() -> Option<&'static TaskRules> {
     static RULES: OnceLock<Option<TaskRules>> = OnceLock::new();
@@ -18,7 +19,7 @@ fn rules() -> Option<&'static TaskRules> {
 
 fuzz_target!(|data: &[u8]| {
     let Some(rules) = rules() else { return };
-    let Ok(body) = frenly::http::json::parse::<Value>(data) else {
+    let Ok(UniqueValue(body)) = frenly::http::json::parse::<UniqueValue>(data) else {
         return;
     };
     for schema in [&rules.create, &rules.patch, &rules.result] {

@@ -27,7 +27,7 @@ use super::AppState;
 use crate::apisec::validation::{Kind, Rule, Schema};
 use crate::authn::Authenticated;
 use crate::authz::{Access, Permission, RouteDoc, Routes};
-use crate::http::{ApiError, Json, Path};
+use crate::http::{ApiError, Json, Path, UniqueValue};
 use crate::monitoring::audit::AuditEvent;
 use crate::store::tasks as store;
 
@@ -193,7 +193,7 @@ async fn status(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
 async fn update(
     State(state): State<AppState>,
     who: Authenticated,
-    Json(body): Json<Value>,
+    Json(UniqueValue(body)): Json<UniqueValue>,
 ) -> Result<impl IntoResponse, ApiError> {
     let obj = settings_schema().validate(&body)?;
     if let Some(p) = obj.get("paused").and_then(Value::as_bool) {
@@ -234,7 +234,7 @@ async fn result(
     State(state): State<AppState>,
     who: Authenticated,
     Path(id): Path<String>,
-    Json(body): Json<Value>,
+    Json(UniqueValue(body)): Json<UniqueValue>,
 ) -> Result<Json<TaskView>, ApiError> {
     let rules = &state.task_rules.result;
     let obj = rules.validate(&body)?;

@@ -93,6 +93,8 @@ struct LoginBody {
     password: String,
 }
 
+impl crate::http::RequestBody for LoginBody {}
+
 async fn login(
     State(state): State<AppState>,
     rid: Option<Extension<RequestId>>,

@@ -7,14 +7,14 @@
 
 use axum::extract::{Extension, State};
 use http::{Method, StatusCode};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::auth::event;
 use super::AppState;
 use crate::authn::identity;
 use crate::authn::Authenticated;
 use crate::authz::{Access, RouteDoc, Routes};
-use crate::http::{ApiError, Json, Path, RequestId};
+use crate::http::{ApiError, Json, Path, RequestId, UniqueObject};
 use crate::network::ClientAddr;
 use crate::store;
 
@@ -119,7 +119,7 @@ async fn create(
     who: Authenticated,
     rid: Option<Extension<RequestId>>,
     addr: Option<Extension<ClientAddr>>,
-    Json(body): Json<Map<String, Value>>,
+    Json(UniqueObject(body)): Json<UniqueObject>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req = identity::validate_key(&body, state.cfg.auth.key_default_expiry_days)?;
     let perms = req.permissions.unwrap_or(who.permissions);

@@ -214,6 +214,8 @@ struct NewBan {
     reason: Option<Value>,
 }
 
+impl crate::http::RequestBody for NewBan {}
+
 async fn add_ban(
     State(state): State<AppState>,
     who: Authenticated,

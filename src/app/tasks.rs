@@ -25,7 +25,7 @@ use crate::apisec::validation::{Kind, Rule, Schema};
 use crate::authn::Authenticated;
 use crate::authz::{Access, Permission, RouteDoc, Routes};
 use crate::config::Config;
-use crate::http::{ApiError, FieldErrors, Json, Path};
+use crate::http::{ApiError, FieldErrors, Json, Path, UniqueValue};
 use crate::store::tasks::{self as store, ListFilter, TaskRow};
 
 pub const PRIORITIES: &[&str] = &["low", "normal", "high"];
@@ -312,7 +312,7 @@ fn encrypt_json(state: &AppState, v: &Value) -> Result<(Box<RawValue>, String), 
 async fn create(
     State(state): State<AppState>,
     who: Authenticated,
-    Json(body): Json<Value>,
+    Json(UniqueValue(body)): Json<UniqueValue>,
 ) -> Result<impl IntoResponse, ApiError> {
     let obj = state.task_rules.create.validate(&body)?;
     let now = crate::store::now_ms();
@@ -526,7 +526,7 @@ async fn patch(
     State(state): State<AppState>,
     who: Authenticated,
     Path(id): Path<String>,
-    Json(body): Json<Value>,
+    Json(UniqueValue(body)): Json<UniqueValue>,
 ) -> Result<Json<TaskView>, ApiError> {
     let obj = state.task_rules.patch.validate(&body)?;
     let cur = match store::get(&state.db, &id).await? {

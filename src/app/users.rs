@@ -5,7 +5,7 @@
 
 use axum::extract::{Extension, State};
 use http::{Method, StatusCode};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use super::auth::event;
@@ -13,7 +13,7 @@ use super::AppState;
 use crate::authn::identity;
 use crate::authn::Authenticated;
 use crate::authz::{Access, Permission, RouteDoc, Routes};
-use crate::http::{ApiError, Json, Path, RequestId};
+use crate::http::{ApiError, Json, Path, RequestId, UniqueObject};
 use crate::network::ClientAddr;
 use crate::store;
 
@@ -88,7 +88,7 @@ async fn create(
     who: Authenticated,
     rid: Option<Extension<RequestId>>,
     addr: Option<Extension<ClientAddr>>,
-    Json(body): Json<Map<String, Value>>,
+    Json(UniqueObject(body)): Json<UniqueObject>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let new = identity::validate_user(&body, &state.roles)?;
     if store::users::by_username(&state.db, &new.username)

@@ -6,12 +6,23 @@
 //! not `application/json`, 413 over the body limit, 400 for invalid UTF-8,
 //! syntax, nesting deeper than serde_json's recursion limit (128) and type
 //! mismatches (the message names the field, never echoes a value).
+//!
+//! Threat also: an object that names a member twice (`{"role": "user",
+//! "role": "admin"}`). JSON leaves its meaning open — serde_json and
+//! Python keep the last, other parsers the first — so a proxy, a log reader
+//! or a check in front and the handler can each act on a different value.
+//! Guarantee: such a body is refused with 400 `bad_request` at every depth.
+//! The extractor only accepts a [`RequestBody`]: a derived `Deserialize`
+//! refuses repeated fields itself, free-form bodies are [`UniqueValue`] or
+//! [`UniqueObject`] (a bare `serde_json::Value` would keep the last).
 
 use axum::extract::{FromRequest, Request};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::de::{DeserializeOwned, Error as _, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::map::Entry;
+use serde_json::{Map, Number, Value};
 
 use super::ApiError;
 
@@ -32,9 +43,127 @@ pub fn is_json_content_type(value: &http::HeaderValue) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
+/// A type a request body may be parsed into: one that refuses an object
+/// naming a member twice (module docs). Implement it for a struct whose
+/// `Deserialize` is derived without `flatten` or maps (serde's derive
+/// refuses a repeated field).
+pub trait RequestBody: DeserializeOwned {}
+
+/// Any JSON value whose objects, at every depth, name each member once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UniqueValue(pub Value);
+
+/// A JSON object whose objects, at every depth, name each member once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UniqueObject(pub Map<String, Value>);
+
+impl RequestBody for UniqueValue {}
+impl RequestBody for UniqueObject {}
+
+impl<'de> Deserialize<'de> for UniqueValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueVisitor).map(UniqueValue)
+    }
+}
+
+impl<'de> Deserialize<'de> for UniqueObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match d.deserialize_any(UniqueVisitor)? {
+            Value::Object(m) => Ok(UniqueObject(m)),
+            _ => Err(D::Error::custom("expected a JSON object")),
+        }
+    }
+}
+
+/// Builds a [`Value`] as serde_json's own visitor does, refusing a member
+/// name an object already has.
+struct UniqueVisitor;
+
+impl<'de> Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(UniqueVisitor)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(UniqueValue(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut members = Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let UniqueValue(v) = map.next_value()?;
+            match members.entry(name) {
+                Entry::Vacant(slot) => {
+                    slot.insert(v);
+                }
+                Entry::Occupied(taken) => return Err(A::Error::custom(duplicate(taken.key()))),
+            }
+        }
+        Ok(Value::Object(members))
+    }
+}
+
+/// The message for a repeated member, worded as serde's derive words it
+/// for a struct: its name only when it is a plain identifier (a name can
+/// carry a payload too).
+fn duplicate(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if plain {
+        format!("duplicate field `{name}`")
+    } else {
+        "duplicate field".into()
+    }
+}
+
 impl<T, S> FromRequest<S> for Json<T>
 where
-    T: DeserializeOwned,
+    T: RequestBody,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -58,7 +187,7 @@ where
 }
 
 /// Parse a JSON body into `T`, with contract errors.
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse<T: RequestBody>(bytes: &[u8]) -> Result<T, ApiError> {
     if std::str::from_utf8(bytes).is_err() {
         return Err(ApiError::BadRequest("the body is not valid UTF-8".into()));
     }
@@ -85,5 +214,53 @@ fn strip_position(e: &serde_json::Error) -> String {
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn message(e: ApiError) -> String {
+        match e {
+            ApiError::BadRequest(m) => m,
+            other => panic!("not a 400 bad_request: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unique_values_are_what_serde_json_builds() {
+        let text = r#"{"a":[1,-2,3.5,1e300,"x",null,true,{"b":{}}],"c":{"d":"e"},"f":18446744073709551615}"#;
+        let UniqueValue(v) = parse(text.as_bytes()).unwrap();
+        assert_eq!(v, serde_json::from_str::<Value>(text).unwrap());
+        let UniqueObject(m) = parse(br#"{"k":1}"#).unwrap();
+        assert_eq!(m.get("k"), Some(&Value::from(1)));
+    }
+
+    #[test]
+    fn a_repeated_member_is_refused_at_any_depth() {
+        for text in [
+            &br#"{"title":"a","title":"b"}"#[..],
+            br#"{"input":{"cmd":"ls","cmd":"rm -rf /"}}"#,
+            br#"{"a":[{"x":1},{"y":1,"y":2}]}"#,
+            br#"[{"z":1,"z":1}]"#,
+        ] {
+            let m = message(parse::<UniqueValue>(text).unwrap_err());
+            assert!(m.contains("duplicate field"), "{m}");
+        }
+        let m = message(parse::<UniqueObject>(br#"{"role":"user","role":"admin"}"#).unwrap_err());
+        assert!(m.contains("`role`"), "{m}");
+        // a name that is not a plain identifier is not echoed
+        let m = message(parse::<UniqueValue>(br#"{"<script>":1,"<script>":2}"#).unwrap_err());
+        assert!(!m.contains("script"), "{m}");
+        // the same name in different objects is fine
+        parse::<UniqueValue>(br#"{"a":{"n":1},"b":{"n":2},"n":3}"#).unwrap();
+    }
+
+    #[test]
+    fn an_object_body_must_be_an_object() {
+        let m = message(parse::<UniqueObject>(b"[1]").unwrap_err());
+        assert!(m.contains("expected a JSON object"), "{m}");
     }
 }

@@ -9,6 +9,6 @@ pub mod path;
 pub mod respond;
 
 pub use envelope::RequestId;
-pub use json::Json;
+pub use json::{Json, RequestBody, UniqueObject, UniqueValue};
 pub use path::Path;
 pub use respond::{ApiError, FieldErrors};

@@ -590,9 +590,9 @@ mod in_process {
         let router = axum::Router::new().route(
             "/echo",
             axum::routing::post(
-                |frenly::http::Json(v): frenly::http::Json<serde_json::Value>| async move {
-                    frenly::http::Json(v)
-                },
+                |frenly::http::Json(frenly::http::UniqueValue(v)): frenly::http::Json<
+                    frenly::http::UniqueValue,
+                >| async move { frenly::http::Json(v) },
             ),
         );
         let (addr, _dir) = serve_plain(router, "request_timeout_seconds = 1\n").await;
@@ -617,6 +617,7 @@ mod in_process {
         struct In {
             n: u32,
         }
+        impl frenly::http::RequestBody for In {}
         let router = axum::Router::new().route(
             "/in",
             axum::routing::post(|frenly::http::Json(v): frenly::http::Json<In>| async move {

@@ -969,3 +969,67 @@ async fn malformed_path_parameters_are_400_in_the_error_shape() {
         );
     }
 }
+
+/// A body naming a member twice is ambiguous (serde_json and Python keep
+/// the last, other parsers the first): every route that takes a JSON body
+/// refuses it with 400 `bad_request`, at any depth, and nothing is stored.
+#[tokio::test]
+async fn bodies_naming_a_member_twice_are_refused() {
+    let s = start().await;
+    let r = s
+        .admin_post("/api/tasks", &json!({"title": "kept"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cases: [(&str, String, &[u8]); 7] = [
+        ("POST", "/api/tasks".into(), br#"{"title":"a","title":"b"}"#),
+        (
+            "POST",
+            "/api/tasks".into(),
+            br#"{"title":"a","input":{"cmd":"ls","cmd":"rm -rf /"}}"#,
+        ),
+        ("PATCH", format!("/api/tasks/{id}"), br#"{"priority":"low","priority":"high"}"#),
+        (
+            "POST",
+            "/api/users".into(),
+            br#"{"username":"dup","email":"d@example.com","password":"a long enough password","roles":["user"],"roles":["admin"]}"#,
+        ),
+        ("POST", "/api/keys".into(), br#"{"name":"k","name":"k2"}"#),
+        ("PATCH", "/api/agent".into(), br#"{"paused":false,"paused":true}"#),
+        (
+            "POST",
+            "/api/auth/login".into(),
+            br#"{"username":"admin","username":"x","password":"p"}"#,
+        ),
+    ];
+    for (method, path, body) in cases {
+        let r = s
+            .client
+            .request(method.parse().unwrap(), s.url(&path))
+            .header("X-API-Key", s.admin())
+            .header("Content-Type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        let (status, code, err) = error_code(r).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (400, "bad_request"),
+            "{method} {path}: {err}"
+        );
+        let msg = err["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("duplicate field"), "{method} {path}: {msg}");
+    }
+    // nothing was created or changed
+    let all = list_all(&s, "", 100).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(read_task(&s, &id).await["priority"], json!("normal"));
+    let r = s.admin_get("/api/users").send().await.unwrap();
+    assert!(!r.text().await.unwrap().contains("\"dup\""));
+}
