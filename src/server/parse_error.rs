@@ -21,10 +21,14 @@
 //! byte passes through untouched.
 //!
 //! Not covered: such a probe is not audited and does not count against the
-//! address's rate limit (it never becomes a request); connections per
-//! server stay bounded by `network.max_connections`. A head that hyper
-//! flushes in the same write as an earlier response's bytes (pipelined
-//! requests) is passed on as hyper wrote it.
+//! address's rate limit (it never becomes a request, and its peer may be a
+//! trusted proxy that must not be banned); connections per server stay
+//! bounded by `network.max_connections`. A head that hyper flushes
+//! in the same write as an earlier response's bytes (pipelined requests) is
+//! passed on as hyper wrote it. The other way round, a response body chunk
+//! written on its own that is byte for byte such a head would be replaced
+//! too: Frenly's own bodies are JSON and never are, a gateway upstream's
+//! body could be (its client would then see this error instead).
 
 use std::io;
 use std::pin::Pin;
