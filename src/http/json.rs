@@ -45,8 +45,9 @@ pub fn is_json_content_type(value: &http::HeaderValue) -> bool {
 
 /// A type a request body may be parsed into: one that refuses an object
 /// naming a member twice (module docs). Implement it for a struct whose
-/// `Deserialize` is derived without `flatten` or maps (serde's derive
-/// refuses a repeated field).
+/// `Deserialize` is derived without `flatten` or map fields (serde's derive
+/// refuses a repeated field; a `Value` field must be one the handler
+/// refuses unless it is a scalar, as `NewBan`'s are).
 pub trait RequestBody: DeserializeOwned {}
 
 /// Any JSON value whose objects, at every depth, name each member once.
