@@ -34,7 +34,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::app::AppState;
-use crate::monitoring::metrics::ReasonLabel;
+use crate::monitoring::audit::AuditEvent;
 use crate::network::PeerAddr;
 use parse_error::ShapedParseErrors;
 
@@ -100,14 +100,6 @@ impl Server {
             cfg.network.max_connections.max(1),
         ));
         let handshake = Duration::from_secs(cfg.network.tls_handshake_timeout_seconds.max(1));
-        let malformed = self
-            .state
-            .metrics
-            .blocked
-            .get_or_create(&ReasonLabel {
-                reason: "malformed_http".into(),
-            })
-            .clone();
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -130,14 +122,14 @@ impl Server {
             let builder = builder.clone();
             let watcher = graceful.watcher();
             let tls = self.tls.clone();
-            let malformed = malformed.clone();
+            let state = self.state.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 match tls {
                     Some(acceptor) => {
                         match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
                             Ok(Ok(s)) => {
-                                let io = ShapedParseErrors::new(s, true, malformed);
+                                let io = ShapedParseErrors::new(s, true, report(state, peer));
                                 serve_conn(io, peer, app, &builder, watcher).await
                             }
                             Ok(Err(e)) => {
@@ -147,7 +139,7 @@ impl Server {
                         }
                     }
                     None => {
-                        let io = ShapedParseErrors::new(stream, false, malformed);
+                        let io = ShapedParseErrors::new(stream, false, report(state, peer));
                         serve_conn(io, peer, app, &builder, watcher).await
                     }
                 }
@@ -164,6 +156,25 @@ impl Server {
         self.state.audit.flush().await;
         Ok(())
     }
+}
+
+/// How a connection reports an answer [`parse_error`] replaced: counted,
+/// and audited as a `security_violation` from the TCP peer.
+fn report(state: AppState, peer: std::net::SocketAddr) -> parse_error::Report {
+    Box::new(move |status, request_id| {
+        state.metrics.block("malformed_http");
+        let event = AuditEvent::new("security_violation")
+            .request_id(request_id)
+            .ip(peer.ip())
+            .field("violation_type", "malformed_http")
+            .field(
+                "details",
+                format!("not HTTP/1.1; answered {}", status.as_u16()),
+            )
+            .field("action", "blocked");
+        let state = state.clone();
+        tokio::spawn(async move { state.audit.record(event).await });
+    })
 }
 
 async fn serve_conn<IO>(

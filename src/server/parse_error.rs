@@ -16,14 +16,17 @@
 //! `headers_too_large`, 400 and 414 are `bad_request`), a JSON
 //! `{"error": {"code", "message"}}` body, a fresh `X-Request-Id`, the
 //! envelope's security headers (HSTS under TLS) and `Connection: close`
-//! (hyper closes the connection after it, as before). It is counted in
-//! `frenly_requests_blocked_total{reason="malformed_http"}`. Every other
-//! byte passes through untouched.
+//! (hyper closes the connection after it, as before). Each one is
+//! reported (the server counts it in
+//! `frenly_requests_blocked_total{reason="malformed_http"}` and audits a
+//! `security_violation` with `violation_type: "malformed_http"` under the
+//! response's request id). Every other byte passes through untouched.
 //!
-//! Not covered: such a probe is not audited and does not count against the
-//! address's rate limit (it never becomes a request, and its peer may be a
-//! trusted proxy that must not be banned); connections per server stay
-//! bounded by `network.max_connections`. A head that hyper flushes
+//! Not covered: such a probe does not count against the address's rate
+//! limit or burst ban (it never becomes a request, and its TCP peer may be
+//! a trusted proxy that must not be banned: the audit event names that
+//! peer); connections per server stay bounded by
+//! `network.max_connections`. A head that hyper flushes
 //! in the same write as an earlier response's bytes (pipelined requests) is
 //! passed on as hyper wrote it. The other way round, a response body chunk
 //! written on its own that is byte for byte such a head would be replaced
@@ -35,7 +38,6 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use http::StatusCode;
-use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::http::envelope::{new_request_id, policy_headers, X_REQUEST_ID};
@@ -73,8 +75,13 @@ pub fn automatic_head(buf: &[u8]) -> Option<(StatusCode, &[u8])> {
     Some((status, date))
 }
 
-/// The response that replaces hyper's automatic one (module docs).
-pub fn shaped_response(status: StatusCode, date: &[u8], tls: bool) -> Vec<u8> {
+/// What a connection does with each answer it replaced: told the status
+/// and the response's request id.
+pub type Report = Box<dyn Fn(StatusCode, &str) + Send + Sync>;
+
+/// The response that replaces hyper's automatic one (module docs), under
+/// request id `id`.
+pub fn shaped_response(status: StatusCode, date: &[u8], tls: bool, id: &str) -> Vec<u8> {
     let err = match status {
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => ApiError::HeadersTooLarge,
         StatusCode::URI_TOO_LONG => ApiError::BadRequest("the request target is too long".into()),
@@ -96,7 +103,7 @@ pub fn shaped_response(status: StatusCode, date: &[u8], tls: bool) -> Vec<u8> {
     }
     out.extend_from_slice(X_REQUEST_ID.as_str().as_bytes());
     out.extend_from_slice(b": ");
-    out.extend_from_slice(new_request_id().as_bytes());
+    out.extend_from_slice(id.as_bytes());
     out.extend_from_slice(b"\r\n");
     let nosniff = (http::header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     for (name, value) in std::iter::once(nosniff).chain(policy_headers(tls)) {
@@ -114,18 +121,18 @@ pub fn shaped_response(status: StatusCode, date: &[u8], tls: bool) -> Vec<u8> {
 pub struct ShapedParseErrors<IO> {
     io: IO,
     tls: bool,
-    counter: Counter,
+    report: Report,
     /// A replacement response not yet all written, from `.1` on.
     pending: Option<(Vec<u8>, usize)>,
 }
 
 impl<IO> ShapedParseErrors<IO> {
-    /// `counter` counts replaced responses; `tls` adds HSTS to them.
-    pub fn new(io: IO, tls: bool, counter: Counter) -> Self {
+    /// `report` hears of each replaced response; `tls` adds HSTS to them.
+    pub fn new(io: IO, tls: bool, report: Report) -> Self {
         ShapedParseErrors {
             io,
             tls,
-            counter,
+            report,
             pending: None,
         }
     }
@@ -157,8 +164,9 @@ impl<IO: AsyncWrite + Unpin> ShapedParseErrors<IO> {
             status = status.as_u16(),
             "malformed request; hyper's answer sent in the error shape"
         );
-        self.counter.inc();
-        self.pending = Some((shaped_response(status, date, self.tls), 0));
+        let id = new_request_id();
+        self.pending = Some((shaped_response(status, date, self.tls, &id), 0));
+        (self.report)(status, &id);
         Some(match self.drain(cx) {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             // the rest goes out on the flush hyper does next
@@ -226,6 +234,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ShapedParseErrors<IO> {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const DATE: &[u8] = b"Sun, 29 Nov 2026 08:00:00 GMT";
@@ -261,7 +270,7 @@ mod tests {
 
     #[test]
     fn the_replacement_is_a_whole_response_in_the_error_shape() {
-        let out = shaped_response(StatusCode::BAD_REQUEST, DATE, true);
+        let out = shaped_response(StatusCode::BAD_REQUEST, DATE, true, "r1");
         let text = String::from_utf8(out).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let head = format!("{head}\r\n");
@@ -270,6 +279,7 @@ mod tests {
             "content-type: application/json",
             "connection: close",
             "date: Sun, 29 Nov 2026 08:00:00 GMT",
+            "x-request-id: r1",
             "x-content-type-options: nosniff",
             "cache-control: no-store",
             "strict-transport-security: max-age=31536000; includeSubDomains",
@@ -286,6 +296,7 @@ mod tests {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             b"",
             false,
+            "r2",
         ))
         .unwrap();
         assert!(plain.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
@@ -300,8 +311,12 @@ mod tests {
     #[tokio::test]
     async fn replacements_survive_short_writes_and_other_bytes_pass() {
         let (client, server) = tokio::io::duplex(16);
-        let counter = Counter::default();
-        let mut conn = ShapedParseErrors::new(server, false, counter.clone());
+        let reported = Arc::new(Mutex::new(Vec::new()));
+        let seen = reported.clone();
+        let report: Report = Box::new(move |status, id| {
+            seen.lock().unwrap().push((status, id.to_string()));
+        });
+        let mut conn = ShapedParseErrors::new(server, false, report);
         let reader = tokio::spawn(async move {
             let mut client = client;
             let mut got = Vec::new();
@@ -321,6 +336,9 @@ mod tests {
         assert!(rest.starts_with("HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"));
         assert!(rest.ends_with("}"), "{rest}");
         assert!(rest.contains("\"bad_request\""));
-        assert_eq!(counter.get(), 1);
+        let reported = reported.lock().unwrap().clone();
+        assert_eq!(reported.len(), 1);
+        assert_eq!(reported[0].0, StatusCode::BAD_REQUEST);
+        assert!(rest.contains(&format!("\r\nx-request-id: {}\r\n", reported[0].1)));
     }
 }

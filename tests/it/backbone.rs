@@ -154,10 +154,18 @@ fn last_response(text: &str) -> (u16, String, serde_json::Value) {
     (status, head.to_ascii_lowercase(), json)
 }
 
+/// The value of header `name` (lowercase) in a lowercased `head`.
+fn header_value(head: &str, name: &str) -> String {
+    head.split("\r\n")
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} in {head}"))
+        .to_string()
+}
+
 /// What hyper's parser refuses as not HTTP at all (smuggling and
 /// parser-confusion probes) is still answered in the contract's shape —
 /// status, JSON error, request id, security headers, connection closed —
-/// and counted, instead of hyper's bare 400/431 with an empty body.
+/// counted and audited, instead of hyper's bare 400/431 with an empty body.
 #[tokio::test]
 async fn requests_that_are_not_http_get_the_error_shape() {
     let s = &TestServer::with(Opts::default().plain()).await;
@@ -217,9 +225,11 @@ async fn requests_that_are_not_http_get_the_error_shape() {
             "headers_too_large",
         ),
     ];
+    let mut ids = Vec::new();
     for (what, bytes, want, code) in &cases {
         let text = send(bytes.clone()).await;
         let (status, head, json) = last_response(&text);
+        ids.push(header_value(&head, "x-request-id"));
         assert_eq!(
             (status, &json["error"]["code"]),
             (*want, &json!(code)),
@@ -244,12 +254,36 @@ async fn requests_that_are_not_http_get_the_error_shape() {
     )
     .await;
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
-    let (status, _, json) = last_response(&text);
+    let (status, head, json) = last_response(&text);
     assert_eq!(
         (status, &json["error"]["code"]),
         (400, &json!("bad_request")),
         "{text}"
     );
+    ids.push(header_value(&head, "x-request-id"));
+    // each one audited as a security_violation under its response's id
+    let mut audited = Vec::new();
+    for _ in 0..100 {
+        let r = s
+            .admin_get("/api/audit?type=security_violation&limit=100")
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = r.json().await.unwrap();
+        audited = body["items"].as_array().unwrap().clone();
+        if audited.len() >= ids.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in &ids {
+        let row = audited
+            .iter()
+            .find(|e| e["request_id"] == json!(id))
+            .unwrap_or_else(|| panic!("no audit event for {id}: {audited:?}"));
+        assert_eq!(row["violation_type"], json!("malformed_http"), "{row}");
+        assert_eq!(row["ip"], json!("127.0.0.1"), "{row}");
+    }
     let metrics = s
         .admin_get("/metrics")
         .send()
