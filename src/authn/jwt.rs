@@ -21,9 +21,10 @@
 
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
-use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+use crate::http::UniqueValue;
 
 /// Tokens longer than this are rejected before any decoding.
 pub const MAX_TOKEN_LEN: usize = 8192;
@@ -207,72 +208,13 @@ fn segment(seg: &str) -> Result<Vec<u8>, JwtError> {
         .map_err(|_| JwtError::Malformed("segment is not canonical base64url"))
 }
 
-/// Parse a JSON object, refusing duplicate member names at any depth.
+/// Parse a JSON object, refusing duplicate member names at any depth (with
+/// the request bodies' own check, `http::UniqueValue`).
 fn object(bytes: &[u8]) -> Result<Map<String, Value>, JwtError> {
-    match serde_json::from_slice::<Strict>(bytes) {
-        Ok(Strict(Value::Object(m))) => Ok(m),
+    match serde_json::from_slice::<UniqueValue>(bytes) {
+        Ok(UniqueValue(Value::Object(m))) => Ok(m),
         Ok(_) => Err(JwtError::Malformed("not a JSON object")),
         Err(_) => Err(JwtError::Malformed("invalid JSON")),
-    }
-}
-
-/// A JSON value whose objects have no duplicate member names.
-struct Strict(Value);
-
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(Strict)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("JSON")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_string()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(Strict(v)) = seq.next_element()? {
-            out.push(v);
-        }
-        Ok(Value::Array(out))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        while let Some(k) = map.next_key::<String>()? {
-            let Strict(v) = map.next_value()?;
-            if out.insert(k, v).is_some() {
-                return Err(serde::de::Error::custom("duplicate member"));
-            }
-        }
-        Ok(Value::Object(out))
     }
 }
 
