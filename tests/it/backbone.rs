@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::{error_code, run_cli, Opts, TestServer};
+use crate::common::{error_code, exchange, run_cli, Opts, TestServer};
 
 #[tokio::test]
 async fn embedded_default_serves_https_with_security_headers() {
@@ -126,20 +126,6 @@ async fn too_many_or_too_large_headers_are_431() {
         .unwrap();
     let (st, code, _) = error_code(r).await;
     assert_eq!((st, code.as_str()), (431, "headers_too_large"));
-}
-
-/// `bytes` sent on `conn`, everything the server answers before it closes
-/// (10 s at most), as text.
-async fn exchange<C>(mut conn: C, bytes: &[u8]) -> String
-where
-    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    conn.write_all(bytes).await.unwrap();
-    let mut buf = Vec::new();
-    let read = conn.read_to_end(&mut buf);
-    let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
-    String::from_utf8_lossy(&buf).to_string()
 }
 
 /// The last response in `text` (a connection's whole answer): its status,
@@ -262,20 +248,9 @@ async fn requests_that_are_not_http_get_the_error_shape() {
     );
     ids.push(header_value(&head, "x-request-id"));
     // each one audited as a security_violation under its response's id
-    let mut audited = Vec::new();
-    for _ in 0..100 {
-        let r = s
-            .admin_get("/api/audit?type=security_violation&limit=100")
-            .send()
-            .await
-            .unwrap();
-        let body: serde_json::Value = r.json().await.unwrap();
-        audited = body["items"].as_array().unwrap().clone();
-        if audited.len() >= ids.len() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let audited = s
+        .audit_rows("type=security_violation&limit=100", ids.len())
+        .await;
     for id in &ids {
         let row = audited
             .iter()
@@ -304,14 +279,8 @@ async fn requests_that_are_not_http_get_the_error_shape() {
 #[tokio::test]
 async fn requests_that_are_not_http_get_the_error_shape_over_tls() {
     let s = TestServer::start().await;
-    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::IpAddress(s.addr.ip().into());
-    let tls = tokio_rustls::TlsConnector::from(s.tls_client_config())
-        .connect(name, tcp)
-        .await
-        .unwrap();
     let text = exchange(
-        tls,
+        s.tls_connect().await,
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
     )
     .await;

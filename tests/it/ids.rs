@@ -236,21 +236,16 @@ async fn family_route_and_field_overrides() {
 
 /// `GET target` sent as raw bytes on `conn` (a fresh connection, closed
 /// after the answer), with the API key: `(status, headers and body as text)`.
-async fn raw_get<C>(mut conn: C, key: &str, target: &[u8]) -> (u16, String)
+async fn raw_get<C>(conn: C, key: &str, target: &[u8]) -> (u16, String)
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut req = b"GET ".to_vec();
     req.extend_from_slice(target);
     req.extend_from_slice(
         format!(" HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n").as_bytes(),
     );
-    conn.write_all(&req).await.unwrap();
-    let mut buf = Vec::new();
-    let read = conn.read_to_end(&mut buf);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
-    let text = String::from_utf8_lossy(&buf).to_string();
+    let text = crate::common::exchange(conn, &req).await;
     let status = text
         .split(' ')
         .nth(1)
@@ -301,13 +296,12 @@ async fn raw_payloads_in_the_request_target_meet_the_ids() {
 async fn raw_payloads_in_the_request_target_meet_the_ids_over_tls() {
     let s = TestServer::start().await;
     assert!(s.tls);
-    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::IpAddress(s.addr.ip().into());
-    let tls = tokio_rustls::TlsConnector::from(s.tls_client_config())
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let (st, text) = raw_get(tls, s.admin(), b"/api/tasks?q=<script>alert(1)</script>").await;
+    let (st, text) = raw_get(
+        s.tls_connect().await,
+        s.admin(),
+        b"/api/tasks?q=<script>alert(1)</script>",
+    )
+    .await;
     assert_eq!(st, 403, "{text}");
     assert!(text.contains("\"request_blocked\""), "{text}");
 }

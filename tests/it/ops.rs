@@ -268,24 +268,6 @@ fn secrets_are_redacted_by_the_writer_guard() {
     assert_eq!(v["password"], "[redacted]");
 }
 
-async fn wait_for_rows(s: &TestServer, query: &str, n: usize) -> Vec<Value> {
-    for _ in 0..100 {
-        let r = s
-            .admin_get(&format!("/api/audit?{query}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let body: Value = r.json().await.unwrap();
-        let items = body["items"].as_array().unwrap().clone();
-        if items.len() >= n {
-            return items;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("fewer than {n} audit rows for {query}");
-}
-
 #[tokio::test]
 async fn api_access_is_audited_and_api_audit_filters_and_paginates() {
     let s = TestServer::start().await;
@@ -296,7 +278,7 @@ async fn api_access_is_audited_and_api_audit_filters_and_paginates() {
         let r = s.admin_get("/api/audit?limit=1").send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
-    let items = wait_for_rows(&s, "type=api_access&limit=1000", 5).await;
+    let items = s.audit_rows("type=api_access&limit=1000", 5).await;
     let anon = items
         .iter()
         .find(|i| i["status"] == 401)
@@ -313,7 +295,7 @@ async fn api_access_is_audited_and_api_audit_filters_and_paginates() {
         .to_string();
 
     // Pagination: pages of 2, newest first, no duplicates, all covered.
-    let all = wait_for_rows(&s, "type=api_access&limit=1000", 5).await;
+    let all = s.audit_rows("type=api_access&limit=1000", 5).await;
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -337,9 +319,9 @@ async fn api_access_is_audited_and_api_audit_filters_and_paginates() {
     assert!(seen.len() >= all.len());
 
     // Filters.
-    let by_user = wait_for_rows(&s, &format!("user_id={uid}"), 1).await;
+    let by_user = s.audit_rows(&format!("user_id={uid}"), 1).await;
     assert!(by_user.iter().all(|i| i["user_id"] == uid.as_str()));
-    let by_ip = wait_for_rows(&s, "ip=127.0.0.1", 1).await;
+    let by_ip = s.audit_rows("ip=127.0.0.1", 1).await;
     assert!(by_ip.iter().all(|i| i["ip"] == "127.0.0.1"));
     let body: Value = s
         .admin_get("/api/audit?ip=10.9.9.9")

@@ -976,13 +976,7 @@ async fn malformed_path_parameters_are_400_in_the_error_shape() {
 #[tokio::test]
 async fn bodies_naming_a_member_twice_are_refused() {
     let s = start().await;
-    let r = s
-        .admin_post("/api/tasks", &json!({"title": "kept"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let id = r.json::<Value>().await.unwrap()["id"]
+    let id = create(&s, json!({"title": "kept"})).await["id"]
         .as_str()
         .unwrap()
         .to_string();

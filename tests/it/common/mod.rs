@@ -302,6 +302,39 @@ impl TestServer {
         std::sync::Arc::new(cfg)
     }
 
+    /// A raw TLS connection to this instance (a real handshake, trusting
+    /// its certificate), for clients that write their own bytes.
+    pub async fn tls_connect(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::IpAddress(self.addr.ip().into());
+        tokio_rustls::TlsConnector::from(self.tls_client_config())
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake")
+    }
+
+    /// The `/api/audit?{query}` items, once there are at least `n` of them
+    /// (the writer batches: polled for up to 5 s).
+    pub async fn audit_rows(&self, query: &str, n: usize) -> Vec<serde_json::Value> {
+        for _ in 0..100 {
+            let r = self
+                .admin_get(&format!("/api/audit?{query}"))
+                .send()
+                .await
+                .expect("GET /api/audit");
+            assert_eq!(r.status(), 200);
+            let body: serde_json::Value = r.json().await.expect("audit JSON");
+            let items = body["items"].as_array().expect("items").clone();
+            if items.len() >= n {
+                return items;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("fewer than {n} audit rows for {query}");
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -518,4 +551,18 @@ pub async fn user_key(s: &TestServer, name: &str, roles: &[&str]) -> String {
         .as_str()
         .unwrap()
         .to_string()
+}
+
+/// `bytes` sent on `conn`, everything the server answers before it closes
+/// (10 s at most), as text.
+pub async fn exchange<C>(mut conn: C, bytes: &[u8]) -> String
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(bytes).await.expect("write");
+    let mut buf = Vec::new();
+    let read = conn.read_to_end(&mut buf);
+    let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
+    String::from_utf8_lossy(&buf).to_string()
 }
