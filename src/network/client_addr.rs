@@ -13,7 +13,8 @@ pub struct PeerAddr(pub SocketAddr);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
 
-fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
+/// Is `ip` one of the trusted proxies?
+pub fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
     proxies.iter().any(|n| n.contains(&ip))
 }
 

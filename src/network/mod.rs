@@ -26,7 +26,8 @@
 //!    Admitted responses carry the `RateLimit-*` headers.
 //!
 //! `/openapi.json`, `/metrics` and unknown paths are limited like `/api/*`:
-//! only the two probes are exempt. IPv6 clients count per /64 with
+//! only the two probes are exempt. What hyper refuses as not HTTP at all
+//! counts against its TCP peer too ([`admit_probe`]). IPv6 clients count per /64 with
 //! `limits.ipv6_group_by_64`. After the inner layers answer, an IDS block
 //! (`ApiError::RequestBlocked` in the response extensions) or a 401 from
 //! `POST /api/auth/login` feeds incident detection (`monitoring::incidents`).
@@ -317,53 +318,90 @@ pub async fn admit(state: &AppState, req: &mut Request) -> Result<Option<Admitte
     if let Some(view) = view {
         req.extensions_mut().insert(view);
     }
-    let info = match decision {
-        Shared::Allowed(i) => i,
-        Shared::Unavailable => return Err(ApiError::Unavailable.into_response()),
-        Shared::Banned(retry_after) => {
-            return Err(ApiError::IpBanned { retry_after }.into_response())
-        }
-        Shared::BurstBan(rec) => {
-            let retry_after = match rec {
-                Some(rec) => {
-                    let retry = rec.retry_after(wall);
-                    let signal = Signal::Ddos {
-                        ban_seconds: (rec.until_ms - rec.created_at).max(0) as u64 / 1000,
-                        offences: rec.offences,
-                    };
-                    let ctx = Context {
-                        request_id: request_id(req),
-                        user_id: None,
-                    };
-                    state
-                        .incidents
-                        .handle(state, key, signal, ctx, Some(rec))
-                        .await;
-                    retry
-                }
-                // a concurrent request set the ban a moment ago
-                None => net.bans.check(&key, wall).unwrap_or(1),
+    let rid = request_id(req);
+    let info = outcome(state, key, decision, wall, rid.as_deref())
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok(Some(Admitted {
+        key,
+        info,
+        login: req.method() == http::Method::POST && req.uri().path() == "/api/auth/login",
+        request_id: rid,
+    }))
+}
+
+/// Carry out a network decision: `Ok` with the limit's figures when the
+/// request is admitted, else the refusal to send, after the incident the
+/// decision signals (a burst ban just set, a 429) has been handled.
+async fn outcome(
+    state: &AppState,
+    key: IpAddr,
+    decision: Shared,
+    wall: i64,
+    request_id: Option<&str>,
+) -> Result<RateLimitInfo, ApiError> {
+    match decision {
+        Shared::Allowed(info) => Ok(info),
+        Shared::Unavailable => Err(ApiError::Unavailable),
+        Shared::Banned(retry_after) => Err(ApiError::IpBanned { retry_after }),
+        Shared::BurstBan(Some(rec)) => {
+            let retry_after = rec.retry_after(wall);
+            let signal = Signal::Ddos {
+                ban_seconds: (rec.until_ms - rec.created_at).max(0) as u64 / 1000,
+                offences: rec.offences,
             };
-            return Err(ApiError::IpBanned { retry_after }.into_response());
+            let ctx = Context {
+                request_id: request_id.map(str::to_string),
+                user_id: None,
+            };
+            state
+                .incidents
+                .handle(state, key, signal, ctx, Some(rec))
+                .await;
+            Err(ApiError::IpBanned { retry_after })
         }
+        // a concurrent request set the ban a moment ago
+        Shared::BurstBan(None) => Err(ApiError::IpBanned {
+            retry_after: state.network.bans.check(&key, wall).unwrap_or(1),
+        }),
         Shared::Limited(info) => {
             let ctx = Context {
-                request_id: request_id(req),
+                request_id: request_id.map(str::to_string),
                 user_id: None,
             };
             state
                 .incidents
                 .handle(state, key, Signal::RateLimited, ctx, None)
                 .await;
-            return Err(ApiError::RateLimited(info).into_response());
+            Err(ApiError::RateLimited(info))
         }
-    };
-    Ok(Some(Admitted {
-        key,
-        info,
-        login: req.method() == http::Method::POST && req.uri().path() == "/api/auth/login",
-        request_id: request_id(req),
-    }))
+    }
+}
+
+/// A request hyper refused as not HTTP (answered by
+/// `server::parse_error`; it never becomes a [`Request`]) counts against
+/// its TCP peer's burst and rate windows like any request, so a flood of
+/// garbage ends in the same ban, incident and alert as a flood of requests,
+/// not in an audit line per probe. Not counted when the peer is
+/// allowlisted, or a trusted proxy (the client behind it is unknown, and a
+/// ban would shut out every client of the proxy). Returns whether the probe
+/// was admitted: once the address is limited or banned, the incident (with
+/// its cooldown) speaks for the probes, which are then not audited one by
+/// one. The answer itself stays the 400 already sent.
+pub async fn admit_probe(state: &AppState, peer: IpAddr, request_id: &str) -> bool {
+    let net = &state.network;
+    if net.allowlisted(peer) || client_addr::trusted(peer, &net.trusted) {
+        return true;
+    }
+    let key = net.key(peer);
+    let wall = crate::store::now_ms();
+    let (mut decision, _) = state.shared.check(net, key, None, wall).await;
+    if decision == Shared::Unavailable {
+        decision = state.shared.check_local(net, key, wall);
+    }
+    outcome(state, key, decision, wall, Some(request_id))
+        .await
+        .is_ok()
 }
 
 /// The network step on the way back: the rate-limit headers, and the

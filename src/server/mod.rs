@@ -158,8 +158,10 @@ impl Server {
     }
 }
 
-/// How a connection reports an answer [`parse_error`] replaced: counted,
-/// and audited as a `security_violation` from the TCP peer.
+/// How a connection reports an answer [`parse_error`] replaced: counted in
+/// the metrics, counted against the TCP peer's burst and rate windows
+/// ([`crate::network::admit_probe`]), and, while the peer is admitted,
+/// audited as a `security_violation`.
 fn report(state: AppState, peer: std::net::SocketAddr) -> parse_error::Report {
     Box::new(move |status, request_id| {
         state.metrics.block("malformed_http");
@@ -173,7 +175,12 @@ fn report(state: AppState, peer: std::net::SocketAddr) -> parse_error::Report {
             )
             .field("action", "blocked");
         let state = state.clone();
-        tokio::spawn(async move { state.audit.record(event).await });
+        let request_id = request_id.to_string();
+        tokio::spawn(async move {
+            if crate::network::admit_probe(&state, peer.ip(), &request_id).await {
+                state.audit.record(event).await;
+            }
+        });
     })
 }
 

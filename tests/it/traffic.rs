@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{audit_line, error_code, wait_for, Opts, TestServer};
+use crate::common::{audit_line, error_code, exchange, wait_for, Opts, TestServer};
 
 fn header(r: &reqwest::Response, name: &str) -> Option<String> {
     r.headers()
@@ -108,6 +108,72 @@ async fn burst_bans_expire_and_escalate() {
     let r = s.get("/openapi.json").send().await.unwrap();
     assert_eq!(r.status(), 403);
     assert_eq!(num(&r, "retry-after"), 2);
+}
+
+/// Send one request hyper cannot parse (a control character in the
+/// request line) on a fresh connection; return the answer's status line.
+async fn malformed_probe(s: &TestServer) -> String {
+    let conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let text = exchange(conn, b"GET /x\x01 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+/// The audit file's `malformed_http` violations.
+fn malformed_lines(s: &TestServer) -> usize {
+    std::fs::read_to_string(s.data_dir().join("security_audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(r#""violation_type":"malformed_http""#))
+        .count()
+}
+
+#[tokio::test]
+async fn a_flood_of_malformed_requests_ends_in_a_burst_ban() {
+    let s = TestServer::with(Opts::default().plain().config(
+        "[limits]\nallowlist = []\nddos = { max_requests_per_second = 3, ban_seconds = 60 }\n",
+    ))
+    .await;
+    for i in 0..5 {
+        // each is still answered as what it is
+        assert_eq!(
+            malformed_probe(&s).await,
+            "HTTP/1.1 400 Bad Request",
+            "probe {i}"
+        );
+    }
+    // the fourth probe set a burst ban, with its incident
+    audit_has(&s, &["ban_added", "incident"]).await;
+    let (st, code, _) = error_code(s.get("/openapi.json").send().await.unwrap()).await;
+    assert_eq!((st, code.as_str()), (403, "ip_banned"));
+    // only the probes admitted before the ban are audited one by one: the
+    // flood does not turn into an audit line per probe
+    for _ in 0..3 {
+        malformed_probe(&s).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(malformed_lines(&s), 3);
+}
+
+#[tokio::test]
+async fn malformed_requests_from_a_trusted_proxy_are_not_held_against_it() {
+    let s = TestServer::with(Opts::default().plain().config(
+        "[network]\nlisten = \"127.0.0.1:0\"\ntls = false\ntrusted_proxies = [\"127.0.0.0/8\"]\n\
+         [limits]\nallowlist = []\nddos = { max_requests_per_second = 3, ban_seconds = 60 }\n",
+    ))
+    .await;
+    for i in 0..5 {
+        assert_eq!(
+            malformed_probe(&s).await,
+            "HTTP/1.1 400 Bad Request",
+            "probe {i}"
+        );
+    }
+    wait_for("every probe audited", || async {
+        (malformed_lines(&s) == 5).then_some(())
+    })
+    .await;
+    // the proxy's other clients are still served
+    assert_eq!(s.get("/openapi.json").send().await.unwrap().status(), 200);
 }
 
 #[tokio::test]
