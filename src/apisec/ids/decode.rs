@@ -309,7 +309,8 @@ fn backslash_escapes(s: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// Full-width ASCII (U+FF01..U+FF5E) and a few look-alikes to ASCII.
+/// Full-width ASCII (U+FF01..U+FF5E), circled letters and digits, and a
+/// few look-alikes to ASCII.
 fn fold_width(s: &str) -> String {
     if s.is_ascii() {
         return s.to_string();
@@ -317,6 +318,11 @@ fn fold_width(s: &str) -> String {
     s.chars()
         .map(|c| match c {
             '\u{ff01}'..='\u{ff5e}' => char::from_u32(c as u32 - 0xff01 + 0x21).unwrap_or(c),
+            // circled letters and digits (enclosed alphanumerics)
+            '\u{24b6}'..='\u{24cf}' => char::from_u32(c as u32 - 0x24b6 + 0x41).unwrap_or(c),
+            '\u{24d0}'..='\u{24e9}' => char::from_u32(c as u32 - 0x24d0 + 0x61).unwrap_or(c),
+            '\u{2460}'..='\u{2468}' => char::from_u32(c as u32 - 0x2460 + 0x31).unwrap_or(c),
+            '\u{24ea}' => '0',
             '\u{3002}' | '\u{ff61}' => '.',
             '\u{2044}' | '\u{2215}' => '/',
             '\u{00a0}' | '\u{3000}' => ' ',

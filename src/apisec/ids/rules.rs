@@ -341,7 +341,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Php,
             "php-open-tag",
             ANY,
-            r"<\?(php|=|\s)|<\?$|\{/?php\}|\[/?php\]",
+            r"<\?(php|=|\s)|<\?$|<\?xml\s*:\s*\w|\{/?php\}|\[/?php\]",
         ),
         r(
             Php,
@@ -363,6 +363,24 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         ),
         r(
             Php,
+            "php-function-call-glued",
+            ANY,
+            r"(shell_exec|passthru|proc_open|pcntl_exec|base64_decode|gzinflate|gzuncompress|gzdecode|str_rot13|create_function|call_user_func|file_get_contents|file_put_contents|fsockopen|curl_exec|unserialize|phpinfo|highlight_file|show_source|move_uploaded_file|assert_options|escapeshellcmd|escapeshellarg)(\s|/\*.*?\*/|#[^\n]*\n|//[^\n]*\n)*\(",
+        ),
+        r(
+            Php,
+            "php-function-as-value",
+            ANY,
+            r"\(\s*(system|exec|passthru|shell_exec|eval|assert|popen|proc_open|phpinfo)\s*\)\s*\(|['\x22](system|exec|passthru|shell_exec|eval|assert|popen|proc_open|phpinfo|base64_decode)['\x22]\s*\(|\[\s*(system|exec|passthru|shell_exec|eval|assert|popen|proc_open)\s*\]\s*\[\s*\d+\s*\]|(['\x22]\w*['\x22]\s*\.\s*)+['\x22]\w*['\x22]\s*\(",
+        ),
+        r(
+            Php,
+            "php-comment-before-call",
+            ANY,
+            r"\b[a-z_]\w*\s*(/\*.*?\*/|#[^\n]*\n|//[^\n]*\n)(\s|/\*.*?\*/|#[^\n]*\n|//[^\n]*\n)*\(",
+        ),
+        r(
+            Php,
             "php-snake-call",
             ANY,
             r"\b[a-z][a-z0-9]*(_[a-z0-9]+)+\(",
@@ -377,7 +395,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Php,
             "php-variable-call",
             ANY,
-            r"@?\$+[\w]*\s*((\[[^\]]*\]|\{[^}]*\})\s*)*(/\*.*?\*/\s*)?\(|\$\s*\{\s*@?\$?\w*\s*\}|\$\{[^}]*\}\s*(\[|\()",
+            r"@?\$+[\w]*(\s|/\*.*?\*/|//[^\n]*\n|#[^\n]*\n)*((\[([^\[\]]|\[[^\]]*\])*\]|\{[^}]*\})(\s|/\*.*?\*/)*)*\(|\$\s*\{\s*@?\$?\w*\s*\}|\$\{[^}]*\}\s*(\[|\()|\$\{\s*['\x22][^'\x22]*['\x22]\s*\}",
         ),
         r(
             Php,
@@ -459,14 +477,20 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         r(
             Rfi,
             "rfi-scheme",
-            V,
-            r"^\s*(jar|netdoc|expect|xri|phar):|^\s*data:[a-z]+/[\w.+-]+\s*[;,]?",
+            V | N,
+            r"^\s*(jar|netdoc|expect|xri|phar|local_file):|^\s*data:[a-z]+/[\w.+-]+\s*[;,]?",
         ),
         r(
             Generic,
             "ssrf-internal-host",
             V,
-            r"^\s*[a-z][a-z0-9+.-]*://\[?(localhost|127\.\d+\.\d+\.\d+|0\.0\.0\.0|0+|169\.254\.\d+\.\d+|169\.254\.\d+|100\.100\.100\.200|metadata(\.google\.internal)?|::1?|::ffff:|0:0:0:0:0:(0|ffff):|fe80:|fd00:ec2|[0-9]{8,10}|0x[0-9a-f]+|0[0-7]+\.|[a-f0-9:]*::|[a-z0-9-]+\.(internal|local|localdomain)|host\.docker\.internal|localtest\.me|[\w.-]*\.nip\.io)([\]:/?#%\s]|$)|://[^/\s]*\\|^\s*(localhost\.localdomain|ipv6-localhost|ipv6-loopback|ip6-localhost|ip6-loopback|host\.docker\.internal|host\.containers\.internal|gateway\.docker\.internal|localtest\.me|kubernetes\.default(\.svc)?)([:/]|$)|\b169\.254\.169\.254\b.*\b(latest|computemetadata|metadata|openstack)\b|\[::ffff:|\b169\.254\.\d+$",
+            r"^\s*[a-z][a-z0-9+.-]*://\[?(localhost|127\.\d+\.\d+\.\d+|0\.0\.0\.0|0+|169\.254\.\d+\.\d+|169\.254\.\d+|100\.100\.100\.200|metadata(\.google\.internal)?|::1?|::ffff:|0:0:0:0:0:(0|ffff):|fe80:|fd00:ec2|[0-9]{8,10}|0x[0-9a-f]+|0[0-7]+\.|[a-f0-9:]*::|[a-z0-9-]+\.(internal|local|localdomain)|host\.docker\.internal|localtest\.me|[\w.-]*\.nip\.io)([\]:/?#%\s]|$)|://[^/\s]*\\|^\s*(localhost\.localdomain|ipv6-localhost|ipv6-loopback|ip6-localhost|ip6-loopback|host\.docker\.internal|host\.containers\.internal|gateway\.docker\.internal|localtest\.me|kubernetes\.default(\.svc(\.cluster\.local)?)?|kubernetes\.docker\.internal|[\w-]+(\.[\w-]+)*\.svc\.cluster\.local|localhost[46]?\.localdomain[46]?)([:/]|$)|\b169\.254\.169\.254\b.*\b(latest|computemetadata|metadata|openstack)\b|\[::ffff:|\b169\.254\.\d+$",
+        ),
+        r(
+            Generic,
+            "ssrf-ip-literal",
+            V,
+            r"^\s*[a-z][a-z0-9+.-]*://([^/\s]*@)?(0x[0-9a-f]+|\d+)(\.(0x[0-9a-f]+|\d+)){1,3}([\]:/?#%\s]|$)|^\s*(https?|ftps?|gopher|dict|ldap|tftp|sftp|telnet|ssh|irc|pop3|imap|smtp|redis|file):/{0,2}([^/\s]*@)?((0x[0-9a-f]+|\d+)(\.(0x[0-9a-f]+|\d+)){1,3}|\d{8,10}|0x[0-9a-f]{8})([:/?#%\s]|$)|^\s*[a-z][a-z0-9+.-]*://\[[0-9a-f:.]*:[0-9a-f:.]*\]|^\s*[a-z][a-z0-9+.-]*://[^/]*@\s*\[?\d{1,3}(\.\d{1,3}){3}",
         ),
         r(
             Generic,
@@ -491,7 +515,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Session,
             "session-id-parameter",
             N,
-            r"^(jsessionid|phpsessid|phpsession|aspsessionid\w*|asp\.net_sessionid|sessionid|session_id|_session_id|sess_id|sid|cftoken|cfid|laravel_session|ci_session|play_session|connect\.sid|zend_session_id|(__secure-|__host-)?next-auth\.session-token|[\w.-]*[._-]session[._-]?(id|token)|[\w]+_session)$",
+            r"^(jsessionid|phpsessid|phpsession|aspsessionid\w*|asp\.net_sessionid|sessionid|session_id|_session_id|sess_id|sid|cftoken|cfid|laravel_session|ci_session|play_session|connect\.sid|zend_session_id|(__secure-|__host-)?next-auth\.session-token|[\w.-]*[._-]session[._-]?(id|token)|[\w]+_session|session-id|jservsession|rack\.session|koa[.:]sess(\.sig)?|(sails|express)\.sid)$",
         ),
         r(
             Session,

@@ -232,3 +232,69 @@ fn text_after_a_json_document_is_inspected() {
         None
     );
 }
+
+#[test]
+fn obfuscated_ssrf_php_and_session_payloads_are_blocked() {
+    use Family::*;
+    let json: Vec<(&str, &[u8])> = vec![("content-type", b"application/json")];
+    for (target, body, want) in [
+        // IP literals in hex, octal, dotless and IPv6 notation, and after
+        // a userinfo that hides the real host
+        ("/api/x?u=http://0x7f.0x0.0x0.0x1/admin", "", Generic),
+        ("/api/x?u=http://0177.0.0.01/", "", Generic),
+        ("/api/x?u=http:/3232235777/", "", Generic),
+        ("/api/x?u=gopher://[::ffff:7f00:1]:6379/_INFO", "", Generic),
+        ("/api/x?u=http://a.example%20%26%40169.254.10.2/", "", Generic),
+        // internal names, also in circled letters
+        ("/api/x?u=redis.cache.svc.cluster.local:6379/", "", Generic),
+        (
+            "/api/x?u=http://%E2%93%9C%E2%93%94%E2%93%A3%E2%93%90%E2%93%93%E2%93%90%E2%93%A3%E2%93%90.%E2%93%96%E2%93%9E%E2%93%9E%E2%93%96%E2%93%9B%E2%93%94.%E2%93%98%E2%93%9D%E2%93%A3%E2%93%94%E2%93%A1%E2%93%9D%E2%93%90%E2%93%9B/",
+            "",
+            Generic,
+        ),
+        // PHP: XML polyglot, glued and indirect calls, comments before `(`
+        ("/api/x?x=%3C%3Fxml%3Asystem(%27id%27)", "", Php),
+        ("/api/x?x=XXshell_exec(%27id%27)", "", Php),
+        ("/api/x?x=(passthru)(%27id%27)", "", Php),
+        ("/api/x?x=%5Bexec%5D%5B0%5D(%27id%27)", "", Php),
+        ("/api/x?x=%22pass%22.%22thru%22(%27id%27)", "", Php),
+        ("/api/x?x=mail%2F*x*%2F(%27a%27)", "", Php),
+        ("/api/x?x=%24f%5B%24g%5B0%5D%5D(1)", "", Php),
+        ("/api/x?x=%24%7B%22x%22%7D", "", Php),
+        // session identifiers of other frameworks as parameters
+        ("/api/x?koa.sess=eyJpZCI6MX0", "", Session),
+        ("/api/x?rack.session=BAh7BkkiD3", "", Session),
+        ("/api/x?session-id=abc123", "", Session),
+        // Python's local_file: scheme; a data: URL as a JSON member name
+        ("/api/x?x=local_file:///etc/passwd", "", Rfi),
+        ("/api/x", r#"{"data:text/plain,foo":1}"#, Rfi),
+    ] {
+        let headers = if body.is_empty() { vec![] } else { json.clone() };
+        assert_eq!(
+            blocked(target, headers, body.as_bytes()),
+            Some(want),
+            "{target} {body}"
+        );
+    }
+}
+
+#[test]
+fn values_next_to_the_evasion_rules_pass() {
+    for q in [
+        "/api/tasks?q=version+1.2.3+released",
+        "/api/tasks?q=see+http%3A%2F%2Fexample.com%2Fdocs+(manual)",
+        "/api/tasks?q=https%3A%2F%2Fmedium.com%2F%40someone",
+        "/api/tasks?q=http%3A%2F%2Fexample.com%3A8080%2Fpath",
+        "/api/tasks?q=ratio%3A5",
+        "/api/tasks?q=C%3A%2F1.2%2Fsetup",
+        "/api/tasks?q=mail+(the+program)",
+        "/api/tasks?q=%22hello%22.%22world%22",
+        "/api/tasks?q=localhost+setup",
+        "/api/tasks?q=the+cluster.local+domain",
+        "/api/tasks?q=session+id+handling",
+        "/api/tasks?q=%E2%91%A0+first+step",
+        "/api/tasks?q=xml+%3A+the+format",
+    ] {
+        assert_eq!(blocked(q, vec![], b""), None, "{q}");
+    }
+}
