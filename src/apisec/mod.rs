@@ -6,8 +6,11 @@
 //! Guarantee: more than `limits.header_max_bytes` of headers or more than
 //! `limits.header_max_count` fields -> 431; a declared body over
 //! `limits.body_max_bytes` -> 413 before it is read (an undeclared one is cut
-//! at the limit while read, also 413); a body on a request that is not
-//! `application/json` -> 415; then the intrusion-detection layer
+//! at the limit while read, also 413); a body with a `Content-Encoding`
+//! other than `identity` -> 415 (it is never decoded here, so the IDS would
+//! see only the coded bytes of what an upstream may decode: an evasion);
+//! a body on a request that is not `application/json` -> 415; then the
+//! intrusion-detection layer
 //! ([`ids`]) inspects the request's structure, body included (buffered up to
 //! `limits.body_max_bytes`, then handed on to the handlers unchanged).
 //!
@@ -79,6 +82,9 @@ impl ApiSecurity {
         }
         let has_body =
             declared.is_some_and(|n| n > 0) || headers.contains_key(header::TRANSFER_ENCODING);
+        if has_body && is_encoded(headers) {
+            return Err(ApiError::EncodedBody);
+        }
         let body_method = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
         if has_body && body_method {
             let json = headers
@@ -90,6 +96,20 @@ impl ApiSecurity {
         }
         Ok(())
     }
+}
+
+/// Does the request declare a content coding other than `identity`? Its
+/// body would be inspected (and validated) as the coded bytes while the
+/// application behind a gateway route may decode it: refused, whatever the
+/// coding is, since none is decoded here.
+fn is_encoded(headers: &http::HeaderMap) -> bool {
+    headers.get_all(header::CONTENT_ENCODING).iter().any(|v| {
+        v.to_str().map_or(true, |v| {
+            v.split(',')
+                .map(str::trim)
+                .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+        })
+    })
 }
 
 /// The API-security step: header and body limits, content type and the IDS.

@@ -64,6 +64,10 @@ pub enum ApiError {
     /// Body-carrying request that is not JSON (client).
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    /// A body with a `Content-Encoding` other than `identity` (client): it
+    /// would be inspected as the encoded bytes but read decoded behind us.
+    #[error("unsupported content encoding")]
+    EncodedBody,
     /// Rate limit hit (client).
     #[error("rate limited")]
     RateLimited(RateLimitInfo),
@@ -128,7 +132,7 @@ impl ApiError {
             Conflict(_) => StatusCode::CONFLICT,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            UnsupportedMediaType | EncodedBody => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             BadGateway => StatusCode::BAD_GATEWAY,
@@ -153,7 +157,7 @@ impl ApiError {
             Conflict(_) => "conflict",
             RequestTimeout => "request_timeout",
             PayloadTooLarge => "payload_too_large",
-            UnsupportedMediaType => "unsupported_media_type",
+            UnsupportedMediaType | EncodedBody => "unsupported_media_type",
             RateLimited(_) => "rate_limited",
             HeadersTooLarge => "headers_too_large",
             BadGateway => "bad_gateway",
@@ -232,6 +236,9 @@ impl ApiError {
             RequestTimeout => "the request took too long".into(),
             PayloadTooLarge => "the body is over the configured limit".into(),
             UnsupportedMediaType => "request bodies must be application/json".into(),
+            EncodedBody => {
+                "request bodies must not be compressed (no Content-Encoding but identity)".into()
+            }
             RateLimited(i) => format!("rate limit exceeded; retry after {} s", i.reset),
             HeadersTooLarge => "the request headers are over the configured limit".into(),
             BadGateway => "the upstream service failed".into(),
@@ -259,6 +266,13 @@ impl IntoResponse for ApiError {
             }
             ApiError::IpBanned { retry_after } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            // RFC 9110 12.5.3: say which content codings are accepted
+            ApiError::EncodedBody => {
+                h.insert(
+                    header::ACCEPT_ENCODING,
+                    HeaderValue::from_static("identity"),
+                );
             }
             ApiError::RateLimited(info) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(info.reset.max(1)));

@@ -94,6 +94,24 @@ async fn oversized_body_is_413_and_non_json_body_is_415() {
         .unwrap();
     let (st, code, _) = error_code(r).await;
     assert_eq!((st, code.as_str()), (415, "unsupported_media_type"));
+    // a declared content coding: never decoded here, so refused (the bytes
+    // are plain JSON: only the header decides); `identity` is no coding
+    for (coding, want) in [("gzip", 415), ("identity, br", 415), ("identity", 201)] {
+        let r = s
+            .post("/api/tasks")
+            .header("X-API-Key", s.admin())
+            .header("Content-Encoding", coding)
+            .json(&json!({"title": "t"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want, "{coding}");
+        if want == 415 {
+            assert_eq!(r.headers()["accept-encoding"], "identity");
+            let (_, code, _) = error_code(r).await;
+            assert_eq!(code, "unsupported_media_type");
+        }
+    }
     // a chunked body without a declared length is cut at the limit too
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..20).map(|_| Ok(vec![b' '; 200])).collect();

@@ -665,6 +665,43 @@ async fn ids_blocks_attacks_before_the_upstream_and_lets_chat_free_text_through(
 }
 
 #[tokio::test]
+async fn compressed_bodies_are_refused_before_the_upstream() {
+    // The IDS would see only the coded bytes of a body the upstream may
+    // decode (an evasion): any coding but identity is refused.
+    let (s, u) = setup().await;
+    let body = json!({"model": "x' UNION SELECT password FROM users--"}).to_string();
+    for coding in ["gzip", "deflate", "br, gzip", "x-anything"] {
+        let r = s
+            .post("/v1/chat/completions")
+            .header("X-API-Key", s.admin())
+            .header("Content-Type", "application/json")
+            .header("Content-Encoding", coding)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["accept-encoding"], "identity", "{coding}");
+        let (status, code, _) = error_code(r).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (415, "unsupported_media_type"),
+            "{coding}"
+        );
+    }
+    assert_eq!(u.hits.load(Ordering::SeqCst), 0);
+    let r = s
+        .post("/v1/chat/completions")
+        .header("X-API-Key", s.admin())
+        .header("Content-Encoding", "identity")
+        .json(&json!({"model": "llama3", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(u.hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn streamed_bodies_are_inspected_only_in_the_window_and_counted() {
     let (s, u) = setup().await;
     // 3 MB of benign JSON (the window is 1 KB): streams through, and more
