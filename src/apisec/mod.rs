@@ -4,7 +4,8 @@
 //! Threat: oversized headers or bodies exhausting memory, content-type
 //! confusion, and injection payloads in the request's structure.
 //! Guarantee: more than `limits.header_max_bytes` of headers or more than
-//! `limits.header_max_count` fields -> 431; a declared body over
+//! `limits.header_max_count` fields -> 431; two `Host` headers, or one that
+//! is not a plain `host[:port]` -> 400; a declared body over
 //! `limits.body_max_bytes` -> 413 before it is read (an undeclared one is cut
 //! at the limit while read, also 413); a body with a `Content-Encoding`
 //! other than `identity` -> 415 (it is never decoded here, so the IDS would
@@ -73,6 +74,11 @@ impl ApiSecurity {
         if bytes > self.header_max_bytes {
             return Err(ApiError::HeadersTooLarge);
         }
+        if !host_is_sound(headers) {
+            return Err(ApiError::BadRequest(
+                "the Host header must appear at most once, as host[:port]".into(),
+            ));
+        }
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -96,6 +102,25 @@ impl ApiSecurity {
         }
         Ok(())
     }
+}
+
+/// At most one `Host`, and that one a plain `host[:port]` (RFC 9112 3.2
+/// answers anything else with 400): two hosts, or one carrying blanks, a
+/// userinfo (`u@evil.example`) or a path, are what Host-header injection
+/// sends to whatever builds links from it, such as the `X-Forwarded-Host`
+/// a gateway route hands its upstream. A request without `Host` passes
+/// (HTTP/1.0 clients, probes; HTTP/2 carries `:authority` instead).
+fn host_is_sound(headers: &http::HeaderMap) -> bool {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let Some(host) = hosts.next() else {
+        return true;
+    };
+    hosts.next().is_none()
+        && host
+            .to_str()
+            .ok()
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            .is_some_and(|a| !a.as_str().contains('@'))
 }
 
 /// Does the request declare a content coding other than `identity`? Its

@@ -315,6 +315,41 @@ async fn requests_that_are_not_http_get_the_error_shape_over_tls() {
 }
 
 #[tokio::test]
+async fn host_must_appear_once_as_host_and_port() {
+    let s = &TestServer::with(Opts::default().plain()).await;
+    let key = s.admin();
+    let send = |hosts: &'static [&'static str]| async move {
+        let head: String = hosts.iter().map(|h| format!("Host: {h}\r\n")).collect();
+        let req = format!(
+            "GET /api/auth/whoami HTTP/1.1\r\n{head}X-API-Key: {key}\r\nConnection: close\r\n\r\n"
+        );
+        let conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        last_response(&exchange(conn, req.as_bytes()).await)
+    };
+    let good: [&'static [&'static str]; 4] =
+        [&["api.example"], &["127.0.0.1:8443"], &["[::1]:8080"], &[]];
+    for hosts in good {
+        let (status, _, body) = send(hosts).await;
+        assert_eq!(status, 200, "{hosts:?}: {body}");
+    }
+    let bad: [&'static [&'static str]; 5] = [
+        &["a.example", "b.example"],
+        &["user@evil.example"],
+        &["evil.example/reset?x="],
+        &["a b"],
+        &[""],
+    ];
+    for hosts in bad {
+        let (status, _, body) = send(hosts).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (400, &json!("bad_request")),
+            "{hosts:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn tls_1_1_is_refused_and_1_2_and_1_3_work() {
     let s = TestServer::start().await;
     let addr = s.addr.to_string();
