@@ -577,7 +577,7 @@ static GRAMMAR: LazyLock<(RegexSet, Vec<&'static str>)> = LazyLock::new(|| {
         ("sqli-update", r"\bupdate\s+[\w`.]+\s+set\s+[\w`.]+\s*="),
         (
             "sqli-ddl",
-            r"\b(drop|truncate|alter)\s+(table|database|schema|view|procedure|function|user|trigger|index)\s+(if\s+exists\s+)?[\w`.\x22\[\]]+\s*($|;|--|#|,|\b(add|drop|modify|cascade|rename)\b)",
+            r"\b(drop|truncate|alter)\s+(table|database|schema|view|procedure|function|user|trigger|index)\s+(if\s+exists\s+)?[\w`.\x22\[\]]+\s*($|;|--|#|,|\b(add|drop|modify|cascade|rename|change)\b)",
         ),
         (
             "sqli-ddl",
@@ -706,6 +706,9 @@ pub fn check(folded: &str) -> Option<&'static str> {
     if let Some(id) = shapes(&PLAIN_SHAPES, &plain) {
         return Some(id);
     }
+    if number_tautology(folded) {
+        return Some("sqli-number-tautology");
+    }
     for q in [b'\'', b'"', b'`'] {
         if b.contains(&q) {
             let fp = fingerprint(b, Ctx::Quote(q));
@@ -724,6 +727,27 @@ pub fn check(folded: &str) -> Option<&'static str> {
         .and_then(|i| ids.get(i).copied())
 }
 
+/// A value that is only a *true* comparison of two numbers with an operator
+/// prose does not use (`11!=1`, `1 is not 2`, `42<=>42`): the probe for a
+/// boolean context. A false one (`11!=11`) is left alone, as CRS does.
+fn number_tautology(folded: &str) -> bool {
+    static RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+        Regex::new(r"^\s*(\d{1,18})\s*(!=|<>|<=>|\bis\s+not\b)\s*(\d{1,18})\s*$").ok()
+    });
+    let Some(c) = RE.as_ref().and_then(|re| re.captures(folded)) else {
+        return false;
+    };
+    let num = |i| c.get(i).and_then(|m| m.as_str().parse::<u64>().ok());
+    let (Some(a), Some(b)) = (num(1), num(3)) else {
+        return false;
+    };
+    match c.get(2).map(|m| m.as_str()) {
+        Some("<=>") => a == b,
+        Some(_) => a != b,
+        None => false,
+    }
+}
+
 fn shapes(list: &[(&'static str, Regex)], fp: &[u8]) -> Option<&'static str> {
     let s = std::str::from_utf8(fp).ok()?;
     list.iter().find(|(_, r)| r.is_match(s)).map(|(id, _)| *id)
@@ -732,6 +756,23 @@ fn shapes(list: &[(&'static str, Regex)], fp: &[u8]) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn true_number_comparisons_are_probes_false_ones_are_not() {
+        for v in ["11!=1", "1 <> 2", "42<=>42", "1 is not 2", " 7 != 8 "] {
+            assert_eq!(check(v), Some("sqli-number-tautology"), "{v}");
+        }
+        for v in [
+            "11!=11",
+            "1 is not 1",
+            "1<=>2",
+            "3 > 2",
+            "1.5 != 2",
+            "page 1 != 2",
+        ] {
+            assert_ne!(check(v), Some("sqli-number-tautology"), "{v}");
+        }
+    }
 
     fn fp(s: &str) -> String {
         String::from_utf8(fingerprint(s.as_bytes(), Ctx::None)).unwrap_or_default()
