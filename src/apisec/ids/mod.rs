@@ -666,6 +666,19 @@ impl Scan {
                 }
             }
         }
+        // JavaScript split by comments (`document/**/./**/cookie`): the
+        // XSS rules again on the value with its comments blanked
+        if self.enabled(Family::Xss) && d.folded.contains("/*") {
+            let stripped = sqli::strip_comments(&d.folded);
+            let mut hit = false;
+            rules::scan(kind, &stripped, "", "", |h| {
+                hit = h.family == Family::Xss;
+                !hit
+            });
+            if hit && !self.hit(Family::Xss, "xss-comment-split", location) {
+                return;
+            }
+        }
         if self.enabled(Family::Java)
             && decode::jndi_lookup(&d.folded)
             && !self.hit(Family::Java, "java-log4j-lookup", location)

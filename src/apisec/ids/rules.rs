@@ -157,7 +157,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Xss,
             "xss-dom-sink",
             ANY,
-            r"\b(document|window|top|parent|self|this|frames|globalthis)\s*\)?\s*(\.\s*|\[\s*['\x22`])(cookie|write|writeln|domain|location|body|createelement|getelementbyid|open|name|eval|execscript|\$|\\x24|globaleval|alert)\b|\.(innerhtml|outerhtml|appendchild|insertadjacenthtml)\b|\bfromcharcode\b|\bglobaleval\b|\b(settimeout|setinterval|execscript)\s*\(|\bnew\s+function\s*\(|\b(alert|prompt|confirm|eval|atob|btoa)\s*(\(|`)",
+            r"\b(document|window|top|parent|self|this|frames|globalthis)\s*\)?\s*(\.\s*|\[\s*['\x22`])((cookie|write|writeln|domain|location|body|createelement|getelementbyid|open|name|eval|execscript|globaleval|alert)\b|\$|\\x24)|\.(innerhtml|outerhtml|appendchild|insertadjacenthtml)\b|\bfromcharcode\b|\bglobaleval\b|\b(settimeout|setinterval|execscript)\s*\(|\bnew\s+function\s*\(|\b(alert|prompt|confirm|eval|atob|btoa)\s*(\(|`)",
         ),
         r(
             Xss,

@@ -670,7 +670,7 @@ static GRAMMAR: LazyLock<(RegexSet, Vec<&'static str>)> = LazyLock::new(|| {
 
 /// Inline comments to a blank, for the grammar rules (`sel/**/ect` is not
 /// SQL, but `union/**/select` is).
-fn strip_comments(s: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn strip_comments(s: &str) -> std::borrow::Cow<'_, str> {
     if !s.contains("/*") {
         return std::borrow::Cow::Borrowed(s);
     }

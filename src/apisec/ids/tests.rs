@@ -261,6 +261,10 @@ fn obfuscated_ssrf_php_and_session_payloads_are_blocked() {
         ("/api/x?x=mail%2F*x*%2F(%27a%27)", "", Php),
         ("/api/x?x=%24f%5B%24g%5B0%5D%5D(1)", "", Php),
         ("/api/x?x=%24%7B%22x%22%7D", "", Php),
+        // JavaScript split by comments, and jQuery's `$` by index
+        ("/api/x?a=window%2F*x*%2F.%2F*y*%2Flocation", "", Xss),
+        ("/api/x?a=(top%2F*x*%2F)%5B%22cookie%22%5D", "", Xss),
+        ("/api/x?a=this%5B%22%5Cx24%22%5D", "", Xss),
         // session identifiers of other frameworks as parameters
         ("/api/x?koa.sess=eyJpZCI6MX0", "", Session),
         ("/api/x?rack.session=BAh7BkkiD3", "", Session),
@@ -294,6 +298,8 @@ fn values_next_to_the_evasion_rules_pass() {
         "/api/tasks?q=session+id+handling",
         "/api/tasks?q=%E2%91%A0+first+step",
         "/api/tasks?q=xml+%3A+the+format",
+        "/api/tasks?q=document+%2F*+cookie+jar",
+        "/api/tasks?q=US%24+price+in+this+%22%24%22+column",
     ] {
         assert_eq!(blocked(q, vec![], b""), None, "{q}");
     }
