@@ -245,7 +245,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Rce,
             "rce-command-start",
             V | H | N,
-            r"^\s*['\x22]?(sudo\s+|nohup\s+|time\s+|timeout\s+\d+\s+)?(whoami|ifconfig|ipconfig|uname|netstat|nslookup|wget|curl|ncat|netcat|nmap|busybox|socat|mkfifo|strace|ltrace|tcpdump|certutil|bitsadmin|mshta|rundll32|regsvr32|wmic|vssadmin|ansible(-[a-z]+)?|chef(-[a-z]+)?|cscli|pipx|lwp-download|lwp-request|cpulimit|gunzip|zcat|chmod|chown|crontab|useradd|systemctl|cat|ls|ll|rm|cp|mv|ps|id|kill|nc|tar|dd|perf|pip3?|npm|nohup|time|bash|sh|zsh|ksh|python[23]?(\.\d+)?|perl|ruby|php|node|ping|echo|base64|find|grep|awk|sed|head|tail|date|ssh|scp|set|export|unset|alias|gcc|cc|c89|c99|visudo|iwr)(\.exe)?(\s+(-{1,2}[a-z]|/[a-z]|~/|\$|\.\.?/|[a-z0-9._-]+\.(sh|txt|gz|log|php|py|pl|rb|conf|ini|bak|json|yml|yaml)\b|\d+\.\d+\.\d+\.\d+|(whoami|ifconfig|uname|id|ls|ps|ping|curl|wget|cat|cmd)\b)|\s*[;&|<>`])",
+            r"^\s*['\x22]?(sudo\s+|nohup\s+|time\s+|timeout\s+\d+\s+)?(whoami|ifconfig|ipconfig|uname|netstat|nslookup|wget|curl|ncat|netcat|nmap|busybox|socat|mkfifo|strace|ltrace|tcpdump|certutil|bitsadmin|mshta|rundll32|regsvr32|wmic|vssadmin|ansible(-[a-z]+)?|chef(-[a-z]+)?|cscli|pipx|lwp-download|lwp-request|cpulimit|gunzip|zcat|zstdcat|unxz|xzcat|bzcat|chmod|chown|crontab|useradd|systemctl|cat|ls|ll|rm|cp|mv|ps|id|kill|nc|tar|dd|perf|pip3?|npm|nohup|time|bash|sh|zsh|ksh|python[23]?(\.\d+)?|perl|ruby|php|node|ping|echo|base64|find|grep|awk|sed|head|tail|date|ssh|scp|set|export|unset|alias|gcc|cc|c89|c99|visudo|iwr)(\.exe)?(\s+(-{1,2}[a-z]|/[a-z]|~/|\$|\.\.?/|[a-z0-9._-]+\.(sh|txt|gz|log|php|py|pl|rb|conf|ini|bak|json|yml|yaml)\b|\d+\.\d+\.\d+\.\d+|(whoami|ifconfig|uname|id|ls|ps|ping|curl|wget|cat|cmd)\b)|\s*[;&|<>`])",
         ),
         r(
             Rce,
@@ -258,6 +258,12 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             "rce-tool-invocation",
             V | H | N,
             r"^\s*['\x22]?(ansible-(playbook|vault|galaxy|inventory|console|pull|doc|config|test|connection)|chef-(client|shell|solo|vault|run|apply|zero)|aa-(disable|enforce|complain|exec|status)|cscli|pipx|nohup|strace|cpulimit|lwp-download)\s+\S",
+        ),
+        r(
+            Rce,
+            "rce-command-line",
+            V | H | N,
+            r"^\s*(sudo\s+)?(ansible(-[a-z]+)?|chef-[a-z]+|visudo|whoami|ifconfig|ipconfig|netstat|nslookup|ncat|netcat|nmap|socat|crontab|systemctl|useradd|certutil|wmic|zstdcat|unxz|xzcat|bzcat)(( [^\n]*)? (-{1,2}[a-z]|/)[^\n]*)?\n\s*$",
         ),
         r(Rce, "rce-tilde-expansion", V | N, r"^~[+-]\d*$"),
         r(
@@ -285,7 +291,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Rce,
             "rce-shell-path",
             ANY,
-            r"(^|[\s'\x22=;|&`(])/(usr/)?(local/)?s?bin/(bash|sh|zsh|ksh|csh|tcsh|dash|nc|ncat|netcat|cat|ls|id|rm|cp|mv|ps|kill|chmod|chown|wget|curl|python[23]?|perl|ruby|php|busybox|whoami|uname|ping|echo|ab|env|sudo|su)\b|/dev/(tcp|udp)/|/dev/null|\bcmd(\.exe)?\s*/[ck]\b|\bpowershell(\.exe)?\s+-|\binvoke-(expression|webrequest|command|item|restmethod)\b|\biex\s*\(|%comspec%|%systemroot%|\\windows\\system32|c:\\windows",
+            r"(^|[\s'\x22=;|&`(])/(usr/)?(local/)?s?bin/[a-z0-9_-]*[?*\[]|(^|[\s'\x22=;|&`(])/(usr/)?(local/)?s?bin/(bash|sh|zsh|ksh|csh|tcsh|dash|nc|ncat|netcat|cat|ls|id|rm|cp|mv|ps|kill|chmod|chown|wget|curl|python[23]?|perl|ruby|php|busybox|whoami|uname|ping|echo|ab|env|sudo|su)\b|/dev/(tcp|udp)/|/dev/null|\bcmd(\.exe)?\s*/[ck]\b|\bpowershell(\.exe)?\s+-|\binvoke-(expression|webrequest|command|item|restmethod)\b|\biex\s*\(|%comspec%|%systemroot%|\\windows\\system32|c:\\windows",
         ),
         r(
             Rce,

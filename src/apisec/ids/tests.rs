@@ -265,6 +265,12 @@ fn obfuscated_ssrf_php_and_session_payloads_are_blocked() {
         ("/api/x?a=window%2F*x*%2F.%2F*y*%2Flocation", "", Xss),
         ("/api/x?a=(top%2F*x*%2F)%5B%22cookie%22%5D", "", Xss),
         ("/api/x?a=this%5B%22%5Cx24%22%5D", "", Xss),
+        // a globbed /bin path; a tool's command line ended by a newline;
+        // decompressors reading logs
+        ("/api/x?a=%2Fusr%2Fbin%2Fwh%3Fami", "", Rce),
+        ("/api/x?code=chef-solo%0A", "", Rce),
+        ("/api/x?code=nmap+-sS+10.0.0.1%0A", "", Rce),
+        ("/api/x?cmd=bzcat+%2Fvar%2Flog%2Fauth.log.bz2", "", Rce),
         // session identifiers of other frameworks as parameters
         ("/api/x?koa.sess=eyJpZCI6MX0", "", Session),
         ("/api/x?rack.session=BAh7BkkiD3", "", Session),
@@ -299,6 +305,9 @@ fn values_next_to_the_evasion_rules_pass() {
         "/api/tasks?q=%E2%91%A0+first+step",
         "/api/tasks?q=xml+%3A+the+format",
         "/api/tasks?q=document+%2F*+cookie+jar",
+        "/api/tasks?q=Netstat+implementation+in+Go%0A",
+        "/api/tasks?q=systemctl+daemon-reload%0A",
+        "/api/tasks?q=python+bindings%0A",
         "/api/tasks?q=US%24+price+in+this+%22%24%22+column",
     ] {
         assert_eq!(blocked(q, vec![], b""), None, "{q}");
