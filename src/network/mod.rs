@@ -27,8 +27,8 @@
 //!
 //! `/openapi.json`, `/metrics` and unknown paths are limited like `/api/*`:
 //! only the two probes are exempt. What hyper refuses as not HTTP at all
-//! counts against its TCP peer too ([`admit_probe`]). IPv6 clients count per /64 with
-//! `limits.ipv6_group_by_64`. After the inner layers answer, an IDS block
+//! counts against its TCP peer too ([`admit_probe`]). IPv6 clients count
+//! per /64 with `limits.ipv6_group_by_64`. After the inner layers answer, an IDS block
 //! (`ApiError::RequestBlocked` in the response extensions) or a 401 from
 //! `POST /api/auth/login` feeds incident detection (`monitoring::incidents`).
 //!
