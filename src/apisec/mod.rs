@@ -86,8 +86,12 @@ impl ApiSecurity {
         if declared.is_some_and(|n| n > body_max_bytes as u64) {
             return Err(ApiError::PayloadTooLarge);
         }
-        let has_body =
-            declared.is_some_and(|n| n > 0) || headers.contains_key(header::TRANSFER_ENCODING);
+        // HTTP/2 needs neither Content-Length nor Transfer-Encoding for a
+        // body: without a declared length, ask the body itself.
+        use http_body::Body as _;
+        let has_body = declared.is_some_and(|n| n > 0)
+            || headers.contains_key(header::TRANSFER_ENCODING)
+            || (declared.is_none() && !req.body().is_end_stream());
         if has_body && is_encoded(headers) {
             return Err(ApiError::EncodedBody);
         }

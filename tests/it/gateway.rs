@@ -688,6 +688,23 @@ async fn compressed_bodies_are_refused_before_the_upstream() {
             "{coding}"
         );
     }
+    // a streamed body (no Content-Length; over HTTP/2 no Transfer-Encoding
+    // either) is no way around it
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(body.clone().into_bytes())];
+    let r = s
+        .post("/v1/chat/completions")
+        .header("X-API-Key", s.admin())
+        .header("Content-Type", "application/json")
+        .header("Content-Encoding", "gzip")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let (status, code, _) = error_code(r).await;
+    assert_eq!((status, code.as_str()), (415, "unsupported_media_type"));
     assert_eq!(u.hits.load(Ordering::SeqCst), 0);
     let r = s
         .post("/v1/chat/completions")
