@@ -631,6 +631,24 @@ impl Scan {
         }
     }
 
+    /// The rules again on `text`, a rewritten form of a value: a hit of
+    /// `family` counts as rule `id`. `false` when the scan must stop.
+    fn rescan(
+        &mut self,
+        kind: Kind,
+        text: &str,
+        family: Family,
+        id: &'static str,
+        location: &str,
+    ) -> bool {
+        let mut hit = false;
+        rules::scan(kind, text, "", "", |h| {
+            hit = h.family == family;
+            !hit
+        });
+        !hit || self.hit(family, id, location)
+    }
+
     fn decoded(&mut self, kind: Kind, location: &str, d: &decode::Decoded, nested: bool) {
         if kind != Kind::Path && self.enabled(Family::Sqli) {
             if let Some(id) = sqli::check(&d.folded) {
@@ -650,32 +668,18 @@ impl Scan {
                 return;
             }
         }
+        // shell words split by quotes and empty expansions (`c'a't`)
         if self.enabled(Family::Rce) {
             if let Some(u) = decode::unsplit(&d.folded) {
-                let mut hit = None;
-                rules::scan(kind, &u, "", "", |h| {
-                    if h.family == Family::Rce {
-                        hit = Some(h.id);
-                        false
-                    } else {
-                        true
-                    }
-                });
-                if hit.is_some() && !self.hit(Family::Rce, "rce-split-command", location) {
+                if !self.rescan(kind, &u, Family::Rce, "rce-split-command", location) {
                     return;
                 }
             }
         }
-        // JavaScript split by comments (`document/**/./**/cookie`): the
-        // XSS rules again on the value with its comments blanked
+        // JavaScript split by comments (`document/**/./**/cookie`)
         if self.enabled(Family::Xss) && d.folded.contains("/*") {
             let stripped = sqli::strip_comments(&d.folded);
-            let mut hit = false;
-            rules::scan(kind, &stripped, "", "", |h| {
-                hit = h.family == Family::Xss;
-                !hit
-            });
-            if hit && !self.hit(Family::Xss, "xss-comment-split", location) {
+            if !self.rescan(kind, &stripped, Family::Xss, "xss-comment-split", location) {
                 return;
             }
         }
