@@ -165,21 +165,22 @@ impl Server {
 fn report(state: AppState, peer: std::net::SocketAddr) -> parse_error::Report {
     Box::new(move |status, request_id| {
         state.metrics.block("malformed_http");
-        let event = AuditEvent::new("security_violation")
-            .request_id(request_id)
-            .ip(peer.ip())
-            .field("violation_type", "malformed_http")
-            .field(
-                "details",
-                format!("not HTTP/1.1; answered {}", status.as_u16()),
-            )
-            .field("action", "blocked");
         let state = state.clone();
         let request_id = request_id.to_string();
         tokio::spawn(async move {
-            if crate::network::admit_probe(&state, peer.ip(), &request_id).await {
-                state.audit.record(event).await;
+            if !crate::network::admit_probe(&state, peer.ip(), &request_id).await {
+                return;
             }
+            let event = AuditEvent::new("security_violation")
+                .request_id(request_id)
+                .ip(peer.ip())
+                .field("violation_type", "malformed_http")
+                .field(
+                    "details",
+                    format!("not HTTP/1.1; answered {}", status.as_u16()),
+                )
+                .field("action", "blocked");
+            state.audit.record(event).await;
         });
     })
 }

@@ -22,11 +22,10 @@
 //! `security_violation` with `violation_type: "malformed_http"` under the
 //! response's request id). Every other byte passes through untouched.
 //!
-//! Not covered: such a probe does not count against the address's rate
-//! limit or burst ban (it never becomes a request, and its TCP peer may be
-//! a trusted proxy that must not be banned: the audit event names that
-//! peer); connections per server stay bounded by
-//! `network.max_connections`. A head that hyper flushes
+//! The server also counts each probe against its TCP peer's rate and
+//! burst limits (`network::admit_probe`), and stops auditing them one by
+//! one once the peer is limited or banned; the answer itself stays the
+//! one written here. A head that hyper flushes
 //! in the same write as an earlier response's bytes (pipelined requests) is
 //! passed on as hyper wrote it. The other way round, a response body chunk
 //! written on its own that is byte for byte such a head would be replaced
