@@ -260,6 +260,8 @@ fn obfuscated_ssrf_php_and_session_payloads_are_blocked() {
         ("/api/x?x=%22pass%22.%22thru%22(%27id%27)", "", Php),
         ("/api/x?x=mail%2F*x*%2F(%27a%27)", "", Php),
         ("/api/x?x=%24f%5B%24g%5B0%5D%5D(1)", "", Php),
+        ("/api/x?x=%24f%5B0%5D%2F%2Fc%0A%5B%27x%27%5D+%23d%0A(1)", "", Php),
+        ("/api/x?x=%24f+%2F*c*%2F+%5B0%5D+%2F*d*%2F+(1)", "", Php),
         ("/api/x?x=%24%7B%22x%22%7D", "", Php),
         // JavaScript split by comments, and jQuery's `$` by index
         ("/api/x?a=window%2F*x*%2F.%2F*y*%2Flocation", "", Xss),
@@ -305,6 +307,8 @@ fn values_next_to_the_evasion_rules_pass() {
         "/api/tasks?q=%E2%91%A0+first+step",
         "/api/tasks?q=xml+%3A+the+format",
         "/api/tasks?q=document+%2F*+cookie+jar",
+        "/api/tasks?q=document+%2F*draft*%2F+cookie",
+        "/api/tasks?q=int+x+%3D+1%3B+%2F*+%2Fusr%2Flib%2F*+is+fine+*%2F",
         "/api/tasks?q=Netstat+implementation+in+Go%0A",
         "/api/tasks?q=systemctl+daemon-reload%0A",
         "/api/tasks?q=python+bindings%0A",
