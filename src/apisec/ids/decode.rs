@@ -412,10 +412,14 @@ pub fn squeeze(folded: &str) -> String {
 /// Undo shell word-splitting tricks that keep a command name from
 /// matching: quotes inside words (`c'a't`, `""p""y`), backslashes (`c\\at`),
 /// empty special parameters (`c$@at`, `c$?at`), empty backquotes
-/// (`pi``ng`) and one-character bracket globs (`adduse[r]`). `None` when
-/// nothing changes.
+/// (`pi``ng`) and one-character bracket globs (`adduse[r]`); and, in a
+/// value holding a shell separator, a `+` glued between two words read as
+/// the blank a form decoder would have made of it (`;cat+/etc/passwd` in
+/// JSON or behind `%2B`; base64 such as `if+foo==` holds no separator, and
+/// `a + b` is an operator). `None` when nothing changes.
 pub fn unsplit(folded: &str) -> Option<String> {
-    if !folded.contains(['\'', '"', '\\', '$', '`', '[']) {
+    let plus_is_blank = folded.contains('+') && folded.contains([';', '|', '&', '`', '\n']);
+    if !plus_is_blank && !folded.contains(['\'', '"', '\\', '$', '`', '[']) {
         return None;
     }
     let b = folded.as_bytes();
@@ -424,6 +428,14 @@ pub fn unsplit(folded: &str) -> Option<String> {
     while let Some(&c) = b.get(i) {
         match c {
             b'\'' | b'"' | b'\\' => i += 1,
+            b'+' if plus_is_blank
+                && i > 0
+                && b.get(i - 1).is_some_and(|c| !c.is_ascii_whitespace())
+                && b.get(i + 1).is_some_and(|c| !c.is_ascii_whitespace()) =>
+            {
+                out.push(' ');
+                i += 1;
+            }
             b'$' if matches!(
                 b.get(i + 1),
                 Some(b'@' | b'*' | b'?' | b'-' | b'_' | b'#' | b'!')
@@ -508,6 +520,14 @@ mod tests {
         );
         assert_eq!(unsplit("pi``ng").as_deref(), Some("ping"));
         assert_eq!(unsplit("plain"), None);
+        // a glued `+` is a blank only where a shell separator makes the
+        // value a command line: not in base64, not as an operator
+        assert_eq!(
+            unsplit("x;c'a't+/etc/passwd").as_deref(),
+            Some("x;cat /etc/passwd")
+        );
+        assert_eq!(unsplit("if+foo=="), None);
+        assert_eq!(unsplit("x; a + b").as_deref(), None);
         assert!(jndi_lookup("${${::-j}${lower:n}di:ldap://x}"));
         assert!(!jndi_lookup("${home}/jndi"));
     }

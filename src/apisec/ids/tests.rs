@@ -273,6 +273,9 @@ fn obfuscated_ssrf_php_and_session_payloads_are_blocked() {
         ("/api/x?code=chef-solo%0A", "", Rce),
         ("/api/x?code=nmap+-sS+10.0.0.1%0A", "", Rce),
         ("/api/x?cmd=bzcat+%2Fvar%2Flog%2Fauth.log.bz2", "", Rce),
+        // a literal `+` where the payload expected a form decoder
+        ("/api/x", r#"{"host":"example.com;c$_at+/et$_c/shadow"}"#, Rce),
+        ("/api/x?host=a%3Bi%27d%27%2B-u", "", Rce),
         // session identifiers of other frameworks as parameters
         ("/api/x?koa.sess=eyJpZCI6MX0", "", Session),
         ("/api/x?rack.session=BAh7BkkiD3", "", Session),
@@ -313,6 +316,9 @@ fn values_next_to_the_evasion_rules_pass() {
         "/api/tasks?q=systemctl+daemon-reload%0A",
         "/api/tasks?q=python+bindings%0A",
         "/api/tasks?q=US%24+price+in+this+%22%24%22+column",
+        "/api/tasks?q=c%2B%2B+and+g%2B%2B",
+        "/api/tasks?q=if%2Bfoo%3D%3D",
+        "/api/tasks?q=x+%3D+a+%2B+b%3B+y+%3D+c",
     ] {
         assert_eq!(blocked(q, vec![], b""), None, "{q}");
     }
