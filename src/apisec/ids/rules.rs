@@ -283,7 +283,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             "rce-brace-expansion",
             ANY,
             leaked(format!(
-                r"\{{\s*,?\s*({cmds}|/[\w/]+)\s*,[^}}]*\}}|(^|[\s;|&`])\{{[\w./$'-]*,[\w./$'-]*\}}"
+                r"\{{\s*,?\s*({cmds}|/[\w/]+)\s*,[^}}]*\}}|(^|[\s;|&`])\{{[\w./$'-]*,[\w./$'-]*\}}|\{{,[^{{}}\s,]+,[^{{}}]*\}}"
             )),
         ),
         r(Rce, "rce-shellshock", ANY, r"\(\s*\)\s*\{"),

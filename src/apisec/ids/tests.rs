@@ -276,6 +276,9 @@ fn obfuscated_ssrf_php_and_session_payloads_are_blocked() {
         // a literal `+` where the payload expected a form decoder
         ("/api/x", r#"{"host":"example.com;c$_at+/et$_c/shadow"}"#, Rce),
         ("/api/x?host=a%3Bi%27d%27%2B-u", "", Rce),
+        // bash brace lists with an empty first word
+        ("/api/x?a=%7B%2Cuname%2C-a%7D", "", Rce),
+        ("/api/x?a=%7B%2C%2Fb%3Fn%2Fc%3Ft%2C%2Fetc%2Fhosts%7D", "", Rce),
         // session identifiers of other frameworks as parameters
         ("/api/x?koa.sess=eyJpZCI6MX0", "", Session),
         ("/api/x?rack.session=BAh7BkkiD3", "", Session),
@@ -318,6 +321,8 @@ fn values_next_to_the_evasion_rules_pass() {
         "/api/tasks?q=US%24+price+in+this+%22%24%22+column",
         "/api/tasks?q=c%2B%2B+and+g%2B%2B",
         "/api/tasks?q=if%2Bfoo%3D%3D",
+        "/api/tasks?q=a%7B%2C5%7D+and+cp+file%7B%2C.bak%7D",
+        "/api/tasks?q=mkdir+-p+src%2F%7Ba%2Cb%7D",
         "/api/tasks?q=x+%3D+a+%2B+b%3B+y+%3D+c",
     ] {
         assert_eq!(blocked(q, vec![], b""), None, "{q}");
