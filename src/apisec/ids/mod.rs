@@ -1116,6 +1116,8 @@ mod prefilter {
         "java",
         "jndi",
         "ro0ab",
+        "ztaa",
+        "s7qaf",
         "aced",
         "builder",
         "runtime",

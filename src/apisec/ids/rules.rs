@@ -439,7 +439,10 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Java,
             "java-serialized",
             ANY,
-            r"rO0AB|\baced0005|\xac\xed\x00\x05",
+            // the stream magic `ac ed 00 05` in base64, at each of the three
+            // byte offsets it can start at: the characters that depend on
+            // it alone (`KztAAU` and `Cs7QAF` in CRS fix the bytes around)
+            r"rO0AB|ztAA[U-X]|s7QAF|\baced0005|\xac\xed\x00\x05",
         ),
         r(
             Java,

@@ -276,6 +276,10 @@ fn obfuscated_ssrf_php_and_session_payloads_are_blocked() {
         // a literal `+` where the payload expected a form decoder
         ("/api/x", r#"{"host":"example.com;c$_at+/et$_c/shadow"}"#, Rce),
         ("/api/x?host=a%3Bi%27d%27%2B-u", "", Rce),
+        // a Java serialized object in base64 that starts one or two bytes
+        // into the encoded data
+        ("/api/x", r#"{"state":"QaztAAVzcmVzdCBvZiB0aGUgb2JqZWN0"}"#, Java),
+        ("/api/x?state=AQKs7QAFc3Jlc3Qgb2YgdGhlIG9iamVjdA%3D%3D", "", Java),
         // bash brace lists with an empty first word
         ("/api/x?a=%7B%2Cuname%2C-a%7D", "", Rce),
         ("/api/x?a=%7B%2C%2Fb%3Fn%2Fc%3Ft%2C%2Fetc%2Fhosts%7D", "", Rce),
