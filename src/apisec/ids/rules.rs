@@ -151,7 +151,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Xss,
             "xss-css-expression",
             ANY,
-            r"expression\s*\(|-moz-binding|\bbehavior\s*:|@im\\?port\b|url\s*\(\s*['\x22]?\s*(javascript|vbscript|data):",
+            r"expression\s*\(|-moz-binding|\bbehavior\s*:|@im\\?port\b|url\s*\(\s*['\x22]?\s*((javascript|vbscript|data):|(java|vb)script$)",
         ),
         r(
             Xss,
@@ -455,7 +455,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Nodejs,
             "nodejs-injection",
             ANY,
-            r"\brequire\s*(\(|\.\s*main\b)|\bchild_process\b|\bprocess\s*\.\s*(env|mainmodule|binding|exit|kill|cwd|dlopen)\b|\bconstructor\s*(\.|\[)\s*['\x22]?(constructor|prototype)\b|\bthis\.constructor\b|__proto__|_\$\$nd_func\$\$_|\bfunction\s*\w*\s*\([^)]*\)\s*\{|\bwhile\s*\(+\s*(!|true|1\b|this|\[|\{)|\bconsole\s*\.\s*(log|info|error|warn|debug|dir|trace)\b|\.(spawn|execsync|spawnsync|execfile|exec)\s*\(|\bglobal\s*\.\s*process\b|\bmodule\s*\.\s*exports\b|\$\d+:constructor",
+            r"\brequire\s*(\(|\.\s*main\b)|\bchild_process\b|\bprocess\s*(\.\s*|\[\s*['\x22`])(env|mainmodule|binding|exit|kill|cwd|dlopen)\b|\bconstructor\s*(\.|\[)\s*['\x22]?(constructor|prototype)\b|\bthis\.constructor\b|__proto__|_\$\$nd_func\$\$_|\bfunction\s*\w*\s*\([^)]*\)\s*\{|\bwhile\s*\(+\s*(!|true|[+-]?([1-9]|infinity\b)|this|\[|\{|new\s|(string|number|object|boolean|symbol|date|array|function)\s*\))|\bconsole\s*\.\s*(log|info|error|warn|debug|dir|trace)\b|\.(spawn|execsync|spawnsync|execfile|exec)\s*\(|\bglobal\s*\.\s*process\b|\bmodule\s*\.\s*exports\b|\$\d+:constructor",
         ),
         tx(Nodejs, "nodejs-serialized-b64", ANY, r"XyQkTkRfRlVOQyQk"),
         // ---- remote file inclusion and SSRF (parameter values only)

@@ -280,6 +280,12 @@ fn obfuscated_ssrf_php_and_session_payloads_are_blocked() {
         // into the encoded data
         ("/api/x", r#"{"state":"QaztAAVzcmVzdCBvZiB0aGUgb2JqZWN0"}"#, Java),
         ("/api/x?state=AQKs7QAFc3Jlc3Qgb2YgdGhlIG9iamVjdA%3D%3D", "", Java),
+        // Node.js: `process` by index, loops that never end; CSS reaching
+        // for a script URL
+        ("/api/x?a=process%5B%27mainModule%27%5D", "", Nodejs),
+        ("/api/x?a=while(Object)%3B", "", Nodejs),
+        ("/api/x?a=while(-Infinity)%7B%7D", "", Nodejs),
+        ("/api/x?s=color%3Ared%3Bbackground%3Aurl(vbscript", "", Xss),
         // bash brace lists with an empty first word
         ("/api/x?a=%7B%2Cuname%2C-a%7D", "", Rce),
         ("/api/x?a=%7B%2C%2Fb%3Fn%2Fc%3Ft%2C%2Fetc%2Fhosts%7D", "", Rce),
@@ -327,6 +333,8 @@ fn values_next_to_the_evasion_rules_pass() {
         "/api/tasks?q=if%2Bfoo%3D%3D",
         "/api/tasks?q=a%7B%2C5%7D+and+cp+file%7B%2C.bak%7D",
         "/api/tasks?q=mkdir+-p+src%2F%7Ba%2Cb%7D",
+        "/api/tasks?q=while+(i+%3C+10)+and+process+%5Benv%5D",
+        "/api/tasks?q=background%3A+url(javascript.png)",
         "/api/tasks?q=x+%3D+a+%2B+b%3B+y+%3D+c",
     ] {
         assert_eq!(blocked(q, vec![], b""), None, "{q}");
