@@ -117,8 +117,14 @@ mode = "block"
             ["taskset", "-c", "1", os.path.join(ROOT, f"target/{PROFILE}/frenly"), "serve",
              "--config", cfg, "--data-dir", os.path.join(self.dir, "data")],
             stdout=subprocess.DEVNULL, stderr=self.stderr, env=env)
-        if not wait_port(port):
-            self.fail("frenly did not start")
+        # The key is printed once the port is bound (and the first admin is
+        # hashed, which takes a moment): wait for the line that follows it,
+        # not only for the port.
+        deadline = time.time() + 30
+        while "frenly: listening on" not in self.log():
+            if time.time() > deadline or self.proc.poll() is not None:
+                self.fail("frenly did not start")
+            time.sleep(0.05)
         self.key = None
         lines = self.log().splitlines()
         for i, line in enumerate(lines):
