@@ -365,7 +365,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Php,
             "php-function-call",
             ANY,
-            r"\b(popen|call_user_func_array|preg_replace|fopen|fwrite|fputs|readfile|curl_init|print_r|var_dump|var_export|include_once|require_once|symlink|putenv|ini_set|array_map|array_filter|usort|uasort|filemtime|filegroup|fileowner|chroot|gethostbyname|strrev|ucfirst|opendir|scandir|unlink|posix_\w+|getenv)(\s|/\*.*?\*/|#[^\n]*\n|//[^\n]*\n)*\(|(shell_exec|passthru|proc_open|pcntl_exec|base64_decode|gzinflate|gzuncompress|gzdecode|str_rot13|create_function|call_user_func|file_get_contents|file_put_contents|fsockopen|curl_exec|unserialize|phpinfo|highlight_file|show_source|move_uploaded_file|assert_options|escapeshellcmd|escapeshellarg)(\s|/\*.*?\*/|#[^\n]*\n|//[^\n]*\n)*\(|\b(eval|assert|system|exec|include|require|serialize|dl)(\s|/\*.*?\*/|#[^\n]*\n|//[^\n]*\n)*\(\s*(['\x22$@`]|\w+\s*\(|\)\s*;)",
+            r"\b(popen|call_user_func_array|preg_replace|fopen|fwrite|fputs|readfile|curl_init|print_r|var_dump|var_export|include_once|require_once|symlink|putenv|ini_set|array_map|array_filter|usort|uasort|filemtime|filegroup|fileowner|chroot|gethostbyname|strrev|ucfirst|opendir|scandir|unlink|posix_\w+|getenv)(\s|/\*(?s:.*?)\*/|#[^\n]*\n|//[^\n]*\n)*\(|(shell_exec|passthru|proc_open|pcntl_exec|base64_decode|gzinflate|gzuncompress|gzdecode|str_rot13|create_function|call_user_func|file_get_contents|file_put_contents|fsockopen|curl_exec|unserialize|phpinfo|highlight_file|show_source|move_uploaded_file|assert_options|escapeshellcmd|escapeshellarg)(\s|/\*(?s:.*?)\*/|#[^\n]*\n|//[^\n]*\n)*\(|\b(eval|assert|system|exec|include|require|serialize|dl)(\s|/\*(?s:.*?)\*/|#[^\n]*\n|//[^\n]*\n)*\(\s*(['\x22$@`]|\w+\s*\(|\)\s*;)",
         ),
         r(
             Php,
@@ -377,7 +377,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Php,
             "php-comment-before-call",
             ANY,
-            r"\b[a-z_]\w*\s*(/\*.*?\*/|#[^\n]*\n|//[^\n]*\n)(\s|/\*.*?\*/|#[^\n]*\n|//[^\n]*\n)*\(",
+            r"\b[a-z_]\w*\s*(/\*(?s:.*?)\*/|#[^\n]*\n|//[^\n]*\n)(\s|/\*(?s:.*?)\*/|#[^\n]*\n|//[^\n]*\n)*\(",
         ),
         r(
             Php,
@@ -395,7 +395,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Php,
             "php-variable-call",
             ANY,
-            r"@?\$+[\w]*(\s|/\*.*?\*/|//[^\n]*\n|#[^\n]*\n)*((\[([^\[\]]|\[[^\]]*\])*\]|\{[^}]*\})(\s|/\*.*?\*/|//[^\n]*\n|#[^\n]*\n)*)*\(|\$\s*\{\s*@?\$?\w*\s*\}|\$\{[^}]*\}\s*(\[|\()|\$\{\s*['\x22][^'\x22]*['\x22]\s*\}",
+            r"@?\$+[\w]*(\s|/\*(?s:.*?)\*/|//[^\n]*\n|#[^\n]*\n)*((\[([^\[\]]|\[[^\]]*\])*\]|\{[^}]*\})(\s|/\*(?s:.*?)\*/|//[^\n]*\n|#[^\n]*\n)*)*\(|\$\s*\{\s*@?\$?\w*\s*\}|\$\{[^}]*\}\s*(\[|\()|\$\{\s*['\x22][^'\x22]*['\x22]\s*\}",
         ),
         r(
             Php,

@@ -259,6 +259,8 @@ fn obfuscated_ssrf_php_and_session_payloads_are_blocked() {
         ("/api/x?x=%5Bexec%5D%5B0%5D(%27id%27)", "", Php),
         ("/api/x?x=%22pass%22.%22thru%22(%27id%27)", "", Php),
         ("/api/x?x=mail%2F*x*%2F(%27a%27)", "", Php),
+        ("/api/x?x=system+%2F*a%0Ab*%2F+(%27id%27)", "", Php),
+        ("/api/x?x=%24f%2F*a%0Ab*%2F(1)", "", Php),
         ("/api/x?x=%24f%5B%24g%5B0%5D%5D(1)", "", Php),
         ("/api/x?x=%24f%5B0%5D%2F%2Fc%0A%5B%27x%27%5D+%23d%0A(1)", "", Php),
         ("/api/x?x=%24f+%2F*c*%2F+%5B0%5D+%2F*d*%2F+(1)", "", Php),
