@@ -98,6 +98,20 @@ const fn tx(family: Family, id: &'static str, kinds: u8, re: &'static str) -> Ru
 
 use Family::{Generic, Java, Lfi, Nodejs, Php, Rce, Rfi, Session, Xss};
 
+/// A PHP comment: `/* … */` (across lines), `# …` or `// …` up to a newline.
+macro_rules! php_comment {
+    () => {
+        r"/\*(?s:.*?)\*/|#[^\n]*\n|//[^\n]*\n"
+    };
+}
+
+/// What PHP lets stand between two tokens: blanks and comments, any number.
+macro_rules! php_gap {
+    () => {
+        concat!(r"(\s|", php_comment!(), ")*")
+    };
+}
+
 /// Command and tool names with no ordinary-English meaning.
 const DISTINCT_CMDS: &str = r"whoami|ifconfig|ipconfig|uname|netstat|nslookup|wget|curl|nc|ncat|netcat|nmap|telnet|bash|zsh|ksh|csh|tcsh|dash|sh|powershell|pwsh|cmd|python[23]?(\.\d+)?|perl|ruby|php|node|lua|gcc|cc|c89|c99|busybox|socat|mkfifo|mknod|chmod|chown|chgrp|useradd|adduser|usermod|userdel|passwd|crontab|systemctl|nohup|strace|ltrace|gdb|tcpdump|tshark|lsof|traceroute|ping|base64|xxd|hexdump|certutil|bitsadmin|mshta|rundll32|regsvr32|wmic|cscript|wscript|schtasks|tasklist|taskkill|systeminfo|vssadmin|bcdedit|bcdboot|ansible(-[a-z]+)?|chef(-[a-z]+)?|cscli|pipx|pip3?|npm|npx|docker|kubectl|sshpass|scp|sftp|rsync|tftp|ftp|lwp-[a-z]+|aria2c|gunzip|bunzip2|unzip|zcat|bzcat|xzcat|tar|bsdtar|cpulimit|perf|xargs|awk|gawk|sed|grep|egrep|fgrep|vi|vim|nano|rmt|iptables|sudo|doas|pkexec|printenv|getent|hostname|uptime|dmesg|journalctl|lastlog|lastlogin|ssh|ssh-[a-z-]+|openssl|mysql|psql|sqlite3|regedit|icacls|takeown|ionice|setsid|chroot|unshare|nsenter|runuser|visudo|groupadd|aa-[a-z]+|finger|rcp|rlogin|rsh|whois|ps|id|ls|ll|cat|rm|cp|mv|pkill|killall|mkdir|rmdir|dd|df|du|umount|wc|tee|readlink|whereis|htop|nl|tac|shred|iwr|iex|column|comm|trap|env|dig";
 
@@ -365,7 +379,15 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Php,
             "php-function-call",
             ANY,
-            r"\b(popen|call_user_func_array|preg_replace|fopen|fwrite|fputs|readfile|curl_init|print_r|var_dump|var_export|include_once|require_once|symlink|putenv|ini_set|array_map|array_filter|usort|uasort|filemtime|filegroup|fileowner|chroot|gethostbyname|strrev|ucfirst|opendir|scandir|unlink|posix_\w+|getenv)(\s|/\*(?s:.*?)\*/|#[^\n]*\n|//[^\n]*\n)*\(|(shell_exec|passthru|proc_open|pcntl_exec|base64_decode|gzinflate|gzuncompress|gzdecode|str_rot13|create_function|call_user_func|file_get_contents|file_put_contents|fsockopen|curl_exec|unserialize|phpinfo|highlight_file|show_source|move_uploaded_file|assert_options|escapeshellcmd|escapeshellarg)(\s|/\*(?s:.*?)\*/|#[^\n]*\n|//[^\n]*\n)*\(|\b(eval|assert|system|exec|include|require|serialize|dl)(\s|/\*(?s:.*?)\*/|#[^\n]*\n|//[^\n]*\n)*\(\s*(['\x22$@`]|\w+\s*\(|\)\s*;)",
+            concat!(
+                r"\b(popen|call_user_func_array|preg_replace|fopen|fwrite|fputs|readfile|curl_init|print_r|var_dump|var_export|include_once|require_once|symlink|putenv|ini_set|array_map|array_filter|usort|uasort|filemtime|filegroup|fileowner|chroot|gethostbyname|strrev|ucfirst|opendir|scandir|unlink|posix_\w+|getenv)",
+                php_gap!(),
+                r"\(|(shell_exec|passthru|proc_open|pcntl_exec|base64_decode|gzinflate|gzuncompress|gzdecode|str_rot13|create_function|call_user_func|file_get_contents|file_put_contents|fsockopen|curl_exec|unserialize|phpinfo|highlight_file|show_source|move_uploaded_file|assert_options|escapeshellcmd|escapeshellarg)",
+                php_gap!(),
+                r"\(|\b(eval|assert|system|exec|include|require|serialize|dl)",
+                php_gap!(),
+                r"\(\s*(['\x22$@`]|\w+\s*\(|\)\s*;)",
+            ),
         ),
         r(
             Php,
@@ -377,7 +399,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Php,
             "php-comment-before-call",
             ANY,
-            r"\b[a-z_]\w*\s*(/\*(?s:.*?)\*/|#[^\n]*\n|//[^\n]*\n)(\s|/\*(?s:.*?)\*/|#[^\n]*\n|//[^\n]*\n)*\(",
+            concat!(r"\b[a-z_]\w*\s*(", php_comment!(), ")", php_gap!(), r"\("),
         ),
         r(
             Php,
@@ -395,7 +417,13 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Php,
             "php-variable-call",
             ANY,
-            r"@?\$+[\w]*(\s|/\*(?s:.*?)\*/|//[^\n]*\n|#[^\n]*\n)*((\[([^\[\]]|\[[^\]]*\])*\]|\{[^}]*\})(\s|/\*(?s:.*?)\*/|//[^\n]*\n|#[^\n]*\n)*)*\(|\$\s*\{\s*@?\$?\w*\s*\}|\$\{[^}]*\}\s*(\[|\()|\$\{\s*['\x22][^'\x22]*['\x22]\s*\}",
+            concat!(
+                r"@?\$+[\w]*",
+                php_gap!(),
+                r"((\[([^\[\]]|\[[^\]]*\])*\]|\{[^}]*\})",
+                php_gap!(),
+                r")*\(|\$\s*\{\s*@?\$?\w*\s*\}|\$\{[^}]*\}\s*(\[|\()|\$\{\s*['\x22][^'\x22]*['\x22]\s*\}",
+            ),
         ),
         r(
             Php,
