@@ -4,8 +4,8 @@
 //! Threat: oversized headers or bodies exhausting memory, content-type
 //! confusion, and injection payloads in the request's structure.
 //! Guarantee: more than `limits.header_max_bytes` of headers or more than
-//! `limits.header_max_count` fields -> 431; two `Host` headers, or one that
-//! is not a plain `host[:port]` -> 400; a declared body over
+//! `limits.header_max_count` fields -> 431; two `Host` headers, one that
+//! is not a plain `host[:port]`, or none on an HTTP/1.1 request -> 400; a declared body over
 //! `limits.body_max_bytes` -> 413 before it is read (an undeclared one is cut
 //! at the limit while read, also 413); a body with a `Content-Encoding`
 //! other than `identity` -> 415 (it is never decoded here, so the IDS would
@@ -74,9 +74,9 @@ impl ApiSecurity {
         if bytes > self.header_max_bytes {
             return Err(ApiError::HeadersTooLarge);
         }
-        if !host_is_sound(headers) {
+        if !host_is_sound(req.version(), headers) {
             return Err(ApiError::BadRequest(
-                "the Host header must appear at most once, as host[:port]".into(),
+                "the Host header must appear once, as host[:port]".into(),
             ));
         }
         let declared = headers
@@ -112,12 +112,13 @@ impl ApiSecurity {
 /// answers anything else with 400): two hosts, or one carrying blanks, a
 /// userinfo (`u@evil.example`) or a path, are what Host-header injection
 /// sends to whatever builds links from it, such as the `X-Forwarded-Host`
-/// a gateway route hands its upstream. A request without `Host` passes
-/// (HTTP/1.0 clients, probes; HTTP/2 carries `:authority` instead).
-fn host_is_sound(headers: &http::HeaderMap) -> bool {
+/// a gateway route hands its upstream. An HTTP/1.1 request must carry one
+/// (RFC 9112 3.2: "MUST respond with a 400"); HTTP/1.0 may go without, and
+/// HTTP/2 carries `:authority` instead.
+fn host_is_sound(version: http::Version, headers: &http::HeaderMap) -> bool {
     let mut hosts = headers.get_all(header::HOST).iter();
     let Some(host) = hosts.next() else {
-        return true;
+        return version != http::Version::HTTP_11;
     };
     hosts.next().is_none()
         && host

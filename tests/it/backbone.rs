@@ -151,6 +151,7 @@ async fn too_many_or_too_large_headers_are_431() {
 fn last_response(text: &str) -> (u16, String, serde_json::Value) {
     let at = text
         .rfind("HTTP/1.1 ")
+        .or_else(|| text.rfind("HTTP/1.0 "))
         .unwrap_or_else(|| panic!("{text:?}"));
     let (head, body) = text[at..].split_once("\r\n\r\n").unwrap();
     let status = head[9..12].parse().unwrap();
@@ -318,33 +319,41 @@ async fn requests_that_are_not_http_get_the_error_shape_over_tls() {
 async fn host_must_appear_once_as_host_and_port() {
     let s = &TestServer::with(Opts::default().plain()).await;
     let key = s.admin();
-    let send = |hosts: &'static [&'static str]| async move {
+    let send = |version: &'static str, hosts: &'static [&'static str]| async move {
         let head: String = hosts.iter().map(|h| format!("Host: {h}\r\n")).collect();
         let req = format!(
-            "GET /api/auth/whoami HTTP/1.1\r\n{head}X-API-Key: {key}\r\nConnection: close\r\n\r\n"
+            "GET /api/auth/whoami {version}\r\n{head}X-API-Key: {key}\r\nConnection: close\r\n\r\n"
         );
         let conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
         last_response(&exchange(conn, req.as_bytes()).await)
     };
-    let good: [&'static [&'static str]; 4] =
-        [&["api.example"], &["127.0.0.1:8443"], &["[::1]:8080"], &[]];
-    for hosts in good {
-        let (status, _, body) = send(hosts).await;
-        assert_eq!(status, 200, "{hosts:?}: {body}");
-    }
-    let bad: [&'static [&'static str]; 5] = [
-        &["a.example", "b.example"],
-        &["user@evil.example"],
-        &["evil.example/reset?x="],
-        &["a b"],
-        &[""],
+    let good: [(&'static str, &'static [&'static str]); 4] = [
+        ("HTTP/1.1", &["api.example"]),
+        ("HTTP/1.1", &["127.0.0.1:8443"]),
+        ("HTTP/1.1", &["[::1]:8080"]),
+        // HTTP/1.0 predates Host: its absence is no error there
+        ("HTTP/1.0", &[]),
     ];
-    for hosts in bad {
-        let (status, _, body) = send(hosts).await;
+    for (version, hosts) in good {
+        let (status, _, body) = send(version, hosts).await;
+        assert_eq!(status, 200, "{version} {hosts:?}: {body}");
+    }
+    let bad: [(&'static str, &'static [&'static str]); 7] = [
+        ("HTTP/1.1", &["a.example", "b.example"]),
+        ("HTTP/1.1", &["user@evil.example"]),
+        ("HTTP/1.1", &["evil.example/reset?x="]),
+        ("HTTP/1.1", &["a b"]),
+        ("HTTP/1.1", &[""]),
+        // RFC 9112 3.2: an HTTP/1.1 request without Host MUST get a 400
+        ("HTTP/1.1", &[]),
+        ("HTTP/1.0", &["a.example", "b.example"]),
+    ];
+    for (version, hosts) in bad {
+        let (status, _, body) = send(version, hosts).await;
         assert_eq!(
             (status, &body["error"]["code"]),
             (400, &json!("bad_request")),
-            "{hosts:?}"
+            "{version} {hosts:?}"
         );
     }
 }
