@@ -26,8 +26,33 @@ macro_rules! insert_head {
 /// Insert one row (prepared by the group writer).
 pub(super) const INSERT: &str = concat!(insert_head!(), " VALUES ($1, $2, $3, $4, $5, $6, $7)");
 
-/// Rows per INSERT statement on the pool (7 parameters each).
-const POOL_CHUNK: usize = 16;
+/// Rows per INSERT statement (7 parameters each), on the pool and in the
+/// group writer: SQLite runs each statement's bookkeeping once (on this
+/// `AUTOINCREMENT` table, a read and a rewrite of `sqlite_sequence`), not
+/// once per row.
+pub(super) const CHUNK: usize = 16;
+
+/// Insert [`CHUNK`] rows (prepared by the group writer).
+pub(super) static INSERT_CHUNK: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| super::insert_values_sql(insert_head!(), CHUNK, 7));
+
+impl AuditRecord {
+    /// Bind this row as the `nth` row of `stmt` (0-based; 7 parameters a row).
+    pub(super) fn bind(
+        &self,
+        stmt: &mut rusqlite::Statement<'_>,
+        nth: usize,
+    ) -> rusqlite::Result<()> {
+        let at = nth * 7;
+        stmt.raw_bind_parameter(at + 1, &self.ts)?;
+        stmt.raw_bind_parameter(at + 2, self.ts_ms)?;
+        stmt.raw_bind_parameter(at + 3, self.event_type)?;
+        stmt.raw_bind_parameter(at + 4, &self.request_id)?;
+        stmt.raw_bind_parameter(at + 5, &self.ip)?;
+        stmt.raw_bind_parameter(at + 6, &self.user_id)?;
+        stmt.raw_bind_parameter(at + 7, &self.line)
+    }
+}
 
 /// Store `rows` in one transaction, blocking the calling thread (the audit
 /// writer's own; never a runtime worker): on an SQLite file through the
@@ -42,7 +67,7 @@ pub fn store_blocking(db: &Db, rt: &tokio::runtime::Handle, rows: Vec<AuditRecor
 
 async fn store_pool(db: &Db, rows: &[AuditRecord]) -> Result<()> {
     let mut tx = db.pool.begin().await?;
-    for chunk in rows.chunks(POOL_CHUNK) {
+    for chunk in rows.chunks(CHUNK) {
         // One statement per chunk: only the placeholder list depends on the
         // chunk's length; every value is bound (never spliced into the SQL).
         let sql = super::insert_values_sql(insert_head!(), chunk.len(), 7);
