@@ -232,7 +232,7 @@ pub async fn record_ban(
 fn merge_headers(resp: &mut Response, info: RateLimitInfo) {
     let inner = resp
         .headers()
-        .get("ratelimit-remaining")
+        .get(crate::http::respond::RATELIMIT_REMAINING)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u32>().ok());
     if inner.map_or(true, |r| info.remaining < r) {
