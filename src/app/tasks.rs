@@ -407,6 +407,13 @@ fn list_filter(
             "q".into(),
             vec![format!("q must be at most {TITLE_MAX} characters")],
         );
+    } else if text.chars().any(char::is_control) {
+        // A title never holds one (see `create`), so nothing could match;
+        // and PostgreSQL refuses a NUL in text outright.
+        errs.insert(
+            "q".into(),
+            vec!["q must not contain control characters".into()],
+        );
     }
     let limit = match q.get("limit") {
         None => LIST_DEFAULT,

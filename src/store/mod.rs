@@ -80,10 +80,30 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// Did PostgreSQL refuse a value's characters (a NUL in text: SQLSTATE
+    /// 22021 `character_not_in_repertoire`; 22P05 `untranslatable_character`)?
+    /// The input's fault, not the server's.
+    pub fn is_unstorable_text(&self) -> bool {
+        match self {
+            StoreError::Sqlx(sqlx::Error::Database(e)) => {
+                matches!(e.code().as_deref(), Some("22021" | "22P05"))
+            }
+            _ => false,
+        }
+    }
 }
 
 impl From<StoreError> for crate::http::ApiError {
     fn from(e: StoreError) -> Self {
+        if e.is_unstorable_text() {
+            // The handlers refuse NUL where they read text; this is the net
+            // under any value they do not check.
+            tracing::warn!(error = %e, "a value the database cannot store");
+            return crate::http::ApiError::BadRequest(
+                "a value holds a character that cannot be stored (NUL)".into(),
+            );
+        }
         tracing::error!(error = %e, "store failure");
         crate::http::ApiError::Internal
     }

@@ -970,6 +970,92 @@ async fn malformed_path_parameters_are_400_in_the_error_shape() {
     }
 }
 
+/// A NUL (or any control character) in a path parameter, the search text
+/// or a login name is refused in the error shape on every backend:
+/// PostgreSQL refuses a NUL in text, which answered 500 before the handlers
+/// checked for it.
+#[tokio::test]
+async fn control_characters_in_ids_search_and_login_names_are_4xx() {
+    let s = start().await;
+    let c = &s.client;
+    let routes = [
+        (reqwest::Method::GET, "/api/tasks/x%00"),
+        (
+            reqwest::Method::GET,
+            "/api/tasks/01a22887295e7515973691547f644f61%00",
+        ),
+        (reqwest::Method::PATCH, "/api/tasks/%00"),
+        (reqwest::Method::DELETE, "/api/tasks/a%0Ab"),
+        (reqwest::Method::POST, "/api/tasks/x%00/result"),
+        (reqwest::Method::DELETE, "/api/keys/x%00"),
+        (reqwest::Method::POST, "/api/keys/x%00/rotate"),
+        (reqwest::Method::GET, "/api/users/x%00"),
+        (reqwest::Method::DELETE, "/api/users/x%1b"),
+        (reqwest::Method::DELETE, "/api/security/bans/127.0.0.9%00"),
+    ];
+    for (method, path) in routes {
+        let mut req = c
+            .request(method.clone(), s.url(path))
+            .header("X-API-Key", s.admin());
+        if matches!(method, reqwest::Method::PATCH | reqwest::Method::POST) {
+            req = req.json(&json!({"status": "done", "result": {}}));
+        }
+        let (st, code, body) = error_code(req.send().await.unwrap()).await;
+        assert_eq!(
+            (st, code.as_str()),
+            (400, "bad_request"),
+            "{method} {path}: {body}"
+        );
+    }
+    for q in ["a%00b", "%00", "line%0A"] {
+        let r = s
+            .admin_get(&format!("/api/tasks?q={q}"))
+            .send()
+            .await
+            .unwrap();
+        let (st, code, body) = error_code(r).await;
+        assert_eq!((st, code.as_str()), (400, "validation_failed"), "{q}");
+        assert!(body["error"]["fields"]["q"].is_array(), "{q}: {body}");
+    }
+    // a name no user can have fails like any wrong name
+    for name in ["admin\0", "a\0b"] {
+        let r = c
+            .post(s.url("/api/auth/login"))
+            .json(&json!({"username": name, "password": "x"}))
+            .send()
+            .await
+            .unwrap();
+        let (st, code, _) = error_code(r).await;
+        assert_eq!((st, code.as_str()), (401, "unauthenticated"), "{name:?}");
+    }
+    // and the server still serves
+    let r = s.admin_get("/api/tasks?q=plain").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// The net under every text the handlers do not check: PostgreSQL's refusal
+/// of a NUL in text is the input's fault, a 400, not a 500.
+#[tokio::test]
+async fn a_value_postgres_cannot_store_is_a_400() {
+    use crate::common::{drop_pg_database, fresh_pg_database, need, pg_available, pg_mode};
+    if !pg_mode() || !need("PostgreSQL", pg_available()) {
+        return;
+    }
+    let url = fresh_pg_database();
+    let db = frenly::store::Db::connect(&url, 1, 1).await.unwrap();
+    let e = frenly::store::users::by_username(&db, "a\0b")
+        .await
+        .expect_err("PostgreSQL refuses a NUL in text");
+    assert!(e.is_unstorable_text(), "{e}");
+    let api = frenly::http::ApiError::from(e);
+    assert_eq!(api.status(), 400, "{api:?}");
+    let other = frenly::store::StoreError::Corrupt("x".into());
+    assert!(!other.is_unstorable_text());
+    assert_eq!(frenly::http::ApiError::from(other).status(), 500);
+    drop(db);
+    drop_pg_database(&url);
+}
+
 /// A body naming a member twice is ambiguous (serde_json and Python keep
 /// the last, other parsers the first): every route that takes a JSON body
 /// refuses it with 400 `bad_request`, at any depth, and nothing is stored.
