@@ -139,22 +139,6 @@ fn ban_json(b: &BanRecord, group_v6: bool, now: i64) -> Value {
 }
 
 /// `limit`, `cursor` and other query parameters (percent-decoded).
-fn query_params(raw: Option<&str>) -> Vec<(String, String)> {
-    raw.unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let dec = |s: &str| {
-                percent_encoding::percent_decode_str(&s.replace('+', " "))
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
-            (dec(k), dec(v))
-        })
-        .collect()
-}
-
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params
         .iter()
@@ -179,7 +163,7 @@ async fn list_bans(
     State(state): State<AppState>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let params = query_params(q.as_deref());
+    let params = crate::http::query::params(q.as_deref())?;
     let limit = limit_param(&params)?;
     let cursor = param(&params, "cursor").unwrap_or("");
     let now = crate::store::now_ms();
@@ -329,7 +313,7 @@ async fn list_incidents(
     State(state): State<AppState>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let params = query_params(q.as_deref());
+    let params = crate::http::query::params(q.as_deref())?;
     let limit = limit_param(&params)?;
     let kind = param(&params, "kind").unwrap_or("");
     if !kind.is_empty() && crate::monitoring::incidents::Kind::parse(kind).is_none() {

@@ -10,7 +10,7 @@
 //! `result` are encrypted with the keyring's primary key before they reach
 //! the store; `title` is stored in clear (it is searched).
 
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::response::IntoResponse;
 use base64::Engine;
 use http::{Method, StatusCode};
@@ -457,12 +457,11 @@ fn list_filter(
 async fn list(
     State(state): State<AppState>,
     who: Authenticated,
-    query: Result<
-        Query<std::collections::HashMap<String, String>>,
-        axum::extract::rejection::QueryRejection,
-    >,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<Page>, ApiError> {
-    let Query(q) = query.map_err(|_| ApiError::BadRequest("malformed query string".into()))?;
+    let q = crate::http::query::params(query.as_deref())?
+        .into_iter()
+        .collect();
     let mut f = list_filter(&who, &q)?;
     let limit = f.limit;
     f.limit += 1;

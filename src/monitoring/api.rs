@@ -93,20 +93,14 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 /// Parse and check the query of `/api/audit`.
 pub fn parse_audit_query(query: Option<&str>) -> Result<AuditFilter, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
-        .map_err(|_| ApiError::BadRequest("malformed query string".into()))?;
+    let pairs = crate::http::query::params(query)?;
     let mut f = AuditFilter {
         limit: AUDIT_DEFAULT_LIMIT,
         ..AuditFilter::default()
     };
     let mut errors: FieldErrors = BTreeMap::new();
     let mut err = |k: &str, m: &str| errors.entry(k.to_string()).or_default().push(m.into());
-    let mut seen = std::collections::HashSet::new();
     for (k, v) in pairs {
-        if !seen.insert(k.clone()) {
-            err(&k, "given more than once");
-            continue;
-        }
         match k.as_str() {
             "type" => {
                 if (1..=64).contains(&v.len())

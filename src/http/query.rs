@@ -1,0 +1,74 @@
+//! Query strings: one reading for every endpoint that takes one.
+//!
+//! Threat: HTTP parameter pollution — `?status=queued&status=done` read as
+//! the first value here, the last by a proxy, a cache or a gateway's
+//! upstream, so that what was checked is not what is used. Before this
+//! module the task list kept the last value, the security lists the first
+//! and only the audit list refused the repetition.
+//! Guarantee: [`params`] yields each name once, percent-decoded (`+` as a
+//! blank); a name given twice is a 400 `validation_failed` naming it, before
+//! any handler reads a value.
+
+use std::collections::BTreeMap;
+
+use super::{ApiError, FieldErrors};
+
+/// The query's parameters in order, each name once (see the module doc).
+pub fn params(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|_| ApiError::BadRequest("malformed query string".into()))?;
+    let mut seen = std::collections::HashSet::new();
+    let mut errors: FieldErrors = BTreeMap::new();
+    for (k, _) in &pairs {
+        if !seen.insert(k.as_str()) && !errors.contains_key(k) {
+            errors.insert(
+                k.chars().take(64).collect(),
+                vec!["given more than once".into()],
+            );
+        }
+    }
+    if errors.is_empty() {
+        Ok(pairs)
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_name_once_decoded_in_order() {
+        let p = params(Some("q=a+b%26c&limit=5&cursor=")).unwrap();
+        assert_eq!(
+            p,
+            vec![
+                ("q".to_string(), "a b&c".to_string()),
+                ("limit".into(), "5".into()),
+                ("cursor".into(), "".into()),
+            ]
+        );
+        assert!(params(None).unwrap().is_empty());
+        assert!(params(Some("")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_repeated_name_is_a_validation_error_naming_it() {
+        for raw in [
+            "status=queued&status=done",
+            "a=1&status=x&status=x",
+            "status&status=",
+        ] {
+            match params(Some(raw)) {
+                Err(ApiError::Validation(f)) => {
+                    assert_eq!(f.keys().collect::<Vec<_>>(), vec!["status"], "{raw}");
+                }
+                other => panic!("{raw}: {other:?}"),
+            }
+        }
+        // the same name spelled with an escape is the same name
+        assert!(params(Some("q=a&%71=b")).is_err());
+    }
+}
