@@ -10,7 +10,7 @@
 //! at the limit while read, also 413); a body with a `Content-Encoding`
 //! other than `identity` -> 415 (it is never decoded here, so the IDS would
 //! see only the coded bytes of what an upstream may decode: an evasion);
-//! a body on a request that is not `application/json` -> 415; then the
+//! a body on a request that is not `application/json` in UTF-8 -> 415; then the
 //! intrusion-detection layer
 //! ([`ids`]) inspects the request's structure, body included (buffered up to
 //! `limits.body_max_bytes`, then handed on to the handlers unchanged).

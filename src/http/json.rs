@@ -31,16 +31,23 @@ use super::ApiError;
 pub struct Json<T>(pub T);
 
 /// Does this `Content-Type` name JSON (`application/json`, optionally with
-/// parameters, or an `application/*+json` type)?
+/// parameters, or an `application/*+json` type) in UTF-8? JSON exchanged
+/// between systems is UTF-8 (RFC 8259 8.1) and is read as UTF-8 here: a
+/// `charset` naming anything else would have these bytes read one way here
+/// (and by the IDS) and another by whatever decodes them by the label.
 pub fn is_json_content_type(value: &http::HeaderValue) -> bool {
     let Ok(s) = value.to_str() else { return false };
-    let mime = s
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+    let mut parts = s.split(';');
+    let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let json =
+        mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"));
+    json && parts.all(|p| match p.split_once('=') {
+        Some((name, v)) if name.trim().eq_ignore_ascii_case("charset") => {
+            let v = v.trim().trim_matches('"');
+            v.eq_ignore_ascii_case("utf-8") || v.eq_ignore_ascii_case("utf8")
+        }
+        _ => true,
+    })
 }
 
 /// A type a request body may be parsed into: one that refuses an object
@@ -222,6 +229,31 @@ impl<T: Serialize> IntoResponse for Json<T> {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_content_types_are_json_in_utf8() {
+        let is = |v: &'static str| is_json_content_type(&http::HeaderValue::from_static(v));
+        for v in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+            "application/json; charset=utf8; foo=bar",
+            "application/merge-patch+json",
+        ] {
+            assert!(is(v), "{v}");
+        }
+        for v in [
+            "text/json",
+            "application/jsonx",
+            "application/json; charset=utf-16",
+            "application/json; charset=iso-8859-1",
+            "application/problem+json; charset=utf-7",
+            "text/plain",
+        ] {
+            assert!(!is(v), "{v}");
+        }
+    }
 
     fn message(e: ApiError) -> String {
         match e {

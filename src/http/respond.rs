@@ -243,7 +243,7 @@ impl ApiError {
             Conflict(m) => m.clone(),
             RequestTimeout => "the request took too long".into(),
             PayloadTooLarge => "the body is over the configured limit".into(),
-            UnsupportedMediaType => "request bodies must be application/json".into(),
+            UnsupportedMediaType => "request bodies must be application/json, in UTF-8".into(),
             EncodedBody => {
                 "request bodies must not be compressed (no Content-Encoding but identity)".into()
             }

@@ -94,6 +94,18 @@ async fn oversized_body_is_413_and_non_json_body_is_415() {
         .unwrap();
     let (st, code, _) = error_code(r).await;
     assert_eq!((st, code.as_str()), (415, "unsupported_media_type"));
+    // JSON is UTF-8: a body labelled otherwise would be read as one encoding
+    // here and another by whatever trusts the label
+    let r = s
+        .post("/api/tasks")
+        .header("X-API-Key", s.admin())
+        .header("Content-Type", "application/json; charset=utf-16")
+        .body(r#"{"title": "x"}"#)
+        .send()
+        .await
+        .unwrap();
+    let (st, code, _) = error_code(r).await;
+    assert_eq!((st, code.as_str()), (415, "unsupported_media_type"));
     // a declared content coding: never decoded here, so refused (the bytes
     // are plain JSON: only the header decides); `identity` is no coding
     for (coding, want) in [("gzip", 415), ("identity, br", 415), ("identity", 201)] {
