@@ -5,14 +5,14 @@
 //! confusion, and injection payloads in the request's structure.
 //! Guarantee: more than `limits.header_max_bytes` of headers or more than
 //! `limits.header_max_count` fields -> 431; two `Host` headers, one that
-//! is not a plain `host[:port]`, or none on an HTTP/1.1 request -> 400; a declared body over
-//! `limits.body_max_bytes` -> 413 before it is read (an undeclared one is cut
-//! at the limit while read, also 413); a body with a `Content-Encoding`
-//! other than `identity` -> 415 (it is never decoded here, so the IDS would
-//! see only the coded bytes of what an upstream may decode: an evasion);
-//! a body on a request that is not `application/json` in UTF-8 -> 415; then the
-//! intrusion-detection layer
-//! ([`ids`]) inspects the request's structure, body included (buffered up to
+//! is not a plain `host[:port]`, or none on an HTTP/1.1 request -> 400; a
+//! declared body over `limits.body_max_bytes` -> 413 before it is read (an
+//! undeclared one is cut at the limit while read, also 413); a body with a
+//! `Content-Encoding` other than `identity` -> 415 (it is never decoded
+//! here, so the IDS would see only the coded bytes of what an upstream may
+//! decode: an evasion); a body on a request that is not `application/json`
+//! in UTF-8 -> 415; then the intrusion-detection layer ([`ids`]) inspects
+//! the request's structure, body included (buffered up to
 //! `limits.body_max_bytes`, then handed on to the handlers unchanged).
 //!
 //! Gateway routes (`crate::gateway`) are streamed, not buffered: their

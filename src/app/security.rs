@@ -138,7 +138,7 @@ fn ban_json(b: &BanRecord, group_v6: bool, now: i64) -> Value {
     })
 }
 
-/// `limit`, `cursor` and other query parameters (percent-decoded).
+/// The value of query parameter `name` (from [`crate::http::query::params`]).
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params
         .iter()

@@ -20,11 +20,10 @@ pub fn params(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
     let mut seen = std::collections::HashSet::new();
     let mut errors: FieldErrors = BTreeMap::new();
     for (k, _) in &pairs {
-        if !seen.insert(k.as_str()) && !errors.contains_key(k) {
-            errors.insert(
-                k.chars().take(64).collect(),
-                vec!["given more than once".into()],
-            );
+        if !seen.insert(k.as_str()) {
+            errors
+                .entry(k.chars().take(64).collect())
+                .or_insert_with(|| vec!["given more than once".into()]);
         }
     }
     if errors.is_empty() {
