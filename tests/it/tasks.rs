@@ -940,7 +940,6 @@ async fn a_task_read_again_shows_every_write_before_it() {
 #[tokio::test]
 async fn malformed_path_parameters_are_400_in_the_error_shape() {
     let s = start().await;
-    let c = &s.client;
     let routes = [
         (reqwest::Method::GET, "/api/tasks/%ff"),
         (reqwest::Method::PATCH, "/api/tasks/%ff%fe"),
@@ -952,11 +951,18 @@ async fn malformed_path_parameters_are_400_in_the_error_shape() {
         (reqwest::Method::DELETE, "/api/users/%ff"),
         (reqwest::Method::DELETE, "/api/security/bans/%ff"),
     ];
+    each_is_a_bad_request(&s, &routes).await;
+}
+
+/// Send each `(method, path)` with the admin key (a body on PATCH and POST)
+/// and expect a 400 `bad_request` in the error shape, with a request id.
+async fn each_is_a_bad_request(s: &TestServer, routes: &[(reqwest::Method, &str)]) {
     for (method, path) in routes {
-        let mut req = c
+        let mut req = s
+            .client
             .request(method.clone(), s.url(path))
             .header("X-API-Key", s.admin());
-        if matches!(method, reqwest::Method::PATCH | reqwest::Method::POST) {
+        if matches!(*method, reqwest::Method::PATCH | reqwest::Method::POST) {
             req = req.json(&json!({"status": "done", "result": {}}));
         }
         let r = req.send().await.unwrap();
@@ -993,20 +999,7 @@ async fn control_characters_in_ids_search_and_login_names_are_4xx() {
         (reqwest::Method::DELETE, "/api/users/x%1b"),
         (reqwest::Method::DELETE, "/api/security/bans/127.0.0.9%00"),
     ];
-    for (method, path) in routes {
-        let mut req = c
-            .request(method.clone(), s.url(path))
-            .header("X-API-Key", s.admin());
-        if matches!(method, reqwest::Method::PATCH | reqwest::Method::POST) {
-            req = req.json(&json!({"status": "done", "result": {}}));
-        }
-        let (st, code, body) = error_code(req.send().await.unwrap()).await;
-        assert_eq!(
-            (st, code.as_str()),
-            (400, "bad_request"),
-            "{method} {path}: {body}"
-        );
-    }
+    each_is_a_bad_request(&s, &routes).await;
     for q in ["a%00b", "%00", "line%0A"] {
         let r = s
             .admin_get(&format!("/api/tasks?q={q}"))
