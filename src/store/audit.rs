@@ -26,7 +26,10 @@ macro_rules! insert_head {
 /// Insert one row (prepared by the group writer).
 pub(super) const INSERT: &str = concat!(insert_head!(), " VALUES ($1, $2, $3, $4, $5, $6, $7)");
 
-/// Rows per INSERT statement (7 parameters each), on the pool and in the
+/// Columns of an audit row: the parameters each row binds.
+const COLUMNS: usize = 7;
+
+/// Rows per INSERT statement ([`COLUMNS`] parameters each), on the pool and in the
 /// group writer: SQLite runs each statement's bookkeeping once (on this
 /// `AUTOINCREMENT` table, a read and a rewrite of `sqlite_sequence`), not
 /// once per row.
@@ -34,16 +37,16 @@ pub(super) const CHUNK: usize = 16;
 
 /// Insert [`CHUNK`] rows (prepared by the group writer).
 pub(super) static INSERT_CHUNK: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| super::insert_values_sql(insert_head!(), CHUNK, 7));
+    std::sync::LazyLock::new(|| super::insert_values_sql(insert_head!(), CHUNK, COLUMNS));
 
 impl AuditRecord {
-    /// Bind this row as the `nth` row of `stmt` (0-based; 7 parameters a row).
+    /// Bind this row as the `nth` row of `stmt` (0-based; [`COLUMNS`] parameters a row).
     pub(super) fn bind(
         &self,
         stmt: &mut rusqlite::Statement<'_>,
         nth: usize,
     ) -> rusqlite::Result<()> {
-        let at = nth * 7;
+        let at = nth * COLUMNS;
         stmt.raw_bind_parameter(at + 1, &self.ts)?;
         stmt.raw_bind_parameter(at + 2, self.ts_ms)?;
         stmt.raw_bind_parameter(at + 3, self.event_type)?;
@@ -70,7 +73,7 @@ async fn store_pool(db: &Db, rows: &[AuditRecord]) -> Result<()> {
     for chunk in rows.chunks(CHUNK) {
         // One statement per chunk: only the placeholder list depends on the
         // chunk's length; every value is bound (never spliced into the SQL).
-        let sql = super::insert_values_sql(insert_head!(), chunk.len(), 7);
+        let sql = super::insert_values_sql(insert_head!(), chunk.len(), COLUMNS);
         let mut q = sqlx::query(&sql);
         for r in chunk {
             q = q
