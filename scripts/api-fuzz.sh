@@ -7,7 +7,9 @@
 # loopback port, plain HTTP, in a temporary data dir with loopback
 # allowlisted (so the fuzzer is not rate-limited or banned), reads the first
 # admin key from stderr, runs schemathesis with that key, then stops the
-# server. Fails on any 5xx, any response that does not match its schema
+# server. `API_FUZZ_TOML` is appended to the server's config (for example a
+# `[database]` and `[state]` section, to fuzz the PostgreSQL and Redis
+# backends). Fails on any 5xx, any response that does not match its schema
 # and any status code the description does not list. One worker: with two,
 # hypothesis's lambda descriptions call `ast.parse` from two threads at once
 # and CPython 3.11 fails that now and then ("AST constructor recursion depth
@@ -38,9 +40,13 @@ tls = false
 
 [limits]
 allowlist = ["127.0.0.0/8"]
+${API_FUZZ_TOML:-}
 TOML
 
-"$BIN" serve --config "$dir/frenly.toml" --data-dir "$dir/data" 2>"$dir/stderr" &
+: >"$dir/stderr"
+# FRENLY_BIN names this script's binary, not a setting: keep it (and any
+# other FRENLY_* override from the caller's shell) out of the server's env
+env $(env | sed -n 's/^\(FRENLY_[^=]*\)=.*/-u \1/p') "$BIN" serve --config "$dir/frenly.toml" --data-dir "$dir/data" 2>"$dir/stderr" &
 pid=$!
 key=""
 for _ in $(seq 1 100); do
