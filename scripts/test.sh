@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# the interop tests run Python's cryptography (Fernet) and PyJWT
+python3 -c "import cryptography, jwt" 2>/dev/null || python3 -m pip install -q cryptography PyJWT
+
 cargo nextest run --workspace --no-fail-fast "$@"
 
 if pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then

@@ -254,18 +254,17 @@ impl Claims {
     }
 }
 
-/// Read the JWT secret file: base64 text (as Frenly writes it) or, failing
-/// that, the raw bytes; surrounding whitespace is ignored. At least 32 bytes
+/// Read the JWT secret file: its bytes, without surrounding ASCII
+/// whitespace (a trailing newline), are the HMAC key. That is what a
+/// Python client gets from `open(path).read().strip()` and hands to PyJWT,
+/// the guide's `SECRET_KEY` style, so tokens minted on either side verify on
+/// the other; Frenly writes 64 random bytes as base64 text (512 bits of
+/// entropy in 88 characters) and uses that text as it is. At least 32 bytes
 /// (256 bits) are required.
 pub fn read_secret(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     let raw =
         std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read the JWT secret file: {e}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let trimmed = text.trim();
-    let bytes = match base64::engine::general_purpose::STANDARD.decode(trimmed) {
-        Ok(b) => b,
-        Err(_) => trimmed.as_bytes().to_vec(),
-    };
+    let bytes = raw.trim_ascii().to_vec();
     if bytes.len() < 32 {
         anyhow::bail!(
             "the JWT secret file (auth.jwt_secret_file) holds fewer than 256 bits; refusing to start"
@@ -322,5 +321,22 @@ mod tests {
             .unwrap();
         let m = v.verify(&t, 1000).unwrap();
         assert!(Claims::from_verified(m).is_err());
+    }
+
+    #[test]
+    fn the_secret_files_text_is_the_key_as_pyjwt_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("jwt.secret");
+        // valid base64 (48 characters): used as text, never decoded
+        let text = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlq";
+        std::fs::write(&f, format!("  {text}\r\n")).unwrap();
+        assert_eq!(read_secret(&f).unwrap(), text.as_bytes());
+        // binary bytes are kept as they are (no lossy UTF-8 on the way)
+        let bin: Vec<u8> = (0..40u8).map(|i| 0x80 | i).collect();
+        std::fs::write(&f, &bin).unwrap();
+        assert_eq!(read_secret(&f).unwrap(), bin);
+        // fewer than 32 bytes once trimmed: refused
+        std::fs::write(&f, format!("{}\n\n", "k".repeat(31))).unwrap();
+        assert!(read_secret(&f).is_err());
     }
 }

@@ -714,6 +714,67 @@ async fn login_logout_whoami_and_bearer_parsing() {
     }
 }
 
+/// PyJWT with the JWT secret file read as text (`open(path).read().strip()`,
+/// the guide's `SECRET_KEY` style): `argv[1]` the file, `argv[2]` `verify` a
+/// token given as `argv[3]` (prints its claims), or `mint` one for user
+/// `argv[3]` (base64-decoding the file first when `argv[4]` is `decoded`).
+const PY_JWT: &str = r#"
+import sys, json, time, uuid, base64, jwt
+secret = open(sys.argv[1]).read().strip()
+if sys.argv[2] == 'verify':
+    print(json.dumps(jwt.decode(sys.argv[3], secret, algorithms=['HS256'])))
+else:
+    key = base64.b64decode(secret) if sys.argv[4:] == ['decoded'] else secret
+    now = int(time.time())
+    print(jwt.encode({'sub': sys.argv[3], 'user_id': sys.argv[3], 'permissions': ['read:tasks'],
+                      'iat': now, 'exp': now + 600, 'jti': uuid.uuid4().hex}, key, algorithm='HS256'))
+"#;
+
+fn py_jwt(args: &[&str]) -> String {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(PY_JWT)
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "PyJWT ({args:?}): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test]
+async fn tokens_interoperate_with_pyjwt_reading_the_secret_file_as_text() {
+    let s = server("").await;
+    let uid = add_user(&s, "pia", &["user"], "pia-password").await;
+    let secret = s.data_dir().join("jwt.secret");
+    let secret = secret.to_str().unwrap();
+
+    // Frenly's token verifies in PyJWT
+    let t = token(&s, "pia", "pia-password").await;
+    let claims: Value = serde_json::from_str(&py_jwt(&[secret, "verify", &t])).unwrap();
+    assert_eq!(claims["sub"], uid.as_str());
+
+    // PyJWT's token is accepted by Frenly, with the permissions it carries
+    let py = py_jwt(&[secret, "mint", &uid]);
+    let r = whoami(&s, &py).await;
+    assert_eq!(r.status(), 200);
+    let w: Value = r.json().await.unwrap();
+    assert_eq!(
+        (w["auth"].as_str(), w["user_id"].as_str()),
+        (Some("jwt"), Some(uid.as_str()))
+    );
+    assert_eq!(w["permissions"], json!(["read:tasks"]));
+
+    // the key is the file's text: a token signed with its base64-decoded
+    // bytes is someone else's
+    let other = py_jwt(&[secret, "mint", &uid, "decoded"]);
+    let (status, code, _) = error_code(whoami(&s, &other).await).await;
+    assert_eq!((status, code.as_str()), (401, "unauthenticated"));
+}
+
 #[tokio::test]
 async fn revoked_token_survives_restart() {
     let s = server("").await;
