@@ -6,6 +6,7 @@
 //! Guarantee: more than `limits.header_max_bytes` of headers or more than
 //! `limits.header_max_count` fields -> 431; two `Host` headers, one that
 //! is not a plain `host[:port]`, or none on an HTTP/1.1 request -> 400; a
+//! `Transfer-Encoding` other than one `chunked` -> 400; a
 //! declared body over `limits.body_max_bytes` -> 413 before it is read (an
 //! undeclared one is cut at the limit while read, also 413); a body with a
 //! `Content-Encoding` other than `identity` -> 415 (it is never decoded
@@ -79,6 +80,11 @@ impl ApiSecurity {
                 "the Host header must appear once, as host[:port]".into(),
             ));
         }
+        if !transfer_coding_is_sound(headers) {
+            return Err(ApiError::BadRequest(
+                "the only transfer coding accepted is chunked, once".into(),
+            ));
+        }
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -126,6 +132,24 @@ fn host_is_sound(version: http::Version, headers: &http::HeaderMap) -> bool {
             .ok()
             .and_then(|h| h.parse::<http::uri::Authority>().ok())
             .is_some_and(|a| !a.as_str().contains('@'))
+}
+
+/// No `Transfer-Encoding`, or one field that is exactly `chunked`. hyper
+/// reads any list that ends in `chunked` (`gzip, chunked`, or two fields)
+/// as chunked and passes the other codings on undecoded: the IDS would
+/// inspect coded bytes that something further on might decode, the same
+/// evasion as a content coding; `chunked` twice is malformed (RFC 9112
+/// 6.1: a sender must not apply it more than once).
+fn transfer_coding_is_sound(headers: &http::HeaderMap) -> bool {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match codings.next() {
+        None => true,
+        Some(v) => {
+            codings.next().is_none()
+                && v.to_str()
+                    .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"))
+        }
+    }
 }
 
 /// Does the request declare a content coding other than `identity`? Its

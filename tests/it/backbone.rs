@@ -370,6 +370,62 @@ async fn host_must_appear_once_as_host_and_port() {
     }
 }
 
+/// A body in chunks is read; any other transfer coding is refused before
+/// the task exists: hyper would pass `gzip, chunked` (or `chunked` in two
+/// fields) on as plain chunked, and the IDS would see coded bytes.
+#[tokio::test]
+async fn only_one_chunked_transfer_coding_is_accepted() {
+    let s = &TestServer::with(Opts::default().plain()).await;
+    let key = s.admin();
+    let send = |codings: &'static [&'static str], title: &'static str| async move {
+        let head: String = codings
+            .iter()
+            .map(|c| format!("Transfer-Encoding: {c}\r\n"))
+            .collect();
+        let body = format!("{{\"title\":\"{title}\"}}");
+        let req = format!(
+            "POST /api/tasks HTTP/1.1\r\nHost: a\r\nX-API-Key: {key}\r\n\
+             Content-Type: application/json\r\n{head}Connection: close\r\n\r\n\
+             {:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        );
+        let conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        last_response(&exchange(conn, req.as_bytes()).await)
+    };
+    let good: [&'static [&'static str]; 3] = [&["chunked"], &["Chunked"], &[" chunked "]];
+    for codings in good {
+        let (status, _, body) = send(codings, "in chunks").await;
+        assert_eq!(status, 201, "{codings:?}: {body}");
+    }
+    let bad: [&'static [&'static str]; 4] = [
+        &["gzip, chunked"],
+        &["deflate,chunked"],
+        &["chunked", "chunked"],
+        &["identity, chunked"],
+    ];
+    for codings in bad {
+        let (status, _, body) = send(codings, "coded").await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (400, &json!("bad_request")),
+            "{codings:?}"
+        );
+    }
+    let list: serde_json::Value = s
+        .admin_get("/api/tasks?q=coded")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list["items"],
+        json!([]),
+        "a refused request stored its task"
+    );
+}
+
 #[tokio::test]
 async fn tls_1_1_is_refused_and_1_2_and_1_3_work() {
     let s = TestServer::start().await;
