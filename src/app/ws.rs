@@ -8,7 +8,9 @@
 //! subscription: a client more than [`BUFFER`](super::events::BUFFER) events behind, or one
 //! whose socket does not accept a frame within [`WRITE_TIMEOUT`], is
 //! disconnected and never slows the publisher or other clients. Frames from
-//! the client are limited to [`MAX_MESSAGE`] bytes; the server pings every
+//! the client are limited to [`MAX_MESSAGE`] bytes (a longer one closes
+//! the connection with 1009, text that is not UTF-8 with 1007, a protocol
+//! error with 1002); the server pings every
 //! [`PING_EVERY`] and drops a client silent for [`IDLE_TIMEOUT`].
 //!
 //! The handshake's credential is checked again every [`RECHECK_EVERY`]: a key
@@ -157,7 +159,13 @@ async fn serve(
                 Next::Closed => break,
             },
             msg = socket.recv() => match msg {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                None | Some(Ok(Message::Close(_))) => break,
+                Some(Err(e)) => {
+                    if let Some(frame) = close_for(e) {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+                    }
+                    break;
+                }
                 // Pings are answered by the protocol layer; anything else only
                 // proves the client is alive.
                 Some(Ok(_)) => last_heard = Instant::now(),
@@ -178,6 +186,24 @@ async fn serve(
             }
         }
     }
+}
+
+/// The close frame that tells the client why its frame ended the
+/// connection (as the gateway's WebSocket relay does): over [`MAX_MESSAGE`]
+/// 1009, text that is not UTF-8 1007; `None` when the transport itself
+/// failed and nothing can be sent.
+fn close_for(e: axum::Error) -> Option<CloseFrame> {
+    use tokio_tungstenite::tungstenite::Error;
+    let (code, reason) = match e.into_inner().downcast_ref::<Error>()? {
+        Error::Capacity(_) => (1009, "message_too_large"),
+        Error::Utf8(_) => (1007, "text frames must be UTF-8"),
+        Error::Protocol(_) => (1002, "protocol error"),
+        _ => return None,
+    };
+    Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })
 }
 
 fn deliver(who: &Authenticated, ev: &Event) -> bool {

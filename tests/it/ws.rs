@@ -281,3 +281,49 @@ async fn revoking_the_key_closes_its_open_websocket() {
         }
     }
 }
+
+/// The close code the server ends `ws` with (events before it are skipped).
+async fn close_code(ws: &mut Ws) -> u16 {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => return u16::from(f.code),
+            Ok(Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_)))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_frame_the_server_refuses_closes_with_its_reason() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let s = start().await;
+    let key = s.admin().to_string();
+
+    // one byte over the limit: 1009, not a dropped connection
+    let mut ws = connect(&s, Some(&key)).await.unwrap();
+    let big = "x".repeat(frenly::app::ws::MAX_MESSAGE + 1);
+    ws.send(Message::Text(big.into())).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, 1009);
+
+    // a text frame that is not UTF-8: 1007
+    let mut ws = connect(&s, Some(&key)).await.unwrap();
+    let bad = Frame::message(vec![b'a', 0xff, 0xfe], OpCode::Data(Data::Text), true);
+    ws.send(Message::Frame(bad)).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, 1007);
+
+    // a frame within the limit is no reason to close
+    let mut ws = connect(&s, Some(&key)).await.unwrap();
+    ws.send(Message::Text("x".repeat(1000).into()))
+        .await
+        .unwrap();
+    ws.send(Message::Ping(vec![1].into())).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Pong(p)))) => break assert_eq!(&p[..], [1]),
+            Ok(Some(Ok(Message::Text(_)))) => continue,
+            other => panic!("expected the pong, got {other:?}"),
+        }
+    }
+}
