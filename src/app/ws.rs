@@ -189,21 +189,30 @@ async fn serve(
 }
 
 /// The close frame that tells the client why its frame ended the
-/// connection (as the gateway's WebSocket relay does): over [`MAX_MESSAGE`]
-/// 1009, text that is not UTF-8 1007; `None` when the transport itself
-/// failed and nothing can be sent.
+/// connection: [`close_reason`] of the WebSocket error under axum's.
 fn close_for(e: axum::Error) -> Option<CloseFrame> {
-    use tokio_tungstenite::tungstenite::Error;
-    let (code, reason) = match e.into_inner().downcast_ref::<Error>()? {
-        Error::Capacity(_) => (1009, "message_too_large"),
-        Error::Utf8(_) => (1007, "text frames must be UTF-8"),
-        Error::Protocol(_) => (1002, "protocol error"),
-        _ => return None,
-    };
+    let (code, reason) = close_reason(
+        e.into_inner()
+            .downcast_ref::<tokio_tungstenite::tungstenite::Error>()?,
+    )?;
     Some(CloseFrame {
         code,
         reason: reason.into(),
     })
+}
+
+/// Why a client's frame ends a WebSocket (here and on the gateway's relay):
+/// over the message limit 1009, text that is not UTF-8 1007, any other
+/// protocol error 1002; `None` when the transport itself failed and there
+/// is nobody to tell.
+pub fn close_reason(e: &tokio_tungstenite::tungstenite::Error) -> Option<(u16, &'static str)> {
+    use tokio_tungstenite::tungstenite::Error;
+    match e {
+        Error::Capacity(_) => Some((1009, "message_too_large")),
+        Error::Utf8(_) => Some((1007, "text frames must be UTF-8")),
+        Error::Protocol(_) => Some((1002, "protocol error")),
+        _ => None,
+    }
 }
 
 fn deliver(who: &Authenticated, ev: &Event) -> bool {

@@ -18,7 +18,8 @@
 //! address (so repeated attempts lead to a ban). Messages from the upstream
 //! pass as they are (up to tungstenite's default 64 MiB). Client messages
 //! are bounded by the route's body limit (a larger one closes the connection
-//! with 1009, `message_too_large`, and is not sent on).
+//! with 1009, `message_too_large`, and is not sent on; text that is not
+//! UTF-8 with 1007, another protocol error with 1002: `app::ws::close_reason`).
 //!
 //! The relay re-frames the messages, so the upgrade request to the upstream
 //! carries no `Sec-WebSocket-Extensions` (no compression is negotiated).
@@ -29,7 +30,7 @@ use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error, Message};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::apisec::ids::{self, RequestView};
@@ -92,10 +93,10 @@ pub async fn relay(
                     }
                 }
                 Some(Err(e)) => {
-                    if let Error::Capacity(_) = e {
+                    if let Some((code, reason)) = crate::app::ws::close_reason(&e) {
                         let close = CloseFrame {
-                            code: CloseCode::Size,
-                            reason: "message_too_large".into(),
+                            code: CloseCode::from(code),
+                            reason: reason.into(),
                         };
                         let _ = c_tx.send(Message::Close(Some(close))).await;
                     }
