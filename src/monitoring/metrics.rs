@@ -1,5 +1,10 @@
 //! Prometheus metrics (prometheus-client): one registry, handles that every
 //! layer updates, rendered in the text exposition format at `/metrics`.
+//!
+//! Threat: a client growing the registry without bound through label values
+//! it chooses. Guarantee: every label value comes from a fixed set — route
+//! patterns (or `(unmatched)`), the standard methods (or `OTHER`), status
+//! codes, refusal reasons.
 
 use std::time::Duration;
 
@@ -15,8 +20,23 @@ use prometheus_client::registry::Registry;
 pub struct RequestLabels {
     /// The route pattern (`/api/tasks/{id}`), never the raw path.
     pub route: String,
-    pub method: String,
+    /// One of the standard methods, else `OTHER` ([`method_label`]).
+    pub method: &'static str,
     pub status: u16,
+}
+
+/// The method as a label: the nine standard methods by name, anything else
+/// `OTHER`. HTTP lets a client invent any method token (hyper accepts them
+/// and the router answers 405), and a label per invented token would grow
+/// the registry, and `/metrics`, by one series per request.
+pub fn method_label(m: &http::Method) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|k| *k == m.as_str())
+        .unwrap_or("OTHER")
 }
 
 /// Why a request was refused by a security layer.
@@ -108,11 +128,11 @@ impl Metrics {
     }
 
     /// Count a served request.
-    pub fn observe(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+    pub fn observe(&self, route: &str, method: &http::Method, status: u16, elapsed: Duration) {
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.to_string(),
-                method: method.to_string(),
+                method: method_label(method),
                 status,
             })
             .inc();

@@ -83,12 +83,9 @@ pub fn watch(state: &AppState, req: &Request) -> Watch {
 pub fn finish(state: &AppState, watch: Watch, resp: &Response) -> Option<audit::AuditEvent> {
     let route = watch.route.as_deref().unwrap_or("(unmatched)");
     let status = resp.status().as_u16();
-    state.metrics.observe(
-        route,
-        watch.method.as_str(),
-        status,
-        watch.started.elapsed(),
-    );
+    state
+        .metrics
+        .observe(route, &watch.method, status, watch.started.elapsed());
     if let Some(e) = resp.extensions().get::<ApiError>() {
         if !matches!(status, 404 | 405) {
             state.metrics.block(e.code());

@@ -537,6 +537,46 @@ fn parse_exposition(text: &str) -> (Types, Vec<Sample>) {
     (types, samples)
 }
 
+/// Any token is a valid HTTP method; a label per invented one would grow
+/// the registry (and every `/metrics` scrape) by a series per request.
+#[tokio::test]
+async fn invented_methods_share_one_metrics_label() {
+    let s = TestServer::start().await;
+    for i in 0..20 {
+        let m = reqwest::Method::from_bytes(format!("ZZ{i}").as_bytes()).unwrap();
+        let r = s
+            .client
+            .request(m, s.url("/api/tasks"))
+            .header("X-API-Key", s.admin())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405);
+    }
+    let text = s
+        .admin_get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (_, samples) = parse_exposition(&text);
+    let known = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+    ];
+    let mut other = 0.0;
+    for (name, labels, v) in &samples {
+        for (k, val) in labels.iter().filter(|(k, _)| k == "method") {
+            assert!(known.contains(&val.as_str()), "{name} {k}={val}");
+            if val == "OTHER" {
+                other += v;
+            }
+        }
+    }
+    assert_eq!(other, 20.0, "{text}");
+}
+
 #[tokio::test]
 async fn metrics_are_admin_only_and_parse_as_prometheus_text() {
     let s = TestServer::with(Opts::default().config("[metrics]\nlisten = \"127.0.0.1:0\"\n")).await;
