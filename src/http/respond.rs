@@ -4,7 +4,9 @@
 //! that differ in shape, so clients special-case them. Guarantee: every error
 //! Frenly answers is an [`ApiError`], rendered here as
 //! `{"error": {"code", "message", "fields"?}}` with the contract's status and
-//! headers; `Internal` never carries details (they go to the log only).
+//! headers; `Internal` never carries details (they go to the log only); a
+//! `validation_failed` lists at most [`MAX_LISTED_FIELDS`] fields (the count
+//! is in the message), so its size never follows the attacker's.
 
 use std::collections::BTreeMap;
 
@@ -124,7 +126,21 @@ struct Inner<'a> {
     code: &'a str,
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    fields: Option<&'a FieldErrors>,
+    fields: Option<Listed<'a>>,
+}
+
+/// Most fields a `validation_failed` body lists: a request naming thousands
+/// of unknown fields (or query parameters) would otherwise get every name
+/// echoed back, a response several times the request's size.
+pub const MAX_LISTED_FIELDS: usize = 32;
+
+/// The first [`MAX_LISTED_FIELDS`] of a field-error map, in its order.
+struct Listed<'a>(&'a FieldErrors);
+
+impl Serialize for Listed<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().take(MAX_LISTED_FIELDS))
+    }
 }
 
 impl ApiError {
@@ -201,7 +217,7 @@ impl ApiError {
     /// The JSON body: `{"error": {"code", "message", "fields"?}}`.
     pub fn body_bytes(&self) -> Vec<u8> {
         let fields = match self {
-            ApiError::Validation(f) => Some(f),
+            ApiError::Validation(f) => Some(Listed(f)),
             _ => None,
         };
         let body = Body {
@@ -228,6 +244,10 @@ impl ApiError {
     fn message(&self) -> String {
         use ApiError::*;
         match self {
+            Validation(f) if f.len() > MAX_LISTED_FIELDS => format!(
+                "the request failed validation ({} fields; the first {MAX_LISTED_FIELDS} are listed)",
+                f.len()
+            ),
             Validation(_) => "the request failed validation".into(),
             BadRequest(m) => m.clone(),
             Unauthenticated => "valid credentials are required".into(),

@@ -275,6 +275,65 @@ async fn validation_reports_every_rule_at_once() {
     );
 }
 
+/// Thousands of unknown body members or query parameters get a bounded
+/// answer: the first fields listed, the count in the message, never every
+/// name echoed back (a response several times the request's size).
+#[tokio::test]
+async fn a_flood_of_unknown_fields_gets_a_bounded_answer() {
+    let s = start().await;
+    let max = frenly::http::respond::MAX_LISTED_FIELDS;
+    let mut body = serde_json::Map::new();
+    body.insert("title".into(), json!("t"));
+    for i in 0..5000 {
+        body.insert(format!("k{i:05}"), json!(1));
+    }
+    let request_bytes = serde_json::to_vec(&body).unwrap();
+    let query: Vec<String> = (0..2000).map(|i| format!("p{i:04}=1")).collect();
+    let query = query.join("&");
+    let answers = [
+        (
+            request_bytes.len(),
+            raw_post(&s, "/api/tasks", request_bytes.clone()).await,
+        ),
+        (
+            query.len(),
+            s.admin_get(&format!("/api/tasks?{query}"))
+                .send()
+                .await
+                .unwrap(),
+        ),
+    ];
+    for (sent, r) in answers {
+        let (status, code, body) = error_code(r).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (400, "validation_failed"),
+            "{body}"
+        );
+        let listed = body["error"]["fields"].as_object().unwrap();
+        assert_eq!(listed.len(), max);
+        assert!(
+            listed
+                .keys()
+                .all(|k| k.starts_with('k') || k.starts_with('p')),
+            "{listed:?}"
+        );
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("the first {max} are listed")),
+            "{message}"
+        );
+        let answered = body.to_string().len();
+        assert!(
+            answered < 4096 && answered < sent / 4,
+            "{answered} bytes for {sent}"
+        );
+    }
+    // a few broken rules are all listed, as before
+    let r = raw_post(&s, "/api/tasks", br#"{"title":"","nope":1}"#.to_vec()).await;
+    assert_eq!(fields(r).await.len(), 2);
+}
+
 #[tokio::test]
 async fn configured_rules_tighten_the_defaults() {
     let s = start_with(
