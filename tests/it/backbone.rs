@@ -290,14 +290,7 @@ async fn requests_that_are_not_http_get_the_error_shape() {
         assert_eq!(row["violation_type"], json!("malformed_http"), "{row}");
         assert_eq!(row["ip"], json!("127.0.0.1"), "{row}");
     }
-    let metrics = s
-        .admin_get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics_text().await;
     let want = format!(
         "frenly_requests_blocked_total{{reason=\"malformed_http\"}} {}",
         cases.len() + 1

@@ -553,14 +553,7 @@ async fn invented_methods_share_one_metrics_label() {
             .unwrap();
         assert_eq!(r.status(), 405);
     }
-    let text = s
-        .admin_get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     let (_, samples) = parse_exposition(&text);
     let known = [
         "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "OTHER",

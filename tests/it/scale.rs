@@ -596,14 +596,7 @@ async fn readyz(s: &TestServer) -> (u16, Value) {
 }
 
 async fn redis_up_metric(s: &TestServer) -> String {
-    let text = s
-        .admin_get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     text.lines()
         .find(|l| l.starts_with("frenly_redis_up"))
         .unwrap_or_default()

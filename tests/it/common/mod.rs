@@ -349,6 +349,13 @@ impl TestServer {
         self.client.get(self.url(path))
     }
 
+    /// The `/metrics` text, read with the admin key (which must get a 200).
+    pub async fn metrics_text(&self) -> String {
+        let r = self.admin_get("/metrics").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    }
+
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
         self.client.post(self.url(path))
     }
