@@ -8,7 +8,8 @@
 //! either carries no credentials (no principal: routes that need one answer
 //! 401), valid ones (an [`Authenticated`] in the request extensions, which
 //! only this module can build), or invalid ones (401 at once, whatever the
-//! route). Keys are compared by SHA-256 hash; the query string is never read.
+//! route). A key comes in its header or as a bearer token (what SDKs send);
+//! keys are compared by SHA-256 hash; the query string is never read.
 //! A principal's permissions are never more than its user's current ones (a
 //! key's or token's permissions are intersected with the user's roles at
 //! verification); a revoked key, a logged-out token and every credential of a
@@ -176,8 +177,10 @@ pub async fn authenticate(
 /// Resolve the request's credentials to a shared principal.
 ///
 /// The API-key header wins when present (more than one value is malformed);
-/// otherwise `Authorization: Bearer <jwt>` (scheme case-insensitive; any
-/// other scheme, or no token, is malformed). The query string is never read.
+/// otherwise `Authorization: Bearer <token>` (scheme case-insensitive; any
+/// other scheme, or no token, is malformed): a token without a `.` is an API
+/// key (SDKs such as OpenAI's send their `api_key` this way; a JWT always
+/// holds two dots), any other a JWT. The query string is never read.
 async fn resolve(
     state: &AppState,
     headers: &http::HeaderMap,
@@ -201,6 +204,12 @@ async fn resolve(
             return Err(AuthnError::Malformed);
         }
         let token = bearer_token(v)?;
+        if !token.contains('.') {
+            return authn
+                .api_key_principal(&state.db, &state.roles, token)
+                .await
+                .map(Some);
+        }
         let shared = view.and_then(|v| v.jti.as_ref());
         return authn
             .jwt_principal_with(&state.db, &state.roles, token, shared)

@@ -366,6 +366,21 @@ async fn credentials_and_identity_headers_are_frenlys_own() {
     assert!(v["headers"].get("authorization").is_none());
     assert_eq!(v["headers"]["x-frenly-user"], login["id"]);
 
+    // an API key as a bearer token (OpenAI's SDK with `api_key="frn_..."`)
+    // authenticates and is not forwarded
+    let v: Value = s
+        .post("/v1/chat/completions")
+        .bearer_auth(s.admin())
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v["headers"].get("authorization").is_none(), "{v}");
+    assert_eq!(v["headers"]["x-frenly-user"], admin_id.as_str());
+
     // forward_credentials = true: the route gets them
     let v: Value = s
         .get("/strip/who")

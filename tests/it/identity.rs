@@ -930,6 +930,64 @@ async fn key_header_name_is_configurable_and_case_insensitive() {
     assert_eq!(r.status(), 401);
 }
 
+/// SDKs (OpenAI's, most HTTP client libraries' "token" option) send their
+/// key as `Authorization: Bearer`: a bearer token without a `.` is read as
+/// an API key, with every check a key gets; a JWT is still a JWT.
+#[tokio::test]
+async fn api_keys_also_come_as_bearer_tokens() {
+    let s = server("[security]\napi_key = \"static-bootstrap-key-for-tests-0123456789\"\n").await;
+    add_user(&s, "bea", &["user"], "bea-password").await;
+    let jwt = token(&s, "bea", "bea-password").await;
+    let (id, key) = key_of(&s, &jwt, json!({"name": "sdk"})).await;
+    let bearer = |cred: &str| s.get("/api/auth/whoami").bearer_auth(cred);
+
+    let r = bearer(&key).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let w: Value = r.json().await.unwrap();
+    assert_eq!(
+        (w["username"].as_str(), w["auth"].as_str()),
+        (Some("bea"), Some("api_key"))
+    );
+    let w: Value = bearer("static-bootstrap-key-for-tests-0123456789")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(w["username"], "admin");
+    // the key's permissions, not more: bea may not list users
+    let r = s.get("/api/users").bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    // the JWT still works as a JWT
+    let w: Value = bearer(&jwt).send().await.unwrap().json().await.unwrap();
+    assert_eq!(w["auth"], "jwt");
+
+    // unknown, malformed and revoked keys are 401
+    let unknown = format!("frn_{}", "A".repeat(43));
+    for bad in [unknown.as_str(), "frn_short", "not-a-key", &key[..46]] {
+        let (st, code, _) = error_code(bearer(bad).send().await.unwrap()).await;
+        assert_eq!((st, code.as_str()), (401, "unauthenticated"), "{bad}");
+    }
+    let r = with(s.client.delete(s.url(&format!("/api/keys/{id}"))), &jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(bearer(&key).send().await.unwrap().status(), 401, "revoked");
+    // the key header still wins over Authorization
+    let r = bearer(&key)
+        .header("X-API-Key", s.admin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // never in the audit log
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let audit = std::fs::read_to_string(s.data_dir().join("security_audit.log")).unwrap();
+    assert!(!audit.contains(&key));
+}
+
 #[tokio::test]
 async fn api_key_required_false_opens_nothing_more() {
     let s = server("[security]\napi_key_required = false\n").await;
