@@ -287,7 +287,7 @@ pub fn describe(table: &[RouteSpec], key_header: &str, cfg: &Config) -> Value {
             "schemas": {"Error": error_schema()},
             "securitySchemes": {
                 "api_key": {"type": "apiKey", "in": "header", "name": key_header},
-                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "a Frenly JWT, or an API key (a token without a '.')"},
             }
         }
     })
