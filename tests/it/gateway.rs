@@ -167,6 +167,12 @@ timeout_seconds = 10
 body_max_bytes = 8388608
 
 [[gateway.routes]]
+prefix = "/oai/"
+upstream = "http://{up}"
+permission = "write:agent"
+free_text = [{OPENAI_FREE_TEXT}]
+
+[[gateway.routes]]
 prefix = "/strip"
 upstream = "http://{up}/base/"
 permission = "read:tasks"
@@ -190,9 +196,27 @@ prefix = "/down/"
 upstream = "http://127.0.0.1:{down}"
 permission = "read:tasks"
 "#,
-        down = closed_port()
+        down = closed_port(),
+        OPENAI_FREE_TEXT = OPENAI_FREE_TEXT
+            .iter()
+            .map(|f| format!("{f:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
+
+/// docs/GATEWAY.md's free-text list for OpenAI-compatible APIs, as written
+/// there.
+const OPENAI_FREE_TEXT: &[&str] = &[
+    "messages[].content",
+    "messages[].tool_calls[].function.arguments",
+    "tools[].function.description",
+    "tools[].function.parameters",
+    "response_format.json_schema",
+    "prompt",
+    "input",
+    "instructions",
+];
 
 async fn setup() -> (TestServer, Upstream) {
     let (addr, u) = start_upstream().await;
@@ -675,6 +699,57 @@ async fn ids_blocks_attacks_before_the_upstream_and_lets_chat_free_text_through(
             .unwrap(),
     )
     .await;
+    assert_eq!((status, code.as_str()), (403, "request_blocked"));
+    assert_eq!(u.hits.load(Ordering::SeqCst), 1);
+}
+
+/// An agent's turn as OpenAI's API carries it — tool definitions whose
+/// descriptions and schemas show commands, a tool call whose arguments run
+/// one, the tool's output — passes a route with the documented free-text
+/// list (it is blocked with only `messages[].content`); SQL in a tool's
+/// *name* is still structure and blocked.
+#[tokio::test]
+async fn an_agents_tool_calling_turn_passes_the_documented_openai_free_text() {
+    let (s, u) = setup().await;
+    let turn = json!({
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "You operate a Linux box. Never run `rm -rf /`."},
+            {"role": "user", "content": "Which users can log in? Check /etc/passwd."},
+            {"role": "assistant", "content": null, "tool_calls": [{
+                "id": "call_1", "type": "function",
+                "function": {"name": "run_shell", "arguments": "{\"cmd\": \"cat /etc/passwd | grep -v nologin; id\"}"}
+            }]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "root:x:0:0:root:/root:/bin/bash"}
+        ],
+        "tools": [{"type": "function", "function": {
+            "name": "run_shell",
+            "description": "Run a command such as `ls -la; cat /etc/hosts` or `psql -c \"SELECT * FROM users WHERE 1=1\"`",
+            "parameters": {"type": "object", "required": ["cmd"], "properties": {
+                "cmd": {"type": "string", "description": "e.g. `make && ./run.sh > out.log`", "pattern": "^[^\\x00]*$"}
+            }}
+        }}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
+            "type": "object", "properties": {"path": {"type": "string", "description": "like ../../etc/shadow"}}
+        }}}
+    });
+    let post = |path: &'static str, body: Value| {
+        s.post(path)
+            .header("X-API-Key", s.admin())
+            .json(&body)
+            .send()
+    };
+    let r = post("/oai/chat/completions", turn.clone()).await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(u.hits.load(Ordering::SeqCst), 1);
+    // the same turn on a route that declares only the message text
+    let (status, code, _) =
+        error_code(post("/v1/chat/completions", turn.clone()).await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (403, "request_blocked"));
+    // a tool's name is an identifier: SQL there is blocked
+    let mut bad = turn;
+    bad["tools"][0]["function"]["name"] = json!("x' UNION SELECT password FROM users--");
+    let (status, code, _) = error_code(post("/oai/chat/completions", bad).await.unwrap()).await;
     assert_eq!((status, code.as_str()), (403, "request_blocked"));
     assert_eq!(u.hits.load(Ordering::SeqCst), 1);
 }
