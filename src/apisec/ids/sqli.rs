@@ -663,6 +663,9 @@ static GRAMMAR: LazyLock<(RegexSet, Vec<&'static str>)> = LazyLock::new(|| {
             "sqli-tautology-str",
             r"'\s*(or|and|\|\||&&)\s*'[^']*'\s*(=|<>|!=|like)\s*'",
         ),
+        // MySQL reads `1.e(` as the number 1.0 glued to what follows: the
+        // bypass of filters that want a blank before a function or `)`
+        ("sqli-scientific-glue", r"\d\.e[(),]"),
     ];
     let set = RegexSet::new(rules.iter().map(|(_, r)| *r)).unwrap_or_else(|_| RegexSet::empty());
     (set, rules.iter().map(|(id, _)| *id).collect())
@@ -718,6 +721,15 @@ pub fn check(folded: &str) -> Option<&'static str> {
                 }
             }
         }
+    }
+    // an optimizer hint `/*+ ... */` (MySQL, Oracle) after a blank, `(` or
+    // `,` is SQL syntax only (`application/*+json, */*` is a media range)
+    if folded.match_indices("/*+").any(|(p, _)| {
+        let after_blank =
+            p == 0 || matches!(b.get(p - 1), Some(b' ' | b'\t' | b'\n' | b'(' | b','));
+        after_blank && folded.get(p + 3..).is_some_and(|r| r.contains("*/"))
+    }) {
+        return Some("sqli-hint-comment");
     }
     let text = strip_comments(folded);
     let (set, ids) = &*GRAMMAR;
@@ -800,6 +812,10 @@ mod tests {
             "x' or 'x' <",
             "1 union select 1,2,3",
             "concat(0x7e,version())",
+            "1.e(ascii)",
+            "1 and 1.e,user()",
+            "9999 or /*+optimizer hint */ true",
+            "select /*+ index(users) */ name from users",
         ] {
             assert!(check(s).is_some(), "{s}");
         }
@@ -818,6 +834,10 @@ mod tests {
             "select one from the list",
             "manage user(s) and group(s)",
             "1 is not 1",
+            "see section 1.e of the manual",
+            "version 2.e3 of the spec",
+            "glob src/**/*.rs and /*+",
+            "accept application/*+json, */*",
         ] {
             assert!(check(s).is_none(), "{s}: {:?}", check(s));
         }
