@@ -101,8 +101,9 @@ pub async fn create_first_admin(db: &Db) -> anyhow::Result<Option<String>> {
         tokens_valid_after: 0,
     };
     match store::users::insert(db, &user).await {
-        Ok(()) => {}
+        Ok(true) => {}
         // Another instance on the same database won the race.
+        Ok(false) => return Ok(None),
         Err(e) if e.is_unique_violation() => return Ok(None),
         Err(e) => return Err(e.into()),
     }

@@ -3,7 +3,8 @@
 //!
 //! Threat: malformed identities (usernames that collide or inject), roles
 //! that do not exist, keys that outlive their purpose or carry more than
-//! their owner. Guarantee: usernames match `^[a-zA-Z0-9_]{3,20}$`, e-mails
+//! their owner. Guarantee: usernames match `^[a-zA-Z0-9_]{3,20}$` and are
+//! unique in any letter case (no `Admin` beside `admin`), e-mails
 //! the guide's rule (`^[a-zA-Z0-9._%+-]+@[a-zA-Z0-9.-]+\.[a-zA-Z]{2,}$`, at
 //! most 254 characters), passwords have 8..=1024 characters, roles exist
 //! (built-in or configured); every broken rule is reported at once, per
@@ -196,7 +197,8 @@ pub fn validate_password(pw: &str) -> Result<(), String> {
     }
 }
 
-/// Insert a validated user with its password hash. Duplicate username -> conflict.
+/// Insert a validated user with its password hash. A username taken in any
+/// letter case (`Bob` when `bob` exists) -> conflict.
 pub async fn insert_user(
     db: &Db,
     u: &NewUser,
@@ -211,11 +213,11 @@ pub async fn insert_user(
         created_at: store::now_ms(),
         tokens_valid_after: 0,
     };
+    let taken = || IdentityError::Conflict("a user with this username exists".into());
     match store::users::insert(db, &user).await {
-        Ok(()) => Ok(user),
-        Err(e) if e.is_unique_violation() => Err(IdentityError::Conflict(
-            "a user with this username exists".into(),
-        )),
+        Ok(true) => Ok(user),
+        Ok(false) => Err(taken()),
+        Err(e) if e.is_unique_violation() => Err(taken()),
         Err(e) => Err(e.into()),
     }
 }

@@ -37,11 +37,15 @@ pub async fn count(db: &Db) -> Result<i64> {
     col(&row, "n")
 }
 
-/// Insert a user; a duplicate username is a unique violation.
-pub async fn insert(db: &Db, u: &User) -> Result<()> {
-    sqlx::query(
+/// Insert a user unless one whose name differs only in letter case exists
+/// (`Ok(false)` then): `Admin` next to `admin` would be a look-alike
+/// account. Two creations racing on PostgreSQL can both pass the check;
+/// when their names are equal the unique index still refuses the second.
+pub async fn insert(db: &Db, u: &User) -> Result<bool> {
+    let done = sqlx::query(
         "INSERT INTO users (id, username, email, password_hash, roles, created_at, tokens_valid_after) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         SELECT $1, $2, $3, $4, $5, $6, $7 \
+         WHERE NOT EXISTS (SELECT 1 FROM users WHERE lower(username) = lower($2))",
     )
     .bind(&u.id)
     .bind(&u.username)
@@ -52,7 +56,7 @@ pub async fn insert(db: &Db, u: &User) -> Result<()> {
     .bind(u.tokens_valid_after)
     .execute(&db.pool)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 pub async fn by_id(db: &Db, id: &str) -> Result<Option<User>> {

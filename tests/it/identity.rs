@@ -539,6 +539,19 @@ async fn users_create_validate_and_delete_kills_keys_and_tokens() {
         .await
         .unwrap();
     assert_eq!(error_code(r).await.1, "conflict");
+    // a name that differs only in letter case is taken too (a look-alike)
+    for name in ["DAVE", "Dave", "ADMIN"] {
+        let r = s
+            .admin_post(
+                "/api/users",
+                &json!({"username": name, "email": "d3@example.com", "password": "dave-password", "roles": ["user"]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        let (st, code, _) = error_code(r).await;
+        assert_eq!((st, code.as_str()), (409, "conflict"), "{name}");
+    }
     // list and show never carry the hash
     let text = s
         .admin_get("/api/users")
@@ -1086,6 +1099,8 @@ async fn cli_users_keys_and_token() {
     assert_eq!(code, 2, "{err}");
     let (code, _, _) = cli(&["users", "add", "carol"], Some("carol-password\n"));
     assert_eq!(code, 1, "duplicate");
+    let (code, _, _) = cli(&["users", "add", "Carol"], Some("carol-password\n"));
+    assert_eq!(code, 1, "a duplicate in another letter case");
     let (code, out, _) = cli(&["users", "list"], None);
     assert_eq!(code, 0);
     assert!(out.contains("carol") && !out.contains("argon2"), "{out}");
