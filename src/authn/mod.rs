@@ -187,36 +187,41 @@ async fn resolve(
     view: Option<&crate::state::View>,
 ) -> Result<Option<Arc<Principal>>, AuthnError> {
     let authn = &state.authn;
-    let mut keys = headers.get_all(&authn.key_header).iter();
-    if let Some(v) = keys.next() {
-        if keys.next().is_some() {
-            return Err(AuthnError::Malformed);
-        }
-        let key = v.to_str().map_err(|_| AuthnError::Malformed)?;
-        return authn
-            .api_key_principal(&state.db, &state.roles, key)
-            .await
-            .map(Some);
+    let key = match only_one(headers, &authn.key_header)? {
+        Some(v) => v.to_str().map_err(|_| AuthnError::Malformed)?,
+        None => match only_one(headers, &http::header::AUTHORIZATION)? {
+            None => return Ok(None),
+            Some(v) => {
+                let token = bearer_token(v)?;
+                if token.contains('.') {
+                    let shared = view.and_then(|v| v.jti.as_ref());
+                    return authn
+                        .jwt_principal_with(&state.db, &state.roles, token, shared)
+                        .await
+                        .map(Some);
+                }
+                token
+            }
+        },
+    };
+    authn
+        .api_key_principal(&state.db, &state.roles, key)
+        .await
+        .map(Some)
+}
+
+/// The one value of header `name`, if any; more than one is malformed (which
+/// of two credentials counts would be the attacker's choice).
+fn only_one<'h>(
+    headers: &'h http::HeaderMap,
+    name: &http::HeaderName,
+) -> Result<Option<&'h http::HeaderValue>, AuthnError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(AuthnError::Malformed);
     }
-    let mut auths = headers.get_all(http::header::AUTHORIZATION).iter();
-    if let Some(v) = auths.next() {
-        if auths.next().is_some() {
-            return Err(AuthnError::Malformed);
-        }
-        let token = bearer_token(v)?;
-        if !token.contains('.') {
-            return authn
-                .api_key_principal(&state.db, &state.roles, token)
-                .await
-                .map(Some);
-        }
-        let shared = view.and_then(|v| v.jti.as_ref());
-        return authn
-            .jwt_principal_with(&state.db, &state.roles, token, shared)
-            .await
-            .map(Some);
-    }
-    Ok(None)
+    Ok(first)
 }
 
 /// The token of `Authorization: Bearer <token>` (RFC 6750 §2.1; the scheme
