@@ -4,17 +4,27 @@
 //! manages all. Another user's key answers 404 (no existence oracle). A new
 //! key's permissions must be covered by the caller's own (effective)
 //! permissions, else 403; by default it gets exactly the caller's.
+//!
+//! Threat: a leaked weak credential climbing to a strong one. A key with
+//! `read:tasks` only could rotate its owner's admin key and receive the new
+//! secret; a rotated-out secret, still valid for its grace period, could
+//! rotate the key again and take its current secret; a key about to expire
+//! could mint a key that lives a year. Guarantee: a caller presenting an
+//! API key manages (rotates, revokes) only keys whose permissions its own
+//! cover (it may always revoke itself), creates only keys that expire no
+//! later than it does, and a rotated-out secret manages no key at all (403).
+//! A JWT — a password login — manages all of its user's keys.
 
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, RawQuery, State};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use super::auth::event;
 use super::AppState;
 use crate::authn::identity;
-use crate::authn::Authenticated;
-use crate::authz::{Access, RouteDoc, Routes};
-use crate::http::{ApiError, Json, Path, RequestId, UniqueObject};
+use crate::authn::{AuthKind, Authenticated};
+use crate::authz::{Access, PermissionSet, RouteDoc, Routes};
+use crate::http::{ApiError, Json, Path, RequestId, UniqueValue};
 use crate::network::ClientAddr;
 use crate::store;
 
@@ -42,7 +52,10 @@ pub fn routes() -> Routes<AppState> {
             "list own API keys (admin: all), never the secrets",
             list,
         )
-        .doc(RouteDoc::new().ok(200, "the keys", |_| super::openapi::list_of(key_schema())))
+        .doc(
+            super::openapi::id_paging(RouteDoc::new())
+                .ok(200, "the keys", |_| super::openapi::list_of(key_schema())),
+        )
         .route(
             Method::DELETE,
             "/api/keys/{id}",
@@ -119,21 +132,42 @@ async fn create(
     who: Authenticated,
     rid: Option<Extension<RequestId>>,
     addr: Option<Extension<ClientAddr>>,
-    Json(UniqueObject(body)): Json<UniqueObject>,
+    Json(body): Json<UniqueValue>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body.into_object()?;
+    let explicit_expiry = body.get("expires_in_days").is_some_and(|v| !v.is_null());
     let req = identity::validate_key(&body, state.cfg.auth.key_default_expiry_days)?;
     let perms = req.permissions.unwrap_or(who.permissions);
     if !who.permissions.covers(perms) {
         return Err(ApiError::Forbidden);
     }
-    let k = identity::create_key(
-        &state.db,
-        &who.user_id,
-        &req.name,
-        perms,
-        req.expires_in_days,
-    )
-    .await?;
+    let mut expires_at = identity::expiry(store::now_ms(), req.expires_in_days);
+    if let AuthKind::ApiKey {
+        valid_until,
+        superseded,
+        ..
+    } = who.auth
+    {
+        if superseded {
+            return Err(ApiError::Forbidden);
+        }
+        if expires_at > valid_until {
+            if explicit_expiry {
+                return Err(ApiError::Validation(
+                    [(
+                        "expires_in_days".to_string(),
+                        vec![format!(
+                            "a key may not outlive the key that creates it (valid until {})",
+                            store::rfc3339(valid_until)
+                        )],
+                    )]
+                    .into(),
+                ));
+            }
+            expires_at = valid_until;
+        }
+    }
+    let k = identity::create_key(&state.db, &who.user_id, &req.name, perms, expires_at).await?;
     state
         .audit
         .record(
@@ -156,12 +190,37 @@ async fn create(
     ))
 }
 
-async fn list(State(state): State<AppState>, who: Authenticated) -> Result<Json<Value>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    who: Authenticated,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params = crate::http::query::params_only(q.as_deref(), &["limit", "cursor"])?;
     let owner = (!who.is_admin()).then_some(who.user_id.as_str());
     let rows = store::keys::list(&state.db, owner).await?;
+    let (page, next) = super::security::page_by_id(rows, |k| k.id.as_str(), &params)?;
     let now = store::now_ms();
-    let items: Vec<Value> = rows.iter().map(|k| identity::key_json(k, now)).collect();
-    Ok(Json(json!({"items": items, "next_cursor": null})))
+    let items: Vec<Value> = page.iter().map(|k| identity::key_json(k, now)).collect();
+    Ok(Json(json!({"items": items, "next_cursor": next})))
+}
+
+/// May the caller rotate or revoke `k` (which it can see)? A JWT may; an
+/// API key only if it is its current secret and its permissions cover the
+/// key's (module docs). `revoke_self`: a key may always revoke itself.
+fn may_manage(who: &Authenticated, k: &store::keys::KeyRow, revoke_self: bool) -> bool {
+    match &who.auth {
+        AuthKind::Jwt { .. } => true,
+        AuthKind::ApiKey {
+            superseded: true, ..
+        } => false,
+        AuthKind::ApiKey { key_id, .. } => {
+            (revoke_self && *key_id == k.id)
+                || who.permissions.covers(
+                    PermissionSet::parse(k.permissions.iter().map(String::as_str))
+                        .unwrap_or_default(),
+                )
+        }
+    }
 }
 
 /// The key, if the caller may manage it (owner or admin); else 404.
@@ -184,6 +243,9 @@ async fn revoke(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let k = visible_key(&state, &who, &id).await?;
+    if !may_manage(&who, &k, true) {
+        return Err(ApiError::Forbidden);
+    }
     let changed = store::keys::revoke(&state.db, &k.id, store::now_ms()).await?;
     state.authn.invalidate_key(&k.id);
     state.shared.credentials_changed().await;
@@ -208,6 +270,9 @@ async fn rotate(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let k = visible_key(&state, &who, &id).await?;
+    if !may_manage(&who, &k, false) {
+        return Err(ApiError::Forbidden);
+    }
     if k.revoked_at.is_some() {
         return Err(ApiError::Conflict("the key is revoked".into()));
     }

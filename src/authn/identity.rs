@@ -350,6 +350,11 @@ pub fn validate_key(
     })
 }
 
+/// The instant (ms) a key created at `now` for `days` days expires.
+pub fn expiry(now: i64, days: f64) -> i64 {
+    now.saturating_add((days * 86_400_000.0) as i64)
+}
+
 /// A freshly created key: the secret is here and nowhere else.
 pub struct CreatedKey {
     pub id: String,
@@ -366,11 +371,10 @@ pub async fn create_key(
     user_id: &str,
     name: &str,
     permissions: PermissionSet,
-    expires_in_days: f64,
+    expires_at: i64,
 ) -> Result<CreatedKey, IdentityError> {
     let key = Zeroizing::new(super::apikey::generate());
     let now = store::now_ms();
-    let expires_at = now.saturating_add((expires_in_days * 86_400_000.0) as i64);
     let names: Vec<String> = permissions.names().into_iter().map(String::from).collect();
     let id = store::new_id();
     store::keys::insert(

@@ -54,8 +54,15 @@ use crate::store::{self, Db};
 /// How the caller proved who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthKind {
-    /// An API key (its id; the static bootstrap key has id `static`).
-    ApiKey { key_id: String },
+    /// An API key: its id (the static bootstrap key has id `static`), the
+    /// instant it stops working (its expiry, or the end of the grace period
+    /// for a rotated-out secret; `i64::MAX` for the static key), and whether
+    /// the secret presented is the rotated-out one.
+    ApiKey {
+        key_id: String,
+        valid_until: i64,
+        superseded: bool,
+    },
     /// A JWT (its `jti` and `exp`).
     Jwt { jti: String, exp: i64 },
 }
@@ -351,6 +358,8 @@ impl Authn {
                     permissions,
                     auth: AuthKind::ApiKey {
                         key_id: "static".into(),
+                        valid_until: i64::MAX,
+                        superseded: false,
                     },
                 });
                 let entry = KeyEntry {
@@ -389,7 +398,11 @@ impl Authn {
             username: row.username,
             roles: row.user_roles,
             permissions: key_perms.intersect(user_perms),
-            auth: AuthKind::ApiKey { key_id: row.id },
+            auth: AuthKind::ApiKey {
+                key_id: row.id,
+                valid_until,
+                superseded: row.matched_old,
+            },
         });
         let entry = Arc::new(KeyEntry {
             principal: principal.clone(),
@@ -415,7 +428,7 @@ impl Authn {
         {
             return;
         }
-        if let AuthKind::ApiKey { key_id } = &e.principal.auth {
+        if let AuthKind::ApiKey { key_id, .. } = &e.principal.auth {
             let (db, id) = (db.clone(), key_id.clone());
             tokio::spawn(async move {
                 if let Err(err) = store::keys::touch(&db, &id, now).await {
@@ -569,7 +582,7 @@ impl Authn {
     /// A key was revoked or rotated: forget it at once.
     pub fn invalidate_key(&self, key_id: &str) {
         self.keys.invalidate(
-            |e| matches!(&e.principal.auth, AuthKind::ApiKey { key_id: k } if k == key_id),
+            |e| matches!(&e.principal.auth, AuthKind::ApiKey { key_id: k, .. } if k == key_id),
         );
     }
 

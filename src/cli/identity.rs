@@ -124,10 +124,11 @@ pub fn keys(cfg: Config, cmd: KeysCmd) -> CmdResult {
                 if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
                     return Err(Failure::usage("--name must have 1 to 100 characters"));
                 }
-                let k = identity::create_key(&db, &u.id, &name, perms, days)
+                let expires_at = identity::expiry(store::now_ms(), days);
+                let k = identity::create_key(&db, &u.id, &name, perms, expires_at)
                     .await
                     .map_err(identity_failure)?;
-                println!("{}", k.key.as_str());
+                outln!("{}", k.key.as_str())?;
                 eprintln!(
                     "frenly: created key {} for `{}` ({}), expires {}; the key above is shown only once",
                     k.id,
@@ -139,10 +140,10 @@ pub fn keys(cfg: Config, cmd: KeysCmd) -> CmdResult {
             }
             KeysCmd::List => {
                 let now = store::now_ms();
-                println!("ID\tUSER\tNAME\tPERMISSIONS\tEXPIRES\tLAST_USED\tSTATUS");
+                outln!("ID\tUSER\tNAME\tPERMISSIONS\tEXPIRES\tLAST_USED\tSTATUS")?;
                 for k in store::keys::list(&db, None).await.map_err(fail_store)? {
                     let j = identity::key_json(&k, now);
-                    println!(
+                    outln!(
                         "{}\t{}\t{}\t{}\t{}\t{}\t{}",
                         k.id,
                         k.username,
@@ -151,7 +152,7 @@ pub fn keys(cfg: Config, cmd: KeysCmd) -> CmdResult {
                         j.get("expires_at").and_then(|v| v.as_str()).unwrap_or("-"),
                         j.get("last_used_at").and_then(|v| v.as_str()).unwrap_or("-"),
                         j.get("status").and_then(|v| v.as_str()).unwrap_or("-"),
-                    );
+                    )?;
                 }
                 Ok(0)
             }
@@ -256,7 +257,7 @@ pub fn users(cfg: Config, cmd: UsersCmd) -> CmdResult {
                 let u = identity::insert_user(&db, &new, hash)
                     .await
                     .map_err(identity_failure)?;
-                println!("{}", u.id);
+                outln!("{}", u.id)?;
                 eprintln!(
                     "frenly: created user `{}` ({})",
                     u.username,
@@ -266,16 +267,16 @@ pub fn users(cfg: Config, cmd: UsersCmd) -> CmdResult {
             }
             UsersCmd::List => {
                 let db = open(&cfg).await?;
-                println!("ID\tUSERNAME\tEMAIL\tROLES\tCREATED");
+                outln!("ID\tUSERNAME\tEMAIL\tROLES\tCREATED")?;
                 for u in store::users::list(&db).await.map_err(fail_store)? {
-                    println!(
+                    outln!(
                         "{}\t{}\t{}\t{}\t{}",
                         u.id,
                         u.username,
                         u.email,
                         u.roles.join(","),
                         store::rfc3339(u.created_at)
-                    );
+                    )?;
                 }
                 Ok(0)
             }
@@ -310,7 +311,7 @@ pub fn token(cfg: Config, args: TokenArgs) -> CmdResult {
         let names = perms.names().into_iter().map(String::from).collect();
         let claims = jwt::Claims::new(&u.id, names, store::now_ms().div_euclid(1000), ttl);
         let token = v.sign(&claims).map_err(Failure::refused)?;
-        println!("{token}");
+        outln!("{token}")?;
         eprintln!(
             "frenly: token for `{}` valid until {}",
             u.username,

@@ -341,7 +341,55 @@ async fn keys_create_list_revoke_rotate_and_expire() {
         .json()
         .await
         .unwrap();
-    assert!(all["items"].as_array().unwrap().len() >= 2);
+    let total = all["items"].as_array().unwrap().len();
+    assert!(total >= 2);
+    // pages of one, by id, cover every key once; an unknown parameter or a
+    // bad cursor is a 400; users page the same way
+    for (list, n) in [("/api/keys", total), ("/api/users", 0)] {
+        let mut seen = Vec::new();
+        let mut next = String::new();
+        loop {
+            let v: Value = s
+                .admin_get(&format!("{list}?limit=1&cursor={next}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let items = v["items"].as_array().unwrap();
+            assert!(items.len() <= 1, "{v}");
+            seen.extend(items.iter().map(|k| k["id"].as_str().unwrap().to_string()));
+            match v["next_cursor"].as_str() {
+                Some(c) => next = c.to_string(),
+                None => break,
+            }
+        }
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(seen, sorted, "{list}: ordered, no repeats");
+        if n > 0 {
+            assert_eq!(seen.len(), n, "{list}");
+        } else {
+            assert!(seen.len() >= 2, "{list}: the admin and kate");
+        }
+        for bad in [
+            "?bogus=1",
+            "?limit=0",
+            "?limit=1001",
+            "?cursor=a-b",
+            "?limit=1&limit=2",
+        ] {
+            let r = s.admin_get(&format!("{list}{bad}")).send().await.unwrap();
+            let (st, code, _) = error_code(r).await;
+            assert_eq!(
+                (st, code.as_str()),
+                (400, "validation_failed"),
+                "{list}{bad}"
+            );
+        }
+    }
 
     // key in the query string is not accepted
     for q in [
@@ -495,6 +543,120 @@ async fn key_permissions_never_exceed_the_creator() {
     assert!(body["error"]["fields"]["permissions"].is_array());
 }
 
+/// A leaked weak key must not climb to a stronger one: a key manages
+/// (rotates, revokes) only keys its permissions cover, a rotated-out secret
+/// manages none, and a key creates no key that outlives it. A JWT manages
+/// all of its user's keys.
+#[tokio::test]
+async fn a_weaker_key_cannot_take_over_a_stronger_one() {
+    let s = server("[auth]\nkey_rotation_grace_seconds = 600\n").await;
+    add_user(&s, "wes", &["user"], "wes-password").await;
+    let t = token(&s, "wes", "wes-password").await;
+    let (rw_id, rw) = key_of(&s, &t, json!({"name": "rw"})).await;
+    let (ro_id, ro) = key_of(&s, &t, json!({"name": "ro", "permissions": ["read:tasks"]})).await;
+    let (none_id, none) = key_of(&s, &t, json!({"name": "none", "permissions": []})).await;
+    let post = |cred: &str, path: String| with(s.post(&path), cred).send();
+    let delete = |cred: &str, path: String| with(s.delete(&path), cred).send();
+
+    // weaker keys may neither rotate nor revoke a stronger one
+    for (cred, target) in [(&ro, &rw_id), (&none, &rw_id), (&none, &ro_id)] {
+        let r = post(cred, format!("/api/keys/{target}/rotate"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        let r = delete(cred, format!("/api/keys/{target}")).await.unwrap();
+        assert_eq!(r.status(), 403);
+    }
+    // so the stronger key still works with its secret
+    assert_eq!(whoami(&s, &rw).await.status(), 200);
+    // the admin's bootstrap key is out of reach of the admin's weak key too
+    let (_, admin_ro) = key_of(
+        &s,
+        s.admin(),
+        json!({"name": "admin-ro", "permissions": ["read:tasks"]}),
+    )
+    .await;
+    let keys: Value = with(s.get("/api/keys"), s.admin())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let admin_key = keys["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["permissions"] == json!(["admin"]))
+        .map(|k| k["id"].as_str().unwrap().to_string())
+        .expect("the admin holds an admin key");
+    let r = post(&admin_ro, format!("/api/keys/{admin_key}/rotate"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // a stronger key may manage a weaker one, and any key may revoke itself
+    let r = post(&rw, format!("/api/keys/{ro_id}/rotate"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ro2: Value = r.json().await.unwrap();
+    let ro2 = ro2["key"].as_str().unwrap().to_string();
+    // the rotated-out secret still authenticates for its grace period, but
+    // manages no key and mints none
+    assert_eq!(whoami(&s, &ro).await.status(), 200);
+    let r = post(&ro, format!("/api/keys/{ro_id}/rotate"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = delete(&ro, format!("/api/keys/{ro_id}")).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = new_key(
+        &s,
+        &ro,
+        json!({"name": "persist", "permissions": ["read:tasks"]}),
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    // the current secret may rotate itself, and revoke itself
+    let r = post(&ro2, format!("/api/keys/{ro_id}/rotate"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = delete(&none, format!("/api/keys/{none_id}")).await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(whoami(&s, &none).await.status(), 401);
+
+    // a key creates no key that outlives it: an explicit longer life is a
+    // 400 naming the field, the default is cut to the creator's expiry
+    let short = new_key(&s, &t, json!({"name": "short", "expires_in_days": 0.04})).await;
+    let short: Value = short.json().await.unwrap();
+    let short_key = short["key"].as_str().unwrap();
+    let (st, code, body) = error_code(
+        new_key(
+            &s,
+            short_key,
+            json!({"name": "long", "expires_in_days": 365}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((st, code.as_str()), (400, "validation_failed"), "{body}");
+    assert!(
+        body["error"]["fields"]["expires_in_days"].is_array(),
+        "{body}"
+    );
+    let r = new_key(&s, short_key, json!({"name": "default"})).await;
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["expires_at"], short["expires_at"]);
+    // a JWT manages every key of its user
+    let r = post(&t, format!("/api/keys/{rw_id}/rotate")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = delete(&t, format!("/api/keys/{rw_id}")).await.unwrap();
+    assert_eq!(r.status(), 204);
+}
+
 // ---------------------------------------------------------------- users
 
 #[tokio::test]
@@ -635,6 +797,31 @@ async fn login_logout_whoami_and_bearer_parsing() {
         claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
         86400
     );
+
+    // a body of the wrong shape is validation_failed naming the field,
+    // never a serde message naming a Rust type, never the password
+    for (body, field) in [
+        (json!({"username": "lena"}), "password"),
+        (
+            json!({"username": 5, "password": "lena-password"}),
+            "username",
+        ),
+        (
+            json!({"username": "lena", "password": "pw-not-echoed", "extra": 1}),
+            "extra",
+        ),
+        (json!([]), "body"),
+    ] {
+        let r = s.post("/api/auth/login").json(&body).send().await.unwrap();
+        let (st, code, err) = error_code(r).await;
+        assert_eq!((st, code.as_str()), (400, "validation_failed"), "{body}");
+        assert!(err["error"]["fields"][field].is_array(), "{err}");
+        let text = err.to_string();
+        assert!(
+            !text.contains("LoginBody") && !text.contains("pw-not-echoed"),
+            "{text}"
+        );
+    }
 
     let w: Value = whoami(&s, &t).await.json().await.unwrap();
     assert_eq!(

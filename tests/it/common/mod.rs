@@ -360,6 +360,10 @@ impl TestServer {
         self.client.post(self.url(path))
     }
 
+    pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.delete(self.url(path))
+    }
+
     /// GET with the admin key.
     pub fn admin_get(&self, path: &str) -> reqwest::RequestBuilder {
         self.get(path).header("X-API-Key", self.admin())
