@@ -8,14 +8,14 @@
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use http::{Method, StatusCode};
-use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use super::AppState;
+use crate::apisec::validation::{Kind, Rule, Schema};
 use crate::authn::{AuthKind, Authenticated};
 use crate::authz::{Access, RouteDoc, Routes};
-use crate::http::{ApiError, Json, RequestId};
+use crate::http::{ApiError, Json, RequestId, UniqueValue};
 use crate::monitoring::audit::AuditEvent;
 use crate::network::ClientAddr;
 
@@ -30,14 +30,7 @@ pub fn routes() -> Routes<AppState> {
         )
         .doc(
             RouteDoc::new()
-                .body(|_| {
-                    json!({
-                        "type": "object",
-                        "required": ["username", "password"],
-                        "additionalProperties": false,
-                        "properties": {"username": {"type": "string"}, "password": {"type": "string"}},
-                    })
-                })
+                .body(|_| login_schema().json_schema())
                 .ok(200, "a JWT", |_| {
                     json!({
                         "type": "object",
@@ -49,7 +42,10 @@ pub fn routes() -> Routes<AppState> {
                         }
                     })
                 })
-                .error(401, "unauthenticated: wrong username or password, or locked out"),
+                .error(
+                    401,
+                    "unauthenticated: wrong username or password, or locked out",
+                ),
         )
         .route(
             Method::POST,
@@ -85,26 +81,27 @@ pub fn routes() -> Routes<AppState> {
         }))
 }
 
-/// A login body. `Debug` is not derived: it holds a password.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LoginBody {
-    username: String,
-    password: String,
+/// A login body: two strings and nothing else (a missing, mistyped or
+/// unknown field is `validation_failed`; the values are never echoed).
+fn login_schema() -> Schema {
+    Schema::new(vec![
+        Rule::new("username", Kind::String).required(),
+        Rule::new("password", Kind::String).required(),
+    ])
 }
-
-impl crate::http::RequestBody for LoginBody {}
 
 async fn login(
     State(state): State<AppState>,
     rid: Option<Extension<RequestId>>,
     addr: Option<Extension<ClientAddr>>,
-    Json(body): Json<LoginBody>,
+    Json(UniqueValue(body)): Json<UniqueValue>,
 ) -> Result<Response, ApiError> {
+    let obj = login_schema().validate(&body)?;
+    let text = |f: &str| obj.get(f).and_then(Value::as_str).unwrap_or_default();
     let issued = crate::authn::login::login(
         &state,
-        &body.username,
-        Zeroizing::new(body.password),
+        text("username"),
+        Zeroizing::new(text("password").to_string()),
         addr.map(|a| a.0 .0),
         rid.as_ref().map(|r| r.0.as_str()),
     )

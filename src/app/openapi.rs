@@ -88,6 +88,21 @@ pub fn cursor(_: &Config) -> Value {
     json!({"type": "string", "maxLength": 128})
 }
 
+/// The `limit` and `cursor` parameters of a list kept whole in memory
+/// (`security::page_by_id`): ids are alphanumeric.
+pub fn id_paging(doc: crate::authz::RouteDoc) -> crate::authz::RouteDoc {
+    doc.query(
+        "limit",
+        |_| limit(super::security::MAX_LIMIT as i64),
+        "page size (default 100)",
+    )
+    .query(
+        "cursor",
+        |_| json!({"type": "string", "pattern": "^[0-9A-Za-z]{0,64}$"}),
+        "next_cursor of the previous page",
+    )
+}
+
 /// The contract's error body.
 pub fn error_schema() -> Value {
     json!({

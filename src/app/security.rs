@@ -10,21 +10,20 @@
 use axum::extract::{RawQuery, State};
 use axum::Extension;
 use http::{Method, StatusCode};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::openapi;
 use super::AppState;
 use crate::authn::Authenticated;
 use crate::authz::{Access, Permission, RouteDoc, Routes};
-use crate::http::{ApiError, FieldErrors, Json, Path, RequestId};
+use crate::http::{ApiError, FieldErrors, Json, Path, RequestId, UniqueValue};
 use crate::monitoring::audit::AuditEvent;
 use crate::network::ban::{key_string, parse_key, BanRecord, Length};
 
 /// Longest operator ban: one year.
 pub const MAX_BAN_SECONDS: u64 = 31_536_000;
 const DEFAULT_LIMIT: usize = 100;
-const MAX_LIMIT: usize = 1000;
+pub(super) const MAX_LIMIT: usize = 1000;
 
 pub fn routes() -> Routes<AppState> {
     let admin = Access::Permission(Permission::Admin);
@@ -139,14 +138,14 @@ fn ban_json(b: &BanRecord, group_v6: bool, now: i64) -> Value {
 }
 
 /// The value of query parameter `name` (from [`crate::http::query::params`]).
-fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(super) fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
 }
 
-fn limit_param(params: &[(String, String)]) -> Result<usize, ApiError> {
+pub(super) fn limit_param(params: &[(String, String)]) -> Result<usize, ApiError> {
     match param(params, "limit") {
         None => Ok(DEFAULT_LIMIT),
         Some(v) => match v.parse::<usize>() {
@@ -163,7 +162,7 @@ async fn list_bans(
     State(state): State<AppState>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let params = crate::http::query::params(q.as_deref())?;
+    let params = crate::http::query::params_only(q.as_deref(), &["limit", "cursor"])?;
     let limit = limit_param(&params)?;
     let cursor = param(&params, "cursor").unwrap_or("");
     let now = crate::store::now_ms();
@@ -190,26 +189,55 @@ async fn list_bans(
     Ok(Json(json!({"items": items, "next_cursor": next})))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewBan {
-    ip: Option<Value>,
-    seconds: Option<Value>,
-    reason: Option<Value>,
+/// One page of `rows` ordered by id (the ids are time-ordered), after the
+/// `cursor` parameter's id, at most the `limit` parameter's rows; the next
+/// cursor when more follow. For lists kept whole in memory (users, keys).
+pub(super) fn page_by_id<T>(
+    mut rows: Vec<T>,
+    id: impl Fn(&T) -> &str,
+    params: &[(String, String)],
+) -> Result<(Vec<T>, Option<String>), ApiError> {
+    let limit = limit_param(params)?;
+    let cursor = param(params, "cursor").unwrap_or("");
+    if cursor.len() > 64 || !cursor.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(crate::http::respond::field_error(
+            "cursor",
+            "invalid cursor",
+        ));
+    }
+    rows.retain(|r| id(r) > cursor);
+    rows.sort_by(|a, b| id(a).cmp(id(b)));
+    let next = (rows.len() > limit)
+        .then(|| {
+            limit
+                .checked_sub(1)
+                .and_then(|i| rows.get(i))
+                .map(|r| id(r).to_string())
+        })
+        .flatten();
+    rows.truncate(limit);
+    Ok((rows, next))
 }
 
-impl crate::http::RequestBody for NewBan {}
+/// The members a new ban may have.
+const NEW_BAN_FIELDS: [&str; 3] = ["ip", "seconds", "reason"];
 
 async fn add_ban(
     State(state): State<AppState>,
     who: Authenticated,
     rid: Option<Extension<RequestId>>,
-    Json(body): Json<NewBan>,
+    Json(body): Json<UniqueValue>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body.into_object()?;
     let group = state.network.group_v6;
     let mut errors = FieldErrors::new();
     let mut err = |f: &str, m: &str| errors.entry(f.into()).or_default().push(m.into());
-    let ip = match body.ip.as_ref() {
+    for name in body.keys() {
+        if !NEW_BAN_FIELDS.contains(&name.as_str()) {
+            err(name, "unknown field");
+        }
+    }
+    let ip = match body.get("ip") {
         Some(Value::String(s)) => match s.trim().parse::<std::net::IpAddr>() {
             Ok(ip) if state.network.allowlisted(ip) => {
                 err("ip", "is in limits.allowlist, which is never banned");
@@ -233,7 +261,7 @@ async fn add_ban(
             None
         }
     };
-    let seconds = match body.seconds.as_ref().map(Value::as_u64) {
+    let seconds = match body.get("seconds").map(Value::as_u64) {
         Some(Some(s)) if (1..=MAX_BAN_SECONDS).contains(&s) => Some(s),
         Some(_) => {
             err(
@@ -247,7 +275,7 @@ async fn add_ban(
             None
         }
     };
-    let reason = match body.reason.as_ref() {
+    let reason = match body.get("reason") {
         None => Some("manual".to_string()),
         Some(Value::String(r))
             if (1..=200).contains(&r.chars().count()) && !r.chars().any(char::is_control) =>
@@ -262,7 +290,8 @@ async fn add_ban(
             None
         }
     };
-    let (Some(ip), Some(seconds), Some(reason)) = (ip, seconds, reason) else {
+    let (Some(ip), Some(seconds), Some(reason), true) = (ip, seconds, reason, errors.is_empty())
+    else {
         return Err(ApiError::Validation(errors));
     };
     let now = crate::store::now_ms();
@@ -313,7 +342,7 @@ async fn list_incidents(
     State(state): State<AppState>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let params = crate::http::query::params(q.as_deref())?;
+    let params = crate::http::query::params_only(q.as_deref(), &["limit", "kind", "cursor"])?;
     let limit = limit_param(&params)?;
     let kind = param(&params, "kind").unwrap_or("");
     if !kind.is_empty() && crate::monitoring::incidents::Kind::parse(kind).is_none() {

@@ -3,7 +3,7 @@
 //! Deleting a user deletes their keys and invalidates every cached credential
 //! of theirs at once; their JWTs fail because the user no longer exists.
 
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, RawQuery, State};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
@@ -13,7 +13,7 @@ use super::AppState;
 use crate::authn::identity;
 use crate::authn::Authenticated;
 use crate::authz::{Access, Permission, RouteDoc, Routes};
-use crate::http::{ApiError, Json, Path, RequestId, UniqueObject};
+use crate::http::{ApiError, Json, Path, RequestId, UniqueValue};
 use crate::network::ClientAddr;
 use crate::store;
 
@@ -28,11 +28,11 @@ pub fn routes() -> Routes<AppState> {
                 .error(409, "conflict: the username is taken"),
         )
         .route(Method::GET, "/api/users", ADMIN, "list users", list)
-        .doc(RouteDoc::new().ok(
-            200,
-            "every user",
-            |_| super::openapi::list_of(user_schema()),
-        ))
+        .doc(
+            super::openapi::id_paging(RouteDoc::new()).ok(200, "users, by id", |_| {
+                super::openapi::list_of(user_schema())
+            }),
+        )
         .route(Method::GET, "/api/users/{id}", ADMIN, "show a user", show)
         .doc(RouteDoc::new().ok(200, "the user", |_| user_schema()))
         .route(
@@ -88,9 +88,9 @@ async fn create(
     who: Authenticated,
     rid: Option<Extension<RequestId>>,
     addr: Option<Extension<ClientAddr>>,
-    Json(UniqueObject(body)): Json<UniqueObject>,
+    Json(body): Json<UniqueValue>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let new = identity::validate_user(&body, &state.roles)?;
+    let new = identity::validate_user(&body.into_object()?, &state.roles)?;
     if store::users::by_username(&state.db, &new.username)
         .await?
         .is_some()
@@ -119,10 +119,15 @@ async fn create(
     Ok((StatusCode::CREATED, Json(identity::user_json(&user))))
 }
 
-async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params = crate::http::query::params_only(q.as_deref(), &["limit", "cursor"])?;
     let users = store::users::list(&state.db).await?;
-    let items: Vec<Value> = users.iter().map(identity::user_json).collect();
-    Ok(Json(json!({"items": items, "next_cursor": null})))
+    let (page, next) = super::security::page_by_id(users, |u| u.id.as_str(), &params)?;
+    let items: Vec<Value> = page.iter().map(identity::user_json).collect();
+    Ok(Json(json!({"items": items, "next_cursor": next})))
 }
 
 async fn show(

@@ -13,8 +13,16 @@
 //! or a check in front and the handler can each act on a different value.
 //! Guarantee: such a body is refused with 400 `bad_request` at every depth.
 //! The extractor only accepts a [`RequestBody`]: a derived `Deserialize`
-//! refuses repeated fields itself, free-form bodies are [`UniqueValue`] or
-//! [`UniqueObject`] (a bare `serde_json::Value` would keep the last).
+//! refuses repeated fields itself, free-form bodies are [`UniqueValue`] (a
+//! bare `serde_json::Value` would keep the last).
+//!
+//! Malformed JSON (broken syntax, not UTF-8, a repeated member) is 400
+//! `bad_request`; well-formed JSON of the wrong shape (an array where an
+//! object belongs, a missing, unknown or mistyped field) is the route's
+//! input rules broken: 400 `validation_failed` with `fields`. Every route
+//! therefore takes a [`UniqueValue`] and checks its shape itself
+//! ([`UniqueValue::into_object`], then its schema): serde's own messages
+//! for a derived struct would name Rust types.
 
 use axum::extract::{FromRequest, Request};
 use axum::response::{IntoResponse, Response};
@@ -61,25 +69,28 @@ pub trait RequestBody: DeserializeOwned {}
 #[derive(Debug, Clone, PartialEq)]
 pub struct UniqueValue(pub Value);
 
-/// A JSON object whose objects, at every depth, name each member once.
-#[derive(Debug, Clone, PartialEq)]
-pub struct UniqueObject(pub Map<String, Value>);
-
 impl RequestBody for UniqueValue {}
-impl RequestBody for UniqueObject {}
+
+impl UniqueValue {
+    /// The body's members, or `validation_failed` naming `body` when it is
+    /// not a JSON object.
+    pub fn into_object(self) -> Result<Map<String, Value>, ApiError> {
+        match self.0 {
+            Value::Object(m) => Ok(m),
+            _ => Err(ApiError::Validation(
+                [(
+                    "body".to_string(),
+                    vec!["the body must be a JSON object".to_string()],
+                )]
+                .into(),
+            )),
+        }
+    }
+}
 
 impl<'de> Deserialize<'de> for UniqueValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(UniqueVisitor).map(UniqueValue)
-    }
-}
-
-impl<'de> Deserialize<'de> for UniqueObject {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match d.deserialize_any(UniqueVisitor)? {
-            Value::Object(m) => Ok(UniqueObject(m)),
-            _ => Err(D::Error::custom("expected a JSON object")),
-        }
     }
 }
 
@@ -267,7 +278,10 @@ mod tests {
         let text = r#"{"a":[1,-2,3.5,1e300,"x",null,true,{"b":{}}],"c":{"d":"e"},"f":18446744073709551615}"#;
         let UniqueValue(v) = parse(text.as_bytes()).unwrap();
         assert_eq!(v, serde_json::from_str::<Value>(text).unwrap());
-        let UniqueObject(m) = parse(br#"{"k":1}"#).unwrap();
+        let m = parse::<UniqueValue>(br#"{"k":1}"#)
+            .unwrap()
+            .into_object()
+            .unwrap();
         assert_eq!(m.get("k"), Some(&Value::from(1)));
     }
 
@@ -282,7 +296,7 @@ mod tests {
             let m = message(parse::<UniqueValue>(text).unwrap_err());
             assert!(m.contains("duplicate field"), "{m}");
         }
-        let m = message(parse::<UniqueObject>(br#"{"role":"user","role":"admin"}"#).unwrap_err());
+        let m = message(parse::<UniqueValue>(br#"{"role":"user","role":"admin"}"#).unwrap_err());
         assert!(m.contains("`role`"), "{m}");
         // a name that is not a plain identifier is not echoed
         let m = message(parse::<UniqueValue>(br#"{"<script>":1,"<script>":2}"#).unwrap_err());
@@ -293,7 +307,13 @@ mod tests {
 
     #[test]
     fn an_object_body_must_be_an_object() {
-        let m = message(parse::<UniqueObject>(b"[1]").unwrap_err());
-        assert!(m.contains("expected a JSON object"), "{m}");
+        for text in [&b"[1]"[..], b"[]", b"\"x\"", b"1", b"null"] {
+            match parse::<UniqueValue>(text).unwrap().into_object() {
+                Err(ApiError::Validation(f)) => {
+                    assert_eq!(f["body"], ["the body must be a JSON object"]);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }

@@ -33,6 +33,27 @@ pub fn params(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
     }
 }
 
+/// [`params`], refusing any name not in `allowed` with 400
+/// `validation_failed` (a misspelt filter never silently widens a result).
+pub fn params_only(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs = params(raw)?;
+    let errors: FieldErrors = pairs
+        .iter()
+        .filter(|(k, _)| !allowed.contains(&k.as_str()))
+        .map(|(k, _)| {
+            (
+                k.chars().take(64).collect(),
+                vec!["unknown query parameter".into()],
+            )
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(pairs)
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
@@ -69,5 +90,16 @@ mod tests {
         }
         // the same name spelled with an escape is the same name
         assert!(params(Some("q=a&%71=b")).is_err());
+    }
+
+    #[test]
+    fn only_the_allowed_names_pass() {
+        assert_eq!(params_only(Some("limit=2"), &["limit"]).unwrap().len(), 1);
+        match params_only(Some("limit=2&bogus=1"), &["limit"]) {
+            Err(ApiError::Validation(f)) => {
+                assert_eq!(f.keys().collect::<Vec<_>>(), vec!["bogus"]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

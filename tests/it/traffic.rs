@@ -210,6 +210,18 @@ async fn forwarded_for_is_honoured_from_trusted_proxies() {
         get("203.0.113.50, 198.51.100.1").await.unwrap().status(),
         429
     );
+    // nor with the other forwarding header, which the proxy passes through
+    // as the client wrote it: only `network.forwarded_header` is read
+    for i in 0..3 {
+        let r = s
+            .get("/openapi.json")
+            .header("X-Forwarded-For", "198.51.100.1")
+            .header("Forwarded", format!("for=192.0.2.{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429, "Forwarded must not pick the address");
+    }
 }
 
 #[tokio::test]
@@ -369,15 +381,33 @@ async fn admin_ban_endpoints_add_list_lift_and_validate() {
         assert_eq!((st, code.as_str()), (400, "validation_failed"), "{body}");
         assert!(e["error"]["fields"][field].is_array(), "{body}: {e}");
     }
-    let r = s
-        .admin_post(
-            "/api/security/bans",
-            &json!({"ip": "10.0.0.1", "seconds": 10, "extra": 1}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    // an unknown member or a body that is not an object: validation_failed
+    // naming it, and no ban
+    for (body, field) in [
+        (
+            json!({"ip": "10.0.0.1", "seconds": 10, "extra": 1}),
+            "extra",
+        ),
+        (json!([]), "body"),
+    ] {
+        let r = s
+            .admin_post("/api/security/bans", &body)
+            .send()
+            .await
+            .unwrap();
+        let (st, code, e) = error_code(r).await;
+        assert_eq!((st, code.as_str()), (400, "validation_failed"), "{body}");
+        assert!(e["error"]["fields"][field].is_array(), "{body}: {e}");
+    }
+    // a misspelt filter never widens a list silently
+    for list in [
+        "/api/security/bans?bogus=1",
+        "/api/security/incidents?kynd=ddos",
+    ] {
+        let r = s.admin_get(list).send().await.unwrap();
+        let (st, code, _) = error_code(r).await;
+        assert_eq!((st, code.as_str()), (400, "validation_failed"), "{list}");
+    }
     let r = s
         .admin_post(
             "/api/security/bans",
