@@ -85,6 +85,20 @@ impl ApiSecurity {
                 "the only transfer coding accepted is chunked, once".into(),
             ));
         }
+        if headers
+            .get_all(header::CONTENT_TYPE)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            // RFC 9110 8.3: one media type per message. With two, this
+            // check would read the first (JSON) while an upstream behind a
+            // gateway route may read the last (a form): a body that is not
+            // JSON would pass the JSON-only rule.
+            return Err(ApiError::BadRequest(
+                "the Content-Type header must appear at most once".into(),
+            ));
+        }
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())

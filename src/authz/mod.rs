@@ -138,6 +138,9 @@ impl PermissionSet {
     }
 }
 
+/// The names of the built-in roles, which a configured role may not reuse.
+pub const BUILTIN_ROLES: [&str; 4] = ["admin", "user", "readonly", "agent"];
+
 /// Built-in and configured roles.
 #[derive(Debug, Clone)]
 pub struct Roles {

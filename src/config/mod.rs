@@ -102,6 +102,8 @@ pub struct NetworkConfig {
     pub tls_key: Option<PathBuf>,
     /// CIDRs whose forwarding headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// The one forwarding header the trusted proxies set.
+    pub forwarded_header: ForwardedHeader,
     /// Seconds a client may take to send its request headers (slowloris bound).
     pub header_read_timeout_seconds: u64,
     /// Seconds a whole request may take, body included, before 408.
@@ -114,6 +116,20 @@ pub struct NetworkConfig {
     pub max_connections: usize,
 }
 
+/// Which forwarding header carries the client address from a trusted
+/// proxy. Only one is read: a proxy appends to the header it knows and
+/// passes the other through as the client sent it, so reading both would
+/// let the client choose its own address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx, HAProxy, cloud load balancers).
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=...`.
+    #[serde(rename = "forwarded")]
+    Forwarded,
+}
+
 impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
@@ -122,6 +138,7 @@ impl Default for NetworkConfig {
             tls_cert: None,
             tls_key: None,
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::XForwardedFor,
             header_read_timeout_seconds: 10,
             request_timeout_seconds: 30,
             tls_handshake_timeout_seconds: 10,
@@ -765,6 +782,14 @@ impl Config {
             }
         }
         for (name, role) in &raw.roles {
+            if crate::authz::BUILTIN_ROLES.contains(&name.as_str()) {
+                // Silently keeping the built-in would leave the operator
+                // believing the role grants what they wrote.
+                return Err(invalid(
+                    &format!("roles.{name}"),
+                    "redefines a built-in role (admin, user, readonly, agent); choose another name",
+                ));
+            }
             for p in &role.permissions {
                 if !crate::authz::Permission::ALL
                     .iter()
@@ -812,6 +837,24 @@ impl Config {
         };
         // A TLS file that is configured must be readable now, not at first use.
         if cfg.network.tls {
+            // One of the pair alone would take the other from the data
+            // directory: a generated key that cannot match the operator's
+            // certificate, found only after files were written.
+            match (&cfg.raw.network.tls_cert, &cfg.raw.network.tls_key) {
+                (Some(_), None) => {
+                    return Err(invalid(
+                        "network.tls_key",
+                        "must be set together with network.tls_cert",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        "network.tls_cert",
+                        "must be set together with network.tls_key",
+                    ))
+                }
+                _ => {}
+            }
             for (key, path, what) in [
                 ("network.tls_cert", &cfg.raw.network.tls_cert, "certificate"),
                 ("network.tls_key", &cfg.raw.network.tls_key, "private key"),
@@ -976,13 +1019,34 @@ pub fn validate_url(url: &str) -> Result<(), String> {
 
 /// Hide the password of `scheme://user:password@host`.
 pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((auth, host)) = rest.split_once('@') {
-            let user = auth.split(':').next().unwrap_or("");
-            return format!("{scheme}://{user}:<redacted>@{host}");
-        }
+    // The query may carry a token (`?token=...`, `?sslpassword=...`): its
+    // names are kept, every value is redacted.
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((auth, host)) => {
+                let user = auth.split(':').next().unwrap_or("");
+                format!("{scheme}://{user}:<redacted>@{host}")
+            }
+            None => base.to_string(),
+        },
+        None => base.to_string(),
+    };
+    if let Some(q) = query {
+        let redacted: Vec<String> = q
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) => format!("{name}=<redacted>"),
+                None => pair.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&redacted.join("&"));
     }
-    url.to_string()
+    out
 }
 
 #[cfg(test)]

@@ -94,6 +94,37 @@ async fn oversized_body_is_413_and_non_json_body_is_415() {
         .unwrap();
     let (st, code, _) = error_code(r).await;
     assert_eq!((st, code.as_str()), (415, "unsupported_media_type"));
+    // one media type per message: with two, this check and an upstream
+    // could each read a different one (400 whichever comes first; nothing
+    // is stored)
+    for pair in [
+        ["application/json", "text/plain"],
+        ["text/plain", "application/json"],
+    ] {
+        let mut h = reqwest::header::HeaderMap::new();
+        for v in pair {
+            h.append("content-type", v.parse().unwrap());
+        }
+        let r = s
+            .post("/api/tasks")
+            .header("X-API-Key", s.admin())
+            .headers(h)
+            .body(r#"{"title": "two types"}"#)
+            .send()
+            .await
+            .unwrap();
+        let (st, code, _) = error_code(r).await;
+        assert_eq!((st, code.as_str()), (400, "bad_request"), "{pair:?}");
+    }
+    let list: serde_json::Value = s
+        .admin_get("/api/tasks")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"], json!([]), "{list}");
     // JSON is UTF-8: a body labelled otherwise would be read as one encoding
     // here and another by whatever trusts the label
     let r = s
@@ -572,6 +603,53 @@ fn config_with_unknown_key_fails_naming_it() {
     let (code, _, err) = run_cli(&["serve", "--config", cfg.to_str().unwrap()], None, &[]);
     assert_eq!(code, 2);
     assert!(err.contains("network.tls_cert"), "{err}");
+    // half a TLS pair: refused before any file is written
+    let data = dir.path().join("half");
+    std::fs::write(
+        &cfg,
+        format!("[network]\ntls_cert = \"{}\"\n", cfg.display()),
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(
+        &[
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("network.tls_key"), "{err}");
+    assert!(!data.join("frenly.db").exists());
+    // a configured role may not redefine a built-in one
+    std::fs::write(&cfg, "[roles.user]\npermissions = [\"admin\"]\n").unwrap();
+    let (code, _, err) = run_cli(
+        &["config", "show", "--config", cfg.to_str().unwrap()],
+        None,
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("roles.user"), "{err}");
+    // secrets in a URL's userinfo and query are redacted by `config show`
+    std::fs::write(
+        &cfg,
+        "[alerts]\nwebhook_url = \"https://u:hookpw@alerts.example.com/hook?token=abc123&x=1\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(
+        &["config", "show", "--config", cfg.to_str().unwrap()],
+        None,
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("hookpw") && !out.contains("abc123"), "{out}");
+    assert!(
+        out.contains("https://u:<redacted>@alerts.example.com/hook?token=<redacted>&x=<redacted>"),
+        "{out}"
+    );
 }
 
 #[test]
