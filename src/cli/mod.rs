@@ -1,6 +1,19 @@
 //! The command line: every command of the contract, one place that turns
 //! failures into one stderr line and an exit code (0 success, 1 check failed
 //! or operation refused, 2 usage or configuration error).
+//!
+//! Command output goes through [`outln!`] / [`write_stdout`], never
+//! `println!`: `println!` panics when standard output is a closed pipe
+//! (`frenly firewall --format nftables | nft -c -f -` with `nft` missing,
+//! `frenly users list | head -1`), and the contract allows no panic. A
+//! failed write is one stderr line and exit 1, like any refused operation.
+
+/// `println!` for command output, returning `Result<(), Failure>`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
 
 pub mod crypto;
 pub mod identity;
@@ -140,7 +153,7 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Config(ConfigCmd::Show) => {
             let cfg = load_config(g)?;
             let text = serde_json::to_string_pretty(&cfg.redacted()).map_err(Failure::refused)?;
-            println!("{text}");
+            outln!("{text}")?;
             Ok(0)
         }
         Command::Keys(c) => identity::keys(load_config(g)?, c),
@@ -157,6 +170,15 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Monitor(a) => ops::monitor(load_config(g)?, a),
         Command::Bench(a) => ops::bench(g, a),
     }
+}
+
+/// Write command output to standard output (see the module docs).
+pub fn write_stdout(args: std::fmt::Arguments<'_>) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::refused(format!("cannot write the output: {e}")))
 }
 
 /// A multi-threaded runtime for commands that need async.

@@ -55,7 +55,7 @@ pub fn firewall(cfg: Config, a: FirewallArgs) -> CmdResult {
     let format = fw::Format::parse(&a.format)
         .ok_or_else(|| Failure::usage("--format must be iptables, nftables or ufw"))?;
     let rules = fw::render(&cfg, format);
-    print!("{rules}");
+    super::write_stdout(format_args!("{rules}"))?;
     if a.apply {
         fw::apply(format, &rules).map_err(Failure::refused)?;
         eprintln!("frenly: firewall rules applied");
@@ -73,7 +73,7 @@ pub fn check(g: &Global) -> CmdResult {
             checklist::Status::Warn => warned += 1,
             checklist::Status::Pass => {}
         }
-        println!("{}", checklist::line(name, &o));
+        outln!("{}", checklist::line(name, &o))?;
     }
     eprintln!(
         "frenly check: {} items, {failed} failed, {warned} warnings",
@@ -88,24 +88,24 @@ pub fn audit(g: &Global, c: AuditCmd) -> CmdResult {
             Ok(v) if v.incomplete_tail => {
                 // Exit 1 all the same: a cut-off tail is also what a
                 // truncation looks like; the operator decides.
-                println!(
+                outln!(
                     "INCOMPLETE verified {} complete lines in {} file(s); line {} (the last) is incomplete: a crash while writing it, or a truncation (the next start removes it)",
                     v.lines,
                     files.len(),
                     v.lines + 1
-                );
+                )?;
                 Ok(1)
             }
             Ok(v) => {
-                println!(
+                outln!(
                     "OK {} lines in {} file(s): the hash chain is intact",
                     v.lines,
                     files.len()
-                );
+                )?;
                 Ok(0)
             }
             Err(why) => {
-                println!("BROKEN {why}");
+                outln!("BROKEN {why}")?;
                 if why.contains("line 1:") && why.contains("prev_hash") {
                     eprintln!("frenly: if older rotated files exist, pass them first: FILE.1 FILE.2 ... FILE");
                 }
@@ -201,11 +201,11 @@ pub fn monitor(cfg: Config, a: MonitorArgs) -> CmdResult {
     rt.block_on(async move {
         if a.baseline {
             let p = mon::write_baseline(&cfg).map_err(Failure::from)?;
-            println!(
+            outln!(
                 "baseline recorded: {} ({} files)",
                 p.display(),
                 mon::watched_files(&cfg).len()
-            );
+            )?;
             return Ok(0);
         }
         let alerts = crate::monitoring::alerts::Alerts::start(&cfg)?;
@@ -217,10 +217,10 @@ pub fn monitor(cfg: Config, a: MonitorArgs) -> CmdResult {
                 .await
                 .map_err(|e| Failure::refused(format!("monitor pass failed: {e}")))??;
             if let Some(n) = note {
-                println!("NOTE {n}");
+                outln!("NOTE {n}")?;
             }
             for f in &findings {
-                println!("FINDING {}: {}", f.kind, f.detail);
+                outln!("FINDING {}: {}", f.kind, f.detail)?;
                 // In the loop, alert only what is new since the last pass.
                 if a.once || !previous.contains(f) {
                     alerts.send(f.alert());
@@ -228,7 +228,7 @@ pub fn monitor(cfg: Config, a: MonitorArgs) -> CmdResult {
                 }
             }
             if findings.is_empty() {
-                println!("OK nothing found");
+                outln!("OK nothing found")?;
             }
             if a.once {
                 wait_for_alerts(&cfg, &alerts, sent).await;

@@ -870,6 +870,42 @@ fn tool_check(prog: &str, args: &[&str], input: &str) -> Option<(bool, String)> 
     Some((out.status.success(), err))
 }
 
+/// Output into a closed pipe (`frenly firewall ... | nft -c -f -` with
+/// `nft` missing, `frenly users list | head -0`): one stderr line and exit
+/// 1, never a panic and its backtrace.
+#[test]
+fn output_into_a_closed_pipe_is_one_line_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    for args in [
+        vec!["firewall", "--format", "nftables"],
+        vec!["config", "show"],
+        vec!["users", "list"],
+        vec!["check"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let child = std::process::Command::new(crate::common::BIN)
+            .args(&args)
+            .args(["--data-dir", data])
+            .env("RUST_BACKTRACE", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        let last = err.trim().lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("frenly: error: cannot write the output"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 #[test]
 fn firewall_rules_are_accepted_by_nft_and_iptables_restore() {
     let dir = tempfile::tempdir().unwrap();
