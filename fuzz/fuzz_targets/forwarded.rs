@@ -4,7 +4,7 @@
 #![no_main]
 use std::net::{IpAddr, Ipv4Addr};
 
-use frenly::network::client_addr::{forwarded_chain, resolve};
+use frenly::network::client_addr::{forwarded_chain, resolve, ForwardedHeader};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
@@ -30,8 +30,10 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let trusted_peer = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3));
     let other_peer = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
-    assert_eq!(resolve(other_peer, &headers, &proxies), other_peer);
-    let chain = forwarded_chain(&headers);
-    let got = resolve(trusted_peer, &headers, &proxies);
-    assert!(got == trusted_peer || chain.contains(&Some(got)));
+    for which in [ForwardedHeader::XForwardedFor, ForwardedHeader::Forwarded] {
+        assert_eq!(resolve(other_peer, &headers, &proxies, which), other_peer);
+        let chain = forwarded_chain(&headers, which);
+        let got = resolve(trusted_peer, &headers, &proxies, which);
+        assert!(got == trusted_peer || chain.contains(&Some(got)));
+    }
 });

@@ -61,7 +61,7 @@ pub fn watch(state: &AppState, req: &Request) -> Watch {
     let path = req.uri().path();
     let logged = path.starts_with("/api/") || state.gateway.route_for(path).is_some();
     let access = (state.cfg.audit.log_api_access && logged).then(|| {
-        let ip = crate::network::client_of(req, &state.network.trusted);
+        let ip = crate::network::client_of(req, &state.network);
         let rid = req
             .extensions()
             .get::<RequestId>()

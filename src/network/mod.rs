@@ -92,6 +92,8 @@ pub enum Verdict {
 /// Network-layer state.
 pub struct Network {
     pub trusted: Vec<IpNet>,
+    /// The forwarding header the trusted proxies set.
+    pub forwarded_header: crate::config::ForwardedHeader,
     pub allowlist: Vec<IpNet>,
     pub group_v6: bool,
     pub limiter: Limiter<IpAddr>,
@@ -107,6 +109,7 @@ impl Network {
         let burst = Window::new(l.ddos.max_requests_per_second, 1000);
         Network {
             trusted: cfg.network.trusted_proxies.clone(),
+            forwarded_header: cfg.network.forwarded_header,
             allowlist: l.allowlist.clone(),
             group_v6: l.ipv6_group_by_64,
             limiter: Limiter::new(rate, burst, l.max_tracked_clients),
@@ -248,21 +251,21 @@ fn request_id(req: &Request) -> Option<String> {
 
 /// Resolve the request's client address from its TCP peer and forwarding
 /// headers (trusted proxies only).
-fn resolve_request(req: &Request, trusted: &[IpNet]) -> IpAddr {
+fn resolve_request(req: &Request, net: &Network) -> IpAddr {
     let peer = req
         .extensions()
         .get::<PeerAddr>()
         .map(|p| p.0.ip())
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    client_addr::resolve(peer, req.headers(), trusted)
+    client_addr::resolve(peer, req.headers(), &net.trusted, net.forwarded_header)
 }
 
 /// The request's client address: the [`ClientAddr`] that
 /// [`client_addr_layer`] set (resolved here only if the stack lacks it).
-pub fn client_of(req: &Request, trusted: &[IpNet]) -> IpAddr {
+pub fn client_of(req: &Request, net: &Network) -> IpAddr {
     match req.extensions().get::<ClientAddr>() {
         Some(c) => c.0,
-        None => resolve_request(req, trusted),
+        None => resolve_request(req, net),
     }
 }
 
@@ -270,7 +273,7 @@ pub fn client_of(req: &Request, trusted: &[IpNet]) -> IpAddr {
 /// uses it (monitoring, network, apisec, audit), and store it as
 /// [`ClientAddr`].
 pub fn set_client_addr(state: &AppState, req: &mut Request) {
-    let client = resolve_request(req, &state.network.trusted);
+    let client = resolve_request(req, &state.network);
     req.extensions_mut().insert(ClientAddr(client));
 }
 
@@ -287,7 +290,7 @@ pub struct Admitted {
 /// send; `Ok(None)` means the request is exempt or allowlisted (nothing to
 /// do afterwards).
 pub async fn admit(state: &AppState, req: &mut Request) -> Result<Option<Admitted>, Response> {
-    let client = client_of(req, &state.network.trusted);
+    let client = client_of(req, &state.network);
     let net = &state.network;
     let (exempt, api) = {
         let path = req.uri().path();
