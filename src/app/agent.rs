@@ -15,7 +15,7 @@
 //! `max_running` (1..=100000: claims answer 204 while that many tasks run;
 //! exact on SQLite, a soft cap under PostgreSQL's READ COMMITTED).
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use http::{Method, StatusCode};
 use serde::Serialize;
@@ -27,8 +27,8 @@ use super::AppState;
 use crate::apisec::validation::{Kind, Rule, Schema};
 use crate::authn::Authenticated;
 use crate::authz::{Access, Permission, RouteDoc, Routes};
-use crate::http::{ApiError, Json, Path, UniqueValue};
-use crate::monitoring::audit::AuditEvent;
+use crate::http::{ApiError, Json, Path, RequestId, UniqueValue};
+use crate::network::ClientAddr;
 use crate::store::tasks as store;
 
 pub const MAX_RUNNING_DEFAULT: i64 = 1000;
@@ -193,6 +193,8 @@ async fn status(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
 async fn update(
     State(state): State<AppState>,
     who: Authenticated,
+    rid: Option<Extension<RequestId>>,
+    addr: Option<Extension<ClientAddr>>,
     Json(UniqueValue(body)): Json<UniqueValue>,
 ) -> Result<impl IntoResponse, ApiError> {
     let obj = settings_schema().validate(&body)?;
@@ -206,8 +208,7 @@ async fn update(
     state
         .audit
         .record(
-            AuditEvent::new("agent_settings_changed")
-                .user(Some(who.user_id.clone()))
+            super::auth::event("agent_settings_changed", &rid, &addr, &who)
                 .field("paused", f.settings.paused)
                 .field("max_running", f.settings.max_running),
         )

@@ -465,8 +465,8 @@ async fn list(
     let mut f = list_filter(&who, &q)?;
     let limit = f.limit;
     f.limit += 1;
-    let mut rows = store::list(&state.db, &f).await?;
-    let more = rows.len() as i64 > limit;
+    let (mut rows, cut) = store::list(&state.db, &f).await?;
+    let more = cut || rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next_cursor = match rows.last() {
         Some(last) if more => Some(encode_cursor(last.created_at, &last.id)),

@@ -603,6 +603,7 @@ fn render_with(ev: &AuditEvent, prev: &str, ts: &str) -> (String, String) {
     out.extend_from_slice(b",\"prev_hash\":");
     json_str(&mut out, prev);
     out.push(b'}');
+    escape_line_separators(&mut out);
     let hex_hash = line_hash(&out);
     out.pop();
     out.extend_from_slice(b",\"hash\":\"");
@@ -612,6 +613,38 @@ fn render_with(ev: &AuditEvent, prev: &str, ts: &str) -> (String, String) {
     let line = String::from_utf8(out).unwrap_or_default();
     let hash = String::from_utf8_lossy(&hex_hash).into_owned();
     (line, hash)
+}
+
+/// Write U+0085, U+2028 and U+2029 as `\u` escapes. serde_json leaves them
+/// raw (valid JSON), but readers that split text on every Unicode line
+/// break (Python's `str.splitlines`, some log shippers) would cut the line
+/// there, so a value such as a login name could forge a line break in the
+/// log. They occur only inside strings (the rest of a line is ASCII), and
+/// the escape parses back to the same text.
+fn escape_line_separators(out: &mut Vec<u8>) {
+    // UTF-8: U+0085 is C2 85, U+2028/2029 are E2 80 A8/A9.
+    if !out.iter().any(|&b| b == 0xC2 || b == 0xE2) {
+        return;
+    }
+    let mut escaped = Vec::with_capacity(out.len() + 16);
+    let mut rest = out.as_slice();
+    while let Some((&b, tail)) = rest.split_first() {
+        match (b, tail) {
+            (0xC2, [0x85, ..]) => {
+                escaped.extend_from_slice(b"\\u0085");
+                rest = tail.get(1..).unwrap_or_default();
+            }
+            (0xE2, [0x80, c @ (0xA8 | 0xA9), ..]) => {
+                escaped.extend_from_slice(if *c == 0xA8 { b"\\u2028" } else { b"\\u2029" });
+                rest = tail.get(2..).unwrap_or_default();
+            }
+            _ => {
+                escaped.push(b);
+                rest = tail;
+            }
+        }
+    }
+    *out = escaped;
 }
 
 /// A line's `hash`: SHA-256 of its bytes without the `hash` member, as 64
@@ -829,6 +862,22 @@ mod properties {
             line.contains(r#""endpoint":"/a","status":2,"prev_hash""#),
             "{line}"
         );
+    }
+
+    /// A value holding Unicode line breaks stays on one line (for readers
+    /// that split on them) and reads back as written; the chain verifies.
+    #[test]
+    fn unicode_line_breaks_are_escaped() {
+        let name = "evil\u{2028}{\"event_type\":\"x\"}\u{85}\u{2029}é€";
+        let ev = AuditEvent::new("login_attempt").field("username", name);
+        let (line, hash) = render_at(&ev, GENESIS, 0);
+        for c in ['\u{85}', '\u{2028}', '\u{2029}', '\n', '\r'] {
+            assert!(!line.contains(c), "{line:?}");
+        }
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["username"], name);
+        assert_eq!(v["hash"], hash.as_str());
+        verify_lines([line.as_str()], GENESIS.to_string(), 1).unwrap();
     }
 
     fn json_value() -> impl Strategy<Value = Value> {

@@ -181,7 +181,42 @@ pub struct ListFilter {
     pub limit: i64,
 }
 
-pub async fn list(db: &Db, f: &ListFilter) -> Result<Vec<TaskRow>> {
+/// Stored (encrypted) bytes at most in one page of [`list`]: 200 tasks
+/// with megabyte inputs would otherwise be read, decrypted and serialized
+/// at once, a gigabyte for one request of an ordinary user.
+pub const LIST_BYTES_MAX: i64 = 16 * 1024 * 1024;
+
+/// One page of tasks, and whether [`LIST_BYTES_MAX`] cut it short of
+/// `f.limit` (more rows follow even though fewer came back). The first
+/// query reads only the sizes, the second the rows that fit (at least one).
+pub async fn list(db: &Db, f: &ListFilter) -> Result<(Vec<TaskRow>, bool)> {
+    let sizes = sqlx::query(
+        "SELECT CAST(COALESCE(LENGTH(description), 0) + COALESCE(LENGTH(input), 0) \
+         + COALESCE(LENGTH(result), 0) AS BIGINT) AS n \
+         FROM tasks WHERE ($1 = '' OR owner_id = $1) AND ($2 = '' OR status = $2) \
+         AND LOWER(title) LIKE $3 ESCAPE '\\' \
+         AND (created_at > $4 OR (created_at = $4 AND id > $5)) \
+         ORDER BY created_at, id LIMIT $6",
+    )
+    .bind(&f.owner)
+    .bind(&f.status)
+    .bind(&f.pattern)
+    .bind(f.after.0)
+    .bind(&f.after.1)
+    .bind(f.limit)
+    .fetch_all(&db.pool)
+    .await?;
+    let mut total = 0i64;
+    let mut fit = 0i64;
+    for r in &sizes {
+        let n: i64 = col(r, "n")?;
+        total = total.saturating_add(n);
+        if fit > 0 && total > LIST_BYTES_MAX {
+            break;
+        }
+        fit += 1;
+    }
+    let cut = (fit as usize) < sizes.len();
     let rows = sqlx::query(concat!(
         "SELECT ",
         cols!(),
@@ -195,10 +230,11 @@ pub async fn list(db: &Db, f: &ListFilter) -> Result<Vec<TaskRow>> {
     .bind(&f.pattern)
     .bind(f.after.0)
     .bind(&f.after.1)
-    .bind(f.limit)
+    .bind(fit.max(1).min(f.limit))
     .fetch_all(&db.pool)
     .await?;
-    rows.iter().map(from_row).collect()
+    let rows = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
+    Ok((rows, cut))
 }
 
 /// Write the editable fields, only if the task is still in `expected` status.

@@ -510,6 +510,39 @@ async fn list_all(s: &TestServer, query: &str, limit: usize) -> Vec<Value> {
     out
 }
 
+/// A page stops at a bounded size of stored data, whatever `limit` says:
+/// one list of 200 megabyte tasks would otherwise cost a gigabyte. The
+/// cursor still walks every task once.
+#[tokio::test]
+async fn a_page_of_large_tasks_is_cut_by_size_and_the_cursor_goes_on() {
+    let s = start_with("[limits]\nbody_max_bytes = 3000000\n").await;
+    let big = "x".repeat(2_500_000);
+    let mut ids = Vec::new();
+    for i in 0..9 {
+        let t = create(
+            &s,
+            json!({"title": format!("big {i}"), "input": {"blob": big}}),
+        )
+        .await;
+        ids.push(t["id"].as_str().unwrap().to_string());
+    }
+    let r = s.admin_get("/api/tasks?limit=200").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let page: Value = r.json().await.unwrap();
+    let n = page["items"].as_array().unwrap().len();
+    assert!(
+        (1..9).contains(&n),
+        "one page held {n} tasks of 3.3 MB stored each"
+    );
+    assert!(page["next_cursor"].is_string());
+    let all = list_all(&s, "", 200).await;
+    let got: Vec<&str> = all.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(got, ids);
+    assert!(all
+        .iter()
+        .all(|t| t["input"]["blob"].as_str().unwrap().len() == big.len()));
+}
+
 #[tokio::test]
 async fn pagination_is_stable_and_complete_and_search_escapes_wildcards() {
     let s = start().await;
@@ -817,6 +850,27 @@ async fn claims_take_the_oldest_highest_priority_task_and_respect_settings() {
     };
     let r = set(json!({"paused": true})).await.unwrap();
     assert_eq!(r.status(), 200);
+    // the change is audited with who, from where, and which request
+    let mut ev = Value::Null;
+    for _ in 0..50 {
+        let v: Value = s
+            .admin_get("/api/audit?type=agent_settings_changed")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(e) = v["items"].as_array().and_then(|a| a.first()) {
+            ev = e.clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(ev["paused"], true, "{ev}");
+    assert_eq!(ev["ip"], "127.0.0.1", "{ev}");
+    assert!(ev["request_id"].is_string(), "{ev}");
+    assert!(ev["user_id"].is_string(), "{ev}");
     let r = s
         .admin_post("/api/agent/claim", &json!({}))
         .send()
