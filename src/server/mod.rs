@@ -2,10 +2,14 @@
 //! graceful shutdown.
 //!
 //! Threat: connection-level exhaustion (slowloris, stalled TLS handshakes,
-//! connection floods). Guarantee: a TLS handshake must finish within
-//! `network.tls_handshake_timeout_seconds`; request headers within
-//! `network.header_read_timeout_seconds` (hyper's header-read timer, also
-//! between keep-alive requests); at most `network.max_connections`
+//! silent connections, connection floods). Guarantee: a TLS handshake must
+//! finish within `network.tls_handshake_timeout_seconds`; the first
+//! request's head must arrive within `network.header_read_timeout_seconds`
+//! of the accept (plain) or of the handshake's end (TLS), whether the peer
+//! sends nothing, part of the HTTP/2 preface or part of a head
+//! ([`request_line`]); every later HTTP/1 request's headers within the same
+//! time (hyper's header-read timer, which also runs while a kept-alive
+//! connection is idle between requests); at most `network.max_connections`
 //! connections are served at once. On shutdown the listener closes first,
 //! in-flight requests get `network.shutdown_grace_seconds` to finish, then
 //! the audit log is flushed. A connection's first request target has the
@@ -79,13 +83,12 @@ impl Server {
     /// Serve until `shutdown` resolves, then drain.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let cfg = self.state.cfg.clone();
+        let header_read = Duration::from_secs(cfg.network.header_read_timeout_seconds.max(1));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(
-                cfg.network.header_read_timeout_seconds.max(1),
-            ))
+            .header_read_timeout(header_read)
             .max_buf_size((cfg.limits.header_max_bytes * 2).max(8192) + 8192)
             .max_headers(cfg.limits.header_max_count.max(100) * 2);
         builder
@@ -130,7 +133,7 @@ impl Server {
                         match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
                             Ok(Ok(s)) => {
                                 let io = ShapedParseErrors::new(s, true, report(state, peer));
-                                serve_conn(io, peer, app, &builder, watcher).await
+                                serve_conn(io, peer, app, &builder, header_read, watcher).await
                             }
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed")
@@ -140,7 +143,7 @@ impl Server {
                     }
                     None => {
                         let io = ShapedParseErrors::new(stream, false, report(state, peer));
-                        serve_conn(io, peer, app, &builder, watcher).await
+                        serve_conn(io, peer, app, &builder, header_read, watcher).await
                     }
                 }
             });
@@ -190,17 +193,23 @@ async fn serve_conn<IO>(
     peer: std::net::SocketAddr,
     app: Router,
     builder: &auto::Builder<TokioExecutor>,
+    header_read: Duration,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // hyper calls the service as soon as a request's head is parsed: from
+    // then on hyper's own timers bound the connection, so the wait for the
+    // first request ends there (request_line's module docs).
+    let first = request_line::FirstRequest::default();
+    let io = request_line::FirstRequestLine::new(io, header_read, first.clone());
     let svc = app.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+        first.arrived();
         req.extensions_mut().insert(PeerAddr(peer));
         req.map(axum::body::Body::new)
     });
     let svc = TowerToHyperService::new(svc);
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(request_line::FirstRequestLine::new(io)), svc);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }

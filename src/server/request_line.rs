@@ -22,14 +22,37 @@
 //! does not arrive whole in the connection's first read (up to 8 KiB, read
 //! here; a line split across TCP segments is passed on as sent).
 //! Clients that keep connections alive encode their URLs.
+//!
+//! The wrapper also bounds the wait for that first request.
+//! Threat: a connection that sends nothing (or only a prefix of the HTTP/2
+//! preface) after the TCP accept or the TLS handshake: hyper_util reads the
+//! first bytes to choose HTTP/1 or HTTP/2 with no timer of its own, hyper's
+//! header-read timer starts only once that choice is made, and the TLS
+//! timer stops at the end of the handshake, so the connection held one of
+//! `network.max_connections` slots for ever; that many silent sockets
+//! locked every client out.
+//! Guarantee: from the wrapper's creation (the accept, or the end of the
+//! TLS handshake) until the server marks the connection's first request as
+//! arrived ([`FirstRequest::arrived`]: its head parsed, HTTP/1 or HTTP/2),
+//! every read also polls a timer of `network.header_read_timeout_seconds`;
+//! when it fires, the read fails with `TimedOut` and hyper closes the
+//! connection (no response: there is no request to answer). After that
+//! the wrapper costs one branch per read: the later requests of an HTTP/1
+//! connection are hyper's header-read timer's (it also runs while a
+//! kept-alive connection is idle between requests).
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use percent_encoding::{percent_encode, AsciiSet};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
 /// The printable bytes the URI parser refuses in a path or a query;
 /// `percent_encode` also encodes every byte past ASCII.
@@ -71,17 +94,65 @@ enum State {
     Through,
 }
 
-/// A connection whose first request line is normalised (module docs).
+/// Whether a connection's first request has arrived: shared by the
+/// connection's reads, which stop timing it then, and its service, which
+/// marks it.
+#[derive(Clone, Default)]
+pub struct FirstRequest(Arc<AtomicBool>);
+
+impl FirstRequest {
+    /// The first request's head has been parsed: the wait is over.
+    pub fn arrived(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn has_arrived(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A connection whose first request line is normalised and whose first
+/// request must arrive in time (module docs).
 pub struct FirstRequestLine<IO> {
     io: IO,
     state: State,
+    /// Fires when the first request has not arrived in time; `None` once it
+    /// has.
+    deadline: Option<Pin<Box<Sleep>>>,
+    first: FirstRequest,
 }
 
 impl<IO> FirstRequestLine<IO> {
-    pub fn new(io: IO) -> Self {
+    /// `first` must be marked when the first request arrives, `within` from
+    /// now (the accept or the end of the TLS handshake). Needs a Tokio
+    /// runtime with the timer enabled.
+    pub fn new(io: IO, within: Duration, first: FirstRequest) -> Self {
         FirstRequestLine {
             io,
             state: State::First,
+            deadline: Some(Box::pin(tokio::time::sleep(within))),
+            first,
+        }
+    }
+
+    /// `TimedOut` once the deadline has passed and no request has arrived.
+    /// Polling the timer before the read registers this read's waker with
+    /// it, so a silent peer is woken up to fail; a peer that trickles bytes
+    /// is checked on every read.
+    fn check_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let Some(deadline) = &mut self.deadline else {
+            return Ok(());
+        };
+        if self.first.has_arrived() {
+            self.deadline = None;
+            return Ok(());
+        }
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no request within network.header_read_timeout_seconds",
+            )),
+            Poll::Pending => Ok(()),
         }
     }
 }
@@ -93,6 +164,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FirstRequestLine<IO> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        this.check_deadline(cx)?;
         match &mut this.state {
             State::Through => Pin::new(&mut this.io).poll_read(cx, out),
             State::Draining(rest, at) => {
@@ -197,7 +269,8 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(4096);
         let first = b"GET /x?q=<<<<<<<<<<<<<<<< HTTP/1.1\r\nHost: h\r\n\r\n";
         client.write_all(first).await.unwrap();
-        let mut conn = FirstRequestLine::new(server);
+        let mut conn =
+            FirstRequestLine::new(server, Duration::from_secs(60), FirstRequest::default());
         let want = normalize(first).unwrap();
         let mut got = Vec::new();
         let mut chunk = [0u8; 7];
@@ -212,5 +285,46 @@ mod tests {
         let mut rest = Vec::new();
         conn.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"GET /y?q=<b HTTP/1.1\r\n".to_vec());
+    }
+
+    /// A peer that sends nothing, or only a prefix of the HTTP/2 preface
+    /// (hyper_util waits for the rest), gets `TimedOut` once the deadline
+    /// passes.
+    #[tokio::test]
+    async fn a_silent_or_stalled_first_request_times_out() {
+        for sent in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+            let (mut client, server) = tokio::io::duplex(4096);
+            client.write_all(sent).await.unwrap();
+            let mut conn =
+                FirstRequestLine::new(server, Duration::from_millis(100), FirstRequest::default());
+            let started = std::time::Instant::now();
+            let mut got = vec![0u8; sent.len()];
+            conn.read_exact(&mut got).await.unwrap();
+            let err = conn.read(&mut [0u8; 64]).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert!(started.elapsed() < Duration::from_secs(5));
+            drop(client);
+        }
+    }
+
+    /// Once the first request has arrived, the connection may stay quiet as
+    /// long as it likes (hyper's own timers are in charge).
+    #[tokio::test]
+    async fn after_the_first_request_reads_are_not_timed() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let first = FirstRequest::default();
+        let mut conn = FirstRequestLine::new(server, Duration::from_millis(50), first.clone());
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut head = [0u8; 18];
+        conn.read_exact(&mut head).await.unwrap();
+        first.arrived();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            client.write_all(b"next").await.unwrap();
+        });
+        let mut next = [0u8; 4];
+        conn.read_exact(&mut next).await.unwrap();
+        assert_eq!(&next, b"next");
+        writer.await.unwrap();
     }
 }

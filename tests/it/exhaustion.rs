@@ -1,5 +1,6 @@
 //! Resource exhaustion against the real binary: thousands of idle
-//! connections, half-open WebSocket handshakes, a body trickled one byte a
+//! connections, silent connections holding every connection slot,
+//! half-open WebSocket handshakes, a body trickled one byte a
 //! second, and 10,000 distinct forwarded addresses. Legitimate clients keep
 //! getting answers and memory stays bounded. The assertions are on
 //! behaviour and on generous memory bounds; the measured figures are
@@ -94,6 +95,81 @@ async fn half_open_websocket_handshakes_are_cut_and_do_not_starve_others() {
         started.elapsed()
     );
     assert!(during < before + 200 * 1024);
+    legit_ok(&s).await;
+}
+
+/// Reads until the server closes `c` (end of stream or an error such as a
+/// reset), at most `limit`; how long that took.
+async fn closed_by_server<C: tokio::io::AsyncRead + Unpin>(c: &mut C, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at((started + limit).into(), c.read(&mut buf)).await {
+            Err(_) => panic!("the server kept the connection open for {limit:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Every slot of `network.max_connections` held by a connection that sends
+/// nothing, only the start of the HTTP/2 preface, or nothing more after a
+/// completed keep-alive request: each is closed by the server within the
+/// header-read timeout, and a legitimate client is served after them.
+/// (hyper_util's HTTP/1-or-2 sniff used to wait for the first bytes with no
+/// timer, so silent sockets held their slots for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_cut_and_do_not_lock_others_out() {
+    let s = TestServer::with(Opts::default().config(
+        "[network]\nlisten = \"127.0.0.1:0\"\ntls = false\nheader_read_timeout_seconds = 1\nmax_connections = 4\n",
+    ))
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(TcpStream::connect(s.addr).await.unwrap());
+    }
+    let mut preface = TcpStream::connect(s.addr).await.unwrap();
+    preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    held.push(preface);
+    let mut kept_alive = TcpStream::connect(s.addr).await.unwrap();
+    kept_alive
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    kept_alive.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    held.push(kept_alive);
+    for c in &mut held {
+        let took = closed_by_server(c, Duration::from_secs(8)).await;
+        println!("silent connection closed by the server after {took:?}");
+    }
+    legit_ok(&s).await;
+}
+
+/// The same over TLS: connections that finish the handshake (with ALPN h2
+/// and without) and then send nothing hold every slot; the server closes
+/// them within the header-read timeout and serves a legitimate client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tls_connections_are_cut_and_do_not_lock_others_out() {
+    let s = TestServer::with(Opts::default().config(
+        "[network]\nlisten = \"127.0.0.1:0\"\ntls = true\nheader_read_timeout_seconds = 1\nmax_connections = 2\n",
+    ))
+    .await;
+    let plain = s.tls_connect().await;
+    let mut h2 = (*s.tls_client_config()).clone();
+    h2.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(s.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(s.addr.ip().into());
+    let h2 = tokio_rustls::TlsConnector::from(std::sync::Arc::new(h2))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    for mut c in [plain, h2] {
+        let took = closed_by_server(&mut c, Duration::from_secs(8)).await;
+        println!("silent TLS connection closed by the server after {took:?}");
+    }
     legit_ok(&s).await;
 }
 
