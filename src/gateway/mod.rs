@@ -30,10 +30,12 @@
 //!    API-key header and `Authorization` removed unless the route sets
 //!    `forward_credentials`. The body streams (byte limit counted on the
 //!    way, never buffered whole). HTTPS upstreams are verified ([`tls`]).
-//! 4. **response filter**: hop-by-hop headers removed, the body streamed as
-//!    it arrives (server-sent events, chunked output token by token), a
-//!    `101 Switching Protocols` joined to the client's connection (WebSocket
-//!    pass-through). No response headers within `timeout_seconds` -> 504
+//! 4. **response filter**: the client connection's parse-error rewriter
+//!    switched off first, so the upstream's bytes reach the client exactly
+//!    as sent (`server::parse_error`); hop-by-hop headers removed, the body
+//!    streamed as it arrives (server-sent events, chunked output token by
+//!    token), a `101 Switching Protocols` joined to the client's connection
+//!    (WebSocket pass-through). No response headers within `timeout_seconds` -> 504
 //!    `gateway_timeout`; refused, reset, TLS failure -> 502 `bad_gateway`
 //!    (one log line naming the upstream and the cause); a stream idle longer
 //!    than `timeout_seconds` is cut.
@@ -342,6 +344,10 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
         .extensions()
         .get::<Authenticated>()
         .map(|a| a.user_id.clone());
+    let passthrough = req
+        .extensions()
+        .get::<crate::server::parse_error::Passthrough>()
+        .cloned();
 
     // The route's own rate limit (end of the request filter).
     let mut limit_info = None;
@@ -469,6 +475,12 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
     };
 
     // Phase 4: the response filter.
+    // The upstream's body may hold any bytes, even exactly one of hyper's
+    // bare error heads: the connection's parse-error rewriter must never
+    // see it (`server::parse_error`), from before hyper has the response.
+    if let Some(p) = &passthrough {
+        p.set();
+    }
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
         if let Some(on_client) = on_client_upgrade {

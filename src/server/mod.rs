@@ -17,7 +17,9 @@
 //! percent-encoded first ([`request_line`]), so such a request meets every
 //! layer instead of hyper's bare 400; what hyper still refuses as not
 //! HTTP at all gets its answer in the contract's error shape
-//! ([`parse_error`]).
+//! ([`parse_error`]), until the connection has carried bytes Frenly did
+//! not write (a gateway upstream's body, an upgrade, HTTP/2), which the
+//! rewriter then never touches.
 
 pub mod parse_error;
 pub mod request_line;
@@ -40,7 +42,7 @@ use tower::ServiceExt;
 use crate::app::AppState;
 use crate::monitoring::audit::AuditEvent;
 use crate::network::PeerAddr;
-use parse_error::ShapedParseErrors;
+use parse_error::{Passthrough, ShapedParseErrors};
 
 /// A running server's settings.
 pub struct Server {
@@ -126,14 +128,29 @@ impl Server {
             let watcher = graceful.watcher();
             let tls = self.tls.clone();
             let state = self.state.clone();
+            let passthrough = Passthrough::default();
             tokio::spawn(async move {
                 let _permit = permit;
                 match tls {
                     Some(acceptor) => {
                         match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
                             Ok(Ok(s)) => {
-                                let io = ShapedParseErrors::new(s, true, report(state, peer));
-                                serve_conn(io, peer, app, &builder, header_read, watcher).await
+                                let io = ShapedParseErrors::new(
+                                    s,
+                                    true,
+                                    report(state, peer),
+                                    passthrough.clone(),
+                                );
+                                serve_conn(
+                                    io,
+                                    peer,
+                                    app,
+                                    &builder,
+                                    header_read,
+                                    passthrough,
+                                    watcher,
+                                )
+                                .await
                             }
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed")
@@ -142,8 +159,13 @@ impl Server {
                         }
                     }
                     None => {
-                        let io = ShapedParseErrors::new(stream, false, report(state, peer));
-                        serve_conn(io, peer, app, &builder, header_read, watcher).await
+                        let io = ShapedParseErrors::new(
+                            stream,
+                            false,
+                            report(state, peer),
+                            passthrough.clone(),
+                        );
+                        serve_conn(io, peer, app, &builder, header_read, passthrough, watcher).await
                     }
                 }
             });
@@ -194,6 +216,7 @@ async fn serve_conn<IO>(
     app: Router,
     builder: &auto::Builder<TokioExecutor>,
     header_read: Duration,
+    passthrough: Passthrough,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -203,11 +226,29 @@ async fn serve_conn<IO>(
     // first request ends there (request_line's module docs).
     let first = request_line::FirstRequest::default();
     let io = request_line::FirstRequestLine::new(io, header_read, first.clone());
-    let svc = app.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
-        first.arrived();
-        req.extensions_mut().insert(PeerAddr(peer));
-        req.map(axum::body::Body::new)
-    });
+    let on_upgrade = passthrough.clone();
+    let svc = app
+        .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+            first.arrived();
+            // hyper writes no HTTP/1 head on an HTTP/2 connection, and a
+            // DATA frame's payload may go out as a write of its own: the
+            // rewriter has nothing to do there and must not touch it
+            if req.version() == http::Version::HTTP_2 {
+                passthrough.set();
+            }
+            req.extensions_mut().insert(PeerAddr(peer));
+            // the gateway turns the rewriter off before an upstream's body
+            req.extensions_mut().insert(passthrough.clone());
+            req.map(axum::body::Body::new)
+        })
+        .map_response(move |resp: axum::response::Response| {
+            // whatever follows a 101 (WebSocket, a gateway upgrade) is not
+            // Frenly's HTTP/1: off before hyper writes the 101
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                on_upgrade.set();
+            }
+            resp
+        });
     let svc = TowerToHyperService::new(svc);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     if let Err(e) = watcher.watch(conn.into_owned()).await {

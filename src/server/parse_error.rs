@@ -27,13 +27,32 @@
 //! one once the peer is limited or banned; the answer itself stays the
 //! one written here. A head that hyper flushes
 //! in the same write as an earlier response's bytes (pipelined requests) is
-//! passed on as hyper wrote it. The other way round, a response body chunk
-//! written on its own that is byte for byte such a head would be replaced
-//! too: Frenly's own bodies are JSON and never are, a gateway upstream's
-//! body could be (its client would then see this error instead).
+//! passed on as hyper wrote it.
+//!
+//! Threat (of the rewriting itself): a write is recognised by its bytes
+//! alone, so a response body chunk or bytes after a protocol upgrade that
+//! happen to be such a head would be replaced: the declared
+//! `Content-Length` no longer matches, the next pipelined response is
+//! misread, a `malformed_http` violation is audited that never happened
+//! and a probe is counted against the client. Frenly's own bodies are JSON
+//! and can never be such a head; bytes from a gateway upstream or an
+//! upgraded stream can.
+//! Guarantee: the rewriter never alters bytes of a body it did not write
+//! or of an upgraded stream. Each connection has a [`Passthrough`] switch,
+//! in every request's extensions: the gateway turns it on before it hands
+//! back a response whose body comes from an upstream, the server turns it
+//! on for any `101 Switching Protocols` (before hyper writes it) and on an
+//! HTTP/2 connection (hyper writes no HTTP/1 head there, and a DATA
+//! payload may be written on its own). Once on, it stays on for the
+//! connection: every byte passes through untouched, and a parse error
+//! hyper answers later on that connection goes out bare, as hyper wrote
+//! it, unreported (the rewriter cannot tell where an upstream's body ends;
+//! safety over shape).
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::StatusCode;
@@ -116,22 +135,45 @@ pub fn shaped_response(status: StatusCode, date: &[u8], tls: bool, id: &str) -> 
     out
 }
 
+/// A connection's switch that turns its rewriter off for good, because
+/// bytes Frenly did not write (an upstream's body, an upgraded stream) may
+/// follow (module docs). Shared between the connection's IO and its
+/// requests' extensions.
+#[derive(Clone, Default, Debug)]
+pub struct Passthrough(Arc<AtomicBool>);
+
+impl Passthrough {
+    /// From now on every byte of the connection passes untouched. Must
+    /// happen before the response that brings foreign bytes is handed to
+    /// hyper.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// A connection whose parse-error responses are shaped (module docs).
 pub struct ShapedParseErrors<IO> {
     io: IO,
     tls: bool,
     report: Report,
+    passthrough: Passthrough,
     /// A replacement response not yet all written, from `.1` on.
     pending: Option<(Vec<u8>, usize)>,
 }
 
 impl<IO> ShapedParseErrors<IO> {
-    /// `report` hears of each replaced response; `tls` adds HSTS to them.
-    pub fn new(io: IO, tls: bool, report: Report) -> Self {
+    /// `report` hears of each replaced response; `tls` adds HSTS to them;
+    /// once `passthrough` is set nothing is replaced any more.
+    pub fn new(io: IO, tls: bool, report: Report, passthrough: Passthrough) -> Self {
         ShapedParseErrors {
             io,
             tls,
             report,
+            passthrough,
             pending: None,
         }
     }
@@ -158,6 +200,9 @@ impl<IO: AsyncWrite + Unpin> ShapedParseErrors<IO> {
     /// Take `buf` as written when it is an automatic head (its replacement
     /// goes out instead, now or on the next flush); `None` to pass it on.
     fn replace(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Option<Poll<io::Result<usize>>> {
+        if self.passthrough.is_set() {
+            return None;
+        }
         let (status, date) = automatic_head(buf)?;
         tracing::debug!(
             status = status.as_u16(),
@@ -315,7 +360,7 @@ mod tests {
         let report: Report = Box::new(move |status, id| {
             seen.lock().unwrap().push((status, id.to_string()));
         });
-        let mut conn = ShapedParseErrors::new(server, false, report);
+        let mut conn = ShapedParseErrors::new(server, false, report, Passthrough::default());
         let reader = tokio::spawn(async move {
             let mut client = client;
             let mut got = Vec::new();
@@ -339,5 +384,27 @@ mod tests {
         assert_eq!(reported.len(), 1);
         assert_eq!(reported[0].0, StatusCode::BAD_REQUEST);
         assert!(rest.contains(&format!("\r\nx-request-id: {}\r\n", reported[0].1)));
+    }
+
+    /// Once the connection's switch is on, even a write that is exactly an
+    /// automatic head passes byte for byte, unreported.
+    #[tokio::test]
+    async fn nothing_is_replaced_once_passthrough_is_set() {
+        let (client, server) = tokio::io::duplex(4096);
+        let reported = Arc::new(Mutex::new(0));
+        let seen = reported.clone();
+        let report: Report = Box::new(move |_, _| *seen.lock().unwrap() += 1);
+        let passthrough = Passthrough::default();
+        let mut conn = ShapedParseErrors::new(server, false, report, passthrough.clone());
+        passthrough.set();
+        let bare = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        conn.write_all(bare).await.unwrap();
+        conn.shutdown().await.unwrap();
+        drop(conn);
+        let mut got = Vec::new();
+        let mut client = client;
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, bare.to_vec());
+        assert_eq!(*reported.lock().unwrap(), 0);
     }
 }

@@ -1163,3 +1163,138 @@ async fn upstream_policy_headers_are_kept_and_defaults_fill_the_rest() {
         "default-src 'none'; frame-ancestors 'none'"
     );
 }
+
+// ------------------------------------ upstream bytes that look like hyper's
+
+/// Exactly the head hyper writes by itself for a request it cannot parse
+/// (47 bytes): what `server::parse_error` replaces with a shaped answer.
+const BARE_400: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+
+/// A raw upstream: each request gets its head (a 200 with
+/// `Content-Length: 47`, or a 101 to `Upgrade: foo` when asked), flushed
+/// on its own, then after a pause [`BARE_400`] as the body or as the first
+/// bytes of the upgraded stream, so that Frenly writes them in a write of
+/// their own.
+async fn bare_400_upstream() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let upgrade = String::from_utf8_lossy(&head)
+                    .to_ascii_lowercase()
+                    .contains("\r\nupgrade: foo\r\n");
+                let answer: &[u8] = if upgrade {
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 47\r\nConnection: close\r\n\r\n"
+                };
+                c.write_all(answer).await.unwrap();
+                c.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                c.write_all(BARE_400).await.unwrap();
+                c.flush().await.unwrap();
+                // hold an upgraded stream until the client leaves
+                while upgrade && matches!(c.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+async fn bare_400_setup() -> TestServer {
+    let up = bare_400_upstream().await;
+    TestServer::with(Opts::default().plain().config(&format!(
+        "[[gateway.routes]]\nprefix = \"/raw/\"\nupstream = \"http://{up}\"\npermission = \"read:tasks\"\n"
+    )))
+    .await
+}
+
+/// Reads from `c` until `done` holds for what arrived (or the server
+/// closes), within 10 s.
+async fn read_until(c: &mut tokio::net::TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !done(&got) {
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+            .await
+            .expect("the server sent nothing more for 10 s")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+/// An upstream's body that is byte for byte hyper's bare 400 head reaches
+/// the client as sent: the declared length still holds, the pipelined
+/// request after it is answered on the same connection, and nothing is
+/// counted as a malformed request.
+#[tokio::test]
+async fn an_upstream_body_that_looks_like_hypers_400_passes_untouched() {
+    use tokio::io::AsyncWriteExt;
+    let s = bare_400_setup().await;
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let pipelined = format!(
+        "GET /raw/body HTTP/1.1\r\nHost: x\r\nX-API-Key: {}\r\n\r\n\
+         GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        s.admin()
+    );
+    c.write_all(pipelined.as_bytes()).await.unwrap();
+    let got = read_until(&mut c, |_| false).await;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a first response head")
+        + 4;
+    let (head, rest) = got.split_at(end);
+    let head = String::from_utf8_lossy(head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{text}");
+    assert!(head.contains("\r\ncontent-length: 47\r\n"), "{text}");
+    assert!(rest.len() >= 47, "{text}");
+    let (body, second) = rest.split_at(47);
+    assert_eq!(body, BARE_400, "{text}");
+    let second = String::from_utf8_lossy(second);
+    assert!(second.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(second.contains("\r\nx-request-id: "), "{text}");
+    let metrics = s.metrics_text().await;
+    assert!(!metrics.contains("reason=\"malformed_http\""), "{metrics}");
+}
+
+/// The same bytes as the first of an upgraded stream (a non-WebSocket
+/// upgrade, relayed byte for byte) arrive as sent.
+#[tokio::test]
+async fn upgraded_bytes_that_look_like_hypers_400_pass_untouched() {
+    use tokio::io::AsyncWriteExt;
+    let s = bare_400_setup().await;
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let upgrade = format!(
+        "GET /raw/up HTTP/1.1\r\nHost: x\r\nX-API-Key: {}\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n",
+        s.admin()
+    );
+    c.write_all(upgrade.as_bytes()).await.unwrap();
+    let head_end = |got: &[u8]| got.windows(4).position(|w| w == b"\r\n\r\n");
+    let got = read_until(&mut c, |got| {
+        head_end(got).is_some_and(|at| got.len() >= at + 4 + BARE_400.len())
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let at = head_end(&got).expect("a response head") + 4;
+    assert!(text.starts_with("HTTP/1.1 101 "), "{text}");
+    assert_eq!(&got[at..], BARE_400, "{text}");
+    let metrics = s.metrics_text().await;
+    assert!(!metrics.contains("reason=\"malformed_http\""), "{metrics}");
+}
