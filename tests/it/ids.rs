@@ -80,6 +80,49 @@ async fn attacks_in_every_part_of_the_request_are_blocked() {
         .await
         .unwrap();
     assert_blocked(r, "rce", "cat /etc/passwd").await;
+    // headers with a fixed grammar are skipped only when the value parses
+    // under it, not when it merely uses the grammar's characters
+    let r = s
+        .get("/api/tasks")
+        .header("Accept-Language", "en;cat /etc/passwd")
+        .send()
+        .await
+        .unwrap();
+    assert_blocked(r, "rce", "cat /etc/passwd").await;
+    let r = s
+        .get("/api/tasks")
+        .header(
+            "Sec-Fetch-Site",
+            "-1 UNION SELECT username,password FROM users--",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_blocked(r, "sqli", "UNION SELECT").await;
+    let r = s
+        .get("/api/tasks")
+        .header(
+            "Sec-CH-UA",
+            "\"Chromium\";v=\"118\", \"1 UNION SELECT 1\";v=\"99\"",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_blocked(r, "sqli", "UNION SELECT").await;
+    // ... while a browser's own values in those headers still pass
+    let r = s
+        .admin_get("/api/tasks")
+        .header("Accept-Language", "en-US,en;q=0.9,de;q=0.8")
+        .header(
+            "Sec-CH-UA",
+            "\"Chromium\";v=\"118\", \"Google Chrome\";v=\"118\", \"Not=A?Brand\";v=\"99\"",
+        )
+        .header("Sec-Fetch-Site", "same-origin")
+        .header("If-None-Match", "W/\"5e15153d-120f\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let r = s
         .admin_post(
             "/api/tasks",

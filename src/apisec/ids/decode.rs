@@ -310,12 +310,15 @@ fn backslash_escapes(s: &str) -> Option<String> {
 }
 
 /// Full-width ASCII (U+FF01..U+FF5E), circled letters and digits, and a
-/// few look-alikes to ASCII.
+/// few look-alikes to ASCII; zero-width characters and combining marks are
+/// dropped, since a browser or a lenient parser renders or strips them and
+/// `<\u{200b}script>` or `s\u{301}elect` would otherwise match no rule.
 fn fold_width(s: &str) -> String {
     if s.is_ascii() {
         return s.to_string();
     }
     s.chars()
+        .filter(|c| !is_invisible(*c))
         .map(|c| match c {
             '\u{ff01}'..='\u{ff5e}' => char::from_u32(c as u32 - 0xff01 + 0x21).unwrap_or(c),
             // circled letters and digits (enclosed alphanumerics)
@@ -331,6 +334,15 @@ fn fold_width(s: &str) -> String {
             _ => c,
         })
         .collect()
+}
+
+/// Zero-width spaces and joiners, the word joiner, the byte-order mark,
+/// and combining diacritical marks (U+0300..U+036F).
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}' | '\u{0300}'..='\u{036f}'
+    )
 }
 
 /// Lower-case, drop NUL and other C0 controls except newline, collapse runs
@@ -510,6 +522,19 @@ mod tests {
         assert_eq!(decode("%c0%ae%c0%ae/", false).folded, "../");
         assert_eq!(decode("A\0B  \t C", false).folded, "ab c");
         assert_eq!(decode("x\r\n  y", false).folded, "x\ny");
+    }
+
+    #[test]
+    fn invisible_characters_are_dropped() {
+        assert_eq!(decode("<\u{200b}script>", false).folded, "<script>");
+        assert_eq!(
+            decode("%E2%80%8Bun\u{2060}ion s\u{200c}el\u{feff}ect", false).folded,
+            "union select"
+        );
+        assert_eq!(decode("s\u{301}e\u{300}lect", false).folded, "select");
+        assert_eq!(decode("j\u{200d}avascript:", false).text, "javascript:");
+        // precomposed letters are left alone
+        assert_eq!(decode("caf\u{e9}", false).folded, "caf\u{e9}");
     }
 
     #[test]

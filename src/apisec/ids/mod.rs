@@ -25,6 +25,7 @@
 
 pub mod decode;
 pub mod eval;
+mod headers;
 mod memo;
 pub mod rules;
 pub mod sqli;
@@ -803,13 +804,17 @@ impl Scan {
     }
 
     fn header(&mut self, lname: &str, value: &str) {
-        if GRAMMAR_HEADERS.contains(&lname) && plain_header_value(value, true) {
-            return;
-        }
-        if lname.starts_with("sec-") && plain_header_value(value, true) {
-            return;
-        }
         let loc = format!("header:{}", safe_name(lname));
+        // A value that parses under its header's grammar is protocol, not
+        // data (a browser's `Accept` or `Sec-CH-UA`); only the text inside
+        // its quoted strings is free for a client to fill, so only that is
+        // inspected.
+        if let Some(quoted) = headers::parse(lname, value) {
+            for q in quoted {
+                self.value(Kind::Header, &loc, q, false);
+            }
+            return;
+        }
         let filename = lname.contains("filename")
             || lname.contains("file-name")
             || lname.contains("file_name");
@@ -950,50 +955,6 @@ const SENSITIVE_EXT: &[&str] = &[
     ".7z",
     ".rar",
 ];
-
-/// Headers with a fixed grammar: a value made only of that grammar's
-/// characters is not inspected (a browser's `Accept` is not an attack).
-const GRAMMAR_HEADERS: &[&str] = &[
-    "accept",
-    "accept-encoding",
-    "accept-language",
-    "accept-charset",
-    "content-type",
-    "content-length",
-    "content-encoding",
-    "cache-control",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "pragma",
-    "te",
-    "upgrade",
-    "host",
-    "if-none-match",
-    "if-match",
-    "if-modified-since",
-    "if-unmodified-since",
-    "date",
-    "dnt",
-    "upgrade-insecure-requests",
-    "priority",
-    "transfer-encoding",
-    "expect",
-    "range",
-    "x-request-id",
-    "origin",
-];
-
-fn plain_header_value(v: &str, quotes: bool) -> bool {
-    v.bytes().all(|b| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b' ' | b',' | b';' | b'=' | b'/' | b'*' | b'.' | b'+' | b':' | b'_' | b'-'
-            )
-            || (quotes && b == b'"')
-    }) && !v.contains("..")
-}
 
 /// A value that is entirely base64 and decodes to readable text: that text.
 fn base64_text(s: &str) -> Option<String> {

@@ -353,3 +353,176 @@ fn values_next_to_the_evasion_rules_pass() {
         assert_eq!(blocked(q, vec![], b""), None, "{q}");
     }
 }
+
+/// Attacks written only in a header grammar's characters: before the
+/// grammars, `Accept`, `If-None-Match`, `Origin`, `Range`, every `Sec-*`
+/// name … skipped them (200, forwarded by a gateway route).
+const GRAMMAR_CHARACTER_ATTACKS: &[&str] = &[
+    "-1 UNION SELECT username,password FROM users--",
+    "en;cat /etc/passwd",
+    "x\" or \"1\"=\"1",
+    "a=1;DROP TABLE users--",
+    "1 OR 1=1--",
+    "en WAITFOR DELAY 0:0:5",
+    "http://169.254.169.254/latest",
+];
+
+#[test]
+fn attacks_in_grammar_headers_are_blocked() {
+    let short = ["1 or 1=1", "1 UNION SELECT 1"];
+    for name in [
+        "accept",
+        "accept-language",
+        "accept-encoding",
+        "accept-charset",
+        "content-type",
+        "cache-control",
+        "if-none-match",
+        "if-match",
+        "if-modified-since",
+        "origin",
+        "range",
+        "pragma",
+        "dnt",
+        "date",
+        "te",
+        "expect",
+        "priority",
+        "sec-fetch-site",
+        "sec-websocket-protocol",
+        "sec-ch-ua",
+        "sec-anything",
+        "x-custom",
+    ] {
+        for a in GRAMMAR_CHARACTER_ATTACKS.iter().chain(&short) {
+            assert!(
+                blocked("/api/x", vec![(name, a.as_bytes())], b"").is_some(),
+                "{name}: {a}"
+            );
+        }
+    }
+    // inside a grammar's quoted strings (a brand, an entity tag)
+    for (name, v) in [
+        ("sec-ch-ua", "\"1 UNION SELECT 1\";v=\"1\""),
+        ("sec-ch-ua-platform", "\"<script>alert(1)</script>\""),
+        ("if-none-match", "W/\"x' or '1'='1\""),
+    ] {
+        assert!(
+            blocked("/api/x", vec![(name, v.as_bytes())], b"").is_some(),
+            "{name}: {v}"
+        );
+    }
+}
+
+#[test]
+fn browser_and_sdk_headers_pass() {
+    let requests: &[&[(&str, &str)]] = &[
+        // Chrome 118 navigation
+        &[
+            ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7"),
+            ("accept-encoding", "gzip, deflate, br"),
+            ("accept-language", "en-US,en;q=0.9,de;q=0.8"),
+            ("cache-control", "max-age=0, no-cache"),
+            ("sec-ch-ua", "\"Chromium\";v=\"118\", \"Google Chrome\";v=\"118\", \"Not=A?Brand\";v=\"99\""),
+            ("sec-ch-ua-mobile", "?0"),
+            ("sec-ch-ua-platform", "\"Windows\""),
+            ("sec-fetch-dest", "document"),
+            ("sec-fetch-mode", "navigate"),
+            ("sec-fetch-site", "same-origin"),
+            ("sec-fetch-user", "?1"),
+            ("upgrade-insecure-requests", "1"),
+            ("if-none-match", "W/\"5e15153d-120f\""),
+            ("if-modified-since", "Wed, 21 Oct 2015 07:28:00 GMT"),
+            ("user-agent", "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/118.0.0.0 Safari/537.36"),
+        ],
+        // later Chrome GREASE brands
+        &[
+            ("sec-ch-ua", "\"Chromium\";v=\"116\", \"Not)A;Brand\";v=\"24\", \"Google Chrome\";v=\"116\""),
+            ("sec-ch-ua-full-version-list", "\"Google Chrome\";v=\"117.0.5938.92\", \"Not;A=Brand\";v=\"8.0.0.0\", \"Chromium\";v=\"117.0.5938.92\""),
+        ],
+        &[("sec-ch-ua", "\"Not.A/Brand\";v=\"8\", \"Chromium\";v=\"114\", \"Google Chrome\";v=\"114\"")],
+        &[("sec-ch-ua", "\"Not_A Brand\";v=\"8\", \"Chromium\";v=\"120\", \"Google Chrome\";v=\"120\"")],
+        &[("sec-ch-ua", "\"Chromium\";v=\"126\", \"Not/A)Brand\";v=\"8\", \"Google Chrome\";v=\"126\"")],
+        &[("sec-ch-ua", "\"Google Chrome\";v=\"133\", \"Not(A:Brand\";v=\"99\", \"Chromium\";v=\"133\"")],
+        &[("sec-ch-ua", "\"Chromium\";v=\"134\", \"Not:A-Brand\";v=\"24\", \"Google Chrome\";v=\"134\"")],
+        &[("sec-ch-ua", "\"Google Chrome\";v=\"131\", \"Chromium\";v=\"131\", \"Not_A Brand\";v=\"24\"")],
+        &[("sec-ch-ua", "\"Not?A_Brand\";v=\"99\", \"Chromium\";v=\"130\"")],
+        &[("sec-ch-ua", "\"Not-A.Brand\";v=\"99\", \"Chromium\";v=\"124\"")],
+        // Firefox 128, with a range request
+        &[
+            ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"),
+            ("accept-language", "de,en-US;q=0.7,en;q=0.3"),
+            ("accept-encoding", "gzip, deflate, br, zstd"),
+            ("range", "bytes=0-499, -500"),
+            ("origin", "https://app.example.com"),
+            ("dnt", "1"),
+            ("sec-gpc", "1"),
+            ("priority", "u=0, i"),
+            ("te", "trailers"),
+        ],
+        // Safari 17
+        &[
+            ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+            ("accept-language", "en-GB,en;q=0.9"),
+            ("if-none-match", "\"33a64df551425fcc55e4d42a148795d9f25f89d4\""),
+        ],
+        // curl, Python requests / httpx / aiohttp, OpenAI SDK
+        &[("accept", "*/*"), ("user-agent", "curl/8.5.0")],
+        &[
+            ("accept", "*/*"),
+            ("accept-encoding", "gzip, deflate"),
+            ("connection", "keep-alive"),
+            ("content-type", "application/json"),
+        ],
+        &[
+            ("accept", "application/json"),
+            ("content-type", "application/json"),
+            ("x-stainless-lang", "python"),
+            ("x-stainless-os", "Linux"),
+            ("x-stainless-runtime", "CPython"),
+            ("x-request-id", "req_6f1c2a9b3e4d"),
+        ],
+        &[("content-type", "multipart/form-data; boundary=----WebKitFormBoundary7MA4YWxkTrZu0gW")],
+        &[("content-type", "multipart/form-data; boundary=a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6")],
+        &[("content-type", "application/x-www-form-urlencoded; charset=utf-8")],
+        // a WebSocket upgrade
+        &[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-extensions", "permessage-deflate; client_max_window_bits"),
+            ("sec-websocket-protocol", "graphql-transport-ws"),
+        ],
+    ];
+    for headers in requests {
+        let h: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+        assert_eq!(blocked("/api/tasks", h, b""), None, "{headers:?}");
+    }
+}
+
+#[test]
+fn invisible_characters_do_not_hide_a_payload() {
+    for (q, family) in [
+        (
+            "/api/x?q=%3C%E2%80%8Bscript%3Ealert(1)%3C/script%3E",
+            Family::Xss,
+        ),
+        (
+            "/api/x?q=1%20UNI%E2%80%8CON%20SEL%EF%BB%BFECT%20password%20FROM%20users",
+            Family::Sqli,
+        ),
+        ("/api/x?q=1%27%20o%CC%81r%20%271%27%3D%271", Family::Sqli),
+        (
+            "/api/x?file=..%E2%81%A0/..%E2%80%8D/etc/passwd",
+            Family::Lfi,
+        ),
+        (
+            "/api/x?host=a;c%E2%80%8Bat%20/etc/pa%CC%80sswd",
+            Family::Rce,
+        ),
+        ("/api/x?u=java%E2%80%8Bscript:alert(1)", Family::Xss),
+    ] {
+        assert_eq!(blocked(q, vec![], b""), Some(family), "{q}");
+    }
+}
