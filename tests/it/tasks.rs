@@ -515,7 +515,10 @@ async fn list_all(s: &TestServer, query: &str, limit: usize) -> Vec<Value> {
 /// cursor still walks every task once.
 #[tokio::test]
 async fn a_page_of_large_tasks_is_cut_by_size_and_the_cursor_goes_on() {
-    let s = start_with("[limits]\nbody_max_bytes = 3000000\n").await;
+    let s = TestServer::with(
+        Opts::default().config(&format!("{BASE_CONFIG}body_max_bytes = 3000000\n")),
+    )
+    .await;
     let big = "x".repeat(2_500_000);
     let mut ids = Vec::new();
     for i in 0..9 {
