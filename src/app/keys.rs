@@ -153,15 +153,12 @@ async fn create(
         }
         if expires_at > valid_until {
             if explicit_expiry {
-                return Err(ApiError::Validation(
-                    [(
-                        "expires_in_days".to_string(),
-                        vec![format!(
-                            "a key may not outlive the key that creates it (valid until {})",
-                            store::rfc3339(valid_until)
-                        )],
-                    )]
-                    .into(),
+                return Err(crate::http::respond::field_error(
+                    "expires_in_days",
+                    format!(
+                        "a key may not outlive the key that creates it (valid until {})",
+                        store::rfc3339(valid_until)
+                    ),
                 ));
             }
             expires_at = valid_until;

@@ -77,12 +77,9 @@ impl UniqueValue {
     pub fn into_object(self) -> Result<Map<String, Value>, ApiError> {
         match self.0 {
             Value::Object(m) => Ok(m),
-            _ => Err(ApiError::Validation(
-                [(
-                    "body".to_string(),
-                    vec!["the body must be a JSON object".to_string()],
-                )]
-                .into(),
+            _ => Err(super::respond::field_error(
+                "body",
+                "the body must be a JSON object",
             )),
         }
     }

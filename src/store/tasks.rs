@@ -189,21 +189,42 @@ pub const LIST_BYTES_MAX: i64 = 16 * 1024 * 1024;
 /// One page of tasks, and whether [`LIST_BYTES_MAX`] cut it short of
 /// `f.limit` (more rows follow even though fewer came back). The first
 /// query reads only the sizes, the second the rows that fit (at least one).
-pub async fn list(db: &Db, f: &ListFilter) -> Result<(Vec<TaskRow>, bool)> {
-    let sizes = sqlx::query(
-        "SELECT CAST(COALESCE(LENGTH(description), 0) + COALESCE(LENGTH(input), 0) \
-         + COALESCE(LENGTH(result), 0) AS BIGINT) AS n \
-         FROM tasks WHERE ($1 = '' OR owner_id = $1) AND ($2 = '' OR status = $2) \
+/// The rows of one page of [`list`], in page order, after the `SELECT`
+/// list: both of its queries read the same rows.
+macro_rules! page_rows {
+    () => {
+        " FROM tasks WHERE ($1 = '' OR owner_id = $1) AND ($2 = '' OR status = $2) \
          AND LOWER(title) LIKE $3 ESCAPE '\\' \
          AND (created_at > $4 OR (created_at = $4 AND id > $5)) \
-         ORDER BY created_at, id LIMIT $6",
+         ORDER BY created_at, id LIMIT $6"
+    };
+}
+
+/// `sql` (ending in [`page_rows`]) with the filter's values and `limit`.
+fn page_query<'q>(
+    sql: &'q str,
+    f: &'q ListFilter,
+    limit: i64,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    sqlx::query(sql)
+        .bind(&f.owner)
+        .bind(&f.status)
+        .bind(&f.pattern)
+        .bind(f.after.0)
+        .bind(&f.after.1)
+        .bind(limit)
+}
+
+pub async fn list(db: &Db, f: &ListFilter) -> Result<(Vec<TaskRow>, bool)> {
+    let sizes = page_query(
+        concat!(
+            "SELECT CAST(COALESCE(LENGTH(description), 0) + COALESCE(LENGTH(input), 0) \
+             + COALESCE(LENGTH(result), 0) AS BIGINT) AS n",
+            page_rows!()
+        ),
+        f,
+        f.limit,
     )
-    .bind(&f.owner)
-    .bind(&f.status)
-    .bind(&f.pattern)
-    .bind(f.after.0)
-    .bind(&f.after.1)
-    .bind(f.limit)
     .fetch_all(&db.pool)
     .await?;
     let mut total = 0i64;
@@ -217,20 +238,11 @@ pub async fn list(db: &Db, f: &ListFilter) -> Result<(Vec<TaskRow>, bool)> {
         fit += 1;
     }
     let cut = (fit as usize) < sizes.len();
-    let rows = sqlx::query(concat!(
-        "SELECT ",
-        cols!(),
-        " FROM tasks WHERE ($1 = '' OR owner_id = $1) AND ($2 = '' OR status = $2) \
-         AND LOWER(title) LIKE $3 ESCAPE '\\' \
-         AND (created_at > $4 OR (created_at = $4 AND id > $5)) \
-         ORDER BY created_at, id LIMIT $6"
-    ))
-    .bind(&f.owner)
-    .bind(&f.status)
-    .bind(&f.pattern)
-    .bind(f.after.0)
-    .bind(&f.after.1)
-    .bind(fit.max(1).min(f.limit))
+    let rows = page_query(
+        concat!("SELECT ", cols!(), page_rows!()),
+        f,
+        fit.max(1).min(f.limit),
+    )
     .fetch_all(&db.pool)
     .await?;
     let rows = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
