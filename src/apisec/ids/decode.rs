@@ -336,12 +336,31 @@ fn fold_width(s: &str) -> String {
         .collect()
 }
 
-/// Zero-width spaces and joiners, the word joiner, the byte-order mark,
-/// and combining diacritical marks (U+0300..U+036F).
+/// Unicode's default-ignorable code points (zero-width spaces and joiners,
+/// the soft hyphen, bidirectional marks and overrides, the word joiner and
+/// invisible operators, variation selectors, Hangul fillers, the byte-order
+/// mark, tag characters) and combining diacritical marks (U+0300..U+036F):
+/// renderers show none of them, so none may split a keyword.
 fn is_invisible(c: char) -> bool {
     matches!(
         c,
-        '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}' | '\u{0300}'..='\u{036f}'
+        '\u{00ad}'
+            | '\u{034f}'
+            | '\u{061c}'
+            | '\u{115f}'..='\u{1160}'
+            | '\u{17b4}'..='\u{17b5}'
+            | '\u{180b}'..='\u{180f}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{3164}'
+            | '\u{fe00}'..='\u{fe0f}'
+            | '\u{feff}'
+            | '\u{ffa0}'
+            | '\u{1bca0}'..='\u{1bca3}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0000}'..='\u{e0fff}'
+            | '\u{0300}'..='\u{036f}'
     )
 }
 

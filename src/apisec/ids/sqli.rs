@@ -631,6 +631,11 @@ static GRAMMAR: LazyLock<(RegexSet, Vec<&'static str>)> = LazyLock::new(|| {
             "sqli-nosql",
             r"^\$(ne|eq|gt|gte|lt|lte|in|nin|regex|where|exists|elemmatch|or|and|not|nor|expr|type|size|all|mod|text|jsonschema|function|accumulator|lookup)$",
         ),
+        // the dotted form of `user[$ne]` (qs's `allowDots`, Mongo paths)
+        (
+            "sqli-nosql",
+            r"\w\.\$(ne|eq|gt|gte|lt|lte|in|nin|regex|where|exists|elemmatch|or|and|not|nor|expr|type|size|all|mod|text|jsonschema)$",
+        ),
         ("sqli-like-wildcard", r"^'?\s*(or|and)?\s*like\s*'%"),
         ("sqli-types", r"\b(nvarchar|varchar2?|nchar)\b\s*(\(|$)"),
         (

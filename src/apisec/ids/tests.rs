@@ -523,7 +523,53 @@ fn invisible_characters_do_not_hide_a_payload() {
             Family::Rce,
         ),
         ("/api/x?u=java%E2%80%8Bscript:alert(1)", Family::Xss),
+        // the soft hyphen, a right-to-left override, a variation selector
+        // and a tag character are default-ignorable too
+        (
+            "/api/x?q=%3Cscr%C2%ADipt%3Ealert(1)%3C/script%3E",
+            Family::Xss,
+        ),
+        (
+            "/api/x?q=1%20UNION%20SEL%E2%80%AEECT%20password%20FROM%20users",
+            Family::Sqli,
+        ),
+        ("/api/x?u=javas%EF%B8%8Fcript:alert(1)", Family::Xss),
+        ("/api/x?file=..%F3%A0%80%A1/../etc/passwd", Family::Lfi),
     ] {
         assert_eq!(blocked(q, vec![], b""), Some(family), "{q}");
+    }
+}
+
+#[test]
+fn nosql_operators_in_names_and_members_are_blocked() {
+    // `user[$ne]=x`, its dotted form, and a JSON member that is an operator
+    for q in [
+        "/api/x?user%5B%24ne%5D=admin",
+        "/api/x?password[$gt]=",
+        "/api/x?user.$ne=1",
+        "/api/x?q[%24where]=sleep(1)",
+    ] {
+        assert_eq!(blocked(q, vec![], b""), Some(Family::Sqli), "{q}");
+    }
+    let json = [("content-type", b"application/json".as_slice())];
+    for body in [
+        br#"{"username":"admin","password":{"$ne":null}}"#.as_slice(),
+        br#"{"filter":{"age":{"$gt":""}}}"#.as_slice(),
+    ] {
+        assert_eq!(
+            blocked("/api/login", json.to_vec(), body),
+            Some(Family::Sqli),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    // a price, a shell variable or a template placeholder is not an operator
+    for q in [
+        "/api/tasks?q=costs+%2410+or+more",
+        "/api/tasks?q=the+%24ne+operator+in+mongo",
+        "/api/tasks?q=the+value+of+x.%24ref",
+        "/api/tasks?q=a.%24network+settings",
+    ] {
+        assert_eq!(blocked(q, vec![], b""), None, "{q}");
     }
 }
