@@ -9,7 +9,10 @@
 //! sends nothing, part of the HTTP/2 preface or part of a head
 //! ([`request_line`]); every later HTTP/1 request's headers within the same
 //! time (hyper's header-read timer, which also runs while a kept-alive
-//! connection is idle between requests); at most `network.max_connections`
+//! connection is idle between requests); a connection of either version
+//! with no request in progress for that time is closed gracefully (an
+//! HTTP/2 peer that answers the server's pings would otherwise hold its
+//! slot for ever; [`Activity`]); at most `network.max_connections`
 //! connections are served at once. On shutdown the listener closes first,
 //! in-flight requests get `network.shutdown_grace_seconds` to finish, then
 //! the audit log is flushed. A connection's first request target has the
@@ -100,7 +103,10 @@ impl Server {
             .max_concurrent_streams(128)
             .keep_alive_interval(Some(Duration::from_secs(30)));
         let builder = Arc::new(builder);
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        // shutdown: `stop` tells every connection to finish gracefully; the
+        // last `live` sender gone means every connection has ended
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let (live, mut all_ended) = tokio::sync::mpsc::channel::<()>(1);
         let permits = Arc::new(tokio::sync::Semaphore::new(
             cfg.network.max_connections.max(1),
         ));
@@ -125,7 +131,11 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let app = self.app.clone();
             let builder = builder.clone();
-            let watcher = graceful.watcher();
+            let conn = ConnCtl {
+                stop: stop.clone(),
+                _live: live.clone(),
+                idle: header_read,
+            };
             let tls = self.tls.clone();
             let state = self.state.clone();
             let passthrough = Passthrough::default();
@@ -133,7 +143,13 @@ impl Server {
                 let _permit = permit;
                 match tls {
                     Some(acceptor) => {
-                        match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        let mut stop = conn.stop.clone();
+                        let accepted = tokio::select! {
+                            r = tokio::time::timeout(handshake, acceptor.accept(stream)) => r,
+                            // a handshake in progress is not a request
+                            _ = stop.wait_for(|s| *s) => return,
+                        };
+                        match accepted {
                             Ok(Ok(s)) => {
                                 let io = ShapedParseErrors::new(
                                     s,
@@ -141,16 +157,8 @@ impl Server {
                                     report(state, peer),
                                     passthrough.clone(),
                                 );
-                                serve_conn(
-                                    io,
-                                    peer,
-                                    app,
-                                    &builder,
-                                    header_read,
-                                    passthrough,
-                                    watcher,
-                                )
-                                .await
+                                serve_conn(io, peer, app, &builder, header_read, passthrough, conn)
+                                    .await
                             }
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed")
@@ -165,17 +173,16 @@ impl Server {
                             report(state, peer),
                             passthrough.clone(),
                         );
-                        serve_conn(io, peer, app, &builder, header_read, passthrough, watcher).await
+                        serve_conn(io, peer, app, &builder, header_read, passthrough, conn).await
                     }
                 }
             });
         }
         drop(self.listener);
         let grace = Duration::from_secs(cfg.network.shutdown_grace_seconds);
-        if tokio::time::timeout(grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        let _ = stop_tx.send(true);
+        drop(live);
+        if tokio::time::timeout(grace, all_ended.recv()).await.is_err() {
             tracing::warn!("in-flight requests did not finish within the shutdown grace period");
         }
         self.state.audit.flush().await;
@@ -210,6 +217,81 @@ fn report(state: AppState, peer: std::net::SocketAddr) -> parse_error::Report {
     })
 }
 
+/// What a connection's task holds besides the connection: the shutdown
+/// signal, its share of the "connections alive" count, and the idle limit.
+struct ConnCtl {
+    stop: tokio::sync::watch::Receiver<bool>,
+    _live: tokio::sync::mpsc::Sender<()>,
+    idle: Duration,
+}
+
+/// Requests in progress on one connection, and when the last one ended.
+///
+/// hyper bounds an idle HTTP/1 connection (its header-read timer) but not
+/// an HTTP/2 one: its keep-alive pings only detect a dead peer, and a peer
+/// that answers them held a connection slot with no stream open for ever.
+/// The connection's task closes it gracefully (GOAWAY on HTTP/2; streams
+/// in progress finish) once no request has been in progress for the idle
+/// limit.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Milliseconds from `born` to the end of the last request.
+    last_end_ms: std::sync::atomic::AtomicU64,
+    born: std::time::Instant,
+}
+
+/// Held while a request is in progress (dropped when its response head is
+/// ready, or when the request is cancelled).
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0.last_end_ms.store(self.0.elapsed_ms(), Relaxed);
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            in_flight: Default::default(),
+            last_end_ms: Default::default(),
+            born: std::time::Instant::now(),
+        })
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Resolves once no request has been in progress for `limit`.
+    async fn idle(&self, limit: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let wait = if self.in_flight.load(Relaxed) > 0 {
+                limit_ms
+            } else {
+                let since = self
+                    .elapsed_ms()
+                    .saturating_sub(self.last_end_ms.load(Relaxed));
+                if since >= limit_ms {
+                    return;
+                }
+                limit_ms - since
+            };
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+    }
+}
+
 async fn serve_conn<IO>(
     io: IO,
     peer: std::net::SocketAddr,
@@ -217,7 +299,7 @@ async fn serve_conn<IO>(
     builder: &auto::Builder<TokioExecutor>,
     header_read: Duration,
     passthrough: Passthrough,
-    watcher: hyper_util::server::graceful::Watcher,
+    mut ctl: ConnCtl,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -249,10 +331,39 @@ async fn serve_conn<IO>(
             }
             resp
         });
+    let activity = Activity::new();
+    let tracked = activity.clone();
+    let svc = tower::service_fn(move |req| {
+        let busy = tracked.begin();
+        let call = svc.clone().oneshot(req);
+        async move {
+            let resp = call.await;
+            drop(busy);
+            resp
+        }
+    });
     let svc = TowerToHyperService::new(svc);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = ctl.stop.wait_for(|s| *s), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = activity.idle(ctl.idle), if !closing => {
+                tracing::debug!(%peer, "idle connection closed");
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
     }
 }
 

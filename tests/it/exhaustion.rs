@@ -147,6 +147,85 @@ async fn silent_connections_are_cut_and_do_not_lock_others_out() {
     legit_ok(&s).await;
 }
 
+/// One HTTP/2 GET over cleartext (prior knowledge): the preface, an empty
+/// SETTINGS frame and a HEADERS frame with `GET http://localhost{path}`
+/// (HPACK: indexed `:method GET`, `:scheme http`, literal `:path` and
+/// `:authority`).
+fn h2_get(path: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x01, 9]);
+    block.extend_from_slice(b"localhost");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&[0, 0, block.len() as u8, 1, 0x05, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    out
+}
+
+/// Read frames until the server closes the connection or `limit` passes,
+/// acknowledging SETTINGS and answering PINGs as a live client does.
+/// Returns (the response's HEADERS arrived, a GOAWAY arrived, when closed).
+async fn h2_until_closed(c: &mut TcpStream, limit: Duration) -> (bool, bool, Option<Duration>) {
+    let started = Instant::now();
+    let (mut answered, mut goaway) = (false, false);
+    loop {
+        let mut head = [0u8; 9];
+        match tokio::time::timeout_at((started + limit).into(), c.read_exact(&mut head)).await {
+            Err(_) => return (answered, goaway, None),
+            Ok(Err(_)) => return (answered, goaway, Some(started.elapsed())),
+            Ok(Ok(_)) => {}
+        }
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        if c.read_exact(&mut payload).await.is_err() {
+            return (answered, goaway, Some(started.elapsed()));
+        }
+        let (kind, flags, stream) = (head[3], head[4], head[8]);
+        match kind {
+            1 if stream == 1 => answered = true,
+            4 if flags & 1 == 0 => {
+                let _ = c.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
+            }
+            6 if flags & 1 == 0 => {
+                let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+                ack.extend_from_slice(&payload);
+                let _ = c.write_all(&ack).await;
+            }
+            7 => goaway = true,
+            _ => {}
+        }
+    }
+}
+
+/// HTTP/2 connections that got their answer and then stay open with no
+/// stream, answering pings like an idle client pool, hold every slot of
+/// `network.max_connections`: the server sends GOAWAY and closes each once
+/// it has been idle for the header-read timeout, and serves a legitimate
+/// client after them. (hyper bounds only HTTP/1's idle time; its HTTP/2
+/// keep-alive pings detect dead peers, not idle ones.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_and_do_not_lock_others_out() {
+    let s = TestServer::with(Opts::default().config(
+        "[network]\nlisten = \"127.0.0.1:0\"\ntls = false\nheader_read_timeout_seconds = 1\nmax_connections = 2\n",
+    ))
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(&h2_get("/healthz")).await.unwrap();
+        held.push(c);
+    }
+    for c in &mut held {
+        let (answered, goaway, closed) = h2_until_closed(c, Duration::from_secs(8)).await;
+        assert!(answered, "the HTTP/2 request was not answered");
+        let took = closed.expect("the server kept an idle HTTP/2 connection open for 8 s");
+        assert!(goaway, "closed without a GOAWAY");
+        println!("idle HTTP/2 connection closed by the server after {took:?}");
+    }
+    legit_ok(&s).await;
+}
+
 /// The same over TLS: connections that finish the handshake (with ALPN h2
 /// and without) and then send nothing hold every slot; the server closes
 /// them within the header-read timeout and serves a legitimate client.
