@@ -10,8 +10,11 @@
 //! wrong password. A success clears the account's counter only (so a valid
 //! account cannot be used to reset an address's counter). Unknown usernames
 //! are counted like known ones (no enumeration through lockout behaviour).
-//! Memory is bounded: at most `limits.max_tracked_clients` entries per map;
-//! when full, expired then unlocked entries are dropped first.
+//! Memory is bounded: at most `limits.max_tracked_clients` entries per map,
+//! an account counted under a 16-byte digest of its name whatever the
+//! name's length; when full, expired then unlocked entries are dropped
+//! first, then the lock that ends soonest, so a new failure is always
+//! counted (a full table never stops the counting).
 //!
 //! With Redis (`crate::state`) the counters and locks are Redis keys shared by
 //! every instance (TTL `auth.lockout_seconds`), so guesses spread over the
@@ -19,7 +22,8 @@
 //! Redis is down.
 //!
 //! Not covered: an attacker with more than `max_tracked_clients` addresses
-//! can make unlocked in-process counters restart.
+//! can make unlocked in-process counters restart, and with about five times
+//! that many failures push out a lock.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -74,7 +78,13 @@ impl<K: Hash + Eq + Clone> Table<K> {
                 m.retain(|_, c| c.locked_until > now);
             }
             if m.len() >= cap {
-                return false;
+                let soonest = m
+                    .iter()
+                    .min_by_key(|(_, c)| c.locked_until)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = soonest {
+                    m.remove(&k);
+                }
             }
         }
         let c = m.entry(k.clone()).or_insert(Counter {
@@ -114,10 +124,24 @@ pub struct Lockout {
     max_failures: u32,
     window_ms: i64,
     cap: usize,
-    accounts: Table<String>,
+    accounts: Table<AccountKey>,
     addresses: Table<IpAddr>,
     /// Redis when configured (this in-process state is the fallback).
     shared: crate::state::SharedState,
+}
+
+/// An account's key: the first 16 bytes of the SHA-256 of its name, so an
+/// entry's size does not depend on what a client sends as a username.
+type AccountKey = [u8; 16];
+
+fn account(username: &str) -> AccountKey {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(username.as_bytes());
+    let mut k = [0u8; 16];
+    for (k, d) in k.iter_mut().zip(d) {
+        *k = d;
+    }
+    k
 }
 
 /// IPv6 addresses count by their /64 (one subscriber's prefix).
@@ -168,7 +192,7 @@ impl Lockout {
                 None
             };
         }
-        if self.accounts.locked(&username.to_string(), now) {
+        if self.accounts.locked(&account(username), now) {
             return Some(Locked::Account);
         }
         if let Some(a) = addr {
@@ -196,7 +220,7 @@ impl Lockout {
             }
             return out;
         }
-        if self.accounts.fail(&username.to_string(), now, max, w, cap) {
+        if self.accounts.fail(&account(username), now, max, w, cap) {
             out.push(Locked::Account);
         }
         if let Some(a) = addr {
@@ -212,7 +236,7 @@ impl Lockout {
         if self.shared.lockout_success(username).await.is_some() {
             return;
         }
-        self.accounts.clear(&username.to_string());
+        self.accounts.clear(&account(username));
     }
 
     /// Entries tracked (accounts, addresses).
@@ -264,5 +288,29 @@ mod tests {
             l.failure(&format!("u{i}"), None, 5).await;
         }
         assert!(l.tracked().0 <= 16);
+    }
+
+    /// A table full of locked entries still counts a new failure: it drops
+    /// the lock that ends soonest instead (it used to stop counting, so
+    /// guesses against one more account were never locked).
+    #[tokio::test]
+    async fn a_full_table_of_locks_still_counts_new_failures() {
+        let l = Lockout::new(2, 10, 16);
+        for i in 0..16 {
+            let name = format!("junk{i}");
+            l.failure(&name, None, i).await;
+            l.failure(&name, None, i).await;
+            assert_eq!(l.check(&name, None, i).await, Some(Locked::Account));
+        }
+        assert_eq!(l.tracked().0, 16);
+        assert!(l.failure("alice", None, 100).await.is_empty());
+        assert_eq!(l.failure("alice", None, 101).await, vec![Locked::Account]);
+        assert_eq!(l.check("alice", None, 102).await, Some(Locked::Account));
+        assert!(l.tracked().0 <= 16);
+        // a name of any length is one small entry, and the same account
+        let long = "u".repeat(1 << 20);
+        l.failure(&long, None, 200).await;
+        assert_eq!(l.failure(&long, None, 201).await, vec![Locked::Account]);
+        assert_eq!(l.check(&long, None, 202).await, Some(Locked::Account));
     }
 }
