@@ -6,8 +6,11 @@
 //! waits: events go into a bounded broadcast ring; a subscriber that falls
 //! more than [`BUFFER`] events behind is told so ([`Next::Lagged`]) and its
 //! connection is closed. Each event is serialised once, whoever receives it.
-//! Delivery filtering (own tasks, admin all, `task_available` for principals
-//! with `read:agent`) is [`Event::visible_to`].
+//! Delivery filtering (`task_available` for principals with `read:agent`;
+//! the other events, which carry the task's contents, for principals with
+//! `read:tasks` about their own tasks or the tasks they hold as a worker,
+//! admin all: what `GET /api/tasks/{id}` would show them) is
+//! [`Event::visible_to`].
 //!
 //! With Redis (`crate::state`), [`Events::publish`] also sends the event on
 //! the pub/sub channel (through a bounded queue: still never waits) and every
@@ -72,14 +75,17 @@ impl Event {
         }
     }
 
-    /// May this principal receive this event?
+    /// May this principal receive this event? Task contents go only where
+    /// `GET /api/tasks/{id}` would answer them: `read:tasks` and the
+    /// caller's own task or one it holds as a worker (admin: every task).
     pub fn visible_to(&self, p: &Principal) -> bool {
         match self.kind {
             EventKind::TaskAvailable => p.permissions.allows(Permission::ReadAgent),
             _ => {
                 p.permissions.allows(Permission::Admin)
-                    || self.owner_id == p.user_id
-                    || self.agent_id.as_deref() == Some(p.user_id.as_str())
+                    || (p.permissions.allows(Permission::ReadTasks)
+                        && (self.owner_id == p.user_id
+                            || self.agent_id.as_deref() == Some(p.user_id.as_str())))
             }
         }
     }

@@ -273,6 +273,12 @@ async fn rotate(
     if k.revoked_at.is_some() {
         return Err(ApiError::Conflict("the key is revoked".into()));
     }
+    // a new secret for an expired key would never work: create a new key
+    if k.expires_at <= store::now_ms() {
+        return Err(ApiError::Conflict(
+            "the key has expired; create a new one".into(),
+        ));
+    }
     let secret = zeroize::Zeroizing::new(crate::authn::apikey::generate());
     let grace_ms = (state.cfg.auth.key_rotation_grace_seconds as i64).saturating_mul(1000);
     let old_valid_until = store::now_ms().saturating_add(grace_ms);

@@ -226,10 +226,14 @@ async fn add_ban(
     State(state): State<AppState>,
     who: Authenticated,
     rid: Option<Extension<RequestId>>,
+    caller: Option<Extension<crate::network::ClientAddr>>,
     Json(body): Json<UniqueValue>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = body.into_object()?;
     let group = state.network.group_v6;
+    // a ban on the caller's own address (or /64) would lock the admin out
+    // before the DELETE that lifts it could arrive
+    let own = caller.map(|c| state.network.key(c.0 .0));
     let mut errors = FieldErrors::new();
     let mut err = |f: &str, m: &str| errors.entry(f.into()).or_default().push(m.into());
     for name in body.keys() {
@@ -243,8 +247,22 @@ async fn add_ban(
                 err("ip", "is in limits.allowlist, which is never banned");
                 None
             }
+            Ok(ip) if own == Some(state.network.key(ip)) => {
+                err(
+                    "ip",
+                    "is the address of this request; banning it would lock you out",
+                );
+                None
+            }
             Ok(ip) => Some(ip),
             Err(_) => match parse_key(s, group) {
+                Some(k) if own == Some(state.network.key(k)) => {
+                    err(
+                        "ip",
+                        "is the address of this request; banning it would lock you out",
+                    );
+                    None
+                }
                 Some(k) => Some(k),
                 None => {
                     err("ip", "must be an IPv4 or IPv6 address");

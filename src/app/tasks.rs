@@ -545,6 +545,10 @@ async fn patch(
         .unwrap_or(&cur.status)
         .to_string();
     patch_move(&cur.status, &to)?;
+    if !patch_changes(&state, &cur, obj, &to)? {
+        // nothing to write: no new `updated_at`, no `task_updated` event
+        return Ok(Json(TaskView::from_row(&state, cur)?));
+    }
     let mut next = cur.clone();
     if let Some(t) = obj.get("title").and_then(Value::as_str) {
         next.title = t.to_string();
@@ -565,6 +569,30 @@ async fn patch(
     let view = TaskView::from_row(&state, row)?;
     publish(&state, EventKind::TaskUpdated, &view);
     Ok(Json(view))
+}
+
+/// Does a validated PATCH body change anything in `cur`? (`{}`, or the
+/// values the task already has, change nothing.)
+fn patch_changes(
+    state: &AppState,
+    cur: &TaskRow,
+    obj: &serde_json::Map<String, Value>,
+    to: &str,
+) -> Result<bool, ApiError> {
+    let title = obj.get("title").and_then(Value::as_str);
+    let priority = obj.get("priority").and_then(Value::as_str);
+    let description = match obj.get("description") {
+        None => false,
+        Some(Value::String(d)) => match cur.description.as_deref() {
+            Some(c) => state.keyring.decrypt_string(c)? != *d,
+            None => true,
+        },
+        Some(_) => cur.description.is_some(),
+    };
+    Ok(to != cur.status
+        || title.is_some_and(|t| t != cur.title)
+        || priority.is_some_and(|p| priority_value(p) != cur.priority)
+        || description)
 }
 
 async fn delete(

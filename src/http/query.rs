@@ -15,7 +15,21 @@ use super::{ApiError, FieldErrors};
 
 /// The query's parameters in order, each name once (see the module doc).
 pub fn params(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+    let raw = raw.unwrap_or("");
+    // the decoder would put U+FFFD where bytes are not UTF-8 and search for
+    // that: refuse instead, as a path with such bytes is refused
+    if raw.contains('%')
+        && raw.split('&').any(|part| {
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8()
+                .is_err()
+        })
+    {
+        return Err(ApiError::BadRequest(
+            "the query string is not UTF-8 once percent-decoded".into(),
+        ));
+    }
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw)
         .map_err(|_| ApiError::BadRequest("malformed query string".into()))?;
     let mut seen = std::collections::HashSet::new();
     let mut errors: FieldErrors = BTreeMap::new();
@@ -72,6 +86,19 @@ mod tests {
         );
         assert!(params(None).unwrap().is_empty());
         assert!(params(Some("")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_refused() {
+        for raw in ["q=%c3", "q=%ff%fe", "%80=1", "a=1&q=x%e2%82"] {
+            assert!(
+                matches!(params(Some(raw)), Err(ApiError::BadRequest(_))),
+                "{raw}"
+            );
+        }
+        let p = params(Some("q=%C3%A9t%C3%A9&r=%E2%82%AC")).unwrap();
+        let values: Vec<&str> = p.iter().map(|(_, v)| v.as_str()).collect();
+        assert_eq!(values, ["été", "€"]);
     }
 
     #[test]

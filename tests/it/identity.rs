@@ -451,7 +451,7 @@ async fn keys_create_list_revoke_rotate_and_expire() {
     assert_eq!((st, code.as_str()), (401, "unauthenticated"));
 
     // expired key fails (0.00003 days = 2.6 s)
-    let (_, short) = key_of(
+    let (short_id, short) = key_of(
         &s,
         &jwt,
         json!({"name": "short", "expires_in_days": 0.00003}),
@@ -460,6 +460,13 @@ async fn keys_create_list_revoke_rotate_and_expire() {
     assert_eq!(whoami(&s, &short).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(2800)).await;
     assert_eq!(whoami(&s, &short).await.status(), 401, "expired key");
+    // an expired key is not rotated into a secret that would never work
+    let r = with(s.post(&format!("/api/keys/{short_id}/rotate")), &jwt)
+        .send()
+        .await
+        .unwrap();
+    let (st, code, _) = error_code(r).await;
+    assert_eq!((st, code.as_str()), (409, "conflict"));
 
     // audit: created, rotated, revoked; never the secrets
     let _ = s.admin_get("/healthz").send().await;

@@ -116,6 +116,19 @@ async fn task_object_is_the_contracts_and_crud_works() {
     let got = read_task(&s, id).await;
     assert_eq!(got, t);
 
+    // a PATCH that changes nothing writes nothing: the task comes back as
+    // it was, `updated_at` included
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    for same in [
+        json!({}),
+        json!({"title": t["title"], "description": t["description"], "priority": "high", "status": "queued"}),
+    ] {
+        let r = patch(&s, id, same.clone()).await;
+        assert_eq!(r.status(), 200, "{same}");
+        assert_eq!(r.json::<Value>().await.unwrap(), t, "{same}");
+    }
+    assert_eq!(read_task(&s, id).await, t);
+
     let r = patch(
         &s,
         id,
@@ -124,6 +137,7 @@ async fn task_object_is_the_contracts_and_crud_works() {
     .await;
     assert_eq!(r.status(), 200);
     let p: Value = r.json().await.unwrap();
+    assert_ne!(p["updated_at"], t["updated_at"]);
     assert_eq!(
         (p["title"].as_str(), p["priority"].as_str()),
         (Some("t2"), Some("low"))
@@ -1066,6 +1080,10 @@ async fn malformed_path_parameters_are_400_in_the_error_shape() {
         (reqwest::Method::GET, "/api/users/%ff"),
         (reqwest::Method::DELETE, "/api/users/%ff"),
         (reqwest::Method::DELETE, "/api/security/bans/%ff"),
+        // and in a query string (it was decoded to U+FFFD and searched for)
+        (reqwest::Method::GET, "/api/tasks?q=%c3"),
+        (reqwest::Method::GET, "/api/tasks?q=%ff%fe"),
+        (reqwest::Method::GET, "/api/keys?cursor=%80"),
     ];
     each_is_a_bad_request(&s, &routes).await;
 }

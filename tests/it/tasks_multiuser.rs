@@ -188,3 +188,54 @@ async fn websocket_events_follow_tenancy_and_workers_get_task_available() {
     let none = tokio::time::timeout(std::time::Duration::from_millis(500), bob_ws.next()).await;
     assert!(none.is_err(), "bob received {none:?}");
 }
+
+/// Task events carry the task's contents, so they go only where
+/// `GET /api/tasks/{id}` would answer: a key of alice's narrowed to
+/// `write:tasks` (or to nothing) hears none of her tasks' events, though
+/// her full key does.
+#[tokio::test]
+async fn websocket_task_events_need_read_tasks() {
+    use futures_util::StreamExt;
+    let s = start().await;
+    let alice = user_key(&s, "alice", &["user"]).await;
+    let mut narrowed = Vec::new();
+    for perms in [json!(["write:tasks"]), json!([])] {
+        let r = with(&s, reqwest::Method::POST, "/api/keys", &alice)
+            .json(&json!({"name": "narrow", "permissions": perms}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let key = r.json::<Value>().await.unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let r = with(&s, reqwest::Method::GET, "/api/tasks", &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_code(r).await.1, "forbidden");
+        narrowed.push(crate::ws::connect(&s, Some(&key)).await.unwrap());
+    }
+    let mut full = crate::ws::connect(&s, Some(&alice)).await.unwrap();
+    let r = with(&s, reqwest::Method::POST, "/api/tasks", &alice)
+        .json(&json!({"title": "secret title", "description": "secret"}))
+        .send()
+        .await
+        .unwrap();
+    let t: Value = r.json().await.unwrap();
+    let ev = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        crate::ws::next_event(&mut full),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (ev["type"].as_str(), &ev["task"]["id"]),
+        (Some("task_created"), &t["id"])
+    );
+    for ws in &mut narrowed {
+        let none = tokio::time::timeout(std::time::Duration::from_millis(300), ws.next()).await;
+        assert!(none.is_err(), "a key without read:tasks received {none:?}");
+    }
+}

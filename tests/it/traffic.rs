@@ -367,6 +367,10 @@ async fn admin_ban_endpoints_add_list_lift_and_validate() {
         (json!({"ip": "10.0.0.1", "seconds": 1.5}), "seconds"),
         (json!({"ip": "10.0.0.1", "seconds": "10"}), "seconds"),
         (json!({"ip": "10.0.0.1"}), "seconds"),
+        // the address this request comes from: the ban would lock the
+        // admin out before a DELETE could lift it
+        (json!({"ip": "127.0.0.1", "seconds": 10}), "ip"),
+        (json!({"ip": " 127.0.0.1 ", "seconds": 10}), "ip"),
         (
             json!({"ip": "10.0.0.1", "seconds": 10, "reason": "a\nb"}),
             "reason",
