@@ -288,6 +288,7 @@ impl Key {
         output: &Path,
         progress: &indicatif::ProgressBar,
     ) -> Result<u64, FernetError> {
+        regular_input(input)?;
         let src = File::open(input)?;
         progress.set_length(src.metadata()?.len());
         let tmp = TempOut::create(output)?;
@@ -313,6 +314,7 @@ impl Key {
         output: &Path,
         progress: &indicatif::ProgressBar,
     ) -> Result<u64, FernetError> {
+        regular_input(input)?;
         let mut file = File::open(input)?;
         let token_len = token_length(&mut file)?;
         progress.set_length(token_len.saturating_mul(2));
@@ -515,7 +517,24 @@ impl<'a> RawReader<'a> {
     }
 }
 
+/// Only a regular file (or a link to one) is read: `/dev/zero` would be
+/// read until the disk fills, and opening a pipe waits for a writer.
+fn regular_input(path: &Path) -> std::io::Result<()> {
+    if std::fs::metadata(path)?.is_file() {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("{} is not a regular file", path.display()),
+    ))
+}
+
 /// A temporary file beside the final output, removed unless persisted.
+///
+/// The output is replaced by a rename, so an output that exists must be a
+/// regular file: a rename over `/dev/null`, `/dev/stdout` or a symbolic
+/// link would replace the device or the link itself (as root, `/dev/null`
+/// for every process on the host) instead of writing through it.
 struct TempOut {
     file: File,
     path: PathBuf,
@@ -526,6 +545,18 @@ struct TempOut {
 impl TempOut {
     fn create(target: &Path) -> std::io::Result<TempOut> {
         use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::symlink_metadata(target) {
+            Ok(m) if !m.file_type().is_file() => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} exists and is not a regular file (a device, a link, a pipe or a directory); it is never replaced",
+                        target.display()
+                    ),
+                ));
+            }
+            _ => {}
+        }
         let dir = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),

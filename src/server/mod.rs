@@ -24,6 +24,7 @@
 //! not write (a gateway upstream's body, an upgrade, HTTP/2), which the
 //! rewriter then never touches.
 
+pub mod drain;
 pub mod parse_error;
 pub mod request_line;
 pub mod stack;

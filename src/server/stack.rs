@@ -61,7 +61,18 @@ pub fn wrap(router: Router, state: AppState) -> Router {
 async fn pipeline(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     crate::network::set_client_addr(&state, &mut req);
     let watch = crate::monitoring::watch(&state, &req);
+    let (req, unread) = super::drain::share(req);
     let resp = guarded(&state, req, next).await;
+    if let Some(unread) = unread {
+        // the client may still be sending: let it finish so it reads this
+        let limits = &state.cfg;
+        unread
+            .drain(
+                super::drain::max_bytes(limits.limits.body_max_bytes),
+                Duration::from_secs(limits.network.request_timeout_seconds.max(1)),
+            )
+            .await;
+    }
     if let Some(ev) = crate::monitoring::finish(&state, watch, &resp) {
         state.audit.record(ev).await;
     }

@@ -171,6 +171,42 @@ fn tampered_files_and_wrong_keys_fail_cleanly_without_output() {
         assert!(!err.contains("panick"), "{err}");
         assert!(!out.exists(), "case {i} left an output file");
     }
+    // an output that is a symbolic link or a pipe is never replaced (a
+    // rename over /dev/null as root replaced the device for the whole
+    // host), and only a regular file is read as input
+    let target = d.join("target.txt");
+    std::fs::write(&target, b"keep").unwrap();
+    let link = d.join("link.out");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let fifo = d.join("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for (cmd, input, output) in [
+        ("decrypt-file", &enc, &link),
+        ("encrypt-file", &plain, &link),
+        ("decrypt-file", &enc, &fifo),
+        ("encrypt-file", &fifo, &out),
+        ("decrypt-file", &fifo, &out),
+    ] {
+        let (code, _, err) = run_cli(
+            &[cmd, p(input), p(output), "--key-file", p(&key)],
+            None,
+            &[],
+        );
+        assert_eq!(code, 1, "{cmd} {input:?} {output:?}");
+        assert!(err.contains("not a regular file"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    assert!(!out.exists());
+    std::fs::remove_file(&fifo).unwrap();
     // no temporary files left behind
     let names: Vec<String> = std::fs::read_dir(d)
         .unwrap()
