@@ -161,13 +161,15 @@ impl Verifier {
             _ => return Err(JwtError::Claim("exp")),
         }
         if let Some(v) = claims.get("nbf") {
-            let nbf = v.as_f64().ok_or(JwtError::Claim("nbf"))?;
+            // the clock reads whole seconds: a fraction within the current
+            // second (PyJWT's `time.time()`) is not in the future
+            let nbf = v.as_f64().ok_or(JwtError::Claim("nbf"))?.floor();
             if nbf > now + self.leeway {
                 return Err(JwtError::NotYetValid);
             }
         }
         if let Some(v) = claims.get("iat") {
-            let iat = v.as_f64().ok_or(JwtError::Claim("iat"))?;
+            let iat = v.as_f64().ok_or(JwtError::Claim("iat"))?.floor();
             if iat > now + self.leeway {
                 return Err(JwtError::IssuedInFuture);
             }
@@ -224,9 +226,26 @@ pub struct Claims {
     pub sub: String,
     pub user_id: String,
     pub permissions: Vec<String>,
+    #[serde(deserialize_with = "numeric_date")]
     pub iat: i64,
+    #[serde(deserialize_with = "numeric_date")]
     pub exp: i64,
     pub jti: String,
+}
+
+/// RFC 7519 2: a NumericDate is a JSON number, possibly with a fraction
+/// (PyJWT users often write `time.time() + 3600`): whole seconds, rounded
+/// down. Frenly itself writes integers. The verifier has already compared
+/// the exact values with the clock.
+fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    match n.as_f64() {
+        Some(f) if f.is_finite() && f.abs() < 9.0e15 => Ok(f.floor() as i64),
+        _ => Err(serde::de::Error::custom("a NumericDate out of range")),
+    }
 }
 
 impl Claims {
@@ -280,6 +299,28 @@ mod tests {
 
     fn v() -> Verifier {
         Verifier::new(b"0123456789abcdef0123456789abcdef".to_vec(), &["HS256"], 0).unwrap()
+    }
+
+    #[test]
+    fn fractional_numeric_dates_are_whole_seconds() {
+        use serde_json::json;
+        let mut m = Map::new();
+        for (k, val) in [
+            ("sub", json!("u1")),
+            ("user_id", json!("u1")),
+            ("permissions", json!(["read:tasks"])),
+            ("iat", json!(1000.25)),
+            ("exp", json!(4600.75)),
+            ("jti", json!("j")),
+        ] {
+            m.insert(k.into(), val);
+        }
+        let c = Claims::from_verified(m.clone()).unwrap();
+        assert_eq!((c.iat, c.exp), (1000, 4600));
+        m.insert("exp".into(), json!("4600"));
+        assert!(Claims::from_verified(m.clone()).is_err());
+        m.insert("exp".into(), json!(1e300));
+        assert!(Claims::from_verified(m).is_err());
     }
 
     #[test]

@@ -929,7 +929,7 @@ if sys.argv[2] == 'verify':
     print(json.dumps(jwt.decode(sys.argv[3], secret, algorithms=['HS256'])))
 else:
     key = base64.b64decode(secret) if sys.argv[4:] == ['decoded'] else secret
-    now = int(time.time())
+    now = time.time() if sys.argv[4:] == ['float'] else int(time.time())
     print(jwt.encode({'sub': sys.argv[3], 'user_id': sys.argv[3], 'permissions': ['read:tasks'],
                       'iat': now, 'exp': now + 600, 'jti': uuid.uuid4().hex}, key, algorithm='HS256'))
 "#;
@@ -971,6 +971,9 @@ async fn tokens_interoperate_with_pyjwt_reading_the_secret_file_as_text() {
         (Some("jwt"), Some(uid.as_str()))
     );
     assert_eq!(w["permissions"], json!(["read:tasks"]));
+    // with `time.time()` as it comes (a fraction: RFC 7519 allows it)
+    let py = py_jwt(&[secret, "mint", &uid, "float"]);
+    assert_eq!(whoami(&s, &py).await.status(), 200);
 
     // the key is the file's text: a token signed with its base64-decoded
     // bytes is someone else's
