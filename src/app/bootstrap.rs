@@ -54,7 +54,14 @@ pub async fn prepare(cfg: &Config) -> anyhow::Result<Prepared> {
         crate::server::tls::ensure_certificate(cfg)?;
     }
     crate::authn::ensure_secrets(cfg)?;
-    crate::data::ensure_keyring(cfg)?;
+    crate::data::ensure_keyring(cfg).map_err(|e| {
+        crate::config::ConfigError::unreadable(
+            "keyring",
+            "encryption.keyring_file",
+            &cfg.keyring_file,
+            format!("{e:#}"),
+        )
+    })?;
     if let Some(path) = cfg.database_url.strip_prefix("sqlite://") {
         let path = path.split('?').next().unwrap_or(path);
         if let Some(parent) = Path::new(path).parent() {

@@ -81,13 +81,28 @@ impl AppState {
                 depth: Some(metrics.audit_queue_depth.clone()),
                 alerts: Some(alerts.clone()),
             },
-        )?;
+        )
+        .map_err(|e| {
+            crate::config::ConfigError::unreadable(
+                "audit log",
+                "audit.file",
+                &cfg.audit_file,
+                format!("{e:#}"),
+            )
+        })?;
         let network = crate::network::Network::new(&cfg);
         network.start(&db, metrics.active_bans.clone()).await?;
         let incidents = crate::monitoring::incidents::Incidents::new(&cfg);
         let apisec = crate::apisec::ApiSecurity::new(&cfg);
         let (_, table) = routes().into_parts();
-        let keyring = crate::data::keyring::Keyring::load(&cfg.keyring_file)?;
+        let keyring = crate::data::keyring::Keyring::load(&cfg.keyring_file).map_err(|e| {
+            crate::config::ConfigError::unreadable(
+                "keyring",
+                "encryption.keyring_file",
+                &cfg.keyring_file,
+                e,
+            )
+        })?;
         let task_rules = tasks::TaskRules::new(&cfg);
         let gateway = crate::gateway::Gateway::new(&cfg)?;
         let inner = Arc::new(AppInner {

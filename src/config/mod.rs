@@ -45,6 +45,23 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// A file named by `key` that cannot be read, written or used.
+    pub fn unreadable(
+        what: &'static str,
+        key: &'static str,
+        path: &std::path::Path,
+        reason: impl std::fmt::Display,
+    ) -> ConfigError {
+        ConfigError::Unreadable {
+            what,
+            key,
+            path: path.display().to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// The configuration exactly as written: every key of the contract, its
 /// default, and nothing else (unknown keys are errors).
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -33,15 +33,28 @@ pub fn ensure_certificate(cfg: &Config) -> anyhow::Result<()> {
 
 /// Load the certificate chain and key into a rustls server config.
 pub fn server_config(cfg: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let certs = load_certs(&cfg.tls_cert)?;
-    let key = load_key(&cfg.tls_key)?;
+    use crate::config::ConfigError;
+    let certs = load_certs(&cfg.tls_cert).map_err(|e| {
+        ConfigError::unreadable(
+            "TLS certificate",
+            "network.tls_cert",
+            &cfg.tls_cert,
+            format!("{e:#}"),
+        )
+    })?;
+    let key = load_key(&cfg.tls_key).map_err(|e| {
+        ConfigError::unreadable("TLS key", "network.tls_key", &cfg.tls_key, format!("{e:#}"))
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut sc = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .context("TLS versions")?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .context("network.tls_cert / network.tls_key do not form a usable pair")?;
+        .map_err(|e| ConfigError::Invalid {
+            key: "network.tls_cert".into(),
+            reason: format!("it and network.tls_key do not form a usable pair: {e}"),
+        })?;
     sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(sc))
 }

@@ -677,6 +677,53 @@ fn config_with_unknown_key_fails_naming_it() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("network.tls_key"), "{err}");
     assert!(!data.join("frenly.db").exists());
+    // files that exist but are not what their key says: a TLS pair that is
+    // not PEM, a keyring that is not one, an audit log that cannot be
+    // opened: exit 2 and one line naming the key
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not pem\n").unwrap();
+    let bad_keyring = dir.path().join("keyring.json");
+    std::fs::write(&bad_keyring, "{ nope").unwrap();
+    for (i, (toml, key)) in [
+        (
+            format!(
+                "[network]\ntls_cert = \"{0}\"\ntls_key = \"{0}\"\n",
+                junk.display()
+            ),
+            "network.tls_cert",
+        ),
+        (
+            format!(
+                "[network]\ntls = false\n[encryption]\nkeyring_file = \"{}\"\n",
+                bad_keyring.display()
+            ),
+            "encryption.keyring_file",
+        ),
+        (
+            "[network]\ntls = false\n[audit]\nfile = \"/proc/nope/audit.log\"\n".to_string(),
+            "audit.file",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        std::fs::write(&cfg, &toml).unwrap();
+        let data = dir.path().join(format!("broken{i}"));
+        let (code, _, err) = run_cli(
+            &[
+                "serve",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+            None,
+            &[],
+        );
+        assert_eq!(code, 2, "{toml}: {err}");
+        assert!(err.contains(key), "{toml}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
     // a configured role may not redefine a built-in one
     std::fs::write(&cfg, "[roles.user]\npermissions = [\"admin\"]\n").unwrap();
     let (code, _, err) = run_cli(
