@@ -63,9 +63,20 @@ pub struct TokenArgs {
     pub user: String,
 }
 
-/// Open the database (creating the data directory if needed; the first
-/// admin is created only by `serve` and `init`, which print its key).
+/// Open the database of an initialised data directory. A SQLite database
+/// that does not exist is an error rather than a new data directory with
+/// fresh secrets: a mistyped `--data-dir` would otherwise list no keys and
+/// no users, and a user added there would stop `serve` from creating the
+/// first admin (only `serve` and `init` create it and print its key).
 async fn open(cfg: &Config) -> Result<Db, Failure> {
+    if let Some(path) = cfg.database_url.strip_prefix("sqlite://") {
+        let path = path.split('?').next().unwrap_or(path);
+        if !std::path::Path::new(path).exists() {
+            return Err(Failure::refused(format!(
+                "no database at {path}: run `frenly init` or `frenly serve` with this --data-dir (or database.url) first"
+            )));
+        }
+    }
     Ok(crate::app::bootstrap::prepare(cfg).await?.db)
 }
 

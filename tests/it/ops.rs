@@ -877,6 +877,8 @@ fn tool_check(prog: &str, args: &[&str], input: &str) -> Option<(bool, String)> 
 fn output_into_a_closed_pipe_is_one_line_and_exit_1() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
+    let (code, _, err) = crate::common::run_cli(&["init", "--data-dir", data], None, &[]);
+    assert_eq!(code, 0, "{err}");
     for args in [
         vec!["firewall", "--format", "nftables"],
         vec!["config", "show"],
@@ -903,6 +905,33 @@ fn output_into_a_closed_pipe_is_one_line_and_exit_1() {
             last.starts_with("frenly: error: cannot write the output"),
             "{args:?}: {err}"
         );
+    }
+}
+
+/// The offline identity commands work on an initialised data directory
+/// only: a mistyped `--data-dir` is an error naming the database, and
+/// nothing is created there (it used to answer "no keys" from a brand-new
+/// data directory with fresh secrets).
+#[test]
+fn offline_identity_commands_need_an_initialised_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("typo");
+    let data = data.to_str().unwrap();
+    for (args, stdin) in [
+        (vec!["keys", "list"], None),
+        (vec!["users", "list"], None),
+        (vec!["keys", "revoke", "k1"], None),
+        (vec!["token", "--user", "admin"], None),
+        (vec!["users", "add", "alice"], Some("a long password 123\n")),
+    ] {
+        let mut all = args.clone();
+        all.extend(["--data-dir", data]);
+        let (code, out, err) = crate::common::run_cli(&all, stdin, &[]);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains("no database at"), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert!(!Path::new(data).exists(), "{args:?} created {data}");
     }
 }
 
