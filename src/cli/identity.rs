@@ -139,7 +139,14 @@ pub fn keys(cfg: Config, cmd: KeysCmd) -> CmdResult {
                 let k = identity::create_key(&db, &u.id, &name, perms, expires_at)
                     .await
                     .map_err(identity_failure)?;
-                outln!("{}", k.key.as_str())?;
+                if let Err(e) = super::write_stdout(format_args!("{}\n", k.key.as_str())) {
+                    // nobody saw the secret: a key no one holds is revoked
+                    let _ = store::keys::revoke(&db, &k.id, store::now_ms()).await;
+                    return Err(Failure::refused(format!(
+                        "{}; key {} was created but never shown, so it was revoked",
+                        e.message, k.id
+                    )));
+                }
                 eprintln!(
                     "frenly: created key {} for `{}` ({}), expires {}; the key above is shown only once",
                     k.id,

@@ -82,36 +82,54 @@ pub fn check(g: &Global) -> CmdResult {
     Ok(if failed > 0 { 1 } else { 0 })
 }
 
+/// `audit verify` of readable files: OK, INCOMPLETE or BROKEN on stdout.
+fn audit_verify(files: &[PathBuf]) -> CmdResult {
+    match checklist::verify_chain(files) {
+        Ok(v) if v.incomplete_tail => {
+            // Exit 1 all the same: a cut-off tail is also what a
+            // truncation looks like; the operator decides.
+            outln!(
+                "INCOMPLETE verified {} complete lines in {} file(s); line {} (the last) is incomplete: a crash while writing it, or a truncation (the next start removes it)",
+                v.lines,
+                files.len(),
+                v.lines + 1
+            )?;
+            Ok(1)
+        }
+        Ok(v) => {
+            outln!(
+                "OK {} lines in {} file(s): the hash chain is intact",
+                v.lines,
+                files.len()
+            )?;
+            Ok(0)
+        }
+        Err(why) => {
+            outln!("BROKEN {why}")?;
+            if why.contains("line 1:") && why.contains("prev_hash") {
+                eprintln!(
+                    "frenly: if older rotated files exist, pass them first: FILE.1 FILE.2 ... FILE"
+                );
+            }
+            Ok(1)
+        }
+    }
+}
+
 pub fn audit(g: &Global, c: AuditCmd) -> CmdResult {
     match c {
-        AuditCmd::Verify { files } => match checklist::verify_chain(&files) {
-            Ok(v) if v.incomplete_tail => {
-                // Exit 1 all the same: a cut-off tail is also what a
-                // truncation looks like; the operator decides.
-                outln!(
-                    "INCOMPLETE verified {} complete lines in {} file(s); line {} (the last) is incomplete: a crash while writing it, or a truncation (the next start removes it)",
-                    v.lines,
-                    files.len(),
-                    v.lines + 1
-                )?;
-                Ok(1)
-            }
-            Ok(v) => {
-                outln!(
-                    "OK {} lines in {} file(s): the hash chain is intact",
-                    v.lines,
-                    files.len()
-                )?;
-                Ok(0)
-            }
-            Err(why) => {
-                outln!("BROKEN {why}")?;
-                if why.contains("line 1:") && why.contains("prev_hash") {
-                    eprintln!("frenly: if older rotated files exist, pass them first: FILE.1 FILE.2 ... FILE");
+        AuditCmd::Verify { files } => {
+            // a file that cannot be read is an error, not a broken chain
+            for f in &files {
+                if let Err(e) = std::fs::File::open(f) {
+                    return Err(Failure::refused(format!(
+                        "cannot read {}: {e}",
+                        f.display()
+                    )));
                 }
-                Ok(1)
             }
-        },
+            audit_verify(&files)
+        }
         AuditCmd::Tail { file, follow } => {
             let path = match file {
                 Some(f) => f,

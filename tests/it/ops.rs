@@ -83,6 +83,12 @@ async fn audit_verify_passes_untouched_and_catches_edit_drop_swap_truncation() {
     let (code, out) = verify(&[&log]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("OK 20 lines"), "{out}");
+    // a file that is not there is an error on stderr, not a broken chain
+    let missing = dir.path().join("nope.log");
+    let (code, out, err) = run_cli(&["audit", "verify", s(&missing)], None, &[]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(err.contains("cannot read"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 
     let orig = lines_of(&log);
     let t = dir.path().join("t.log");
@@ -884,6 +890,7 @@ fn output_into_a_closed_pipe_is_one_line_and_exit_1() {
         vec!["config", "show"],
         vec!["users", "list"],
         vec!["check"],
+        vec!["keys", "create", "--user", "admin", "--name", "lost"],
     ] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
@@ -906,6 +913,14 @@ fn output_into_a_closed_pipe_is_one_line_and_exit_1() {
             "{args:?}: {err}"
         );
     }
+    // a key whose secret was never shown is revoked
+    let (code, out, err) = crate::common::run_cli(&["keys", "list", "--data-dir", data], None, &[]);
+    assert_eq!(code, 0, "{err}");
+    let row = out
+        .lines()
+        .find(|l| l.split('\t').nth(2) == Some("lost"))
+        .unwrap_or_else(|| panic!("the key is not listed: {out}"));
+    assert!(row.ends_with("revoked"), "{row}");
 }
 
 /// The offline identity commands work on an initialised data directory
