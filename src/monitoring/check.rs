@@ -122,10 +122,9 @@ fn authentication(cfg: &Config) -> Outcome {
     if cfg.security.api_key_required {
         pass("every /api route needs an API key or a JWT")
     } else {
-        warn(
-            "security.api_key_required = false: JWT-only deployment (API keys are refused)",
-            "set security.api_key_required = true unless you mean JWT-only",
-        )
+        // it opens nothing (the contract): keys and JWTs are both still
+        // accepted, and a JWT-only deployment simply creates no keys
+        pass("every /api route needs an API key or a JWT (security.api_key_required = false opens nothing; keys still work: revoke any a JWT-only deployment should not have)")
     }
 }
 
@@ -301,14 +300,23 @@ fn rate_limits(cfg: &Config) -> Outcome {
     }
 }
 
+/// A range wider than any one operator's: an IPv4 prefix shorter than /8
+/// (10.0.0.0/8, the widest private range, passes; `0.0.0.0/1` and
+/// `128.0.0.0/1` together are everything) or an IPv6 prefix shorter than
+/// /7 (`fc00::/7`, all unique-local addresses, passes).
 fn covers_everything(nets: &[ipnet::IpNet]) -> Option<ipnet::IpNet> {
-    nets.iter().find(|n| n.prefix_len() == 0).copied()
+    nets.iter()
+        .find(|n| match n {
+            ipnet::IpNet::V4(v4) => v4.prefix_len() < 8,
+            ipnet::IpNet::V6(v6) => v6.prefix_len() < 7,
+        })
+        .copied()
 }
 
 fn bans(cfg: &Config) -> Outcome {
     if let Some(n) = covers_everything(&cfg.limits.allowlist) {
         return fail(
-            format!("limits.allowlist contains {n}: no address is ever limited or banned"),
+            format!("limits.allowlist contains {n}: most addresses are never limited or banned"),
             "list only your own monitoring/proxy addresses in limits.allowlist",
         );
     }
@@ -546,7 +554,7 @@ fn config_file(cfg: &Config) -> Outcome {
 fn trusted_proxies(cfg: &Config) -> Outcome {
     if let Some(n) = covers_everything(&cfg.network.trusted_proxies) {
         return fail(
-            format!("network.trusted_proxies contains {n}: any client can forge X-Forwarded-For"),
+            format!("network.trusted_proxies contains {n}: most clients can forge X-Forwarded-For"),
             "list only your reverse proxies' addresses",
         );
     }

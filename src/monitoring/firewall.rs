@@ -5,7 +5,7 @@
 //! the generated rules default-deny inbound traffic and open only loopback,
 //! established/related traffic, rate-limited ICMP echo (plus the ICMP errors
 //! path-MTU discovery needs), SSH (22), HTTP/HTTPS (80, 443), Frenly's own
-//! `network.listen` port and the `metrics.listen` port when that is not
+//! `network.listen` port and the `metrics.listen` port, each when it is not
 //! loopback; dropped packets are logged (rate-limited). Output only, unless
 //! `--apply` (root) pipes it to the tool.
 //!
@@ -45,10 +45,13 @@ pub fn ports(cfg: &Config) -> Vec<(u16, String)> {
             out.push((p, why));
         }
     };
-    add(
-        cfg.network.listen.port(),
-        format!("Frenly (network.listen = {})", cfg.network.listen),
-    );
+    // a loopback listener is reachable from this host only: nothing to open
+    if !cfg.network.listen.ip().is_loopback() {
+        add(
+            cfg.network.listen.port(),
+            format!("Frenly (network.listen = {})", cfg.network.listen),
+        );
+    }
     if let Some(m) = cfg.metrics.listen {
         if !m.ip().is_loopback() {
             add(

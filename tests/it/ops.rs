@@ -715,6 +715,15 @@ fn check_fails_each_broken_item() {
             "FAIL bans",
         ),
         ("[limits]\nallowlist = [\"0.0.0.0/0\"]\n", "FAIL bans"),
+        // everything without a literal /0
+        (
+            "[limits]\nallowlist = [\"0.0.0.0/1\", \"128.0.0.0/1\"]\n",
+            "FAIL bans",
+        ),
+        (
+            "[network]\ntrusted_proxies = [\"2000::/3\"]\n",
+            "FAIL trusted proxies",
+        ),
         ("[auth]\nlockout_seconds = 0\n", "FAIL login lockout"),
         ("[ids]\nmode = \"off\"\n", "FAIL intrusion detection"),
         (
@@ -984,14 +993,15 @@ fn firewall_rules_are_accepted_by_nft_and_iptables_restore() {
     assert!(outputs[0].contains("policy drop") && outputs[0].contains("log prefix"));
     assert!(outputs[1].contains(":INPUT DROP") && outputs[1].contains("-j LOG"));
     assert!(outputs[2].contains("ufw default deny incoming"));
-    // Loopback metrics listener: not opened.
+    // Loopback listeners (the default 127.0.0.1:8080 and the metrics one):
+    // reachable from this host only, not opened.
     std::fs::write(&cfg, "[metrics]\nlisten = \"127.0.0.1:9100\"\n").unwrap();
     let (_, out, _) = run_cli(
         &["firewall", "--format", "nftables", "--config", s(&cfg)],
         None,
         &[],
     );
-    assert!(!out.contains("9100") && out.contains("8080"));
+    assert!(!out.contains("9100") && !out.contains("8080") && out.contains("443"));
 
     if let Some((ok, err)) = tool_check("nft", &["-c", "-f", "-"], &outputs[0]) {
         assert!(ok, "nft -c refused the rules: {err}\n{}", outputs[0]);
