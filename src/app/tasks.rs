@@ -357,7 +357,12 @@ async fn create(
         updated_at: crate::store::rfc3339(now),
     };
     publish(&state, EventKind::TaskCreated, &view);
-    Ok((StatusCode::CREATED, Json(view)))
+    let location = format!("/api/tasks/{}", view.id);
+    Ok((
+        StatusCode::CREATED,
+        [(http::header::LOCATION, location)],
+        Json(view),
+    ))
 }
 
 /// A page of tasks.

@@ -89,7 +89,7 @@ async fn create(
     rid: Option<Extension<RequestId>>,
     addr: Option<Extension<ClientAddr>>,
     Json(body): Json<UniqueValue>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<impl axum::response::IntoResponse, ApiError> {
     let new = identity::validate_user(&body.into_object()?, &state.roles)?;
     if store::users::by_username(&state.db, &new.username)
         .await?
@@ -116,7 +116,12 @@ async fn create(
                 .field("roles", user.roles.clone()),
         )
         .await;
-    Ok((StatusCode::CREATED, Json(identity::user_json(&user))))
+    let location = format!("/api/users/{}", user.id);
+    Ok((
+        StatusCode::CREATED,
+        [(http::header::LOCATION, location)],
+        Json(identity::user_json(&user)),
+    ))
 }
 
 async fn list(

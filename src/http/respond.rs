@@ -26,6 +26,10 @@ pub enum ErrorSource {
     Internal,
 }
 
+/// `Retry-After` of a 503: a few seconds, the time a restarted database or
+/// Redis usually takes.
+pub const UNAVAILABLE_RETRY_SECONDS: u64 = 5;
+
 /// Every error response of the contract.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -305,6 +309,14 @@ impl IntoResponse for ApiError {
             ApiError::RateLimited(info) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(info.reset.max(1)));
                 info.apply(h);
+            }
+            // RFC 9110 15.6.4: a dependency (the database, Redis under
+            // fail_closed) is down; a client's backoff has a hint
+            ApiError::Unavailable => {
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(UNAVAILABLE_RETRY_SECONDS),
+                );
             }
             _ => {}
         }

@@ -693,11 +693,13 @@ async fn users_create_validate_and_delete_kills_keys_and_tokens() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
     let v: Value = r.json().await.unwrap();
     let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort();
     assert_eq!(keys, ["created_at", "email", "id", "roles", "username"]);
     let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(location, format!("/api/users/{id}"));
     // duplicate -> 409
     let r = s
         .admin_post(

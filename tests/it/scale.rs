@@ -659,7 +659,9 @@ async fn redis_going_away_is_handled_by_each_policy_and_the_instances_reconnect(
     })
     .await;
     assert!(refused.is_some());
-    let (status, code, _) = error_code(closed.admin_get("/api/tasks").send().await.unwrap()).await;
+    let r = closed.admin_get("/api/tasks").send().await.unwrap();
+    assert_eq!(r.headers()["retry-after"], "5");
+    let (status, code, _) = error_code(r).await;
     assert_eq!((status, code.as_str()), (503, "unavailable"));
     assert_eq!(closed.get("/healthz").send().await.unwrap().status(), 200);
     let (status, _) = readyz(&closed).await;

@@ -115,6 +115,20 @@ async fn task_object_is_the_contracts_and_crud_works() {
 
     let got = read_task(&s, id).await;
     assert_eq!(got, t);
+    // 201 names the new task (RFC 9110 15.3.2)
+    let r = s
+        .admin_post("/api/tasks", &json!({"title": "located"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let made: Value = r.json().await.unwrap();
+    assert_eq!(
+        location,
+        format!("/api/tasks/{}", made["id"].as_str().unwrap())
+    );
+    assert_eq!(read_task(&s, &made["id"].as_str().unwrap()[..]).await, made);
 
     // a PATCH that changes nothing writes nothing: the task comes back as
     // it was, `updated_at` included

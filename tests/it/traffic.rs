@@ -228,11 +228,12 @@ async fn forwarded_for_is_honoured_from_trusted_proxies() {
 async fn a_ban_cannot_be_dodged_with_forwarded_for() {
     // without trusted proxies: the TCP peer is banned, headers change nothing
     let s = TestServer::with(Opts::default().config("[limits]\nallowlist = []\n")).await;
-    let r = s
-        .admin_post(
-            "/api/security/bans",
-            &json!({"ip": "127.0.0.1", "seconds": 1, "reason": "test"}),
-        )
+    // the admin bans 127.0.0.1 from another address (not its own)
+    let other = crate::common::client_from(&s.data_dir(), true, [127, 0, 0, 2].into());
+    let r = other
+        .post(s.url("/api/security/bans"))
+        .header("X-API-Key", s.admin())
+        .json(&json!({"ip": "127.0.0.1", "seconds": 1, "reason": "test"}))
         .send()
         .await
         .unwrap();

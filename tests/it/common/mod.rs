@@ -444,6 +444,19 @@ impl Drop for TestServer {
 
 /// A client trusting the certificate in `data/tls/cert.pem`.
 pub fn client_for(data: &Path, tls: bool) -> reqwest::Client {
+    builder_for(data, tls).build().expect("client")
+}
+
+/// [`client_for`], connecting from `local` (another loopback address: a
+/// second client address for per-address tests).
+pub fn client_from(data: &Path, tls: bool, local: std::net::IpAddr) -> reqwest::Client {
+    builder_for(data, tls)
+        .local_address(local)
+        .build()
+        .expect("client")
+}
+
+fn builder_for(data: &Path, tls: bool) -> reqwest::ClientBuilder {
     let mut b = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(0);
@@ -452,7 +465,7 @@ pub fn client_for(data: &Path, tls: bool) -> reqwest::Client {
         let cert = reqwest::Certificate::from_pem(&pem).expect("pem");
         b = b.add_root_certificate(cert).use_rustls_tls();
     }
-    b.build().expect("client")
+    b
 }
 
 /// Poll `f` (every 100 ms, for up to 10 s) until it gives a value: for
