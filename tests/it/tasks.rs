@@ -128,7 +128,7 @@ async fn task_object_is_the_contracts_and_crud_works() {
         location,
         format!("/api/tasks/{}", made["id"].as_str().unwrap())
     );
-    assert_eq!(read_task(&s, &made["id"].as_str().unwrap()[..]).await, made);
+    assert_eq!(read_task(&s, made["id"].as_str().unwrap()).await, made);
 
     // a PATCH that changes nothing writes nothing: the task comes back as
     // it was, `updated_at` included
