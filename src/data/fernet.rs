@@ -531,13 +531,23 @@ fn regular_input(path: &Path) -> std::io::Result<()> {
 
 /// A temporary file beside the final output, removed unless persisted.
 ///
+/// Where the kernel offers it (`O_TMPFILE`, with `/proc/self/fd` to name it
+/// later), the file has no name while it is written: a run killed half-way
+/// (Ctrl-C, SIGTERM, SIGKILL: no destructor runs) leaves nothing behind,
+/// not even part of a decrypted plaintext. It is named only once complete,
+/// and renamed over the output at once. Elsewhere it is a hidden
+/// `.<name>.<random>.tmp` beside the output, removed on every error.
+///
 /// The output is replaced by a rename, so an output that exists must be a
 /// regular file: a rename over `/dev/null`, `/dev/stdout` or a symbolic
 /// link would replace the device or the link itself (as root, `/dev/null`
 /// for every process on the host) instead of writing through it.
 struct TempOut {
     file: File,
-    path: PathBuf,
+    /// The temporary file's name, once it has one.
+    path: Option<PathBuf>,
+    dir: PathBuf,
+    name: String,
     target: PathBuf,
     done: bool,
 }
@@ -565,34 +575,81 @@ impl TempOut {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "out".into());
-        let mut rnd = [0u8; 8];
-        rand::rngs::OsRng.fill_bytes(&mut rnd);
-        let path = dir.join(format!(".{name}.{}.tmp", hex::encode(rnd)));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
+        let (file, path) = match anonymous_file(&dir) {
+            Some(f) => (f, None),
+            None => {
+                let path = temp_name(&dir, &name);
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)?;
+                (f, Some(path))
+            }
+        };
         Ok(TempOut {
             file,
             path,
+            dir,
+            name,
             target: target.to_path_buf(),
             done: false,
         })
     }
 
     fn persist(mut self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
         self.file.sync_all()?;
-        std::fs::rename(&self.path, &self.target)?;
+        let path = match self.path.clone() {
+            Some(p) => p,
+            None => {
+                let p = temp_name(&self.dir, &self.name);
+                rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    format!("/proc/self/fd/{}", self.file.as_raw_fd()),
+                    rustix::fs::CWD,
+                    &p,
+                    rustix::fs::AtFlags::SYMLINK_FOLLOW,
+                )?;
+                self.path = Some(p.clone());
+                p
+            }
+        };
+        std::fs::rename(&path, &self.target)?;
         self.done = true;
         Ok(())
     }
 }
 
+/// A file in `dir` with no name (`O_TMPFILE`, mode 0600), when the kernel
+/// and the file system offer one and `/proc/self/fd` can name it later.
+fn anonymous_file(dir: &Path) -> Option<File> {
+    use rustix::fs::{Mode, OFlags};
+    if !Path::new("/proc/self/fd").is_dir() {
+        return None;
+    }
+    rustix::fs::openat(
+        rustix::fs::CWD,
+        dir,
+        OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .ok()
+    .map(File::from)
+}
+
+fn temp_name(dir: &Path, name: &str) -> PathBuf {
+    let mut rnd = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut rnd);
+    dir.join(format!(".{name}.{}.tmp", hex::encode(rnd)))
+}
+
 impl Drop for TempOut {
     fn drop(&mut self) {
         if !self.done {
-            let _ = std::fs::remove_file(&self.path);
+            if let Some(p) = &self.path {
+                let _ = std::fs::remove_file(p);
+            }
         }
     }
 }

@@ -278,3 +278,46 @@ fn fields_interoperate_with_the_guides_data_encryption() {
     assert!(out.is_empty());
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// `encrypt-file` and `decrypt-file` killed half-way (SIGKILL: no
+/// destructor runs; Ctrl-C and SIGTERM end the process the same way) leave
+/// no output and no temporary file: the file being written has no name
+/// until it is complete (it used to be a hidden `.out.<random>.tmp`, for
+/// decrypt holding part of the plaintext).
+#[test]
+fn a_run_killed_half_way_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("k.key");
+    let plain = d.join("plain.bin");
+    write_pattern(&plain, 24 << 20);
+    let enc = d.join("plain.enc");
+    let (code, _, err) = run_cli(
+        &["encrypt-file", p(&plain), p(&enc), "--key-file", p(&key)],
+        None,
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let before: std::collections::BTreeSet<String> = names(d);
+    for (cmd, input) in [("encrypt-file", &plain), ("decrypt-file", &enc)] {
+        let out = d.join("out.bin");
+        let mut child = Command::new(crate::common::BIN)
+            .args([cmd, p(input), p(&out), "--key-file", p(&key)])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // well into the work: 24 MiB take over a second in a debug build
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{cmd} finished before it was killed");
+        assert_eq!(names(d), before, "{cmd} left files behind");
+    }
+}
+
+fn names(d: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
