@@ -10,11 +10,13 @@
 //!
 //! Guarantee: when the answer is ready and the body is neither finished nor
 //! still held by someone (a gateway upload streaming upstream), the rest is
-//! read and discarded, at most [`max_bytes`] and within the request timeout,
-//! before the answer goes out, so the client finishes sending and reads it.
-//! Past either bound the connection is closed as before. A body the client
-//! has not started sending (`Expect: 100-continue`, never read) is not asked
-//! for: the final status tells the client not to send it.
+//! read and discarded, at most [`max_bytes`] (of the route's body limit),
+//! while it keeps coming ([`GAP`] at most between pieces) and within what
+//! is left of the request timeout, before the answer goes out, so the
+//! client finishes sending and reads it. Past any bound the answer goes out
+//! and the connection is closed as before. A body the client has not
+//! started sending (`Expect: 100-continue`, never read) is not asked for:
+//! the final status tells the client not to send it.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -74,6 +76,11 @@ pub struct Unread {
     expect_continue: bool,
 }
 
+/// The longest pause between two pieces of a body being drained: a client
+/// uploading sends without pauses; one that waits for the answer before it
+/// sends gets it after this, not at the request timeout.
+pub const GAP: Duration = Duration::from_secs(1);
+
 /// How much of an unread body is read to let its answer through: twice the
 /// body limit, and at least 8 MiB (a client a little over the limit, or
 /// sending a large body to a route that refuses it, gets its answer).
@@ -110,7 +117,7 @@ pub fn share(req: Request) -> (Request, Option<Unread>) {
 
 impl Unread {
     /// Read and discard the rest of the body (see the module doc).
-    pub async fn drain(self, max_bytes: usize, within: Duration) {
+    pub async fn drain(self, max_bytes: usize, deadline: tokio::time::Instant) {
         // still held (a gateway upload in progress): not ours to read
         let Ok(inner) = Arc::try_unwrap(self.inner) else {
             return;
@@ -123,14 +130,14 @@ impl Unread {
         let read = async {
             use http_body_util::BodyExt;
             let mut seen = 0usize;
-            while let Some(Ok(frame)) = body.frame().await {
+            while let Ok(Some(Ok(frame))) = tokio::time::timeout(GAP, body.frame()).await {
                 seen = seen.saturating_add(frame.data_ref().map_or(0, Bytes::len));
                 if seen > max_bytes {
                     break;
                 }
             }
         };
-        let _ = tokio::time::timeout(within, read).await;
+        let _ = tokio::time::timeout_at(deadline, read).await;
     }
 }
 
@@ -140,6 +147,10 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn soon() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(1)
+    }
 
     /// A POST whose body is four 4-byte chunks; `pulled` counts the chunks
     /// read from it.
@@ -174,10 +185,10 @@ mod tests {
             inner: unread.inner.clone(),
             expect_continue: false,
         };
-        held.drain(1 << 20, Duration::from_secs(1)).await;
+        held.drain(1 << 20, soon()).await;
         assert_eq!(pulled.load(Ordering::SeqCst), 1);
         drop(body);
-        unread.drain(1 << 20, Duration::from_secs(1)).await;
+        unread.drain(1 << 20, soon()).await;
         assert_eq!(pulled.load(Ordering::SeqCst), 4);
     }
 
@@ -186,8 +197,31 @@ mod tests {
         let pulled = Arc::new(AtomicUsize::new(0));
         let (req, unread) = share(request(false, pulled.clone()));
         drop(req);
-        unread.unwrap().drain(5, Duration::from_secs(1)).await;
+        unread.unwrap().drain(5, soon()).await;
         assert_eq!(pulled.load(Ordering::SeqCst), 2);
+    }
+
+    /// A client that stops sending (it waits for the answer before its
+    /// body) gets the answer after [`GAP`], not at the request timeout.
+    #[tokio::test]
+    async fn a_pause_longer_than_the_gap_ends_the_drain() {
+        let stream =
+            futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"part"))])
+                .chain(futures_util::stream::pending());
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/x")
+            .body(Body::from_stream(stream))
+            .unwrap();
+        let (req, unread) = share(req);
+        drop(req);
+        let started = tokio::time::Instant::now();
+        unread
+            .unwrap()
+            .drain(1 << 20, started + Duration::from_secs(10))
+            .await;
+        let took = started.elapsed();
+        assert!(took >= GAP && took < GAP * 3, "{took:?}");
     }
 
     #[tokio::test]
@@ -201,14 +235,14 @@ mod tests {
         let pulled = Arc::new(AtomicUsize::new(0));
         let (req, unread) = share(request(true, pulled.clone()));
         drop(req);
-        unread.unwrap().drain(1 << 20, Duration::from_secs(1)).await;
+        unread.unwrap().drain(1 << 20, soon()).await;
         assert_eq!(pulled.load(Ordering::SeqCst), 0);
         // once read from, the client was told to continue: drained
         let (req, unread) = share(request(true, pulled.clone()));
         let mut body = req.into_body();
         body.frame().await.unwrap().unwrap();
         drop(body);
-        unread.unwrap().drain(1 << 20, Duration::from_secs(1)).await;
+        unread.unwrap().drain(1 << 20, soon()).await;
         assert_eq!(pulled.load(Ordering::SeqCst), 4);
     }
 }

@@ -241,8 +241,8 @@ struct Activity {
     born: std::time::Instant,
 }
 
-/// Held while a request is in progress (dropped when its response head is
-/// ready, or when the request is cancelled).
+/// Held while a request is in progress: until its response body is done
+/// or dropped, or the request is cancelled.
 struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
@@ -266,6 +266,10 @@ impl Activity {
         self.in_flight
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Busy(self.clone())
+    }
+
+    fn in_progress(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn elapsed_ms(&self) -> u64 {
@@ -338,15 +342,19 @@ async fn serve_conn<IO>(
         let busy = tracked.begin();
         let call = svc.clone().oneshot(req);
         async move {
-            let resp = call.await;
-            drop(busy);
-            resp
+            // in progress until the response body is done (a stream of
+            // events may last minutes), not only until its head
+            let resp: Result<_, std::convert::Infallible> = call.await;
+            resp.map(|r| r.map(|body| Tracked { body, _busy: busy }))
         }
     });
     let svc = TowerToHyperService::new(svc);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut closing = false;
+    // after an idle close: when to drop the connection if the peer has not
+    // finished the close (HTTP/2's graceful close waits for a PING's answer)
+    let mut drop_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -363,8 +371,50 @@ async fn serve_conn<IO>(
                 tracing::debug!(%peer, "idle connection closed");
                 conn.as_mut().graceful_shutdown();
                 closing = true;
+                drop_at = Some(tokio::time::Instant::now() + ctl.idle);
+            }
+            _ = sleep_until_some(drop_at), if drop_at.is_some() => {
+                if activity.in_progress() == 0 {
+                    tracing::debug!(%peer, "idle connection dropped: the peer did not finish the close");
+                    break;
+                }
+                drop_at = Some(tokio::time::Instant::now() + ctl.idle);
             }
         }
+    }
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A response body that keeps its request counted as in progress until it
+/// is done or dropped ([`Activity`]).
+struct Tracked<B> {
+    body: B,
+    _busy: Busy,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

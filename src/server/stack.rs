@@ -61,16 +61,19 @@ pub fn wrap(router: Router, state: AppState) -> Router {
 async fn pipeline(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     crate::network::set_client_addr(&state, &mut req);
     let watch = crate::monitoring::watch(&state, &req);
+    let started = tokio::time::Instant::now();
+    let body_max = match state.gateway.route_for(req.uri().path()) {
+        Some(route) => route.body_max,
+        None => state.cfg.limits.body_max_bytes,
+    };
     let (req, unread) = super::drain::share(req);
     let resp = guarded(&state, req, next).await;
     if let Some(unread) = unread {
-        // the client may still be sending: let it finish so it reads this
-        let limits = &state.cfg;
+        // the client may still be sending: let it finish so it reads this,
+        // within what is left of the request's time
+        let whole = Duration::from_secs(state.cfg.network.request_timeout_seconds.max(1));
         unread
-            .drain(
-                super::drain::max_bytes(limits.limits.body_max_bytes),
-                Duration::from_secs(limits.network.request_timeout_seconds.max(1)),
-            )
+            .drain(super::drain::max_bytes(body_max), started + whole)
             .await;
     }
     if let Some(ev) = crate::monitoring::finish(&state, watch, &resp) {

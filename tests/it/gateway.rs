@@ -470,6 +470,113 @@ async fn permission_and_route_rate_limit_are_enforced_per_route() {
     assert_eq!(r.status(), 201);
 }
 
+/// One HTTP/2 frame read from `c` before `deadline`: (type, flags, stream,
+/// payload); `None` at the deadline, type 255 when the server closed.
+async fn h2_frame(
+    c: &mut tokio::net::TcpStream,
+    deadline: tokio::time::Instant,
+) -> Option<(u8, u8, u32, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    match tokio::time::timeout_at(deadline, c.read_exact(&mut head)).await {
+        Err(_) => return None,
+        Ok(Err(_)) => return Some((255, 0, 0, Vec::new())),
+        Ok(Ok(_)) => {}
+    }
+    let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    if c.read_exact(&mut payload).await.is_err() {
+        return Some((255, 0, 0, Vec::new()));
+    }
+    let stream = u32::from_be_bytes([head[5] & 0x7f, head[6], head[7], head[8]]);
+    Some((head[3], head[4], stream, payload))
+}
+
+/// A gateway stream over HTTP/2 that outlasts the idle limit is a request
+/// in progress: the server sends no GOAWAY while it streams (Python's h2,
+/// under httpx, gives up the stream on a GOAWAY and the PING after it),
+/// and closes the connection once it is done and the idle time has passed.
+/// (The idle bookkeeping used to end a request at its response's head.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_http2_stream_is_not_taken_for_an_idle_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, u) = start_upstream().await;
+    let s = TestServer::with(Opts::default().config(&format!(
+        "{}\n[network]\nlisten = \"127.0.0.1:0\"\ntls = false\nheader_read_timeout_seconds = 1\n",
+        config(addr)
+    )))
+    .await;
+    let key = s.admin().to_string();
+    // GET /v1/sse with the key (HPACK: indexed :method GET and :scheme
+    // http, literal :path, :authority and x-api-key)
+    let mut block = vec![0x82, 0x86, 0x04, 7];
+    block.extend_from_slice(b"/v1/sse");
+    block.extend_from_slice(&[0x01, 9]);
+    block.extend_from_slice(b"localhost");
+    block.extend_from_slice(&[0x00, 9]);
+    block.extend_from_slice(b"x-api-key");
+    block.push(key.len() as u8);
+    block.extend_from_slice(key.as_bytes());
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&[0, 0, block.len() as u8, 1, 0x05, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(&out).await.unwrap();
+
+    let started = tokio::time::Instant::now();
+    let (mut data, mut goaway_at, mut ended_at) = (Vec::new(), None, None);
+    let mut released = false;
+    let deadline = started + Duration::from_secs(12);
+    loop {
+        // the first event, then 2.5 s (2.5x the idle limit) of an open,
+        // quiet stream, then the second event and the stream's end
+        if !released
+            && data.ends_with(b"data: one\n\n")
+            && started.elapsed() > Duration::from_millis(2500)
+        {
+            u.go.notify_one();
+            released = true;
+        }
+        let step = tokio::time::Instant::now() + Duration::from_millis(100);
+        let Some((kind, flags, stream, payload)) = h2_frame(&mut c, step.min(deadline)).await
+        else {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still open after 12 s"
+            );
+            continue;
+        };
+        match kind {
+            0 if stream == 1 => {
+                data.extend_from_slice(&payload);
+                if flags & 1 == 1 {
+                    ended_at = Some(started.elapsed());
+                }
+            }
+            1 if stream == 1 && flags & 1 == 1 => ended_at = Some(started.elapsed()),
+            4 if flags & 1 == 0 => c.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap(),
+            6 if flags & 1 == 0 => {
+                let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+                ack.extend_from_slice(&payload);
+                c.write_all(&ack).await.unwrap();
+            }
+            7 => {
+                goaway_at.get_or_insert(started.elapsed());
+            }
+            255 => break,
+            _ => {}
+        }
+    }
+    assert_eq!(data, b"data: one\n\ndata: two\n\n");
+    let ended = ended_at.expect("the stream did not end");
+    let goaway = goaway_at.expect("the idle connection got no GOAWAY");
+    assert!(
+        goaway > ended,
+        "GOAWAY after {goaway:?}, while the stream was open (it ended after {ended:?})"
+    );
+}
+
 #[tokio::test]
 async fn sse_arrives_incrementally() {
     let (s, u) = setup().await;
