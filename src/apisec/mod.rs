@@ -180,14 +180,21 @@ fn is_encoded(headers: &http::HeaderMap) -> bool {
     })
 }
 
+/// The body limit of the route at `path`: a gateway route's own
+/// `body_max_bytes`, else `limits.body_max_bytes`.
+pub fn body_limit(state: &AppState, path: &str) -> usize {
+    gateway_body_limit(state, path).unwrap_or(state.apisec.body_max_bytes)
+}
+
+fn gateway_body_limit(state: &AppState, path: &str) -> Option<usize> {
+    state.gateway.route_for(path).map(|r| r.body_max)
+}
+
 /// The API-security step: header and body limits, content type and the IDS.
 /// `Ok` is the request to pass on (its body buffered if the IDS read it);
 /// `Err` the refusal to send.
 pub async fn admit(state: &AppState, req: Request) -> Result<Request, Response> {
-    let gateway_limit = state
-        .gateway
-        .route_for(req.uri().path())
-        .map(|r| r.body_max);
+    let gateway_limit = gateway_body_limit(state, req.uri().path());
     let body_max = gateway_limit.unwrap_or(state.apisec.body_max_bytes);
     if let Err(e) = state.apisec.check_head_limit(&req, body_max) {
         return Err(e.into_response());

@@ -54,16 +54,9 @@ pub async fn prepare(cfg: &Config) -> anyhow::Result<Prepared> {
         crate::server::tls::ensure_certificate(cfg)?;
     }
     crate::authn::ensure_secrets(cfg)?;
-    crate::data::ensure_keyring(cfg).map_err(|e| {
-        crate::config::ConfigError::unreadable(
-            "keyring",
-            "encryption.keyring_file",
-            &cfg.keyring_file,
-            format!("{e:#}"),
-        )
-    })?;
-    if let Some(path) = cfg.database_url.strip_prefix("sqlite://") {
-        let path = path.split('?').next().unwrap_or(path);
+    crate::data::ensure_keyring(cfg)
+        .map_err(|e| crate::data::unusable_keyring(cfg, format!("{e:#}")))?;
+    if let Some(path) = cfg.sqlite_path() {
         if let Some(parent) = Path::new(path).parent() {
             if !parent.as_os_str().is_empty() {
                 ensure_data_dir(parent)?;
@@ -83,8 +76,7 @@ pub async fn prepare(cfg: &Config) -> anyhow::Result<Prepared> {
 /// The database files hold hashes and ciphertext, but still: owner only.
 fn restrict_sqlite_files(cfg: &Config) {
     use std::os::unix::fs::PermissionsExt;
-    if let Some(path) = cfg.database_url.strip_prefix("sqlite://") {
-        let path = path.split('?').next().unwrap_or(path);
+    if let Some(path) = cfg.sqlite_path() {
         for suffix in ["", "-wal", "-shm"] {
             let p = format!("{path}{suffix}");
             let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));

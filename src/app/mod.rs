@@ -95,14 +95,8 @@ impl AppState {
         let incidents = crate::monitoring::incidents::Incidents::new(&cfg);
         let apisec = crate::apisec::ApiSecurity::new(&cfg);
         let (_, table) = routes().into_parts();
-        let keyring = crate::data::keyring::Keyring::load(&cfg.keyring_file).map_err(|e| {
-            crate::config::ConfigError::unreadable(
-                "keyring",
-                "encryption.keyring_file",
-                &cfg.keyring_file,
-                e,
-            )
-        })?;
+        let keyring = crate::data::keyring::Keyring::load(&cfg.keyring_file)
+            .map_err(|e| crate::data::unusable_keyring(&cfg, e))?;
         let task_rules = tasks::TaskRules::new(&cfg);
         let gateway = crate::gateway::Gateway::new(&cfg)?;
         let inner = Arc::new(AppInner {

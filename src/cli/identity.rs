@@ -69,8 +69,7 @@ pub struct TokenArgs {
 /// no users, and a user added there would stop `serve` from creating the
 /// first admin (only `serve` and `init` create it and print its key).
 async fn open(cfg: &Config) -> Result<Db, Failure> {
-    if let Some(path) = cfg.database_url.strip_prefix("sqlite://") {
-        let path = path.split('?').next().unwrap_or(path);
+    if let Some(path) = cfg.sqlite_path() {
         if !std::path::Path::new(path).exists() {
             return Err(Failure::refused(format!(
                 "no database at {path}: run `frenly init` or `frenly serve` with this --data-dir (or database.url) first"

@@ -682,6 +682,13 @@ fn describe(e: figment::Error) -> String {
 }
 
 impl Config {
+    /// The file of a `sqlite://PATH[?options]` database URL (`None` for
+    /// PostgreSQL).
+    pub fn sqlite_path(&self) -> Option<&str> {
+        let rest = self.database_url.strip_prefix("sqlite://")?;
+        Some(rest.split('?').next().unwrap_or(rest))
+    }
+
     /// Resolve paths and check values.
     pub fn from_raw(raw: RawConfig, source: &Source) -> Result<Config, ConfigError> {
         let data_dir = source

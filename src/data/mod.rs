@@ -8,6 +8,20 @@
 pub mod fernet;
 pub mod keyring;
 
+/// The keyring file (`encryption.keyring_file`) cannot be written or read:
+/// a configuration error naming the key.
+pub fn unusable_keyring(
+    cfg: &crate::config::Config,
+    reason: impl std::fmt::Display,
+) -> crate::config::ConfigError {
+    crate::config::ConfigError::unreadable(
+        "keyring",
+        "encryption.keyring_file",
+        &cfg.keyring_file,
+        reason,
+    )
+}
+
 /// Generate the keyring (one Fernet key, id `k1`) into a 0600 file when absent.
 pub fn ensure_keyring(cfg: &crate::config::Config) -> anyhow::Result<()> {
     use base64::Engine;

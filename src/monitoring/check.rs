@@ -304,7 +304,7 @@ fn rate_limits(cfg: &Config) -> Outcome {
 /// (10.0.0.0/8, the widest private range, passes; `0.0.0.0/1` and
 /// `128.0.0.0/1` together are everything) or an IPv6 prefix shorter than
 /// /7 (`fc00::/7`, all unique-local addresses, passes).
-fn covers_everything(nets: &[ipnet::IpNet]) -> Option<ipnet::IpNet> {
+fn too_wide(nets: &[ipnet::IpNet]) -> Option<ipnet::IpNet> {
     nets.iter()
         .find(|n| match n {
             ipnet::IpNet::V4(v4) => v4.prefix_len() < 8,
@@ -314,7 +314,7 @@ fn covers_everything(nets: &[ipnet::IpNet]) -> Option<ipnet::IpNet> {
 }
 
 fn bans(cfg: &Config) -> Outcome {
-    if let Some(n) = covers_everything(&cfg.limits.allowlist) {
+    if let Some(n) = too_wide(&cfg.limits.allowlist) {
         return fail(
             format!("limits.allowlist contains {n}: most addresses are never limited or banned"),
             "list only your own monitoring/proxy addresses in limits.allowlist",
@@ -467,10 +467,9 @@ pub fn verify_files(files: &[std::path::PathBuf]) -> Result<usize, String> {
 }
 
 fn database(cfg: &Config) -> Outcome {
-    let Some(rest) = cfg.database_url.strip_prefix("sqlite://") else {
+    let Some(path) = cfg.sqlite_path() else {
         return pass("PostgreSQL: no local database file");
     };
-    let path = rest.split('?').next().unwrap_or(rest);
     let mut worst = pass(format!("{path} mode 0600"));
     let mut found = false;
     for suffix in ["", "-wal", "-shm"] {
@@ -552,7 +551,7 @@ fn config_file(cfg: &Config) -> Outcome {
 }
 
 fn trusted_proxies(cfg: &Config) -> Outcome {
-    if let Some(n) = covers_everything(&cfg.network.trusted_proxies) {
+    if let Some(n) = too_wide(&cfg.network.trusted_proxies) {
         return fail(
             format!("network.trusted_proxies contains {n}: most clients can forge X-Forwarded-For"),
             "list only your reverse proxies' addresses",

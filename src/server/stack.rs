@@ -62,13 +62,11 @@ async fn pipeline(State(state): State<AppState>, mut req: Request, next: Next) -
     crate::network::set_client_addr(&state, &mut req);
     let watch = crate::monitoring::watch(&state, &req);
     let started = tokio::time::Instant::now();
-    let body_max = match state.gateway.route_for(req.uri().path()) {
-        Some(route) => route.body_max,
-        None => state.cfg.limits.body_max_bytes,
-    };
     let (req, unread) = super::drain::share(req);
+    // only a request with a body needs its route's limit
+    let unread = unread.map(|u| (u, crate::apisec::body_limit(&state, req.uri().path())));
     let resp = guarded(&state, req, next).await;
-    if let Some(unread) = unread {
+    if let Some((unread, body_max)) = unread {
         // the client may still be sending: let it finish so it reads this,
         // within what is left of the request's time
         let whole = Duration::from_secs(state.cfg.network.request_timeout_seconds.max(1));
