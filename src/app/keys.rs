@@ -195,7 +195,7 @@ async fn list(
     let params = crate::http::query::params_only(q.as_deref(), &["limit", "cursor"])?;
     let owner = (!who.is_admin()).then_some(who.user_id.as_str());
     let rows = store::keys::list(&state.db, owner).await?;
-    let (page, next) = super::security::page_by_id(rows, |k| k.id.as_str(), &params)?;
+    let (page, next) = super::paging::page_by_id(rows, |k| k.id.as_str(), &params)?;
     let now = store::now_ms();
     let items: Vec<Value> = page.iter().map(|k| identity::key_json(k, now)).collect();
     Ok(Json(json!({"items": items, "next_cursor": next})))

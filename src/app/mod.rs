@@ -11,6 +11,7 @@ pub mod events;
 pub mod health;
 pub mod keys;
 pub mod openapi;
+pub mod paging;
 pub mod security;
 pub mod tasks;
 pub mod users;

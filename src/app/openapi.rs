@@ -89,11 +89,11 @@ pub fn cursor(_: &Config) -> Value {
 }
 
 /// The `limit` and `cursor` parameters of a list kept whole in memory
-/// (`security::page_by_id`): ids are alphanumeric.
+/// (`paging::page_by_id`): ids are alphanumeric.
 pub fn id_paging(doc: crate::authz::RouteDoc) -> crate::authz::RouteDoc {
     doc.query(
         "limit",
-        |_| limit(super::security::MAX_LIMIT as i64),
+        |_| limit(super::paging::MAX_LIMIT as i64),
         "page size (default 100)",
     )
     .query(

@@ -13,6 +13,7 @@ use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use super::openapi;
+use super::paging::{limit_param, param, MAX_LIMIT};
 use super::AppState;
 use crate::authn::Authenticated;
 use crate::authz::{Access, Permission, RouteDoc, Routes};
@@ -22,8 +23,6 @@ use crate::network::ban::{key_string, parse_key, BanRecord, Length};
 
 /// Longest operator ban: one year.
 pub const MAX_BAN_SECONDS: u64 = 31_536_000;
-const DEFAULT_LIMIT: usize = 100;
-pub(super) const MAX_LIMIT: usize = 1000;
 
 pub fn routes() -> Routes<AppState> {
     let admin = Access::Permission(Permission::Admin);
@@ -137,27 +136,6 @@ fn ban_json(b: &BanRecord, group_v6: bool, now: i64) -> Value {
     })
 }
 
-/// The value of query parameter `name` (from [`crate::http::query::params`]).
-pub(super) fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-pub(super) fn limit_param(params: &[(String, String)]) -> Result<usize, ApiError> {
-    match param(params, "limit") {
-        None => Ok(DEFAULT_LIMIT),
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            _ => Err(crate::http::respond::field_error(
-                "limit",
-                format!("must be an integer from 1 to {MAX_LIMIT}"),
-            )),
-        },
-    }
-}
-
 async fn list_bans(
     State(state): State<AppState>,
     RawQuery(q): RawQuery,
@@ -189,36 +167,6 @@ async fn list_bans(
     Ok(Json(json!({"items": items, "next_cursor": next})))
 }
 
-/// One page of `rows` ordered by id (the ids are time-ordered), after the
-/// `cursor` parameter's id, at most the `limit` parameter's rows; the next
-/// cursor when more follow. For lists kept whole in memory (users, keys).
-pub(super) fn page_by_id<T>(
-    mut rows: Vec<T>,
-    id: impl Fn(&T) -> &str,
-    params: &[(String, String)],
-) -> Result<(Vec<T>, Option<String>), ApiError> {
-    let limit = limit_param(params)?;
-    let cursor = param(params, "cursor").unwrap_or("");
-    if cursor.len() > 64 || !cursor.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(crate::http::respond::field_error(
-            "cursor",
-            "invalid cursor",
-        ));
-    }
-    rows.retain(|r| id(r) > cursor);
-    rows.sort_by(|a, b| id(a).cmp(id(b)));
-    let next = (rows.len() > limit)
-        .then(|| {
-            limit
-                .checked_sub(1)
-                .and_then(|i| rows.get(i))
-                .map(|r| id(r).to_string())
-        })
-        .flatten();
-    rows.truncate(limit);
-    Ok((rows, next))
-}
-
 /// The members a new ban may have.
 const NEW_BAN_FIELDS: [&str; 3] = ["ip", "seconds", "reason"];
 
@@ -247,22 +195,8 @@ async fn add_ban(
                 err("ip", "is in limits.allowlist, which is never banned");
                 None
             }
-            Ok(ip) if own == Some(state.network.key(ip)) => {
-                err(
-                    "ip",
-                    "is the address of this request; banning it would lock you out",
-                );
-                None
-            }
             Ok(ip) => Some(ip),
             Err(_) => match parse_key(s, group) {
-                Some(k) if own == Some(state.network.key(k)) => {
-                    err(
-                        "ip",
-                        "is the address of this request; banning it would lock you out",
-                    );
-                    None
-                }
                 Some(k) => Some(k),
                 None => {
                     err("ip", "must be an IPv4 or IPv6 address");
@@ -278,6 +212,16 @@ async fn add_ban(
             err("ip", "ip is required");
             None
         }
+    };
+    let ip = match ip {
+        Some(ip) if own == Some(state.network.key(ip)) => {
+            err(
+                "ip",
+                "is the address of this request; banning it would lock you out",
+            );
+            None
+        }
+        other => other,
     };
     let seconds = match body.get("seconds").map(Value::as_u64) {
         Some(Some(s)) if (1..=MAX_BAN_SECONDS).contains(&s) => Some(s),

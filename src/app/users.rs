@@ -130,7 +130,7 @@ async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let params = crate::http::query::params_only(q.as_deref(), &["limit", "cursor"])?;
     let users = store::users::list(&state.db).await?;
-    let (page, next) = super::security::page_by_id(users, |u| u.id.as_str(), &params)?;
+    let (page, next) = super::paging::page_by_id(users, |u| u.id.as_str(), &params)?;
     let items: Vec<Value> = page.iter().map(identity::user_json).collect();
     Ok(Json(json!({"items": items, "next_cursor": next})))
 }

@@ -134,7 +134,7 @@ pub struct Lockout {
 /// entry's size does not depend on what a client sends as a username.
 type AccountKey = [u8; 16];
 
-fn account(username: &str) -> AccountKey {
+pub(crate) fn account(username: &str) -> AccountKey {
     use sha2::Digest;
     let d = sha2::Sha256::digest(username.as_bytes());
     let mut k = [0u8; 16];

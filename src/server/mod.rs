@@ -281,7 +281,7 @@ impl Activity {
         use std::sync::atomic::Ordering::Relaxed;
         let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
         loop {
-            let wait = if self.in_flight.load(Relaxed) > 0 {
+            let wait = if self.in_progress() > 0 {
                 limit_ms
             } else {
                 let since = self

@@ -29,7 +29,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 use tokio::sync::mpsc;
 
 use super::{Decision, View};
@@ -457,8 +456,10 @@ impl RedisState {
     }
 
     fn account_key(&self, account: &str) -> String {
-        let h = sha2::Sha256::digest(account.as_bytes());
-        self.key("lk:a", &hex::encode(h.get(..16).unwrap_or_default()))
+        self.key(
+            "lk:a",
+            &hex::encode(crate::authn::lockout::account(account)),
+        )
     }
 
     fn lockout_keys(&self, account: &str, addr: Option<IpAddr>) -> Vec<String> {
