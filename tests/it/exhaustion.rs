@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{Opts, TestServer};
+use crate::common::{h2, Opts, TestServer};
 
 /// Resident memory of the server process, in KiB.
 fn rss_kib(s: &TestServer) -> u64 {
@@ -147,22 +147,6 @@ async fn silent_connections_are_cut_and_do_not_lock_others_out() {
     legit_ok(&s).await;
 }
 
-/// One HTTP/2 GET over cleartext (prior knowledge): the preface, an empty
-/// SETTINGS frame and a HEADERS frame with `GET http://localhost{path}`
-/// (HPACK: indexed `:method GET`, `:scheme http`, literal `:path` and
-/// `:authority`).
-fn h2_get(path: &str) -> Vec<u8> {
-    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
-    block.extend_from_slice(path.as_bytes());
-    block.extend_from_slice(&[0x01, 9]);
-    block.extend_from_slice(b"localhost");
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
-    out.extend_from_slice(&[0, 0, block.len() as u8, 1, 0x05, 0, 0, 0, 1]);
-    out.extend_from_slice(&block);
-    out
-}
-
 /// Read frames until the server closes the connection or `limit` passes,
 /// acknowledging SETTINGS and answering PINGs as a live client does.
 /// Returns (the response's HEADERS arrived, a GOAWAY arrived, when closed).
@@ -170,29 +154,14 @@ async fn h2_until_closed(c: &mut TcpStream, limit: Duration) -> (bool, bool, Opt
     let started = Instant::now();
     let (mut answered, mut goaway) = (false, false);
     loop {
-        let mut head = [0u8; 9];
-        match tokio::time::timeout_at((started + limit).into(), c.read_exact(&mut head)).await {
-            Err(_) => return (answered, goaway, None),
-            Ok(Err(_)) => return (answered, goaway, Some(started.elapsed())),
-            Ok(Ok(_)) => {}
-        }
-        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
-        let mut payload = vec![0u8; len];
-        if c.read_exact(&mut payload).await.is_err() {
-            return (answered, goaway, Some(started.elapsed()));
-        }
-        let (kind, flags, stream) = (head[3], head[4], head[8]);
-        match kind {
-            1 if stream == 1 => answered = true,
-            4 if flags & 1 == 0 => {
-                let _ = c.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
-            }
-            6 if flags & 1 == 0 => {
-                let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
-                ack.extend_from_slice(&payload);
-                let _ = c.write_all(&ack).await;
-            }
-            7 => goaway = true,
+        let Some(f) = h2::frame(c, (started + limit).into()).await else {
+            return (answered, goaway, None);
+        };
+        h2::answer(c, &f).await;
+        match f {
+            (255, ..) => return (answered, goaway, Some(started.elapsed())),
+            (1, _, 1, _) => answered = true,
+            (7, ..) => goaway = true,
             _ => {}
         }
     }
@@ -213,7 +182,7 @@ async fn idle_http2_connections_are_closed_and_do_not_lock_others_out() {
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut c = TcpStream::connect(s.addr).await.unwrap();
-        c.write_all(&h2_get("/healthz")).await.unwrap();
+        c.write_all(&h2::get("/healthz", &[])).await.unwrap();
         held.push(c);
     }
     for c in &mut held {
