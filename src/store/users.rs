@@ -40,7 +40,8 @@ pub async fn count(db: &Db) -> Result<i64> {
 /// Insert a user unless one whose name differs only in letter case exists
 /// (`Ok(false)` then): `Admin` next to `admin` would be a look-alike
 /// account. Two creations racing on PostgreSQL can both pass the check;
-/// when their names are equal the unique index still refuses the second.
+/// the unique index on `lower(username)` then refuses the second (a unique
+/// violation, which callers answer as taken).
 pub async fn insert(db: &Db, u: &User) -> Result<bool> {
     let done = sqlx::query(
         "INSERT INTO users (id, username, email, password_hash, roles, created_at, tokens_valid_after) \

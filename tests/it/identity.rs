@@ -775,6 +775,104 @@ async fn users_create_validate_and_delete_kills_keys_and_tokens() {
     assert_eq!(login(&s, "dave", "dave-password").await.status(), 401);
 }
 
+/// Names differing only in letter case, created at the same moment, on
+/// PostgreSQL too (where the insert's own check can race): one user, the
+/// others 409.
+#[tokio::test]
+async fn racing_creations_of_case_variants_make_one_user() {
+    let s = server("").await;
+    let names = [
+        "erin", "Erin", "ERIN", "eRin", "erIn", "eriN", "ERin", "erIN", "ErIn", "eRIN", "ErIN",
+        "ERiN",
+    ];
+    for round in 0..3 {
+        let sends: Vec<_> = names
+            .iter()
+            .map(|n| {
+                let name = format!("{n}{round}");
+                let body = json!({"username": name, "email": "erin@example.com", "password": "erin-password", "roles": ["user"]});
+                tokio::spawn(s.admin_post("/api/users", &body).send())
+            })
+            .collect();
+        let mut created = 0;
+        for send in sends {
+            let r = send.await.unwrap().unwrap();
+            match r.status().as_u16() {
+                201 => created += 1,
+                _ => assert_eq!(error_code(r).await.1, "conflict"),
+            }
+        }
+        assert_eq!(created, 1, "round {round}");
+    }
+    let list: Value = s
+        .admin_get("/api/users?limit=200")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let erins = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| {
+            u["username"]
+                .as_str()
+                .unwrap()
+                .to_lowercase()
+                .starts_with("erin")
+        })
+        .count();
+    assert_eq!(erins, 3, "one erin per round: {list}");
+}
+
+/// The database itself holds the rule (the index on `lower(username)`),
+/// so a write that skips the handler's check (two PostgreSQL transactions
+/// that both saw no match) is refused too: a unique violation, which the
+/// handlers answer 409.
+#[tokio::test]
+async fn the_database_refuses_a_case_variant_of_a_username() {
+    use crate::common::{drop_pg_database, fresh_pg_database, need, pg_available, pg_mode};
+    let dir = tempfile::tempdir().unwrap();
+    let url = if pg_mode() {
+        if !need("PostgreSQL", pg_available()) {
+            return;
+        }
+        fresh_pg_database()
+    } else {
+        format!("sqlite://{}", dir.path().join("users.db").display())
+    };
+    let db = frenly::store::Db::connect(&url, 1, 1).await.unwrap();
+    let user = |id: &str, name: &str| frenly::store::users::User {
+        id: id.into(),
+        username: name.into(),
+        email: String::new(),
+        password_hash: None,
+        roles: vec!["user".into()],
+        created_at: 0,
+        tokens_valid_after: 0,
+    };
+    assert!(frenly::store::users::insert(&db, &user("u1", "erin"))
+        .await
+        .unwrap());
+    let raw = sqlx::query(
+        "INSERT INTO users (id, username, email, password_hash, roles, created_at, tokens_valid_after) \
+         VALUES ('u2', 'ERIN', '', NULL, '[\"user\"]', 0, 0)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect_err("a case variant written around the check");
+    assert!(frenly::store::StoreError::from(raw).is_unique_violation());
+    assert!(frenly::store::users::insert(&db, &user("u3", "erin2"))
+        .await
+        .unwrap());
+    drop(db);
+    if pg_mode() {
+        drop_pg_database(&url);
+    }
+}
+
 // ---------------------------------------------------------------- login, JWT
 
 #[tokio::test]
