@@ -94,8 +94,52 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// Is the database out of reach or out of room rather than the request
+    /// at fault: no connection free within the pool's wait, the server
+    /// refusing or dropping connections (SQLSTATE classes 08 connection
+    /// exception and 53 insufficient resources, 57P01-57P03 shutdown or
+    /// starting up, 3D000 the database gone), or SQLite still locked after
+    /// its busy wait, or its disk full? Answered 503 `unavailable` with
+    /// `Retry-After`: the contract's code for a dependency that is down.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Sqlx(
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            StoreError::Sqlx(sqlx::Error::Database(e)) => match e.code().as_deref() {
+                // PostgreSQL's SQLSTATEs
+                Some(code) if code.len() == 5 => {
+                    code.starts_with("08")
+                        || code.starts_with("53")
+                        || matches!(code, "57P01" | "57P02" | "57P03" | "3D000")
+                }
+                // SQLite through sqlx reports its (extended) result code:
+                // BUSY, LOCKED, FULL and their extended forms
+                Some("5" | "6" | "13" | "261" | "262" | "517") => true,
+                _ => false,
+            },
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::DiskFull
+            ),
+            _ => false,
+        }
+    }
+}
+
 impl From<StoreError> for crate::http::ApiError {
     fn from(e: StoreError) -> Self {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "database unavailable");
+            return crate::http::ApiError::Unavailable;
+        }
         if e.is_unstorable_text() {
             // The handlers refuse NUL where they read text; this is the net
             // under any value they do not check.

@@ -1225,6 +1225,52 @@ async fn a_value_postgres_cannot_store_is_a_400() {
     drop_pg_database(&url);
 }
 
+/// A database that goes away is a dependency down, not a server fault:
+/// every route that needs it answers 503 `unavailable` with `Retry-After`
+/// (the contract's code), fast, and `/readyz` takes the instance out of
+/// rotation. And the mapping itself: a pool that found no free connection
+/// within its wait is 503, a corrupt row stays 500.
+#[tokio::test]
+async fn a_database_gone_is_503_unavailable_not_500() {
+    use crate::common::{drop_pg_database, fresh_pg_database, need, pg_available, pg_mode};
+    use frenly::store::StoreError;
+    let busy = frenly::http::ApiError::from(StoreError::Sqlx(sqlx::Error::PoolTimedOut));
+    assert_eq!(busy.status(), 503, "{busy:?}");
+    assert_eq!(
+        frenly::http::ApiError::from(StoreError::Corrupt("x".into())).status(),
+        500
+    );
+    if !pg_mode() || !need("PostgreSQL", pg_available()) {
+        return;
+    }
+    let url = fresh_pg_database();
+    let s = TestServer::with(Opts::default().database(&url)).await;
+    let id = create(&s, json!({"title": "before"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    drop_pg_database(&url);
+    let started = std::time::Instant::now();
+    let requests = [
+        s.admin_get("/api/tasks"),
+        s.admin_get(&format!("/api/tasks/{id}")),
+        s.admin_post("/api/tasks", &json!({"title": "after"})),
+        s.admin_get("/api/audit"),
+    ];
+    for r in requests {
+        let r = r.send().await.unwrap();
+        assert_eq!(r.headers()["retry-after"], "5");
+        let (status, code, _) = error_code(r).await;
+        assert_eq!((status, code.as_str()), (503, "unavailable"));
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(s.get("/readyz").send().await.unwrap().status(), 503);
+}
+
 /// A body naming a member twice is ambiguous (serde_json and Python keep
 /// the last, other parsers the first): every route that takes a JSON body
 /// refuses it with 400 `bad_request`, at any depth, and nothing is stored.
