@@ -533,6 +533,10 @@ pub fn patch_move(from: &str, to: &str) -> Result<(), ApiError> {
     }
 }
 
+/// How often a PATCH re-reads a task that changed between its read and its
+/// write before it answers 409.
+const PATCH_ATTEMPTS: usize = 8;
+
 async fn patch(
     State(state): State<AppState>,
     who: Authenticated,
@@ -540,40 +544,47 @@ async fn patch(
     Json(UniqueValue(body)): Json<UniqueValue>,
 ) -> Result<Json<TaskView>, ApiError> {
     let obj = state.task_rules.patch.validate(&body)?;
-    let cur = match store::get(&state.db, &id).await? {
-        Some(t) if can_change(&who, &t) => t,
-        _ => return Err(ApiError::NotFound),
-    };
-    let to = obj
-        .get("status")
-        .and_then(Value::as_str)
-        .unwrap_or(&cur.status)
-        .to_string();
-    patch_move(&cur.status, &to)?;
-    if !patch_changes(&state, &cur, obj, &to)? {
-        // nothing to write: no new `updated_at`, no `task_updated` event
-        return Ok(Json(TaskView::from_row(&state, cur)?));
+    for _ in 0..PATCH_ATTEMPTS {
+        let cur = match store::get(&state.db, &id).await? {
+            Some(t) if can_change(&who, &t) => t,
+            _ => return Err(ApiError::NotFound),
+        };
+        let to = obj
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or(&cur.status)
+            .to_string();
+        patch_move(&cur.status, &to)?;
+        if !patch_changes(&state, &cur, obj, &to)? {
+            // nothing to write: no new `updated_at`, no `task_updated` event
+            return Ok(Json(TaskView::from_row(&state, cur)?));
+        }
+        let mut next = cur.clone();
+        if let Some(t) = obj.get("title").and_then(Value::as_str) {
+            next.title = t.to_string();
+        }
+        match obj.get("description") {
+            Some(Value::String(d)) => next.description = Some(state.keyring.encrypt(d.as_bytes())),
+            Some(Value::Null) => next.description = None,
+            _ => {}
+        }
+        if let Some(p) = obj.get("priority").and_then(Value::as_str) {
+            next.priority = priority_value(p);
+        }
+        next.status = to;
+        next.updated_at = crate::store::now_ms().max(cur.updated_at + 1);
+        // Written only if nothing changed since `cur` was read; otherwise
+        // another PATCH, a claim or a re-encryption got there first: apply
+        // this one to what it left (each PATCH sets only its own fields).
+        if let Some(row) = store::update(&state.db, &next, &cur).await? {
+            let view = TaskView::from_row(&state, row)?;
+            publish(&state, EventKind::TaskUpdated, &view);
+            return Ok(Json(view));
+        }
     }
-    let mut next = cur.clone();
-    if let Some(t) = obj.get("title").and_then(Value::as_str) {
-        next.title = t.to_string();
-    }
-    match obj.get("description") {
-        Some(Value::String(d)) => next.description = Some(state.keyring.encrypt(d.as_bytes())),
-        Some(Value::Null) => next.description = None,
-        _ => {}
-    }
-    if let Some(p) = obj.get("priority").and_then(Value::as_str) {
-        next.priority = priority_value(p);
-    }
-    next.status = to;
-    next.updated_at = crate::store::now_ms();
-    let row = store::update(&state.db, &next, &cur.status)
-        .await?
-        .ok_or_else(|| ApiError::Conflict("the task changed meanwhile; read it again".into()))?;
-    let view = TaskView::from_row(&state, row)?;
-    publish(&state, EventKind::TaskUpdated, &view);
-    Ok(Json(view))
+    Err(ApiError::Conflict(
+        "the task kept changing meanwhile; read it again".into(),
+    ))
 }
 
 /// Does a validated PATCH body change anything in `cur`? (`{}`, or the

@@ -249,13 +249,18 @@ pub async fn list(db: &Db, f: &ListFilter) -> Result<(Vec<TaskRow>, bool)> {
     Ok((rows, cut))
 }
 
-/// Write the editable fields, only if the task is still in `expected` status.
-pub async fn update(db: &Db, t: &TaskRow, expected_status: &str) -> Result<Option<TaskRow>> {
-    let (t, expected) = (t.clone(), expected_status.to_owned());
+/// Write the editable fields of `next`, only if the row still holds what
+/// `read` held in them (its status, title, priority, description and
+/// `updated_at`): a compare-and-set, so a change made between the caller's
+/// read and this write is never overwritten. `None`: the row changed (or
+/// is gone); read it again.
+pub async fn update(db: &Db, next: &TaskRow, read: &TaskRow) -> Result<Option<TaskRow>> {
+    let (t, r) = (next.clone(), read.clone());
     changing(db, Some(t.id.clone()), nothing, move |db| async move {
         let row = sqlx::query(concat!(
             "UPDATE tasks SET title = $1, description = $2, priority = $3, status = $4, \
-             updated_at = $5 WHERE id = $6 AND status = $7 RETURNING ",
+             updated_at = $5 WHERE id = $6 AND status = $7 AND title = $8 AND priority = $9 \
+             AND COALESCE(description, '') = $10 AND updated_at = $11 RETURNING ",
             cols!()
         ))
         .bind(&t.title)
@@ -264,7 +269,11 @@ pub async fn update(db: &Db, t: &TaskRow, expected_status: &str) -> Result<Optio
         .bind(&t.status)
         .bind(t.updated_at)
         .bind(&t.id)
-        .bind(&expected)
+        .bind(&r.status)
+        .bind(&r.title)
+        .bind(r.priority)
+        .bind(r.description.as_deref().unwrap_or(""))
+        .bind(r.updated_at)
         .fetch_optional(&db.pool)
         .await?;
         opt(row)

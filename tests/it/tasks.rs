@@ -1225,6 +1225,54 @@ async fn a_value_postgres_cannot_store_is_a_400() {
     drop_pg_database(&url);
 }
 
+/// PATCHes of one task at the same moment, each setting its own field:
+/// every one answered 200 is in the task afterwards (none overwritten by
+/// another's stale read).
+#[tokio::test]
+async fn concurrent_patches_of_one_task_lose_no_change() {
+    let s = start().await;
+    for round in 0..10 {
+        let id = create(
+            &s,
+            json!({"title": "orig", "description": "d0", "priority": "low"}),
+        )
+        .await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let bodies = [
+            json!({"title": format!("title {round}")}),
+            json!({"priority": "high"}),
+            json!({"description": format!("description {round}")}),
+        ];
+        let sends: Vec<_> = bodies
+            .iter()
+            .map(|b| {
+                let req = s
+                    .client
+                    .patch(s.url(&format!("/api/tasks/{id}")))
+                    .header("X-API-Key", s.admin())
+                    .json(b);
+                tokio::spawn(req.send())
+            })
+            .collect();
+        for send in sends {
+            let r = send.await.unwrap().unwrap();
+            assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        }
+        let t: Value = get_task(&s, &id).await.json().await.unwrap();
+        assert_eq!(
+            (&t["title"], &t["priority"], &t["description"]),
+            (
+                &json!(format!("title {round}")),
+                &json!("high"),
+                &json!(format!("description {round}"))
+            ),
+            "round {round}: {t}"
+        );
+    }
+}
+
 /// A database that goes away is a dependency down, not a server fault:
 /// every route that needs it answers 503 `unavailable` with `Retry-After`
 /// (the contract's code), fast, and `/readyz` takes the instance out of
