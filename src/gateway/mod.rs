@@ -22,8 +22,10 @@
 //!    the upstream's base path, the query string kept as sent.
 //! 3. **upstream request** (header rewrite): hop-by-hop headers removed
 //!    (`Connection` and the headers it names, `Keep-Alive`, `Proxy-*`, `TE`
-//!    except `trailers`, `Trailer`, `Transfer-Encoding`, `Upgrade` except on
-//!    an upgrade); `X-Forwarded-For` (the one client address every layer
+//!    except `trailers`, `Trailer`, `Transfer-Encoding`, `HTTP2-Settings`,
+//!    `Upgrade` except on a WebSocket upgrade, the only protocol relayed;
+//!    `Connection` cannot name `Content-Type`, `-Encoding` or `-Length`);
+//!    `X-Forwarded-For` (the one client address every layer
 //!    uses), `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Frenly-User` (the
 //!    caller's user id) and `X-Request-Id` set by Frenly, incoming values
 //!    (and `Forwarded`, `X-Real-IP`) dropped, so they cannot be forged; the
@@ -268,9 +270,20 @@ pub fn routes(state: &AppState) -> Routes<AppState> {
     r
 }
 
-/// Is this an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`)?
+/// Is this an HTTP/1.1 WebSocket upgrade (`Connection: upgrade` +
+/// `Upgrade: websocket`)? The only upgrade the gateway relays: any other
+/// protocol (`h2c`, a made-up token) would turn the connection into a raw
+/// tunnel to the upstream that no layer sees (h2c smuggling: later requests
+/// to any upstream path, uninspected, unaudited, unlimited), so its
+/// `Upgrade` is dropped with the other hop-by-hop headers and the request
+/// goes on as a plain one.
 fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    let mut protocols = headers.get_all(header::UPGRADE).iter();
+    let websocket = match (protocols.next(), protocols.next()) {
+        (Some(v), None) => v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"),
+        _ => false,
+    };
+    websocket
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -289,6 +302,16 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .filter(|n| !(upgrade && *n == header::UPGRADE))
+        // end-to-end headers a sender cannot make hop-by-hop: the layers
+        // judged the body by its type and coding, the upstream must too
+        .filter(|n| {
+            ![
+                header::CONTENT_TYPE,
+                header::CONTENT_ENCODING,
+                header::CONTENT_LENGTH,
+            ]
+            .contains(n)
+        })
         .collect();
     for n in named {
         h.remove(n);
@@ -303,6 +326,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
         header::TRAILER,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
+        // h2c's upgrade parameters: meaningless without that upgrade
+        HeaderName::from_static("http2-settings"),
     ] {
         if upgrade && n == header::UPGRADE {
             continue;
@@ -386,13 +411,7 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
     let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
     // WebSocket messages go through the IDS when it is on for this path
     // (`ws.rs`); the relay re-frames them, so no extension is negotiated
-    let inspect_ws = (upgrade
-        && req
-            .headers()
-            .get(header::UPGRADE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
-        && state.apisec.ids.active_for(req.uri().path()))
-    .then(|| ws::Conn {
+    let inspect_ws = (upgrade && state.apisec.ids.active_for(req.uri().path())).then(|| ws::Conn {
         path: req.uri().path().to_string(),
         client,
         request_id: request_id.clone(),
@@ -482,6 +501,16 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
         p.set();
     }
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && !upgrade {
+        // a 101 to a request that asked for no upgrade it may have: never
+        // joined, never passed on
+        tracing::warn!(
+            upstream,
+            request_id,
+            "gateway: upstream switched protocols unasked"
+        );
+        return ApiError::BadGateway.into_response();
+    }
     if switching {
         if let Some(on_client) = on_client_upgrade {
             let on_upstream = hyper::upgrade::on(&mut resp);

@@ -1238,7 +1238,7 @@ async fn upstream_policy_headers_are_kept_and_defaults_fill_the_rest() {
 const BARE_400: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
 
 /// A raw upstream: each request gets its head (a 200 with
-/// `Content-Length: 47`, or a 101 to `Upgrade: foo` when asked), flushed
+/// `Content-Length: 47`, or a 101 to `Upgrade: websocket` when asked), flushed
 /// on its own, then after a pause [`BARE_400`] as the body or as the first
 /// bytes of the upgraded stream, so that Frenly writes them in a write of
 /// their own.
@@ -1259,9 +1259,9 @@ async fn bare_400_upstream() -> SocketAddr {
                 }
                 let upgrade = String::from_utf8_lossy(&head)
                     .to_ascii_lowercase()
-                    .contains("\r\nupgrade: foo\r\n");
+                    .contains("\r\nupgrade: websocket\r\n");
                 let answer: &[u8] = if upgrade {
-                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n"
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
                 } else {
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 47\r\nConnection: close\r\n\r\n"
                 };
@@ -1281,7 +1281,7 @@ async fn bare_400_upstream() -> SocketAddr {
 async fn bare_400_setup() -> TestServer {
     let up = bare_400_upstream().await;
     TestServer::with(Opts::default().plain().config(&format!(
-        "[[gateway.routes]]\nprefix = \"/raw/\"\nupstream = \"http://{up}\"\npermission = \"read:tasks\"\n"
+        "[ids.routes.\"/raw/\"]\nmode = \"off\"\n\n[[gateway.routes]]\nprefix = \"/raw/\"\nupstream = \"http://{up}\"\npermission = \"read:tasks\"\n"
     )))
     .await
 }
@@ -1341,15 +1341,68 @@ async fn an_upstream_body_that_looks_like_hypers_400_passes_untouched() {
     assert!(!metrics.contains("reason=\"malformed_http\""), "{metrics}");
 }
 
-/// The same bytes as the first of an upgraded stream (a non-WebSocket
-/// upgrade, relayed byte for byte) arrive as sent.
+/// h2c smuggling: an upgrade to anything but WebSocket (`h2c`, a made-up
+/// protocol) is never relayed, even to an upstream that would switch: the
+/// upstream sees a plain request (no `Upgrade`, no `HTTP2-Settings`), the
+/// client a plain answer on a connection that stays HTTP/1.1, so a request
+/// sent after it is still Frenly's to check. And `Connection` cannot strip
+/// the `Content-Type` the layers judged the body by.
+#[tokio::test]
+async fn only_websocket_upgrades_reach_the_upstream() {
+    use tokio::io::AsyncWriteExt;
+    let (up, _) = start_upstream().await;
+    let s = TestServer::with(Opts::default().plain().config(&config(up))).await;
+    for (upgrade, connection) in [
+        ("h2c", "Upgrade, HTTP2-Settings"),
+        ("foo", "upgrade"),
+        ("websocket, h2c", "upgrade"),
+    ] {
+        let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let req = format!(
+            "GET /v1/anything HTTP/1.1\r\nHost: x\r\nX-API-Key: {}\r\nConnection: {connection}\r\n\
+             Upgrade: {upgrade}\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n\
+             GET /v1/admin?x=%3Cscript%3Ealert(1)%3C/script%3E HTTP/1.1\r\nHost: x\r\n\
+             X-API-Key: {}\r\nConnection: close\r\n\r\n",
+            s.admin(),
+            s.admin()
+        );
+        c.write_all(req.as_bytes()).await.unwrap();
+        let got = read_until(&mut c, |_| false).await;
+        let text = String::from_utf8_lossy(&got).into_owned();
+        assert!(text.starts_with("HTTP/1.1 201 "), "{upgrade}: {text}");
+        assert!(!text.contains(" 101 "), "{upgrade}: {text}");
+        let lower = text.to_ascii_lowercase();
+        assert!(!lower.contains("\"upgrade\""), "{upgrade}: {text}");
+        assert!(!lower.contains("http2-settings"), "{upgrade}: {text}");
+        // the second request was parsed and judged by Frenly: blocked
+        assert!(text.contains("request_blocked"), "{upgrade}: {text}");
+    }
+    let r = s
+        .post("/v1/typed")
+        .header("X-API-Key", s.admin())
+        .header("Content-Type", "application/json")
+        .header(
+            "Connection",
+            "Content-Type, Content-Encoding, Content-Length",
+        )
+        .body(r#"{"a":1}"#)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["headers"]["content-type"], "application/json", "{v}");
+    assert_eq!(v["body"], r#"{"a":1}"#, "{v}");
+}
+
+/// The same bytes as the first of an upgraded stream (a WebSocket upgrade
+/// on a route with the IDS off, relayed byte for byte) arrive as sent.
 #[tokio::test]
 async fn upgraded_bytes_that_look_like_hypers_400_pass_untouched() {
     use tokio::io::AsyncWriteExt;
     let s = bare_400_setup().await;
     let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     let upgrade = format!(
-        "GET /raw/up HTTP/1.1\r\nHost: x\r\nX-API-Key: {}\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n",
+        "GET /raw/up HTTP/1.1\r\nHost: x\r\nX-API-Key: {}\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
         s.admin()
     );
     c.write_all(upgrade.as_bytes()).await.unwrap();
