@@ -132,8 +132,7 @@ async fn logout(
     };
     state
         .authn
-        .revocations
-        .revoke(&state.db, jti, exp.saturating_mul(1000))
+        .revoke_token(&state.db, jti, exp.saturating_mul(1000))
         .await?;
     state
         .shared

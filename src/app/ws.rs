@@ -13,9 +13,12 @@
 //! error with 1002); the server pings every
 //! [`PING_EVERY`] and drops a client silent for [`IDLE_TIMEOUT`].
 //!
-//! The handshake's credential is checked again every [`RECHECK_EVERY`]: a key
-//! revoked or expired, a JWT revoked or expired, or a deleted user closes the
-//! connection (close code 1008), and a changed role applies to the events
+//! The handshake's credential is checked again every [`RECHECK_EVERY`], and
+//! before the next event whenever a credential changed on this instance or
+//! another instance announced a change (`Authn::watch_changes`) or its own
+//! lifetime ended: a key revoked or expired, a JWT revoked or expired, or a
+//! deleted user closes the connection (close code 1008) and gets no event
+//! after the revocation's answer, and a changed role applies to the events
 //! that follow. (A failure of the credential store itself keeps the
 //! connection: the next check decides.)
 
@@ -28,7 +31,7 @@ use http::Method;
 
 use super::events::{Event, Next, Subscription};
 use super::AppState;
-use crate::authn::Authenticated;
+use crate::authn::{AuthKind, Authenticated};
 use crate::authz::{Access, RouteDoc, Routes};
 use crate::http::ApiError;
 
@@ -140,11 +143,25 @@ async fn serve(
     ping.tick().await;
     let mut verify = tokio::time::interval(RECHECK_EVERY);
     verify.tick().await;
+    let mut changes = state.authn.watch_changes();
+    changes.mark_unchanged();
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
             next = sub.next() => match next {
                 Next::Event(ev) => {
+                    // A credential revoked (here or, announced, elsewhere)
+                    // or expired since the last check gets nothing more.
+                    if changes.has_changed().unwrap_or(false) || expired(&who) {
+                        changes.mark_unchanged();
+                        match recheck(&state, &who, &credential).await {
+                            Some(now) => who = now,
+                            None => {
+                                refuse(&who, &mut socket).await;
+                                break;
+                            }
+                        }
+                    }
                     if deliver(&who, &ev) && !send(&mut socket, Message::Text(ev.json.as_ref().into())).await {
                         tracing::debug!(user = %who.user_id, "websocket client too slow; disconnected");
                         break;
@@ -173,9 +190,7 @@ async fn serve(
             _ = verify.tick() => match recheck(&state, &who, &credential).await {
                 Some(now) => who = now,
                 None => {
-                    tracing::debug!(user = %who.user_id, "websocket credential no longer valid; closing");
-                    let frame = CloseFrame { code: 1008, reason: "credential revoked or expired".into() };
-                    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+                    refuse(&who, &mut socket).await;
                     break;
                 }
             },
@@ -212,6 +227,30 @@ pub fn close_reason(e: &tokio_tungstenite::tungstenite::Error) -> Option<(u16, &
         Error::Utf8(_) => Some((1007, "text frames must be UTF-8")),
         Error::Protocol(_) => Some((1002, "protocol error")),
         _ => None,
+    }
+}
+
+/// Close with 1008: the credential no longer works.
+async fn refuse(who: &Authenticated, socket: &mut WebSocket) {
+    tracing::debug!(user = %who.user_id, "websocket credential no longer valid; closing");
+    let frame = CloseFrame {
+        code: 1008,
+        reason: "credential revoked or expired".into(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        socket.send(Message::Close(Some(frame))),
+    )
+    .await;
+}
+
+/// Has the credential's own lifetime ended (a JWT's `exp`, a key's expiry
+/// or the end of a rotated-out secret's grace)?
+fn expired(who: &Authenticated) -> bool {
+    let now = crate::store::now_ms();
+    match &who.auth {
+        AuthKind::Jwt { exp, .. } => exp.saturating_mul(1000) <= now,
+        AuthKind::ApiKey { valid_until, .. } => *valid_until <= now,
     }
 }
 

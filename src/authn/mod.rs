@@ -286,6 +286,11 @@ pub struct Authn {
     users: cache::TtlCache<String, UserEntry>,
     /// The newest revocation epoch seen (shared state; 0 without Redis).
     epoch: std::sync::atomic::AtomicU64,
+    /// Moved whenever a credential may have stopped working on this instance
+    /// (a revocation, rotation or user change here, or one another instance
+    /// announced): open WebSockets verify theirs again before their next
+    /// event ([`Authn::watch_changes`]).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Authn {
@@ -313,6 +318,7 @@ impl Authn {
             keys: cache::TtlCache::new(CACHE_TTL_MS, CACHE_CAP),
             users: cache::TtlCache::new(CACHE_TTL_MS, CACHE_CAP),
             epoch: std::sync::atomic::AtomicU64::new(0),
+            changes: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -544,9 +550,48 @@ impl Authn {
     /// increase: a Redis that restarted empty starts the epoch again.
     pub fn observe_epoch(&self, epoch: u64) {
         if self.epoch.swap(epoch, Ordering::AcqRel) != epoch {
-            self.keys.clear();
-            self.users.clear();
+            self.forget_all();
         }
+    }
+
+    /// Another instance changed credentials: drop every cached one.
+    pub fn forget_all(&self) {
+        self.keys.clear();
+        self.users.clear();
+        self.changed();
+    }
+
+    /// Log a JWT out: persisted, refused here at once (and open WebSockets
+    /// carrying it are closed before their next event).
+    pub async fn revoke_token(&self, db: &Db, jti: &str, expires_at_ms: i64) -> store::Result<()> {
+        self.revocations.revoke(db, jti, expires_at_ms).await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// Another instance logged a JWT out.
+    pub fn token_revoked_elsewhere(&self, jti: &str, expires_at_ms: i64) {
+        self.revocations.insert_local(jti, expires_at_ms);
+        self.changed();
+    }
+
+    /// Revocations loaded from the database (catching up after a Redis
+    /// outage, when other instances' announcements may have been lost).
+    pub async fn reload_revocations(&self, db: &Db) -> store::Result<()> {
+        self.revocations.load(db).await?;
+        self.forget_all();
+        Ok(())
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Tells when a credential may have stopped working: a long-lived
+    /// connection checks `has_changed` before it serves anything more and,
+    /// when it has, verifies its credential again.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The `jti` of the request's bearer JWT, read WITHOUT verifying it, so
@@ -584,12 +629,14 @@ impl Authn {
         self.keys.invalidate(
             |e| matches!(&e.principal.auth, AuthKind::ApiKey { key_id: k, .. } if k == key_id),
         );
+        self.changed();
     }
 
     /// A user was deleted or changed: forget their keys and user entry at once.
     pub fn invalidate_user(&self, user_id: &str) {
         self.keys.invalidate(|e| e.principal.user_id == user_id);
         self.users.invalidate(|u| u.user_id == user_id);
+        self.changed();
     }
 }
 

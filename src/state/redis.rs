@@ -107,6 +107,9 @@ enum Msg {
         jti: String,
         exp_ms: i64,
     },
+    /// A key was revoked or rotated, or a user deleted or changed: drop
+    /// cached credentials (the epoch tells the same to the next request).
+    Credentials,
 }
 
 /// The `{limit, remaining, reset}` a script's rate window returned (lib.lua's
@@ -427,6 +430,8 @@ impl RedisState {
                 jti: j.to_string(),
                 exp_ms,
             });
+        } else {
+            self.send(Msg::Credentials);
         }
         p.incr(&epoch, 1).ignore();
         let done: Option<()> = self
@@ -622,7 +627,8 @@ fn apply(app: &crate::app::AppInner, msg: Msg) {
                     .set(app.network.bans.active_count(now) as i64);
             }
         }
-        Msg::Revoked { jti, exp_ms } => app.authn.revocations.insert_local(&jti, exp_ms),
+        Msg::Revoked { jti, exp_ms } => app.authn.token_revoked_elsewhere(&jti, exp_ms),
+        Msg::Credentials => app.authn.forget_all(),
     }
 }
 

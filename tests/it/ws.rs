@@ -282,6 +282,101 @@ async fn revoking_the_key_closes_its_open_websocket() {
     }
 }
 
+/// A WebSocket whose credential is revoked gets no event after the
+/// revocation's answer: the next event makes the server verify the
+/// credential again and close (1008) at once, not at the periodic check.
+/// Both kinds: a JWT logged out, an API key revoked; the events come from
+/// the same user's other credential, so they would be visible.
+#[tokio::test]
+async fn no_event_reaches_a_websocket_after_its_credential_is_revoked() {
+    let s = start().await;
+    let other_key = crate::common::user_key(&s, "wsgone", &["user"]).await;
+    let login: Value = s
+        .post("/api/auth/login")
+        .json(&json!({"username": "wsgone", "password": "a long enough passphrase 123"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap().to_string();
+    let (revoked_key, revoked_key_id) = {
+        let v: Value = s
+            .post("/api/keys")
+            .header("X-API-Key", &other_key)
+            .json(&json!({"name": "second"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (
+            v["key"].as_str().unwrap().to_string(),
+            v["id"].as_str().unwrap().to_string(),
+        )
+    };
+    for case in ["jwt", "key"] {
+        let mut req = format!("wss://{}/api/ws", s.addr)
+            .into_client_request()
+            .unwrap();
+        match case {
+            "jwt" => req
+                .headers_mut()
+                .insert("Authorization", format!("Bearer {token}").parse().unwrap()),
+            _ => req
+                .headers_mut()
+                .insert("X-API-Key", revoked_key.parse().unwrap()),
+        };
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector(&s)))
+                .await
+                .unwrap();
+        let r = match case {
+            "jwt" => s
+                .post("/api/auth/logout")
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap(),
+            _ => s
+                .client
+                .delete(format!("{}/api/keys/{revoked_key_id}", s.base))
+                .header("X-API-Key", &other_key)
+                .send()
+                .await
+                .unwrap(),
+        };
+        assert_eq!(r.status(), 204, "{case}");
+        let revoked = Instant::now();
+        let r = s
+            .post("/api/tasks")
+            .header("X-API-Key", &other_key)
+            .json(&json!({"title": "after the revocation", "input": {"secret": 1}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{case}");
+        loop {
+            match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+                Ok(Some(Ok(Message::Close(Some(f))))) => {
+                    assert_eq!(u16::from(f.code), 1008, "{case}");
+                    break;
+                }
+                Ok(Some(Ok(Message::Text(t)))) => panic!("{case}: event after revocation: {t}"),
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("{case}: expected a 1008 close, got {other:?}"),
+            }
+        }
+        assert!(
+            revoked.elapsed() < frenly::app::ws::RECHECK_EVERY - Duration::from_secs(2),
+            "{case}: closed only at the periodic check ({:?})",
+            revoked.elapsed()
+        );
+    }
+}
+
 /// The close code the server ends `ws` with (events before it are skipped).
 async fn close_code(ws: &mut Ws) -> u16 {
     loop {
