@@ -578,8 +578,9 @@ impl Authn {
     /// Revocations loaded from the database (catching up after a Redis
     /// outage, when other instances' announcements may have been lost).
     pub async fn reload_revocations(&self, db: &Db) -> store::Result<()> {
-        self.revocations.load(db).await?;
-        self.forget_all();
+        if self.revocations.load(db).await? > 0 {
+            self.changed();
+        }
         Ok(())
     }
 

@@ -32,13 +32,16 @@ impl Revocations {
         Revocations::default()
     }
 
-    /// Load the live revocations from the database (at start).
-    pub async fn load(&self, db: &Db) -> store::Result<()> {
+    /// Load the live revocations from the database (at start, and when
+    /// catching up after a Redis outage); how many were new here.
+    pub async fn load(&self, db: &Db) -> store::Result<usize> {
         let now = store::now_ms();
         let _ = store::revoked::prune(db, now).await;
         let live = store::revoked::live(db, now).await?;
-        self.jtis.write().extend(live);
-        Ok(())
+        let mut m = self.jtis.write();
+        let before = m.len();
+        m.extend(live);
+        Ok(m.len() - before)
     }
 
     /// Revoke `jti` until `expires_at_ms` (the token's `exp`).

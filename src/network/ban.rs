@@ -176,6 +176,19 @@ impl Bans {
         self.len.store(map.len(), Ordering::Relaxed);
     }
 
+    /// Insert a stored ban unless this address already has one lasting at
+    /// least as long (catching up from the database).
+    pub fn merge(&self, rec: BanRecord) {
+        let longer = self
+            .map
+            .read()
+            .get(&rec.key)
+            .is_some_and(|b| b.until_ms >= rec.until_ms);
+        if !longer {
+            self.put(rec);
+        }
+    }
+
     /// Lift an active ban (offences are forgotten too). `false` when `key`
     /// is not banned now.
     pub fn lift(&self, key: &IpAddr, now_ms: i64) -> bool {

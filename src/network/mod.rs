@@ -166,6 +166,25 @@ impl Network {
         Ok(())
     }
 
+    /// Merge the active bans stored in the database into this instance's
+    /// table (bans other instances made while their announcements could not
+    /// reach this one).
+    pub async fn reload_bans(&self, db: &crate::store::Db) -> crate::store::Result<()> {
+        let rows = crate::store::bans::load(db, crate::store::now_ms()).await?;
+        for r in rows {
+            if let Some(key) = ban::parse_key(&r.ip, self.group_v6) {
+                self.bans.merge(BanRecord {
+                    key,
+                    until_ms: r.until_ms,
+                    reason: r.reason,
+                    created_at: r.created_at,
+                    offences: r.offences,
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub fn allowlisted(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.allowlist.iter().any(|n| n.contains(&ip))

@@ -37,9 +37,17 @@
 //! `fail_open` serves on the local state of this instance; `fail_closed`
 //! refuses `/api/*` with 503 `unavailable`.
 //!
+//! While an instance's subscription is down it reads the revocations and
+//! bans stored in the database every `redis::CATCH_UP_EVERY` (other
+//! instances' announcements may be lost), and once more when it is back;
+//! revocations, bans and lifts it made while Redis was out of reach are
+//! set in Redis and announced then (`RedisState::replay`), for the
+//! instances that never lost Redis.
+//!
 //! Not covered: events published while Redis is down or the subscriber is
 //! reconnecting are not replayed; counters kept locally during an outage are
-//! not merged back into Redis afterwards.
+//! not merged back into Redis afterwards; a lift made during an outage
+//! reaches the other instances only when the lifting instance reconnects.
 
 pub mod redis;
 
@@ -149,6 +157,11 @@ impl SharedState {
             if r.policy == FailurePolicy::FailClosed {
                 return (Decision::Unavailable, None);
             }
+            let d = self.check_local(net, key, wall_ms);
+            if let Decision::BurstBan(Some(rec)) = &d {
+                r.unshared_ban(net, rec);
+            }
+            return (d, None);
         }
         (self.check_local(net, key, wall_ms), None)
     }
@@ -206,6 +219,11 @@ impl SharedState {
                 }
                 return res;
             }
+            let rec = net.bans.ban(key, len, reason, now_ms);
+            if let Some(rec) = &rec {
+                r.unshared_ban(net, rec);
+            }
+            return rec;
         }
         net.bans.ban(key, len, reason, now_ms)
     }
@@ -217,6 +235,7 @@ impl SharedState {
             if let Some(shared) = r.lift(net, key).await {
                 return shared || local;
             }
+            r.unshared_lift(net, key);
         }
         local
     }

@@ -74,7 +74,19 @@ pub struct RedisState {
     publisher: mpsc::Sender<String>,
     /// `limits.ddos.max_ban_seconds` in ms: how long offences are remembered.
     memory_ms: u64,
+    /// Revocations, bans and lifts made here while Redis was out of reach:
+    /// announced again once it is back ([`RedisState::replay`]), so that
+    /// instances that never lost Redis learn them too.
+    unshared: parking_lot::Mutex<Vec<Msg>>,
 }
+
+/// The most changes kept for [`RedisState::replay`]; beyond, the oldest
+/// are dropped (other instances still read them from the database when
+/// their own subscription breaks).
+const UNSHARED_MAX: usize = 10_000;
+/// How often an instance whose subscription is down reads the database for
+/// the revocations and bans other instances made meanwhile.
+pub const CATCH_UP_EVERY: Duration = Duration::from_secs(5);
 
 /// One pub/sub message.
 #[derive(Debug, Serialize, Deserialize)]
@@ -152,6 +164,7 @@ impl RedisState {
             },
             publisher: tx,
             memory_ms: cfg.limits.ddos.max_ban_seconds.saturating_mul(1000),
+            unshared: parking_lot::Mutex::new(Vec::new()),
         });
         tokio::spawn(probe(Arc::downgrade(&state)));
         tokio::spawn(publish_loop(Arc::downgrade(&state), rx));
@@ -418,6 +431,13 @@ impl RedisState {
         let epoch = format!("{}epoch", self.prefix);
         let mut p = redis::pipe();
         p.atomic();
+        let msg = match jti {
+            Some((j, exp_ms)) => Msg::Revoked {
+                jti: j.to_string(),
+                exp_ms,
+            },
+            None => Msg::Credentials,
+        };
         if let Some((j, exp_ms)) = jti {
             let ttl = (exp_ms - crate::store::now_ms()).max(1000);
             p.cmd("SET")
@@ -438,7 +458,83 @@ impl RedisState {
             .call(|mut c| async move { p.query_async(&mut c).await })
             .await;
         if done.is_none() {
-            tracing::warn!("revocation not shared: other instances see it within the cache TTL");
+            tracing::warn!("revocation not shared yet: announced again when Redis is back");
+            self.unshared_push(msg);
+        }
+    }
+
+    /// Remember a change other instances could not be told about.
+    fn unshared_push(&self, msg: Msg) {
+        let mut v = self.unshared.lock();
+        if v.len() >= UNSHARED_MAX {
+            v.remove(0);
+        }
+        v.push(msg);
+    }
+
+    /// A ban or lift decided while Redis was out of reach.
+    pub fn unshared_ban(&self, net: &Network, rec: &BanRecord) {
+        self.unshared_push(Msg::Ban {
+            ip: key_string(rec.key, net.group_v6),
+            until_ms: rec.until_ms,
+            reason: rec.reason.clone(),
+            created_at: rec.created_at,
+            offences: rec.offences,
+        });
+    }
+
+    pub fn unshared_lift(&self, net: &Network, key: IpAddr) {
+        self.unshared_push(Msg::Lift {
+            ip: key_string(key, net.group_v6),
+        });
+    }
+
+    /// Redis is back: set in it, and announce, what was decided here while
+    /// it was out of reach (in order; what fails again stays queued).
+    async fn replay(&self, net: &Network) {
+        let pending = std::mem::take(&mut *self.unshared.lock());
+        if !pending.is_empty() {
+            tracing::info!(
+                changes = pending.len(),
+                "announcing changes made while Redis was out of reach"
+            );
+        }
+        let now = crate::store::now_ms();
+        for msg in pending {
+            match msg {
+                Msg::Revoked { jti, exp_ms } => self.bump_epoch(Some((&jti, exp_ms))).await,
+                Msg::Credentials => self.bump_epoch(None).await,
+                Msg::Ban {
+                    ip,
+                    until_ms,
+                    reason,
+                    ..
+                } if until_ms > now => {
+                    let Some(key) = parse_key(&ip, net.group_v6) else {
+                        continue;
+                    };
+                    let secs = ((until_ms - now) as u64).div_ceil(1000);
+                    match self.ban(net, key, Length::Fixed(secs), &reason).await {
+                        Some(Some(rec)) => self.publish_ban(net, &rec),
+                        Some(None) => {}
+                        None => self.unshared_push(Msg::Ban {
+                            ip,
+                            until_ms,
+                            reason,
+                            created_at: now,
+                            offences: 1,
+                        }),
+                    }
+                }
+                Msg::Lift { ip } => {
+                    if let Some(key) = parse_key(&ip, net.group_v6) {
+                        if self.lift(net, key).await.is_none() {
+                            self.unshared_lift(net, key);
+                        }
+                    }
+                }
+                Msg::Ban { .. } | Msg::Event { .. } => {}
+            }
         }
     }
 
@@ -553,6 +649,11 @@ impl RedisState {
         let me = Arc::downgrade(&self);
         drop(self);
         tokio::spawn(async move {
+            // Whether messages may have been missed since the state was
+            // loaded (at start) or last caught up: the subscription broke or
+            // never came up.
+            let mut missed = false;
+            let mut caught_up = tokio::time::Instant::now();
             loop {
                 let Some(r) = me.upgrade() else { return };
                 let (client, channel) = (r.client.clone(), r.channel());
@@ -564,6 +665,21 @@ impl RedisState {
                 })
                 .await;
                 if let Ok(Ok(ps)) = sub {
+                    if std::mem::take(&mut missed) {
+                        // subscribed first, so nothing falls between the
+                        // database read and the messages
+                        let (Some(r), Some(app)) = (me.upgrade(), app.upgrade()) else {
+                            return;
+                        };
+                        catch_up(&app).await;
+                        // the probe marks Redis up on its own beat (calls
+                        // are skipped until it has)
+                        let wait = tokio::time::Instant::now() + PROBE_DOWN * 8;
+                        while !r.is_up() && tokio::time::Instant::now() < wait {
+                            tokio::time::sleep(PROBE_DOWN / 5).await;
+                        }
+                        r.replay(&app.network).await;
+                    }
                     let mut stream = ps.into_on_message();
                     while let Some(msg) = stream.next().await {
                         let (Some(r), Some(app)) = (me.upgrade(), app.upgrade()) else {
@@ -576,10 +692,33 @@ impl RedisState {
                         }
                     }
                 }
+                missed = true;
+                if caught_up.elapsed() >= CATCH_UP_EVERY {
+                    let Some(app) = app.upgrade() else { return };
+                    catch_up(&app).await;
+                    caught_up = tokio::time::Instant::now();
+                }
                 tokio::time::sleep(PROBE_DOWN).await;
             }
         });
     }
+}
+
+/// Read the revocations and bans other instances stored in the database
+/// (what their messages would have said) into this instance's mirrors:
+/// every [`CATCH_UP_EVERY`] while the subscription is down, and once when
+/// it is back.
+async fn catch_up(app: &crate::app::AppInner) {
+    if let Err(e) = app.authn.reload_revocations(&app.db).await {
+        tracing::warn!(error = %e, "cannot read revocations from the database");
+    }
+    if let Err(e) = app.network.reload_bans(&app.db).await {
+        tracing::warn!(error = %e, "cannot read bans from the database");
+    }
+    let now = crate::store::now_ms();
+    app.metrics
+        .active_bans
+        .set(app.network.bans.active_count(now) as i64);
 }
 
 /// Apply another instance's message to this instance.

@@ -60,11 +60,16 @@ async fn pair(limits: &str) -> Pair {
 
 /// Two instances; `extra`: more config sections for both.
 async fn pair_with(limits: &str, extra: &str) -> Pair {
+    pair_via([REDIS, REDIS], limits, extra).await
+}
+
+/// Two instances reaching the same Redis at these URLs (A's, B's).
+async fn pair_via(redis: [&str; 2], limits: &str, extra: &str) -> Pair {
     let db = PgDb(fresh_pg_database());
     let prefix = prefix();
     let a = TestServer::with(
         Opts::default()
-            .config(&config(limits, &prefix, REDIS, extra))
+            .config(&config(limits, &prefix, redis[0], extra))
             .database(&db.0),
     )
     .await;
@@ -75,7 +80,7 @@ async fn pair_with(limits: &str, extra: &str) -> Pair {
     );
     let b = TestServer::with(
         Opts::default()
-            .config(&config(limits, &prefix, REDIS, &shared))
+            .config(&config(limits, &prefix, redis[1], &shared))
             .database(&db.0),
     )
     .await;
@@ -731,4 +736,161 @@ async fn an_offline_revoke_reaches_running_instances_at_once() {
         "B still accepts it"
     );
     assert_eq!(whoami(&p.a).await.unwrap().status(), 401);
+}
+
+/// A TCP relay to the suite's Redis that the test can cut (every relayed
+/// connection dropped, new ones refused) and restore: one instance losing
+/// Redis while the other keeps it.
+struct Cuttable {
+    url: String,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Cuttable {
+    async fn start() -> Cuttable {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if *watch.borrow() {
+                    continue;
+                }
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut redis) = tokio::net::TcpStream::connect("127.0.0.1:6379").await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut redis) => {}
+                        _ = watch.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Cuttable { url, cut }
+    }
+
+    fn set(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+/// Does `s` report its Redis `state` ("ok", "down") within 5 s?
+async fn redis_becomes(s: &TestServer, state: &str) -> bool {
+    within(Duration::from_secs(5), || async {
+        readyz(s).await.1["checks"]["redis"] == state
+    })
+    .await
+    .is_some()
+}
+
+/// Revocations and bans made while Redis is out of reach still reach every
+/// instance: while both have lost it, through the database (each reads it
+/// every few seconds while its subscription is down); when only the one
+/// that made them has, by being announced when it is back.
+#[tokio::test]
+async fn a_logout_and_a_ban_made_without_redis_reach_the_other_instance() {
+    if !services() {
+        return;
+    }
+    let (ra, rb) = (Cuttable::start().await, Cuttable::start().await);
+    let p = pair_via([ra.url.as_str(), rb.url.as_str()], "", "").await;
+    let admin = admin_of(&p).to_string();
+    let r =
+        p.a.admin_post(
+            "/api/users",
+            &json!({"username": "outage", "email": "o@example.com", "password": "a long enough passphrase 1", "roles": ["user"]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let login = || async {
+        let v: Value =
+            p.a.post("/api/auth/login")
+                .json(&json!({"username": "outage", "password": "a long enough passphrase 1"}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        v["access_token"].as_str().unwrap().to_string()
+    };
+    let jwt_status = |s: &TestServer, jwt: String| {
+        let r = s.get("/api/auth/whoami").bearer_auth(jwt).send();
+        async move { r.await.unwrap().status().as_u16() }
+    };
+    let ip_status = |s: &TestServer, ip: &'static str| {
+        let r = as_client(s, ip, &admin, "/api/auth/whoami").send();
+        async move { r.await.unwrap().status().as_u16() }
+    };
+    assert!(redis_becomes(&p.a, "ok").await && redis_becomes(&p.b, "ok").await);
+
+    // both lose Redis: the database carries the change
+    let jwt = login().await;
+    assert_eq!(jwt_status(&p.b, jwt.clone()).await, 200);
+    ra.set(true);
+    rb.set(true);
+    assert!(redis_becomes(&p.a, "down").await && redis_becomes(&p.b, "down").await);
+    let r =
+        p.a.post("/api/auth/logout")
+            .bearer_auth(&jwt)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 204);
+    let r =
+        p.a.admin_post(
+            "/api/security/bans",
+            &json!({"ip": "203.0.113.21", "seconds": 300}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let refused = within(Duration::from_secs(9), || async {
+        jwt_status(&p.b, jwt.clone()).await == 401 && ip_status(&p.b, "203.0.113.21").await == 403
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "B still takes the logged-out token or the banned address"
+    );
+    ra.set(false);
+    rb.set(false);
+    assert!(redis_becomes(&p.a, "ok").await && redis_becomes(&p.b, "ok").await);
+    assert_eq!(jwt_status(&p.b, jwt.clone()).await, 401);
+    assert_eq!(ip_status(&p.b, "203.0.113.21").await, 403);
+
+    // only A loses Redis: A announces its changes when it is back
+    let jwt = login().await;
+    assert_eq!(jwt_status(&p.b, jwt.clone()).await, 200);
+    ra.set(true);
+    assert!(redis_becomes(&p.a, "down").await);
+    let r =
+        p.a.post("/api/auth/logout")
+            .bearer_auth(&jwt)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 204);
+    let r =
+        p.a.admin_post(
+            "/api/security/bans",
+            &json!({"ip": "203.0.113.22", "seconds": 300}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    ra.set(false);
+    assert!(redis_becomes(&p.a, "ok").await);
+    let refused = within(Duration::from_secs(3), || async {
+        jwt_status(&p.b, jwt.clone()).await == 401 && ip_status(&p.b, "203.0.113.22").await == 403
+    })
+    .await;
+    assert!(refused.is_some(), "B never learnt what A did without Redis");
 }
