@@ -13,7 +13,7 @@ fn main() {
     let code = match frenly::cli::run(cli) {
         Ok(code) => code,
         Err(f) => {
-            eprintln!("frenly: error: {}", f.message.replace('\n', " "));
+            frenly::errln!("frenly: error: {}", f.message.replace('\n', " "));
             f.code
         }
     };

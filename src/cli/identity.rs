@@ -146,7 +146,7 @@ pub fn keys(cfg: Config, cmd: KeysCmd) -> CmdResult {
                         e.message, k.id
                     )));
                 }
-                eprintln!(
+                crate::errln!(
                     "frenly: created key {} for `{}` ({}), expires {}; the key above is shown only once",
                     k.id,
                     u.username,
@@ -180,7 +180,7 @@ pub fn keys(cfg: Config, cmd: KeysCmd) -> CmdResult {
                 store::keys::revoke(&db, &id, store::now_ms())
                     .await
                     .map_err(fail_store)?;
-                eprintln!("frenly: key {id} revoked");
+                crate::errln!("frenly: key {id} revoked");
                 tell_instances(&cfg).await;
                 Ok(0)
             }
@@ -198,7 +198,7 @@ async fn tell_instances(cfg: &Config) {
     if let Err(e) =
         crate::state::redis::RedisState::bump_epoch_offline(url, &cfg.state.redis_prefix).await
     {
-        eprintln!(
+        crate::errln!(
             "frenly: warning: could not reach Redis ({e}); running instances notice within {} s",
             crate::authn::CACHE_TTL_MS / 1000
         );
@@ -275,7 +275,7 @@ pub fn users(cfg: Config, cmd: UsersCmd) -> CmdResult {
                     .await
                     .map_err(identity_failure)?;
                 outln!("{}", u.id)?;
-                eprintln!(
+                crate::errln!(
                     "frenly: created user `{}` ({})",
                     u.username,
                     u.roles.join(",")
@@ -303,7 +303,7 @@ pub fn users(cfg: Config, cmd: UsersCmd) -> CmdResult {
                 identity::delete_user(&db, &u)
                     .await
                     .map_err(identity_failure)?;
-                eprintln!("frenly: removed user `{username}`, their keys and tokens");
+                crate::errln!("frenly: removed user `{username}`, their keys and tokens");
                 tell_instances(&cfg).await;
                 Ok(0)
             }
@@ -329,7 +329,7 @@ pub fn token(cfg: Config, args: TokenArgs) -> CmdResult {
         let claims = jwt::Claims::new(&u.id, names, store::now_ms().div_euclid(1000), ttl);
         let token = v.sign(&claims).map_err(Failure::refused)?;
         outln!("{token}")?;
-        eprintln!(
+        crate::errln!(
             "frenly: token for `{}` valid until {}",
             u.username,
             store::rfc3339(claims.exp.saturating_mul(1000))

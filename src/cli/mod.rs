@@ -7,6 +7,19 @@
 //! (`frenly firewall --format nftables | nft -c -f -` with `nft` missing,
 //! `frenly users list | head -1`), and the contract allows no panic. A
 //! failed write is one stderr line and exit 1, like any refused operation.
+//! Notes and errors go through [`errln!`], never `eprintln!`, for the same
+//! reason on standard error.
+
+/// `eprintln!` for notes and errors, which ignores a failed write:
+/// `eprintln!` panics when standard error is a closed pipe too
+/// (`frenly keys list 2>&1 | head -1`), and there is nowhere left to say so.
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 /// `println!` for command output, returning `Result<(), Failure>`.
 macro_rules! outln {

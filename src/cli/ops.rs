@@ -58,7 +58,7 @@ pub fn firewall(cfg: Config, a: FirewallArgs) -> CmdResult {
     super::write_stdout(format_args!("{rules}"))?;
     if a.apply {
         fw::apply(format, &rules).map_err(Failure::refused)?;
-        eprintln!("frenly: firewall rules applied");
+        crate::errln!("frenly: firewall rules applied");
     }
     Ok(0)
 }
@@ -75,7 +75,7 @@ pub fn check(g: &Global) -> CmdResult {
         }
         outln!("{}", checklist::line(name, &o))?;
     }
-    eprintln!(
+    crate::errln!(
         "frenly check: {} items, {failed} failed, {warned} warnings",
         checklist::ITEMS.len()
     );
@@ -107,7 +107,7 @@ fn audit_verify(files: &[PathBuf]) -> CmdResult {
         Err(why) => {
             outln!("BROKEN {why}")?;
             if why.contains("line 1:") && why.contains("prev_hash") {
-                eprintln!(
+                crate::errln!(
                     "frenly: if older rotated files exist, pass them first: FILE.1 FILE.2 ... FILE"
                 );
             }
@@ -272,7 +272,7 @@ async fn wait_for_alerts(cfg: &Config, alerts: &crate::monitoring::alerts::Alert
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("frenly: some alerts were not delivered before exit");
+    crate::errln!("frenly: some alerts were not delivered before exit");
 }
 
 /// `frenly bench ARGS...`: the load benchmark lives in the source tree

@@ -8,8 +8,10 @@ use crate::config::Config;
 use crate::server::Server;
 
 fn print_admin_key(key: &str) {
-    eprintln!("frenly: first start: created user `admin`; its API key (shown once, store it now):");
-    eprintln!("{key}");
+    crate::errln!(
+        "frenly: first start: created user `admin`; its API key (shown once, store it now):"
+    );
+    crate::errln!("{key}");
 }
 
 pub fn serve(cfg: Config) -> CmdResult {
@@ -34,9 +36,9 @@ pub fn serve(cfg: Config) -> CmdResult {
         let addr = server.listener.local_addr().map_err(Failure::refused)?;
         let scheme = if cfg.network.tls { "https" } else { "http" };
         tracing::info!("listening on {scheme}://{addr}");
-        eprintln!("frenly: listening on {scheme}://{addr}");
+        crate::errln!("frenly: listening on {scheme}://{addr}");
         server.run(crate::server::shutdown_signal()).await?;
-        eprintln!("frenly: stopped");
+        crate::errln!("frenly: stopped");
         Ok(0)
     })
 }
@@ -53,7 +55,7 @@ async fn start_metrics_listener(
         .map_err(|e| Failure::refused(format!("cannot listen on {addr} (metrics.listen): {e}")))?;
     let local = listener.local_addr().map_err(Failure::refused)?;
     tracing::info!("metrics listening on http://{local}/metrics");
-    eprintln!("frenly: metrics listening on http://{local}/metrics");
+    crate::errln!("frenly: metrics listening on http://{local}/metrics");
     let app = crate::monitoring::api::metrics_router(state);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -73,9 +75,9 @@ pub fn init(cfg: Config) -> CmdResult {
             .map_err(Failure::from)?;
         match &key {
             Some(k) => print_admin_key(k),
-            None => eprintln!("frenly: already initialised; no new admin key"),
+            None => crate::errln!("frenly: already initialised; no new admin key"),
         }
-        eprintln!("frenly: initialised {}", cfg.data_dir.display());
+        crate::errln!("frenly: initialised {}", cfg.data_dir.display());
         Ok(0)
     })
 }

@@ -922,6 +922,25 @@ fn output_into_a_closed_pipe_is_one_line_and_exit_1() {
             "{args:?}: {err}"
         );
     }
+    // standard error into the same closed pipe (`2>&1 | head -1`): the
+    // error line cannot be written either, and still no panic (exit 1)
+    for args in [
+        vec!["keys", "list"],
+        vec!["config", "show"],
+        vec!["users", "list"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let status = std::process::Command::new(crate::common::BIN)
+            .args(&args)
+            .args(["--data-dir", data])
+            .stdin(std::process::Stdio::null())
+            .stdout(writer.try_clone().unwrap())
+            .stderr(writer)
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(1), "{args:?}");
+    }
     // a key whose secret was never shown is revoked
     let (code, out, err) = crate::common::run_cli(&["keys", "list", "--data-dir", data], None, &[]);
     assert_eq!(code, 0, "{err}");
