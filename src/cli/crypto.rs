@@ -50,7 +50,7 @@ fn key_from_file(path: &Path, create: bool) -> Result<Key, Failure> {
         crate::app::bootstrap::write_secret(path, key.to_base64().as_bytes()).map_err(|e| {
             Failure::refused(format!("cannot write key file {}: {e}", path.display()))
         })?;
-        eprintln!(
+        crate::errln!(
             "frenly: generated a new key in {} (mode 0600); keep it safe",
             path.display()
         );
@@ -80,14 +80,18 @@ fn progress() -> indicatif::ProgressBar {
     }
 }
 
-fn crypto_failure(what: &str, input: &Path, e: FernetError) -> Failure {
+fn crypto_failure(what: &str, input: &Path, output: &Path, e: FernetError) -> Failure {
     match e {
         FernetError::InvalidToken(_) => Failure::refused(format!(
             "{what}: {} is not a valid Fernet token for this key (tampered, corrupted or wrong key); nothing written",
             input.display()
         )),
         FernetError::InvalidKey => Failure::refused(format!("{what}: invalid key")),
-        FernetError::Io(e) => Failure::refused(format!("{what}: {e}")),
+        FernetError::Io(e) => Failure::refused(format!(
+            "{what} {} -> {}: {e}",
+            input.display(),
+            output.display()
+        )),
     }
 }
 
@@ -95,7 +99,7 @@ pub fn encrypt_file(a: FileArgs) -> CmdResult {
     let key = key_from_file(&a.key_file, true)?;
     let bar = progress();
     key.encrypt_file(&a.input, &a.output, &bar)
-        .map_err(|e| crypto_failure("encrypt-file", &a.input, e))?;
+        .map_err(|e| crypto_failure("encrypt-file", &a.input, &a.output, e))?;
     bar.finish_and_clear();
     Ok(0)
 }
@@ -105,7 +109,7 @@ pub fn decrypt_file(a: FileArgs) -> CmdResult {
     let bar = progress();
     let r = key.decrypt_file(&a.input, &a.output, &bar);
     bar.finish_and_clear();
-    r.map_err(|e| crypto_failure("decrypt-file", &a.input, e))?;
+    r.map_err(|e| crypto_failure("decrypt-file", &a.input, &a.output, e))?;
     Ok(0)
 }
 
@@ -174,7 +178,7 @@ pub fn keyring(cfg: Config, c: KeyringCmd) -> CmdResult {
         .map_err(|e| Failure::refused(format!("data directory: {e}")))?;
     crate::data::ensure_keyring(&cfg)?;
     let id = Keyring::rotate(&cfg.keyring_file).map_err(Failure::refused)?;
-    eprintln!("frenly: new primary data-encryption key `{id}`; old data stays readable");
+    crate::errln!("frenly: new primary data-encryption key `{id}`; old data stays readable");
     if !reencrypt {
         return Ok(0);
     }
@@ -188,7 +192,7 @@ pub fn keyring(cfg: Config, c: KeyringCmd) -> CmdResult {
             .await
             .map_err(|e| Failure::refused(format!("re-encryption stopped: {e}")))
     })?;
-    eprintln!("frenly: re-encrypted {done} task(s) under `{id}`; {skipped} changed meanwhile and were left as written");
+    crate::errln!("frenly: re-encrypted {done} task(s) under `{id}`; {skipped} changed meanwhile and were left as written");
     Ok(0)
 }
 

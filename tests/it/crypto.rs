@@ -213,6 +213,14 @@ fn tampered_files_and_wrong_keys_fail_cleanly_without_output() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    // an input that does not exist is named in the one error line
+    let gone = d.join("no-such-input");
+    for cmd in ["encrypt-file", "decrypt-file"] {
+        let (code, _, err) = run_cli(&[cmd, p(&gone), p(&out), "--key-file", p(&key)], None, &[]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("no-such-input"), "{cmd}: {err}");
+        assert!(!out.exists());
+    }
     // decrypt never creates a key
     let (code, _, _) = run_cli(
         &[
