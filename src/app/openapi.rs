@@ -89,7 +89,7 @@ pub fn cursor(_: &Config) -> Value {
 }
 
 /// The `limit` and `cursor` parameters of a list kept whole in memory
-/// (`paging::page_by_id`): ids are alphanumeric.
+/// (`paging::page_by_id`): a cursor is an id (32 lowercase hex digits).
 pub fn id_paging(doc: crate::authz::RouteDoc) -> crate::authz::RouteDoc {
     doc.query(
         "limit",
@@ -98,7 +98,7 @@ pub fn id_paging(doc: crate::authz::RouteDoc) -> crate::authz::RouteDoc {
     )
     .query(
         "cursor",
-        |_| json!({"type": "string", "pattern": "^[0-9A-Za-z]{0,64}$"}),
+        |_| json!({"type": "string", "pattern": "^([0-9a-f]{32})?$"}),
         "next_cursor of the previous page",
     )
 }

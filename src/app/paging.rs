@@ -40,7 +40,14 @@ pub fn page_by_id<T>(
 ) -> Result<(Vec<T>, Option<String>), ApiError> {
     let limit = limit_param(params)?;
     let cursor = param(params, "cursor").unwrap_or("");
-    if cursor.len() > 64 || !cursor.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    // an id as `store::new_id` makes them (32 lowercase hex digits), as
+    // `next_cursor` gives it: anything else is no page's cursor (400, like
+    // the task list's, not an empty page)
+    let id_shaped = cursor.len() == 32
+        && cursor
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !cursor.is_empty() && !id_shaped {
         return Err(crate::http::respond::field_error(
             "cursor",
             "invalid cursor",

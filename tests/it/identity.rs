@@ -379,6 +379,9 @@ async fn keys_create_list_revoke_rotate_and_expire() {
             "?limit=0",
             "?limit=1001",
             "?cursor=a-b",
+            "?cursor=garbage",
+            "?cursor=0123456789ABCDEF0123456789ABCDEF",
+            "?cursor=0123456789abcdef0123456789abcdef0",
             "?limit=1&limit=2",
         ] {
             let r = s.admin_get(&format!("{list}{bad}")).send().await.unwrap();
