@@ -281,10 +281,16 @@ async fn rotate(
     }
     let secret = zeroize::Zeroizing::new(crate::authn::apikey::generate());
     let grace_ms = (state.cfg.auth.key_rotation_grace_seconds as i64).saturating_mul(1000);
-    let old_valid_until = store::now_ms().saturating_add(grace_ms);
+    // strictly later than the last rotation's, so that a rotation is told
+    // apart from the one before it even within one millisecond
+    let old_valid_until = store::now_ms()
+        .saturating_add(grace_ms)
+        .max(k.old_valid_until.map_or(i64::MIN, |t| t.saturating_add(1)));
     let hash = crate::authn::apikey::hash_hex(&secret);
-    if !store::keys::rotate(&state.db, &k.id, &hash, old_valid_until).await? {
-        return Err(ApiError::Conflict("the key is revoked".into()));
+    if !store::keys::rotate(&state.db, &k.id, &hash, old_valid_until, k.old_valid_until).await? {
+        return Err(ApiError::Conflict(
+            "the key was revoked or rotated meanwhile; read it again".into(),
+        ));
     }
     state.authn.invalidate_key(&k.id);
     state.shared.credentials_changed().await;

@@ -116,15 +116,25 @@ pub async fn revoke(db: &Db, id: &str, now: i64) -> Result<bool> {
     Ok(r.rows_affected() > 0)
 }
 
-/// Replace a key's secret, keeping the old one valid until `old_valid_until`.
-pub async fn rotate(db: &Db, id: &str, new_hash: &str, old_valid_until: i64) -> Result<bool> {
+/// Replace a key's secret, keeping the old one valid until `old_valid_until`,
+/// if the key is not revoked and was not rotated since it was read (its
+/// `old_valid_until` still `read_old_valid_until`): two rotations at once
+/// would otherwise both answer with a secret, the first one's already dead.
+pub async fn rotate(
+    db: &Db,
+    id: &str,
+    new_hash: &str,
+    old_valid_until: i64,
+    read_old_valid_until: Option<i64>,
+) -> Result<bool> {
     let r = sqlx::query(
         "UPDATE api_keys SET old_key_hash = key_hash, old_valid_until = $1, key_hash = $2 \
-         WHERE id = $3 AND revoked_at IS NULL",
+         WHERE id = $3 AND revoked_at IS NULL AND COALESCE(old_valid_until, -1) = $4",
     )
     .bind(old_valid_until)
     .bind(new_hash)
     .bind(id)
+    .bind(read_old_valid_until.unwrap_or(-1))
     .execute(&db.pool)
     .await?;
     Ok(r.rows_affected() > 0)

@@ -489,6 +489,102 @@ async fn keys_create_list_revoke_rotate_and_expire() {
     }
 }
 
+/// A rotation is a compare-and-set on what the handler read: a second
+/// rotation from the same read (two at once) is refused (409 `conflict`)
+/// instead of answering with a secret the first already replaced, and
+/// every secret answered 200 works.
+#[tokio::test]
+async fn racing_rotations_never_hand_out_a_dead_secret() {
+    use crate::common::{drop_pg_database, fresh_pg_database, need, pg_available, pg_mode};
+    let dir = tempfile::tempdir().unwrap();
+    let url = if pg_mode() {
+        if !need("PostgreSQL", pg_available()) {
+            return;
+        }
+        fresh_pg_database()
+    } else {
+        format!("sqlite://{}", dir.path().join("keys.db").display())
+    };
+    let db = frenly::store::Db::connect(&url, 1, 1).await.unwrap();
+    let user = frenly::store::users::User {
+        id: "u1".into(),
+        username: "rot".into(),
+        email: String::new(),
+        password_hash: None,
+        roles: vec!["user".into()],
+        created_at: 0,
+        tokens_valid_after: 0,
+    };
+    assert!(frenly::store::users::insert(&db, &user).await.unwrap());
+    let perms = vec!["read:tasks".to_string()];
+    frenly::store::keys::insert(
+        &db,
+        &frenly::store::keys::NewKey {
+            id: "k1",
+            user_id: "u1",
+            name: "k",
+            key_hash: "h0",
+            permissions: &perms,
+            created_at: 0,
+            expires_at: i64::MAX,
+        },
+    )
+    .await
+    .unwrap();
+    let read = frenly::store::keys::by_id(&db, "k1")
+        .await
+        .unwrap()
+        .unwrap();
+    use frenly::store::keys::rotate;
+    assert!(rotate(&db, "k1", "h1", 1000, read.old_valid_until)
+        .await
+        .unwrap());
+    assert!(!rotate(&db, "k1", "h2", 1001, read.old_valid_until)
+        .await
+        .unwrap());
+    let again = frenly::store::keys::by_id(&db, "k1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.old_valid_until, Some(1000));
+    assert!(rotate(&db, "k1", "h2", 1001, again.old_valid_until)
+        .await
+        .unwrap());
+    drop(db);
+    if pg_mode() {
+        drop_pg_database(&url);
+    }
+
+    // over HTTP, six at once: 200s and 409s, and each secret handed out works
+    let s = server("").await;
+    let (id, _) = key_of(&s, s.admin(), json!({"name": "raced"})).await;
+    let sends: Vec<_> = (0..6)
+        .map(|_| {
+            tokio::spawn(
+                s.admin_post(&format!("/api/keys/{id}/rotate"), &json!({}))
+                    .send(),
+            )
+        })
+        .collect();
+    let mut handed_out = Vec::new();
+    for send in sends {
+        let r = send.await.unwrap().unwrap();
+        match r.status().as_u16() {
+            200 => {
+                let v: Value = r.json().await.unwrap();
+                handed_out.push(v["key"].as_str().unwrap().to_string());
+            }
+            _ => assert_eq!(error_code(r).await.1, "conflict"),
+        }
+    }
+    assert!(!handed_out.is_empty());
+    if handed_out.len() <= 2 {
+        for key in &handed_out {
+            assert_eq!(whoami(&s, key).await.status(), 200);
+        }
+    }
+}
+
 #[tokio::test]
 async fn key_permissions_never_exceed_the_creator() {
     let s = server("").await;
