@@ -96,17 +96,14 @@ fn percent_decode(s: &str) -> Option<String> {
                 }
             }
             if let Some(v) = hex_at(b, i + 1, 2) {
-                // overlong UTF-8 encodings of '.', '/', '\' (%c0%ae, %c0%af, %c1%9c)
-                if (v == 0xc0 || v == 0xc1) && b.get(i + 3) == Some(&b'%') {
-                    if let Some(v2) = hex_at(b, i + 4, 2) {
-                        let c = ((v & 0x1f) << 6) | (v2 & 0x3f);
-                        if c < 0x80 {
-                            out.push(c as u8);
-                            i += 6;
-                            changed = true;
-                            continue;
-                        }
-                    }
+                // overlong UTF-8 encodings of ASCII ('.' as %c0%ae,
+                // %e0%80%ae or %f0%80%80%ae): what a lenient decoder
+                // behind makes of them
+                if let Some((c, len)) = overlong_ascii(b, i, v) {
+                    out.push(c);
+                    i += len;
+                    changed = true;
+                    continue;
                 }
                 out.push(v as u8);
                 i += 3;
@@ -121,6 +118,30 @@ fn percent_decode(s: &str) -> Option<String> {
         return None;
     }
     Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The ASCII character an overlong UTF-8 sequence written as percent
+/// escapes stands for, starting at `b[i]` (`%`, lead byte `lead` already
+/// read), and the length of its escapes; `None` when it is not one.
+fn overlong_ascii(b: &[u8], i: usize, lead: u32) -> Option<(u8, usize)> {
+    let (n, mut cp) = match lead {
+        0xc0 | 0xc1 => (2, lead & 0x1f),
+        0xe0 => (3, 0),
+        0xf0 => (4, 0),
+        _ => return None,
+    };
+    for k in 1..n {
+        let at = i + 3 * k;
+        if b.get(at) != Some(&b'%') {
+            return None;
+        }
+        let cont = hex_at(b, at + 1, 2)?;
+        if !(0x80..=0xbf).contains(&cont) {
+            return None;
+        }
+        cp = (cp << 6) | (cont & 0x3f);
+    }
+    (cp < 0x80).then_some((cp as u8, 3 * n))
 }
 
 fn push_char(out: &mut Vec<u8>, cp: u32) {
@@ -539,6 +560,12 @@ mod tests {
         );
         assert_eq!(decode("\\u0072equire", false).folded, "require");
         assert_eq!(decode("%c0%ae%c0%ae/", false).folded, "../");
+        // three- and four-byte overlong forms too
+        assert_eq!(decode("..%e0%80%af..%E0%80%AF", false).folded, "../../");
+        assert_eq!(decode("%e0%80%bcscript", false).folded, "<script");
+        assert_eq!(decode("%f0%80%80%a7", false).folded, "'");
+        // a real three-byte character is left as it is
+        assert_eq!(decode("%e2%82%ac", false).folded, "\u{20ac}");
         assert_eq!(decode("A\0B  \t C", false).folded, "ab c");
         assert_eq!(decode("x\r\n  y", false).folded, "x\ny");
     }

@@ -541,6 +541,41 @@ fn invisible_characters_do_not_hide_a_payload() {
 }
 
 #[test]
+fn overlong_utf8_in_every_length_is_decoded() {
+    // two-, three- and four-byte overlong forms of ASCII, in the query, a
+    // cookie and a JSON value (the path had its own normalisation)
+    let xss3 = "%E0%80%BCscript%E0%80%BEalert(1)%E0%80%BC/script%E0%80%BE";
+    let lfi3 = "..%e0%80%af..%e0%80%afetc%e0%80%afpasswd";
+    let sqli3 = "%E0%80%A7%20or%20%E0%80%A71%E0%80%A7=%E0%80%A71";
+    let lfi4 = "..%f0%80%80%af..%f0%80%80%afetc/passwd";
+    for (value, family) in [
+        (xss3, Family::Xss),
+        (lfi3, Family::Lfi),
+        (sqli3, Family::Sqli),
+        (lfi4, Family::Lfi),
+    ] {
+        let q = format!("/api/x?a={value}");
+        assert_eq!(blocked(&q, vec![], b""), Some(family), "{q}");
+        let cookie = format!("session={value}");
+        assert_eq!(
+            blocked("/api/x", vec![("cookie", cookie.as_bytes())], b""),
+            Some(family),
+            "{cookie}"
+        );
+        let body = format!(r#"{{"name":"{value}"}}"#);
+        assert_eq!(
+            blocked(
+                "/api/agent",
+                vec![("content-type", b"application/json".as_slice())],
+                body.as_bytes()
+            ),
+            Some(family),
+            "{body}"
+        );
+    }
+}
+
+#[test]
 fn nosql_operators_in_names_and_members_are_blocked() {
     // `user[$ne]=x`, its dotted form, and a JSON member that is an operator
     for q in [
