@@ -240,14 +240,34 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
                 r"([;&|`\n]|\$\(|\$\{{|\|\||&&)\s*(\(\s*|\{{\s+)?['\x22]?\s*(\$\w+\s+)?(sudo\s+|nohup\s+|time\s+|timeout\s+\d+\s+)?({cmds})(\.exe)?([\s;&|<>`'\x22)}},]|$)"
             )),
         ),
+        // A lone `&` between blanks is English as often as shell ("date &
+        // time", "text & more"): after it an English-word command needs a
+        // shell-shaped argument; after any other separator (or `&` right
+        // against the command) the end of the value or a separator will do.
         r(
             Rce,
             "rce-command-after-separator",
             ANY,
             leaked(format!(
-                r"([;&|`\n]|\$\(|\$\{{|\|\||&&)\s*(\(\s*|\{{\s+)?['\x22]?\s*(sudo\s+|nohup\s+)?({common})(\.exe)?(\s+(-{{1,2}}[a-z0-9]|/|~|\$|\.{{0,2}}/|[a-z0-9._-]+\s+-|['\x22])|\s*[;&|<>`'\x22)}}]|\s*$)",
+                r"(([;|`\n]|\$\(|\$\{{|\|\||&&)\s*(\(\s*|\{{\s+)?['\x22]?\s*|&(\(\s*|\{{\s+)?['\x22]?)(sudo\s+|nohup\s+)?({common})(\.exe)?(\s+(-{{1,2}}[a-z0-9]|/|~|\$|\.{{0,2}}/|[a-z0-9._-]+\s+-|['\x22])|\s*[;&|<>`'\x22)}}]|\s*$)",
                 common = COMMON_CMDS
             )),
+        ),
+        r(
+            Rce,
+            "rce-command-after-separator",
+            ANY,
+            leaked(format!(
+                r"&\s+(\(\s*|\{{\s+)?['\x22]?\s*(sudo\s+|nohup\s+)?({common})(\.exe)?(\s+(-{{1,2}}[a-z0-9]|/|~|\$|\.{{0,2}}/|['\x22])|\s*[;|<>`'\x22)}}])",
+                common = COMMON_CMDS
+            )),
+        ),
+        // a time delay, the blind injection's probe: `;sleep 5`, `|timeout 5 yes`
+        r(
+            Rce,
+            "rce-time-delay",
+            ANY,
+            r"([;&|`\n]|\$\(|\|\||&&)\s*(sleep\s+\d+(\.\d+)?[smhd]?|timeout\s+\d+[smhd]?\s+[a-z]\S*)\s*([;&|`'\x22)}#]|$)",
         ),
         r(
             Rce,
@@ -259,7 +279,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Rce,
             "rce-command-start",
             V | H | N,
-            r"^\s*['\x22]?(sudo\s+|nohup\s+|time\s+|timeout\s+\d+\s+)?(whoami|ifconfig|ipconfig|uname|netstat|nslookup|wget|curl|ncat|netcat|nmap|busybox|socat|mkfifo|strace|ltrace|tcpdump|certutil|bitsadmin|mshta|rundll32|regsvr32|wmic|vssadmin|ansible(-[a-z]+)?|chef(-[a-z]+)?|cscli|pipx|lwp-download|lwp-request|cpulimit|gunzip|zcat|zstdcat|unxz|xzcat|bzcat|chmod|chown|crontab|useradd|systemctl|cat|ls|ll|rm|cp|mv|ps|id|kill|nc|tar|dd|perf|pip3?|npm|nohup|time|bash|sh|zsh|ksh|python[23]?(\.\d+)?|perl|ruby|php|node|ping|echo|base64|find|grep|awk|sed|head|tail|date|ssh|scp|set|export|unset|alias|gcc|cc|c89|c99|visudo|iwr)(\.exe)?(\s+(-{1,2}[a-z]|/[a-z]|~/|\$|\.\.?/|[a-z0-9._-]+\.(sh|txt|gz|log|php|py|pl|rb|conf|ini|bak|json|yml|yaml)\b|\d+\.\d+\.\d+\.\d+|(whoami|ifconfig|uname|id|ls|ps|ping|curl|wget|cat|cmd)\b)|\s*[;&|<>`])",
+            r"^\s*['\x22]?(sudo\s+|nohup\s+|time\s+|timeout\s+\d+\s+)?(whoami|ifconfig|ipconfig|uname|netstat|nslookup|wget|curl|ncat|netcat|nmap|busybox|socat|mkfifo|strace|ltrace|tcpdump|certutil|bitsadmin|mshta|rundll32|regsvr32|wmic|vssadmin|ansible(-[a-z]+)?|chef(-[a-z]+)?|cscli|pipx|lwp-download|lwp-request|cpulimit|gunzip|zcat|zstdcat|unxz|xzcat|bzcat|chmod|chown|crontab|useradd|systemctl|cat|ls|ll|rm|cp|mv|ps|id|kill|nc|tar|dd|perf|pip3?|npm|nohup|time|bash|sh|zsh|ksh|python[23]?(\.\d+)?|perl|ruby|php|node|ping|echo|base64|find|grep|awk|sed|head|tail|date|ssh|scp|set|export|unset|alias|gcc|cc|c89|c99|visudo|iwr)(\.exe)?(\s+(-{1,2}[a-z]|/[a-z]|~/|\$|\.\.?/|[a-z0-9._-]+\.(sh|txt|gz|log|php|py|pl|rb|conf|ini|bak|json|yml|yaml)\b|\d+\.\d+\.\d+\.\d+|(whoami|ifconfig|uname|id|ls|ps|ping|curl|wget|cat|cmd)\b)|\s*([;|<>`]|&&)|&)",
         ),
         r(
             Rce,

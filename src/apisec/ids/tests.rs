@@ -47,6 +47,17 @@ fn query_attacks_are_blocked() {
         "/api/x?host=x;(id)",
         "/api/x?host=a%7C(whoami)",
         "/api/x?host=a;%7B%20ls%20-la;%20%7D",
+        // the blind probe: a time delay after a separator
+        "/api/x?host=a;sleep%205",
+        "/api/x?host=a%7C%20sleep%2010",
+        "/api/x?host=a%26%26sleep%2010",
+        "/api/x?host=a;timeout%205%20yes",
+        "/api/x?host=a%60sleep%205%60",
+        // a lone `&` still runs an English-word command with a shell-shaped
+        // argument, or right against it
+        "/api/x?host=a%20%26%20kill%20-9%201",
+        "/api/x?host=a%20%26%20find%20/%20-name%20x",
+        "/api/x?host=a%26time",
     ] {
         assert_eq!(blocked(q, vec![], b""), Some(Family::Rce), "{q}");
     }
@@ -60,6 +71,14 @@ fn english_search_passes() {
         "/api/tasks?q=GNU+Bourne+Again+SHell&status=cancelled&limit=100",
         "/api/tasks?q=secure+shell+%28SSH%29+client%2C+for+secure+access+to+remote+machines",
         "/api/tasks?q=https%3A%2F%2Fwww.gnupg.org%2F&cursor=V_LSdy0gAoTUzymv",
+        // `&` between English words that are also command names
+        "/api/tasks?q=date%20%26%20time",
+        "/api/tasks?q=time%20%26%20attendance",
+        "/api/tasks?q=find%20%26%20replace",
+        "/api/tasks?q=less%20%26%20more",
+        "/api/tasks?q=head%20%26%20shoulders",
+        "/api/tasks?q=Security%20scanner%20-%20HTTP%2C%20SSL%20%26%20more",
+        "/api/tasks?q=sleep%205%20hours",
     ] {
         assert_eq!(blocked(q, vec![], b""), None, "{q}");
     }
