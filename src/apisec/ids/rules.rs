@@ -537,6 +537,15 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             V,
             r"^\s*[a-z][a-z0-9+.-]*://\[?(localhost|127\.\d+\.\d+\.\d+|0\.0\.0\.0|0+|169\.254\.\d+\.\d+|169\.254\.\d+|100\.100\.100\.200|metadata(\.google\.internal)?|::1?|::ffff:|0:0:0:0:0:(0|ffff):|fe80:|fd00:ec2|[0-9]{8,10}|0x[0-9a-f]+|0[0-7]+\.|[a-f0-9:]*::|[a-z0-9-]+\.(internal|local|localdomain)|host\.docker\.internal|localtest\.me|[\w.-]*\.nip\.io)([\]:/?#%\s]|$)|://[^/\s]*\\|^\s*(localhost\.localdomain|ipv6-localhost|ipv6-loopback|ip6-localhost|ip6-loopback|host\.docker\.internal|host\.containers\.internal|gateway\.docker\.internal|localtest\.me|kubernetes\.default(\.svc(\.cluster\.local)?)?|kubernetes\.docker\.internal|[\w-]+(\.[\w-]+)*\.svc\.cluster\.local|localhost[46]?\.localdomain[46]?)([:/]|$)|\b169\.254\.169\.254\b.*\b(latest|computemetadata|metadata|openstack)\b|\[::ffff:|\b169\.254\.\d+$",
         ),
+        // a cloud metadata endpoint named anywhere but free text (a header
+        // such as `X-Callback-Url`, a parameter or JSON key name): no
+        // browser or SDK sends one, and a server behind may fetch it
+        r(
+            Generic,
+            "ssrf-metadata-endpoint",
+            N | V | H,
+            r"://\[?(169\.254\.169\.254|0xa9fea9fe|2852039166|metadata\.google\.internal|100\.100\.100\.200|instance-data(\.ec2\.internal)?|fd00:ec2::254|(::ffff:)?169\.254\.169\.254)([\]:/?#%\s]|$)",
+        ),
         r(
             Generic,
             "ssrf-ip-literal",

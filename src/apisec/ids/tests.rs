@@ -595,6 +595,45 @@ fn overlong_utf8_in_every_length_is_decoded() {
 }
 
 #[test]
+fn metadata_endpoints_are_blocked_in_headers_names_and_keys() {
+    let urls = [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://metadata.google.internal/computeMetadata/v1/",
+        "http://[::ffff:169.254.169.254]/",
+        "http://0xa9fea9fe/",
+        "http://instance-data/latest/",
+    ];
+    for url in urls {
+        assert_eq!(
+            blocked("/api/x", vec![("x-callback-url", url.as_bytes())], b""),
+            Some(Family::Generic),
+            "header {url}"
+        );
+        let q = format!("/api/x?{}=1", url.replace('/', "%2F"));
+        assert_eq!(blocked(&q, vec![], b""), Some(Family::Generic), "{q}");
+        let body = format!(r#"{{"{url}":1}}"#);
+        assert_eq!(
+            blocked(
+                "/api/agent",
+                vec![("content-type", b"application/json".as_slice())],
+                body.as_bytes()
+            ),
+            Some(Family::Generic),
+            "{body}"
+        );
+    }
+    // a referer from a local development server is no metadata endpoint
+    assert_eq!(
+        blocked(
+            "/api/x",
+            vec![("referer", b"http://localhost:3000/tasks".as_slice())],
+            b""
+        ),
+        None
+    );
+}
+
+#[test]
 fn nosql_operators_in_names_and_members_are_blocked() {
     // `user[$ne]=x`, its dotted form, and a JSON member that is an operator
     for q in [
