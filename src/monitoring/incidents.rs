@@ -33,8 +33,9 @@
 //! payload, credentials or body.
 //!
 //! With Redis (`crate::state`), IDS block counts (suspicion scores), failed
-//! login bursts and the bans they lead to are shared by every instance; the
-//! alert cooldowns stay per instance.
+//! login bursts and the bans they lead to are shared by every instance, and
+//! so are the cooldowns (a Redis key per kind and address, claimed with
+//! `SET NX`): n instances record, and alert, once per cooldown, not n times.
 
 use std::net::IpAddr;
 
@@ -115,6 +116,10 @@ pub struct Detection {
     pub ban: bool,
     pub alert: bool,
     pub audit: bool,
+    /// Recorded because this address's cooldown for the kind had passed
+    /// (not because a threshold was reached): with several instances, only
+    /// the first to claim the shared cooldown records it.
+    pub cooled: bool,
 }
 
 #[derive(Debug, Default)]
@@ -178,6 +183,7 @@ impl Engine {
             ban: ban && self.ban[kind as usize],
             alert: self.alert[kind as usize],
             audit: self.audit,
+            cooled: false,
         }
     }
 
@@ -239,7 +245,9 @@ impl Engine {
                     }
                     if cooled(c, kind) {
                         c.recorded[kind as usize] = Some(now_ms);
-                        return Some(self.detection(kind, details, false));
+                        let mut d = self.detection(kind, details, false);
+                        d.cooled = true;
+                        return Some(d);
                     }
                     None
                 }
@@ -274,7 +282,9 @@ impl Engine {
                         return None;
                     }
                     c.recorded[k as usize] = Some(now_ms);
-                    Some(self.detection(k, json!({}), true))
+                    let mut d = self.detection(k, json!({}), true);
+                    d.cooled = true;
+                    Some(d)
                 }
                 Signal::Ddos {
                     ban_seconds,
@@ -333,6 +343,19 @@ impl Incidents {
         else {
             return;
         };
+        if det.cooled {
+            let cooldown = self.engine.cooldown_ms;
+            if state
+                .shared
+                .claim_cooldown(det.kind.as_str(), key, cooldown)
+                .await
+                == Some(false)
+            {
+                // another instance recorded this kind for this address
+                // within the cooldown
+                return;
+            }
+        }
         let now = crate::store::now_ms();
         let mut ban = ban;
         if det.ban {

@@ -268,6 +268,13 @@ impl SharedState {
         self.redis()?.count(name, key, window_ms, threshold).await
     }
 
+    /// Claim the incident cooldown of `kind` for `key` for `ms`: `Some(true)`
+    /// when this instance is the first within it, `Some(false)` when another
+    /// one claimed it, `None` without (or with a down) Redis.
+    pub async fn claim_cooldown(&self, kind: &str, key: IpAddr, ms: u64) -> Option<bool> {
+        self.redis()?.claim_cooldown(kind, key, ms).await
+    }
+
     /// Publish a task event to the other instances (never waits).
     pub fn publish_event(&self, ev: &crate::app::events::Event) {
         if let Some(r) = self.redis() {

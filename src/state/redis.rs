@@ -556,6 +556,24 @@ impl RedisState {
         Some(n.clamp(0, i64::from(u32::MAX)) as u32)
     }
 
+    /// `SET cool:<kind>:<addr> NX PX ms`: was it free?
+    pub async fn claim_cooldown(&self, kind: &str, key: IpAddr, ms: u64) -> Option<bool> {
+        let k = self.key("cool", &format!("{kind}:{key}"));
+        let set: Option<String> = self
+            .call(|mut c| async move {
+                redis::cmd("SET")
+                    .arg(k)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms.max(1))
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Some(set.is_some())
+    }
+
     fn account_key(&self, account: &str) -> String {
         self.key(
             "lk:a",

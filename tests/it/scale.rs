@@ -894,3 +894,48 @@ async fn a_logout_and_a_ban_made_without_redis_reach_the_other_instance() {
     .await;
     assert!(refused.is_some(), "B never learnt what A did without Redis");
 }
+
+/// The incident cooldown is shared: IDS blocks from one address spread
+/// over both instances within the cooldown make one `sql_injection`
+/// incident (and one alert), not one per instance.
+#[tokio::test]
+async fn an_attack_spread_over_instances_is_one_incident_per_cooldown() {
+    if !services() {
+        return;
+    }
+    let p = pair_with(
+        "rate.max_requests = 100000\nddos.max_requests_per_second = 100000\n",
+        "[ids]\nthreshold = 100\n[incidents]\ncooldown_seconds = 60\n",
+    )
+    .await;
+    let ip = "198.51.100.61";
+    let admin = admin_of(&p).to_string();
+    for s in [&p.a, &p.b, &p.a, &p.b] {
+        let r = as_client(s, ip, &admin, "/api/tasks?q=1%27%20or%20%271%27%3D%271")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+    }
+    let incidents = || async {
+        let v: Value =
+            p.a.admin_get("/api/security/incidents")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["ip"] == ip && i["kind"] == "sql_injection")
+            .count()
+    };
+    // recorded in the background: wait for the first, then for any other
+    let first = within(Duration::from_secs(3), || async { incidents().await >= 1 }).await;
+    assert!(first.is_some(), "no incident recorded");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(incidents().await, 1);
+}
