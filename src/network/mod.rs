@@ -8,7 +8,7 @@
 //! headers; handlers and every other layer see only this [`ClientAddr`]
 //! (limits, bans, IDS and audit alike).
 //!
-//! Every request except `GET /healthz` and `/readyz` (probes of load
+//! Every request except `GET /healthz` and `GET /readyz` with no query (probes of load
 //! balancers, which must keep working for a banned or limited address) goes
 //! through one decision, in this order, before any other layer does work:
 //!
@@ -73,9 +73,13 @@ pub fn mono_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-/// Paths never limited or banned.
-pub fn is_exempt(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz")
+/// Probes never limited or banned: `GET` (or `HEAD`) of `/healthz` or
+/// `/readyz`, exactly, without a query string (a probe sends none; any
+/// other request there is counted like the rest).
+pub fn is_exempt<B>(req: &http::Request<B>) -> bool {
+    matches!(req.uri().path(), "/healthz" | "/readyz")
+        && req.uri().query().is_none()
+        && matches!(*req.method(), http::Method::GET | http::Method::HEAD)
 }
 
 /// The decision for one request.
@@ -311,10 +315,7 @@ pub struct Admitted {
 pub async fn admit(state: &AppState, req: &mut Request) -> Result<Option<Admitted>, Response> {
     let client = client_of(req, &state.network);
     let net = &state.network;
-    let (exempt, api) = {
-        let path = req.uri().path();
-        (is_exempt(path), path.starts_with("/api/"))
-    };
+    let (exempt, api) = (is_exempt(req), req.uri().path().starts_with("/api/"));
     if exempt {
         return Ok(None);
     }
@@ -469,7 +470,7 @@ pub async fn identity_admit(
         return Ok(None);
     };
     let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
-    if is_exempt(req.uri().path()) || client.is_some_and(|c| state.network.allowlisted(c)) {
+    if is_exempt(req) || client.is_some_and(|c| state.network.allowlisted(c)) {
         return Ok(None);
     }
     let Some(decision) = state.shared.identity(limiter, &who.user_id).await else {

@@ -97,6 +97,15 @@ async fn burst_bans_expire_and_escalate() {
     let (st, code, _) = error_code(s.admin_get("/api/security/bans").send().await.unwrap()).await;
     assert_eq!((st, code.as_str()), (403, "ip_banned"));
     assert_eq!(s.get("/healthz").send().await.unwrap().status(), 200);
+    // only the probe itself: with a query, or another method, it is banned
+    for r in [
+        s.get("/healthz?x=1"),
+        s.get("/readyz?%27or%201=1"),
+        s.post("/healthz"),
+    ] {
+        let (st, code, _) = error_code(r.send().await.unwrap()).await;
+        assert_eq!((st, code.as_str()), (403, "ip_banned"));
+    }
     // the ban expires
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = s.admin_get("/api/security/bans").send().await.unwrap();
