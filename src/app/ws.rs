@@ -70,6 +70,13 @@ async fn ws(
         upgrade.map_err(|_| ApiError::BadRequest("a WebSocket upgrade is required".into()))?;
     let sub = state.events.subscribe();
     let credential = credential_of(&state.authn.key_header, &headers);
+    // Watch credential changes from here on, then verify once more: a
+    // revocation between the authn layer and this point is caught by the
+    // check, any later one by the watch.
+    let changes = state.authn.watch_changes();
+    let who = recheck(&state, &who, &credential)
+        .await
+        .ok_or(ApiError::Unauthenticated)?;
     Ok(upgrade
         // tungstenite's default (128 KiB, allocated up front) made each idle
         // connection cost 130 KB: 1.3 GB for 10,000 clients. Clients send
@@ -77,7 +84,7 @@ async fn ws(
         .read_buffer_size(READ_BUFFER)
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| serve(state, who, credential, sub, socket)))
+        .on_upgrade(move |socket| serve(state, who, credential, changes, sub, socket)))
 }
 
 /// Only the headers that carry the credential, kept to verify it again.
@@ -134,6 +141,7 @@ async fn serve(
     state: AppState,
     mut who: Authenticated,
     credential: http::HeaderMap,
+    mut changes: tokio::sync::watch::Receiver<u64>,
     mut sub: Subscription,
     mut socket: WebSocket,
 ) {
@@ -143,8 +151,6 @@ async fn serve(
     ping.tick().await;
     let mut verify = tokio::time::interval(RECHECK_EVERY);
     verify.tick().await;
-    let mut changes = state.authn.watch_changes();
-    changes.mark_unchanged();
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
