@@ -189,6 +189,20 @@ impl Bans {
         }
     }
 
+    /// Lift the active bans set before `before_ms` whose address is not in
+    /// `stored` (the database's active bans): lifted elsewhere while this
+    /// instance could not hear of it. Younger bans may not be stored yet.
+    pub fn lift_absent(
+        &self,
+        stored: &std::collections::HashSet<IpAddr>,
+        before_ms: i64,
+        now_ms: i64,
+    ) {
+        let mut map = self.map.write();
+        map.retain(|k, b| b.until_ms <= now_ms || b.created_at >= before_ms || stored.contains(k));
+        self.len.store(map.len(), Ordering::Relaxed);
+    }
+
     /// Lift an active ban (offences are forgotten too). `false` when `key`
     /// is not banned now.
     pub fn lift(&self, key: &IpAddr, now_ms: i64) -> bool {

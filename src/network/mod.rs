@@ -73,6 +73,12 @@ pub fn mono_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
+/// A new ban is in the database within this long (it is stored in the
+/// background after it takes effect): younger ones missing there are not
+/// taken for lifted. (One stored later still would be lifted here and set
+/// again by the next reading, 5 s on.)
+const STORED_WITHIN_MS: i64 = 2_000;
+
 /// Probes never limited or banned: `GET` (or `HEAD`) of `/healthz` or
 /// `/readyz`, exactly, without a query string (a probe sends none; any
 /// other request there is counted like the rest).
@@ -170,13 +176,17 @@ impl Network {
         Ok(())
     }
 
-    /// Merge the active bans stored in the database into this instance's
-    /// table (bans other instances made while their announcements could not
-    /// reach this one).
+    /// Bring this instance's table in line with the active bans stored in
+    /// the database: merge the bans, and lift those (older than
+    /// [`STORED_WITHIN_MS`]) that are no longer there — what other instances
+    /// did while their announcements could not reach this one.
     pub async fn reload_bans(&self, db: &crate::store::Db) -> crate::store::Result<()> {
-        let rows = crate::store::bans::load(db, crate::store::now_ms()).await?;
+        let now = crate::store::now_ms();
+        let rows = crate::store::bans::load(db, now).await?;
+        let mut stored = std::collections::HashSet::new();
         for r in rows {
             if let Some(key) = ban::parse_key(&r.ip, self.group_v6) {
+                stored.insert(key);
                 self.bans.merge(BanRecord {
                     key,
                     until_ms: r.until_ms,
@@ -186,6 +196,8 @@ impl Network {
                 });
             }
         }
+        self.bans
+            .lift_absent(&stored, now.saturating_sub(STORED_WITHIN_MS), now);
         Ok(())
     }
 

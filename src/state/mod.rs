@@ -39,15 +39,15 @@
 //!
 //! While an instance's subscription is down it reads the revocations and
 //! bans stored in the database every `redis::CATCH_UP_EVERY` (other
-//! instances' announcements may be lost), and once more when it is back;
+//! instances' announcements may be lost: bans it lacks are added, bans gone
+//! from the database lifted), and once more when it is back;
 //! revocations, bans and lifts it made while Redis was out of reach are
 //! set in Redis and announced then (`RedisState::replay`), for the
 //! instances that never lost Redis.
 //!
 //! Not covered: events published while Redis is down or the subscriber is
 //! reconnecting are not replayed; counters kept locally during an outage are
-//! not merged back into Redis afterwards; a lift made during an outage
-//! reaches the other instances only when the lifting instance reconnects.
+//! not merged back into Redis afterwards.
 
 pub mod redis;
 
