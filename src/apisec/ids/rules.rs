@@ -258,7 +258,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             "rce-command-after-separator",
             ANY,
             leaked(format!(
-                r"&\s+(\(\s*|\{{\s+)?['\x22]?\s*(sudo\s+|nohup\s+)?({common})(\.exe)?(\s+(-{{1,2}}[a-z0-9]|/|~|\$|\.{{0,2}}/|['\x22])|\s*[;|<>`'\x22)}}])",
+                r"&\s+(\(\s*|\{{\s+)?['\x22]?\s*(sudo\s+|nohup\s+)?({common})(\.exe)?(\s+(-{{1,2}}[a-z0-9]|/|~|\$|\.{{0,2}}/)|\s*[|<>`])",
                 common = COMMON_CMDS
             )),
         ),

@@ -79,6 +79,11 @@ fn english_search_passes() {
         "/api/tasks?q=head%20%26%20shoulders",
         "/api/tasks?q=Security%20scanner%20-%20HTTP%2C%20SSL%20%26%20more",
         "/api/tasks?q=sleep%205%20hours",
+        // the same in search syntax: quoted, grouped, followed by more
+        "/api/tasks?q=%22date%20%26%20time%22",
+        "/api/tasks?q=%27date%20%26%20time%27",
+        "/api/tasks?q=(first%20%26%20last)",
+        "/api/tasks?q=date%20%26%20time;%20location",
     ] {
         assert_eq!(blocked(q, vec![], b""), None, "{q}");
     }
