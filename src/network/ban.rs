@@ -192,15 +192,24 @@ impl Bans {
     /// Lift the active bans set before `before_ms` whose address is not in
     /// `stored` (the database's active bans): lifted elsewhere while this
     /// instance could not hear of it. Younger bans may not be stored yet.
+    /// Returns the addresses lifted.
     pub fn lift_absent(
         &self,
         stored: &std::collections::HashSet<IpAddr>,
         before_ms: i64,
         now_ms: i64,
-    ) {
+    ) -> Vec<IpAddr> {
         let mut map = self.map.write();
-        map.retain(|k, b| b.until_ms <= now_ms || b.created_at >= before_ms || stored.contains(k));
+        let mut lifted = Vec::new();
+        map.retain(|k, b| {
+            let keep = b.until_ms <= now_ms || b.created_at >= before_ms || stored.contains(k);
+            if !keep {
+                lifted.push(*k);
+            }
+            keep
+        });
         self.len.store(map.len(), Ordering::Relaxed);
+        lifted
     }
 
     /// Lift an active ban (offences are forgotten too). `false` when `key`

@@ -180,7 +180,8 @@ impl Network {
     /// the database: merge the bans, and lift those (older than
     /// [`STORED_WITHIN_MS`]) that are no longer there — what other instances
     /// did while their announcements could not reach this one.
-    pub async fn reload_bans(&self, db: &crate::store::Db) -> crate::store::Result<()> {
+    /// Returns the addresses it lifted.
+    pub async fn reload_bans(&self, db: &crate::store::Db) -> crate::store::Result<Vec<IpAddr>> {
         let now = crate::store::now_ms();
         let rows = crate::store::bans::load(db, now).await?;
         let mut stored = std::collections::HashSet::new();
@@ -196,9 +197,9 @@ impl Network {
                 });
             }
         }
-        self.bans
-            .lift_absent(&stored, now.saturating_sub(STORED_WITHIN_MS), now);
-        Ok(())
+        Ok(self
+            .bans
+            .lift_absent(&stored, now.saturating_sub(STORED_WITHIN_MS), now))
     }
 
     pub fn allowlisted(&self, ip: IpAddr) -> bool {

@@ -689,7 +689,7 @@ impl RedisState {
                         let (Some(r), Some(app)) = (me.upgrade(), app.upgrade()) else {
                             return;
                         };
-                        catch_up(&app).await;
+                        catch_up(&app, &r).await;
                         // the probe marks Redis up on its own beat (calls
                         // are skipped until it has)
                         let wait = tokio::time::Instant::now() + PROBE_DOWN * 8;
@@ -712,8 +712,10 @@ impl RedisState {
                 }
                 missed = true;
                 if caught_up.elapsed() >= CATCH_UP_EVERY {
-                    let Some(app) = app.upgrade() else { return };
-                    catch_up(&app).await;
+                    let (Some(r), Some(app)) = (me.upgrade(), app.upgrade()) else {
+                        return;
+                    };
+                    catch_up(&app, &r).await;
                     caught_up = tokio::time::Instant::now();
                 }
                 tokio::time::sleep(PROBE_DOWN).await;
@@ -725,13 +727,20 @@ impl RedisState {
 /// Read the revocations and bans other instances stored in the database
 /// (what their messages would have said) into this instance's mirrors:
 /// every [`CATCH_UP_EVERY`] while the subscription is down, and once when
-/// it is back.
-async fn catch_up(app: &crate::app::AppInner) {
+/// it is back. A ban lifted elsewhere meanwhile may still be a Redis key
+/// (the lift could not reach Redis): it is lifted there too with the
+/// changes replayed on reconnect, whichever instance gets there first.
+async fn catch_up(app: &crate::app::AppInner, r: &RedisState) {
     if let Err(e) = app.authn.reload_revocations(&app.db).await {
         tracing::warn!(error = %e, "cannot read revocations from the database");
     }
-    if let Err(e) = app.network.reload_bans(&app.db).await {
-        tracing::warn!(error = %e, "cannot read bans from the database");
+    match app.network.reload_bans(&app.db).await {
+        Ok(lifted) => {
+            for key in lifted {
+                r.unshared_lift(&app.network, key);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read bans from the database"),
     }
     let now = crate::store::now_ms();
     app.metrics
