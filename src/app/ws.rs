@@ -160,12 +160,8 @@ async fn serve(
                     // or expired since the last check gets nothing more.
                     if changes.has_changed().unwrap_or(false) || expired(&who) {
                         changes.mark_unchanged();
-                        match recheck(&state, &who, &credential).await {
-                            Some(now) => who = now,
-                            None => {
-                                refuse(&who, &mut socket).await;
-                                break;
-                            }
+                        if !still_good(&state, &mut who, &credential, &mut socket).await {
+                            break;
                         }
                     }
                     if deliver(&who, &ev) && !send(&mut socket, Message::Text(ev.json.as_ref().into())).await {
@@ -193,13 +189,11 @@ async fn serve(
                 // proves the client is alive.
                 Some(Ok(_)) => last_heard = Instant::now(),
             },
-            _ = verify.tick() => match recheck(&state, &who, &credential).await {
-                Some(now) => who = now,
-                None => {
-                    refuse(&who, &mut socket).await;
+            _ = verify.tick() => {
+                if !still_good(&state, &mut who, &credential, &mut socket).await {
                     break;
                 }
-            },
+            }
             _ = ping.tick() => {
                 if last_heard.elapsed() > IDLE_TIMEOUT || !send(&mut socket, Message::Ping(Default::default())).await {
                     break;
@@ -236,18 +230,29 @@ pub fn close_reason(e: &tokio_tungstenite::tungstenite::Error) -> Option<(u16, &
     }
 }
 
-/// Close with 1008: the credential no longer works.
-async fn refuse(who: &Authenticated, socket: &mut WebSocket) {
-    tracing::debug!(user = %who.user_id, "websocket credential no longer valid; closing");
-    let frame = CloseFrame {
-        code: 1008,
-        reason: "credential revoked or expired".into(),
+/// Verify the credential again: `who` as it is now, or, refused, the
+/// connection closed with 1008 and `false`.
+async fn still_good(
+    state: &AppState,
+    who: &mut Authenticated,
+    credential: &http::HeaderMap,
+    socket: &mut WebSocket,
+) -> bool {
+    let Some(now) = recheck(state, who, credential).await else {
+        tracing::debug!(user = %who.user_id, "websocket credential no longer valid; closing");
+        let frame = CloseFrame {
+            code: 1008,
+            reason: "credential revoked or expired".into(),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            socket.send(Message::Close(Some(frame))),
+        )
+        .await;
+        return false;
     };
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        socket.send(Message::Close(Some(frame))),
-    )
-    .await;
+    *who = now;
+    true
 }
 
 /// Has the credential's own lifetime ended (a JWT's `exp`, a key's expiry

@@ -146,16 +146,8 @@ impl Network {
         let now = crate::store::now_ms();
         let cutoff = self.bans.prune(now);
         let rows = crate::store::bans::load(db, cutoff).await?;
-        let group = self.group_v6;
-        self.bans.load(rows.into_iter().filter_map(|r| {
-            Some(BanRecord {
-                key: ban::parse_key(&r.ip, group)?,
-                until_ms: r.until_ms,
-                reason: r.reason,
-                created_at: r.created_at,
-                offences: r.offences,
-            })
-        }));
+        self.bans
+            .load(rows.into_iter().filter_map(|r| self.record_of(r)));
         gauge.set(self.bans.active_count(now) as i64);
         let weak = Arc::downgrade(&self.bans);
         let db = db.clone();
@@ -185,21 +177,25 @@ impl Network {
         let now = crate::store::now_ms();
         let rows = crate::store::bans::load(db, now).await?;
         let mut stored = std::collections::HashSet::new();
-        for r in rows {
-            if let Some(key) = ban::parse_key(&r.ip, self.group_v6) {
-                stored.insert(key);
-                self.bans.merge(BanRecord {
-                    key,
-                    until_ms: r.until_ms,
-                    reason: r.reason,
-                    created_at: r.created_at,
-                    offences: r.offences,
-                });
-            }
+        for rec in rows.into_iter().filter_map(|r| self.record_of(r)) {
+            stored.insert(rec.key);
+            self.bans.merge(rec);
         }
         Ok(self
             .bans
             .lift_absent(&stored, now.saturating_sub(STORED_WITHIN_MS), now))
+    }
+
+    /// A stored ban as the table holds it (`None`: an address that no
+    /// longer parses).
+    fn record_of(&self, r: crate::store::bans::BanRow) -> Option<BanRecord> {
+        Some(BanRecord {
+            key: ban::parse_key(&r.ip, self.group_v6)?,
+            until_ms: r.until_ms,
+            reason: r.reason,
+            created_at: r.created_at,
+            offences: r.offences,
+        })
     }
 
     pub fn allowlisted(&self, ip: IpAddr) -> bool {

@@ -157,13 +157,13 @@ impl SharedState {
             if r.policy == FailurePolicy::FailClosed {
                 return (Decision::Unavailable, None);
             }
-            let d = self.check_local(net, key, wall_ms);
-            if let Decision::BurstBan(Some(rec)) = &d {
-                r.unshared_ban(net, rec);
-            }
-            return (d, None);
         }
-        (self.check_local(net, key, wall_ms), None)
+        let d = self.check_local(net, key, wall_ms);
+        if let (Some(r), Decision::BurstBan(Some(rec))) = (self.redis(), &d) {
+            // Redis configured but out of reach: announce it once back
+            r.unshared_ban(net, rec);
+        }
+        (d, None)
     }
 
     /// The in-process decision (no Redis, or Redis down with `fail_open`).
@@ -219,13 +219,13 @@ impl SharedState {
                 }
                 return res;
             }
-            let rec = net.bans.ban(key, len, reason, now_ms);
-            if let Some(rec) = &rec {
-                r.unshared_ban(net, rec);
-            }
-            return rec;
         }
-        net.bans.ban(key, len, reason, now_ms)
+        let rec = net.bans.ban(key, len, reason, now_ms);
+        if let (Some(r), Some(rec)) = (self.redis(), &rec) {
+            // Redis configured but out of reach: announce it once back
+            r.unshared_ban(net, rec);
+        }
+        rec
     }
 
     /// Lift an active ban everywhere; false when it was not banned.

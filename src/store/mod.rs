@@ -92,9 +92,7 @@ impl StoreError {
             _ => false,
         }
     }
-}
 
-impl StoreError {
     /// Is the database out of reach or out of room rather than the request
     /// at fault: no connection free within the pool's wait, the server
     /// refusing or dropping connections (SQLSTATE classes 08 connection
