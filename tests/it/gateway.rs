@@ -369,18 +369,10 @@ async fn credentials_and_identity_headers_are_frenlys_own() {
         .await
         .unwrap();
     assert!(login["id"].is_string());
-    let tok: Value = s
-        .post("/api/auth/login")
-        .json(&json!({"username": "jwtuser", "password": "a long enough passphrase 123"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tok = crate::common::login_token(&s, "jwtuser", "a long enough passphrase 123").await;
     let v: Value = s
         .get("/v1/who")
-        .bearer_auth(tok["access_token"].as_str().unwrap())
+        .bearer_auth(tok)
         .send()
         .await
         .unwrap()

@@ -38,10 +38,7 @@ async fn login(s: &TestServer, name: &str, pw: &str) -> reqwest::Response {
 }
 
 async fn token(s: &TestServer, name: &str, pw: &str) -> String {
-    let r = login(s, name, pw).await;
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
-    v["access_token"].as_str().unwrap().to_string()
+    crate::common::login_token(s, name, pw).await
 }
 
 /// A request with credentials: `frn_...` keys go in X-API-Key, others are JWTs.
@@ -489,33 +486,56 @@ async fn keys_create_list_revoke_rotate_and_expire() {
     }
 }
 
+/// A database of its own for a store-level test: a fresh PostgreSQL one
+/// under `TEST_DB=postgres` (`None`, skipped, when unreachable outside CI),
+/// else an SQLite file in `dir`. Drop it with [`drop_scratch`].
+async fn scratch_store(dir: &std::path::Path) -> Option<(frenly::store::Db, String)> {
+    use crate::common::{fresh_pg_database, need, pg_available, pg_mode};
+    let url = if pg_mode() {
+        if !need("PostgreSQL", pg_available()) {
+            return None;
+        }
+        fresh_pg_database()
+    } else {
+        format!("sqlite://{}", dir.join("store.db").display())
+    };
+    let db = frenly::store::Db::connect(&url, 1, 1).await.unwrap();
+    Some((db, url))
+}
+
+fn drop_scratch(db: frenly::store::Db, url: &str) {
+    drop(db);
+    if crate::common::pg_mode() {
+        crate::common::drop_pg_database(url);
+    }
+}
+
+/// A user row with role `user` and no password.
+fn store_user(id: &str, name: &str) -> frenly::store::users::User {
+    frenly::store::users::User {
+        id: id.into(),
+        username: name.into(),
+        email: String::new(),
+        password_hash: None,
+        roles: vec!["user".into()],
+        created_at: 0,
+        tokens_valid_after: 0,
+    }
+}
+
 /// A rotation is a compare-and-set on what the handler read: a second
 /// rotation from the same read (two at once) is refused (409 `conflict`)
 /// instead of answering with a secret the first already replaced, and
 /// every secret answered 200 works.
 #[tokio::test]
 async fn racing_rotations_never_hand_out_a_dead_secret() {
-    use crate::common::{drop_pg_database, fresh_pg_database, need, pg_available, pg_mode};
     let dir = tempfile::tempdir().unwrap();
-    let url = if pg_mode() {
-        if !need("PostgreSQL", pg_available()) {
-            return;
-        }
-        fresh_pg_database()
-    } else {
-        format!("sqlite://{}", dir.path().join("keys.db").display())
+    let Some((db, url)) = scratch_store(dir.path()).await else {
+        return;
     };
-    let db = frenly::store::Db::connect(&url, 1, 1).await.unwrap();
-    let user = frenly::store::users::User {
-        id: "u1".into(),
-        username: "rot".into(),
-        email: String::new(),
-        password_hash: None,
-        roles: vec!["user".into()],
-        created_at: 0,
-        tokens_valid_after: 0,
-    };
-    assert!(frenly::store::users::insert(&db, &user).await.unwrap());
+    assert!(frenly::store::users::insert(&db, &store_user("u1", "rot"))
+        .await
+        .unwrap());
     let perms = vec!["read:tasks".to_string()];
     frenly::store::keys::insert(
         &db,
@@ -550,10 +570,7 @@ async fn racing_rotations_never_hand_out_a_dead_secret() {
     assert!(rotate(&db, "k1", "h2", 1001, again.old_valid_until)
         .await
         .unwrap());
-    drop(db);
-    if pg_mode() {
-        drop_pg_database(&url);
-    }
+    drop_scratch(db, &url);
 
     // over HTTP, six at once: 200s and 409s, and each secret handed out works
     let s = server("").await;
@@ -932,27 +949,11 @@ async fn racing_creations_of_case_variants_make_one_user() {
 /// handlers answer 409.
 #[tokio::test]
 async fn the_database_refuses_a_case_variant_of_a_username() {
-    use crate::common::{drop_pg_database, fresh_pg_database, need, pg_available, pg_mode};
     let dir = tempfile::tempdir().unwrap();
-    let url = if pg_mode() {
-        if !need("PostgreSQL", pg_available()) {
-            return;
-        }
-        fresh_pg_database()
-    } else {
-        format!("sqlite://{}", dir.path().join("users.db").display())
+    let Some((db, url)) = scratch_store(dir.path()).await else {
+        return;
     };
-    let db = frenly::store::Db::connect(&url, 1, 1).await.unwrap();
-    let user = |id: &str, name: &str| frenly::store::users::User {
-        id: id.into(),
-        username: name.into(),
-        email: String::new(),
-        password_hash: None,
-        roles: vec!["user".into()],
-        created_at: 0,
-        tokens_valid_after: 0,
-    };
-    assert!(frenly::store::users::insert(&db, &user("u1", "erin"))
+    assert!(frenly::store::users::insert(&db, &store_user("u1", "erin"))
         .await
         .unwrap());
     let raw = sqlx::query(
@@ -963,13 +964,12 @@ async fn the_database_refuses_a_case_variant_of_a_username() {
     .await
     .expect_err("a case variant written around the check");
     assert!(frenly::store::StoreError::from(raw).is_unique_violation());
-    assert!(frenly::store::users::insert(&db, &user("u3", "erin2"))
-        .await
-        .unwrap());
-    drop(db);
-    if pg_mode() {
-        drop_pg_database(&url);
-    }
+    assert!(
+        frenly::store::users::insert(&db, &store_user("u3", "erin2"))
+            .await
+            .unwrap()
+    );
+    drop_scratch(db, &url);
 }
 
 // ---------------------------------------------------------------- login, JWT

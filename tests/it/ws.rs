@@ -291,16 +291,7 @@ async fn revoking_the_key_closes_its_open_websocket() {
 async fn no_event_reaches_a_websocket_after_its_credential_is_revoked() {
     let s = start().await;
     let other_key = crate::common::user_key(&s, "wsgone", &["user"]).await;
-    let login: Value = s
-        .post("/api/auth/login")
-        .json(&json!({"username": "wsgone", "password": "a long enough passphrase 123"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["access_token"].as_str().unwrap().to_string();
+    let token = crate::common::login_token(&s, "wsgone", crate::common::PASSPHRASE).await;
     let (revoked_key, revoked_key_id) = {
         let v: Value = s
             .post("/api/keys")

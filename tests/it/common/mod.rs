@@ -543,28 +543,35 @@ pub fn run_cli(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> (i32
     )
 }
 
-/// A user with `roles` (made by the admin), logged in, and an API key of
-/// theirs made with that login.
+/// The password of the users [`user_key`] makes.
+pub const PASSPHRASE: &str = "a long enough passphrase 123";
+
+/// `POST /api/auth/login` as `name` (answered 200): the access token.
+pub async fn login_token(s: &TestServer, name: &str, password: &str) -> String {
+    let r = s
+        .post("/api/auth/login")
+        .json(&serde_json::json!({"username": name, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "login as {name}");
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+/// A user with `roles` (made by the admin, password [`PASSPHRASE`]), logged
+/// in, and an API key of theirs made with that login.
 pub async fn user_key(s: &TestServer, name: &str, roles: &[&str]) -> String {
     let r = s
         .admin_post(
             "/api/users",
-            &serde_json::json!({"username": name, "email": format!("{name}@example.test"), "password": "a long enough passphrase 123", "roles": roles}),
+            &serde_json::json!({"username": name, "email": format!("{name}@example.test"), "password": PASSPHRASE, "roles": roles}),
         )
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
-    let login: serde_json::Value = s
-        .post("/api/auth/login")
-        .json(&serde_json::json!({"username": name, "password": "a long enough passphrase 123"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["access_token"].as_str().unwrap();
+    let token = login_token(s, name, PASSPHRASE).await;
     let r = s
         .post("/api/keys")
         .bearer_auth(token)
