@@ -72,6 +72,8 @@ impl AppState {
         let shared = crate::state::SharedState::new(&cfg, metrics.redis_up.clone())?;
         let mut authn = Authn::new(&cfg)?;
         authn.lockout.set_shared(shared.clone());
+        // expired rows are dropped once per start (a catch-up only reads)
+        let _ = crate::store::revoked::prune(&db, crate::store::now_ms()).await;
         authn.revocations.load(&db).await?;
         let alerts = crate::monitoring::alerts::Alerts::start(&cfg)?;
         let audit = crate::monitoring::audit::Audit::start_with(

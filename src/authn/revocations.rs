@@ -36,7 +36,6 @@ impl Revocations {
     /// catching up after a Redis outage); how many were new here.
     pub async fn load(&self, db: &Db) -> store::Result<usize> {
         let now = store::now_ms();
-        let _ = store::revoked::prune(db, now).await;
         let live = store::revoked::live(db, now).await?;
         let mut m = self.jtis.write();
         let before = m.len();

@@ -187,6 +187,15 @@ impl Engine {
         }
     }
 
+    /// A detection recorded at most once per cooldown (per instance here;
+    /// across instances through the shared claim, see `Detection::cooled`).
+    fn cooled_detection(&self, kind: Kind, details: Value, ban: bool) -> Detection {
+        Detection {
+            cooled: true,
+            ..self.detection(kind, details, ban)
+        }
+    }
+
     /// Feed one signal from address `key` at `now_ms`.
     pub fn observe(&self, key: IpAddr, signal: &Signal, now_ms: u64) -> Option<Detection> {
         self.observe_counted(key, signal, now_ms, None)
@@ -245,9 +254,7 @@ impl Engine {
                     }
                     if cooled(c, kind) {
                         c.recorded[kind as usize] = Some(now_ms);
-                        let mut d = self.detection(kind, details, false);
-                        d.cooled = true;
-                        return Some(d);
+                        return Some(self.cooled_detection(kind, details, false));
                     }
                     None
                 }
@@ -282,9 +289,7 @@ impl Engine {
                         return None;
                     }
                     c.recorded[k as usize] = Some(now_ms);
-                    let mut d = self.detection(k, json!({}), true);
-                    d.cooled = true;
-                    Some(d)
+                    Some(self.cooled_detection(k, json!({}), true))
                 }
                 Signal::Ddos {
                     ban_seconds,

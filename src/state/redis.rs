@@ -77,7 +77,7 @@ pub struct RedisState {
     /// Revocations, bans and lifts made here while Redis was out of reach:
     /// announced again once it is back ([`RedisState::replay`]), so that
     /// instances that never lost Redis learn them too.
-    unshared: parking_lot::Mutex<Vec<Msg>>,
+    unshared: parking_lot::Mutex<std::collections::VecDeque<Msg>>,
 }
 
 /// The most changes kept for [`RedisState::replay`]; beyond, the oldest
@@ -164,7 +164,7 @@ impl RedisState {
             },
             publisher: tx,
             memory_ms: cfg.limits.ddos.max_ban_seconds.saturating_mul(1000),
-            unshared: parking_lot::Mutex::new(Vec::new()),
+            unshared: parking_lot::Mutex::new(std::collections::VecDeque::new()),
         });
         tokio::spawn(probe(Arc::downgrade(&state)));
         tokio::spawn(publish_loop(Arc::downgrade(&state), rx));
@@ -467,9 +467,9 @@ impl RedisState {
     fn unshared_push(&self, msg: Msg) {
         let mut v = self.unshared.lock();
         if v.len() >= UNSHARED_MAX {
-            v.remove(0);
+            v.pop_front();
         }
-        v.push(msg);
+        v.push_back(msg);
     }
 
     /// A ban or lift decided while Redis was out of reach.
