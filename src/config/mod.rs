@@ -508,6 +508,16 @@ pub const INCIDENT_KINDS: [&str; 8] = [
     "ddos",
 ];
 
+/// The incident kinds the IDS's blocks raise (the others: `brute_force`,
+/// `rate_limit_exceeded`, `ddos`).
+pub const IDS_INCIDENT_KINDS: [&str; 5] = [
+    "sql_injection",
+    "xss_attempt",
+    "path_traversal",
+    "command_injection",
+    "intrusion_attempt",
+];
+
 /// Incident detection and the automated response to each kind.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -646,6 +656,20 @@ pub fn load(source: &Source) -> Result<Config, ConfigError> {
     Config::from_raw(raw, source)
 }
 
+/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4 network
+/// it maps (`10.0.0.0/8`): clients on a dual-stack listener are seen as
+/// their IPv4 address, which the mapped form would never match.
+pub fn canonical_net(n: IpNet) -> IpNet {
+    match n {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
+            .network()
+            .to_ipv4_mapped()
+            .and_then(|a| ipnet::Ipv4Net::new(a, v6.prefix_len() - 96).ok())
+            .map_or(n, IpNet::V4),
+        other => other,
+    }
+}
+
 fn describe(e: figment::Error) -> String {
     let key = e.path.join(".");
     let from_file = e
@@ -690,7 +714,16 @@ impl Config {
     }
 
     /// Resolve paths and check values.
-    pub fn from_raw(raw: RawConfig, source: &Source) -> Result<Config, ConfigError> {
+    pub fn from_raw(mut raw: RawConfig, source: &Source) -> Result<Config, ConfigError> {
+        // peers are canonical (`network::client_addr`): so are the networks
+        for n in raw
+            .network
+            .trusted_proxies
+            .iter_mut()
+            .chain(raw.limits.allowlist.iter_mut())
+        {
+            *n = canonical_net(*n);
+        }
         let data_dir = source
             .data_dir
             .clone()

@@ -1,4 +1,9 @@
 //! The client address: TCP peer, or the forwarded address from a trusted proxy.
+//!
+//! Addresses are canonical: an IPv4 client reaching a dual-stack (`[::]`)
+//! listener, or named that way in a forwarding header, is its IPv4 address
+//! (`::ffff:192.0.2.1` is `192.0.2.1`), so that IPv4 trusted proxies,
+//! allowlists and bans written in IPv4 match it.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -20,19 +25,25 @@ pub fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
     proxies.iter().any(|n| n.contains(&ip))
 }
 
+/// The TCP peer as every layer sees it (IPv4-mapped IPv6 as IPv4).
+pub fn canonical_peer(peer: SocketAddr) -> SocketAddr {
+    SocketAddr::new(peer.ip().to_canonical(), peer.port())
+}
+
 /// Parse one hop of `X-Forwarded-For` or a `Forwarded: for=` value.
 pub fn parse_hop(s: &str) -> Option<IpAddr> {
     let s = s.trim().trim_matches('"');
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Some(ip);
-    }
-    if let Ok(sa) = s.parse::<SocketAddr>() {
-        return Some(sa.ip());
-    }
-    // "[v6]" without a port
-    s.strip_prefix('[')
-        .and_then(|r| r.strip_suffix(']'))
-        .and_then(|r| r.parse().ok())
+    let ip = if let Ok(ip) = s.parse::<IpAddr>() {
+        ip
+    } else if let Ok(sa) = s.parse::<SocketAddr>() {
+        sa.ip()
+    } else {
+        // "[v6]" without a port
+        s.strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|r| r.parse::<IpAddr>().ok())?
+    };
+    Some(ip.to_canonical())
 }
 
 /// The forwarding chain in `which` header, left (client) to right (nearest
@@ -142,6 +153,12 @@ mod tests {
         assert_eq!(
             resolve(proxy, &h, &proxies, ForwardedHeader::Forwarded),
             proxy
+        );
+        // an IPv4 hop written as IPv4-mapped IPv6 is the IPv4 address
+        let h = headers(&[("x-forwarded-for", "::ffff:203.0.113.7, [::ffff:10.0.0.2]")]);
+        assert_eq!(
+            resolve(proxy, &h, &proxies, ForwardedHeader::XForwardedFor),
+            ip("203.0.113.7")
         );
         // an untrusted peer's headers are never read
         let h = headers(&[("x-forwarded-for", "203.0.113.7")]);

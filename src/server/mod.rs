@@ -120,7 +120,7 @@ impl Server {
             };
             let (stream, peer) = tokio::select! {
                 r = self.listener.accept() => match r {
-                    Ok(x) => x,
+                    Ok((s, peer)) => (s, crate::network::client_addr::canonical_peer(peer)),
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(20)).await;

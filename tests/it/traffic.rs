@@ -233,6 +233,41 @@ async fn forwarded_for_is_honoured_from_trusted_proxies() {
     }
 }
 
+/// A dual-stack listener sees IPv4 peers as IPv4-mapped IPv6
+/// (`::ffff:127.0.0.1`); every layer sees them as their IPv4 address. Before,
+/// an IPv4 trusted proxy never matched: its forwarding header was ignored,
+/// and a ban of one client behind it banned the proxy, so everyone. A
+/// mapped network in the config is the IPv4 network it maps.
+#[tokio::test]
+async fn ipv4_peers_of_a_dual_stack_listener_are_their_ipv4_address() {
+    for proxies in ["127.0.0.0/8", "::ffff:127.0.0.0/104"] {
+        let s = TestServer::with(Opts::default().plain().config(&format!(
+            "[network]\nlisten = \"[::ffff:127.0.0.1]:0\"\ntls = false\n\
+             trusted_proxies = [\"{proxies}\"]\n\
+             [limits]\nrate = {{ max_requests = 2, window_seconds = 60 }}\n",
+        )))
+        .await;
+        let get = |xff: &'static str| s.get("/openapi.json").header("X-Forwarded-For", xff).send();
+        assert_eq!(get("198.51.100.1").await.unwrap().status(), 200);
+        assert_eq!(get("198.51.100.1").await.unwrap().status(), 200);
+        assert_eq!(get("198.51.100.1").await.unwrap().status(), 429, "{proxies}");
+        assert_eq!(get("198.51.100.2").await.unwrap().status(), 200, "{proxies}");
+        // a ban of one client behind the proxy is that client's only
+        let r = s
+            .post("/api/security/bans")
+            .header("X-API-Key", s.admin())
+            .header("X-Forwarded-For", "198.51.100.3")
+            .json(&json!({"ip": "::ffff:198.51.100.4", "seconds": 60, "reason": "test"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let (st, code, _) = error_code(get("198.51.100.4").await.unwrap()).await;
+        assert_eq!((st, code.as_str()), (403, "ip_banned"), "{proxies}");
+        assert_eq!(get("198.51.100.5").await.unwrap().status(), 200, "{proxies}");
+    }
+}
+
 #[tokio::test]
 async fn a_ban_cannot_be_dodged_with_forwarded_for() {
     // without trusted proxies: the TCP peer is banned, headers change nothing
