@@ -201,7 +201,27 @@ impl Keyring {
     }
 
     /// Add a new primary key to the keyring file (atomically, 0600); returns its id.
+    ///
+    /// Rotations in several processes at once follow one another: each
+    /// reads, extends and replaces the file under an exclusive lock of
+    /// `<keyring>.lock` (the file itself is replaced, so it cannot carry
+    /// the lock). Without it, two rotations read the same keys and the
+    /// last rename drops the other's new key, and whatever a `--reencrypt`
+    /// wrote under it with it.
     pub fn rotate(path: &Path) -> Result<String, KeyringError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let io = |e: std::io::Error| KeyringError::Io {
+            path: path.display().to_string(),
+            source: e,
+        };
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path.with_extension("lock"))
+            .map_err(io)?;
+        lock.lock().map_err(io)?;
         let mut doc = read_doc(path)?;
         parse(path, &doc)?;
         let next = doc
@@ -222,10 +242,6 @@ impl Keyring {
             created_at: crate::store::rfc3339(crate::store::now_ms()),
         });
         doc.primary = id.clone();
-        let io = |e: std::io::Error| KeyringError::Io {
-            path: path.display().to_string(),
-            source: e,
-        };
         let bytes = serde_json::to_vec_pretty(&doc)
             .map_err(|e| KeyringError::Format(path.display().to_string(), e.to_string()))?;
         let tmp = path.with_extension(format!("tmp-{}", crate::store::new_id()));
@@ -234,6 +250,7 @@ impl Keyring {
             let _ = std::fs::remove_file(&tmp);
             io(e)
         })?;
+        drop(lock);
         Ok(id)
     }
 }

@@ -946,6 +946,44 @@ async fn claims_take_the_oldest_highest_priority_task_and_respect_settings() {
     assert!(claim().await.is_none());
 }
 
+/// Rotations started at once follow one another: every one adds its key
+/// (before, they read the same file and the last rename dropped the
+/// others' keys, with whatever a `--reencrypt` had written under them).
+#[test]
+fn concurrent_keyring_rotations_each_add_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap().to_string();
+    let (code, _, err) = crate::common::run_cli(&["init", "--data-dir", &data], None, &[]);
+    assert_eq!(code, 0, "{err}");
+    let runs: Vec<_> = (0..6)
+        .map(|_| {
+            let data = data.clone();
+            std::thread::spawn(move || {
+                crate::common::run_cli(&["keyring", "rotate", "--data-dir", &data], None, &[])
+            })
+        })
+        .collect();
+    for r in runs {
+        let (code, _, err) = r.join().unwrap();
+        assert_eq!(code, 0, "{err}");
+    }
+    let ring: Value = serde_json::from_slice(
+        &std::fs::read(std::path::Path::new(&data).join("keyring.json")).unwrap(),
+    )
+    .unwrap();
+    let mut ids: Vec<&str> = ring["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 7, "{ring}");
+    assert_eq!(ring["primary"], "k7");
+}
+
 #[tokio::test]
 async fn keyring_rotation_keeps_rows_readable_and_reencrypt_rewrites_them() {
     let s = start().await;
