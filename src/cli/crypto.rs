@@ -177,23 +177,42 @@ pub fn keyring(cfg: Config, c: KeyringCmd) -> CmdResult {
     crate::app::bootstrap::ensure_data_dir(&cfg.data_dir)
         .map_err(|e| Failure::refused(format!("data directory: {e}")))?;
     crate::data::ensure_keyring(&cfg)?;
-    let id = Keyring::rotate(&cfg.keyring_file).map_err(Failure::refused)?;
-    crate::errln!("frenly: new primary data-encryption key `{id}`; old data stays readable");
-    if !reencrypt {
-        return Ok(0);
-    }
-    let ring = Keyring::load(&cfg.keyring_file).map_err(Failure::refused)?;
     let rt = super::runtime()?;
-    let (done, skipped) = rt.block_on(async {
-        let db = crate::store::Db::connect(&cfg.database_url, 1, 2)
-            .await
-            .map_err(|e| Failure::refused(format!("database: {e}")))?;
-        reencrypt_all(&db, &ring)
-            .await
-            .map_err(|e| Failure::refused(format!("re-encryption stopped: {e}")))
-    })?;
-    crate::errln!("frenly: re-encrypted {done} task(s) under `{id}`; {skipped} changed meanwhile and were left as written");
-    Ok(0)
+    rt.block_on(async {
+        // audited in an initialised data directory (a keyring with no
+        // database yet encrypts nothing)
+        let db = match super::identity::open(&cfg).await {
+            Ok(db) => Some(db),
+            Err(_) if !reencrypt => None,
+            Err(e) => return Err(e),
+        };
+        let audit = match &db {
+            Some(db) => Some((super::identity::open_audit(&cfg, db)?, db)),
+            None => None,
+        };
+        let id = Keyring::rotate(&cfg.keyring_file).map_err(Failure::refused)?;
+        crate::errln!("frenly: new primary data-encryption key `{id}`; old data stays readable");
+        let mut ev = crate::monitoring::audit::AuditEvent::new("keyring_rotated")
+            .field("primary_key_id", id.as_str());
+        let mut outcome = Ok(0);
+        if let (true, Some((_, db))) = (reencrypt, &audit) {
+            let ring = Keyring::load(&cfg.keyring_file).map_err(Failure::refused)?;
+            match reencrypt_all(db, &ring).await {
+                Ok((done, skipped)) => {
+                    crate::errln!("frenly: re-encrypted {done} task(s) under `{id}`; {skipped} changed meanwhile and were left as written");
+                    ev = ev.field("reencrypted", done).field("skipped", skipped);
+                }
+                Err(e) => {
+                    ev = ev.field("reencrypt_error", e.to_string());
+                    outcome = Err(Failure::refused(format!("re-encryption stopped: {e}")));
+                }
+            }
+        }
+        if let Some((audit, _)) = audit {
+            super::identity::audited(audit, ev).await;
+        }
+        outcome
+    })
 }
 
 /// Rewrite every encrypted task column not under the primary key.

@@ -9,6 +9,12 @@
 //! `authn::CACHE_TTL_MS` (it re-reads cached credentials that often); with
 //! `state.redis_url` the command also moves the shared revocation epoch, so
 //! every instance drops its cached credentials at its next request.
+//!
+//! Every change is audited as the HTTP API audits it (`key_created`,
+//! `key_revoked`, `user_created`, `user_deleted`, and `token_issued` for a
+//! minted token), with `"via": "cli"` and no `user_id` (the operator is not
+//! a Frenly user). The audit log is opened before the change: a command
+//! that cannot audit changes nothing.
 
 use std::io::{BufRead, IsTerminal};
 
@@ -19,6 +25,7 @@ use super::{runtime, CmdResult, Failure};
 use crate::authn::{identity, jwt, password};
 use crate::authz::{PermissionSet, Roles};
 use crate::config::Config;
+use crate::monitoring::audit::{Audit, AuditEvent};
 use crate::store::{self, Db};
 
 #[derive(Debug, Subcommand)]
@@ -68,7 +75,7 @@ pub struct TokenArgs {
 /// fresh secrets: a mistyped `--data-dir` would otherwise list no keys and
 /// no users, and a user added there would stop `serve` from creating the
 /// first admin (only `serve` and `init` create it and print its key).
-async fn open(cfg: &Config) -> Result<Db, Failure> {
+pub(super) async fn open(cfg: &Config) -> Result<Db, Failure> {
     if let Some(path) = cfg.sqlite_path() {
         if !std::path::Path::new(path).exists() {
             return Err(Failure::refused(format!(
@@ -77,6 +84,22 @@ async fn open(cfg: &Config) -> Result<Db, Failure> {
         }
     }
     Ok(crate::app::bootstrap::prepare(cfg).await?.db)
+}
+
+/// The audit log, opened before a command changes anything.
+pub(super) fn open_audit(cfg: &Config, db: &Db) -> Result<Audit, Failure> {
+    Audit::start(cfg, db.clone()).map_err(|e| {
+        Failure::refused(format!(
+            "cannot open the audit log {} (audit.file): {e}",
+            cfg.audit_file.display()
+        ))
+    })
+}
+
+/// Record what an offline command did, and wait until it is written.
+pub(super) async fn audited(audit: Audit, ev: AuditEvent) {
+    audit.record(ev.field("via", "cli")).await;
+    audit.flush().await;
 }
 
 fn fail_store(e: store::StoreError) -> Failure {
@@ -135,12 +158,28 @@ pub fn keys(cfg: Config, cmd: KeysCmd) -> CmdResult {
                     return Err(Failure::usage("--name must have 1 to 100 characters"));
                 }
                 let expires_at = identity::expiry(store::now_ms(), days);
+                let audit = open_audit(&cfg, &db)?;
                 let k = identity::create_key(&db, &u.id, &name, perms, expires_at)
                     .await
                     .map_err(identity_failure)?;
+                let created = AuditEvent::new("key_created")
+                    .field("key_id", k.id.as_str())
+                    .field("owner_id", u.id.as_str())
+                    .field("name", k.name.as_str())
+                    .field("permissions", k.permissions.clone())
+                    .field("expires_at", store::rfc3339(k.expires_at));
+                audited(audit, created).await;
                 if let Err(e) = super::write_stdout(format_args!("{}\n", k.key.as_str())) {
                     // nobody saw the secret: a key no one holds is revoked
-                    let _ = store::keys::revoke(&db, &k.id, store::now_ms()).await;
+                    if store::keys::revoke(&db, &k.id, store::now_ms()).await.is_ok() {
+                        if let Ok(audit) = open_audit(&cfg, &db) {
+                            let revoked = AuditEvent::new("key_revoked")
+                                .field("key_id", k.id.as_str())
+                                .field("owner_id", u.id.as_str())
+                                .field("reason", "never shown");
+                            audited(audit, revoked).await;
+                        }
+                    }
                     return Err(Failure::refused(format!(
                         "{}; key {} was created but never shown, so it was revoked",
                         e.message, k.id
@@ -174,12 +213,17 @@ pub fn keys(cfg: Config, cmd: KeysCmd) -> CmdResult {
                 Ok(0)
             }
             KeysCmd::Revoke { id } => {
-                if store::keys::by_id(&db, &id).await.map_err(fail_store)?.is_none() {
+                let Some(k) = store::keys::by_id(&db, &id).await.map_err(fail_store)? else {
                     return Err(Failure::refused(format!("no key with id `{id}`")));
-                }
+                };
+                let audit = open_audit(&cfg, &db)?;
                 store::keys::revoke(&db, &id, store::now_ms())
                     .await
                     .map_err(fail_store)?;
+                let revoked = AuditEvent::new("key_revoked")
+                    .field("key_id", id.as_str())
+                    .field("owner_id", k.user_id.as_str());
+                audited(audit, revoked).await;
                 crate::errln!("frenly: key {id} revoked");
                 tell_instances(&cfg).await;
                 Ok(0)
@@ -262,6 +306,7 @@ pub fn users(cfg: Config, cmd: UsersCmd) -> CmdResult {
                 let pw = read_password()?;
                 identity::validate_password(&pw).map_err(Failure::usage)?;
                 let db = open(&cfg).await?;
+                let audit = open_audit(&cfg, &db)?;
                 let hash = tokio::task::spawn_blocking(move || password::hash_blocking(&pw))
                     .await
                     .map_err(Failure::refused)??;
@@ -274,6 +319,11 @@ pub fn users(cfg: Config, cmd: UsersCmd) -> CmdResult {
                 let u = identity::insert_user(&db, &new, hash)
                     .await
                     .map_err(identity_failure)?;
+                let created = AuditEvent::new("user_created")
+                    .field("target_user_id", u.id.as_str())
+                    .field("username", u.username.as_str())
+                    .field("roles", u.roles.clone());
+                audited(audit, created).await;
                 outln!("{}", u.id)?;
                 crate::errln!(
                     "frenly: created user `{}` ({})",
@@ -300,9 +350,14 @@ pub fn users(cfg: Config, cmd: UsersCmd) -> CmdResult {
             UsersCmd::Remove { username } => {
                 let db = open(&cfg).await?;
                 let u = user_by_name(&db, &username).await?;
+                let audit = open_audit(&cfg, &db)?;
                 identity::delete_user(&db, &u)
                     .await
                     .map_err(identity_failure)?;
+                let deleted = AuditEvent::new("user_deleted")
+                    .field("target_user_id", u.id.as_str())
+                    .field("username", u.username.as_str());
+                audited(audit, deleted).await;
                 crate::errln!("frenly: removed user `{username}`, their keys and tokens");
                 tell_instances(&cfg).await;
                 Ok(0)
@@ -328,6 +383,16 @@ pub fn token(cfg: Config, args: TokenArgs) -> CmdResult {
         let names = perms.names().into_iter().map(String::from).collect();
         let claims = jwt::Claims::new(&u.id, names, store::now_ms().div_euclid(1000), ttl);
         let token = v.sign(&claims).map_err(Failure::refused)?;
+        let audit = open_audit(&cfg, &db)?;
+        let issued = AuditEvent::new("token_issued")
+            .field("target_user_id", u.id.as_str())
+            .field("username", u.username.as_str())
+            .field("jti", claims.jti.as_str())
+            .field(
+                "expires_at",
+                store::rfc3339(claims.exp.saturating_mul(1000)),
+            );
+        audited(audit, issued).await;
         outln!("{token}")?;
         crate::errln!(
             "frenly: token for `{}` valid until {}",

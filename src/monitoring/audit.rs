@@ -127,16 +127,19 @@ impl Audit {
     /// Start the writer, reporting backpressure to `hooks`.
     pub fn start_with(cfg: &Config, db: Db, hooks: AuditHooks) -> anyhow::Result<Audit> {
         let path = cfg.audit_file.clone();
+        let mut file = LogFile::open(path.clone(), cfg.audit.rotate_bytes)?;
         // A crash (SIGKILL, power loss) can leave a last line without its
         // line end; appending after it would glue the next line to it and
         // break the chain for good. Remove it first, and say so in the chain.
-        let cut = repair_tail(&path)?;
-        let prev = last_hash(&path)?;
+        // Under the file's lock: a line another process is writing is whole
+        // by the time the lock is ours.
+        file.lock()?;
+        let read = repair_tail(&path).and_then(|cut| Ok((cut, last_hash(&path)?)));
+        let (cut, prev) = file.unlock_after(read)?;
         let capacity = cfg.audit.queue_capacity.max(16);
         let (tx, rx) = mpsc::channel(capacity);
         let written = Arc::new(AtomicU64::new(0));
         let queued = Arc::new(AtomicU64::new(0));
-        let file = LogFile::open(path, cfg.audit.rotate_bytes)?;
         let writer = Writer {
             file,
             prev,
@@ -246,11 +249,22 @@ impl Audit {
 }
 
 /// The open audit file, its size, and the rotation threshold.
+///
+/// Several processes may append to one file: the server's writer and the
+/// offline commands (`frenly keys create`, ...), which audit what they do.
+/// Each batch is written under an exclusive `flock` of the file, after
+/// checking that the path still names the open file (another process may
+/// have rotated it) and that the file has the length this process left it
+/// at (else another process appended, and the chain goes on from the hash
+/// of its last line).
 struct LogFile {
     path: PathBuf,
     file: Option<std::fs::File>,
     size: u64,
     rotate_bytes: u64,
+    /// The length this process last saw the file at, under the lock (None:
+    /// not yet, or the file was replaced).
+    known: Option<u64>,
 }
 
 impl LogFile {
@@ -265,15 +279,71 @@ impl LogFile {
             file: None,
             size: 0,
             rotate_bytes,
+            known: None,
         };
         f.reopen()?;
         Ok(f)
+    }
+
+    /// Take the lock of the file the path names (reopening it if another
+    /// process rotated it away).
+    fn lock(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        for _ in 0..16 {
+            if self.file.is_none() {
+                self.reopen()?;
+            }
+            let f = self.open_file()?;
+            f.lock()?;
+            let open = f.metadata()?;
+            match std::fs::metadata(&self.path) {
+                Ok(named) if named.ino() == open.ino() && named.dev() == open.dev() => {
+                    self.size = open.len();
+                    return Ok(());
+                }
+                _ => {
+                    // rotated (or removed) by another process: its lock
+                    // goes with the old file
+                    self.file = None;
+                    self.known = None;
+                }
+            }
+        }
+        Err(std::io::Error::other(
+            "the audit file keeps being replaced while this process waits for it",
+        ))
+    }
+
+    /// Release the lock, remembering the length the file is left at.
+    fn unlock_after<T>(&mut self, r: std::io::Result<T>) -> std::io::Result<T> {
+        if let Some(f) = &self.file {
+            self.known = f.metadata().ok().map(|m| m.len());
+            let _ = f.unlock();
+        }
+        r
+    }
+
+    /// Under the lock: the hash the chain goes on from, when another
+    /// process wrote since this one last did (None: `prev` is current).
+    fn moved_chain(&self) -> std::io::Result<Option<String>> {
+        if self.known == Some(self.size) || self.size == 0 {
+            return Ok(None);
+        }
+        let f = self.open_file()?;
+        tail_hash(f, self.size, &self.path).map(Some)
+    }
+
+    fn open_file(&self) -> std::io::Result<&std::fs::File> {
+        self.file
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("audit file not open"))
     }
 
     fn reopen(&mut self) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .mode(0o600)
             .open(&self.path)?;
@@ -331,44 +401,64 @@ impl LogFile {
     /// Rename the full file to `<file>.<n>` (the next free number: `.1` is
     /// the oldest) and continue in a fresh file; the chain goes on.
     fn rotate(&mut self) -> std::io::Result<()> {
-        if let Some(f) = self.file.take() {
+        if let Some(f) = &self.file {
             f.sync_all()?;
         }
         let target = next_rotation_name(&self.path);
         std::fs::rename(&self.path, &target)?;
         tracing::info!(rotated = %target.display(), "audit log rotated");
-        self.reopen()
+        // The fresh file is locked before the old one (and its lock) goes,
+        // so a process waiting on the old one finds the new one taken.
+        let old = self.file.take();
+        self.reopen()?;
+        self.open_file()?.lock()?;
+        drop(old);
+        Ok(())
     }
 }
 
-/// `<file>.<n>` for the first `n >= 1` not taken.
+/// `<file>.<n>` with `n` one past the highest rotated file there (`.1`
+/// when there is none): numbers only grow, so the order stays the chain's
+/// when old files are removed (retention).
 pub fn next_rotation_name(path: &Path) -> PathBuf {
-    let mut n = 1u64;
-    loop {
-        let mut name = path.as_os_str().to_owned();
-        name.push(format!(".{n}"));
-        let p = PathBuf::from(name);
-        if !p.exists() {
-            return p;
-        }
-        n += 1;
-    }
+    let n = rotated_files(path).last().map_or(1, |(n, _)| n + 1);
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// The rotated files of `path` (`<file>.<n>`), by number.
+pub fn rotated_files(path: &Path) -> Vec<(u64, PathBuf)> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Some(base) = path.file_name().and_then(|n| n.to_str()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let n = name
+                .to_str()?
+                .strip_prefix(base)?
+                .strip_prefix('.')
+                .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))?
+                .parse::<u64>()
+                .ok()?;
+            Some((n, dir.join(&name)))
+        })
+        .collect();
+    out.sort_unstable();
+    out
 }
 
 /// The rotated files of `path` in chain order (oldest first), then `path`.
 pub fn chain_files(path: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut n = 1u64;
-    loop {
-        let mut name = path.as_os_str().to_owned();
-        name.push(format!(".{n}"));
-        let p = PathBuf::from(name);
-        if !p.exists() {
-            break;
-        }
-        out.push(p);
-        n += 1;
-    }
+    let mut out: Vec<PathBuf> = rotated_files(path).into_iter().map(|(_, p)| p).collect();
     out.push(path.to_path_buf());
     out
 }
@@ -415,6 +505,18 @@ impl Writer {
     }
 
     fn write_batch(&mut self, batch: &mut Vec<Msg>) {
+        let locked = self.file.lock();
+        if let Err(e) = &locked {
+            // written anyway: a line at risk beats a line lost
+            tracing::error!(file = %self.file.path.display(), error = %e, "cannot lock the audit log");
+        }
+        match self.file.moved_chain() {
+            Ok(Some(prev)) => self.prev = prev,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(file = %self.file.path.display(), error = %e, "cannot read the audit log's last hash")
+            }
+        }
         let mut records = Vec::with_capacity(batch.len());
         let mut flushes = Vec::new();
         for m in batch.drain(..) {
@@ -438,7 +540,8 @@ impl Writer {
             }
         }
         let lines = records.iter().map(|r| r.line.as_str());
-        if let Err(e) = self.file.append(lines, !flushes.is_empty()) {
+        let appended = self.file.append(lines, !flushes.is_empty());
+        if let Err(e) = self.file.unlock_after(appended) {
             tracing::error!(file = %self.file.path.display(), error = %e, "cannot append to the audit log");
         }
         if !records.is_empty() {
@@ -754,6 +857,26 @@ pub fn repair_tail(path: &Path) -> std::io::Result<Option<(u64, String)>> {
     f.set_len(keep)?;
     f.sync_all()?;
     Ok(Some((len - keep, hex::encode(Sha256::digest(&tail)))))
+}
+
+/// The hash of the last line of the first `len` bytes of `f`, read from its
+/// end (every line ends `,"hash":"<64 hex>"}` and a line end); a file whose
+/// tail is not such a line is read whole by [`last_hash`].
+fn tail_hash(f: &std::fs::File, len: u64, path: &Path) -> std::io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    const TAIL: usize = 9 + 64 + 2 + 1;
+    let mut buf = [0u8; TAIL];
+    if let Some(at) = len.checked_sub(TAIL as u64) {
+        f.read_exact_at(&mut buf, at)?;
+        let hash = buf
+            .strip_prefix(b",\"hash\":\"")
+            .and_then(|b| b.strip_suffix(b"\"}\n"))
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+        if let Some(h) = hash {
+            return Ok(String::from_utf8_lossy(h).into_owned());
+        }
+    }
+    last_hash(path)
 }
 
 /// The hash of the last line of an existing log (GENESIS if none).

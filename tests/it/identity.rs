@@ -1583,6 +1583,93 @@ async fn cli_users_keys_and_token() {
     assert_eq!(code, 1);
 }
 
+/// The offline commands audit what they change, in the chain the running
+/// server appends to: the server keeps writing (every request is an
+/// `api_access` line) while they write, and the chain stays whole. Before,
+/// they wrote nothing; two writers with their own idea of the last hash
+/// would have broken the chain at the first interleaving.
+#[tokio::test]
+async fn offline_commands_are_audited_in_the_running_servers_chain() {
+    let s = server("").await;
+    let cfg = s.dir.path().join("frenly.toml");
+    let cfg = cfg.to_str().unwrap().to_string();
+    let data = s.data_dir();
+    let log = data.join("security_audit.log");
+    let data = data.to_str().unwrap().to_string();
+    let env = s.cli_env();
+    let commands = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let cli = |args: &[&str], stdin: Option<&str>| {
+            let mut all: Vec<&str> = args.to_vec();
+            all.extend(["--config", &cfg, "--data-dir", &data]);
+            let (code, out, err) = run_cli(&all, stdin, &env);
+            assert_eq!(code, 0, "{args:?}: {err}");
+            out
+        };
+        cli(&["users", "add", "dora"], Some("dora-password-1\n"));
+        let key = cli(&["keys", "create", "--user", "dora"], None);
+        let id = cli(&["keys", "list"], None)
+            .lines()
+            .find(|l| l.contains("dora"))
+            .and_then(|l| l.split('\t').next())
+            .unwrap()
+            .to_string();
+        let token = cli(&["token", "--user", "dora"], None);
+        cli(&["keys", "revoke", &id], None);
+        cli(&["users", "remove", "dora"], None);
+        cli(&["keyring", "rotate"], None);
+        (key.trim().to_string(), token.trim().to_string(), id)
+    });
+    // the server appends while the commands do
+    let mut requests = 0;
+    while !commands.is_finished() {
+        assert_eq!(whoami(&s, s.admin()).await.status(), 200);
+        requests += 1;
+    }
+    let (key, token, id) = commands.await.unwrap();
+    assert!(requests > 10, "too little interleaving: {requests} requests");
+    // one more request, written after the last command's line
+    assert_eq!(whoami(&s, s.admin()).await.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        if last["event_type"] == "api_access" && text.contains("keyring_rotated") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the last request was never audited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!text.contains(&key) && !text.contains(&token), "a secret in the log");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by_cli = |kind: &str| {
+        lines
+            .iter()
+            .find(|v| v["event_type"] == kind && v["via"] == "cli")
+            .unwrap_or_else(|| panic!("no {kind} from the command line in {text}"))
+    };
+    assert_eq!(by_cli("user_created")["username"], "dora");
+    assert_eq!(by_cli("key_created")["key_id"], id.as_str());
+    assert_eq!(by_cli("key_revoked")["key_id"], id.as_str());
+    assert_eq!(by_cli("token_issued")["username"], "dora");
+    assert_eq!(by_cli("user_deleted")["username"], "dora");
+    assert!(by_cli("keyring_rotated")["primary_key_id"].is_string());
+    let first_cli = lines.iter().position(|v| v["via"] == "cli").unwrap();
+    let last_cli = lines.iter().rposition(|v| v["via"] == "cli").unwrap();
+    assert!(
+        lines[first_cli..last_cli]
+            .iter()
+            .any(|v| v["event_type"] == "api_access"),
+        "the server wrote nothing between the commands' lines"
+    );
+    let (code, out, err) = run_cli(&["audit", "verify", log.to_str().unwrap()], None, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("OK"), "{out}");
+}
+
 // ---------------------------------------------------------------- in process
 
 /// The cached API-key path, measured in process (no HTTP).
