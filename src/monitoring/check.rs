@@ -326,6 +326,30 @@ fn bans(cfg: &Config) -> Outcome {
             "set limits.ddos.ban_seconds and ids.ban_seconds (default 300) and ids.threshold (default 5)",
         );
     }
+    let unbanned: Vec<&str> = crate::config::IDS_INCIDENT_KINDS
+        .into_iter()
+        .filter(|k| !cfg.incidents.ban.iter().any(|b| b == k))
+        .collect();
+    let fix_ban = format!(
+        "list the IDS kinds in incidents.ban (default: {})",
+        crate::config::IDS_INCIDENT_KINDS.join(", ")
+    );
+    if unbanned.len() == crate::config::IDS_INCIDENT_KINDS.len() {
+        return fail(
+            "IDS bans are off: incidents.ban lists no IDS kind, so an attacker is blocked but never banned",
+            fix_ban,
+        );
+    }
+    if !unbanned.is_empty() {
+        return warn(
+            format!(
+                "burst ban {} s, but {} never ban (not in incidents.ban)",
+                cfg.limits.ddos.ban_seconds,
+                unbanned.join(", ")
+            ),
+            fix_ban,
+        );
+    }
     pass(format!(
         "burst ban {} s, IDS ban after {} blocked requests for {} s",
         cfg.limits.ddos.ban_seconds, cfg.ids.threshold, cfg.ids.ban_seconds
@@ -350,15 +374,71 @@ fn login_lockout(cfg: &Config) -> Outcome {
     }
 }
 
+/// The API's own routes: the IDS may not be off on all of them.
+const API_PATHS: [&str; 6] = [
+    "/api/tasks",
+    "/api/auth/login",
+    "/api/keys",
+    "/api/users",
+    "/api/agent",
+    "/api/security/bans",
+];
+
+fn mode_name(m: IdsMode) -> &'static str {
+    match m {
+        IdsMode::Block => "block",
+        IdsMode::Detect => "detect",
+        IdsMode::Off => "off",
+    }
+}
+
 fn ids(cfg: &Config) -> Outcome {
-    match cfg.ids.mode {
-        IdsMode::Block => pass("ids.mode = block"),
-        IdsMode::Detect => warn(
+    if cfg.ids.mode == IdsMode::Off {
+        return fail("ids.mode = off", "set ids.mode = \"block\"");
+    }
+    // the overrides, as the detector itself resolves them
+    let ids =
+        crate::apisec::ids::Ids::new(&cfg.ids, &cfg.security.api_key_header, &cfg.gateway.routes);
+    if let Some(path) = API_PATHS
+        .iter()
+        .find(|p| ids.modes_for(p).iter().all(|m| *m == IdsMode::Off))
+    {
+        return fail(
+            format!("ids.mode = {}, but ids.routes / ids.families turn every rule family off for {path}", mode_name(cfg.ids.mode)),
+            "remove the overrides that set mode = \"off\" for the API's routes",
+        );
+    }
+    let mut weaker: Vec<String> = cfg
+        .ids
+        .families
+        .iter()
+        .filter(|(_, m)| **m != IdsMode::Block)
+        .map(|(f, m)| format!("ids.families.{f} = {}", mode_name(*m)))
+        .collect();
+    for (prefix, r) in &cfg.ids.routes {
+        if let Some(m) = r.mode.filter(|m| *m != IdsMode::Block) {
+            weaker.push(format!("ids.routes.\"{prefix}\".mode = {}", mode_name(m)));
+        }
+        for (f, m) in r.families.iter().filter(|(_, m)| **m != IdsMode::Block) {
+            weaker.push(format!(
+                "ids.routes.\"{prefix}\".families.{f} = {}",
+                mode_name(*m)
+            ));
+        }
+    }
+    if cfg.ids.mode == IdsMode::Detect {
+        return warn(
             "ids.mode = detect: attacks are logged, not blocked",
             "set ids.mode = \"block\" once the logs show no false positives",
-        ),
-        IdsMode::Off => fail("ids.mode = off", "set ids.mode = \"block\""),
+        );
     }
+    if !weaker.is_empty() {
+        return warn(
+            format!("ids.mode = block, but {}", weaker.join(", ")),
+            "keep such overrides to the routes that need them (a gateway's raw route), and prefer detect to off",
+        );
+    }
+    pass("ids.mode = block")
 }
 
 fn audit_log(cfg: &Config) -> Outcome {
@@ -384,6 +464,13 @@ fn audit_log(cfg: &Config) -> Outcome {
             format!("cannot stat {}: {e}", p.display()),
             "make it readable and writable by the frenly user",
         ),
+        Ok(m) if !m.is_file() => fail(
+            format!(
+                "{} is not a regular file: audit events would not be kept",
+                p.display()
+            ),
+            "point audit.file at a regular file (mode 0600) in a directory the frenly user owns",
+        ),
         Ok(_) => {
             if let Err(e) = std::fs::OpenOptions::new().append(true).open(p) {
                 return fail(
@@ -406,13 +493,33 @@ fn audit_log(cfg: &Config) -> Outcome {
                         ))
                     }
                 }
-                Err(why) => fail(
-                    format!("chain broken: {why}"),
-                    "investigate (the log was edited, truncated or reordered); archive it and let Frenly start a new file",
-                ),
+                Err(why) => match head_removed(&files) {
+                    // old rotated files deleted (retention): what is left
+                    // is whole, but the check cannot vouch for what went
+                    Some(n) => warn(
+                        format!(
+                            "chain valid from {} on ({n} lines), but what came before it is gone (rotated files removed?)",
+                            files.first().unwrap_or(p).display()
+                        ),
+                        "archive rotated files off the host before removing them",
+                    ),
+                    None => fail(
+                        format!("chain broken: {why}"),
+                        "investigate (the log was edited, truncated or reordered); archive it and let Frenly start a new file",
+                    ),
+                },
             }
         }
     }
+}
+
+/// The chain holds from the first line present on, though that line does
+/// not start it (older files removed): the count of lines, else None.
+fn head_removed(files: &[std::path::PathBuf]) -> Option<usize> {
+    let first = std::fs::read_to_string(files.first()?).ok()?;
+    let line: serde_json::Value = serde_json::from_str(first.lines().next()?).ok()?;
+    let prev = line.get("prev_hash")?.as_str()?.to_string();
+    verify_chain_from(files, prev).ok().map(|v| v.lines)
 }
 
 /// The outcome of verifying a chain of audit files.
@@ -431,7 +538,11 @@ pub struct Verified {
 /// complete lines, or the first place the chain breaks. An incomplete last
 /// line of the last file is not a break (see [`Verified`]).
 pub fn verify_chain(files: &[std::path::PathBuf]) -> Result<Verified, String> {
-    let mut prev = super::audit::GENESIS.to_string();
+    verify_chain_from(files, super::audit::GENESIS.to_string())
+}
+
+/// [`verify_chain`] for a chain whose first line's `prev_hash` is `prev`.
+fn verify_chain_from(files: &[std::path::PathBuf], mut prev: String) -> Result<Verified, String> {
     let mut total = 0;
     let mut incomplete_tail = false;
     for (i, f) in files.iter().enumerate() {

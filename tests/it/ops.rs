@@ -173,6 +173,86 @@ async fn audit_chain_continues_across_rotation() {
     assert_eq!(cfg2.audit_file, cfg.audit_file);
 }
 
+/// Retention: removing the oldest rotated files leaves a chain that still
+/// verifies from what is left (the checklist warns, no longer fails for
+/// ever), and the next rotation is numbered past the highest file, so the
+/// order stays the chain's (before, it took the freed `.1`).
+#[tokio::test]
+async fn removing_the_oldest_rotated_files_keeps_the_order_and_warns() {
+    let (dir, data) = init_dir();
+    let cfg = write_log(&data, 40, 2000).await;
+    let files = frenly::monitoring::audit::chain_files(&cfg.audit_file);
+    assert!(files.len() >= 5, "{files:?}");
+    let highest = files.len() - 1;
+    std::fs::remove_file(&files[0]).unwrap();
+    std::fs::remove_file(&files[1]).unwrap();
+    write_log(&data, 20, 2000).await;
+    let after = frenly::monitoring::audit::chain_files(&cfg.audit_file);
+    let numbers: Vec<u64> = frenly::monitoring::audit::rotated_files(&cfg.audit_file)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(numbers.first(), Some(&3), "{numbers:?}");
+    assert!(numbers.len() > highest - 2, "{numbers:?}");
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    // strictly, the head is missing
+    let refs: Vec<&Path> = after.iter().map(PathBuf::as_path).collect();
+    let (code, out) = verify(&refs);
+    assert_eq!(code, 1, "{out}");
+    // the checklist: a warning that names what is left
+    let (code, out) = check_with(dir.path(), &data, "");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("WARN audit log") && l.contains("before it is gone")),
+        "{out}"
+    );
+    // an edit in what is left is still a failure
+    let mut l = lines_of(&after[1]);
+    l[0] = l[0].replace("/api/tasks", "/api/tasky");
+    write_lines(&after[1], &l);
+    let (code, out) = check_with(dir.path(), &data, "");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL audit log"), "{out}");
+}
+
+/// Two writers on one file (the server and an offline command; here two in
+/// one process, each with its own open file as two processes have) keep
+/// one chain, and one rotation sequence when they rotate.
+#[tokio::test]
+async fn two_writers_on_one_audit_file_keep_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    for rotate_bytes in [0, 2000] {
+        let mut cfg = config(&dir.path().join(format!("r{rotate_bytes}")));
+        cfg.raw.audit.rotate_bytes = rotate_bytes;
+        let db = db(&cfg).await;
+        let a = Audit::start(&cfg, db.clone()).unwrap();
+        let b = Audit::start(&cfg, db).unwrap();
+        for i in 0..120u64 {
+            let w = if i % 3 == 0 { &b } else { &a };
+            w.record(
+                AuditEvent::new("api_access")
+                    .field("endpoint", "/api/tasks")
+                    .field("n", i),
+            )
+            .await;
+            if i % 5 == 0 {
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        }
+        a.flush().await;
+        b.flush().await;
+        let files = frenly::monitoring::audit::chain_files(&cfg.audit_file);
+        if rotate_bytes > 0 {
+            assert!(files.len() >= 5, "{files:?}");
+        }
+        let total: usize = files.iter().map(|f| lines_of(f).len()).sum();
+        assert_eq!(total, 120);
+        let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+        let (code, out) = verify(&refs);
+        assert_eq!(code, 0, "rotate_bytes {rotate_bytes}: {out}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn burst_of_100k_events_under_backpressure_loses_none() {
     let dir = tempfile::tempdir().unwrap();
@@ -738,6 +818,26 @@ fn check_fails_each_broken_item() {
             "[metrics]\nlisten = \"0.0.0.0:9100\"\n",
             "FAIL metrics listener",
         ),
+        // every IPv4 client, written as IPv4-mapped IPv6
+        (
+            "[network]\ntrusted_proxies = [\"::ffff:0:0/96\"]\n",
+            "FAIL trusted proxies",
+        ),
+        // the IDS off by its overrides while ids.mode says block
+        (
+            "[ids.routes.\"/\"]\nmode = \"off\"\n",
+            "FAIL intrusion detection",
+        ),
+        (
+            "[ids.families]\nsqli = \"off\"\nxss = \"off\"\nlfi = \"off\"\nrce = \"off\"\n\
+             rfi = \"off\"\nphp = \"off\"\njava = \"off\"\nnodejs = \"off\"\n\
+             session = \"off\"\ngeneric = \"off\"\n",
+            "FAIL intrusion detection",
+        ),
+        // blocked, never banned
+        ("[incidents]\nban = []\n", "FAIL bans"),
+        // events written nowhere
+        ("[audit]\nfile = \"/dev/null\"\n", "FAIL audit log"),
     ];
     for (toml, expect) in cases {
         let (dir, data) = init_dir();
@@ -759,6 +859,23 @@ fn check_fails_each_broken_item() {
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("WARN tls") && out.contains("WARN intrusion detection"),
+        "{out}"
+    );
+    // WARN: the IDS off for one gateway route, one IDS kind that never bans
+    let (code, out) = check_with(
+        dir.path(),
+        &data,
+        "[ids.routes.\"/raw/\"]\nmode = \"off\"\n[incidents]\nban = [\"sql_injection\", \"xss_attempt\", \"path_traversal\", \"command_injection\"]\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("WARN intrusion detection")
+            && l.contains("ids.routes.\"/raw/\".mode = off")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("WARN bans") && l.contains("intrusion_attempt never ban")),
         "{out}"
     );
     // A strong static key passes.
