@@ -3,7 +3,9 @@
 //!
 //! Threat: an alert pipeline that blocks requests when the receiver is slow,
 //! or that silently loses alerts. Guarantee: [`Alerts::send`] never blocks
-//! the caller (a bounded queue feeds one sender task); each alert is retried
+//! the caller (a bounded queue feeds one sender task, which delivers up to
+//! [`IN_FLIGHT`] alerts at once, so a receiver that stalls on one alert does
+//! not hold back the next); each alert is retried
 //! with exponential backoff (5 tries); HTTPS receivers are verified against
 //! the system roots or `alerts.ca_file` by the shared outbound TLS policy
 //! (`gateway::tls`). Alerts that cannot be queued or
@@ -16,6 +18,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+
+/// Alerts being delivered at once.
+pub const IN_FLIGHT: usize = 8;
 
 /// Handle to the alert sender.
 #[derive(Clone)]
@@ -40,14 +45,22 @@ impl Alerts {
         let client = http_client(cfg.alerts.ca_file.as_deref())?;
         let (tx, mut rx) = mpsc::channel::<serde_json::Value>(1024);
         let (f, d) = (failed.clone(), delivered.clone());
+        let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
         tokio::spawn(async move {
             while let Some(alert) = rx.recv().await {
-                if deliver(&client, &url, &alert).await {
-                    d.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    f.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!("alert could not be delivered to the webhook");
-                }
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let (client, url, f, d) = (client.clone(), url.clone(), f.clone(), d.clone());
+                tokio::spawn(async move {
+                    if deliver(&client, &url, &alert).await {
+                        d.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        f.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!("alert could not be delivered to the webhook");
+                    }
+                    drop(slot);
+                });
             }
         });
         Ok(Alerts {
@@ -92,4 +105,55 @@ pub fn http_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest:
         .timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
         .build()?)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A receiver that never answers the first alert still gets the second
+    /// at once (before, alerts went one at a time: the next waited out the
+    /// first one's 10 s timeout and retries).
+    #[tokio::test]
+    async fn a_stalled_alert_does_not_hold_back_the_next() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut first = true;
+            let mut held = Vec::new();
+            loop {
+                let (mut c, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                if std::mem::take(&mut first) {
+                    held.push(c); // never answered
+                    continue;
+                }
+                let _ = c
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::load(&crate::config::Source {
+            file: None,
+            data_dir: Some(dir.path().to_path_buf()),
+            env: vec![("FRENLY_ALERTS__WEBHOOK_URL".into(), url)],
+        })
+        .unwrap();
+        let alerts = Alerts::start(&cfg).unwrap();
+        alerts.send(serde_json::json!({"type": "first"}));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        alerts.send(serde_json::json!({"type": "second"}));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while alerts.delivered.load(Ordering::Relaxed) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the second alert waited for the first"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
