@@ -187,6 +187,11 @@ fn jwt_secret(cfg: &Config) -> Outcome {
                         "delete it and restart (a new 512-bit secret is generated; issued tokens become invalid), or write {JWT_SECRET_MIN_BYTES}+ random bytes"
                     ),
                 )
+            } else if let Some(why) = predictable(&String::from_utf8_lossy(b.trim_ascii()), 128.0) {
+                fail(
+                    format!("{} is {why}", p.display()),
+                    "delete it and restart (a new 512-bit secret is generated; issued tokens become invalid), or write 32+ random bytes",
+                )
             } else {
                 pass(format!("{} mode 0600, {len} bytes", p.display()))
             }
@@ -239,6 +244,26 @@ pub fn entropy_bits(s: &str) -> f64 {
     h * n as f64
 }
 
+/// Why `s` is a guessable secret: low estimated entropy, or mostly runs
+/// of neighbouring characters (`abcdef...`, `123456...`, `zyxw...`), which
+/// a character count alone rates as random.
+fn predictable(s: &str, min_bits: f64) -> Option<String> {
+    let bits = entropy_bits(s);
+    if bits < min_bits {
+        return Some(format!("low-entropy (~{bits:.0} bits < {min_bits:.0})"));
+    }
+    let chars: Vec<u32> = s.chars().map(u32::from).collect();
+    let steps = chars
+        .iter()
+        .zip(chars.iter().skip(1))
+        .filter(|(a, b)| a.abs_diff(**b) <= 1)
+        .count();
+    if chars.len() > 1 && steps * 2 > chars.len() - 1 {
+        return Some("mostly a run of neighbouring characters (abcd..., 1234...)".into());
+    }
+    None
+}
+
 const WEAK_WORDS: &[&str] = &[
     "password",
     "changeme",
@@ -268,13 +293,10 @@ fn static_key(cfg: &Config) -> Outcome {
     if let Some(w) = WEAK_WORDS.iter().find(|w| lower.contains(*w)) {
         return fail(format!("security.api_key contains `{w}`"), fix);
     }
-    let bits = entropy_bits(k);
-    if bits < STATIC_KEY_MIN_BITS {
-        return fail(
-            format!("security.api_key is low-entropy (~{bits:.0} bits < {STATIC_KEY_MIN_BITS:.0})"),
-            fix,
-        );
+    if let Some(why) = predictable(k, STATIC_KEY_MIN_BITS) {
+        return fail(format!("security.api_key is {why}"), fix);
     }
+    let bits = entropy_bits(k);
     pass(format!(
         "security.api_key is {len} characters, ~{bits:.0} bits"
     ))
@@ -719,6 +741,16 @@ fn alert_channel(cfg: &Config) -> Outcome {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn predictable_secrets_are_named() {
+        let seq = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        assert!(entropy_bits(seq) > 300.0, "a count alone rates it random");
+        assert!(predictable(seq, 96.0).is_some());
+        assert!(predictable("ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210", 96.0).is_some());
+        assert!(predictable(&"a".repeat(40), 96.0).is_some());
+        assert!(predictable("kq3ZJ0v9Xb2Lw8TyN4mR7pQ1sU6hE5dGcA_fB-iK", 96.0).is_none());
+    }
 
     #[test]
     fn entropy_separates_random_from_repetitive() {
