@@ -339,7 +339,17 @@ pub fn run_once(cfg: &Config) -> anyhow::Result<(Vec<Finding>, Option<String>)> 
             None
         }
         None => {
+            // A finding, not only a note: after the first run a missing
+            // baseline means someone removed it, and a fresh one would
+            // silently bless whatever they changed.
             let p = write_baseline(cfg)?;
+            out.push(Finding {
+                kind: "baseline_missing",
+                detail: format!(
+                    "no file-integrity baseline at {}: recorded a new one (expected on the first run only; otherwise it was removed, and changes made before now are not seen)",
+                    p.display()
+                ),
+            });
             Some(format!(
                 "no file-integrity baseline yet: recorded {}",
                 p.display()

@@ -203,7 +203,8 @@ async fn removing_the_oldest_rotated_files_keeps_the_order_and_warns() {
     let (code, out) = check_with(dir.path(), &data, "");
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.lines().any(|l| l.starts_with("WARN audit log") && l.contains("before it is gone")),
+        out.lines()
+            .any(|l| l.starts_with("WARN audit log") && l.contains("before it is gone")),
         "{out}"
     );
     // an edit in what is left is still a failure
@@ -869,8 +870,9 @@ fn check_fails_each_broken_item() {
     );
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.lines().any(|l| l.starts_with("WARN intrusion detection")
-            && l.contains("ids.routes.\"/raw/\".mode = off")),
+        out.lines()
+            .any(|l| l.starts_with("WARN intrusion detection")
+                && l.contains("ids.routes.\"/raw/\".mode = off")),
         "{out}"
     );
     assert!(
@@ -1275,6 +1277,29 @@ fn monitor_once_finds_a_changed_key_file_and_an_nmap_process() {
         alerts.iter().any(|a| a["kind"] == "suspicious_process"),
         "{alerts:?}"
     );
+    // A removed baseline is a finding (and alerted), not silently replaced.
+    std::fs::remove_file(&baseline).unwrap();
+    let (code, out, err) = run(&["--once"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FINDING baseline_missing")),
+        "{out}"
+    );
+    assert!(baseline.exists());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !got
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|a| a["kind"] == "baseline_missing")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no baseline_missing alert"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
