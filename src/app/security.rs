@@ -157,7 +157,7 @@ async fn list_bans(
         .bans
         .active(now)
         .into_iter()
-        .filter(|b| after.map_or(true, |a| b.key > a))
+        .filter(|b| after.is_none_or(|a| b.key > a))
         .collect();
     let page = bans.get(..limit).unwrap_or(&bans);
     let next = (bans.len() > limit)

@@ -441,7 +441,7 @@ fn check_length_u64(raw_len: u64) -> Result<(), FernetError> {
     if raw_len < MIN_RAW as u64 {
         return Err(invalid("too short"));
     }
-    if (raw_len - (HEADER + TAG) as u64) % BLOCK as u64 != 0 {
+    if !(raw_len - (HEADER + TAG) as u64).is_multiple_of(BLOCK as u64) {
         return Err(invalid("payload size not a multiple of the block size"));
     }
     Ok(())

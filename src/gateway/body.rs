@@ -99,7 +99,7 @@ impl http_body::Body for Prefixed {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.head.as_ref().map_or(true, Bytes::is_empty) && self.rest.is_end_stream()
+        self.head.as_ref().is_none_or(Bytes::is_empty) && self.rest.is_end_stream()
     }
 }
 

@@ -225,8 +225,7 @@ impl Engine {
     ) -> Option<Detection> {
         self.table.with(&key, |c| {
             let cooled = |c: &Counts, k: Kind| {
-                c.recorded[k as usize]
-                    .map_or(true, |t| now_ms.saturating_sub(t) >= self.cooldown_ms)
+                c.recorded[k as usize].is_none_or(|t| now_ms.saturating_sub(t) >= self.cooldown_ms)
             };
             match signal {
                 Signal::IdsBlock { family } => {
@@ -544,7 +543,7 @@ mod tests {
         let e = engine("[ids]\nthreshold = 2\n[incidents]\nwindow_seconds = 10\n");
         e.observe(ip(1), &block("sqli"), 0);
         let d = e.observe(ip(1), &block("sqli"), 10_001);
-        assert!(d.map_or(true, |d| !d.ban));
+        assert!(d.is_none_or(|d| !d.ban));
         assert!(e.observe(ip(1), &block("sqli"), 10_002).unwrap().ban);
     }
 

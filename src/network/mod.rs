@@ -270,7 +270,7 @@ fn merge_headers(resp: &mut Response, info: RateLimitInfo) {
         .get(crate::http::respond::RATELIMIT_REMAINING)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u32>().ok());
-    if inner.map_or(true, |r| info.remaining < r) {
+    if inner.is_none_or(|r| info.remaining < r) {
         info.apply(resp.headers_mut());
     }
 }
