@@ -234,11 +234,32 @@ struct ConnCtl {
 /// The connection's task closes it gracefully (GOAWAY on HTTP/2; streams
 /// in progress finish) once no request has been in progress for the idle
 /// limit.
+///
+/// A request in progress is not always activity: a response whose body
+/// hyper does not pull (an HTTP/2 peer that keeps its flow-control window
+/// at 0, a peer that stops reading) would hold the slot for ever while the
+/// peer answers pings. Such a connection is stalled, and dropped, once
+/// response bodies are waiting to be sent and none has been pulled for the
+/// idle limit. A body waiting on its own source (a stream of events with
+/// nothing to say) is not stalled.
 struct Activity {
     in_flight: std::sync::atomic::AtomicUsize,
     /// Milliseconds from `born` to the end of the last request.
     last_end_ms: std::sync::atomic::AtomicU64,
+    /// Response bodies that are ready to give hyper more (created, or
+    /// their last poll gave a frame) and not finished.
+    sending: std::sync::atomic::AtomicUsize,
+    /// Milliseconds from `born` to the last time hyper pulled a body.
+    last_pull_ms: std::sync::atomic::AtomicU64,
     born: std::time::Instant,
+}
+
+/// How the connection's watch ended.
+enum Quiet {
+    /// No request in progress for the limit: close gracefully.
+    Idle,
+    /// Responses waiting to be sent and none pulled for the limit.
+    Stalled,
 }
 
 /// Held while a request is in progress: until its response body is done
@@ -258,8 +279,15 @@ impl Activity {
         Arc::new(Activity {
             in_flight: Default::default(),
             last_end_ms: Default::default(),
+            sending: Default::default(),
+            last_pull_ms: Default::default(),
             born: std::time::Instant::now(),
         })
+    }
+
+    fn pulled(&self) {
+        self.last_pull_ms
+            .store(self.elapsed_ms(), std::sync::atomic::Ordering::Relaxed);
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
@@ -276,19 +304,30 @@ impl Activity {
         u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Resolves once no request has been in progress for `limit`.
-    async fn idle(&self, limit: Duration) {
+    /// Resolves once no request has been in progress for `limit`, or the
+    /// connection's responses have stalled for it.
+    async fn idle(&self, limit: Duration) -> Quiet {
         use std::sync::atomic::Ordering::Relaxed;
         let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
         loop {
             let wait = if self.in_progress() > 0 {
-                limit_ms
+                if self.sending.load(Relaxed) == 0 {
+                    limit_ms
+                } else {
+                    let since = self
+                        .elapsed_ms()
+                        .saturating_sub(self.last_pull_ms.load(Relaxed));
+                    if since >= limit_ms {
+                        return Quiet::Stalled;
+                    }
+                    limit_ms - since
+                }
             } else {
                 let since = self
                     .elapsed_ms()
                     .saturating_sub(self.last_end_ms.load(Relaxed));
                 if since >= limit_ms {
-                    return;
+                    return Quiet::Idle;
                 }
                 limit_ms - since
             };
@@ -345,7 +384,7 @@ async fn serve_conn<IO>(
             // in progress until the response body is done (a stream of
             // events may last minutes), not only until its head
             let resp: Result<_, std::convert::Infallible> = call.await;
-            resp.map(|r| r.map(|body| Tracked { body, _busy: busy }))
+            resp.map(|r| r.map(|body| Tracked::new(body, busy)))
         }
     });
     let svc = TowerToHyperService::new(svc);
@@ -367,12 +406,18 @@ async fn serve_conn<IO>(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = activity.idle(ctl.idle), if !closing => {
-                tracing::debug!(%peer, "idle connection closed");
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-                drop_at = Some(tokio::time::Instant::now() + ctl.idle);
-            }
+            quiet = activity.idle(ctl.idle), if !closing => match quiet {
+                Quiet::Idle => {
+                    tracing::debug!(%peer, "idle connection closed");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                    drop_at = Some(tokio::time::Instant::now() + ctl.idle);
+                }
+                Quiet::Stalled => {
+                    tracing::debug!(%peer, "connection dropped: its responses were not taken");
+                    break;
+                }
+            },
             _ = sleep_until_some(drop_at), if drop_at.is_some() => {
                 if activity.in_progress() == 0 {
                     tracing::debug!(%peer, "idle connection dropped: the peer did not finish the close");
@@ -392,10 +437,45 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 }
 
 /// A response body that keeps its request counted as in progress until it
-/// is done or dropped ([`Activity`]).
+/// is done or dropped, and tells its connection when hyper pulls it and
+/// whether it is ready to give more ([`Activity`]).
 struct Tracked<B> {
     body: B,
-    _busy: Busy,
+    busy: Busy,
+    /// Counted in `Activity::sending`.
+    ready: bool,
+}
+
+impl<B> Tracked<B> {
+    fn new(body: B, busy: Busy) -> Self {
+        busy.0
+            .sending
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        busy.0.pulled();
+        Tracked {
+            body,
+            busy,
+            ready: true,
+        }
+    }
+
+    fn set_ready(&mut self, ready: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if ready != self.ready {
+            self.ready = ready;
+            if ready {
+                self.busy.0.sending.fetch_add(1, Relaxed);
+            } else {
+                self.busy.0.sending.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        self.set_ready(false);
+    }
 }
 
 impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
@@ -406,7 +486,13 @@ impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        self.busy.0.pulled();
+        let r = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        // waiting on its own source is not a stall; a frame given (or the
+        // end) hands the next move to hyper
+        let ready = matches!(r, std::task::Poll::Ready(Some(_)));
+        self.set_ready(ready);
+        r
     }
 
     fn is_end_stream(&self) -> bool {

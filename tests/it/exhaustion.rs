@@ -195,6 +195,37 @@ async fn idle_http2_connections_are_closed_and_do_not_lock_others_out() {
     legit_ok(&s).await;
 }
 
+/// HTTP/2 connections that keep their flow-control window at 0 after a
+/// request, answering pings, never let the response's body out: the
+/// request stayed "in progress" and the slot was held for ever (a probe
+/// held 1,500 from one address, through the exempt `/healthz`). A
+/// connection whose responses are not taken for the header-read timeout is
+/// dropped, and a legitimate client is served after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connections_that_never_take_their_response_are_dropped() {
+    let s = TestServer::with(Opts::default().config(
+        "[network]\nlisten = \"127.0.0.1:0\"\ntls = false\nheader_read_timeout_seconds = 1\nmax_connections = 2\n",
+    ))
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        let mut bytes = h2::get("/healthz", &[]);
+        // the empty SETTINGS frame after the preface becomes
+        // SETTINGS_INITIAL_WINDOW_SIZE = 0: no DATA may be sent
+        bytes.splice(24..33, [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0]);
+        c.write_all(&bytes).await.unwrap();
+        held.push(c);
+    }
+    for c in &mut held {
+        let (_, _, closed) = h2_until_closed(c, Duration::from_secs(8)).await;
+        let took =
+            closed.expect("a connection that never takes its response held its slot for 8 s");
+        println!("stalled HTTP/2 connection dropped after {took:?}");
+    }
+    legit_ok(&s).await;
+}
+
 /// The same over TLS: connections that finish the handshake (with ALPN h2
 /// and without) and then send nothing hold every slot; the server closes
 /// them within the header-read timeout and serves a legitimate client.
