@@ -64,6 +64,7 @@ async fn ws(
     State(state): State<AppState>,
     who: Authenticated,
     headers: http::HeaderMap,
+    slot: Option<axum::Extension<crate::server::ConnSlot>>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let upgrade =
@@ -84,7 +85,11 @@ async fn ws(
         .read_buffer_size(READ_BUFFER)
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| serve(state, who, credential, changes, sub, socket)))
+        .on_upgrade(move |socket| async move {
+            // the socket holds its connection's slot until it ends
+            let _slot = slot;
+            serve(state, who, credential, changes, sub, socket).await
+        }))
 }
 
 /// Only the headers that carry the credential, kept to verify it again.

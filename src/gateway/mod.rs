@@ -419,6 +419,7 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
         max_message: route.body_max,
     });
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let slot = req.extensions().get::<crate::server::ConnSlot>().cloned();
     let (parts, incoming) = req.into_parts();
     let forwarded_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -517,6 +518,8 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
             let request_id = request_id.clone();
             let state = state.clone();
             tokio::spawn(async move {
+                // the relay holds the client connection's slot until it ends
+                let _slot = slot;
                 match tokio::try_join!(on_client, on_upstream) {
                     Ok((c, u)) => match inspect_ws {
                         Some(conn) => ws::relay(state, conn, c, u).await,

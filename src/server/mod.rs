@@ -140,8 +140,8 @@ impl Server {
             let tls = self.tls.clone();
             let state = self.state.clone();
             let passthrough = Passthrough::default();
+            let slot = ConnSlot(Arc::new(permit));
             tokio::spawn(async move {
-                let _permit = permit;
                 match tls {
                     Some(acceptor) => {
                         let mut stop = conn.stop.clone();
@@ -158,8 +158,17 @@ impl Server {
                                     report(state, peer),
                                     passthrough.clone(),
                                 );
-                                serve_conn(io, peer, app, &builder, header_read, passthrough, conn)
-                                    .await
+                                serve_conn(
+                                    io,
+                                    peer,
+                                    app,
+                                    &builder,
+                                    header_read,
+                                    passthrough,
+                                    conn,
+                                    slot,
+                                )
+                                .await
                             }
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed")
@@ -174,7 +183,17 @@ impl Server {
                             report(state, peer),
                             passthrough.clone(),
                         );
-                        serve_conn(io, peer, app, &builder, header_read, passthrough, conn).await
+                        serve_conn(
+                            io,
+                            peer,
+                            app,
+                            &builder,
+                            header_read,
+                            passthrough,
+                            conn,
+                            slot,
+                        )
+                        .await
                     }
                 }
             });
@@ -225,6 +244,14 @@ struct ConnCtl {
     _live: tokio::sync::mpsc::Sender<()>,
     idle: Duration,
 }
+
+/// The connection's place in `network.max_connections`, in every request's
+/// extensions: a WebSocket (or a gateway upgrade) keeps a clone for as long
+/// as it lives, so an upgraded connection still counts against the limit
+/// (before, its slot was freed at the upgrade, and a client held hundreds
+/// of sockets past a limit of 20, up to the process's file limit).
+#[derive(Clone)]
+pub struct ConnSlot(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
 
 /// Requests in progress on one connection, and when the last one ended.
 ///
@@ -344,6 +371,7 @@ async fn serve_conn<IO>(
     header_read: Duration,
     passthrough: Passthrough,
     mut ctl: ConnCtl,
+    slot: ConnSlot,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -363,6 +391,7 @@ async fn serve_conn<IO>(
                 passthrough.set();
             }
             req.extensions_mut().insert(PeerAddr(peer));
+            req.extensions_mut().insert(slot.clone());
             // the gateway turns the rewriter off before an upstream's body
             req.extensions_mut().insert(passthrough.clone());
             req.map(axum::body::Body::new)

@@ -413,3 +413,31 @@ async fn a_frame_the_server_refuses_closes_with_its_reason() {
         }
     }
 }
+
+/// An open WebSocket keeps its connection's place in
+/// `network.max_connections`: before, the slot was freed at the upgrade,
+/// and one client held 300 sockets past a limit of 20 (and, under the file
+/// limit the docs advise, every descriptor). With the limit taken by
+/// sockets, a new connection waits; when one closes, it is served.
+#[tokio::test]
+async fn open_websockets_count_against_max_connections() {
+    let s = TestServer::with(crate::common::Opts::default().config(
+        "[network]\nlisten = \"127.0.0.1:0\"\nmax_connections = 2\n\
+         [limits]\nallowlist = [\"127.0.0.0/8\"]\n",
+    ))
+    .await;
+    let mut a = connect(&s, Some(s.admin())).await.unwrap();
+    let _b = connect(&s, Some(s.admin())).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(1500), s.get("/healthz").send()).await;
+    assert!(
+        waited.is_err(),
+        "a third connection was served past the limit"
+    );
+    a.close(None).await.unwrap();
+    drop(a);
+    let r = tokio::time::timeout(Duration::from_secs(10), s.get("/healthz").send())
+        .await
+        .expect("still waiting after a socket closed")
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
