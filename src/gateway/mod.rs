@@ -80,6 +80,18 @@ use body::{Guarded, Trip};
 type Upstreams = Client<HttpsConnector<HttpConnector>, Body>;
 
 const X_FRENLY_USER: HeaderName = HeaderName::from_static("x-frenly-user");
+/// The headers Frenly sets for the upstream or removes from the request,
+/// whose `_` respellings are removed too.
+const CONTROLLED: [&str; 8] = [
+    "host",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-frenly-user",
+    "x-real-ip",
+    "x-request-id",
+];
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -446,6 +458,24 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
     if !route.forward_credentials {
         headers.remove(header::AUTHORIZATION);
         headers.remove(&state.gateway.key_header);
+    }
+    // CGI and WSGI servers read `X_Frenly_User` as `X-Frenly-User` (and
+    // join the two): a respelling of a header Frenly sets or removes goes
+    let respelled: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .filter(|n| {
+            let dashed = n.as_str().replace('_', "-");
+            CONTROLLED.contains(&dashed.as_str())
+                || (!route.forward_credentials
+                    && (dashed == "authorization"
+                        || dashed == "proxy-authorization"
+                        || dashed == state.gateway.key_header.as_str()))
+        })
+        .cloned()
+        .collect();
+    for n in respelled {
+        headers.remove(n);
     }
     if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
         headers.insert(X_FORWARDED_FOR, v);

@@ -338,6 +338,12 @@ async fn credentials_and_identity_headers_are_frenlys_own() {
         .header("Proxy-Authorization", "Basic Zm9vOmJhcg==")
         .header("Connection", "X-Secret-Hop")
         .header("X-Secret-Hop", "1")
+        // CGI and WSGI servers read `_` as `-`: the same headers, respelled
+        .header("X_Frenly_User", "someone-else")
+        .header("X_Forwarded_For", "203.0.113.9")
+        .header("x_real_ip", "203.0.113.9")
+        .header("X_API_Key", "frn_forged")
+        .header("X-Kept_Header", "1")
         .send()
         .await
         .unwrap()
@@ -345,6 +351,13 @@ async fn credentials_and_identity_headers_are_frenlys_own() {
         .await
         .unwrap();
     let h = &v["headers"];
+    for respelled in ["x_frenly_user", "x_forwarded_for", "x_real_ip", "x_api_key"] {
+        assert!(h.get(respelled).is_none(), "{respelled} forwarded: {h}");
+    }
+    assert_eq!(
+        h["x-kept_header"], "1",
+        "other underscore headers pass: {h}"
+    );
     assert!(h.get("x-api-key").is_none(), "API key forwarded: {h}");
     assert!(h.get("authorization").is_none());
     assert!(h.get("proxy-authorization").is_none());
