@@ -183,7 +183,17 @@ async fn serve(
                 Next::Closed => break,
             },
             msg = socket.recv() => match msg {
-                None | Some(Ok(Message::Close(_))) => break,
+                None => break,
+                Some(Ok(Message::Close(_))) => {
+                    // the protocol layer queued the answering Close: it goes
+                    // out as the socket is read to its end (else the
+                    // client sees an abnormal closure, 1006)
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        while let Some(Ok(_)) = socket.recv().await {}
+                    })
+                    .await;
+                    break;
+                }
                 Some(Err(e)) => {
                     if let Some(frame) = close_for(e) {
                         let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;

@@ -441,3 +441,33 @@ async fn open_websockets_count_against_max_connections() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// A client's Close is answered with a Close (before, the server just
+/// went: Python's `websockets` reported an abnormal closure, 1006).
+#[tokio::test]
+async fn a_clients_close_is_answered() {
+    let s = start().await;
+    let mut ws = connect(&s, Some(s.admin())).await.unwrap();
+    use futures_util::SinkExt;
+    ws.send(Message::Close(Some(
+        tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "bye".into(),
+        },
+    )))
+    .await
+    .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => return Some(f),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("no answer to the Close");
+    let frame = answer.expect("the connection ended without a Close");
+    assert_eq!(frame.map(|f| u16::from(f.code)), Some(1000));
+}
