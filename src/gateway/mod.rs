@@ -367,6 +367,11 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
     let Some(route) = state.gateway.routes.iter().find(|r| r.prefix == prefix) else {
         return ApiError::NotFound.into_response();
     };
+    // Frenly is no forward proxy: a CONNECT's 2xx would make hyper hand the
+    // connection over as a tunnel (before, the client got no bytes at all)
+    if req.method() == http::Method::CONNECT {
+        return ApiError::MethodNotAllowed.into_response();
+    }
     let client = req
         .extensions()
         .get::<ClientAddr>()

@@ -1423,3 +1423,22 @@ async fn upgraded_bytes_that_look_like_hypers_400_pass_untouched() {
     let metrics = s.metrics_text().await;
     assert!(!metrics.contains("reason=\"malformed_http\""), "{metrics}");
 }
+
+/// Frenly is no forward proxy: `CONNECT` on a gateway route is 405 (before,
+/// the client got no bytes at all and the audit said 200).
+#[tokio::test]
+async fn connect_on_a_gateway_route_is_405() {
+    let (s, _u) = setup().await;
+    let out = crate::common::exchange(
+        s.tls_connect().await,
+        format!(
+            "CONNECT /v1/x HTTP/1.1\r\nHost: {}\r\nX-API-Key: {}\r\nConnection: close\r\n\r\n",
+            s.addr,
+            s.admin()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+    assert!(out.contains("method_not_allowed"), "{out}");
+}
