@@ -75,7 +75,7 @@ impl ApiSecurity {
         if bytes > self.header_max_bytes {
             return Err(ApiError::HeadersTooLarge);
         }
-        if !host_is_sound(req.version(), headers) {
+        if !host_is_sound(req.version(), req.uri(), headers) {
             return Err(ApiError::BadRequest(
                 "the Host header must appear once, as host[:port]".into(),
             ));
@@ -134,18 +134,41 @@ impl ApiSecurity {
 /// sends to whatever builds links from it, such as the `X-Forwarded-Host`
 /// a gateway route hands its upstream. An HTTP/1.1 request must carry one
 /// (RFC 9112 3.2: "MUST respond with a 400"); HTTP/1.0 may go without, and
-/// HTTP/2 carries `:authority` instead.
-fn host_is_sound(version: http::Version, headers: &http::HeaderMap) -> bool {
+/// HTTP/2 carries `:authority` instead. The request target's authority
+/// (HTTP/2's `:authority`, an HTTP/1 absolute-form target) is held to the
+/// same rule, and on HTTP/2 a `Host` beside it must name the same
+/// authority (RFC 9113 8.3.1). A port must fit in 16 bits.
+fn host_is_sound(version: http::Version, uri: &http::Uri, headers: &http::HeaderMap) -> bool {
+    let plain = |a: &http::uri::Authority| {
+        let s = a.as_str();
+        // `port()` is None for a port that does not fit: read the text
+        let port_fits = s.ends_with(']')
+            || s.rsplit_once(':')
+                .is_none_or(|(_, p)| p.parse::<u16>().is_ok());
+        !s.contains('@') && port_fits
+    };
+    if uri.authority().is_some_and(|a| !plain(a)) {
+        return false;
+    }
     let mut hosts = headers.get_all(header::HOST).iter();
     let Some(host) = hosts.next() else {
         return version != http::Version::HTTP_11;
     };
-    hosts.next().is_none()
-        && host
-            .to_str()
-            .ok()
-            .and_then(|h| h.parse::<http::uri::Authority>().ok())
-            .is_some_and(|a| !a.as_str().contains('@'))
+    let Some(host) = host
+        .to_str()
+        .ok()
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+    else {
+        return false;
+    };
+    if version == http::Version::HTTP_2
+        && uri
+            .authority()
+            .is_some_and(|a| !a.as_str().eq_ignore_ascii_case(host.as_str()))
+    {
+        return false;
+    }
+    hosts.next().is_none() && plain(&host)
 }
 
 /// No `Transfer-Encoding`, or one field that is exactly `chunked`. hyper
@@ -343,4 +366,44 @@ pub async fn report_verdict(state: &AppState, at: &Found<'_>, v: ids::Verdict) -
     tracing::warn!(family = hit.family.name(), rule = hit.rule, location = %hit.location, request_id = %at.request_id, method = at.method, "IDS blocked a request");
     state.audit.record(event(&hit, "blocked")).await;
     Some(hit)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod host_tests {
+    use super::*;
+
+    fn sound(version: http::Version, uri: &str, hosts: &[&str]) -> bool {
+        let mut h = http::HeaderMap::new();
+        for v in hosts {
+            h.append(header::HOST, v.parse().unwrap());
+        }
+        host_is_sound(version, &uri.parse().unwrap(), &h)
+    }
+
+    /// The request target's authority (HTTP/2's `:authority`, an absolute
+    /// form) is held to the Host rule: before, `:authority: u@evil.example`
+    /// and an HTTP/1.0 absolute form without Host reached a gateway
+    /// upstream as `X-Forwarded-Host: u@evil.example`.
+    #[test]
+    fn the_targets_authority_is_a_plain_host_too() {
+        use http::Version as V;
+        assert!(sound(V::HTTP_2, "https://api.example/x", &[]));
+        assert!(sound(
+            V::HTTP_2,
+            "https://api.example:8443/x",
+            &["API.example:8443"]
+        ));
+        assert!(sound(V::HTTP_11, "/x", &["api.example:8443"]));
+        assert!(!sound(V::HTTP_2, "https://u@evil.example/x", &[]));
+        assert!(!sound(V::HTTP_10, "http://u@evil.example/x", &[]));
+        assert!(!sound(
+            V::HTTP_2,
+            "https://api.example/x",
+            &["evil.example"]
+        ));
+        assert!(!sound(V::HTTP_11, "/x", &["evil:99999999"]));
+        assert!(!sound(V::HTTP_2, "https://evil:99999999/x", &[]));
+        assert!(!sound(V::HTTP_11, "/x", &[]));
+    }
 }
