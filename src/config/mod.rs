@@ -131,6 +131,9 @@ pub struct NetworkConfig {
     pub shutdown_grace_seconds: u64,
     /// Open connections at most; further ones wait in the kernel backlog.
     pub max_connections: usize,
+    /// Open connections from one address at most; more are closed at once
+    /// (trusted proxies and allowlisted addresses are not counted).
+    pub max_connections_per_address: usize,
 }
 
 /// Which forwarding header carries the client address from a trusted
@@ -161,6 +164,7 @@ impl Default for NetworkConfig {
             tls_handshake_timeout_seconds: 10,
             shutdown_grace_seconds: 10,
             max_connections: 20_000,
+            max_connections_per_address: 256,
         }
     }
 }

@@ -46,6 +46,7 @@
 
 pub mod ban;
 pub mod client_addr;
+pub mod conns;
 pub mod ratelimit;
 
 use std::net::IpAddr;

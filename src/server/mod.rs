@@ -112,6 +112,10 @@ impl Server {
             cfg.network.max_connections.max(1),
         ));
         let handshake = Duration::from_secs(cfg.network.tls_handshake_timeout_seconds.max(1));
+        let per_address = crate::network::conns::PerAddress::new(
+            cfg.network.max_connections_per_address,
+            self.state.network.group_v6,
+        );
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -129,6 +133,21 @@ impl Server {
                 },
                 _ = &mut shutdown => break,
             };
+            let net = &self.state.network;
+            let counted = if net.allowlisted(peer.ip())
+                || crate::network::client_addr::trusted(peer.ip(), &net.trusted)
+            {
+                None
+            } else {
+                match per_address.admit(peer.ip()) {
+                    Some(c) => Some(c),
+                    None => {
+                        tracing::debug!(%peer, "connection closed: its address has network.max_connections_per_address open");
+                        self.state.metrics.block("connections_per_address");
+                        continue;
+                    }
+                }
+            };
             let _ = stream.set_nodelay(true);
             let app = self.app.clone();
             let builder = builder.clone();
@@ -140,7 +159,7 @@ impl Server {
             let tls = self.tls.clone();
             let state = self.state.clone();
             let passthrough = Passthrough::default();
-            let slot = ConnSlot(Arc::new(permit));
+            let slot = ConnSlot(Arc::new((permit, counted)));
             tokio::spawn(async move {
                 match tls {
                     Some(acceptor) => {
@@ -251,7 +270,13 @@ struct ConnCtl {
 /// (before, its slot was freed at the upgrade, and a client held hundreds
 /// of sockets past a limit of 20, up to the process's file limit).
 #[derive(Clone)]
-pub struct ConnSlot(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
+pub struct ConnSlot(
+    #[allow(dead_code)]
+    Arc<(
+        tokio::sync::OwnedSemaphorePermit,
+        Option<crate::network::conns::Counted>,
+    )>,
+);
 
 /// Requests in progress on one connection, and when the last one ended.
 ///

@@ -195,6 +195,44 @@ async fn idle_http2_connections_are_closed_and_do_not_lock_others_out() {
     legit_ok(&s).await;
 }
 
+/// One address may hold at most `network.max_connections_per_address`
+/// connections: another is closed at once, before anything is read, and
+/// served again when one of its others ends; other addresses and
+/// allowlisted ones are not held back. (Before, one address held every
+/// slot of `max_connections` with connections each bounded in time,
+/// reopening them as fast as they closed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_its_share_of_connections() {
+    let s = TestServer::with(Opts::default().plain().config(
+        "[network]\nlisten = \"127.0.0.1:0\"\ntls = false\nmax_connections_per_address = 3\n\
+         [limits]\nallowlist = [\"127.0.0.2/32\"]\n",
+    ))
+    .await;
+    let port = s.addr.port();
+    let from = |last: u8| async move {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(([127, 0, 0, last], 0).into()).unwrap();
+        sock.connect(([127, 0, 0, 1], port).into()).await.unwrap()
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(from(1).await);
+    }
+    let mut fourth = from(1).await;
+    closed_by_server(&mut fourth, Duration::from_secs(2)).await;
+    // another address, and an allowlisted one past the share, are served
+    let get = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    for last in [3, 2, 2, 2, 2] {
+        let out = crate::common::exchange(from(last).await, get.as_bytes()).await;
+        assert!(out.starts_with("HTTP/1.1 200"), "127.0.0.{last}: {out}");
+    }
+    // one of the three ends: the address is served again
+    held.pop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = crate::common::exchange(from(1).await, get.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
+
 /// HTTP/2 connections that keep their flow-control window at 0 after a
 /// request, answering pings, never let the response's body out: the
 /// request stayed "in progress" and the slot was held for ever (a probe
