@@ -216,6 +216,36 @@ async fn removing_the_oldest_rotated_files_keeps_the_order_and_warns() {
     assert!(out.contains("FAIL audit log"), "{out}");
 }
 
+/// An audit file removed while its writer runs is created again at the
+/// next batch, the chain going on (before, later events went to the
+/// unlinked file and were lost from disk); its first line's `prev_hash`
+/// shows that something came before it.
+#[tokio::test]
+async fn a_removed_audit_file_is_created_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let db = db(&cfg).await;
+    let audit = Audit::start(&cfg, db).unwrap();
+    audit
+        .record(AuditEvent::new("api_access").field("n", 1u64))
+        .await;
+    audit.flush().await;
+    let first = lines_of(&cfg.audit_file);
+    std::fs::remove_file(&cfg.audit_file).unwrap();
+    audit
+        .record(AuditEvent::new("api_access").field("n", 2u64))
+        .await;
+    audit.flush().await;
+    let again = lines_of(&cfg.audit_file);
+    assert_eq!(again.len(), 1, "{again:?}");
+    let (a, b): (Value, Value) = (
+        serde_json::from_str(&first[0]).unwrap(),
+        serde_json::from_str(&again[0]).unwrap(),
+    );
+    assert_eq!(b["n"], 2);
+    assert_eq!(b["prev_hash"], a["hash"]);
+}
+
 /// Two writers on one file (the server and an offline command; here two in
 /// one process, each with its own open file as two processes have) keep
 /// one chain, and one rotation sequence when they rotate.
