@@ -106,6 +106,8 @@ tls = true                    # plain HTTP only with tls = false, and only on lo
 # tls_cert = "/path/cert.pem"  # generated in the data dir when absent
 # tls_key = "/path/key.pem"
 trusted_proxies = []          # CIDRs whose X-Forwarded-For is believed
+max_connections = 20000       # open connections (WebSockets included); more wait
+max_connections_per_address = 256   # from one address (trusted proxies, allowlist exempt)
 
 [limits]
 allowlist = []                # CIDRs never rate-limited or banned
