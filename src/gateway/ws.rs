@@ -88,6 +88,23 @@ pub async fn relay(
                         }
                         break;
                     }
+                    let m = match m {
+                        // answered here (the protocol layer queued the pong:
+                        // flushed now), never passed on: their payload is
+                        // not inspected
+                        Message::Ping(_) | Message::Pong(_) => {
+                            if c_tx.flush().await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        // the code goes on, not the reason (uninspected text)
+                        Message::Close(Some(f)) => Message::Close(Some(CloseFrame {
+                            code: f.code,
+                            reason: "".into(),
+                        })),
+                        m => m,
+                    };
                     if u_tx.send(m).await.is_err() {
                         break;
                     }
