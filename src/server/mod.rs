@@ -117,6 +117,7 @@ impl Server {
             self.state.network.group_v6,
         );
         tokio::pin!(shutdown);
+        let mut accept_warned: Option<std::time::Instant> = None;
         loop {
             let permit = tokio::select! {
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -126,8 +127,14 @@ impl Server {
                 r = self.listener.accept() => match r {
                     Ok((s, peer)) => (s, crate::network::client_addr::canonical_peer(peer)),
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        // out of descriptors (EMFILE/ENFILE) fails every
+                        // retry until a connection ends: one line a second
+                        // at most, and a longer pause
+                        if accept_warned.is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(1)) {
+                            tracing::warn!(error = %e, "accept failed");
+                            accept_warned = Some(std::time::Instant::now());
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 },
