@@ -162,11 +162,11 @@ impl Server {
                 stop: stop.clone(),
                 _live: live.clone(),
                 idle: header_read,
+                slot: ConnSlot(Arc::new((permit, counted))),
             };
             let tls = self.tls.clone();
             let state = self.state.clone();
             let passthrough = Passthrough::default();
-            let slot = ConnSlot(Arc::new((permit, counted)));
             tokio::spawn(async move {
                 match tls {
                     Some(acceptor) => {
@@ -184,17 +184,8 @@ impl Server {
                                     report(state, peer),
                                     passthrough.clone(),
                                 );
-                                serve_conn(
-                                    io,
-                                    peer,
-                                    app,
-                                    &builder,
-                                    header_read,
-                                    passthrough,
-                                    conn,
-                                    slot,
-                                )
-                                .await
+                                serve_conn(io, peer, app, &builder, header_read, passthrough, conn)
+                                    .await
                             }
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed")
@@ -209,17 +200,7 @@ impl Server {
                             report(state, peer),
                             passthrough.clone(),
                         );
-                        serve_conn(
-                            io,
-                            peer,
-                            app,
-                            &builder,
-                            header_read,
-                            passthrough,
-                            conn,
-                            slot,
-                        )
-                        .await
+                        serve_conn(io, peer, app, &builder, header_read, passthrough, conn).await
                     }
                 }
             });
@@ -269,6 +250,7 @@ struct ConnCtl {
     stop: tokio::sync::watch::Receiver<bool>,
     _live: tokio::sync::mpsc::Sender<()>,
     idle: Duration,
+    slot: ConnSlot,
 }
 
 /// The connection's place in `network.max_connections`, in every request's
@@ -403,7 +385,6 @@ async fn serve_conn<IO>(
     header_read: Duration,
     passthrough: Passthrough,
     mut ctl: ConnCtl,
-    slot: ConnSlot,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -413,6 +394,7 @@ async fn serve_conn<IO>(
     let first = request_line::FirstRequest::default();
     let io = request_line::FirstRequestLine::new(io, header_read, first.clone());
     let on_upgrade = passthrough.clone();
+    let slot = ctl.slot.clone();
     let svc = app
         .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
             first.arrived();
