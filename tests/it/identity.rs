@@ -1627,7 +1627,10 @@ async fn offline_commands_are_audited_in_the_running_servers_chain() {
         requests += 1;
     }
     let (key, token, id) = commands.await.unwrap();
-    assert!(requests > 10, "too little interleaving: {requests} requests");
+    assert!(
+        requests > 10,
+        "too little interleaving: {requests} requests"
+    );
     // one more request, written after the last command's line
     assert_eq!(whoami(&s, s.admin()).await.status(), 200);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -1637,10 +1640,16 @@ async fn offline_commands_are_audited_in_the_running_servers_chain() {
         if last["event_type"] == "api_access" && text.contains("keyring_rotated") {
             break text;
         }
-        assert!(Instant::now() < deadline, "the last request was never audited");
+        assert!(
+            Instant::now() < deadline,
+            "the last request was never audited"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(!text.contains(&key) && !text.contains(&token), "a secret in the log");
+    assert!(
+        !text.contains(&key) && !text.contains(&token),
+        "a secret in the log"
+    );
     let lines: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

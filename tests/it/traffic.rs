@@ -250,8 +250,16 @@ async fn ipv4_peers_of_a_dual_stack_listener_are_their_ipv4_address() {
         let get = |xff: &'static str| s.get("/openapi.json").header("X-Forwarded-For", xff).send();
         assert_eq!(get("198.51.100.1").await.unwrap().status(), 200);
         assert_eq!(get("198.51.100.1").await.unwrap().status(), 200);
-        assert_eq!(get("198.51.100.1").await.unwrap().status(), 429, "{proxies}");
-        assert_eq!(get("198.51.100.2").await.unwrap().status(), 200, "{proxies}");
+        assert_eq!(
+            get("198.51.100.1").await.unwrap().status(),
+            429,
+            "{proxies}"
+        );
+        assert_eq!(
+            get("198.51.100.2").await.unwrap().status(),
+            200,
+            "{proxies}"
+        );
         // a ban of one client behind the proxy is that client's only
         let r = s
             .post("/api/security/bans")
@@ -264,7 +272,11 @@ async fn ipv4_peers_of_a_dual_stack_listener_are_their_ipv4_address() {
         assert_eq!(r.status(), 201);
         let (st, code, _) = error_code(get("198.51.100.4").await.unwrap()).await;
         assert_eq!((st, code.as_str()), (403, "ip_banned"), "{proxies}");
-        assert_eq!(get("198.51.100.5").await.unwrap().status(), 200, "{proxies}");
+        assert_eq!(
+            get("198.51.100.5").await.unwrap().status(),
+            200,
+            "{proxies}"
+        );
     }
 }
 
