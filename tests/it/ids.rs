@@ -348,3 +348,46 @@ async fn raw_payloads_in_the_request_target_meet_the_ids_over_tls() {
     assert_eq!(st, 403, "{text}");
     assert!(text.contains("\"request_blocked\""), "{text}");
 }
+
+/// Other applications' session cookies (a browser sends every cookie of
+/// `localhost`) pass; a malformed JSON body on Frenly's own routes reaches
+/// the handler's 400 instead of having its free text judged as structure
+/// (a 403 that would count towards a ban).
+#[tokio::test]
+async fn session_cookies_and_malformed_task_bodies_are_not_attacks() {
+    let s = TestServer::start().await;
+    for cookie in [
+        "sessionid=7h3k2j1l0p9o; csrftoken=abc",
+        "JSESSIONID=1A2B3C4D5E6F",
+        "PHPSESSID=abc123; connect.sid=s%3AaBcD.eFg; laravel_session=x",
+    ] {
+        let r = s
+            .admin_get("/api/tasks?status=done")
+            .header("Cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{cookie}");
+    }
+    let desc = "Review: os.system('rm -rf /tmp/x'); SELECT * FROM users WHERE id='1' OR 1=1 --";
+    for body in [
+        format!(r#"{{"title": "fix", "description": "{desc}", "score": NaN}}"#),
+        format!("\u{feff}{{\"title\": \"fix\", \"description\": \"{desc}\"}}"),
+    ] {
+        let r = s
+            .admin_post("/api/tasks", &json!({}))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let (status, code, _) = error_code(r).await;
+        assert_eq!((status, code.as_str()), (400, "bad_request"), "{body}");
+    }
+    // a session identifier passed as a parameter is still session fixation
+    let r = s
+        .get("/api/tasks?jsessionid=ABCDEF1234567890")
+        .send()
+        .await
+        .unwrap();
+    assert_blocked(r, "session", "ABCDEF1234567890").await;
+}

@@ -214,8 +214,13 @@ fn html_entities(s: &str) -> Option<String> {
                 j += 1;
             }
             let ds = j;
+            // leading zeros carry nothing, however many (`&#0000…0060;`)
+            while b.get(j) == Some(&b'0') {
+                j += 1;
+            }
+            let digits = j;
             let mut v: u32 = 0;
-            while let Some(&c) = b.get(j).filter(|_| j - ds < 40) {
+            while let Some(&c) = b.get(j).filter(|_| j - digits < 40) {
                 let d = if is_hex {
                     hex(c).map(u32::from)
                 } else if c.is_ascii_digit() {
@@ -253,6 +258,13 @@ fn html_entities(s: &str) -> Option<String> {
                         j += 1;
                     }
                     decoded = Some((rep.to_string(), j));
+                } else if b.get(j) != Some(&b';') {
+                    // without `;` a browser takes the longest known name
+                    // and leaves the letters after it (`&lbracejndi:`)
+                    decoded = (2..name.len()).rev().find_map(|n| {
+                        let rep = named_entity(name.get(..n)?)?;
+                        Some((rep.to_string(), ns + n))
+                    });
                 }
             }
         }

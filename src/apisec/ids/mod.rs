@@ -210,7 +210,7 @@ impl FieldSet {
                 if !name.is_empty() {
                     segs.push(PatSeg::Key(name.to_string()));
                 }
-                segs.extend(std::iter::repeat(PatSeg::AnyIndex).take(idx));
+                segs.extend(std::iter::repeat_n(PatSeg::AnyIndex, idx));
             }
             if !segs.is_empty() {
                 out.push(segs);
@@ -268,7 +268,10 @@ pub struct Ids {
     mode: IdsMode,
     families: [Option<IdsMode>; 10],
     routes: Vec<RoutePolicy>,
-    free_text: Vec<(String, FieldSet)>,
+    /// Route prefix, its free-text fields, and whether the route is
+    /// Frenly's own (its handlers take only well-formed JSON) rather than
+    /// a gateway route (whose upstream may read a malformed body).
+    free_text: Vec<(String, FieldSet, bool)>,
     credential_headers: Vec<String>,
     inspect_window: usize,
     prefilter: bool,
@@ -320,9 +323,12 @@ impl Ids {
             })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        let mut free_text = default_free_text();
+        let mut free_text: Vec<(String, FieldSet, bool)> = default_free_text()
+            .into_iter()
+            .map(|(p, f)| (p, f, true))
+            .collect();
         for g in gateway {
-            free_text.push((g.prefix.clone(), free_text_fields(&g.free_text)));
+            free_text.push((g.prefix.clone(), free_text_fields(&g.free_text), false));
         }
         free_text.sort_by_key(|f| std::cmp::Reverse(f.0.len()));
         rules::warm_up();
@@ -391,8 +397,18 @@ impl Ids {
     pub fn free_text_for(&self, path: &str) -> Option<&FieldSet> {
         self.free_text
             .iter()
-            .find(|(p, _)| under(path, p))
-            .map(|(_, f)| f)
+            .find(|(p, _, _)| under(path, p))
+            .map(|(_, f, _)| f)
+    }
+
+    /// Is `path` one of Frenly's own routes with free-text fields (not a
+    /// gateway route)? Their handlers refuse a body that is not one
+    /// well-formed JSON document (400) before reading any of it.
+    fn own_free_text_route(&self, path: &str) -> bool {
+        self.free_text
+            .iter()
+            .find(|(p, _, _)| under(path, p))
+            .is_some_and(|(_, f, own)| *own && !f.is_empty())
     }
 
     /// Inspect a request.
@@ -475,13 +491,22 @@ impl Ids {
             }
         }
         if !req.body.is_empty() {
+            // case kept: a multipart boundary is case-sensitive
+            // (`----WebKitFormBoundary7MA4YWxkTrZu0gW`)
             let ctype = req
                 .header("content-type")
-                .map(|v| String::from_utf8_lossy(v).to_ascii_lowercase())
+                .map(|v| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_default();
             let free = self.free_text_for(raw_path);
             let exclude = route.map(|r| &r.exclude);
-            self.body(&mut scan, &ctype, req.body, free, exclude, &excluded)?;
+            let body = Body {
+                ctype: &ctype,
+                bytes: req.body,
+                free,
+                exclude,
+                own_json: self.own_free_text_route(raw_path),
+            };
+            self.body(&mut scan, &body, &excluded)?;
         }
         Ok(scan.verdict)
     }
@@ -489,13 +514,12 @@ impl Ids {
     fn body(
         &self,
         scan: &mut Scan,
-        ctype: &str,
-        body: &[u8],
-        free: Option<&FieldSet>,
-        exclude: Option<&FieldSet>,
+        b: &Body<'_>,
         excluded: &dyn Fn(&str, &str) -> bool,
     ) -> Result<(), IdsError> {
-        let mime = ctype.split(';').next().unwrap_or("").trim();
+        let (ctype, body, free, exclude) = (b.ctype, b.bytes, b.free, b.exclude);
+        let lower = ctype.to_ascii_lowercase();
+        let mime = lower.split(';').next().unwrap_or("").trim();
         let trimmed = body
             .iter()
             .position(|b| !b.is_ascii_whitespace())
@@ -506,6 +530,11 @@ impl Ids {
             match walk::json(scan, body, free, exclude) {
                 Ok(true) => return Ok(()),
                 Err(e) if is_json => return Err(e),
+                // malformed on one of Frenly's own JSON routes (`NaN`, a
+                // BOM, a trailing comma): the handler answers 400 without
+                // reading it, and inspecting it whole would judge its free
+                // text as structure (a task description holding code)
+                Ok(false) if b.own_json => return Ok(()),
                 // malformed (text after the document, a broken one) or too
                 // deep for a body not declared JSON: inspected whole below
                 Ok(false) | Err(_) => {
@@ -518,14 +547,12 @@ impl Ids {
         let window = body.get(..self.inspect_window).unwrap_or(body);
         let text = String::from_utf8_lossy(window);
         if mime == "multipart/form-data" {
-            let boundary = ctype
-                .split(';')
-                .filter_map(|p| p.trim().strip_prefix("boundary="))
-                .next()
-                .map(|b| b.trim_matches('"').to_string());
+            let boundary = multipart_boundary(ctype);
+            // a body its boundary does not split is inspected whole below
             if let Some(b) = boundary {
-                scan.multipart(&text, &b);
-                return Ok(());
+                if scan.multipart(&text, &b) {
+                    return Ok(());
+                }
             }
         }
         let looks_xml = trimmed.is_some_and(|t| t.starts_with(b"<?xml") || t.starts_with(b"<"));
@@ -538,6 +565,17 @@ impl Ids {
         }
         Ok(())
     }
+}
+
+/// A request body and what the route says about it.
+struct Body<'a> {
+    /// The Content-Type as sent (case kept).
+    ctype: &'a str,
+    bytes: &'a [u8],
+    free: Option<&'a FieldSet>,
+    exclude: Option<&'a FieldSet>,
+    /// One of Frenly's own routes with free-text fields.
+    own_json: bool,
 }
 
 /// Per-request scanning state.
@@ -728,6 +766,11 @@ impl Scan {
                 return;
             }
             self.value(Kind::Value, "path", seg, false);
+            // path parameters: `/login;jsessionid=…`
+            for param in seg.split(';').skip(1) {
+                let name = param.split_once('=').map_or(param, |(n, _)| n);
+                self.session_parameter("path-parameter", name, false);
+            }
             if self.done() {
                 return;
             }
@@ -748,7 +791,9 @@ impl Scan {
             if excluded(what, &dname) {
                 continue;
             }
-            self.value(Kind::Name, &format!("{what}-name"), name, true);
+            let name_loc = format!("{what}-name");
+            self.value(Kind::Name, &name_loc, name, true);
+            self.session_parameter(&name_loc, name, true);
             if let Some(v) = value {
                 let loc = format!("{what}:{}", safe_name(&dname));
                 self.value(Kind::Value, &loc, v, true);
@@ -762,9 +807,41 @@ impl Scan {
         }
     }
 
+    /// A session identifier passed as a parameter (query, form, multipart
+    /// or path parameter; never a cookie or a JSON member).
+    fn session_parameter(&mut self, loc: &str, raw: &str, plus: bool) {
+        if self.done() || !self.enabled(Family::Session) || raw.is_empty() {
+            return;
+        }
+        if rules::session_parameter(&decode::decode(raw, plus).folded) {
+            self.hit(Family::Session, "session-id-parameter", loc);
+        }
+    }
+
+    /// A JSON member named like a framework's session cookie.
+    pub(crate) fn session_json_member(&mut self, loc: &str, raw: &str) {
+        if self.done() || !self.enabled(Family::Session) || raw.is_empty() {
+            return;
+        }
+        if rules::framework_session_name(&decode::decode(raw, false).folded) {
+            self.hit(Family::Session, "session-id-parameter", loc);
+        }
+    }
+
     /// A URL handed to a parameter whose name says it is included or loaded.
     fn rfi_param(&mut self, name: &str, raw: &str, loc: &str) {
-        let n = name.to_ascii_lowercase();
+        let mut n = name.trim().to_ascii_lowercase();
+        // `_conf[path]`, `globals[appdir][]`: the innermost named key
+        while let Some(stripped) = n.strip_suffix("[]") {
+            n = stripped.to_string();
+        }
+        if let Some(key) = n
+            .strip_suffix(']')
+            .and_then(|s| s.rsplit_once('['))
+            .map(|(_, k)| k.trim_matches(|c| c == '\'' || c == '"').to_string())
+        {
+            n = key;
+        }
         let includey = [
             "path", "dir", "file", "include", "inc", "require", "template", "root", "conf",
             "config", "page", "load", "lang", "module", "src", "doc",
@@ -805,6 +882,15 @@ impl Scan {
 
     fn header(&mut self, lname: &str, value: &str) {
         let loc = format!("header:{}", safe_name(lname));
+        // a command line as the whole User-Agent or Referer (a tool's own
+        // agent is `name/version`, never `name -opt` or `name http://…`)
+        if matches!(lname, "user-agent" | "referer")
+            && self.enabled(Family::Rce)
+            && rules::header_command_line(value)
+            && !self.hit(Family::Rce, "rce-header-command-line", &loc)
+        {
+            return;
+        }
         // A value that parses under its header's grammar is protocol, not
         // data (a browser's `Accept` or `Sec-CH-UA`); only the text inside
         // its quoted strings is free for a client to fill, so only that is
@@ -824,8 +910,13 @@ impl Scan {
         self.value(Kind::Header, &loc, value, false);
     }
 
-    fn multipart(&mut self, body: &str, boundary: &str) {
+    /// The parts of a multipart body; `false` when `boundary` splits none
+    /// off (the caller inspects the body another way).
+    fn multipart(&mut self, body: &str, boundary: &str) -> bool {
         let delim = format!("--{boundary}");
+        if !body.contains(delim.as_str()) {
+            return false;
+        }
         for part in body.split(delim.as_str()).skip(1) {
             if part.starts_with("--") {
                 break;
@@ -865,6 +956,7 @@ impl Scan {
                 }
             }
             self.value(Kind::Name, "multipart-name", &name, false);
+            self.session_parameter("multipart-name", &name, false);
             let loc = format!("multipart:{}", safe_name(&name));
             if is_xml || content.trim_start().starts_with("<?xml") {
                 self.xml(content);
@@ -872,9 +964,10 @@ impl Scan {
                 self.value(Kind::Value, &loc, content, false);
             }
             if self.done() {
-                return;
+                break;
             }
         }
+        true
     }
 
     /// XML: attribute values and text nodes are the values; a DOCTYPE that
@@ -920,6 +1013,18 @@ impl Scan {
             }
         }
     }
+}
+
+/// The `boundary` parameter of a `multipart/*` Content-Type, its case kept
+/// (the parameter's name is case-insensitive, its value is not).
+fn multipart_boundary(ctype: &str) -> Option<String> {
+    ctype.split(';').skip(1).find_map(|p| {
+        let (name, value) = p.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("boundary")
+            .then(|| value.trim().trim_matches('"').to_string())
+            .filter(|b| !b.is_empty())
+    })
 }
 
 /// Path extensions of files that are never an API resource (backups,
@@ -1039,6 +1144,13 @@ mod prefilter {
         "system32",
         ".ssh",
         ".aws",
+        // every word a rule needs must be here (or imply a special
+        // character): `tests::the_prefilter_never_hides_a_rule_match`
+        "npmrc",
+        "netrc",
+        "pgpass",
+        ".cnf",
+        "kube",
         ".git",
         ".env",
         ".ht",
@@ -1218,6 +1330,108 @@ mod prefilter {
         "noop",
         "apop",
         "2250738585072011",
+        "jdbcrowset",
+        "lazymap",
+        "templatesimpl",
+        "transformedmap",
+        "xmldecoder",
+        "classloader",
+        "exports",
+        "shtml",
+        "htaccess",
+        "htpasswd",
+        "systeminfo",
+        "spawn",
+        "popen",
+        "capture",
+        "system",
+        "loopback",
+        "cluster.local",
+        ".read",
+        ".once",
+        ".open",
+        ".output",
+        ".load",
+        ".tables",
+        ".databases",
+        ".import",
+        "lwp-",
+        "aa-",
+        "appendchild",
+        "innerhtml",
+        "outerhtml",
+        "globaleval",
+        // `xss-dom-sink`: `parent.name`, `self.eval`
+        "parent",
+        "self",
+        "frames",
+        "globalthis",
+        "this",
+        "top",
+        // `rce-powershell`
+        "new-object",
+        "webclient",
+        "executionpolicy",
+        "childitem",
+        "mppreference",
+        // `rce-command-start`: a command and a file or address argument
+        ".exe",
+        ".txt",
+        ".gz",
+        ".py",
+        ".pl",
+        ".rb",
+        ".json",
+        ".yml",
+        ".yaml",
+        ".conf",
+        "sed ",
+        "grep",
+        "head",
+        "tail",
+        "find",
+        "ssh",
+        "scp",
+        "set ",
+        "export",
+        "gcc",
+        "cc ",
+        "c89",
+        "c99",
+        "kill",
+        "tar ",
+        "dd ",
+        "rm ",
+        "cp ",
+        "mv ",
+        "ll ",
+        "npm",
+        "pip",
+        "zstd",
+        "unxz",
+        "xz",
+        "bz",
+        "visudo",
+        "iwr",
+        "chmod",
+        "chown",
+        "crontab",
+        "useradd",
+        "systemctl",
+        "nmap",
+        "socat",
+        "busybox",
+        "mkfifo",
+        "ltrace",
+        "tcpdump",
+        "bitsadmin",
+        "rundll",
+        "regsvr",
+        "wmic",
+        "vssadmin",
+        "netstat",
+        "nslookup",
+        "pipx",
     ];
 
     static AC: LazyLock<Option<AhoCorasick>> = LazyLock::new(|| {
@@ -1226,6 +1440,12 @@ mod prefilter {
             .build(TRIGGERS)
             .ok()
     });
+
+    /// Is `b` one of the characters that always pass the prefilter?
+    #[cfg(test)]
+    pub fn is_special(b: u8) -> bool {
+        SPECIAL.get(b as usize).copied().unwrap_or(true)
+    }
 
     /// Could any rule match this raw value?
     // A 256-entry table indexed by a byte.

@@ -96,7 +96,7 @@ const fn tx(family: Family, id: &'static str, kinds: u8, re: &'static str) -> Ru
     }
 }
 
-use Family::{Generic, Java, Lfi, Nodejs, Php, Rce, Rfi, Session, Xss};
+use Family::{Generic, Java, Lfi, Nodejs, Php, Rce, Rfi, Session, Sqli, Xss};
 
 /// A PHP comment: `/* … */` (across lines), `# …` or `// …` up to a newline.
 macro_rules! php_comment {
@@ -113,11 +113,11 @@ macro_rules! php_gap {
 }
 
 /// Command and tool names with no ordinary-English meaning.
-const DISTINCT_CMDS: &str = r"whoami|ifconfig|ipconfig|uname|netstat|nslookup|wget|curl|nc|ncat|netcat|nmap|telnet|bash|zsh|ksh|csh|tcsh|dash|sh|powershell|pwsh|cmd|python[23]?(\.\d+)?|perl|ruby|php|node|lua|gcc|cc|c89|c99|busybox|socat|mkfifo|mknod|chmod|chown|chgrp|useradd|adduser|usermod|userdel|passwd|crontab|systemctl|nohup|strace|ltrace|gdb|tcpdump|tshark|lsof|traceroute|ping|base64|xxd|hexdump|certutil|bitsadmin|mshta|rundll32|regsvr32|wmic|cscript|wscript|schtasks|tasklist|taskkill|systeminfo|vssadmin|bcdedit|bcdboot|ansible(-[a-z]+)?|chef(-[a-z]+)?|cscli|pipx|pip3?|npm|npx|docker|kubectl|sshpass|scp|sftp|rsync|tftp|ftp|lwp-[a-z]+|aria2c|gunzip|bunzip2|unzip|zcat|bzcat|xzcat|tar|bsdtar|cpulimit|perf|xargs|awk|gawk|sed|grep|egrep|fgrep|vi|vim|nano|rmt|iptables|sudo|doas|pkexec|printenv|getent|hostname|uptime|dmesg|journalctl|lastlog|lastlogin|ssh|ssh-[a-z-]+|openssl|mysql|psql|sqlite3|regedit|icacls|takeown|ionice|setsid|chroot|unshare|nsenter|runuser|visudo|groupadd|aa-[a-z]+|finger|rcp|rlogin|rsh|whois|ps|id|ls|ll|cat|rm|cp|mv|pkill|killall|mkdir|rmdir|dd|df|du|umount|wc|tee|readlink|whereis|htop|nl|tac|shred|iwr|iex|column|comm|trap|env|dig";
+const DISTINCT_CMDS: &str = r"whoami|ifconfig|ipconfig|uname|netstat|nslookup|wget|curl|nc|ncat|netcat|nmap|telnet|bash|zsh|ksh|csh|tcsh|dash|sh|powershell|pwsh|cmd|python[23]?(\.\d+)?|perl|ruby|php|node|lua|gcc|cc|c89|c99|busybox|socat|mkfifo|mknod|chmod|chown|chgrp|useradd|adduser|usermod|userdel|passwd|crontab|systemctl|nohup|strace|ltrace|gdb|tcpdump|tshark|lsof|traceroute|ping|base64|xxd|hexdump|certutil|bitsadmin|mshta|rundll32|regsvr32|wmic|cscript|wscript|schtasks|tasklist|taskkill|systeminfo|vssadmin|bcdedit|bcdboot|ansible(-[a-z]+)?|chef(-[a-z]+)?|cscli|pipx|pip3?|npm|npx|docker|kubectl|sshpass|scp|sftp|rsync|tftp|ftp|lwp-[a-z]+|aria2c|gunzip|bunzip2|unzip|zcat|bzcat|xzcat|tar|bsdtar|cpulimit|perf|xargs|awk|gawk|sed|grep|egrep|fgrep|vi|vim|nano|rmt|iptables|sudo|doas|pkexec|printenv|getent|hostname|uptime|dmesg|journalctl|lastlog|lastlogin|ssh|ssh-[a-z-]+|openssl|mysql|psql|sqlite3|regedit|icacls|takeown|ionice|setsid|chroot|unshare|nsenter|runuser|visudo|groupadd|aa-[a-z]+|lsmod|dmidecode|arp|blkid|hostnamectl|sysctl|pgrep|lsb_release|getcap|setcap|chattr|lsattr|lscpu|vmstat|iostat|fdisk|modprobe|insmod|rmmod|pstree|tmux|jq|gpg|7z|unrar|cpio|tclsh|irb|stdbuf|taskset|reboot|poweroff|xterm|findstr|netsh|wevtutil|msiexec|reg\.exe|finger|rcp|rlogin|rsh|whois|ps|id|ls|ll|cat|rm|cp|mv|pkill|killall|mkdir|rmdir|dd|df|du|umount|wc|tee|readlink|whereis|htop|nl|tac|shred|iwr|iex|column|comm|trap|env|dig";
 
 /// Command names that are also English words: only flagged with a
 /// shell-shaped argument.
-const COMMON_CMDS: &str = r"kill|echo|printf|sleep|touch|mount|head|tail|more|less|sort|uniq|cut|tr|find|locate|which|file|stat|ln|time|who|w|last|date|top|free|alias|eval|exec|source|export|set|unset|type|call|start|copy|del|dir|ver|tree|attrib|pwd|cd|wall|od|strings|diff|rev|install|make|at|host|timeout|nice|reg|net";
+const COMMON_CMDS: &str = r"kill|echo|printf|sleep|touch|mount|head|tail|more|less|sort|uniq|cut|tr|find|locate|which|file|stat|ln|time|who|w|last|date|top|free|alias|eval|exec|source|export|set|unset|type|call|start|copy|del|dir|ver|tree|attrib|pwd|cd|wall|od|strings|diff|rev|install|make|at|host|timeout|nice|reg|net|ip|ss|script|watch|screen|man|git|zip|java|sc|halt|flock|su";
 
 static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
     let cmds = DISTINCT_CMDS;
@@ -130,6 +130,14 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             "xss-tag-event",
             ANY,
             r"<[a-z][\w:-]*[^>]*[\s/'\x22]on[a-z]{3,24}\s*=",
+        ),
+        // an attribute break then any handler (`" onbeforetoggle=`): the
+        // list below is closed, browsers add events every year
+        r(
+            Xss,
+            "xss-event-attr",
+            ANY,
+            r"['\x22`][\s/]+on[a-z]{4,40}\s*=",
         ),
         r(
             Xss,
@@ -155,6 +163,14 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             ANY,
             r"<(iframe|frame|frameset|embed|object|applet|meta|link|base|style|svg|math|form|isindex|xss|vmlframe|v:[a-z]+|[a-z]+:script|body|img|image|video|audio|source|marquee|details|dialog|template|import|bgsound|layer|ilayer|keygen|textarea|xmp|noscript|plaintext|html|input|button|select|option|animate|set|handler|listener|param|portal|title|xml)([\s/>]|$)|<(a|div|p|span|table|td|font|b|i|u)\b[^>]*\b(href|src|style|id|class)=",
         ),
+        // the same tags on the folded form, where blanks still end the
+        // tag's name (`<applet code=x>` is `<appletcode=x>` squeezed)
+        r(
+            Xss,
+            "xss-dangerous-tag",
+            ANY,
+            r"<(iframe|frame|frameset|embed|object|applet|meta|link|base|style|svg|math|form|isindex|xss|vmlframe|v:[a-z]+|[a-z]+:script|body|img|image|video|audio|source|marquee|details|dialog|template|import|bgsound|layer|ilayer|keygen|textarea|xmp|noscript|plaintext|html|input|button|select|option|animate|set|handler|listener|param|portal|title|xml)([\s/>]|$)|<(a|div|p|span|table|td|font|b|i|u)\s[^>]*\b(href|src|style|id|class)\s*=",
+        ),
         r(
             Xss,
             "xss-tag-attr",
@@ -172,6 +188,15 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             "xss-dom-sink",
             ANY,
             r"\b(document|window|top|parent|self|this|frames|globalthis)\s*\)?\s*(\.\s*|\[\s*['\x22`])((cookie|write|writeln|domain|location|body|createelement|getelementbyid|open|name|eval|execscript|globaleval|alert)\b|\$|\\x24)|\.(innerhtml|outerhtml|appendchild|insertadjacenthtml)\b|\bfromcharcode\b|\bglobaleval\b|\b(settimeout|setinterval|execscript)\s*\(|\bnew\s+function\s*\(|\b(alert|prompt|confirm|eval|atob|btoa)\s*(\(|`)",
+        ),
+        // a dialog function passed rather than called (`[1].find(alert)`,
+        // `Reflect.apply(alert, …)`), or a name built from strings and
+        // then called (`self['ale'+'rt'](1)`)
+        r(
+            Xss,
+            "xss-indirect-call",
+            ANY,
+            r"\.(find|map|filter|foreach|some|every|then|call|apply|bind|sort|reduce)\s*\(\s*(alert|prompt|confirm|eval|print)\s*[,)]|\breflect\s*\.\s*(apply|construct)\s*\(\s*(alert|prompt|confirm|eval|function)\b|\[\s*(['\x22`][^'\x22`\]]*['\x22`]\s*\+\s*)+['\x22`][^'\x22`\]]*['\x22`]\s*\]\s*\(",
         ),
         r(
             Xss,
@@ -198,6 +223,24 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             N | V | H,
             r"<[a-z][\w:-]*\s[^>]*\bxmlns(:[a-z]+)?\s*=|<[a-z]+:include\b|\bxsi:schemalocation\b",
         ),
+        // ---- SQL shapes the lexer's fingerprint does not see
+        // the auth bypass `admin' --`, `admin') -- -`: a short identifier, a
+        // closing quote (and parens), then a comment that ends the value
+        r(
+            Sqli,
+            "sqli-quote-comment",
+            N | V | H,
+            r"^\s*[\w@.-]{0,64}(['\x22`]\)*|\)+)\s*--[\s-]*$",
+        ),
+        // a keyword glued to an inline comment (`drop/*x*/table`,
+        // `/**/union/**/select`); a glob (`update/*/x`) has no `*/` without
+        // a `/` inside
+        r(
+            Sqli,
+            "sqli-comment-glue",
+            N | V | H,
+            r"\b(select|union|insert|delete|update|drop|alter|create|truncate|exec|execute|declare|from|where|having|and|or|xor|not|order|group|into|values|table|sleep|benchmark)/\*[^/]*?\*/|/\*[^/]*?\*/(select|union|insert|delete|update|drop|alter|create|truncate|exec|execute|declare|from|where|having|and|or|xor|order|group|into|values|table|sleep|benchmark)\b",
+        ),
         // ---- XML external entities
         r(
             Generic,
@@ -216,19 +259,27 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Lfi,
             "lfi-sensitive-file",
             P,
-            r"(^|[/\\])(etc/(passwd|shadow|group|hosts|issue|subuid|subgid|sudoers|crontab|environment|profile|motd|master\.passwd|security/|ssh/|ssl/|mysql/|apache2?/|nginx/|httpd/|resolv\.conf|fstab|inittab|hostname|os-release|aliases|gshadow|pwd\.db|spwd\.db|shells|passwd-|shadow-|machine-id)|proc/(self|\d+|net|sys|version|cpuinfo|meminfo|interrupts|mounts|modules|cmdline|environ|kcore|partitions|loadavg|stat|sched_debug|kallsyms)|var/log/|var/run/secrets|root/\.|windows/(win\.ini|system\.ini|system32)|winnt/|boot\.ini|win\.ini|system32[/\\]|\.ssh/|\.aws/|\.git/|\.svn/|\.hg/|\.htaccess|\.htpasswd|\.bash_history|\.bashrc|\.zsh_history|id_rsa|id_dsa|id_ecdsa|id_ed25519|authorized_keys|known_hosts|web\.config|wp-config\.php|\.docker/config\.json|\.kube/config|\.npmrc|\.netrc|\.pgpass|\.my\.cnf|\.env(\.[a-z]+)?\b)",
+            r"(^|[/\\])(etc/(passwd|shadow|group|hosts|issue|subuid|subgid|sudoers|crontab|environment|profile|motd|master\.passwd|security/|ssh/|ssl/|mysql/|apache2?/|nginx/|httpd/|resolv\.conf|fstab|inittab|hostname|os-release|aliases|gshadow|pwd\.db|spwd\.db|shells|passwd-|shadow-|machine-id)|proc/(self|\d+|net|sys|version|cpuinfo|meminfo|interrupts|mounts|modules|cmdline|environ|kcore|partitions|loadavg|stat|sched_debug|kallsyms)|var/log/|var/run/secrets|root/\.|windows/(win\.ini|system\.ini|system32)|winnt/|boot\.ini|win\.ini|system32[/\\]|\.ssh/|\.aws/|\.git/|\.svn/|\.hg/|\.htaccess|\.htpasswd|\.bash_history|\.bashrc|\.zsh_history|id_rsa|id_dsa|id_ecdsa|id_ed25519|authorized_keys|known_hosts|web\.config|wp-config\.php|\.docker/config\.json|\.kube/config|\.npmrc|\.netrc|\.pgpass|\.my\.cnf|web-inf/|meta-inf/|var/run/docker\.sock|run/docker\.sock|etc/kubernetes/|run/secrets/|\.env(\.[a-z]+)?\b)",
         ),
         r(
             Lfi,
             "lfi-sensitive-file",
             ANY,
-            r"^\s*['\x22]?(file:/*|[a-z]:)?([/\\]|\.{1,2}[/\\])*(etc/(passwd|shadow|group|hosts|issue|subuid|subgid|sudoers|crontab|environment|profile|motd|master\.passwd|security/|ssh/|ssl/|mysql/|apache2?/|nginx/|httpd/|resolv\.conf|fstab|inittab|hostname|os-release|aliases|gshadow|pwd\.db|spwd\.db|shells|passwd-|shadow-|machine-id)|proc/(self|\d+|net|sys|version|cpuinfo|meminfo|interrupts|mounts|modules|cmdline|environ|kcore|partitions|loadavg|stat|sched_debug|kallsyms)|var/log/|var/run/secrets|root/\.|windows/(win\.ini|system\.ini|system32)|winnt/|boot\.ini|win\.ini|system32[/\\]|\.ssh/|\.aws/|\.git/|\.svn/|\.hg/|\.htaccess|\.htpasswd|\.bash_history|\.bashrc|\.zsh_history|id_rsa|id_dsa|id_ecdsa|id_ed25519|authorized_keys|known_hosts|web\.config|wp-config\.php|\.docker/config\.json|\.kube/config|\.npmrc|\.netrc|\.pgpass|\.my\.cnf|\.env(\.[a-z]+)?\b)[^\s]*\s*$",
+            r"^\s*['\x22]?(file:/*|[a-z]:)?([/\\]|\.{1,2}[/\\])*(etc/(passwd|shadow|group|hosts|issue|subuid|subgid|sudoers|crontab|environment|profile|motd|master\.passwd|security/|ssh/|ssl/|mysql/|apache2?/|nginx/|httpd/|resolv\.conf|fstab|inittab|hostname|os-release|aliases|gshadow|pwd\.db|spwd\.db|shells|passwd-|shadow-|machine-id)|proc/(self|\d+|net|sys|version|cpuinfo|meminfo|interrupts|mounts|modules|cmdline|environ|kcore|partitions|loadavg|stat|sched_debug|kallsyms)|var/log/|var/run/secrets|root/\.|windows/(win\.ini|system\.ini|system32)|winnt/|boot\.ini|win\.ini|system32[/\\]|\.ssh/|\.aws/|\.git/|\.svn/|\.hg/|\.htaccess|\.htpasswd|\.bash_history|\.bashrc|\.zsh_history|id_rsa|id_dsa|id_ecdsa|id_ed25519|authorized_keys|known_hosts|web\.config|wp-config\.php|\.docker/config\.json|\.kube/config|\.npmrc|\.netrc|\.pgpass|\.my\.cnf|web-inf/|meta-inf/|var/run/docker\.sock|run/docker\.sock|etc/kubernetes/|run/secrets/|\.env(\.[a-z]+)?\b)[^\s]*\s*$",
         ),
         r(
             Lfi,
             "lfi-sensitive-file",
             ANY,
-            r"(\.\.[/\\]|[;|&]\s*)/?(etc/(passwd|shadow|group|hosts|issue|subuid|subgid|sudoers|crontab|environment|profile|motd|master\.passwd|security/|ssh/|ssl/|mysql/|apache2?/|nginx/|httpd/|resolv\.conf|fstab|inittab|hostname|os-release|aliases|gshadow|pwd\.db|spwd\.db|shells|passwd-|shadow-|machine-id)|proc/(self|\d+|net|sys|version|cpuinfo|meminfo|interrupts|mounts|modules|cmdline|environ|kcore|partitions|loadavg|stat|sched_debug|kallsyms)|var/log/|var/run/secrets|root/\.|windows/(win\.ini|system\.ini|system32)|winnt/|boot\.ini|win\.ini|system32[/\\]|\.ssh/|\.aws/|\.git/|\.svn/|\.hg/|\.htaccess|\.htpasswd|\.bash_history|\.bashrc|\.zsh_history|id_rsa|id_dsa|id_ecdsa|id_ed25519|authorized_keys|known_hosts|web\.config|wp-config\.php|\.docker/config\.json|\.kube/config|\.npmrc|\.netrc|\.pgpass|\.my\.cnf|\.env(\.[a-z]+)?\b)",
+            r"(\.\.[/\\]|[;|&]\s*)/?(etc/(passwd|shadow|group|hosts|issue|subuid|subgid|sudoers|crontab|environment|profile|motd|master\.passwd|security/|ssh/|ssl/|mysql/|apache2?/|nginx/|httpd/|resolv\.conf|fstab|inittab|hostname|os-release|aliases|gshadow|pwd\.db|spwd\.db|shells|passwd-|shadow-|machine-id)|proc/(self|\d+|net|sys|version|cpuinfo|meminfo|interrupts|mounts|modules|cmdline|environ|kcore|partitions|loadavg|stat|sched_debug|kallsyms)|var/log/|var/run/secrets|root/\.|windows/(win\.ini|system\.ini|system32)|winnt/|boot\.ini|win\.ini|system32[/\\]|\.ssh/|\.aws/|\.git/|\.svn/|\.hg/|\.htaccess|\.htpasswd|\.bash_history|\.bashrc|\.zsh_history|id_rsa|id_dsa|id_ecdsa|id_ed25519|authorized_keys|known_hosts|web\.config|wp-config\.php|\.docker/config\.json|\.kube/config|\.npmrc|\.netrc|\.pgpass|\.my\.cnf|web-inf/|meta-inf/|var/run/docker\.sock|run/docker\.sock|etc/kubernetes/|run/secrets/|\.env(\.[a-z]+)?\b)",
+        ),
+        // a credential file in a user's dot-directory under any home
+        // (`/home/app/.aws/credentials`), as the whole value
+        r(
+            Lfi,
+            "lfi-sensitive-file",
+            ANY,
+            r"^\s*['\x22]?(file:/*|[a-z]:)?([/\\][\w.-]+)*[/\\](\.ssh/|\.aws/|\.kube/config|\.docker/config\.json|\.gnupg/|\.git-credentials|\.npmrc|\.netrc|\.pgpass|\.my\.cnf|\.bash_history|\.zsh_history)[^\s]*\s*$",
         ),
         r(Lfi, "lfi-file-scheme", N | V | H, r"(^|[\s'\x22=(])file:/"),
         // ---- remote command execution
@@ -249,7 +300,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             "rce-command-after-separator",
             ANY,
             leaked(format!(
-                r"(([;|`\n]|\$\(|\$\{{|\|\||&&)\s*(\(\s*|\{{\s+)?['\x22]?\s*|&(\(\s*|\{{\s+)?['\x22]?)(sudo\s+|nohup\s+)?({common})(\.exe)?(\s+(-{{1,2}}[a-z0-9]|/|~|\$|\.{{0,2}}/|[a-z0-9._-]+\s+-|['\x22])|\s*[;&|<>`'\x22)}}]|\s*$)",
+                r"(([;|`\n]|\$\(|\$\{{|\|\||&&)\s*(\(\s*|\{{\s+)?['\x22]?\s*|&(\(\s*|\{{\s+)?['\x22]?)(sudo\s+|nohup\s+)?({common})(\.exe)?(\s+(-{{1,2}}[a-z0-9]|/|~|\$|\.{{0,2}}/|[a-z]:\\|[a-z0-9._-]+\s+-|['\x22])|\s*[;&|<>`'\x22)}}]|\s*$)",
                 common = COMMON_CMDS
             )),
         ),
@@ -258,7 +309,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             "rce-command-after-separator",
             ANY,
             leaked(format!(
-                r"&\s+(\(\s*|\{{\s+)?['\x22]?\s*(sudo\s+|nohup\s+)?({common})(\.exe)?(\s+(-{{1,2}}[a-z0-9]|/|~|\$|\.{{0,2}}/)|\s*[|<>`])",
+                r"&\s+(\(\s*|\{{\s+)?['\x22]?\s*(sudo\s+|nohup\s+)?({common})(\.exe)?(\s+(-{{1,2}}[a-z0-9]|/|~|\$|\.{{0,2}}/|[a-z]:\\)|\s*[|<>`])",
                 common = COMMON_CMDS
             )),
         ),
@@ -350,6 +401,24 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             "rce-windows-if",
             ANY,
             r"(^|[&|;(])\s*if(\s+|\s*/i\s*)(not\s+)?(exist|defined|errorlevel|cmdextversion)\b|(^|[&|;(])\s*if(\s+|\s*/i\s*|\s*\()(not\s+)?.{1,60}?(==|\s(equ|neq|lss|leq|gtr|geq)\s)",
+        ),
+        // Windows administration commands after a separator, with the
+        // sub-command that makes them one (`& reg query HKLM\…`, `& net
+        // view`, `| sc query`): "profit & net user growth" passes
+        r(
+            Rce,
+            "rce-windows-command",
+            ANY,
+            r"[;&|]\s*(reg(\.exe)?\s+(query|add|delete|save|export|import)\s+hk|net(\.exe)?\s+(view|user|users|localgroup|share|use|session|accounts)(\s+[/\\]|\s*$)|sc(\.exe)?\s+(query|queryex|qc|create|config|delete)(\s+[\w.-]+)?\s*$)",
+        ),
+        // PowerShell cmdlets with a shell-shaped argument (`Get-ChildItem
+        // C:\`, `(New-Object Net.WebClient)`, `Set-ExecutionPolicy Bypass`);
+        // "Get-ChildItem recursion" passes
+        r(
+            Rce,
+            "rce-powershell",
+            ANY,
+            r"\b(get-childitem|gci|get-content|set-content|remove-item|start-process|invoke-webrequest|invoke-restmethod|new-object|set-executionpolicy|get-wmiobject|get-ciminstance|add-mppreference|set-mppreference)\s+(-[a-z]|[a-z]:\\|\\\\)|\bnew-object\s+(system\.)?net\.(webclient|sockets)\b|\bset-executionpolicy\s+(bypass|unrestricted)\b",
         ),
         r(
             Rce,
@@ -535,7 +604,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Generic,
             "ssrf-internal-host",
             V,
-            r"^\s*[a-z][a-z0-9+.-]*://\[?(localhost|127\.\d+\.\d+\.\d+|0\.0\.0\.0|0+|169\.254\.\d+\.\d+|169\.254\.\d+|100\.100\.100\.200|metadata(\.google\.internal)?|::1?|::ffff:|0:0:0:0:0:(0|ffff):|fe80:|fd00:ec2|[0-9]{8,10}|0x[0-9a-f]+|0[0-7]+\.|[a-f0-9:]*::|[a-z0-9-]+\.(internal|local|localdomain)|host\.docker\.internal|localtest\.me|[\w.-]*\.nip\.io)([\]:/?#%\s]|$)|://[^/\s]*\\|^\s*(localhost\.localdomain|ipv6-localhost|ipv6-loopback|ip6-localhost|ip6-loopback|host\.docker\.internal|host\.containers\.internal|gateway\.docker\.internal|localtest\.me|kubernetes\.default(\.svc(\.cluster\.local)?)?|kubernetes\.docker\.internal|[\w-]+(\.[\w-]+)*\.svc\.cluster\.local|localhost[46]?\.localdomain[46]?)([:/]|$)|\b169\.254\.169\.254\b.*\b(latest|computemetadata|metadata|openstack)\b|\[::ffff:|\b169\.254\.\d+$",
+            r"^\s*([a-z][a-z0-9+.-]*:)?//\[?(localhost\.?|127\.\d+\.\d+\.\d+|0\.0\.0\.0|0+|169\.254\.\d+\.\d+|169\.254\.\d+|100\.100\.100\.200|metadata(\.google\.internal)?|::1?|::ffff:|0:0:0:0:0:(0|ffff):|fe80:|fd00:ec2|[0-9]{8,12}|0x[0-9a-f]+|0[0-7]+\.|[a-f0-9:]*::|[a-z0-9-]+\.(internal|local|localdomain)|host\.docker\.internal|localtest\.me|[\w.-]*\.nip\.io)([\]:/?#%\s]|$)|://[^/\s]*\\|^\s*(localhost\.localdomain|ipv6-localhost|ipv6-loopback|ip6-localhost|ip6-loopback|host\.docker\.internal|host\.containers\.internal|gateway\.docker\.internal|localtest\.me|kubernetes\.default(\.svc(\.cluster\.local)?)?|kubernetes\.docker\.internal|[\w-]+(\.[\w-]+)*\.svc\.cluster\.local|localhost[46]?\.localdomain[46]?)([:/]|$)|\b169\.254\.169\.254\b.*\b(latest|computemetadata|metadata|openstack)\b|\[::ffff:|\b169\.254\.\d+$",
         ),
         // a cloud metadata endpoint named anywhere but free text (a header
         // such as `X-Callback-Url`, a parameter or JSON key name): no
@@ -570,13 +639,6 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             N,
             r"^\w+(__\w+){2,}$|^(password|passwd|email|token|secret|is_staff|is_superuser|is_admin)__(startswith|istartswith|endswith|iendswith|contains|icontains|regex|iregex|exact|iexact|gt|gte|lt|lte|in|has_keys?|has_any_keys)$|__(has_keys?|has_any_keys|regex|iregex)$",
         ),
-        // ---- session fixation: a session identifier passed as a parameter
-        r(
-            Session,
-            "session-id-parameter",
-            N,
-            r"^(jsessionid|phpsessid|phpsession|aspsessionid\w*|asp\.net_sessionid|sessionid|session_id|_session_id|sess_id|sid|cftoken|cfid|laravel_session|ci_session|play_session|connect\.sid|zend_session_id|(__secure-|__host-)?next-auth\.session-token|[\w.-]*[._-]session[._-]?(id|token)|[\w]+_session|session-id|jservsession|rack\.session|koa[.:]sess(\.sig)?|(sails|express)\.sid)$",
-        ),
         r(
             Session,
             "session-cookie-set",
@@ -585,6 +647,66 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         ),
     ]
 });
+
+/// A session identifier's name (`JSESSIONID`, `PHPSESSID`, `connect.sid`
+/// …), matched on a decoded, lower-cased parameter name.
+const SESSION_PARAMETER: &str = r"^(jsessionid|phpsessid|phpsession|aspsessionid\w*|asp\.net_sessionid|sessionid|session_id|_session_id|sess_id|sid|cftoken|cfid|laravel_session|ci_session|play_session|connect\.sid|zend_session_id|(__secure-|__host-)?next-auth\.session-token|[\w.-]*[._-]session[._-]?(id|token)|[\w]+_session|session-id|jservsession|rack\.session|koa[.:]sess(\.sig)?|(sails|express)\.sid)$";
+
+static SESSION_PARAMETER_RE: LazyLock<Option<regex::Regex>> =
+    LazyLock::new(|| regex::Regex::new(SESSION_PARAMETER).ok());
+
+/// Session fixation: a session identifier passed as a query, form or path
+/// parameter (`?jsessionid=…`, `/login;jsessionid=…`). Cookie names and
+/// JSON members are not parameters: a browser sends the session cookies of
+/// every application on `localhost` (`sessionid`, `connect.sid`), and an
+/// API's `session_id` member is data.
+pub fn session_parameter(name: &str) -> bool {
+    let n = name.trim().to_lowercase();
+    SESSION_PARAMETER_RE
+        .as_ref()
+        .is_some_and(|re| re.is_match(&n))
+}
+
+/// A whole header value that is one command line: a tool with no English
+/// meaning, a blank, then a shell-shaped argument (an option, a path, a
+/// URL, `key=value`, or a word and then an option: `ansible all -m ping`).
+static HEADER_COMMAND_LINE: LazyLock<Option<regex::Regex>> = LazyLock::new(|| {
+    regex::Regex::new(&format!(
+        r"(?i)^\s*['\x22]?(sudo\s+)?({DISTINCT_CMDS}|knife|dd)(\.exe)?\s+(-{{1,2}}[a-z0-9]|[/~]|\.{{1,2}}/|[a-z][a-z0-9+.-]*://|[a-z]:\\|[a-z_]+=\S|[\w.-]+\s+(-{{1,2}}[a-z]|-\s|[/'\x22]))"
+    ))
+    .ok()
+});
+
+/// Is `value` (a `User-Agent` or `Referer`) a command line?
+pub fn header_command_line(value: &str) -> bool {
+    HEADER_COMMAND_LINE
+        .as_ref()
+        .is_some_and(|re| re.is_match(value))
+}
+
+/// The session cookie names of server frameworks (Java servlets, PHP, ASP,
+/// ColdFusion, Laravel, Express …): not the generic `sessionid` or
+/// `session_id`, which an API may well use for a member of its own.
+const FRAMEWORK_SESSION: &str = r"^(jsessionid|phpsessid|phpsession|aspsessionid\w*|asp\.net_sessionid|cftoken|cfid|laravel_session|ci_session|play_session|connect\.sid|zend_session_id|(__secure-|__host-)?next-auth\.session-token|jservsession|rack\.session|koa[.:]sess(\.sig)?|(sails|express)\.sid)$";
+
+static FRAMEWORK_SESSION_RE: LazyLock<Option<regex::Regex>> =
+    LazyLock::new(|| regex::Regex::new(FRAMEWORK_SESSION).ok());
+
+/// A JSON member named like a framework's session cookie
+/// (`{"phpsession": …}`): session fixation through a JSON body.
+pub fn framework_session_name(name: &str) -> bool {
+    let n = name.trim().to_lowercase();
+    FRAMEWORK_SESSION_RE
+        .as_ref()
+        .is_some_and(|re| re.is_match(&n))
+}
+
+/// Every rule's id and pattern (for the test that proves the prefilter
+/// never hides a rule match).
+#[cfg(test)]
+pub(crate) fn patterns() -> Vec<(&'static str, &'static str)> {
+    RULES.iter().map(|r| (r.id, r.re)).collect()
+}
 
 /// One form's rules as a set, with each set member's index in [`RULES`].
 struct FormSet {

@@ -340,21 +340,25 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
             }
             b'*' if s.get(i + 1) == Some(&b'/') => i += 2,
             b'-' if s.get(i + 1) == Some(&b'-') => {
+                // a line comment with more SQL after its newline is a blank
+                // (`1--\nAND--\n1=1`: MySQL reads on)
+                if let Some(next) = after_line_comment(s, i) {
+                    i = next;
+                    continue;
+                }
                 // `x -- y` (blanks on both sides) is also an English dash
                 let spaced =
                     before(s, i) == Some(b' ') && matches!(s.get(i + 2), Some(b' ') | None);
                 fp.push(if spaced { b'C' } else { b'c' });
-                match tail(s, i).iter().position(|&d| d == b'\n') {
-                    Some(p) => i += p + 1,
-                    None => i = s.len(),
-                }
+                i = s.len();
             }
             b'#' => {
-                fp.push(b'c');
-                match tail(s, i).iter().position(|&d| d == b'\n') {
-                    Some(p) => i += p + 1,
-                    None => i = s.len(),
+                if let Some(next) = after_line_comment(s, i) {
+                    i = next;
+                    continue;
                 }
+                fp.push(b'c');
+                i = s.len();
             }
             b'(' | b')' | b',' | b';' => {
                 fp.push(c);
@@ -468,6 +472,17 @@ fn fingerprint(s: &[u8], ctx: Ctx) -> Vec<u8> {
 }
 
 /// `s` from byte `i` on (empty past the end).
+/// Where lexing resumes after the line comment at `i` (`--…` or `#…`)
+/// when a newline ends it and more than blanks follow; `None` when the
+/// comment ends the value.
+fn after_line_comment(s: &[u8], i: usize) -> Option<usize> {
+    let nl = i + tail(s, i).iter().position(|&d| d == b'\n')? + 1;
+    tail(s, nl)
+        .iter()
+        .any(|d| !d.is_ascii_whitespace())
+        .then_some(nl)
+}
+
 fn tail(s: &[u8], i: usize) -> &[u8] {
     s.get(i..).unwrap_or_default()
 }

