@@ -80,8 +80,9 @@ use body::{Guarded, Trip};
 type Upstreams = Client<HttpsConnector<HttpConnector>, Body>;
 
 const X_FRENLY_USER: HeaderName = HeaderName::from_static("x-frenly-user");
-/// The headers Frenly sets for the upstream or removes from the request,
-/// whose `_` respellings are removed too.
+/// The headers Frenly sets for the upstream or removes from the request
+/// (whatever the client sent is dropped first), and whose `_` respellings
+/// are removed too.
 const CONTROLLED: [&str; 8] = [
     "host",
     "forwarded",
@@ -446,15 +447,7 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
     });
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers, upgrade);
-    for n in [
-        header::HOST,
-        header::FORWARDED,
-        X_FORWARDED_FOR,
-        X_FORWARDED_PROTO,
-        X_FORWARDED_HOST,
-        X_FRENLY_USER,
-        HeaderName::from_static("x-real-ip"),
-    ] {
+    for n in CONTROLLED {
         headers.remove(n);
     }
     if inspect_ws.is_some() {

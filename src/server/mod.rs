@@ -351,28 +351,21 @@ impl Activity {
         use std::sync::atomic::Ordering::Relaxed;
         let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
         loop {
-            let wait = if self.in_progress() > 0 {
-                if self.sending.load(Relaxed) == 0 {
-                    limit_ms
-                } else {
-                    let since = self
-                        .elapsed_ms()
-                        .saturating_sub(self.last_pull_ms.load(Relaxed));
-                    if since >= limit_ms {
-                        return Quiet::Stalled;
-                    }
-                    limit_ms - since
-                }
+            // the clock that runs: since the last request ended (none in
+            // progress), since a ready body was last pulled, or none
+            let (mark, quiet) = if self.in_progress() == 0 {
+                (&self.last_end_ms, Quiet::Idle)
+            } else if self.sending.load(Relaxed) > 0 {
+                (&self.last_pull_ms, Quiet::Stalled)
             } else {
-                let since = self
-                    .elapsed_ms()
-                    .saturating_sub(self.last_end_ms.load(Relaxed));
-                if since >= limit_ms {
-                    return Quiet::Idle;
-                }
-                limit_ms - since
+                tokio::time::sleep(limit).await;
+                continue;
             };
-            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let since = self.elapsed_ms().saturating_sub(mark.load(Relaxed));
+            if since >= limit_ms {
+                return quiet;
+            }
+            tokio::time::sleep(Duration::from_millis(limit_ms - since)).await;
         }
     }
 }

@@ -175,6 +175,19 @@ async fn h2_until_closed(c: &mut TcpStream, limit: Duration) -> (bool, bool, Opt
 /// keep-alive pings detect dead peers, not idle ones.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http2_connections_are_closed_and_do_not_lock_others_out() {
+    let ends = h2_slots_freed(&h2::get("/healthz", &[])).await;
+    for (answered, goaway, closed) in ends {
+        assert!(answered, "the HTTP/2 request was not answered");
+        let took = closed.expect("the server kept an idle HTTP/2 connection open for 8 s");
+        assert!(goaway, "closed without a GOAWAY");
+        println!("idle HTTP/2 connection closed by the server after {took:?}");
+    }
+}
+
+/// Both slots of `max_connections = 2` (header-read timeout 1 s) held by
+/// HTTP/2 connections that send `bytes` and then only answer: how each
+/// ended (within 8 s), after which a legitimate client must be served.
+async fn h2_slots_freed(bytes: &[u8]) -> Vec<(bool, bool, Option<Duration>)> {
     let s = TestServer::with(Opts::default().config(
         "[network]\nlisten = \"127.0.0.1:0\"\ntls = false\nheader_read_timeout_seconds = 1\nmax_connections = 2\n",
     ))
@@ -182,17 +195,15 @@ async fn idle_http2_connections_are_closed_and_do_not_lock_others_out() {
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut c = TcpStream::connect(s.addr).await.unwrap();
-        c.write_all(&h2::get("/healthz", &[])).await.unwrap();
+        c.write_all(bytes).await.unwrap();
         held.push(c);
     }
+    let mut ends = Vec::new();
     for c in &mut held {
-        let (answered, goaway, closed) = h2_until_closed(c, Duration::from_secs(8)).await;
-        assert!(answered, "the HTTP/2 request was not answered");
-        let took = closed.expect("the server kept an idle HTTP/2 connection open for 8 s");
-        assert!(goaway, "closed without a GOAWAY");
-        println!("idle HTTP/2 connection closed by the server after {took:?}");
+        ends.push(h2_until_closed(c, Duration::from_secs(8)).await);
     }
     legit_ok(&s).await;
+    ends
 }
 
 /// One address may hold at most `network.max_connections_per_address`
@@ -241,27 +252,15 @@ async fn one_address_holds_at_most_its_share_of_connections() {
 /// dropped, and a legitimate client is served after them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_connections_that_never_take_their_response_are_dropped() {
-    let s = TestServer::with(Opts::default().config(
-        "[network]\nlisten = \"127.0.0.1:0\"\ntls = false\nheader_read_timeout_seconds = 1\nmax_connections = 2\n",
-    ))
-    .await;
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut c = TcpStream::connect(s.addr).await.unwrap();
-        let mut bytes = h2::get("/healthz", &[]);
-        // the empty SETTINGS frame after the preface becomes
-        // SETTINGS_INITIAL_WINDOW_SIZE = 0: no DATA may be sent
-        bytes.splice(24..33, [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0]);
-        c.write_all(&bytes).await.unwrap();
-        held.push(c);
-    }
-    for c in &mut held {
-        let (_, _, closed) = h2_until_closed(c, Duration::from_secs(8)).await;
+    let mut bytes = h2::get("/healthz", &[]);
+    // the empty SETTINGS frame after the preface becomes
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: no DATA may be sent
+    bytes.splice(24..33, [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0]);
+    for (_, _, closed) in h2_slots_freed(&bytes).await {
         let took =
             closed.expect("a connection that never takes its response held its slot for 8 s");
         println!("stalled HTTP/2 connection dropped after {took:?}");
     }
-    legit_ok(&s).await;
 }
 
 /// The same over TLS: connections that finish the handshake (with ALPN h2

@@ -648,12 +648,31 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
     ]
 });
 
+/// The session cookie names of server frameworks (Java servlets, PHP, ASP,
+/// ColdFusion, Laravel, Express …): not the generic `sessionid` or
+/// `session_id`, which an API may well use for a member of its own.
+const FRAMEWORK_SESSION_NAMES: &str = r"jsessionid|phpsessid|phpsession|aspsessionid\w*|asp\.net_sessionid|cftoken|cfid|laravel_session|ci_session|play_session|connect\.sid|zend_session_id|(__secure-|__host-)?next-auth\.session-token|jservsession|rack\.session|koa[.:]sess(\.sig)?|(sails|express)\.sid";
+
+/// The generic session identifier names, besides the frameworks' own.
+const GENERIC_SESSION_NAMES: &str = r"sessionid|session_id|_session_id|sess_id|sid|[\w.-]*[._-]session[._-]?(id|token)|[\w]+_session|session-id";
+
 /// A session identifier's name (`JSESSIONID`, `PHPSESSID`, `connect.sid`
 /// …), matched on a decoded, lower-cased parameter name.
-const SESSION_PARAMETER: &str = r"^(jsessionid|phpsessid|phpsession|aspsessionid\w*|asp\.net_sessionid|sessionid|session_id|_session_id|sess_id|sid|cftoken|cfid|laravel_session|ci_session|play_session|connect\.sid|zend_session_id|(__secure-|__host-)?next-auth\.session-token|[\w.-]*[._-]session[._-]?(id|token)|[\w]+_session|session-id|jservsession|rack\.session|koa[.:]sess(\.sig)?|(sails|express)\.sid)$";
+static SESSION_PARAMETER_RE: LazyLock<Option<regex::Regex>> = LazyLock::new(|| {
+    regex::Regex::new(&format!(
+        "^({FRAMEWORK_SESSION_NAMES}|{GENERIC_SESSION_NAMES})$"
+    ))
+    .ok()
+});
 
-static SESSION_PARAMETER_RE: LazyLock<Option<regex::Regex>> =
-    LazyLock::new(|| regex::Regex::new(SESSION_PARAMETER).ok());
+static FRAMEWORK_SESSION_RE: LazyLock<Option<regex::Regex>> =
+    LazyLock::new(|| regex::Regex::new(&format!("^({FRAMEWORK_SESSION_NAMES})$")).ok());
+
+/// Does `re` match the whole of `name`, trimmed and lower-cased?
+fn name_matches(re: &LazyLock<Option<regex::Regex>>, name: &str) -> bool {
+    let n = name.trim().to_lowercase();
+    re.as_ref().is_some_and(|re| re.is_match(&n))
+}
 
 /// Session fixation: a session identifier passed as a query, form or path
 /// parameter (`?jsessionid=…`, `/login;jsessionid=…`). Cookie names and
@@ -661,10 +680,13 @@ static SESSION_PARAMETER_RE: LazyLock<Option<regex::Regex>> =
 /// every application on `localhost` (`sessionid`, `connect.sid`), and an
 /// API's `session_id` member is data.
 pub fn session_parameter(name: &str) -> bool {
-    let n = name.trim().to_lowercase();
-    SESSION_PARAMETER_RE
-        .as_ref()
-        .is_some_and(|re| re.is_match(&n))
+    name_matches(&SESSION_PARAMETER_RE, name)
+}
+
+/// A JSON member named like a framework's session cookie
+/// (`{"phpsession": …}`): session fixation through a JSON body.
+pub fn framework_session_name(name: &str) -> bool {
+    name_matches(&FRAMEWORK_SESSION_RE, name)
 }
 
 /// A whole header value that is one command line: a tool with no English
@@ -682,23 +704,6 @@ pub fn header_command_line(value: &str) -> bool {
     HEADER_COMMAND_LINE
         .as_ref()
         .is_some_and(|re| re.is_match(value))
-}
-
-/// The session cookie names of server frameworks (Java servlets, PHP, ASP,
-/// ColdFusion, Laravel, Express …): not the generic `sessionid` or
-/// `session_id`, which an API may well use for a member of its own.
-const FRAMEWORK_SESSION: &str = r"^(jsessionid|phpsessid|phpsession|aspsessionid\w*|asp\.net_sessionid|cftoken|cfid|laravel_session|ci_session|play_session|connect\.sid|zend_session_id|(__secure-|__host-)?next-auth\.session-token|jservsession|rack\.session|koa[.:]sess(\.sig)?|(sails|express)\.sid)$";
-
-static FRAMEWORK_SESSION_RE: LazyLock<Option<regex::Regex>> =
-    LazyLock::new(|| regex::Regex::new(FRAMEWORK_SESSION).ok());
-
-/// A JSON member named like a framework's session cookie
-/// (`{"phpsession": …}`): session fixation through a JSON body.
-pub fn framework_session_name(name: &str) -> bool {
-    let n = name.trim().to_lowercase();
-    FRAMEWORK_SESSION_RE
-        .as_ref()
-        .is_some_and(|re| re.is_match(&n))
 }
 
 /// Every rule's id and pattern (for the test that proves the prefilter
