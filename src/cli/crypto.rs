@@ -209,7 +209,7 @@ pub fn keyring(cfg: Config, c: KeyringCmd) -> CmdResult {
             }
         }
         if let Some((audit, _)) = audit {
-            super::identity::audited(audit, ev).await;
+            super::identity::audited(&audit, ev).await;
         }
         outcome
     })

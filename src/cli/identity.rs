@@ -97,7 +97,7 @@ pub(super) fn open_audit(cfg: &Config, db: &Db) -> Result<Audit, Failure> {
 }
 
 /// Record what an offline command did, and wait until it is written.
-pub(super) async fn audited(audit: Audit, ev: AuditEvent) {
+pub(super) async fn audited(audit: &Audit, ev: AuditEvent) {
     audit.record(ev.field("via", "cli")).await;
     audit.flush().await;
 }
@@ -168,17 +168,15 @@ pub fn keys(cfg: Config, cmd: KeysCmd) -> CmdResult {
                     .field("name", k.name.as_str())
                     .field("permissions", k.permissions.clone())
                     .field("expires_at", store::rfc3339(k.expires_at));
-                audited(audit, created).await;
+                audited(&audit, created).await;
                 if let Err(e) = super::write_stdout(format_args!("{}\n", k.key.as_str())) {
                     // nobody saw the secret: a key no one holds is revoked
                     if store::keys::revoke(&db, &k.id, store::now_ms()).await.is_ok() {
-                        if let Ok(audit) = open_audit(&cfg, &db) {
-                            let revoked = AuditEvent::new("key_revoked")
-                                .field("key_id", k.id.as_str())
-                                .field("owner_id", u.id.as_str())
-                                .field("reason", "never shown");
-                            audited(audit, revoked).await;
-                        }
+                        let revoked = AuditEvent::new("key_revoked")
+                            .field("key_id", k.id.as_str())
+                            .field("owner_id", u.id.as_str())
+                            .field("reason", "never shown");
+                        audited(&audit, revoked).await;
                     }
                     return Err(Failure::refused(format!(
                         "{}; key {} was created but never shown, so it was revoked",
@@ -223,7 +221,7 @@ pub fn keys(cfg: Config, cmd: KeysCmd) -> CmdResult {
                 let revoked = AuditEvent::new("key_revoked")
                     .field("key_id", id.as_str())
                     .field("owner_id", k.user_id.as_str());
-                audited(audit, revoked).await;
+                audited(&audit, revoked).await;
                 crate::errln!("frenly: key {id} revoked");
                 tell_instances(&cfg).await;
                 Ok(0)
@@ -323,7 +321,7 @@ pub fn users(cfg: Config, cmd: UsersCmd) -> CmdResult {
                     .field("target_user_id", u.id.as_str())
                     .field("username", u.username.as_str())
                     .field("roles", u.roles.clone());
-                audited(audit, created).await;
+                audited(&audit, created).await;
                 outln!("{}", u.id)?;
                 crate::errln!(
                     "frenly: created user `{}` ({})",
@@ -357,7 +355,7 @@ pub fn users(cfg: Config, cmd: UsersCmd) -> CmdResult {
                 let deleted = AuditEvent::new("user_deleted")
                     .field("target_user_id", u.id.as_str())
                     .field("username", u.username.as_str());
-                audited(audit, deleted).await;
+                audited(&audit, deleted).await;
                 crate::errln!("frenly: removed user `{username}`, their keys and tokens");
                 tell_instances(&cfg).await;
                 Ok(0)
@@ -392,7 +390,7 @@ pub fn token(cfg: Config, args: TokenArgs) -> CmdResult {
                 "expires_at",
                 store::rfc3339(claims.exp.saturating_mul(1000)),
             );
-        audited(audit, issued).await;
+        audited(&audit, issued).await;
         outln!("{token}")?;
         crate::errln!(
             "frenly: token for `{}` valid until {}",

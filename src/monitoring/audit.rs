@@ -134,7 +134,12 @@ impl Audit {
         // Under the file's lock: a line another process is writing is whole
         // by the time the lock is ours.
         file.lock()?;
-        let read = repair_tail(&path).and_then(|cut| Ok((cut, last_hash(&path)?)));
+        // the hash is read from the file's end (not a pass over the whole
+        // log: every offline command starts a writer too)
+        let read = repair_tail(&path).and_then(|cut| {
+            let f = file.open_file()?;
+            Ok((cut, tail_hash(f, f.metadata()?.len(), &path)?))
+        });
         let (cut, prev) = file.unlock_after(read)?;
         let capacity = cfg.audit.queue_capacity.max(16);
         let (tx, rx) = mpsc::channel(capacity);
