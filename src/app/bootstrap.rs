@@ -99,18 +99,22 @@ pub async fn create_first_admin(db: &Db) -> anyhow::Result<Option<String>> {
         created_at: now,
         tokens_valid_after: 0,
     };
-    match store::users::insert(db, &user).await {
+    let key = crate::authn::apikey::generate();
+    let hash = crate::authn::apikey::hash_hex(&key);
+    let perms = vec!["admin".to_string()];
+    // One transaction: a start killed between the two inserts left an
+    // `admin` without a key, and every later start saw a user and printed
+    // none.
+    let mut tx = db.pool.begin().await?;
+    match store::users::insert_on(&mut *tx, &user).await {
         Ok(true) => {}
         // Another instance on the same database won the race.
         Ok(false) => return Ok(None),
         Err(e) if e.is_unique_violation() => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let key = crate::authn::apikey::generate();
-    let hash = crate::authn::apikey::hash_hex(&key);
-    let perms = vec!["admin".to_string()];
-    store::keys::insert(
-        db,
+    store::keys::insert_on(
+        &mut *tx,
         &store::keys::NewKey {
             id: &store::new_id(),
             user_id: &user.id,
@@ -123,5 +127,6 @@ pub async fn create_first_admin(db: &Db) -> anyhow::Result<Option<String>> {
         },
     )
     .await?;
+    tx.commit().await?;
     Ok(Some(key))
 }

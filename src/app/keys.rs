@@ -13,7 +13,9 @@
 //! API key manages (rotates, revokes) only keys whose permissions its own
 //! cover (it may always revoke itself), creates only keys that expire no
 //! later than it does, and a rotated-out secret manages no key at all (403).
-//! A JWT — a password login — manages all of its user's keys.
+//! A JWT rotates only keys its permissions cover too (a token minted
+//! elsewhere may carry fewer than its user has), and revokes any key of
+//! its user.
 
 use axum::extract::{Extension, RawQuery, State};
 use http::{Method, StatusCode};
@@ -24,7 +26,7 @@ use super::AppState;
 use crate::authn::identity;
 use crate::authn::{AuthKind, Authenticated};
 use crate::authz::{Access, PermissionSet, RouteDoc, Routes};
-use crate::http::{ApiError, Json, Path, RequestId, UniqueValue};
+use crate::http::{ApiError, Json, NoBody, Path, RequestId, UniqueValue};
 use crate::network::ClientAddr;
 use crate::store;
 
@@ -201,22 +203,25 @@ async fn list(
     Ok(Json(json!({"items": items, "next_cursor": next})))
 }
 
-/// May the caller rotate or revoke `k` (which it can see)? A JWT may; an
-/// API key only if it is its current secret and its permissions cover the
-/// key's (module docs). `revoke_self`: a key may always revoke itself.
-fn may_manage(who: &Authenticated, k: &store::keys::KeyRow, revoke_self: bool) -> bool {
+/// May the caller rotate or revoke `k` (which it can see)? Rotating hands
+/// out the key's power, so the credential's permissions must cover the
+/// key's, a JWT's as much as an API key's (a token minted elsewhere with
+/// fewer permissions than its user has got an admin secret by rotating the
+/// user's admin key). Revoking only takes access away: a login session may
+/// revoke any of its user's keys, and a key may always revoke itself; a
+/// superseded secret (in its rotation grace) may do neither (module docs).
+fn may_manage(who: &Authenticated, k: &store::keys::KeyRow, revoking: bool) -> bool {
+    let covers = || {
+        who.permissions.covers(
+            PermissionSet::parse(k.permissions.iter().map(String::as_str)).unwrap_or_default(),
+        )
+    };
     match &who.auth {
-        AuthKind::Jwt { .. } => true,
+        AuthKind::Jwt { .. } => revoking || covers(),
         AuthKind::ApiKey {
             superseded: true, ..
         } => false,
-        AuthKind::ApiKey { key_id, .. } => {
-            (revoke_self && *key_id == k.id)
-                || who.permissions.covers(
-                    PermissionSet::parse(k.permissions.iter().map(String::as_str))
-                        .unwrap_or_default(),
-                )
-        }
+        AuthKind::ApiKey { key_id, .. } => (revoking && *key_id == k.id) || covers(),
     }
 }
 
@@ -238,6 +243,7 @@ async fn revoke(
     rid: Option<Extension<RequestId>>,
     addr: Option<Extension<ClientAddr>>,
     Path(id): Path<String>,
+    _: NoBody,
 ) -> Result<StatusCode, ApiError> {
     let k = visible_key(&state, &who, &id).await?;
     if !may_manage(&who, &k, true) {
@@ -265,6 +271,7 @@ async fn rotate(
     rid: Option<Extension<RequestId>>,
     addr: Option<Extension<ClientAddr>>,
     Path(id): Path<String>,
+    _: NoBody,
 ) -> Result<Json<Value>, ApiError> {
     let k = visible_key(&state, &who, &id).await?;
     if !may_manage(&who, &k, false) {

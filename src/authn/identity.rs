@@ -235,22 +235,12 @@ pub fn user_json(u: &store::users::User) -> Value {
 
 /// Delete a user and their keys; refuses to delete the last admin.
 pub async fn delete_user(db: &Db, user: &store::users::User) -> Result<(), IdentityError> {
-    if user.roles.iter().any(|r| r == "admin") {
-        let admins = store::users::list(db)
-            .await?
-            .into_iter()
-            .filter(|u| u.roles.iter().any(|r| r == "admin"))
-            .count();
-        if admins <= 1 {
-            return Err(IdentityError::Conflict(
-                "refusing to delete the last admin".into(),
-            ));
-        }
-    }
-    if store::users::delete(db, &user.id).await? {
-        Ok(())
-    } else {
-        Err(IdentityError::NotFound)
+    match store::users::delete(db, &user.id).await? {
+        store::users::Deleted::Yes => Ok(()),
+        store::users::Deleted::NotFound => Err(IdentityError::NotFound),
+        store::users::Deleted::LastAdmin => Err(IdentityError::Conflict(
+            "refusing to delete the last admin".into(),
+        )),
     }
 }
 

@@ -7,7 +7,13 @@
 //! one username, or from one client address (IPv6 grouped by /64), that
 //! username or address is locked for `auth.lockout_seconds`: every login
 //! attempt fails, even with the right password, and answers exactly like a
-//! wrong password. A success clears the account's counter only (so a valid
+//! wrong password. An attempt is admitted before its password is checked
+//! and holds one of the failures its account and address have left until
+//! it ends ([`Attempt`]): however many guesses arrive at once, no more
+//! passwords are checked than failures are allowed (the check used to come
+//! before the slow password hash and the count after it, so a burst of
+//! concurrent guesses was never stopped); an attempt that finds them all
+//! held waits for one to end. A success clears the account's counter only (so a valid
 //! account cannot be used to reset an address's counter). Unknown usernames
 //! are counted like known ones (no enumeration through lockout behaviour).
 //! Memory is bounded: at most `limits.max_tracked_clients` entries per map,
@@ -52,6 +58,17 @@ struct Counter {
     failures: u32,
     first_ms: i64,
     locked_until: i64,
+    /// Attempts admitted and not yet ended.
+    pending: u32,
+}
+
+/// What [`Lockout::begin`] answers for one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    Yes,
+    Locked,
+    /// Failures and attempts in flight already reach the maximum.
+    Wait,
 }
 
 struct Table<K> {
@@ -65,42 +82,73 @@ impl<K: Hash + Eq + Clone> Table<K> {
         }
     }
 
-    fn locked(&self, k: &K, now: i64) -> bool {
-        self.map.lock().get(k).is_some_and(|c| c.locked_until > now)
+    /// Make room for one more key when the table is full: expired, then
+    /// unlocked entries first, then the lock that ends soonest.
+    fn make_room(m: &mut HashMap<K, Counter>, now: i64, window: i64, cap: usize) {
+        m.retain(|_, c| c.locked_until > now || now - c.first_ms < window || c.pending > 0);
+        if m.len() >= cap {
+            m.retain(|_, c| c.locked_until > now || c.pending > 0);
+        }
+        if m.len() >= cap {
+            let soonest = m
+                .iter()
+                .min_by_key(|(_, c)| c.locked_until)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = soonest {
+                m.remove(&k);
+            }
+        }
     }
 
-    /// Count a failure; true when this failure locks the key.
-    fn fail(&self, k: &K, now: i64, max: u32, window: i64, cap: usize) -> bool {
-        let mut m = self.map.lock();
+    fn entry<'m>(
+        m: &'m mut HashMap<K, Counter>,
+        k: &K,
+        now: i64,
+        window: i64,
+        cap: usize,
+    ) -> &'m mut Counter {
         if !m.contains_key(k) && m.len() >= cap {
-            m.retain(|_, c| c.locked_until > now || now - c.first_ms < window);
-            if m.len() >= cap {
-                m.retain(|_, c| c.locked_until > now);
-            }
-            if m.len() >= cap {
-                let soonest = m
-                    .iter()
-                    .min_by_key(|(_, c)| c.locked_until)
-                    .map(|(k, _)| k.clone());
-                if let Some(k) = soonest {
-                    m.remove(&k);
-                }
-            }
+            Self::make_room(m, now, window, cap);
         }
         let c = m.entry(k.clone()).or_insert(Counter {
             failures: 0,
             first_ms: now,
             locked_until: 0,
+            pending: 0,
         });
-        if c.locked_until > now {
-            return false;
-        }
-        if now - c.first_ms >= window || c.locked_until != 0 {
+        // a window or a lock that has ended starts the count again
+        if c.locked_until <= now && (now - c.first_ms >= window || c.locked_until != 0) {
             *c = Counter {
                 failures: 0,
                 first_ms: now,
                 locked_until: 0,
+                pending: c.pending,
             };
+        }
+        c
+    }
+
+    fn admit(&self, k: &K, now: i64, max: u32, window: i64, cap: usize) -> Admit {
+        let mut m = self.map.lock();
+        let c = Self::entry(&mut m, k, now, window, cap);
+        if c.locked_until > now {
+            Admit::Locked
+        } else if c.failures.saturating_add(c.pending) >= max {
+            Admit::Wait
+        } else {
+            c.pending += 1;
+            Admit::Yes
+        }
+    }
+
+    /// End an admitted attempt; with `failed`, count it: true when this
+    /// failure locks the key.
+    fn finish(&self, k: &K, now: i64, failed: bool, max: u32, window: i64, cap: usize) -> bool {
+        let mut m = self.map.lock();
+        let c = Self::entry(&mut m, k, now, window, cap);
+        c.pending = c.pending.saturating_sub(1);
+        if !failed || c.locked_until > now {
+            return false;
         }
         c.failures += 1;
         if c.failures >= max {
@@ -110,12 +158,135 @@ impl<K: Hash + Eq + Clone> Table<K> {
         false
     }
 
-    fn clear(&self, k: &K) {
-        self.map.lock().remove(k);
+    /// A success: the key's failures are forgiven.
+    fn clear_failures(&self, k: &K) {
+        if let Some(c) = self.map.lock().get_mut(k) {
+            c.failures = 0;
+        }
     }
 
     fn len(&self) -> usize {
         self.map.lock().len()
+    }
+}
+
+/// How long an attempt waits for attempts in flight to leave it a failure
+/// to spend, and how often it looks.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const RETRY: std::time::Duration = std::time::Duration::from_millis(25);
+/// Attempts in flight counted in Redis expire after this (an instance that
+/// died mid-attempt does not hold its account's failures for ever).
+const PENDING_TTL_MS: i64 = 60_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Abandoned,
+    Failed,
+    Succeeded,
+}
+
+impl Outcome {
+    /// The outcome as `lockout.lua` takes it.
+    fn wire(self) -> u8 {
+        match self {
+            Outcome::Abandoned => 0,
+            Outcome::Failed => 1,
+            Outcome::Succeeded => 2,
+        }
+    }
+}
+
+/// An admitted login attempt ([`Lockout::begin`]): it holds one of the
+/// failures its account and address have left until [`Attempt::failed`]
+/// or [`Attempt::succeeded`]; dropped unfinished (the client went away
+/// during the password check), it gives it back.
+pub struct Attempt<'a> {
+    lockout: &'a Lockout,
+    username: String,
+    /// Grouped (IPv6 by /64).
+    addr: Option<IpAddr>,
+    /// Admitted by the shared state (Redis).
+    shared: bool,
+    open: bool,
+}
+
+impl Attempt<'_> {
+    /// The password was wrong: the failure is counted; what it locked.
+    pub async fn failed(self) -> Vec<Locked> {
+        self.failed_at(crate::store::now_ms()).await
+    }
+
+    /// The password was right: the account's failures are cleared (the
+    /// address's are not, so a valid account cannot reset them).
+    pub async fn succeeded(self) {
+        self.succeeded_at(crate::store::now_ms()).await;
+    }
+
+    async fn failed_at(mut self, now: i64) -> Vec<Locked> {
+        self.end(Outcome::Failed, now).await
+    }
+
+    async fn succeeded_at(mut self, now: i64) {
+        self.end(Outcome::Succeeded, now).await;
+    }
+
+    async fn end(&mut self, outcome: Outcome, now: i64) -> Vec<Locked> {
+        self.open = false;
+        let l = self.lockout;
+        if self.shared {
+            if let Some([account, address]) = l
+                .shared
+                .lockout_finish(
+                    &self.username,
+                    self.addr,
+                    l.max_failures,
+                    l.window_ms,
+                    outcome.wire(),
+                )
+                .await
+            {
+                let mut out = Vec::new();
+                if account {
+                    out.push(Locked::Account);
+                }
+                if address {
+                    out.push(Locked::Address);
+                }
+                return out;
+            }
+            // Redis went away mid-attempt: its attempts in flight expire
+            // there; the outcome is counted here
+        }
+        l.finish_local(&self.username, self.addr, outcome, now)
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        let l = self.lockout;
+        if !self.shared {
+            l.finish_local(
+                &self.username,
+                self.addr,
+                Outcome::Abandoned,
+                crate::store::now_ms(),
+            );
+            return;
+        }
+        // give the Redis hold back without waiting (else it expires)
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let shared = l.shared.clone();
+            let (name, addr) = (std::mem::take(&mut self.username), self.addr);
+            let (max, w) = (l.max_failures, l.window_ms);
+            rt.spawn(async move {
+                shared
+                    .lockout_finish(&name, addr, max, w, Outcome::Abandoned.wire())
+                    .await;
+            });
+        }
     }
 }
 
@@ -180,63 +351,102 @@ impl Lockout {
         )
     }
 
-    /// Is this username or this address locked at `now` (ms)?
-    pub async fn check(&self, username: &str, addr: Option<IpAddr>, now: i64) -> Option<Locked> {
-        if let Some([account, address]) = self.shared.lockout_check(username, addr.map(group)).await
-        {
-            return if account {
-                Some(Locked::Account)
-            } else if address {
-                Some(Locked::Address)
-            } else {
-                None
-            };
-        }
-        if self.accounts.locked(&account(username), now) {
-            return Some(Locked::Account);
-        }
-        if let Some(a) = addr {
-            if self.addresses.locked(&group(a), now) {
-                return Some(Locked::Address);
+    /// Admit a login attempt for `username` from `addr`, before its
+    /// password is checked: `Err` when the account or the address is
+    /// locked. When the failures left are all held by attempts in flight,
+    /// waits (up to [`WAIT`]) for one of them to end.
+    pub async fn begin(&self, username: &str, addr: Option<IpAddr>) -> Result<Attempt<'_>, Locked> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match self.try_begin(username, addr, crate::store::now_ms()).await {
+                Ok(a) => return Ok(a),
+                Err((what, Admit::Wait)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(locked = what.as_str(), "login waits for attempts in flight");
+                    tokio::time::sleep(RETRY).await;
+                }
+                Err((what, _)) => return Err(what),
             }
         }
-        None
     }
 
-    /// Count a failed login; returns what this failure locked, if anything.
-    pub async fn failure(&self, username: &str, addr: Option<IpAddr>, now: i64) -> Vec<Locked> {
-        let mut out = Vec::new();
+    async fn try_begin(
+        &self,
+        username: &str,
+        addr: Option<IpAddr>,
+        now: i64,
+    ) -> Result<Attempt<'_>, (Locked, Admit)> {
+        let addr = addr.map(group);
+        let mut attempt = Attempt {
+            lockout: self,
+            username: username.to_string(),
+            addr,
+            shared: false,
+            open: false,
+        };
         let (max, w, cap) = (self.max_failures, self.window_ms, self.cap);
+        let flag = |f: u8| match f {
+            0 => Admit::Yes,
+            2 => Admit::Wait,
+            _ => Admit::Locked,
+        };
         if let Some([account, address]) = self
             .shared
-            .lockout_failure(username, addr.map(group), max, w)
+            .lockout_admit(username, addr, max, PENDING_TTL_MS)
             .await
         {
-            if account {
-                out.push(Locked::Account);
-            }
-            if address {
-                out.push(Locked::Address);
-            }
-            return out;
+            return match (flag(account), flag(address)) {
+                (Admit::Yes, Admit::Yes) => {
+                    attempt.shared = true;
+                    attempt.open = true;
+                    Ok(attempt)
+                }
+                (Admit::Yes, a) => Err((Locked::Address, a)),
+                (a, _) => Err((Locked::Account, a)),
+            };
         }
-        if self.accounts.fail(&account(username), now, max, w, cap) {
+        let key = account(username);
+        match self.accounts.admit(&key, now, max, w, cap) {
+            Admit::Yes => {}
+            a => return Err((Locked::Account, a)),
+        }
+        if let Some(ip) = addr {
+            match self.addresses.admit(&ip, now, max, w, cap) {
+                Admit::Yes => {}
+                a => {
+                    // give the account's hold back
+                    self.accounts.finish(&key, now, false, max, w, cap);
+                    return Err((Locked::Address, a));
+                }
+            }
+        }
+        attempt.open = true;
+        Ok(attempt)
+    }
+
+    /// End an attempt here, in this process's tables.
+    fn finish_local(
+        &self,
+        username: &str,
+        addr: Option<IpAddr>,
+        outcome: Outcome,
+        now: i64,
+    ) -> Vec<Locked> {
+        let (max, w, cap) = (self.max_failures, self.window_ms, self.cap);
+        let failed = outcome == Outcome::Failed;
+        let mut out = Vec::new();
+        let key = account(username);
+        if self.accounts.finish(&key, now, failed, max, w, cap) {
             out.push(Locked::Account);
         }
-        if let Some(a) = addr {
-            if self.addresses.fail(&group(a), now, max, w, cap) {
+        if outcome == Outcome::Succeeded {
+            self.accounts.clear_failures(&key);
+        }
+        if let Some(ip) = addr {
+            if self.addresses.finish(&ip, now, failed, max, w, cap) {
                 out.push(Locked::Address);
             }
         }
         out
-    }
-
-    /// A successful login clears the account's counter (not the address's).
-    pub async fn success(&self, username: &str) {
-        if self.shared.lockout_success(username).await.is_some() {
-            return;
-        }
-        self.accounts.clear(&account(username));
     }
 
     /// Entries tracked (accounts, addresses).
@@ -252,29 +462,112 @@ mod tests {
 
     const A: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)));
 
+    fn at(last: u8) -> Option<IpAddr> {
+        Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 1, last)))
+    }
+
+    /// One failed login at `now`: what it locked, or what refused it.
+    async fn fail(
+        l: &Lockout,
+        name: &str,
+        addr: Option<IpAddr>,
+        now: i64,
+    ) -> Result<Vec<Locked>, Locked> {
+        match l.try_begin(name, addr, now).await {
+            Ok(a) => Ok(a.failed_at(now).await),
+            Err((what, _)) => Err(what),
+        }
+    }
+
+    /// What refuses a login at `now`, if anything.
+    async fn check(l: &Lockout, name: &str, addr: Option<IpAddr>, now: i64) -> Option<Locked> {
+        l.try_begin(name, addr, now)
+            .await
+            .err()
+            .map(|(what, _)| what)
+    }
+
     #[tokio::test]
     async fn locks_after_max_and_releases_after_window() {
         let l = Lockout::new(3, 10, 100);
-        assert!(l.failure("bob", A, 0).await.is_empty());
-        assert!(l.failure("bob", A, 1).await.is_empty());
+        assert_eq!(fail(&l, "bob", A, 0).await, Ok(vec![]));
+        assert_eq!(fail(&l, "bob", A, 1).await, Ok(vec![]));
         assert_eq!(
-            l.failure("bob", A, 2).await,
-            vec![Locked::Account, Locked::Address]
+            fail(&l, "bob", A, 2).await,
+            Ok(vec![Locked::Account, Locked::Address])
         );
-        assert_eq!(l.check("bob", None, 3).await, Some(Locked::Account));
-        assert_eq!(l.check("eve", A, 3).await, Some(Locked::Address));
-        assert_eq!(l.check("bob", None, 10_002).await, None);
+        assert_eq!(check(&l, "bob", None, 3).await, Some(Locked::Account));
+        assert_eq!(check(&l, "eve", A, 3).await, Some(Locked::Address));
+        assert_eq!(check(&l, "bob", None, 10_002).await, None);
         // after release the count starts again
-        assert!(l.failure("bob", None, 10_003).await.is_empty());
+        assert_eq!(fail(&l, "bob", None, 10_003).await, Ok(vec![]));
     }
 
     #[tokio::test]
     async fn success_clears_account_not_address() {
         let l = Lockout::new(2, 10, 100);
-        l.failure("bob", A, 0).await;
-        l.success("bob").await;
-        assert!(l.failure("bob", None, 1).await.is_empty());
-        assert_eq!(l.failure("alice", A, 2).await, vec![Locked::Address]);
+        fail(&l, "bob", A, 0).await.unwrap();
+        l.try_begin("bob", None, 0)
+            .await
+            .unwrap()
+            .succeeded_at(0)
+            .await;
+        assert_eq!(fail(&l, "bob", None, 1).await, Ok(vec![]));
+        assert_eq!(fail(&l, "alice", A, 2).await, Ok(vec![Locked::Address]));
+    }
+
+    /// Attempts in flight hold the failures left: with three allowed, a
+    /// fourth concurrent guess is not admitted until one ends, and is
+    /// refused once they have failed. (The lock used to be checked before
+    /// the slow password check and the failure counted after it, so any
+    /// number of concurrent guesses got their password checked.)
+    #[tokio::test]
+    async fn attempts_in_flight_hold_the_failures_left() {
+        let l = Lockout::new(3, 10, 100);
+        let a1 = l.try_begin("bob", at(1), 0).await.unwrap();
+        let a2 = l.try_begin("bob", at(2), 0).await.unwrap();
+        let a3 = l.try_begin("bob", at(3), 0).await.unwrap();
+        assert!(matches!(
+            l.try_begin("bob", at(4), 0).await,
+            Err((Locked::Account, Admit::Wait))
+        ));
+        assert!(a1.failed_at(0).await.is_empty());
+        assert!(a2.failed_at(0).await.is_empty());
+        assert_eq!(a3.failed_at(0).await, vec![Locked::Account]);
+        assert!(matches!(
+            l.try_begin("bob", at(4), 0).await,
+            Err((Locked::Account, Admit::Locked))
+        ));
+        // the same for one address guessing many accounts
+        let held: Vec<_> = [
+            l.try_begin("u1", A, 0).await.unwrap(),
+            l.try_begin("u2", A, 0).await.unwrap(),
+            l.try_begin("u3", A, 0).await.unwrap(),
+        ]
+        .into();
+        assert!(matches!(
+            l.try_begin("u4", A, 0).await,
+            Err((Locked::Address, Admit::Wait))
+        ));
+        // ... whose account hold was given back
+        drop(held);
+        assert!(l.try_begin("u4", at(9), 0).await.is_ok());
+        // an attempt dropped unfinished (the client left) gives its hold back
+        let l = Lockout::new(1, 10, 100);
+        drop(l.try_begin("amy", A, 0).await.unwrap());
+        assert!(l.try_begin("amy", A, 0).await.is_ok());
+    }
+
+    /// `begin` waits for an attempt in flight to end instead of refusing.
+    #[tokio::test]
+    async fn a_waiting_attempt_goes_on_when_one_in_flight_succeeds() {
+        let l = Lockout::new(1, 10, 100);
+        let first = l.begin("bob", at(1)).await.unwrap();
+        let (second, ()) = tokio::join!(l.begin("bob", at(2)), async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            first.succeeded().await;
+        });
+        assert!(second.is_ok());
     }
 
     #[tokio::test]
@@ -282,10 +575,10 @@ mod tests {
         let l = Lockout::new(2, 10, 16);
         let a: IpAddr = "2001:db8::1".parse().unwrap();
         let b: IpAddr = "2001:db8::2".parse().unwrap();
-        l.failure("x", Some(a), 0).await;
-        assert_eq!(l.failure("y", Some(b), 0).await, vec![Locked::Address]);
+        fail(&l, "x", Some(a), 0).await.unwrap();
+        assert_eq!(fail(&l, "y", Some(b), 0).await, Ok(vec![Locked::Address]));
         for i in 0..1000 {
-            l.failure(&format!("u{i}"), None, 5).await;
+            let _ = fail(&l, &format!("u{i}"), None, 5).await;
         }
         assert!(l.tracked().0 <= 16);
     }
@@ -298,19 +591,22 @@ mod tests {
         let l = Lockout::new(2, 10, 16);
         for i in 0..16 {
             let name = format!("junk{i}");
-            l.failure(&name, None, i).await;
-            l.failure(&name, None, i).await;
-            assert_eq!(l.check(&name, None, i).await, Some(Locked::Account));
+            fail(&l, &name, None, i).await.unwrap();
+            fail(&l, &name, None, i).await.unwrap();
+            assert_eq!(check(&l, &name, None, i).await, Some(Locked::Account));
         }
         assert_eq!(l.tracked().0, 16);
-        assert!(l.failure("alice", None, 100).await.is_empty());
-        assert_eq!(l.failure("alice", None, 101).await, vec![Locked::Account]);
-        assert_eq!(l.check("alice", None, 102).await, Some(Locked::Account));
+        assert_eq!(fail(&l, "alice", None, 100).await, Ok(vec![]));
+        assert_eq!(
+            fail(&l, "alice", None, 101).await,
+            Ok(vec![Locked::Account])
+        );
+        assert_eq!(check(&l, "alice", None, 102).await, Some(Locked::Account));
         assert!(l.tracked().0 <= 16);
         // a name of any length is one small entry, and the same account
         let long = "u".repeat(1 << 20);
-        l.failure(&long, None, 200).await;
-        assert_eq!(l.failure(&long, None, 201).await, vec![Locked::Account]);
-        assert_eq!(l.check(&long, None, 202).await, Some(Locked::Account));
+        fail(&l, &long, None, 200).await.unwrap();
+        assert_eq!(fail(&l, &long, None, 201).await, Ok(vec![Locked::Account]));
+        assert_eq!(check(&l, &long, None, 202).await, Some(Locked::Account));
     }
 }

@@ -6,7 +6,9 @@
 //! account or address — answers the same 401 `unauthenticated`; unknown users
 //! and users without a password cost one argon2 verify like a known one
 //! (see `password`); a locked account or address is refused before any
-//! password check, even with the right password, and its lockout is audited
+//! password check, even with the right password (concurrent attempts
+//! cannot outrun the count: each holds a failure while its password is
+//! checked), and its lockout is audited
 //! (`security_violation`, `violation_type: "login_lockout"`). Each attempt is
 //! audited as `login_attempt` with `username` (at most 64 characters),
 //! `success` and, on failure, `reason`; the password is never recorded.
@@ -66,18 +68,22 @@ pub async fn login(
         }
     };
 
-    let now = store::now_ms();
-    if let Some(what) = authn.lockout.check(username, addr, now).await {
-        tracing::info!(locked = what.as_str(), "login refused: locked out");
-        return Err(fail(
-            match what {
-                super::lockout::Locked::Account => "account_locked",
-                super::lockout::Locked::Address => "address_locked",
-            },
-            None,
-        )
-        .await);
-    }
+    // admitted before the password check, holding one of the failures
+    // left until it ends (`lockout`): concurrent guesses cannot outrun it
+    let attempt = match authn.lockout.begin(username, addr).await {
+        Ok(a) => a,
+        Err(what) => {
+            tracing::info!(locked = what.as_str(), "login refused: locked out");
+            return Err(fail(
+                match what {
+                    super::lockout::Locked::Account => "account_locked",
+                    super::lockout::Locked::Address => "address_locked",
+                },
+                None,
+            )
+            .await);
+        }
+    };
 
     // A name with a control character is no one's (user names are checked
     // when created) and is not looked up: PostgreSQL refuses a NUL in text.
@@ -96,7 +102,7 @@ pub async fn login(
     let user = match (ok, user) {
         (true, Some(u)) => u,
         (_, u) => {
-            let newly = authn.lockout.failure(username, addr, store::now_ms()).await;
+            let newly = attempt.failed().await;
             let err = fail("invalid_credentials", u.map(|u| u.id)).await;
             for what in newly {
                 tracing::warn!(
@@ -128,7 +134,7 @@ pub async fn login(
         }
     };
 
-    authn.lockout.success(username).await;
+    attempt.succeeded().await;
     let perms = state
         .roles
         .permissions(user.roles.iter().map(String::as_str));

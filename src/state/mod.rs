@@ -282,27 +282,33 @@ impl SharedState {
         }
     }
 
-    /// Lockout: is the account or the address locked? `None` = ask locally.
-    pub async fn lockout_check(&self, account: &str, addr: Option<IpAddr>) -> Option<[bool; 2]> {
-        self.redis()?.lockout_check(account, addr).await
+    /// Lockout: admit a login attempt (`authn::lockout`): per account and
+    /// address 0 admits, 1 locked, 2 wait. `None` = ask locally.
+    pub async fn lockout_admit(
+        &self,
+        account: &str,
+        addr: Option<IpAddr>,
+        max: u32,
+        pending_ttl_ms: i64,
+    ) -> Option<[u8; 2]> {
+        self.redis()?
+            .lockout_admit(account, addr, max, pending_ttl_ms)
+            .await
     }
 
-    /// Lockout: count a failure; what it locked (account, address).
-    pub async fn lockout_failure(
+    /// Lockout: finish an admitted attempt (0 abandoned, 1 failed, 2
+    /// succeeded); what a failure locked (account, address).
+    pub async fn lockout_finish(
         &self,
         account: &str,
         addr: Option<IpAddr>,
         max: u32,
         window_ms: i64,
+        outcome: u8,
     ) -> Option<[bool; 2]> {
         self.redis()?
-            .lockout_failure(account, addr, max, window_ms)
+            .lockout_finish(account, addr, max, window_ms, outcome)
             .await
-    }
-
-    /// Lockout: a success clears the account's failure counter.
-    pub async fn lockout_success(&self, account: &str) -> Option<()> {
-        self.redis()?.lockout_success(account).await
     }
 
     /// Start the subscriber that delivers other instances' events, bans and

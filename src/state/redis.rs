@@ -12,7 +12,7 @@
 //! | `jti:<jti>` | a revoked JWT | until the token's `exp` |
 //! | `ids:<ip>` | IDS blocks (suspicion score) | `incidents.window_seconds` from the first block |
 //! | `login:<ip>` | failed logins (the `brute_force` incident) | `monitor.failed_login_window_seconds` from the first failure |
-//! | `lk:a:<sha256(user)>`, `lk:i:<ip>` (+ `:locked`) | failed logins, lock | `auth.lockout_seconds` |
+//! | `lk:a:<sha256(user)>`, `lk:i:<ip>` (+ `:locked`, `:pending`) | failed logins, lock, attempts in flight | `auth.lockout_seconds` (attempts: 60 s) |
 //!
 //! Channel `<prefix>events`: JSON messages `{from, type, ...}` (task events,
 //! bans, lifts, revoked tokens); an instance skips its own (`from` = its
@@ -57,6 +57,7 @@ struct Scripts {
     ban: Script,
     count: Script,
     lockout: Script,
+    lockout_admit: Script,
     rate: Script,
 }
 
@@ -160,6 +161,7 @@ impl RedisState {
                 ban: script(include_str!("ban.lua")),
                 count: script(include_str!("count.lua")),
                 lockout: script(include_str!("lockout.lua")),
+                lockout_admit: script(include_str!("lockout_admit.lua")),
                 rate: script(include_str!("rate.lua")),
             },
             publisher: tx,
@@ -581,6 +583,8 @@ impl RedisState {
         )
     }
 
+    /// The account's and the address's key bases: `<base>` counts failures,
+    /// `<base>:locked` is the lock, `<base>:pending` the attempts in flight.
     fn lockout_keys(&self, account: &str, addr: Option<IpAddr>) -> Vec<String> {
         let mut keys = vec![self.account_key(account)];
         if let Some(a) = addr {
@@ -589,33 +593,43 @@ impl RedisState {
         keys
     }
 
-    pub async fn lockout_check(&self, account: &str, addr: Option<IpAddr>) -> Option<[bool; 2]> {
-        let locks: Vec<String> = self
-            .lockout_keys(account, addr)
-            .into_iter()
-            .map(|k| format!("{k}:locked"))
-            .collect();
-        let v: Vec<Option<String>> = self
-            .call(|mut c| async move { redis::cmd("MGET").arg(&locks).query_async(&mut c).await })
+    pub async fn lockout_admit(
+        &self,
+        account: &str,
+        addr: Option<IpAddr>,
+        max: u32,
+        pending_ttl_ms: i64,
+    ) -> Option<[u8; 2]> {
+        let mut inv = self.scripts.lockout_admit.prepare_invoke();
+        for k in self.lockout_keys(account, addr) {
+            inv.key(&k)
+                .key(format!("{k}:locked"))
+                .key(format!("{k}:pending"));
+        }
+        inv.arg(max.max(1)).arg(pending_ttl_ms.max(1));
+        let v: Vec<i64> = self
+            .call(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
-        Some([
-            v.first().is_some_and(Option::is_some),
-            v.get(1).is_some_and(Option::is_some),
-        ])
+        let flag = |i: usize| v.get(i).map_or(0, |&x| u8::try_from(x).unwrap_or(1));
+        Some([flag(0), flag(1)])
     }
 
-    pub async fn lockout_failure(
+    /// `outcome`: 0 abandoned, 1 failed, 2 succeeded (`lockout.lua`).
+    pub async fn lockout_finish(
         &self,
         account: &str,
         addr: Option<IpAddr>,
         max: u32,
         window_ms: i64,
+        outcome: u8,
     ) -> Option<[bool; 2]> {
         let mut inv = self.scripts.lockout.prepare_invoke();
         for k in self.lockout_keys(account, addr) {
-            inv.key(&k).key(format!("{k}:locked"));
+            inv.key(&k)
+                .key(format!("{k}:locked"))
+                .key(format!("{k}:pending"));
         }
-        inv.arg(max.max(1)).arg(window_ms.max(1));
+        inv.arg(max.max(1)).arg(window_ms.max(1)).arg(outcome);
         let v: Vec<i64> = self
             .call(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
@@ -623,12 +637,6 @@ impl RedisState {
             v.first().is_some_and(|&x| x == 1),
             v.get(1).is_some_and(|&x| x == 1),
         ])
-    }
-
-    pub async fn lockout_success(&self, account: &str) -> Option<()> {
-        let k = self.account_key(account);
-        self.call(|mut c| async move { redis::cmd("DEL").arg(k).query_async(&mut c).await })
-            .await
     }
 
     fn send(&self, msg: Msg) {

@@ -58,6 +58,14 @@ fn from_row(r: &AnyRow, hash: Option<&str>) -> Result<KeyRow> {
 }
 
 pub async fn insert(db: &Db, k: &NewKey<'_>) -> Result<()> {
+    insert_on(&db.pool, k).await
+}
+
+/// [`insert`] on a given connection or transaction.
+pub async fn insert_on<'e, E>(ex: E, k: &NewKey<'_>) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     sqlx::query(
         "INSERT INTO api_keys (id, user_id, name, key_hash, permissions, created_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -69,7 +77,7 @@ pub async fn insert(db: &Db, k: &NewKey<'_>) -> Result<()> {
     .bind(serde_json::to_string(k.permissions).unwrap_or_else(|_| "[]".into()))
     .bind(k.created_at)
     .bind(k.expires_at)
-    .execute(&db.pool)
+    .execute(ex)
     .await?;
     Ok(())
 }

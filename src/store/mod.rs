@@ -81,6 +81,18 @@ impl StoreError {
         }
     }
 
+    /// Did the write refer to a row that is gone (a key for a user deleted
+    /// while the request that creates it ran)?
+    pub fn is_foreign_key_violation(&self) -> bool {
+        match self {
+            StoreError::Sqlx(sqlx::Error::Database(e)) => e.is_foreign_key_violation(),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY
+            }
+            _ => false,
+        }
+    }
+
     /// Did PostgreSQL refuse a value's characters (a NUL in text: SQLSTATE
     /// 22021 `character_not_in_repertoire`; 22P05 `untranslatable_character`)?
     /// The input's fault, not the server's.
@@ -144,6 +156,13 @@ impl From<StoreError> for crate::http::ApiError {
             tracing::warn!(error = %e, "a value the database cannot store");
             return crate::http::ApiError::BadRequest(
                 "a value holds a character that cannot be stored (NUL)".into(),
+            );
+        }
+        if e.is_foreign_key_violation() {
+            // a race with a deletion, not a server fault
+            tracing::info!(error = %e, "a write refers to a row deleted meanwhile");
+            return crate::http::ApiError::Conflict(
+                "what this request refers to was deleted meanwhile".into(),
             );
         }
         tracing::error!(error = %e, "store failure");

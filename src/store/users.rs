@@ -1,6 +1,7 @@
 //! The `users` table.
 
 use sqlx::any::AnyRow;
+use sqlx::Row;
 
 use super::{col, json_list, Db, Result};
 
@@ -43,6 +44,14 @@ pub async fn count(db: &Db) -> Result<i64> {
 /// the unique index on `lower(username)` then refuses the second (a unique
 /// violation, which callers answer as taken).
 pub async fn insert(db: &Db, u: &User) -> Result<bool> {
+    insert_on(&db.pool, u).await
+}
+
+/// [`insert`] on a given connection or transaction.
+pub async fn insert_on<'e, E>(ex: E, u: &User) -> Result<bool>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let done = sqlx::query(
         "INSERT INTO users (id, username, email, password_hash, roles, created_at, tokens_valid_after) \
          SELECT $1, $2, $3, $4, $5, $6, $7 \
@@ -55,7 +64,7 @@ pub async fn insert(db: &Db, u: &User) -> Result<bool> {
     .bind(serde_json::to_string(&u.roles).unwrap_or_else(|_| "[]".into()))
     .bind(u.created_at)
     .bind(u.tokens_valid_after)
-    .execute(&db.pool)
+    .execute(ex)
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -81,26 +90,94 @@ pub async fn list(db: &Db) -> Result<Vec<User>> {
     rows.iter().map(from_row).collect()
 }
 
+/// `roles` (a JSON list) holds `"admin"`.
+const ADMIN_LIKE: &str = "%\"admin\"%";
+
 /// The oldest user holding the `admin` role (the bootstrap admin).
 pub async fn first_admin(db: &Db) -> Result<Option<User>> {
     let sql =
         format!("SELECT {COLUMNS} FROM users WHERE roles LIKE $1 ORDER BY created_at, id LIMIT 1");
     let row = sqlx::query(&sql)
-        .bind("%\"admin\"%")
+        .bind(ADMIN_LIKE)
         .fetch_optional(&db.pool)
         .await?;
     row.as_ref().map(from_row).transpose()
 }
 
-/// Delete a user (their keys go with them by cascade).
-pub async fn delete(db: &Db, id: &str) -> Result<bool> {
+/// What [`delete`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    Yes,
+    NotFound,
+    /// The user is the last one holding the `admin` role: kept.
+    LastAdmin,
+}
+
+/// Delete a user and their keys, unless they are the last admin; the
+/// tasks they held go back to the queue, their unfinished ones are
+/// cancelled. One
+/// transaction that first takes the admins' rows for writing (a no-op
+/// UPDATE: row locks on PostgreSQL, the write lock on SQLite), so
+/// concurrent deletions of different admins are counted one after the
+/// other: counted side by side, each saw another admin left and together
+/// they removed every one.
+pub async fn delete(db: &Db, id: &str) -> Result<Deleted> {
+    let mut tx = db.pool.begin().await?;
+    sqlx::query("UPDATE users SET roles = roles WHERE roles LIKE $1")
+        .bind(ADMIN_LIKE)
+        .execute(&mut *tx)
+        .await?;
+    let row = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM users WHERE id = $1), \
+                (SELECT COUNT(*) FROM users WHERE id = $2 AND roles LIKE $3), \
+                (SELECT COUNT(*) FROM users WHERE roles LIKE $4)",
+    )
+    .bind(id)
+    .bind(id)
+    .bind(ADMIN_LIKE)
+    .bind(ADMIN_LIKE)
+    .fetch_one(&mut *tx)
+    .await?;
+    let (exists, is_admin, admins): (i64, i64, i64) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    if exists == 0 {
+        return Ok(Deleted::NotFound);
+    }
+    if is_admin > 0 && admins <= 1 {
+        return Ok(Deleted::LastAdmin);
+    }
     sqlx::query("DELETE FROM api_keys WHERE user_id = $1")
         .bind(id)
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await?;
-    let r = sqlx::query("DELETE FROM users WHERE id = $1")
+    // their work leaves the lifecycle with them: tasks they held as a
+    // worker go back to the queue (no one else could finish them), and
+    // their own unfinished tasks are cancelled (never handed to a worker)
+    let now = super::now_ms();
+    sqlx::query(
+        "UPDATE tasks SET status = 'queued', agent_id = NULL, updated_at = $1 \
+         WHERE agent_id = $2 AND status = 'running'",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE tasks SET status = 'cancelled', updated_at = $1 \
+         WHERE owner_id = $2 AND status IN ('queued', 'running')",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM users WHERE id = $1")
         .bind(id)
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await?;
-    Ok(r.rows_affected() > 0)
+    tx.commit().await?;
+    // rows kept as they were before the updates
+    if let Some(cache) = &db.tasks {
+        cache.clear();
+    }
+    Ok(Deleted::Yes)
 }

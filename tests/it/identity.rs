@@ -490,6 +490,14 @@ async fn keys_create_list_revoke_rotate_and_expire() {
 /// under `TEST_DB=postgres` (`None`, skipped, when unreachable outside CI),
 /// else an SQLite file in `dir`. Drop it with [`drop_scratch`].
 async fn scratch_store(dir: &std::path::Path) -> Option<(frenly::store::Db, String)> {
+    scratch_store_with(dir, 1).await
+}
+
+/// [`scratch_store`] with a pool of up to `max` connections (for races).
+async fn scratch_store_with(
+    dir: &std::path::Path,
+    max: u32,
+) -> Option<(frenly::store::Db, String)> {
     use crate::common::{fresh_pg_database, need, pg_available, pg_mode};
     let url = if pg_mode() {
         if !need("PostgreSQL", pg_available()) {
@@ -499,7 +507,7 @@ async fn scratch_store(dir: &std::path::Path) -> Option<(frenly::store::Db, Stri
     } else {
         format!("sqlite://{}", dir.join("store.db").display())
     };
-    let db = frenly::store::Db::connect(&url, 1, 1).await.unwrap();
+    let db = frenly::store::Db::connect(&url, 1, max).await.unwrap();
     Some((db, url))
 }
 
@@ -972,6 +980,91 @@ async fn the_database_refuses_a_case_variant_of_a_username() {
     drop_scratch(db, &url);
 }
 
+/// Admins deleting one another at the same moment leave one: the count
+/// and the deletion are one transaction that takes the admins' rows first.
+/// (Counted side by side, each deletion saw another admin left: two
+/// admins deleting each other left none, and no start makes a new one
+/// while other users exist.)
+#[tokio::test]
+async fn concurrent_deletions_never_remove_the_last_admin() {
+    use frenly::store::users::{delete, Deleted};
+    let dir = tempfile::tempdir().unwrap();
+    let Some((db, url)) = scratch_store_with(dir.path(), 4).await else {
+        return;
+    };
+    for round in 0..10 {
+        let ids: Vec<String> = (0..3).map(|i| format!("adm{round}-{i}")).collect();
+        for id in &ids {
+            let mut u = store_user(id, id);
+            u.roles = vec!["admin".into()];
+            assert!(frenly::store::users::insert(&db, &u).await.unwrap());
+        }
+        let (a, b, c) = tokio::join!(
+            delete(&db, &ids[0]),
+            delete(&db, &ids[1]),
+            delete(&db, &ids[2])
+        );
+        let outcomes = [a.unwrap(), b.unwrap(), c.unwrap()];
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|o| **o == Deleted::LastAdmin)
+                .count(),
+            1,
+            "round {round}: {outcomes:?}"
+        );
+        let left = frenly::store::users::list(&db).await.unwrap();
+        assert_eq!(left.len(), 1, "round {round}");
+        // the survivor is deleted with the next round's admins around it
+        let survivor = left[0].id.clone();
+        let mut u = store_user(&format!("keep{round}"), &format!("keep{round}"));
+        u.roles = vec!["admin".into()];
+        assert!(frenly::store::users::insert(&db, &u).await.unwrap());
+        assert_eq!(delete(&db, &survivor).await.unwrap(), Deleted::Yes);
+        assert_eq!(delete(&db, &u.id).await.unwrap(), Deleted::LastAdmin);
+        assert_eq!(delete(&db, "nobody").await.unwrap(), Deleted::NotFound);
+        // a plain user goes at once
+        let plain = store_user(&format!("plain{round}"), &format!("plain{round}"));
+        assert!(frenly::store::users::insert(&db, &plain).await.unwrap());
+        assert_eq!(delete(&db, &plain.id).await.unwrap(), Deleted::Yes);
+        // leave no admin of this round for the next to count
+        sqlx::query("DELETE FROM users")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    drop_scratch(db, &url);
+}
+
+/// A key written for a user deleted while the request ran (its caller was
+/// authenticated before the deletion) is refused by the foreign key: a 409
+/// `conflict`, not a 500.
+#[tokio::test]
+async fn a_write_for_a_user_deleted_meanwhile_is_a_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((db, url)) = scratch_store(dir.path()).await else {
+        return;
+    };
+    let e = frenly::store::keys::insert(
+        &db,
+        &frenly::store::keys::NewKey {
+            id: "k1",
+            user_id: "gone",
+            name: "late",
+            key_hash: "00",
+            permissions: &[],
+            created_at: 0,
+            expires_at: 1,
+        },
+    )
+    .await
+    .expect_err("a key of no user");
+    assert!(e.is_foreign_key_violation(), "{e}");
+    let api = frenly::http::ApiError::from(e);
+    assert_eq!((api.status().as_u16(), api.code()), (409, "conflict"));
+    drop_scratch(db, &url);
+}
+
 // ---------------------------------------------------------------- login, JWT
 
 #[tokio::test]
@@ -1181,6 +1274,53 @@ async fn tokens_interoperate_with_pyjwt_reading_the_secret_file_as_text() {
     assert_eq!((status, code.as_str()), (401, "unauthenticated"));
 }
 
+/// A JWT minted elsewhere with fewer permissions than its user has (here
+/// `read:tasks` for an admin) cannot rotate the user's admin key and take
+/// its secret; it may still revoke it (that only takes access away).
+#[tokio::test]
+async fn a_narrowed_jwt_cannot_rotate_a_stronger_key() {
+    let s = server("").await;
+    let uid = add_user(&s, "ada", &["admin"], "ada-password").await;
+    let full = token(&s, "ada", "ada-password").await;
+    let r = s
+        .post("/api/keys")
+        .bearer_auth(&full)
+        .json(&json!({"name": "ada admin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let key_id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secret = s.data_dir().join("jwt.secret");
+    let narrow = py_jwt(&[secret.to_str().unwrap(), "mint", &uid]);
+    let r = s
+        .post(&format!("/api/keys/{key_id}/rotate"))
+        .bearer_auth(&narrow)
+        .send()
+        .await
+        .unwrap();
+    let (status, code, body) = error_code(r).await;
+    assert_eq!((status, code.as_str()), (403, "forbidden"), "{body}");
+    // the full login rotates it; the narrowed token may revoke it
+    let r = s
+        .post(&format!("/api/keys/{key_id}/rotate"))
+        .bearer_auth(&full)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = s
+        .delete(&format!("/api/keys/{key_id}"))
+        .bearer_auth(&narrow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+}
+
 #[tokio::test]
 async fn revoked_token_survives_restart() {
     let s = server("").await;
@@ -1237,6 +1377,36 @@ async fn lockout_per_account_and_per_address_then_release() {
     assert!(audit.contains("\"violation_type\":\"login_lockout\""));
     assert!(audit.contains("\"reason\":\"account_locked\""));
     assert!(audit.contains("\"reason\":\"address_locked\""));
+}
+
+/// A burst of concurrent guesses gets no more passwords checked than the
+/// failures allowed, and the right password sent with them is refused once
+/// they have locked the account. (The lock was checked before the slow
+/// password hash and the failure counted after it: every guess of a burst
+/// was checked, and the right one logged in after any number of failures.)
+#[tokio::test]
+async fn concurrent_guesses_cannot_outrun_the_lockout() {
+    let s = server("[auth]\nlogin_max_failures = 3\nlockout_seconds = 60\n").await;
+    add_user(&s, "burst", &["user"], "burst-password").await;
+    let guesses = (0..16).map(|i| {
+        let s = &s;
+        async move {
+            login(s, "burst", &format!("wrong-guess-{i}"))
+                .await
+                .status()
+        }
+    });
+    let statuses = futures_util::future::join_all(guesses).await;
+    assert!(statuses.iter().all(|st| st.as_u16() == 401), "{statuses:?}");
+    assert_eq!(login(&s, "burst", "burst-password").await.status(), 401);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let audit = std::fs::read_to_string(s.data_dir().join("security_audit.log")).unwrap();
+    let checked = audit
+        .lines()
+        .filter(|l| l.contains("\"reason\":\"invalid_credentials\""))
+        .count();
+    assert_eq!(checked, 3, "passwords checked");
+    assert!(!audit.contains("\"success\":true"), "a login got through");
 }
 
 #[tokio::test]

@@ -239,3 +239,104 @@ async fn websocket_task_events_need_read_tasks() {
         assert!(none.is_err(), "a key without read:tasks received {none:?}");
     }
 }
+
+/// A deleted user's work leaves the lifecycle with them: the task they
+/// held as a worker goes back to the queue (another worker takes it and
+/// finishes it), and their own unfinished tasks are cancelled, never handed
+/// to a worker. (Before, the held task stayed `running` for ever and the
+/// deleted owner's tasks were still claimed, decrypted and worked on.)
+#[tokio::test]
+async fn deleting_a_user_releases_their_claims_and_cancels_their_tasks() {
+    use reqwest::Method;
+    let s = start().await;
+    let owner = user_key(&s, "leaving_owner", &["user"]).await;
+    let gone = user_key(&s, "leaving_worker", &["agent"]).await;
+    let stays = user_key(&s, "staying_worker", &["agent"]).await;
+    let whoami = |key: String| {
+        let s = &s;
+        async move {
+            with(s, Method::GET, "/api/auth/whoami", &key)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()["user_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let (owner_id, gone_id) = (whoami(owner.clone()).await, whoami(gone.clone()).await);
+    // the worker who leaves holds the admin's task
+    let held = create(&s, json!({"title": "held by the leaver"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = with(&s, Method::POST, "/api/agent/claim", &gone)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["id"], held.as_str());
+    // the owner who leaves has a queued task
+    let r = with(&s, Method::POST, "/api/tasks", &owner)
+        .json(&json!({"title": "owned by the leaver"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let owned = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for id in [&owner_id, &gone_id] {
+        let r = with(&s, Method::DELETE, &format!("/api/users/{id}"), s.admin())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    let read = |id: String| {
+        let s = &s;
+        async move {
+            s.admin_get(&format!("/api/tasks/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let t = read(held.clone()).await;
+    assert_eq!(
+        (t["status"].as_str(), t["agent_id"].as_str()),
+        (Some("queued"), None),
+        "{t}"
+    );
+    assert_eq!(read(owned.clone()).await["status"], "cancelled");
+    // the worker who stays gets the released task, not the cancelled one
+    let r = with(&s, Method::POST, "/api/agent/claim", &stays)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["id"], held.as_str());
+    let r = with(
+        &s,
+        Method::POST,
+        &format!("/api/tasks/{held}/result"),
+        &stays,
+    )
+    .json(&json!({"status": "done", "result": {"ok": true}}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = with(&s, Method::POST, "/api/agent/claim", &stays)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "the cancelled task was handed out");
+}
