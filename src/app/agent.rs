@@ -27,7 +27,7 @@ use super::AppState;
 use crate::apisec::validation::{Kind, Rule, Schema};
 use crate::authn::Authenticated;
 use crate::authz::{Access, Permission, RouteDoc, Routes};
-use crate::http::{ApiError, Json, Path, RequestId, UniqueValue};
+use crate::http::{ApiError, Json, NoBody, Path, RequestId, UniqueValue};
 use crate::network::ClientAddr;
 use crate::store::tasks as store;
 
@@ -216,7 +216,11 @@ async fn update(
     Ok(Json(f))
 }
 
-async fn claim(State(state): State<AppState>, who: Authenticated) -> Result<Response, ApiError> {
+async fn claim(
+    State(state): State<AppState>,
+    who: Authenticated,
+    _: NoBody,
+) -> Result<Response, ApiError> {
     let s = load_settings(&state).await?;
     if s.paused {
         return Ok(StatusCode::NO_CONTENT.into_response());

@@ -15,7 +15,7 @@ use super::AppState;
 use crate::apisec::validation::{Kind, Rule, Schema};
 use crate::authn::{AuthKind, Authenticated};
 use crate::authz::{Access, RouteDoc, Routes};
-use crate::http::{ApiError, Json, RequestId, UniqueValue};
+use crate::http::{ApiError, Json, NoBody, RequestId, UniqueValue};
 use crate::monitoring::audit::AuditEvent;
 use crate::network::ClientAddr;
 
@@ -124,6 +124,7 @@ async fn logout(
     who: Authenticated,
     rid: Option<Extension<RequestId>>,
     addr: Option<Extension<ClientAddr>>,
+    _: NoBody,
 ) -> Result<StatusCode, ApiError> {
     let AuthKind::Jwt { jti, exp } = &who.auth else {
         return Err(ApiError::BadRequest(

@@ -17,7 +17,7 @@ use super::paging::{limit_param, param, MAX_LIMIT};
 use super::AppState;
 use crate::authn::Authenticated;
 use crate::authz::{Access, Permission, RouteDoc, Routes};
-use crate::http::{ApiError, FieldErrors, Json, Path, RequestId, UniqueValue};
+use crate::http::{ApiError, FieldErrors, Json, NoBody, Path, RequestId, UniqueValue};
 use crate::monitoring::audit::AuditEvent;
 use crate::network::ban::{key_string, parse_key, BanRecord, Length};
 
@@ -275,6 +275,7 @@ async fn lift_ban(
     who: Authenticated,
     rid: Option<Extension<RequestId>>,
     Path(ip): Path<String>,
+    _: NoBody,
 ) -> Result<StatusCode, ApiError> {
     let group = state.network.group_v6;
     let key = parse_key(&ip, group).ok_or_else(|| {

@@ -25,7 +25,7 @@ use crate::apisec::validation::{Kind, Rule, Schema};
 use crate::authn::Authenticated;
 use crate::authz::{Access, Permission, RouteDoc, Routes};
 use crate::config::Config;
-use crate::http::{ApiError, FieldErrors, Json, Path, UniqueValue};
+use crate::http::{ApiError, FieldErrors, Json, NoBody, Path, UniqueValue};
 use crate::store::tasks::{self as store, ListFilter, TaskRow};
 
 pub const PRIORITIES: &[&str] = &["low", "normal", "high"];
@@ -389,6 +389,7 @@ fn decode_cursor(c: &str) -> Option<(i64, String)> {
 fn list_filter(
     who: &Authenticated,
     q: &std::collections::HashMap<String, String>,
+    engine: crate::store::Engine,
 ) -> Result<ListFilter, ApiError> {
     let mut errs = FieldErrors::new();
     for k in q.keys() {
@@ -453,7 +454,7 @@ fn list_filter(
             who.user_id.clone()
         },
         status,
-        pattern: store::like_pattern(&text),
+        pattern: store::like_pattern(&text, engine),
         after,
         limit,
     })
@@ -467,7 +468,7 @@ async fn list(
     let q = crate::http::query::params(query.as_deref())?
         .into_iter()
         .collect();
-    let mut f = list_filter(&who, &q)?;
+    let mut f = list_filter(&who, &q, state.db.engine)?;
     let limit = f.limit;
     f.limit += 1;
     let (mut rows, cut) = store::list(&state.db, &f).await?;
@@ -615,6 +616,7 @@ async fn delete(
     State(state): State<AppState>,
     who: Authenticated,
     Path(id): Path<String>,
+    _: NoBody,
 ) -> Result<StatusCode, ApiError> {
     match store::get(&state.db, &id).await? {
         Some(t) if can_change(&who, &t) => {

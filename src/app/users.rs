@@ -13,7 +13,7 @@ use super::AppState;
 use crate::authn::identity;
 use crate::authn::Authenticated;
 use crate::authz::{Access, Permission, RouteDoc, Routes};
-use crate::http::{ApiError, Json, Path, RequestId, UniqueValue};
+use crate::http::{ApiError, Json, NoBody, Path, RequestId, UniqueValue};
 use crate::network::ClientAddr;
 use crate::store;
 
@@ -151,6 +151,7 @@ async fn remove(
     rid: Option<Extension<RequestId>>,
     addr: Option<Extension<ClientAddr>>,
     Path(id): Path<String>,
+    _: NoBody,
 ) -> Result<StatusCode, ApiError> {
     let Some(user) = store::users::by_id(&state.db, &id).await? else {
         return Err(ApiError::NotFound);

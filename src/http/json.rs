@@ -202,6 +202,41 @@ where
     }
 }
 
+/// The body of a route that takes none (claim, rotate, revoke, logout,
+/// the deletions): nothing, or well-formed JSON that is ignored (a
+/// client's `{}`). Anything else is refused as a body is on every route
+/// (415 not JSON, 413 over the limit, 400 malformed), before the route acts:
+/// a malformed body was ignored while a key was rotated or a task claimed.
+#[derive(Debug, Clone, Copy)]
+pub struct NoBody;
+
+impl<S> FromRequest<S> for NoBody
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(is_json_content_type);
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|rej| match rej.status() {
+                http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+                _ => ApiError::BadRequest("the request body could not be read".into()),
+            })?;
+        if bytes.is_empty() {
+            return Ok(NoBody);
+        }
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        parse::<UniqueValue>(&bytes).map(|_| NoBody)
+    }
+}
+
 /// Parse a JSON body into `T`, with contract errors.
 pub fn parse<T: RequestBody>(bytes: &[u8]) -> Result<T, ApiError> {
     if std::str::from_utf8(bytes).is_err() {

@@ -10,6 +10,6 @@ pub mod query;
 pub mod respond;
 
 pub use envelope::RequestId;
-pub use json::{Json, RequestBody, UniqueValue};
+pub use json::{Json, NoBody, RequestBody, UniqueValue};
 pub use path::Path;
 pub use respond::{ApiError, FieldErrors};

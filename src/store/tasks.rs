@@ -155,12 +155,18 @@ fn nothing<T>(_: &T) -> Option<&str> {
     None
 }
 
-/// Escape `%`, `_` and `\` and wrap in `%...%`, lower-cased (the search is
-/// case-insensitive for ASCII on every engine).
-pub fn like_pattern(q: &str) -> String {
-    let mut p = String::with_capacity(q.len() + 2);
+/// Escape `%`, `_` and `\` and wrap in `%...%`, lower-cased the way the
+/// engine's `LOWER(title)` is: all of Unicode on PostgreSQL, ASCII only on
+/// SQLite (a pattern lower-cased further never matched: `ÉCOLE` did not
+/// find the title `ÉCOLE`). Case-insensitive for ASCII on every engine.
+pub fn like_pattern(q: &str, engine: super::Engine) -> String {
+    let folded = match engine {
+        super::Engine::Postgres => q.to_lowercase(),
+        super::Engine::Sqlite => q.to_ascii_lowercase(),
+    };
+    let mut p = String::with_capacity(folded.len() + 2);
     p.push('%');
-    for c in q.to_lowercase().chars() {
+    for c in folded.chars() {
         if matches!(c, '%' | '_' | '\\') {
             p.push('\\');
         }
@@ -462,8 +468,19 @@ pub async fn replace_encrypted(
 
 #[cfg(test)]
 mod tests {
+    use crate::store::Engine;
+
     #[test]
     fn like_escapes_wildcards_and_escape() {
-        assert_eq!(super::like_pattern("a%b_c\\D"), "%a\\%b\\_c\\\\d%");
+        for e in [Engine::Sqlite, Engine::Postgres] {
+            assert_eq!(super::like_pattern("a%b_c\\D", e), "%a\\%b\\_c\\\\d%");
+        }
+    }
+
+    /// Folded as the engine's `LOWER` folds the title.
+    #[test]
+    fn like_folds_as_the_engine_does() {
+        assert_eq!(super::like_pattern("ÉCOLE", Engine::Sqlite), "%École%");
+        assert_eq!(super::like_pattern("ÉCOLE", Engine::Postgres), "%école%");
     }
 }

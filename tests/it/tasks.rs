@@ -630,6 +630,12 @@ async fn pagination_is_stable_and_complete_and_search_escapes_wildcards() {
     assert_eq!(count("\\").await, 4, "the escape character is literal");
     assert_eq!(count("100").await, 8);
     assert_eq!(count("PLAIN").await, 3, "ASCII case-insensitive");
+    // a title's own non-ASCII capitals find it on every engine (SQLite's
+    // LOWER folds ASCII only: a pattern folded further never matched)
+    create(&s, json!({"title": "ÉCOLE Ärger ΑΒΓ"})).await;
+    for q in ["ÉCOLE", "Ärger", "ΑΒΓ", "École"] {
+        assert_eq!(count(q).await, 1, "{q}");
+    }
     // SQL in a search is refused by the IDS before the store sees it...
     let r = s
         .admin_get(&format!("/api/tasks?q={}", urlencode("' OR 1=1 --")))
@@ -652,7 +658,7 @@ async fn pagination_is_stable_and_complete_and_search_escapes_wildcards() {
         .await
         .unwrap();
     assert_eq!(r["items"].as_array().unwrap().len(), 0);
-    assert_eq!(list_all(&s, "&status=queued", 200).await.len(), 24);
+    assert_eq!(list_all(&s, "&status=queued", 200).await.len(), 25);
     // bad parameters
     for q in [
         "limit=0",
@@ -1413,4 +1419,165 @@ async fn bodies_naming_a_member_twice_are_refused() {
     assert_eq!(read_task(&s, &id).await["priority"], json!("normal"));
     let r = s.admin_get("/api/users").send().await.unwrap();
     assert!(!r.text().await.unwrap().contains("\"dup\""));
+}
+
+/// A route that takes no body (claim, key rotation and revocation, logout,
+/// the deletions) refuses a malformed or non-JSON one before it acts (the
+/// body used to be ignored: `{` rotated a key and claimed a task), and
+/// still takes none, or well-formed JSON it ignores.
+#[tokio::test]
+async fn routes_without_a_body_refuse_a_malformed_one_before_acting() {
+    let s = start().await;
+    let id = create(&s, json!({"title": "stays queued"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let worker = crate::common::user_key(&s, "nobody_worker", &["user"]).await;
+    let key_id = {
+        let r = s
+            .admin_post("/api/keys", &json!({"name": "spare"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let token = crate::common::login_token(&s, "nobody_worker", crate::common::PASSPHRASE).await;
+    let uid = s
+        .get("/api/auth/whoami")
+        .header("X-API-Key", &worker)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["user_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let routes = [
+        (
+            "POST",
+            "/api/agent/claim".to_string(),
+            s.admin().to_string(),
+            false,
+        ),
+        (
+            "POST",
+            format!("/api/keys/{key_id}/rotate"),
+            s.admin().to_string(),
+            false,
+        ),
+        (
+            "DELETE",
+            format!("/api/keys/{key_id}"),
+            s.admin().to_string(),
+            false,
+        ),
+        ("POST", "/api/auth/logout".to_string(), token.clone(), true),
+        (
+            "DELETE",
+            format!("/api/tasks/{id}"),
+            s.admin().to_string(),
+            false,
+        ),
+        (
+            "DELETE",
+            format!("/api/users/{uid}"),
+            s.admin().to_string(),
+            false,
+        ),
+        (
+            "DELETE",
+            "/api/security/bans/192.0.2.7".to_string(),
+            s.admin().to_string(),
+            false,
+        ),
+    ];
+    for (body, ctype, want) in [
+        ("{", "application/json", (400, "bad_request")),
+        ("not json", "application/json", (400, "bad_request")),
+        (
+            "a=1",
+            "application/x-www-form-urlencoded",
+            (415, "unsupported_media_type"),
+        ),
+    ] {
+        for (method, path, cred, bearer) in &routes {
+            let req = s
+                .client
+                .request(method.parse().unwrap(), s.url(path))
+                .header("Content-Type", ctype)
+                .body(body);
+            let req = if *bearer {
+                req.bearer_auth(cred)
+            } else {
+                req.header("X-API-Key", cred)
+            };
+            let (status, code, err) = error_code(req.send().await.unwrap()).await;
+            assert_eq!(
+                (status, code.as_str()),
+                want,
+                "{method} {path} {body:?}: {err}"
+            );
+        }
+    }
+    // nothing happened: the task is queued, the user, their login and the
+    // spare key are all there
+    assert_eq!(read_task(&s, &id).await["status"], "queued");
+    let r = s
+        .get("/api/auth/whoami")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let keys: Value = s
+        .admin_get("/api/keys?limit=100")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let spare = keys["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == key_id.as_str())
+        .unwrap();
+    assert_eq!(spare["status"], "active", "{spare}");
+    // no body, or an ignored `{}`, still works
+    let r = s
+        .client
+        .post(s.url("/api/agent/claim"))
+        .header("X-API-Key", s.admin())
+        .header("Content-Type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = s
+        .client
+        .post(s.url(&format!("/api/keys/{key_id}/rotate")))
+        .header("X-API-Key", s.admin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // that rotation is the only one
+    let rotated = s.audit_rows("type=key_rotated", 1).await;
+    assert_eq!(rotated.len(), 1, "{rotated:?}");
+    let r = s
+        .client
+        .delete(s.url(&format!("/api/keys/{key_id}")))
+        .header("X-API-Key", s.admin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
 }
