@@ -11,7 +11,9 @@ use crate::monitoring::{check as checklist, firewall as fw, monitor as mon};
 
 #[derive(Debug, Args)]
 pub struct FirewallArgs {
-    #[arg(long, value_parser = ["iptables", "nftables", "ufw"])]
+    /// `iptables` is the IPv4 half, `ip6tables` the IPv6 half (`--apply`
+    /// with `iptables` loads both); `nftables` and `ufw` cover both.
+    #[arg(long, value_parser = ["iptables", "ip6tables", "nftables", "ufw"])]
     pub format: String,
     /// Apply the rules (default: print only).
     #[arg(long)]
@@ -53,11 +55,11 @@ pub struct BenchArgs {
 
 pub fn firewall(cfg: Config, a: FirewallArgs) -> CmdResult {
     let format = fw::Format::parse(&a.format)
-        .ok_or_else(|| Failure::usage("--format must be iptables, nftables or ufw"))?;
+        .ok_or_else(|| Failure::usage("--format must be iptables, ip6tables, nftables or ufw"))?;
     let rules = fw::render(&cfg, format);
     super::write_stdout(format_args!("{rules}"))?;
     if a.apply {
-        fw::apply(format, &rules).map_err(Failure::refused)?;
+        fw::apply(&cfg, format, &rules).map_err(Failure::refused)?;
         crate::errln!("frenly: firewall rules applied");
     }
     Ok(0)

@@ -18,6 +18,7 @@ pub fn serve(cfg: Config) -> CmdResult {
     let rt = runtime()?;
     rt.block_on(async move {
         let prepared = bootstrap::prepare(&cfg).await.map_err(Failure::from)?;
+        let _one_server = lock_sqlite(&cfg)?;
         let db = prepared.db.clone();
         let cfg = Arc::new(cfg);
         let state = AppState::build(cfg.clone(), prepared.db).await?;
@@ -41,6 +42,35 @@ pub fn serve(cfg: Config) -> CmdResult {
         crate::errln!("frenly: stopped");
         Ok(0)
     })
+}
+
+/// One `serve` per SQLite file, held until the process ends: a second
+/// server on the file kept its own cache of task rows and served tasks
+/// other instances had long finished (instances that serve as one share
+/// PostgreSQL). Offline commands (`keys`, `users`, ...) do not take it.
+fn lock_sqlite(cfg: &Config) -> Result<Option<std::fs::File>, Failure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(db) = cfg.sqlite_path() else {
+        return Ok(None);
+    };
+    let path = format!("{db}.serve.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| Failure::refused(format!("cannot open {path}: {e}")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Failure::refused(format!(
+            "another `frenly serve` is running on {db}: one server per SQLite file \
+             (instances that serve as one share PostgreSQL: database.url)"
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Failure::refused(format!("cannot lock {path}: {e}")))
+        }
+    }
 }
 
 /// The separate `/metrics` listener (`metrics.listen`): plain HTTP, no

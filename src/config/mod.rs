@@ -617,11 +617,24 @@ impl Source {
 pub fn load(source: &Source) -> Result<Config, ConfigError> {
     let mut fig = Figment::from(Serialized::defaults(RawConfig::default()));
     if let Some(file) = &source.file {
-        if let Err(e) = std::fs::metadata(file) {
-            return Err(ConfigError::Parse(format!(
-                "cannot read config file `{}`: {e}",
-                file.display()
-            )));
+        // exactly this file: figment's `file` would look for a relative
+        // name in every parent directory, and a directory or a FIFO in its
+        // place (what `docker run -v` makes of a missing host file) would be
+        // skipped as "no file" and the defaults served
+        match std::fs::metadata(file) {
+            Err(e) => {
+                return Err(ConfigError::Parse(format!(
+                    "cannot read config file `{}`: {e}",
+                    file.display()
+                )))
+            }
+            Ok(m) if !m.is_file() => {
+                return Err(ConfigError::Parse(format!(
+                    "config file `{}` is not a regular file",
+                    file.display()
+                )))
+            }
+            Ok(_) => {}
         }
         let ext = file
             .extension()
@@ -629,8 +642,8 @@ pub fn load(source: &Source) -> Result<Config, ConfigError> {
             .unwrap_or("")
             .to_ascii_lowercase();
         fig = match ext.as_str() {
-            "json" => fig.merge(Json::file(file)),
-            "toml" => fig.merge(Toml::file(file)),
+            "json" => fig.merge(Json::file_exact(file)),
+            "toml" => fig.merge(Toml::file_exact(file)),
             other => {
                 return Err(ConfigError::Parse(format!(
                     "config file `{}` must end in .json or .toml (found `.{other}`)",
@@ -732,7 +745,14 @@ impl Config {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("frenly-data"));
-        let at = |p: &Option<PathBuf>, name: &str| p.clone().unwrap_or_else(|| data_dir.join(name));
+        // a relative path in the config is in the data dir, as the defaults
+        // are: read from the working directory, a command run elsewhere
+        // made a new JWT secret and keyring there
+        let at = |p: &Option<PathBuf>, name: &str| match p {
+            Some(p) if p.is_relative() => data_dir.join(p),
+            Some(p) => p.clone(),
+            None => data_dir.join(name),
+        };
         let invalid = |key: &str, reason: &str| ConfigError::Invalid {
             key: key.into(),
             reason: reason.into(),
@@ -782,6 +802,15 @@ impl Config {
         }
         if raw.auth.jwt_ttl_hours == 0 {
             return Err(invalid("auth.jwt_ttl_hours", "must be > 0"));
+        }
+        // the bounds an explicit `expires_in_days` has (API.md): a default
+        // of 36500 made century keys, -5 keys born expired
+        let days = raw.auth.key_default_expiry_days;
+        if !(days > 0.0 && days <= crate::authn::identity::MAX_KEY_DAYS) {
+            return Err(invalid(
+                "auth.key_default_expiry_days",
+                "must be greater than 0 and at most 365",
+            ));
         }
         if raw.auth.login_max_failures == 0 {
             return Err(invalid("auth.login_max_failures", "must be > 0"));

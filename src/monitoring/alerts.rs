@@ -87,7 +87,9 @@ async fn deliver(client: &reqwest::Client, url: &str, alert: &serde_json::Value)
         match client.post(url).json(alert).send().await {
             Ok(r) if r.status().is_success() => return true,
             Ok(r) => tracing::warn!(status = %r.status(), "alert webhook refused"),
-            Err(e) => tracing::warn!(error = %e, "alert webhook failed"),
+            // the URL may carry the webhook's token (`config show` redacts
+            // it): the error is logged without it
+            Err(e) => tracing::warn!(error = %e.without_url(), "alert webhook failed"),
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(10));

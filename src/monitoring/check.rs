@@ -187,7 +187,13 @@ fn jwt_secret(cfg: &Config) -> Outcome {
                         "delete it and restart (a new 512-bit secret is generated; issued tokens become invalid), or write {JWT_SECRET_MIN_BYTES}+ random bytes"
                     ),
                 )
-            } else if let Some(why) = predictable(&String::from_utf8_lossy(b.trim_ascii()), 128.0) {
+            } else if let Some(why) = predictable_symbols(
+                &b.trim_ascii()
+                    .iter()
+                    .map(|&c| u32::from(c))
+                    .collect::<Vec<_>>(),
+                128.0,
+            ) {
                 fail(
                     format!("{} is {why}", p.display()),
                     "delete it and restart (a new 512-bit secret is generated; issued tokens become invalid), or write 32+ random bytes",
@@ -207,7 +213,15 @@ fn keyring(cfg: &Config) -> Outcome {
             "{} absent: generated (mode 0600) on first start",
             p.display()
         )),
-        Ok(Some(_)) => pass(format!("{} mode 0600", p.display())),
+        // what `serve` loads: a file it refuses is a FAIL here, not a pass
+        // that lets the unit start and fail
+        Ok(Some(_)) => match crate::data::keyring::Keyring::load(p) {
+            Ok(_) => pass(format!("{} mode 0600", p.display())),
+            Err(e) => fail(
+                format!("{} cannot be loaded: {e}", p.display()),
+                "restore the keyring from its backup (the data encrypted under it is unreadable without it)",
+            ),
+        },
     }
 }
 
@@ -218,20 +232,42 @@ fn tls_key(cfg: &Config) -> Outcome {
     let p = &cfg.tls_key;
     match secret_file(p, "TLS private key") {
         Err(o) => o,
-        Ok(None) => pass(format!(
+        Ok(None) if !cfg.tls_cert.exists() => pass(format!(
             "{} absent: a self-signed certificate and key (0600) are generated on first start",
             p.display()
         )),
-        Ok(Some(_)) => pass(format!("{} mode 0600", p.display())),
+        // one of the pair without the other, or a pair that does not match:
+        // `serve` refuses it
+        _ => match crate::server::tls::server_config(cfg) {
+            Ok(_) => pass(format!(
+                "{} mode 0600, a usable pair with {}",
+                p.display(),
+                cfg.tls_cert.display()
+            )),
+            Err(e) => fail(
+                format!("the TLS certificate and key cannot be used: {e:#}"),
+                "install a matching certificate and key (network.tls_cert, network.tls_key), or remove both to have a self-signed pair generated",
+            ),
+        },
     }
 }
 
 /// Shannon entropy of the string's characters times its length (bits): an
 /// upper-bound estimate that catches repetition and tiny alphabets.
 pub fn entropy_bits(s: &str) -> f64 {
+    symbol_entropy_bits(&chars(s))
+}
+
+fn chars(s: &str) -> Vec<u32> {
+    s.chars().map(u32::from).collect()
+}
+
+/// [`entropy_bits`] over any symbols: a file secret is rated by its bytes,
+/// so random bytes that are not UTF-8 are not all one replacement character.
+fn symbol_entropy_bits(syms: &[u32]) -> f64 {
     let mut counts = std::collections::HashMap::new();
-    let n = s.chars().count();
-    for c in s.chars() {
+    let n = syms.len();
+    for c in syms {
         *counts.entry(c).or_insert(0usize) += 1;
     }
     let h: f64 = counts
@@ -248,17 +284,20 @@ pub fn entropy_bits(s: &str) -> f64 {
 /// of neighbouring characters (`abcdef...`, `123456...`, `zyxw...`), which
 /// a character count alone rates as random.
 fn predictable(s: &str, min_bits: f64) -> Option<String> {
-    let bits = entropy_bits(s);
+    predictable_symbols(&chars(s), min_bits)
+}
+
+fn predictable_symbols(syms: &[u32], min_bits: f64) -> Option<String> {
+    let bits = symbol_entropy_bits(syms);
     if bits < min_bits {
         return Some(format!("low-entropy (~{bits:.0} bits < {min_bits:.0})"));
     }
-    let chars: Vec<u32> = s.chars().map(u32::from).collect();
-    let steps = chars
+    let steps = syms
         .iter()
-        .zip(chars.iter().skip(1))
+        .zip(syms.iter().skip(1))
         .filter(|(a, b)| a.abs_diff(**b) <= 1)
         .count();
-    if chars.len() > 1 && steps * 2 > chars.len() - 1 {
+    if syms.len() > 1 && steps * 2 > syms.len() - 1 {
         return Some("mostly a run of neighbouring characters (abcd..., 1234...)".into());
     }
     None
@@ -750,6 +789,22 @@ mod tests {
         assert!(predictable("ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210", 96.0).is_some());
         assert!(predictable(&"a".repeat(40), 96.0).is_some());
         assert!(predictable("kq3ZJ0v9Xb2Lw8TyN4mR7pQ1sU6hE5dGcA_fB-iK", 96.0).is_none());
+    }
+
+    /// A file secret of random bytes is rated by its bytes: through a
+    /// lossy UTF-8 decoding, 32 random bytes became mostly one replacement
+    /// character and failed the checklist most of the time.
+    #[test]
+    fn random_bytes_are_not_low_entropy() {
+        use rand::RngCore;
+        for _ in 0..50 {
+            let mut b = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut b);
+            let syms: Vec<u32> = b.iter().map(|&c| u32::from(c)).collect();
+            assert!(predictable_symbols(&syms, 128.0).is_none(), "{b:?}");
+        }
+        let zeros: Vec<u32> = vec![0; 64];
+        assert!(predictable_symbols(&zeros, 128.0).is_some());
     }
 
     #[test]

@@ -752,6 +752,126 @@ fn config_with_unknown_key_fails_naming_it() {
     );
 }
 
+/// `--config` names exactly one regular file: a directory or a FIFO in its
+/// place (what `docker run -v` makes of a missing host file) is an error,
+/// not the defaults, and a relative name is never looked up in the parent
+/// directories (where another `frenly.toml` may say `tls = false`).
+#[test]
+fn config_file_must_be_exactly_the_named_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let sub = dir.path().join("up/sub");
+    std::fs::create_dir_all(sub.join("frenly.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("up/frenly.toml"),
+        "[network]\nlisten = \"0.0.0.0:18399\"\ntls = false\n",
+    )
+    .unwrap();
+    let show = |cwd: &std::path::Path, cfg: &str| {
+        let out = std::process::Command::new(crate::common::BIN)
+            .args(["config", "show", "--config", cfg, "--data-dir"])
+            .arg(&data)
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // a directory, named relatively from a directory whose parent holds a
+    // file of that name, and absolutely
+    let (code, out, err) = show(&sub, "frenly.toml");
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(!out.contains("0.0.0.0:18399"), "{out}");
+    let abs = sub.join("frenly.toml");
+    let (code, _, err) = show(dir.path(), abs.to_str().unwrap());
+    assert_eq!(code, 2, "{err}");
+    // a FIFO: an error at once, not a read that blocks for ever
+    let fifo = dir.path().join("fifo.toml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (code, _, err) = show(dir.path(), fifo.to_str().unwrap());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+}
+
+/// A relative secret path in the config is in the data dir, whatever the
+/// working directory: read from the working directory, a command run from
+/// elsewhere made a new JWT secret and keyring there.
+#[test]
+fn relative_secret_paths_are_in_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("rel.toml");
+    std::fs::write(
+        &cfg,
+        "[auth]\njwt_secret_file = \"secrets/jwt\"\n[encryption]\nkeyring_file = \"ring.json\"\n",
+    )
+    .unwrap();
+    for wd in ["wd1", "wd2"] {
+        let wd = dir.path().join(wd);
+        std::fs::create_dir_all(wd.join("secrets")).unwrap();
+        let out = std::process::Command::new(crate::common::BIN)
+            .args(["init", "--config"])
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(&data)
+            .current_dir(&wd)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(!wd.join("secrets/jwt").exists() && !wd.join("ring.json").exists());
+    }
+    assert!(data.join("secrets/jwt").is_file() && data.join("ring.json").is_file());
+}
+
+/// One server per SQLite file: a second `serve` on the file is refused at
+/// start (it kept its own cache of task rows and served tasks the first had
+/// finished long before); the first goes on serving.
+#[tokio::test]
+async fn a_second_server_on_one_sqlite_file_is_refused() {
+    let s = TestServer::start().await;
+    if s.database_url.is_some() {
+        return; // PostgreSQL: shared by design
+    }
+    let mut child = std::process::Command::new(crate::common::BIN)
+        .args(["serve", "--data-dir"])
+        .arg(s.data_dir())
+        .env("FRENLY_NETWORK__LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a second server started on the same SQLite file");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("one server per SQLite file"), "{err}");
+    let r = s.admin_get("/api/auth/whoami").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 #[test]
 fn json_config_and_env_overrides() {
     let dir = tempfile::tempdir().unwrap();

@@ -944,6 +944,43 @@ fn check_fails_each_broken_item() {
         out.contains("FAIL jwt secret") && out.contains("9 bytes"),
         "{out}"
     );
+    // 32 random bytes are a strong secret (rated by bytes, not by a lossy
+    // UTF-8 reading, where most became one replacement character)
+    for _ in 0..5 {
+        let mut b = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
+        std::fs::write(&jwt, b).unwrap();
+        let (_, out) = check_with(dir.path(), &data, "");
+        assert!(out.contains("PASS jwt secret"), "{b:?}: {out}");
+    }
+    // What `serve` refuses, the checklist fails: a TLS key of another pair,
+    // a certificate without its key file's partner, an empty keyring.
+    let (other, other_data) = init_dir();
+    for (name, broken) in [
+        ("mismatched key", "tls/key.pem"),
+        ("cert missing", "tls/cert.pem"),
+        ("empty keyring", "keyring.json"),
+    ] {
+        let (dir, data) = init_dir();
+        let (code, out) = check_with(dir.path(), &data, "");
+        assert_eq!(code, 0, "{name}, before: {out}");
+        match name {
+            "mismatched key" => {
+                std::fs::copy(other_data.join(broken), data.join(broken)).unwrap();
+            }
+            "cert missing" => std::fs::remove_file(data.join(broken)).unwrap(),
+            _ => std::fs::write(data.join(broken), "").unwrap(),
+        }
+        let (code, out) = check_with(dir.path(), &data, "");
+        assert_eq!(code, 1, "{name}: {out}");
+        let expect = if broken.starts_with("tls") {
+            "FAIL tls private key"
+        } else {
+            "FAIL keyring file"
+        };
+        assert!(out.contains(expect), "{name}: {out}");
+    }
+    drop(other);
     // A config file that holds the static key and is world-readable.
     let (dir, data) = init_dir();
     let cfg = dir.path().join("check.toml");
@@ -1138,7 +1175,7 @@ fn firewall_rules_are_accepted_by_nft_and_iptables_restore() {
     .unwrap();
     let data = dir.path().join("d");
     let mut outputs = Vec::new();
-    for format in ["nftables", "iptables", "ufw"] {
+    for format in ["nftables", "iptables", "ufw", "ip6tables"] {
         let (code, out, err) = run_cli(
             &[
                 "firewall",
@@ -1153,11 +1190,20 @@ fn firewall_rules_are_accepted_by_nft_and_iptables_restore() {
             &[],
         );
         assert_eq!(code, 0, "{err}");
-        for port in ["22", "80", "443", "8443", "9100"] {
+        for port in ["22", "80", "443", "8443"] {
             assert!(out.contains(port), "{format} lacks {port}: {out}");
+        }
+        // the unauthenticated metrics port is named, but only in a comment
+        // (to complete with the Prometheus server's address)
+        assert!(out.contains("9100"), "{format}: {out}");
+        for l in out.lines().filter(|l| l.contains("9100")) {
+            assert!(l.trim_start().starts_with('#'), "{format} opens 9100: {l}");
         }
         outputs.push(out);
     }
+    // iptables is the IPv4 half and says where the IPv6 half is
+    assert!(outputs[1].contains("--format ip6tables"), "{}", outputs[1]);
+    assert!(outputs[3].contains("neighbour-solicitation") && outputs[3].contains(":INPUT DROP"));
     assert!(outputs[0].contains("policy drop") && outputs[0].contains("log prefix"));
     assert!(outputs[1].contains(":INPUT DROP") && outputs[1].contains("-j LOG"));
     assert!(outputs[2].contains("ufw default deny incoming"));
@@ -1187,6 +1233,13 @@ fn firewall_rules_are_accepted_by_nft_and_iptables_restore() {
             ok,
             "iptables-restore --test refused the rules: {err}\n{}",
             outputs[1]
+        );
+    }
+    if let Some((ok, err)) = tool_check("ip6tables-restore", &["--test"], &outputs[3]) {
+        assert!(
+            ok,
+            "ip6tables-restore --test refused the rules: {err}\n{}",
+            outputs[3]
         );
     }
     // --apply refuses clearly when not root (only meaningful as non-root).
@@ -1242,6 +1295,42 @@ fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
         }
     });
     (url, got)
+}
+
+/// The webhook URL's token, redacted by `config show`, stays out of the log
+/// when a delivery fails (reqwest's error names the URL it failed on).
+#[test]
+fn a_failed_alert_delivery_does_not_log_the_webhooks_token() {
+    let (dir, data) = init_dir();
+    // a port nothing listens on: every delivery attempt fails to connect
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.path().join("mon.toml");
+    std::fs::write(
+        &cfg,
+        format!("[alerts]\nwebhook_url = \"http://127.0.0.1:{port}/hook?token=WEBHOOKTOKEN123\"\n"),
+    )
+    .unwrap();
+    // no baseline yet: `baseline_missing` is a finding, and alerted
+    let (code, out, err) = run_cli(
+        &[
+            "monitor",
+            "--once",
+            "--config",
+            s(&cfg),
+            "--data-dir",
+            s(&data),
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("alert webhook failed"), "{err}");
+    assert!(!err.contains("WEBHOOKTOKEN123"), "{err}");
+    assert!(!out.contains("WEBHOOKTOKEN123"), "{out}");
 }
 
 #[test]
