@@ -265,7 +265,10 @@ async fn add_ban(
         .ok_or(ApiError::Internal)?;
     let rid = rid.map(|r| r.0.as_str().to_string());
     if !crate::network::record_ban(&state, &rec, Some(&who.user_id), rid.as_deref()).await {
-        return Err(ApiError::Internal);
+        // in force (Redis and memory) but not yet stored: stored when the
+        // database is back (`Network::reload_bans`); the caller hears that
+        // the database is out of reach, not a server fault
+        return Err(ApiError::Unavailable);
     }
     Ok((StatusCode::CREATED, Json(ban_json(&rec, group, now))))
 }
@@ -282,11 +285,15 @@ async fn lift_ban(
         crate::http::respond::field_error("ip", "must be an IPv4 or IPv6 address")
     })?;
     let now = crate::store::now_ms();
+    // the stored row first: with the database out of reach the answer is
+    // 503 and nothing is lifted (lifted in Redis and memory first, the ban
+    // came back from its row after the next restart or Redis outage, and
+    // the retry found nothing to lift)
+    let written = key_string(key, group);
+    crate::store::bans::delete(&state.db, &written).await?;
     if !state.shared.lift(&state.network, key, now).await {
         return Err(ApiError::NotFound);
     }
-    let written = key_string(key, group);
-    crate::store::bans::delete(&state.db, &written).await?;
     state
         .metrics
         .active_bans

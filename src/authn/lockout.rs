@@ -158,6 +158,18 @@ impl<K: Hash + Eq + Clone> Table<K> {
         false
     }
 
+    /// Is `k` locked at `now`?
+    fn locked(&self, k: &K, now: i64) -> bool {
+        self.map.lock().get(k).is_some_and(|c| c.locked_until > now)
+    }
+
+    /// Lock `k` until `until` (a lock the shared state set, mirrored here).
+    fn lock(&self, k: &K, now: i64, until: i64, window: i64, cap: usize) {
+        let mut m = self.map.lock();
+        let c = Self::entry(&mut m, k, now, window, cap);
+        c.locked_until = c.locked_until.max(until);
+    }
+
     /// A success: the key's failures are forgiven.
     fn clear_failures(&self, k: &K) {
         if let Some(c) = self.map.lock().get_mut(k) {
@@ -234,7 +246,7 @@ impl Attempt<'_> {
         self.open = false;
         let l = self.lockout;
         if self.shared {
-            if let Some([account, address]) = l
+            if let Some([account_locked, address_locked]) = l
                 .shared
                 .lockout_finish(
                     &self.username,
@@ -245,11 +257,18 @@ impl Attempt<'_> {
                 )
                 .await
             {
+                // mirrored here, so the lock outlives a Redis that forgets it
+                let (w, cap) = (l.window_ms, l.cap);
                 let mut out = Vec::new();
-                if account {
+                if account_locked {
+                    l.accounts
+                        .lock(&account(&self.username), now, now + w, w, cap);
                     out.push(Locked::Account);
                 }
-                if address {
+                if address_locked {
+                    if let Some(ip) = self.addr {
+                        l.addresses.lock(&ip, now, now + w, w, cap);
+                    }
                     out.push(Locked::Address);
                 }
                 return out;
@@ -384,6 +403,16 @@ impl Lockout {
             open: false,
         };
         let (max, w, cap) = (self.max_failures, self.window_ms, self.cap);
+        // a lock this instance holds stands whatever Redis says: one set
+        // here while Redis was away, or one Redis set and then lost (a
+        // restart emptied it)
+        let key = account(username);
+        if self.accounts.locked(&key, now) {
+            return Err((Locked::Account, Admit::Locked));
+        }
+        if addr.is_some_and(|ip| self.addresses.locked(&ip, now)) {
+            return Err((Locked::Address, Admit::Locked));
+        }
         let flag = |f: u8| match f {
             0 => Admit::Yes,
             2 => Admit::Wait,
@@ -404,7 +433,6 @@ impl Lockout {
                 (a, _) => Err((Locked::Account, a)),
             };
         }
-        let key = account(username);
         match self.accounts.admit(&key, now, max, w, cap) {
             Admit::Yes => {}
             a => return Err((Locked::Account, a)),

@@ -137,16 +137,15 @@ pub enum AuthnError {
     #[error("revoked credentials")]
     Revoked,
     #[error("credential store failed: {0}")]
-    Store(String),
+    Store(#[from] crate::store::StoreError),
 }
 
 impl From<AuthnError> for ApiError {
     fn from(e: AuthnError) -> ApiError {
         match e {
-            AuthnError::Store(msg) => {
-                tracing::error!(error = %msg, "credential store failed");
-                ApiError::Internal
-            }
+            // the store's own mapping: a database out of reach is 503
+            // `unavailable` with Retry-After (it was 500 here)
+            AuthnError::Store(e) => e.into(),
             _ => ApiError::Unauthenticated,
         }
     }
@@ -354,7 +353,7 @@ impl Authn {
             if bool::from(subtle::ConstantTimeEq::ct_eq(&hash[..], &st[..])) {
                 let admin = store::users::first_admin(db)
                     .await
-                    .map_err(|e| AuthnError::Store(e.to_string()))?
+                    .map_err(AuthnError::Store)?
                     .ok_or(AuthnError::Unknown)?;
                 let permissions = roles.permissions(admin.roles.iter().map(String::as_str));
                 let principal = Arc::new(Principal {
@@ -384,7 +383,7 @@ impl Authn {
         let generation = self.keys.generation();
         let row = store::keys::find_by_hash(db, &hex::encode(hash))
             .await
-            .map_err(|e| AuthnError::Store(e.to_string()))?
+            .map_err(AuthnError::Store)?
             .ok_or(AuthnError::Unknown)?;
         if row.revoked_at.is_some() {
             return Err(AuthnError::Revoked);
@@ -513,7 +512,7 @@ impl Authn {
         let generation = self.users.generation();
         let u = store::users::by_id(db, user_id)
             .await
-            .map_err(|e| AuthnError::Store(e.to_string()))?
+            .map_err(AuthnError::Store)?
             .ok_or(AuthnError::Unknown)?;
         let entry = Arc::new(UserEntry {
             permissions: roles.permissions(u.roles.iter().map(String::as_str)),

@@ -803,6 +803,86 @@ impl Config {
         if raw.auth.jwt_ttl_hours == 0 {
             return Err(invalid("auth.jwt_ttl_hours", "must be > 0"));
         }
+        // upper bounds: beyond them a value only overflows (a panic at
+        // start, tokens born expired) or turns a limit off by wrapping
+        // (a header limit of 2^32 was 0 for HTTP/2)
+        for (key, value, max) in [
+            ("auth.jwt_ttl_hours", raw.auth.jwt_ttl_hours, 8_760),
+            (
+                "auth.key_rotation_grace_seconds",
+                raw.auth.key_rotation_grace_seconds,
+                30 * 86_400,
+            ),
+            (
+                "limits.header_max_bytes",
+                raw.limits.header_max_bytes as u64,
+                1 << 20,
+            ),
+            (
+                "network.max_connections",
+                raw.network.max_connections as u64,
+                1_000_000,
+            ),
+            (
+                "network.max_connections_per_address",
+                raw.network.max_connections_per_address as u64,
+                1_000_000,
+            ),
+            (
+                "audit.queue_capacity",
+                raw.audit.queue_capacity as u64,
+                10_000_000,
+            ),
+        ] {
+            if value > max {
+                return Err(invalid(key, &format!("must be at most {max}")));
+            }
+        }
+        for (key, value) in [
+            ("network.max_connections", raw.network.max_connections),
+            ("audit.queue_capacity", raw.audit.queue_capacity),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be > 0"));
+            }
+        }
+        // the API-key header cannot be one HTTP or Frenly gives a meaning:
+        // as `Authorization` it refused every JWT, as `Host` every request
+        const RESERVED: &[&str] = &[
+            "authorization",
+            "host",
+            "cookie",
+            "content-type",
+            "content-length",
+            "content-encoding",
+            "transfer-encoding",
+            "connection",
+            "upgrade",
+            "te",
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-real-ip",
+            "x-request-id",
+            "x-frenly-user",
+            "origin",
+            "user-agent",
+        ];
+        if RESERVED
+            .iter()
+            .any(|r| raw.security.api_key_header.eq_ignore_ascii_case(r))
+            || raw
+                .security
+                .api_key_header
+                .to_ascii_lowercase()
+                .starts_with("sec-websocket-")
+        {
+            return Err(invalid(
+                "security.api_key_header",
+                "names a header HTTP or Frenly already gives a meaning",
+            ));
+        }
         // the bounds an explicit `expires_in_days` has (API.md): a default
         // of 36500 made century keys, -5 keys born expired
         let days = raw.auth.key_default_expiry_days;

@@ -153,6 +153,7 @@ impl Audit {
             written: written.clone(),
             queued: queued.clone(),
             depth: hooks.depth.clone(),
+            backlog: Vec::new(),
         };
         std::thread::Builder::new()
             .name("frenly-audit".into())
@@ -487,6 +488,8 @@ struct Writer {
     written: Arc<AtomicU64>,
     queued: Arc<AtomicU64>,
     depth: Option<prometheus_client::metrics::gauge::Gauge>,
+    /// Rows the database refused, oldest first ([`Writer::keep_for_later`]).
+    backlog: Vec<AuditRecord>,
 }
 
 impl Writer {
@@ -551,8 +554,17 @@ impl Writer {
         }
         if !records.is_empty() {
             let n = records.len() as u64;
-            if let Err(e) = crate::store::audit::store_blocking(&self.db, &self.rt, records) {
-                tracing::error!(error = %e, "cannot store audit events in the database");
+            // rows the database refused before go first, in their order
+            let rows = if self.backlog.is_empty() {
+                records
+            } else {
+                let mut rows = std::mem::take(&mut self.backlog);
+                rows.extend(records);
+                rows
+            };
+            if let Err((e, rows)) = crate::store::audit::store_blocking(&self.db, &self.rt, rows) {
+                self.keep_for_later(rows);
+                tracing::error!(error = %e, waiting = self.backlog.len(), "cannot store audit events in the database; they are kept for the next batch (the file has them)");
             }
             self.written.fetch_add(n, Ordering::Relaxed);
             let left = self
@@ -567,7 +579,25 @@ impl Writer {
             let _ = f.send(());
         }
     }
+
+    /// Keep rows the database refused (out of reach) for the next batch, the
+    /// newest [`MAX_BACKLOG`] at most: a database outage no longer drops the
+    /// rows of every event made during it (the file keeps them all).
+    fn keep_for_later(&mut self, mut rows: Vec<AuditRecord>) {
+        if rows.len() > MAX_BACKLOG {
+            let dropped = rows.len() - MAX_BACKLOG;
+            rows.drain(..dropped);
+            tracing::error!(
+                dropped,
+                "the database was out of reach for too many audit events: the oldest rows are only in the file"
+            );
+        }
+        self.backlog = rows;
+    }
 }
+
+/// Audit rows kept while the database is out of reach (about 50 MB).
+const MAX_BACKLOG: usize = 100_000;
 
 /// Member names whose values are never written: the last `_`/`-`/`.`
 /// separated word of the name (lowercased) is one of these.

@@ -111,7 +111,39 @@ pub struct Network {
     pub identity: Option<IdentityLimiter>,
     pub bans: Arc<Bans>,
     pub ddos_ban: Length,
+    /// Bans in force whose row could not be written (the database out of
+    /// reach), by address: written by the next [`Network::reload_bans`],
+    /// and never taken meanwhile for bans lifted elsewhere.
+    unstored: Arc<Unstored>,
 }
+
+type Unstored = parking_lot::Mutex<std::collections::HashMap<String, crate::store::bans::BanRow>>;
+
+/// Write the bans waiting in `unstored` that are still in force; the
+/// addresses of those the database still refused.
+async fn write_unstored(
+    unstored: &Unstored,
+    bans: &Bans,
+    group_v6: bool,
+    db: &crate::store::Db,
+    now: i64,
+) -> std::collections::HashSet<IpAddr> {
+    let waiting: Vec<_> = unstored.lock().values().cloned().collect();
+    let mut kept = std::collections::HashSet::new();
+    for row in waiting {
+        let key = ban::parse_key(&row.ip, group_v6);
+        let active = key.is_some_and(|k| bans.check(&k, now).is_some());
+        if active && crate::store::bans::upsert(db, &row).await.is_err() {
+            kept.extend(key);
+            continue;
+        }
+        unstored.lock().remove(&row.ip);
+    }
+    kept
+}
+
+/// At most this many unstored bans are kept for a later write.
+const MAX_UNSTORED: usize = 10_000;
 
 impl Network {
     pub fn new(cfg: &Config) -> Network {
@@ -135,6 +167,17 @@ impl Network {
                 base: l.ddos.ban_seconds,
                 cap: l.ddos.max_ban_seconds,
             },
+            unstored: Default::default(),
+        }
+    }
+
+    /// Keep `row` for a later write (its first one failed).
+    fn keep_unstored(&self, row: crate::store::bans::BanRow) {
+        let mut m = self.unstored.lock();
+        if m.len() < MAX_UNSTORED || m.contains_key(&row.ip) {
+            m.insert(row.ip.clone(), row);
+        } else {
+            tracing::error!(ip = %row.ip, "too many bans wait for the database: this one will not be stored");
         }
     }
 
@@ -151,15 +194,21 @@ impl Network {
             .load(rows.into_iter().filter_map(|r| self.record_of(r)));
         gauge.set(self.bans.active_count(now) as i64);
         let weak = Arc::downgrade(&self.bans);
+        let unstored = Arc::downgrade(&self.unstored);
+        let group_v6 = self.group_v6;
         let db = db.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
-                let Some(bans) = weak.upgrade() else { return };
+                let (Some(bans), Some(unstored)) = (weak.upgrade(), unstored.upgrade()) else {
+                    return;
+                };
                 let now = crate::store::now_ms();
                 let cutoff = bans.prune(now);
                 gauge.set(bans.active_count(now) as i64);
+                // bans in force whose first write failed
+                write_unstored(&unstored, &bans, group_v6, &db, now).await;
                 drop(bans);
                 if let Err(e) = crate::store::bans::prune(&db, cutoff).await {
                     tracing::warn!(error = %e, "cannot prune expired bans");
@@ -176,8 +225,11 @@ impl Network {
     /// Returns the addresses it lifted.
     pub async fn reload_bans(&self, db: &crate::store::Db) -> crate::store::Result<Vec<IpAddr>> {
         let now = crate::store::now_ms();
+        // bans this instance could not store: written now, and in any case
+        // not "lifted elsewhere" for being absent (a ban whose write failed
+        // was lifted on every instance by the next Redis outage)
+        let mut stored = write_unstored(&self.unstored, &self.bans, self.group_v6, db, now).await;
         let rows = crate::store::bans::load(db, now).await?;
-        let mut stored = std::collections::HashSet::new();
         for rec in rows.into_iter().filter_map(|r| self.record_of(r)) {
             stored.insert(rec.key);
             self.bans.merge(rec);
@@ -241,7 +293,8 @@ pub async fn record_ban(
     let stored = match crate::store::bans::upsert(&state.db, &row).await {
         Ok(()) => true,
         Err(e) => {
-            tracing::error!(error = %e, "cannot store ban");
+            tracing::error!(error = %e, "cannot store ban; it will be written when the database is back");
+            state.network.keep_unstored(row);
             false
         }
     };
@@ -510,5 +563,51 @@ pub async fn identity_admit(
 pub fn identity_finish(info: Option<RateLimitInfo>, resp: &mut Response) {
     if let Some(info) = info {
         merge_headers(resp, info);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A ban in force whose row could not be written is neither lifted by
+    /// the catch-up for being absent from the database (it was, on every
+    /// instance, by the next Redis outage) nor left unwritten: the next
+    /// catch-up (or the minute's pruning) writes it.
+    #[tokio::test]
+    async fn a_ban_whose_write_failed_is_written_later_not_lifted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::load(&crate::config::Source {
+            file: None,
+            data_dir: Some(dir.path().to_path_buf()),
+            env: vec![],
+        })
+        .unwrap();
+        let db = crate::store::Db::connect(&cfg.database_url, 1, 1)
+            .await
+            .unwrap();
+        let net = Network::new(&cfg);
+        let key: IpAddr = "198.51.100.9".parse().unwrap();
+        // set well before the catch-up's grace for bans not stored yet
+        let then = crate::store::now_ms() - 10 * STORED_WITHIN_MS;
+        let rec = net
+            .bans
+            .ban(key, ban::Length::Fixed(300), "test", then)
+            .unwrap();
+        net.keep_unstored(crate::store::bans::BanRow {
+            ip: ban::key_string(key, net.group_v6),
+            until_ms: rec.until_ms,
+            reason: rec.reason.clone(),
+            created_at: rec.created_at,
+            offences: rec.offences,
+        });
+        let lifted = net.reload_bans(&db).await.unwrap();
+        assert!(lifted.is_empty(), "{lifted:?}");
+        let now = crate::store::now_ms();
+        assert!(net.bans.check(&key, now).is_some());
+        let rows = crate::store::bans::load(&db, now).await.unwrap();
+        assert!(rows.iter().any(|r| r.ip == "198.51.100.9"), "{rows:?}");
+        assert!(net.unstored.lock().is_empty());
     }
 }

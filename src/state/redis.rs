@@ -414,11 +414,23 @@ impl RedisState {
     /// its cached credentials at its next request. Bounded by 3 s.
     pub async fn bump_epoch_offline(url: &str, prefix: &str) -> Result<(), String> {
         let client = redis::Client::open(url).map_err(|e| e.category().to_string())?;
+        // announced as well, as a server's own revocations are: instances
+        // act on it at once (open WebSockets re-check their credential),
+        // not at their next request's epoch read
+        let wire = serde_json::to_string(&Wire {
+            from: crate::store::new_id(),
+            msg: Msg::Credentials,
+        })
+        .map_err(|e| e.to_string())?;
         let bump = async {
             let mut c = client.get_multiplexed_async_connection().await?;
-            redis::cmd("INCR")
-                .arg(format!("{prefix}epoch"))
-                .query_async::<i64>(&mut c)
+            redis::pipe()
+                .atomic()
+                .incr(format!("{prefix}epoch"), 1)
+                .ignore()
+                .publish(format!("{prefix}events"), wire)
+                .ignore()
+                .query_async::<()>(&mut c)
                 .await
         };
         match tokio::time::timeout(Duration::from_secs(3), bump).await {
@@ -707,13 +719,33 @@ impl RedisState {
                         r.replay(&app.network).await;
                     }
                     let mut stream = ps.into_on_message();
-                    while let Some(msg) = stream.next().await {
-                        let (Some(r), Some(app)) = (me.upgrade(), app.upgrade()) else {
-                            return;
-                        };
-                        if let Ok(w) = serde_json::from_slice::<Wire>(msg.get_payload_bytes()) {
-                            if w.from != r.instance {
-                                apply(&app, w.msg);
+                    // A Redis that goes silent (its host down, a partition)
+                    // never ends the stream: the subscription is left once
+                    // the probe, which has seen Redis up since, finds it
+                    // down, so the database catch-up below runs (it never
+                    // did: logouts and bans made meanwhile never arrived).
+                    let mut live = tokio::time::interval(PROBE_DOWN);
+                    let mut seen_up = false;
+                    loop {
+                        tokio::select! {
+                            msg = stream.next() => {
+                                let Some(msg) = msg else { break };
+                                let (Some(r), Some(app)) = (me.upgrade(), app.upgrade()) else {
+                                    return;
+                                };
+                                if let Ok(w) = serde_json::from_slice::<Wire>(msg.get_payload_bytes()) {
+                                    if w.from != r.instance {
+                                        apply(&app, w.msg);
+                                    }
+                                }
+                            }
+                            _ = live.tick() => {
+                                let Some(r) = me.upgrade() else { return };
+                                if r.is_up() {
+                                    seen_up = true;
+                                } else if seen_up {
+                                    break;
+                                }
                             }
                         }
                     }

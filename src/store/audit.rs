@@ -60,11 +60,18 @@ impl AuditRecord {
 /// Store `rows` in one transaction, blocking the calling thread (the audit
 /// writer's own; never a runtime worker): on an SQLite file through the
 /// group-commit writer ([`super::group`]), on PostgreSQL through the pool,
-/// driven by `rt`.
-pub fn store_blocking(db: &Db, rt: &tokio::runtime::Handle, rows: Vec<AuditRecord>) -> Result<()> {
+/// driven by `rt`. On failure the rows come back with the error.
+pub fn store_blocking(
+    db: &Db,
+    rt: &tokio::runtime::Handle,
+    rows: Vec<AuditRecord>,
+) -> super::group::AuditResult {
     match &db.writer {
         Some(w) => w.store_audit_blocking(rows),
-        None => rt.block_on(store_pool(db, &rows)),
+        None => match rt.block_on(store_pool(db, &rows)) {
+            Ok(()) => Ok(()),
+            Err(e) => Err((e, rows)),
+        },
     }
 }
 

@@ -36,8 +36,12 @@ const MAX_BATCH: usize = 256;
 /// One sender's rows, and where to answer once they are committed.
 enum Job {
     Task(TaskRow, oneshot::Sender<Result<()>>),
-    Audit(Vec<AuditRecord>, oneshot::Sender<Result<()>>),
+    Audit(Vec<AuditRecord>, oneshot::Sender<AuditResult>),
 }
+
+/// A batch of audit rows stored, or the error and the rows back (the
+/// caller keeps them for its next batch).
+pub type AuditResult = std::result::Result<(), (StoreError, Vec<AuditRecord>)>;
 
 /// Handle to the writer thread (cheap to clone).
 #[derive(Debug, Clone)]
@@ -87,12 +91,17 @@ impl Writer {
 
     /// Store audit rows; blocks (the audit writer's own thread) until they
     /// are committed.
-    pub fn store_audit_blocking(&self, rows: Vec<AuditRecord>) -> Result<()> {
+    pub fn store_audit_blocking(&self, rows: Vec<AuditRecord>) -> AuditResult {
         let (done, wait) = oneshot::channel();
-        self.tx
-            .blocking_send(Job::Audit(rows, done))
-            .map_err(|_| stopped())?;
-        wait.blocking_recv().map_err(|_| stopped())?
+        if let Err(mpsc::error::SendError(job)) = self.tx.blocking_send(Job::Audit(rows, done)) {
+            let rows = match job {
+                Job::Audit(rows, _) => rows,
+                Job::Task(..) => Vec::new(),
+            };
+            return Err((stopped(), rows));
+        }
+        wait.blocking_recv()
+            .unwrap_or_else(|_| Err((stopped(), Vec::new())))
     }
 }
 
@@ -224,9 +233,14 @@ fn checkpoint(conn: &Connection, mode: Checkpoint) -> rusqlite::Result<i64> {
 }
 
 fn answer(job: Job, r: Result<()>) {
-    let _ = match job {
-        Job::Task(_, done) | Job::Audit(_, done) => done.send(r),
-    };
+    match job {
+        Job::Task(_, done) => {
+            let _ = done.send(r);
+        }
+        Job::Audit(rows, done) => {
+            let _ = done.send(r.map_err(|e| (e, rows)));
+        }
+    }
 }
 
 /// Store every row of `jobs` in one transaction, one prepared statement

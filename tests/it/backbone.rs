@@ -724,6 +724,57 @@ fn config_with_unknown_key_fails_naming_it() {
         assert!(err.contains(key), "{toml}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
+    // values out of range: one line naming the key and exit 2, never a
+    // panic at start (exit 101) or a limit that wraps to nothing
+    for (toml, key) in [
+        (
+            "[audit]\nqueue_capacity = 4611686018427387904\n",
+            "audit.queue_capacity",
+        ),
+        ("[audit]\nqueue_capacity = 0\n", "audit.queue_capacity"),
+        (
+            "[network]\nmax_connections = 4611686018427387904\n",
+            "network.max_connections",
+        ),
+        (
+            "[limits]\nheader_max_bytes = 4294967296\n",
+            "limits.header_max_bytes",
+        ),
+        (
+            "[auth]\njwt_ttl_hours = 9007199254740992\n",
+            "auth.jwt_ttl_hours",
+        ),
+        (
+            "[auth]\nkey_rotation_grace_seconds = 9007199254740992\n",
+            "auth.key_rotation_grace_seconds",
+        ),
+        (
+            "[auth]\nkey_default_expiry_days = 36500\n",
+            "auth.key_default_expiry_days",
+        ),
+        (
+            "[auth]\nkey_default_expiry_days = -5\n",
+            "auth.key_default_expiry_days",
+        ),
+        (
+            "[security]\napi_key_header = \"Authorization\"\n",
+            "security.api_key_header",
+        ),
+        (
+            "[security]\napi_key_header = \"host\"\n",
+            "security.api_key_header",
+        ),
+    ] {
+        std::fs::write(&cfg, toml).unwrap();
+        let (code, _, err) = run_cli(
+            &["config", "show", "--config", cfg.to_str().unwrap()],
+            None,
+            &[],
+        );
+        assert_eq!(code, 2, "{toml}: {err}");
+        assert!(err.contains(key), "{toml}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
     // a configured role may not redefine a built-in one
     std::fs::write(&cfg, "[roles.user]\npermissions = [\"admin\"]\n").unwrap();
     let (code, _, err) = run_cli(

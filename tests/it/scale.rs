@@ -711,6 +711,7 @@ async fn an_offline_revoke_reaches_running_instances_at_once() {
     let key = k["key"].as_str().unwrap().to_string();
     let whoami = |s: &TestServer| s.get("/api/auth/whoami").header("X-API-Key", &key).send();
     assert_eq!(whoami(&p.b).await.unwrap().status(), 200, "cached on B");
+    let mut ws = crate::ws::connect(&p.b, Some(&key)).await.unwrap();
     let cfg = p.a.dir.path().join("frenly.toml");
     let data = p.a.data_dir();
     let env = p.a.cli_env();
@@ -730,6 +731,27 @@ async fn an_offline_revoke_reaches_running_instances_at_once() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("warning"), "{err}");
+    // the command announces it: B's socket on that key takes no event of a
+    // task created after it (it took them until its 5 s re-check)
+    let r =
+        p.a.admin_post("/api/tasks", &json!({"title": "after the revoke"}))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 201);
+    let ended = tokio::time::timeout(Duration::from_secs(3), async {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => panic!("an event after the revoke: {t}"),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "B's socket stayed open");
     assert_eq!(
         whoami(&p.b).await.unwrap().status(),
         401,
@@ -739,41 +761,69 @@ async fn an_offline_revoke_reaches_running_instances_at_once() {
 }
 
 /// A TCP relay to the suite's Redis that the test can cut (every relayed
-/// connection dropped, new ones refused) and restore: one instance losing
-/// Redis while the other keeps it.
+/// connection dropped, new ones refused) or silence (connections stay open,
+/// nothing is forwarded: a Redis host that crashed or is partitioned), and
+/// restore: one instance losing Redis while the other keeps it.
 struct Cuttable {
     url: String,
-    cut: tokio::sync::watch::Sender<bool>,
+    state: tokio::sync::watch::Sender<Relay>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relay {
+    Open,
+    Cut,
+    Silent,
 }
 
 impl Cuttable {
     async fn start() -> Cuttable {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("redis://{}", listener.local_addr().unwrap());
-        let (cut, watch) = tokio::sync::watch::channel(false);
+        let (state, watch) = tokio::sync::watch::channel(Relay::Open);
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
-                if *watch.borrow() {
-                    continue;
-                }
                 let mut watch = watch.clone();
                 tokio::spawn(async move {
+                    let now = *watch.borrow_and_update();
+                    match now {
+                        Relay::Cut => return,
+                        // accepted, never answered
+                        Relay::Silent => {
+                            let _ = watch.wait_for(|s| *s != Relay::Silent).await;
+                            return;
+                        }
+                        Relay::Open => {}
+                    }
                     let Ok(mut redis) = tokio::net::TcpStream::connect("127.0.0.1:6379").await
                     else {
                         return;
                     };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut redis) => {}
-                        _ = watch.wait_for(|cut| *cut) => {}
+                    let silenced = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut redis) => false,
+                        s = async {
+                            let s = watch.wait_for(|s| *s != Relay::Open).await;
+                            s.map(|s| *s == Relay::Silent).unwrap_or(false)
+                        } => s,
+                    };
+                    // silenced: both ends stay open, forwarding nothing,
+                    // until restored
+                    if silenced {
+                        let _ = watch.wait_for(|s| *s != Relay::Silent).await;
                     }
                 });
             }
         });
-        Cuttable { url, cut }
+        Cuttable { url, state }
     }
 
     fn set(&self, cut: bool) {
-        self.cut.send_replace(cut);
+        self.state
+            .send_replace(if cut { Relay::Cut } else { Relay::Open });
+    }
+
+    fn silence(&self) {
+        self.state.send_replace(Relay::Silent);
     }
 }
 
@@ -784,6 +834,147 @@ async fn redis_becomes(s: &TestServer, state: &str) -> bool {
     })
     .await
     .is_some()
+}
+
+/// A lockout outlives a Redis that forgets it: one Redis set and then lost
+/// (a restart emptied it) and one set while Redis was away (before, both
+/// let the right password in as soon as Redis answered).
+#[tokio::test]
+async fn a_lockout_outlives_redis_forgetting_it() {
+    if !services() {
+        return;
+    }
+    let (ra, rb) = (Cuttable::start().await, Cuttable::start().await);
+    let p = pair_via([ra.url.as_str(), rb.url.as_str()], "", "").await;
+    for name in ["forgotten", "offline"] {
+        let r =
+            p.a.admin_post(
+                "/api/users",
+                &json!({"username": name, "email": format!("{name}@example.com"), "password": "a long enough passphrase 1", "roles": ["user"]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    assert!(redis_becomes(&p.a, "ok").await);
+    // each attempt from its own address: only the account locks
+    let attempt = |name: &'static str, password: &'static str, n: u32| {
+        let r =
+            p.a.post("/api/auth/login")
+                .header("X-Forwarded-For", format!("10.77.0.{n}"))
+                .json(&json!({"username": name, "password": password}))
+                .send();
+        async move { r.await.unwrap().status().as_u16() }
+    };
+    // (a) locked through Redis, then Redis loses the lock
+    for n in 1..=5 {
+        assert_eq!(attempt("forgotten", "wrong guess", n).await, 401);
+    }
+    assert_eq!(
+        attempt("forgotten", "a long enough passphrase 1", 6).await,
+        401
+    );
+    let hash = {
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(b"forgotten")[..16])
+    };
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*lk:a:{hash}*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty(), "no lock in Redis");
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        attempt("forgotten", "a long enough passphrase 1", 7).await,
+        401
+    );
+    // (b) locked while Redis was away, then Redis answers again
+    ra.set(true);
+    assert!(redis_becomes(&p.a, "down").await);
+    for n in 11..=15 {
+        assert_eq!(attempt("offline", "wrong guess", n).await, 401);
+    }
+    ra.set(false);
+    assert!(redis_becomes(&p.a, "ok").await);
+    assert_eq!(
+        attempt("offline", "a long enough passphrase 1", 16).await,
+        401
+    );
+}
+
+/// A Redis that goes silent (no reset: its host crashed or is cut off) is
+/// left like one that went away: each instance then reads the revocations
+/// and bans from the database, so a logout and a ban made on A reach B.
+/// (The subscription waited for ever on the silent connection, so the
+/// catch-up never ran: 30 s later B still took both.)
+#[tokio::test]
+async fn a_logout_and_a_ban_reach_the_other_instance_when_redis_goes_silent() {
+    if !services() {
+        return;
+    }
+    let (ra, rb) = (Cuttable::start().await, Cuttable::start().await);
+    let p = pair_via([ra.url.as_str(), rb.url.as_str()], "", "").await;
+    let admin = admin_of(&p).to_string();
+    let r =
+        p.a.admin_post(
+            "/api/users",
+            &json!({"username": "silent", "email": "s@example.com", "password": "a long enough passphrase 1", "roles": ["user"]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert!(redis_becomes(&p.a, "ok").await && redis_becomes(&p.b, "ok").await);
+    let jwt = crate::common::login_token(&p.a, "silent", "a long enough passphrase 1").await;
+    let jwt_status = |s: &TestServer| {
+        let r = s.get("/api/auth/whoami").bearer_auth(&jwt).send();
+        async move { r.await.unwrap().status().as_u16() }
+    };
+    let ip_status = |s: &TestServer| {
+        let r = as_client(s, "203.0.113.31", &admin, "/api/auth/whoami").send();
+        async move { r.await.unwrap().status().as_u16() }
+    };
+    assert_eq!(jwt_status(&p.b).await, 200);
+    ra.silence();
+    rb.silence();
+    assert!(redis_becomes(&p.a, "down").await && redis_becomes(&p.b, "down").await);
+    let r =
+        p.a.post("/api/auth/logout")
+            .bearer_auth(&jwt)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 204);
+    let r =
+        p.a.admin_post(
+            "/api/security/bans",
+            &json!({"ip": "203.0.113.31", "seconds": 300}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let reached = within(Duration::from_secs(12), || async {
+        jwt_status(&p.b).await == 401 && ip_status(&p.b).await == 403
+    })
+    .await;
+    assert!(
+        reached.is_some(),
+        "B still takes the logged-out token or the banned address"
+    );
+    ra.set(false);
+    rb.set(false);
+    assert!(redis_becomes(&p.a, "ok").await && redis_becomes(&p.b, "ok").await);
+    assert_eq!(jwt_status(&p.b).await, 401);
+    assert_eq!(ip_status(&p.b).await, 403);
 }
 
 /// Revocations and bans made while Redis is out of reach still reach every

@@ -126,7 +126,7 @@ pub fn drop_pg_database(url: &str) {
     }
 }
 
-fn psql(sql: &str) {
+pub fn psql(sql: &str) {
     let out = Command::new("psql")
         .args([
             "-h",
