@@ -281,8 +281,8 @@ impl Claims {
 /// entropy in 88 characters) and uses that text as it is. At least 32 bytes
 /// (256 bits) are required.
 pub fn read_secret(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    let raw =
-        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read the JWT secret file: {e}"))?;
+    let raw = crate::config::read_named_file(path, 64 << 10)
+        .map_err(|e| anyhow::anyhow!("cannot read the JWT secret file: {e}"))?;
     let bytes = raw.trim_ascii().to_vec();
     if bytes.len() < 32 {
         anyhow::bail!(

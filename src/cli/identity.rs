@@ -62,6 +62,9 @@ pub enum UsersCmd {
     List,
     /// Remove a user (revokes their keys and tokens).
     Remove { username: String },
+    /// Set a user's password (read from stdin or a prompt); the JWTs issued
+    /// before stop working.
+    Passwd { username: String },
 }
 
 #[derive(Debug, Args)]
@@ -343,6 +346,34 @@ pub fn users(cfg: Config, cmd: UsersCmd) -> CmdResult {
                         store::rfc3339(u.created_at)
                     )?;
                 }
+                Ok(0)
+            }
+            UsersCmd::Passwd { username } => {
+                let pw = read_password()?;
+                identity::validate_password(&pw).map_err(Failure::usage)?;
+                let db = open(&cfg).await?;
+                let u = user_by_name(&db, &username).await?;
+                let audit = open_audit(&cfg, &db)?;
+                let hash = tokio::task::spawn_blocking(move || password::hash_blocking(&pw))
+                    .await
+                    .map_err(Failure::refused)??;
+                // tokens issued before this second stop working (a token's
+                // `iat` counts in seconds)
+                let valid_after = store::now_ms() / 1000 * 1000;
+                if !store::users::set_password(&db, &u.id, &hash, valid_after)
+                    .await
+                    .map_err(fail_store)?
+                {
+                    return Err(Failure::refused(format!("no user `{username}`")));
+                }
+                let changed = AuditEvent::new("password_changed")
+                    .field("target_user_id", u.id.as_str())
+                    .field("username", u.username.as_str());
+                audited(&audit, changed).await;
+                crate::errln!(
+                    "frenly: set the password of `{username}`; the tokens issued before no longer work"
+                );
+                tell_instances(&cfg).await;
                 Ok(0)
             }
             UsersCmd::Remove { username } => {

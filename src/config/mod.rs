@@ -642,7 +642,26 @@ pub fn load(source: &Source) -> Result<Config, ConfigError> {
             .unwrap_or("")
             .to_ascii_lowercase();
         fig = match ext.as_str() {
-            "json" => fig.merge(Json::file_exact(file)),
+            "json" => {
+                // a key named twice is refused, as TOML refuses it
+                // (serde_json keeps the last: `"tls": true, "tls": false`
+                // was TLS off without a word)
+                let bytes = read_named_file(file, MAX_NAMED_FILE).map_err(|e| {
+                    ConfigError::Parse(format!("cannot read config file `{}`: {e}", file.display()))
+                })?;
+                if let Err(e) = crate::http::json::parse::<crate::http::UniqueValue>(&bytes) {
+                    let why = match e {
+                        crate::http::ApiError::BadRequest(m) => m,
+                        other => other.code().to_string(),
+                    };
+                    return Err(ConfigError::Parse(format!(
+                        "config error: {} ({})",
+                        why,
+                        file.display()
+                    )));
+                }
+                fig.merge(Json::file_exact(file))
+            }
             "toml" => fig.merge(Toml::file_exact(file)),
             other => {
                 return Err(ConfigError::Parse(format!(
@@ -1077,8 +1096,43 @@ impl Config {
     }
 }
 
+/// The most a file the configuration names (a secret, a certificate, a
+/// keyring) may hold.
+pub const MAX_NAMED_FILE: u64 = 16 << 20;
+
+/// Read a file the configuration names: a regular file of at most `max`
+/// bytes. A FIFO in its place blocked every command (even `config show`)
+/// at the open, and a device such as `/dev/zero` read until memory ran out.
+pub fn read_named_file(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let too_large = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        )
+    };
+    if meta.len() > max {
+        return Err(too_large());
+    }
+    let mut out = Vec::new();
+    std::fs::File::open(path)?
+        .take(max.saturating_add(1))
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > max {
+        return Err(too_large());
+    }
+    Ok(out)
+}
+
 fn check_readable(p: &Path, key: &'static str, what: &'static str) -> Result<(), ConfigError> {
-    std::fs::File::open(p)
+    read_named_file(p, MAX_NAMED_FILE)
         .map(|_| ())
         .map_err(|e| ConfigError::Unreadable {
             what,

@@ -88,11 +88,14 @@ impl std::fmt::Debug for Keyring {
 }
 
 fn read_doc(path: &Path) -> Result<FileDoc, KeyringError> {
-    let text = std::fs::read_to_string(path).map_err(|e| KeyringError::Io {
-        path: path.display().to_string(),
-        source: e,
-    })?;
-    serde_json::from_str(&text)
+    let text =
+        crate::config::read_named_file(path, crate::config::MAX_NAMED_FILE).map_err(|e| {
+            KeyringError::Io {
+                path: path.display().to_string(),
+                source: e,
+            }
+        })?;
+    serde_json::from_slice(&text)
         .map_err(|e| KeyringError::Format(path.display().to_string(), e.to_string()))
 }
 

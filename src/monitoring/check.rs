@@ -155,7 +155,7 @@ fn chmod_fix(path: &Path) -> String {
 }
 
 fn secret_file(path: &Path, what: &str) -> Result<Option<Vec<u8>>, Outcome> {
-    match std::fs::read(path) {
+    match crate::config::read_named_file(path, crate::config::MAX_NAMED_FILE) {
         Ok(b) => {
             if let Some(why) = loose_mode(path) {
                 return Err(fail(why, chmod_fix(path)));
@@ -710,11 +710,27 @@ fn config_file(cfg: &Config) -> Outcome {
             format!("chmod 640 {} (owner root, group frenly)", p.display()),
         );
     }
-    if cfg.security.api_key.is_some() && mode & 0o004 != 0 {
+    // the values `config show` redacts: the static key, and URLs carrying
+    // a password or a token (a database or Redis password passed before)
+    let mut secrets: Vec<&str> = Vec::new();
+    if cfg.security.api_key.is_some() {
+        secrets.push("security.api_key");
+    }
+    for (key, url) in [
+        ("database.url", Some(cfg.database_url.as_str())),
+        ("state.redis_url", cfg.state.redis_url.as_deref()),
+        ("alerts.webhook_url", cfg.alerts.webhook_url.as_deref()),
+    ] {
+        if url.is_some_and(|u| crate::config::redact_url(u) != u) {
+            secrets.push(key);
+        }
+    }
+    if !secrets.is_empty() && mode & 0o004 != 0 {
         return fail(
             format!(
-                "{} holds security.api_key and is world-readable (mode {mode:04o})",
-                p.display()
+                "{} holds {} and is world-readable (mode {mode:04o})",
+                p.display(),
+                secrets.join(", ")
             ),
             format!("chmod 600 {}", p.display()),
         );

@@ -60,7 +60,8 @@ pub fn server_config(cfg: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> 
 }
 
 pub fn load_certs(path: &std::path::Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let data = crate::config::read_named_file(path, crate::config::MAX_NAMED_FILE)
+        .with_context(|| format!("reading {}", path.display()))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
         .collect::<Result<_, _>>()
         .with_context(|| format!("parsing {}", path.display()))?;
@@ -71,7 +72,8 @@ pub fn load_certs(path: &std::path::Path) -> anyhow::Result<Vec<CertificateDer<'
 }
 
 pub fn load_key(path: &std::path::Path) -> anyhow::Result<PrivateKeyDer<'static>> {
-    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let data = crate::config::read_named_file(path, crate::config::MAX_NAMED_FILE)
+        .with_context(|| format!("reading {}", path.display()))?;
     rustls_pemfile::private_key(&mut data.as_slice())
         .with_context(|| format!("parsing {}", path.display()))?
         .with_context(|| format!("no private key in {}", path.display()))

@@ -90,6 +90,24 @@ pub async fn list(db: &Db) -> Result<Vec<User>> {
     rows.iter().map(from_row).collect()
 }
 
+/// Set a user's password hash; JWTs issued before `tokens_valid_after`
+/// (ms) stop working. `false` when there is no such user.
+pub async fn set_password(
+    db: &Db,
+    id: &str,
+    password_hash: &str,
+    tokens_valid_after: i64,
+) -> Result<bool> {
+    let r =
+        sqlx::query("UPDATE users SET password_hash = $1, tokens_valid_after = $2 WHERE id = $3")
+            .bind(password_hash)
+            .bind(tokens_valid_after)
+            .bind(id)
+            .execute(&db.pool)
+            .await?;
+    Ok(r.rows_affected() == 1)
+}
+
 /// `roles` (a JSON list) holds `"admin"`.
 const ADMIN_LIKE: &str = "%\"admin\"%";
 

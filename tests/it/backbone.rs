@@ -850,6 +850,29 @@ fn config_file_must_be_exactly_the_named_regular_file() {
     let (code, _, err) = show(dir.path(), fifo.to_str().unwrap());
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not a regular file"), "{err}");
+    // a FIFO named for a file the config uses: refused at once (the open
+    // blocked every command, `config show` included); a device such as
+    // /dev/zero is refused the same way instead of read without end
+    let named = dir.path().join("named.toml");
+    std::fs::write(
+        &named,
+        format!(
+            "[network]\ntls_cert = \"{0}\"\ntls_key = \"{0}\"\n",
+            fifo.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = show(dir.path(), named.to_str().unwrap());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("network.tls_cert"), "{err}");
+    // JSON naming a key twice is refused, as TOML refuses it (the last one
+    // won: TLS off)
+    let twice = dir.path().join("twice.json");
+    std::fs::write(&twice, r#"{"network": {"tls": true, "tls": false}}"#).unwrap();
+    let (code, out, err) = show(dir.path(), twice.to_str().unwrap());
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("duplicate field `tls`"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 /// A relative secret path in the config is in the data dir, whatever the

@@ -1672,6 +1672,57 @@ async fn cli_users_keys_and_token() {
     assert!(out.contains("carol") && !out.contains("argon2"), "{out}");
     assert_eq!(login(&s, "carol", "carol-password").await.status(), 200);
 
+    // a password is set with `users passwd` (the first admin has none): the
+    // tokens issued before stop working, the new password logs in
+    let before = token(&s, "carol", "carol-password").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (code, out, err) = cli(
+        &["users", "passwd", "carol"],
+        Some(
+            "carol-new-password
+",
+        ),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("carol-new-password") && !err.contains("carol-new-password"));
+    assert_eq!(login(&s, "carol", "carol-password").await.status(), 401);
+    assert_eq!(login(&s, "carol", "carol-new-password").await.status(), 200);
+    crate::common::wait_for("the old token refused", || {
+        let r = whoami(&s, &before);
+        async move { (r.await.status() == 401).then_some(()) }
+    })
+    .await;
+    let (code, _, _) = cli(
+        &["users", "passwd", "nobody_here"],
+        Some(
+            "a long enough one
+",
+        ),
+    );
+    assert_eq!(code, 1);
+    let (code, _, _) = cli(
+        &["users", "passwd", "admin"],
+        Some(
+            "short
+",
+        ),
+    );
+    assert_eq!(code, 2, "too short");
+    let (code, _, err) = cli(
+        &["users", "passwd", "admin"],
+        Some(
+            "the admin's own passphrase
+",
+        ),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        login(&s, "admin", "the admin's own passphrase")
+            .await
+            .status(),
+        200
+    );
+
     // keys create prints the key once, on stdout
     let (code, out, err) = cli(
         &[

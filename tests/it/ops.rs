@@ -944,10 +944,11 @@ fn check_fails_each_broken_item() {
         out.contains("FAIL jwt secret") && out.contains("9 bytes"),
         "{out}"
     );
-    // 32 random bytes are a strong secret (rated by bytes, not by a lossy
-    // UTF-8 reading, where most became one replacement character)
+    // random bytes are a strong secret (rated by bytes, not by a lossy
+    // UTF-8 reading, where most became one replacement character); 40, as
+    // blanks at either end are not part of the key
     for _ in 0..5 {
-        let mut b = [0u8; 32];
+        let mut b = [0u8; 40];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
         std::fs::write(&jwt, b).unwrap();
         let (_, out) = check_with(dir.path(), &data, "");
@@ -997,6 +998,25 @@ fn check_fails_each_broken_item() {
     );
     assert_eq!(code, 1);
     assert!(out.contains("FAIL config file"), "{out}");
+    // ... or a Redis password in its URL (it passed: only the static key
+    // counted)
+    std::fs::write(
+        &cfg,
+        "[state]\nredis_url = \"redis://:hunter2hunter2@127.0.0.1:6379/3\"\n",
+    )
+    .unwrap();
+    perm(&cfg, 0o644);
+    let (code, out, _) = run_cli(
+        &["check", "--config", s(&cfg), "--data-dir", s(&data)],
+        None,
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL config file") && l.contains("state.redis_url")),
+        "{out}"
+    );
 }
 
 #[tokio::test]
