@@ -108,6 +108,13 @@ pub fn init(cfg: Config) -> CmdResult {
             None => crate::errln!("frenly: already initialised; no new admin key"),
         }
         crate::errln!("frenly: initialised {}", cfg.data_dir.display());
+        if cfg.config_file.is_none() {
+            // the sample is read only when named: serve never looks for it
+            crate::errln!(
+                "frenly: the defaults are written to {}; edit it and pass it with --config",
+                cfg.data_dir.join("frenly.toml").display()
+            );
+        }
         Ok(0)
     })
 }
