@@ -257,18 +257,20 @@ impl Attempt<'_> {
                 )
                 .await
             {
-                // mirrored here, so the lock outlives a Redis that forgets it
-                let (w, cap) = (l.window_ms, l.cap);
+                // mirrored here and on every instance, so the lock outlives
+                // a Redis that forgets it
+                let until = now + l.window_ms;
+                let acc = account_locked.then(|| account(&self.username));
+                let ip = self.addr.filter(|_| address_locked);
+                if acc.is_some() || ip.is_some() {
+                    l.mirror(acc, ip, until);
+                    l.shared.announce_lock(acc, ip, until);
+                }
                 let mut out = Vec::new();
                 if account_locked {
-                    l.accounts
-                        .lock(&account(&self.username), now, now + w, w, cap);
                     out.push(Locked::Account);
                 }
                 if address_locked {
-                    if let Some(ip) = self.addr {
-                        l.addresses.lock(&ip, now, now + w, w, cap);
-                    }
                     out.push(Locked::Address);
                 }
                 return out;
@@ -449,6 +451,18 @@ impl Lockout {
         }
         attempt.open = true;
         Ok(attempt)
+    }
+
+    /// Hold a lock set through Redis in this process's tables too (until
+    /// `until_ms`): here, or announced by the instance that set it.
+    pub fn mirror(&self, account: Option<AccountKey>, addr: Option<IpAddr>, until_ms: i64) {
+        let (now, w, cap) = (crate::store::now_ms(), self.window_ms, self.cap);
+        if let Some(k) = account {
+            self.accounts.lock(&k, now, until_ms, w, cap);
+        }
+        if let Some(ip) = addr {
+            self.addresses.lock(&group(ip), now, until_ms, w, cap);
+        }
     }
 
     /// End an attempt here, in this process's tables.

@@ -911,6 +911,10 @@ impl Config {
                 "must be greater than 0 and at most 365",
             ));
         }
+        // 0 was taken as 1 s: a lockout that locks nothing
+        if raw.auth.lockout_seconds == 0 {
+            return Err(invalid("auth.lockout_seconds", "must be > 0"));
+        }
         if raw.auth.login_max_failures == 0 {
             return Err(invalid("auth.login_max_failures", "must be > 0"));
         }
@@ -1070,7 +1074,12 @@ impl Config {
             ("alerts", "webhook_url"),
         ] {
             if let Some(u) = v.get_mut(section).and_then(|s| s.get_mut(key)) {
-                if let Some(url) = u.as_str().map(redact_url) {
+                let redact = if key == "webhook_url" {
+                    redact_webhook
+                } else {
+                    redact_url
+                };
+                if let Some(url) = u.as_str().map(redact) {
                     *u = url.into();
                 }
             }
@@ -1242,6 +1251,28 @@ pub fn validate_url(url: &str) -> Result<(), String> {
 }
 
 /// Hide the password of `scheme://user:password@host`.
+/// [`redact_url`] for a webhook, whose path is often its secret
+/// (`https://hooks.example.com/services/T000/B000/XXXX`): the path goes too.
+pub fn redact_webhook(url: &str) -> String {
+    let redacted = redact_url(url);
+    let (base, query) = match redacted.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (redacted.as_str(), None),
+    };
+    let Some((scheme, rest)) = base.split_once("://") else {
+        return redacted;
+    };
+    let mut out = match rest.split_once('/') {
+        Some((authority, path)) if !path.is_empty() => format!("{scheme}://{authority}/<redacted>"),
+        _ => base.to_string(),
+    };
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
 pub fn redact_url(url: &str) -> String {
     // The query may carry a token (`?token=...`, `?sslpassword=...`): its
     // names are kept, every value is redacted.

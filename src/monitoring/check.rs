@@ -426,7 +426,7 @@ fn login_lockout(cfg: &Config) -> Outcome {
     let fix = format!(
         "set auth.login_max_failures <= {LOGIN_WARN_FAILURES} and auth.lockout_seconds > 0"
     );
-    if a.lockout_seconds == 0 || a.login_max_failures > LOGIN_FAIL_FAILURES {
+    if a.login_max_failures > LOGIN_FAIL_FAILURES {
         fail(format!("{what}: brute force is not slowed"), fix)
     } else if a.login_max_failures > LOGIN_WARN_FAILURES {
         warn(format!("{what}: high"), fix)
@@ -716,12 +716,24 @@ fn config_file(cfg: &Config) -> Outcome {
     if cfg.security.api_key.is_some() {
         secrets.push("security.api_key");
     }
-    for (key, url) in [
-        ("database.url", Some(cfg.database_url.as_str())),
-        ("state.redis_url", cfg.state.redis_url.as_deref()),
-        ("alerts.webhook_url", cfg.alerts.webhook_url.as_deref()),
+    for (key, url, redact) in [
+        (
+            "database.url",
+            Some(cfg.database_url.as_str()),
+            crate::config::redact_url as fn(&str) -> String,
+        ),
+        (
+            "state.redis_url",
+            cfg.state.redis_url.as_deref(),
+            crate::config::redact_url,
+        ),
+        (
+            "alerts.webhook_url",
+            cfg.alerts.webhook_url.as_deref(),
+            crate::config::redact_webhook,
+        ),
     ] {
-        if url.is_some_and(|u| crate::config::redact_url(u) != u) {
+        if url.is_some_and(|u| redact(u) != u) {
             secrets.push(key);
         }
     }

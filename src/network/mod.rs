@@ -171,8 +171,9 @@ impl Network {
         }
     }
 
-    /// Keep `row` for a later write (its first one failed).
-    fn keep_unstored(&self, row: crate::store::bans::BanRow) {
+    /// Keep `row` for a later write (its first one failed, here or on the
+    /// instance that announced it).
+    pub fn keep_unstored(&self, row: crate::store::bans::BanRow) {
         let mut m = self.unstored.lock();
         if m.len() < MAX_UNSTORED || m.contains_key(&row.ip) {
             m.insert(row.ip.clone(), row);
@@ -294,6 +295,7 @@ pub async fn record_ban(
         Ok(()) => true,
         Err(e) => {
             tracing::error!(error = %e, "cannot store ban; it will be written when the database is back");
+            state.shared.announce_unstored(&row);
             state.network.keep_unstored(row);
             false
         }

@@ -311,6 +311,20 @@ impl SharedState {
             .await
     }
 
+    /// Announce a ban whose row could not be stored (never waits).
+    pub fn announce_unstored(&self, row: &crate::store::bans::BanRow) {
+        if let Some(r) = self.redis() {
+            r.publish_unstored(row);
+        }
+    }
+
+    /// Announce a login lock set through Redis (never waits).
+    pub fn announce_lock(&self, account: Option<[u8; 16]>, ip: Option<IpAddr>, until_ms: i64) {
+        if let Some(r) = self.redis() {
+            r.publish_lock(account, ip, until_ms);
+        }
+    }
+
     /// Start the subscriber that delivers other instances' events, bans and
     /// revocations here.
     pub fn start_subscriber(&self, app: std::sync::Weak<crate::app::AppInner>) {

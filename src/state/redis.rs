@@ -123,6 +123,24 @@ enum Msg {
     /// A key was revoked or rotated, or a user deleted or changed: drop
     /// cached credentials (the epoch tells the same to the next request).
     Credentials,
+    /// A ban in force whose row the sender could not store: every instance
+    /// keeps it for writing and never lifts it for being absent from the
+    /// table (`Network::keep_unstored`).
+    Unstored {
+        ip: String,
+        until_ms: i64,
+        reason: String,
+        created_at: i64,
+        offences: i64,
+    },
+    /// A login lock set through Redis, mirrored in every instance's local
+    /// table (`account`: the hex of `lockout::account`), so it outlives a
+    /// Redis that forgets it.
+    Locked {
+        account: Option<String>,
+        ip: Option<String>,
+        until_ms: i64,
+    },
 }
 
 /// The `{limit, remaining, reset}` a script's rate window returned (lib.lua's
@@ -547,7 +565,8 @@ impl RedisState {
                         }
                     }
                 }
-                Msg::Ban { .. } | Msg::Event { .. } => {}
+                Msg::Ban { .. } | Msg::Event { .. } | Msg::Unstored { .. } | Msg::Locked { .. } => {
+                }
             }
         }
     }
@@ -668,6 +687,26 @@ impl RedisState {
             owner_id: ev.owner_id.clone(),
             agent_id: ev.agent_id.clone(),
             json: ev.json.to_string(),
+        });
+    }
+
+    /// Tell the other instances a ban's row could not be stored.
+    pub fn publish_unstored(&self, row: &crate::store::bans::BanRow) {
+        self.send(Msg::Unstored {
+            ip: row.ip.clone(),
+            until_ms: row.until_ms,
+            reason: row.reason.clone(),
+            created_at: row.created_at,
+            offences: row.offences,
+        });
+    }
+
+    /// Tell the other instances of a login lock until `until_ms`.
+    pub fn publish_lock(&self, account: Option<[u8; 16]>, ip: Option<IpAddr>, until_ms: i64) {
+        self.send(Msg::Locked {
+            account: account.map(hex::encode),
+            ip: ip.map(|a| a.to_string()),
+            until_ms,
         });
     }
 
@@ -835,6 +874,30 @@ fn apply(app: &crate::app::AppInner, msg: Msg) {
         }
         Msg::Revoked { jti, exp_ms } => app.authn.token_revoked_elsewhere(&jti, exp_ms),
         Msg::Credentials => app.authn.forget_all(),
+        Msg::Unstored {
+            ip,
+            until_ms,
+            reason,
+            created_at,
+            offences,
+        } => app.network.keep_unstored(crate::store::bans::BanRow {
+            ip,
+            until_ms,
+            reason,
+            created_at,
+            offences,
+        }),
+        Msg::Locked {
+            account,
+            ip,
+            until_ms,
+        } => {
+            let account = account
+                .and_then(|h| hex::decode(h).ok())
+                .and_then(|b| <[u8; 16]>::try_from(b).ok());
+            let ip = ip.and_then(|a| a.parse().ok());
+            app.authn.lockout.mirror(account, ip, until_ms);
+        }
     }
 }
 

@@ -756,6 +756,7 @@ fn config_with_unknown_key_fails_naming_it() {
             "[auth]\nkey_default_expiry_days = -5\n",
             "auth.key_default_expiry_days",
         ),
+        ("[auth]\nlockout_seconds = 0\n", "auth.lockout_seconds"),
         (
             "[security]\napi_key_header = \"Authorization\"\n",
             "security.api_key_header",
@@ -798,7 +799,26 @@ fn config_with_unknown_key_fails_naming_it() {
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains("hookpw") && !out.contains("abc123"), "{out}");
     assert!(
-        out.contains("https://u:<redacted>@alerts.example.com/hook?token=<redacted>&x=<redacted>"),
+        out.contains(
+            "https://u:<redacted>@alerts.example.com/<redacted>?token=<redacted>&x=<redacted>"
+        ),
+        "{out}"
+    );
+    // ... and a webhook's path, often its secret (Slack-style URLs)
+    std::fs::write(
+        &cfg,
+        "[alerts]\nwebhook_url = \"https://hooks.example.com/services/T000/B000/PATHSECRET\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(
+        &["config", "show", "--config", cfg.to_str().unwrap()],
+        None,
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("PATHSECRET"), "{out}");
+    assert!(
+        out.contains("https://hooks.example.com/<redacted>"),
         "{out}"
     );
 }

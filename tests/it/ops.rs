@@ -835,7 +835,7 @@ fn check_fails_each_broken_item() {
             "[network]\ntrusted_proxies = [\"2000::/3\"]\n",
             "FAIL trusted proxies",
         ),
-        ("[auth]\nlockout_seconds = 0\n", "FAIL login lockout"),
+        ("[auth]\nlogin_max_failures = 1000\n", "FAIL login lockout"),
         ("[ids]\nmode = \"off\"\n", "FAIL intrusion detection"),
         (
             "[network]\ntrusted_proxies = [\"0.0.0.0/0\"]\n",

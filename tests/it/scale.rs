@@ -836,9 +836,83 @@ async fn redis_becomes(s: &TestServer, state: &str) -> bool {
     .is_some()
 }
 
+/// A ban set while PostgreSQL refused connections is announced as not
+/// stored: the instance that catches up from the database later writes it
+/// instead of taking its absence for a lift elsewhere (which it then
+/// replayed to every instance, lifting the ban everywhere).
+#[tokio::test]
+async fn a_ban_that_could_not_be_stored_is_not_lifted_by_a_catch_up() {
+    if !services() {
+        return;
+    }
+    let (ra, rb) = (Cuttable::start().await, Cuttable::start().await);
+    let p = pair_via([ra.url.as_str(), rb.url.as_str()], "", "").await;
+    let admin = admin_of(&p).to_string();
+    let name = p._db.0.rsplit('/').next().unwrap().to_string();
+    let stored = || {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", &name, "-tAc"])
+            .arg("SELECT count(*) FROM bans WHERE ip = '203.0.113.41'")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "1"
+    };
+    let ip_status = |s: &TestServer| {
+        let r = as_client(s, "203.0.113.41", &admin, "/api/auth/whoami").send();
+        async move { r.await.unwrap().status().as_u16() }
+    };
+    assert!(redis_becomes(&p.a, "ok").await && redis_becomes(&p.b, "ok").await);
+    // warm the admin key on both (its check needs the database)
+    assert_eq!(
+        as_client(&p.a, "198.51.100.1", &admin, "/api/auth/whoami")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        as_client(&p.b, "198.51.100.1", &admin, "/api/auth/whoami")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    crate::common::psql(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"));
+    crate::common::psql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ));
+    let r =
+        p.a.admin_post(
+            "/api/security/bans",
+            &json!({"ip": "203.0.113.41", "seconds": 300}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "in force, not stored");
+    assert_eq!(ip_status(&p.b).await, 403);
+    // old enough to be taken for a lift when found absent
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    crate::common::psql(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"));
+    assert!(!stored());
+    // only B loses Redis: only B catches up from the database
+    rb.set(true);
+    assert!(redis_becomes(&p.b, "down").await);
+    let written = within(Duration::from_secs(10), || async { stored() }).await;
+    assert!(written.is_some(), "the ban was never written");
+    assert_eq!(ip_status(&p.b).await, 403);
+    rb.set(false);
+    assert!(redis_becomes(&p.b, "ok").await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(ip_status(&p.a).await, 403);
+    assert_eq!(ip_status(&p.b).await, 403);
+}
+
 /// A lockout outlives a Redis that forgets it: one Redis set and then lost
-/// (a restart emptied it) and one set while Redis was away (before, both
-/// let the right password in as soon as Redis answered).
+/// (a restart emptied it), on every instance, and one set while Redis was
+/// away (before, both let the right password in as soon as Redis answered).
 #[tokio::test]
 async fn a_lockout_outlives_redis_forgetting_it() {
     if !services() {
@@ -859,14 +933,15 @@ async fn a_lockout_outlives_redis_forgetting_it() {
     }
     assert!(redis_becomes(&p.a, "ok").await);
     // each attempt from its own address: only the account locks
-    let attempt = |name: &'static str, password: &'static str, n: u32| {
-        let r =
-            p.a.post("/api/auth/login")
-                .header("X-Forwarded-For", format!("10.77.0.{n}"))
-                .json(&json!({"username": name, "password": password}))
-                .send();
+    let attempt_on = |s: &TestServer, name: &'static str, password: &'static str, n: u32| {
+        let r = s
+            .post("/api/auth/login")
+            .header("X-Forwarded-For", format!("10.77.0.{n}"))
+            .json(&json!({"username": name, "password": password}))
+            .send();
         async move { r.await.unwrap().status().as_u16() }
     };
+    let attempt = |name, password, n| attempt_on(&p.a, name, password, n);
     // (a) locked through Redis, then Redis loses the lock
     for n in 1..=5 {
         assert_eq!(attempt("forgotten", "wrong guess", n).await, 401);
@@ -894,6 +969,11 @@ async fn a_lockout_outlives_redis_forgetting_it() {
         .unwrap();
     assert_eq!(
         attempt("forgotten", "a long enough passphrase 1", 7).await,
+        401
+    );
+    // ... on the other instance too, which heard of the lock when it was set
+    assert_eq!(
+        attempt_on(&p.b, "forgotten", "a long enough passphrase 1", 8).await,
         401
     );
     // (b) locked while Redis was away, then Redis answers again
