@@ -1114,13 +1114,7 @@ pub const MAX_NAMED_FILE: u64 = 16 << 20;
 /// at the open, and a device such as `/dev/zero` read until memory ran out.
 pub fn read_named_file(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let meta = std::fs::metadata(path)?;
-    if !meta.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
+    let (file, meta) = open_named_file(path)?;
     let too_large = || {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -1131,17 +1125,28 @@ pub fn read_named_file(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
         return Err(too_large());
     }
     let mut out = Vec::new();
-    std::fs::File::open(path)?
-        .take(max.saturating_add(1))
-        .read_to_end(&mut out)?;
+    file.take(max.saturating_add(1)).read_to_end(&mut out)?;
     if out.len() as u64 > max {
         return Err(too_large());
     }
     Ok(out)
 }
 
+/// Open a file the configuration names, if it is a regular file (a FIFO
+/// would block the open).
+fn open_named_file(path: &Path) -> std::io::Result<(std::fs::File, std::fs::Metadata)> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok((std::fs::File::open(path)?, meta))
+}
+
 fn check_readable(p: &Path, key: &'static str, what: &'static str) -> Result<(), ConfigError> {
-    read_named_file(p, MAX_NAMED_FILE)
+    open_named_file(p)
         .map(|_| ())
         .map_err(|e| ConfigError::Unreadable {
             what,

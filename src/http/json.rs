@@ -185,21 +185,28 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let ok = req
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(is_json_content_type);
-        if !ok {
+        if !labelled_json(&req) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|rej| match rej.status() {
-                http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
-                _ => ApiError::BadRequest("the request body could not be read".into()),
-            })?;
-        parse(&bytes).map(Json)
+        parse(&read_body(req, state).await?).map(Json)
     }
+}
+
+/// Is the request's `Content-Type` JSON ([`is_json_content_type`])?
+fn labelled_json(req: &Request) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(is_json_content_type)
+}
+
+/// The request's body: 413 over the body limit, 400 when it cannot be read.
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state)
+        .await
+        .map_err(|rej| match rej.status() {
+            http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+            _ => ApiError::BadRequest("the request body could not be read".into()),
+        })
 }
 
 /// The body of a route that takes none (claim, rotate, revoke, logout,
@@ -217,16 +224,8 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let json = req
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(is_json_content_type);
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|rej| match rej.status() {
-                http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
-                _ => ApiError::BadRequest("the request body could not be read".into()),
-            })?;
+        let json = labelled_json(&req);
+        let bytes = read_body(req, state).await?;
         if bytes.is_empty() {
             return Ok(NoBody);
         }

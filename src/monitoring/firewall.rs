@@ -46,17 +46,11 @@ pub fn ports(cfg: &Config) -> Vec<(u16, String)> {
         (80, "HTTP (redirects, ACME)".into()),
         (443, "HTTPS".into()),
     ];
-    let mut add = |p: u16, why: String| {
-        if p != 0 && !out.iter().any(|(q, _)| *q == p) {
-            out.push((p, why));
-        }
-    };
     // a loopback listener is reachable from this host only: nothing to open
-    if !cfg.network.listen.ip().is_loopback() {
-        add(
-            cfg.network.listen.port(),
-            format!("Frenly (network.listen = {})", cfg.network.listen),
-        );
+    let listen = cfg.network.listen;
+    let port = listen.port();
+    if !listen.ip().is_loopback() && port != 0 && !out.iter().any(|(q, _)| *q == port) {
+        out.push((port, format!("Frenly (network.listen = {listen})")));
     }
     out
 }

@@ -614,14 +614,29 @@ impl RedisState {
         )
     }
 
-    /// The account's and the address's key bases: `<base>` counts failures,
-    /// `<base>:locked` is the lock, `<base>:pending` the attempts in flight.
-    fn lockout_keys(&self, account: &str, addr: Option<IpAddr>) -> Vec<String> {
-        let mut keys = vec![self.account_key(account)];
-        if let Some(a) = addr {
-            keys.push(self.key("lk:i", &a.to_string()));
+    /// Run a lockout script on the account's and the address's keys, as
+    /// triples: `<base>` counts failures, `<base>:locked` is the lock,
+    /// `<base>:pending` the attempts in flight; then `args`.
+    async fn lockout_script(
+        &self,
+        script: &Script,
+        account: &str,
+        addr: Option<IpAddr>,
+        args: &[i64],
+    ) -> Option<Vec<i64>> {
+        let mut inv = script.prepare_invoke();
+        let mut bases = vec![self.account_key(account)];
+        bases.extend(addr.map(|a| self.key("lk:i", &a.to_string())));
+        for k in bases {
+            inv.key(&k)
+                .key(format!("{k}:locked"))
+                .key(format!("{k}:pending"));
         }
-        keys
+        for a in args {
+            inv.arg(*a);
+        }
+        self.call(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await
     }
 
     pub async fn lockout_admit(
@@ -631,15 +646,9 @@ impl RedisState {
         max: u32,
         pending_ttl_ms: i64,
     ) -> Option<[u8; 2]> {
-        let mut inv = self.scripts.lockout_admit.prepare_invoke();
-        for k in self.lockout_keys(account, addr) {
-            inv.key(&k)
-                .key(format!("{k}:locked"))
-                .key(format!("{k}:pending"));
-        }
-        inv.arg(max.max(1)).arg(pending_ttl_ms.max(1));
-        let v: Vec<i64> = self
-            .call(|mut c| async move { inv.invoke_async(&mut c).await })
+        let args = [i64::from(max.max(1)), pending_ttl_ms.max(1)];
+        let v = self
+            .lockout_script(&self.scripts.lockout_admit, account, addr, &args)
             .await?;
         let flag = |i: usize| v.get(i).map_or(0, |&x| u8::try_from(x).unwrap_or(1));
         Some([flag(0), flag(1)])
@@ -654,15 +663,9 @@ impl RedisState {
         window_ms: i64,
         outcome: u8,
     ) -> Option<[bool; 2]> {
-        let mut inv = self.scripts.lockout.prepare_invoke();
-        for k in self.lockout_keys(account, addr) {
-            inv.key(&k)
-                .key(format!("{k}:locked"))
-                .key(format!("{k}:pending"));
-        }
-        inv.arg(max.max(1)).arg(window_ms.max(1)).arg(outcome);
-        let v: Vec<i64> = self
-            .call(|mut c| async move { inv.invoke_async(&mut c).await })
+        let args = [i64::from(max.max(1)), window_ms.max(1), i64::from(outcome)];
+        let v = self
+            .lockout_script(&self.scripts.lockout, account, addr, &args)
             .await?;
         Some([
             v.first().is_some_and(|&x| x == 1),

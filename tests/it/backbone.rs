@@ -633,22 +633,20 @@ pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn config_with_unknown_key_fails_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, "[limits]\nrate = { max_request = 10 }\n").unwrap();
-    let (code, _, err) = run_cli(
-        &["config", "show", "--config", cfg.to_str().unwrap()],
-        None,
-        &[],
-    );
+    let show = |toml: &str| {
+        std::fs::write(&cfg, toml).unwrap();
+        run_cli(
+            &["config", "show", "--config", cfg.to_str().unwrap()],
+            None,
+            &[],
+        )
+    };
+    let (code, _, err) = show("[limits]\nrate = { max_request = 10 }\n");
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("max_request"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     // wrong type
-    std::fs::write(&cfg, "[network]\ntls = \"yes please\"\n").unwrap();
-    let (code, _, err) = run_cli(
-        &["config", "show", "--config", cfg.to_str().unwrap()],
-        None,
-        &[],
-    );
+    let (code, _, err) = show("[network]\ntls = \"yes please\"\n");
     assert_eq!(code, 2);
     assert!(err.contains("network.tls"), "{err}");
     // unreadable TLS file
@@ -766,35 +764,18 @@ fn config_with_unknown_key_fails_naming_it() {
             "security.api_key_header",
         ),
     ] {
-        std::fs::write(&cfg, toml).unwrap();
-        let (code, _, err) = run_cli(
-            &["config", "show", "--config", cfg.to_str().unwrap()],
-            None,
-            &[],
-        );
+        let (code, _, err) = show(toml);
         assert_eq!(code, 2, "{toml}: {err}");
         assert!(err.contains(key), "{toml}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
     // a configured role may not redefine a built-in one
-    std::fs::write(&cfg, "[roles.user]\npermissions = [\"admin\"]\n").unwrap();
-    let (code, _, err) = run_cli(
-        &["config", "show", "--config", cfg.to_str().unwrap()],
-        None,
-        &[],
-    );
+    let (code, _, err) = show("[roles.user]\npermissions = [\"admin\"]\n");
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("roles.user"), "{err}");
     // secrets in a URL's userinfo and query are redacted by `config show`
-    std::fs::write(
-        &cfg,
+    let (code, out, err) = show(
         "[alerts]\nwebhook_url = \"https://u:hookpw@alerts.example.com/hook?token=abc123&x=1\"\n",
-    )
-    .unwrap();
-    let (code, out, err) = run_cli(
-        &["config", "show", "--config", cfg.to_str().unwrap()],
-        None,
-        &[],
     );
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains("hookpw") && !out.contains("abc123"), "{out}");
@@ -805,15 +786,8 @@ fn config_with_unknown_key_fails_naming_it() {
         "{out}"
     );
     // ... and a webhook's path, often its secret (Slack-style URLs)
-    std::fs::write(
-        &cfg,
+    let (code, out, err) = show(
         "[alerts]\nwebhook_url = \"https://hooks.example.com/services/T000/B000/PATHSECRET\"\n",
-    )
-    .unwrap();
-    let (code, out, err) = run_cli(
-        &["config", "show", "--config", cfg.to_str().unwrap()],
-        None,
-        &[],
     );
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains("PATHSECRET"), "{out}");

@@ -241,19 +241,6 @@ async fn log_when(s: &TestServer, done: impl Fn(&str) -> bool) -> String {
     }
 }
 
-async fn whoami(s: &TestServer, key: &str) -> String {
-    let v: Value = s
-        .get("/api/auth/whoami")
-        .header("X-API-Key", key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["user_id"].as_str().unwrap().to_string()
-}
-
 // -------------------------------------------------------------------- tests
 
 #[tokio::test]
@@ -330,7 +317,7 @@ async fn passes_method_path_query_headers_and_body_through() {
 #[tokio::test]
 async fn credentials_and_identity_headers_are_frenlys_own() {
     let (s, _u) = setup().await;
-    let admin_id = whoami(&s, s.admin()).await;
+    let admin_id = crate::common::user_id_of(&s, s.admin()).await;
     let v: Value = s
         .get("/v1/who")
         .header("X-API-Key", s.admin())

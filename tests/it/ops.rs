@@ -982,35 +982,26 @@ fn check_fails_each_broken_item() {
         assert!(out.contains(expect), "{name}: {out}");
     }
     drop(other);
-    // A config file that holds the static key and is world-readable.
+    // A world-readable config file holding a secret.
     let (dir, data) = init_dir();
     let cfg = dir.path().join("check.toml");
-    std::fs::write(
-        &cfg,
-        "[security]\napi_key = \"kq3ZJ0v9Xb2Lw8TyN4mR7pQ1sU6hE5dGcA_fB-iK\"\n",
-    )
-    .unwrap();
-    perm(&cfg, 0o644);
-    let (code, out, _) = run_cli(
-        &["check", "--config", s(&cfg), "--data-dir", s(&data)],
-        None,
-        &[],
-    );
+    let world_readable = |toml: &str| {
+        std::fs::write(&cfg, toml).unwrap();
+        perm(&cfg, 0o644);
+        run_cli(
+            &["check", "--config", s(&cfg), "--data-dir", s(&data)],
+            None,
+            &[],
+        )
+    };
+    let (code, out, _) =
+        world_readable("[security]\napi_key = \"kq3ZJ0v9Xb2Lw8TyN4mR7pQ1sU6hE5dGcA_fB-iK\"\n");
     assert_eq!(code, 1);
     assert!(out.contains("FAIL config file"), "{out}");
     // ... or a Redis password in its URL (it passed: only the static key
     // counted)
-    std::fs::write(
-        &cfg,
-        "[state]\nredis_url = \"redis://:hunter2hunter2@127.0.0.1:6379/3\"\n",
-    )
-    .unwrap();
-    perm(&cfg, 0o644);
-    let (code, out, _) = run_cli(
-        &["check", "--config", s(&cfg), "--data-dir", s(&data)],
-        None,
-        &[],
-    );
+    let (code, out, _) =
+        world_readable("[state]\nredis_url = \"redis://:hunter2hunter2@127.0.0.1:6379/3\"\n");
     assert_eq!(code, 1);
     assert!(
         out.lines()

@@ -827,6 +827,30 @@ impl Cuttable {
     }
 }
 
+/// Two instances, each reaching Redis through a [`Cuttable`] of its own
+/// (A's, B's).
+async fn relayed_pair() -> (Cuttable, Cuttable, Pair) {
+    let (ra, rb) = (Cuttable::start().await, Cuttable::start().await);
+    let p = pair_via([ra.url.as_str(), rb.url.as_str()], "", "").await;
+    (ra, rb, p)
+}
+
+/// The password of the users [`add_user`] makes.
+const PASSWORD: &str = "a long enough passphrase 1";
+
+/// A `user` called `name`, made on A.
+async fn add_user(p: &Pair, name: &str) {
+    let r =
+        p.a.admin_post(
+            "/api/users",
+            &json!({"username": name, "email": format!("{name}@example.com"), "password": PASSWORD, "roles": ["user"]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}
+
 /// Does `s` report its Redis `state` ("ok", "down") within 5 s?
 async fn redis_becomes(s: &TestServer, state: &str) -> bool {
     within(Duration::from_secs(5), || async {
@@ -845,8 +869,7 @@ async fn a_ban_that_could_not_be_stored_is_not_lifted_by_a_catch_up() {
     if !services() {
         return;
     }
-    let (ra, rb) = (Cuttable::start().await, Cuttable::start().await);
-    let p = pair_via([ra.url.as_str(), rb.url.as_str()], "", "").await;
+    let (_ra, rb, p) = relayed_pair().await;
     let admin = admin_of(&p).to_string();
     let name = p._db.0.rsplit('/').next().unwrap().to_string();
     let stored = || {
@@ -918,18 +941,9 @@ async fn a_lockout_outlives_redis_forgetting_it() {
     if !services() {
         return;
     }
-    let (ra, rb) = (Cuttable::start().await, Cuttable::start().await);
-    let p = pair_via([ra.url.as_str(), rb.url.as_str()], "", "").await;
+    let (ra, _rb, p) = relayed_pair().await;
     for name in ["forgotten", "offline"] {
-        let r =
-            p.a.admin_post(
-                "/api/users",
-                &json!({"username": name, "email": format!("{name}@example.com"), "password": "a long enough passphrase 1", "roles": ["user"]}),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        add_user(&p, name).await;
     }
     assert!(redis_becomes(&p.a, "ok").await);
     // each attempt from its own address: only the account locks
@@ -946,10 +960,7 @@ async fn a_lockout_outlives_redis_forgetting_it() {
     for n in 1..=5 {
         assert_eq!(attempt("forgotten", "wrong guess", n).await, 401);
     }
-    assert_eq!(
-        attempt("forgotten", "a long enough passphrase 1", 6).await,
-        401
-    );
+    assert_eq!(attempt("forgotten", PASSWORD, 6).await, 401);
     let hash = {
         use sha2::Digest;
         hex::encode(&sha2::Sha256::digest(b"forgotten")[..16])
@@ -967,15 +978,9 @@ async fn a_lockout_outlives_redis_forgetting_it() {
         .query_async(&mut c)
         .await
         .unwrap();
-    assert_eq!(
-        attempt("forgotten", "a long enough passphrase 1", 7).await,
-        401
-    );
+    assert_eq!(attempt("forgotten", PASSWORD, 7).await, 401);
     // ... on the other instance too, which heard of the lock when it was set
-    assert_eq!(
-        attempt_on(&p.b, "forgotten", "a long enough passphrase 1", 8).await,
-        401
-    );
+    assert_eq!(attempt_on(&p.b, "forgotten", PASSWORD, 8).await, 401);
     // (b) locked while Redis was away, then Redis answers again
     ra.set(true);
     assert!(redis_becomes(&p.a, "down").await);
@@ -984,10 +989,7 @@ async fn a_lockout_outlives_redis_forgetting_it() {
     }
     ra.set(false);
     assert!(redis_becomes(&p.a, "ok").await);
-    assert_eq!(
-        attempt("offline", "a long enough passphrase 1", 16).await,
-        401
-    );
+    assert_eq!(attempt("offline", PASSWORD, 16).await, 401);
 }
 
 /// A Redis that goes silent (no reset: its host crashed or is cut off) is
@@ -1000,20 +1002,11 @@ async fn a_logout_and_a_ban_reach_the_other_instance_when_redis_goes_silent() {
     if !services() {
         return;
     }
-    let (ra, rb) = (Cuttable::start().await, Cuttable::start().await);
-    let p = pair_via([ra.url.as_str(), rb.url.as_str()], "", "").await;
+    let (ra, rb, p) = relayed_pair().await;
     let admin = admin_of(&p).to_string();
-    let r =
-        p.a.admin_post(
-            "/api/users",
-            &json!({"username": "silent", "email": "s@example.com", "password": "a long enough passphrase 1", "roles": ["user"]}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    add_user(&p, "silent").await;
     assert!(redis_becomes(&p.a, "ok").await && redis_becomes(&p.b, "ok").await);
-    let jwt = crate::common::login_token(&p.a, "silent", "a long enough passphrase 1").await;
+    let jwt = crate::common::login_token(&p.a, "silent", PASSWORD).await;
     let jwt_status = |s: &TestServer| {
         let r = s.get("/api/auth/whoami").bearer_auth(&jwt).send();
         async move { r.await.unwrap().status().as_u16() }
@@ -1066,19 +1059,10 @@ async fn a_logout_and_a_ban_made_without_redis_reach_the_other_instance() {
     if !services() {
         return;
     }
-    let (ra, rb) = (Cuttable::start().await, Cuttable::start().await);
-    let p = pair_via([ra.url.as_str(), rb.url.as_str()], "", "").await;
+    let (ra, rb, p) = relayed_pair().await;
     let admin = admin_of(&p).to_string();
-    let r =
-        p.a.admin_post(
-            "/api/users",
-            &json!({"username": "outage", "email": "o@example.com", "password": "a long enough passphrase 1", "roles": ["user"]}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let login = || crate::common::login_token(&p.a, "outage", "a long enough passphrase 1");
+    add_user(&p, "outage").await;
+    let login = || crate::common::login_token(&p.a, "outage", PASSWORD);
     // on A, whose Redis the test cuts: each answered as asked
     let ban = |ip: &str| {
         let r =

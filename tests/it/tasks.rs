@@ -1527,56 +1527,17 @@ async fn routes_without_a_body_refuse_a_malformed_one_before_acting() {
             .to_string()
     };
     let token = crate::common::login_token(&s, "nobody_worker", crate::common::PASSPHRASE).await;
-    let uid = s
-        .get("/api/auth/whoami")
-        .header("X-API-Key", &worker)
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["user_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let uid = crate::common::user_id_of(&s, &worker).await;
+    // (method, path, credential, whether it is a bearer token)
+    let admin = |method: &'static str, path: String| (method, path, s.admin().to_string(), false);
     let routes = [
-        (
-            "POST",
-            "/api/agent/claim".to_string(),
-            s.admin().to_string(),
-            false,
-        ),
-        (
-            "POST",
-            format!("/api/keys/{key_id}/rotate"),
-            s.admin().to_string(),
-            false,
-        ),
-        (
-            "DELETE",
-            format!("/api/keys/{key_id}"),
-            s.admin().to_string(),
-            false,
-        ),
-        ("POST", "/api/auth/logout".to_string(), token.clone(), true),
-        (
-            "DELETE",
-            format!("/api/tasks/{id}"),
-            s.admin().to_string(),
-            false,
-        ),
-        (
-            "DELETE",
-            format!("/api/users/{uid}"),
-            s.admin().to_string(),
-            false,
-        ),
-        (
-            "DELETE",
-            "/api/security/bans/192.0.2.7".to_string(),
-            s.admin().to_string(),
-            false,
-        ),
+        admin("POST", "/api/agent/claim".into()),
+        admin("POST", format!("/api/keys/{key_id}/rotate")),
+        admin("DELETE", format!("/api/keys/{key_id}")),
+        ("POST", "/api/auth/logout".into(), token.clone(), true),
+        admin("DELETE", format!("/api/tasks/{id}")),
+        admin("DELETE", format!("/api/users/{uid}")),
+        admin("DELETE", "/api/security/bans/192.0.2.7".into()),
     ];
     for (body, ctype, want) in [
         ("{", "application/json", (400, "bad_request")),

@@ -252,22 +252,8 @@ async fn deleting_a_user_releases_their_claims_and_cancels_their_tasks() {
     let owner = user_key(&s, "leaving_owner", &["user"]).await;
     let gone = user_key(&s, "leaving_worker", &["agent"]).await;
     let stays = user_key(&s, "staying_worker", &["agent"]).await;
-    let whoami = |key: String| {
-        let s = &s;
-        async move {
-            with(s, Method::GET, "/api/auth/whoami", &key)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()["user_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        }
-    };
-    let (owner_id, gone_id) = (whoami(owner.clone()).await, whoami(gone.clone()).await);
+    let owner_id = crate::common::user_id_of(&s, &owner).await;
+    let gone_id = crate::common::user_id_of(&s, &gone).await;
     // the worker who leaves holds the admin's task
     let held = create(&s, json!({"title": "held by the leaver"})).await["id"]
         .as_str()

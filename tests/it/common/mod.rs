@@ -586,6 +586,20 @@ pub async fn user_key(s: &TestServer, name: &str, roles: &[&str]) -> String {
         .to_string()
 }
 
+/// The id of the user whose API key `key` is (`GET /api/auth/whoami`).
+pub async fn user_id_of(s: &TestServer, key: &str) -> String {
+    let v: serde_json::Value = s
+        .get("/api/auth/whoami")
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["user_id"].as_str().unwrap().to_string()
+}
+
 /// `bytes` sent on `conn`, everything the server answers before it closes
 /// (10 s at most), as text.
 pub async fn exchange<C>(mut conn: C, bytes: &[u8]) -> String
