@@ -1013,6 +1013,9 @@ impl Config {
                         "must be sqlite://PATH or postgres://...",
                     ));
                 }
+                if !u.starts_with("sqlite:") {
+                    postgres_params(u).map_err(|r| invalid("database.url", &r))?;
+                }
                 u.clone()
             }
             None => format!("sqlite://{}", data_dir.join("frenly.db").display()),
@@ -1237,6 +1240,53 @@ fn validate_gateway(g: &GatewayConfig) -> Result<(), ConfigError> {
         }
         if r.body_max_bytes == Some(0) {
             return Err(invalid(key("body_max_bytes"), "must be > 0"));
+        }
+    }
+    Ok(())
+}
+
+/// Connection parameters of a `postgres://` URL that sqlx acts on.
+const POSTGRES_PARAMS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// Every query parameter of a PostgreSQL URL must be one sqlx acts on: it
+/// ignores any other with only a log line that carries the value, so a typo
+/// (`ssl_mode=require`) silently connects without TLS, and a libpq-only
+/// secret (`sslpassword=...`) lands in the log. The reason names the
+/// parameter, never its value.
+fn postgres_params(url: &str) -> Result<(), String> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Ok(());
+    };
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|_| "its query is not well-formed".to_string())?;
+    for (name, _) in pairs {
+        let known = POSTGRES_PARAMS.contains(&name.as_str())
+            || (name.starts_with("options[") && name.ends_with(']'));
+        if !known {
+            return Err(format!(
+                "unknown connection parameter `{}` (it would be ignored); known: {}",
+                name.escape_debug(),
+                POSTGRES_PARAMS.join(", ")
+            ));
         }
     }
     Ok(())

@@ -763,12 +763,33 @@ fn config_with_unknown_key_fails_naming_it() {
             "[security]\napi_key_header = \"host\"\n",
             "security.api_key_header",
         ),
+        // sqlx ignores a parameter it does not know, logging its value: a
+        // typo would connect without TLS, a libpq-only secret be logged
+        (
+            "[database]\nurl = \"postgres://u@127.0.0.1/db?ssl_mode=require\"\n",
+            "database.url",
+        ),
+        (
+            "[database]\nurl = \"postgres://u@127.0.0.1/db?sslmode=verify-full&sslpassword=KEYPW\"\n",
+            "database.url",
+        ),
     ] {
         let (code, _, err) = show(toml);
         assert_eq!(code, 2, "{toml}: {err}");
         assert!(err.contains(key), "{toml}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
+    // ... and the value of an unknown parameter is not echoed
+    let (_, _, err) = show("[database]\nurl = \"postgres://u@127.0.0.1/db?sslpassword=KEYPW\"\n");
+    assert!(
+        err.contains("sslpassword") && !err.contains("KEYPW"),
+        "{err}"
+    );
+    // the parameters sqlx acts on pass
+    let (code, _, err) = show(
+        "[database]\nurl = \"postgres://u@127.0.0.1/db?sslmode=require&application_name=f&options[statement_timeout]=5s\"\n",
+    );
+    assert_eq!(code, 0, "{err}");
     // a configured role may not redefine a built-in one
     let (code, _, err) = show("[roles.user]\npermissions = [\"admin\"]\n");
     assert_eq!(code, 2, "{err}");
