@@ -51,6 +51,8 @@ pub struct AppInner {
     pub shared: crate::state::SharedState,
     /// Gateway mode: the configured routes and the upstream clients.
     pub gateway: crate::gateway::Gateway,
+    /// Which refusals of banned addresses are audited.
+    pub banned_refusals: crate::monitoring::refusals::BannedRefusals,
 }
 
 /// Shared, cheap-to-clone application state.
@@ -119,6 +121,7 @@ impl AppState {
             incidents,
             gateway,
             shared,
+            banned_refusals: Default::default(),
         });
         inner.shared.start_subscriber(Arc::downgrade(&inner));
         Ok(AppState(inner))

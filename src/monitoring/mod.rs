@@ -6,8 +6,11 @@
 //! status, latency; refusals by reason); with `audit.log_api_access` (the
 //! default) every `/api/*` and gateway request, refused or served, becomes an
 //! `api_access` audit event (route pattern, method, status, user id, client
-//! address, request id) before its response leaves. The only cost on the
-//! request path is handing the event to the audit queue.
+//! address, request id) before its response leaves — but for the refusals
+//! of a banned address, audited once a minute with the count of the others
+//! ([`refusals`]: a flood from a banned address must not fill the disk).
+//! The only cost on the request path is handing the event to the audit
+//! queue.
 //!
 //! How the user id reaches this outer step: the pipeline
 //! (`server::stack`) copies the caller's user id from the request's
@@ -27,6 +30,7 @@ pub mod firewall;
 pub mod incidents;
 pub mod metrics;
 pub mod monitor;
+pub mod refusals;
 
 use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
@@ -86,12 +90,19 @@ pub fn finish(state: &AppState, watch: Watch, resp: &Response) -> Option<audit::
     state
         .metrics
         .observe(route, &watch.method, status, watch.started.elapsed());
+    let mut banned = false;
     if let Some(e) = resp.extensions().get::<ApiError>() {
         if !matches!(status, 404 | 405) {
             state.metrics.block(e.code());
         }
+        banned = e.code() == "ip_banned";
     }
     let (ip, rid) = watch.access?;
+    let suppressed = if banned {
+        Some(state.banned_refusals.audit(ip, std::time::Instant::now())?)
+    } else {
+        None
+    };
     let user = resp.extensions().get::<AccessUser>().map(|u| u.0.clone());
     let mut ev = audit::AuditEvent::new("api_access")
         .ip(ip)
@@ -99,6 +110,9 @@ pub fn finish(state: &AppState, watch: Watch, resp: &Response) -> Option<audit::
         .field("endpoint", route)
         .field("method", watch.method.as_str())
         .field("status", status);
+    if let Some(n) = suppressed.filter(|n| *n > 0) {
+        ev = ev.field("suppressed", n);
+    }
     ev.request_id = rid;
     Some(ev)
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{audit_line, error_code, exchange, wait_for, Opts, TestServer};
+use crate::common::{audit_line, client_from, error_code, exchange, wait_for, Opts, TestServer};
 
 fn header(r: &reqwest::Response, name: &str) -> Option<String> {
     r.headers()
@@ -674,6 +674,66 @@ async fn ddos_incident_is_stored_audited_and_alerted_to_the_webhook() {
 
 /// Wait until the server's audit log holds each of these event types (the
 /// writer appends within moments; no shutdown needed).
+/// A banned address's refusals are audited once a minute (with the count of
+/// the others), not once a request: a flood from a banned address must not
+/// be a way to fill the disk with audit lines.
+#[tokio::test]
+async fn a_banned_addresss_flood_is_audited_once_not_once_a_request() {
+    let s = TestServer::with(Opts::default().plain().config(
+        "[limits]\nallowlist = []\nddos = { max_requests_per_second = 3, ban_seconds = 60 }\n",
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(s.get("/api/tasks").send().await.unwrap().status(), 401);
+    }
+    for _ in 0..40 {
+        let (st, code, _) = error_code(s.get("/api/tasks").send().await.unwrap()).await;
+        assert_eq!((st, code.as_str()), (403, "ip_banned"));
+    }
+    // another address is audited as ever; once its line is written, every
+    // line queued before it is too
+    let other = client_from(&s.data_dir(), false, "127.0.0.2".parse().unwrap());
+    let r = other
+        .get(s.url("/api/tasks?probe=after-the-flood"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    audit_line(&s, "the other address's access", |l| {
+        l.contains(r#""event_type":"api_access""#) && l.contains(r#""ip":"127.0.0.2""#)
+    })
+    .await;
+    let log = std::fs::read_to_string(s.data_dir().join("security_audit.log")).unwrap();
+    let access = |status: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains(r#""event_type":"api_access""#)
+                    && l.contains(r#""ip":"127.0.0.1""#)
+                    && l.contains(&format!(r#""status":{status}"#))
+            })
+            .count()
+    };
+    assert_eq!(access("401"), 3, "every request before the ban: {log}");
+    assert_eq!(access("403"), 1, "the first refusal of the ban only: {log}");
+    assert!(log.contains(r#""event_type":"ban_added""#));
+    // the metrics still count every refusal
+    let metrics = other
+        .get(s.url("/metrics"))
+        .header("X-API-Key", s.admin())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused = metrics
+        .lines()
+        .find(|l| l.contains("ip_banned") && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<f64>().ok());
+    assert_eq!(refused, Some(40.0), "{metrics}");
+}
+
 async fn audit_has(s: &TestServer, events: &[&str]) {
     for e in events {
         let needle = format!("\"event_type\":\"{e}\"");
