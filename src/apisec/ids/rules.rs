@@ -494,7 +494,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Php,
             "php-snake-call",
             ANY,
-            r"\b[a-z][a-z0-9]*(_[a-z0-9]+)+\(",
+            r"\b[a-z][a-z0-9]*(_[a-z0-9]+)+\(($|[^0-9]|[0-9][0-9a-z]*($|[^0-9a-z)]))",
         ),
         r(
             Php,
@@ -538,13 +538,13 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Java,
             "java-class",
             ANY,
-            r"(^|[^\w./])java\.(lang|io|util|net|nio|beans|rmi|security|sql|awt|applet)(\.[a-z]|$|[^\w./])|\bjavax\.[a-z]|\borg\.omg\b|\borg\.apache\.(commons\.(collections|beanutils)|xalan|xerces|tomcat|catalina|naming|bcel|myfaces|struts)|\bcom\.sun\.|\bsun\.(misc|reflect|rmi|tools|net)\b|\borg\.springframework\.|\borg\.codehaus\.groovy|\bgroovy\.lang\b|\bognl\.|\bcom\.opensymphony\.|\bfreemarker\.template\b|\borg\.mozilla\.javascript",
+            r"(^|[^\w./])java\.(lang|io|util|net|nio|beans|rmi|security|sql|awt|applet)(\.[a-z]|$|[^\w./])|\bjavax\.(naming|script|management|el|faces|servlet|xml|swing|sql|rmi|security|crypto|imageio|sound)\b|\borg\.omg\b|\borg\.apache\.(commons\.(collections|beanutils)|xalan|xerces|tomcat|catalina|naming|bcel|myfaces|struts)|\bcom\.sun\.|\bsun\.(misc|reflect|rmi|tools|net)\b|\borg\.springframework\.|\borg\.codehaus\.groovy|\bgroovy\.lang\b|\bognl\.|\bcom\.opensymphony\.|\bfreemarker\.template\b|\borg\.mozilla\.javascript",
         ),
         r(
             Java,
             "java-gadget",
             ANY,
-            r"(clone|instantiate|invoker|chained|constant)transformer|forclosure|whileclosure|instantiatefactory|prototype(clone|serialization)factory|processbuilder|getruntime|lazymap|transformedmap|templatesimpl|jdbcrowsetimpl|annotationinvocationhandler|xmldecoder|objectinputstream|\bjava\.[\w.]*\b(runtime|processbuilder)\b",
+            r"(clone|instantiate|invoker|chained|constant)transformer|forclosure|whileclosure|instantiatefactory|prototype(clone|serialization)factory|processbuilder|getruntime|\blazymap|\btransformedmap|templatesimpl|jdbcrowsetimpl|annotationinvocationhandler|xmldecoder|objectinputstream|\bjava\.[\w.]*\b(runtime|processbuilder)\b",
         ),
         r(
             Java,
@@ -572,7 +572,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Nodejs,
             "nodejs-injection",
             ANY,
-            r"\brequire\s*(\(|\.\s*main\b)|\bchild_process\b|\bprocess\s*(\.\s*|\[\s*['\x22`])(env|mainmodule|binding|exit|kill|cwd|dlopen)\b|\bconstructor\s*(\.|\[)\s*['\x22]?(constructor|prototype)\b|\bthis\.constructor\b|__proto__|_\$\$nd_func\$\$_|\bfunction\s*\w*\s*\([^)]*\)\s*\{|\bwhile\s*\(+\s*(!|true|[+-]?([1-9]|infinity\b)|this|\[|\{|new\s|(string|number|object|boolean|symbol|date|array|function)\s*\))|\bconsole\s*\.\s*(log|info|error|warn|debug|dir|trace)\b|\.(spawn|execsync|spawnsync|execfile|exec)\s*\(|\bglobal\s*\.\s*process\b|\bmodule\s*\.\s*exports\b|\$\d+:constructor",
+            r"\brequire\s*(\(|\.\s*main\b)|['\x22`]\s*child_process\b|\bchild_process\s*['\x22`]|\bprocess\s*(\.\s*|\[\s*['\x22`])((env|mainmodule)\b|(binding|exit|kill|cwd|dlopen)['\x22`\]]*\s*\()|\bconstructor\s*(\.|\[)\s*['\x22]?(constructor|prototype)\b|\bthis\.constructor\b|__proto__|_\$\$nd_func\$\$_|\bfunction\s*\w*\s*\([^)]*\)\s*\{|\bwhile\s*\(+\s*(!|true|[+-]?([1-9]|infinity\b)|this|\[|\{|new\s|(string|number|object|boolean|symbol|date|array|function)\s*\))|\bconsole\s*\.\s*(log|info|error|warn|debug|dir|trace)\s*(\(|\.\s*(call|apply|bind)\b)|\.(spawn|execsync|spawnsync|execfile|exec)\s*\(|\bglobal\s*\.\s*process\b|\bmodule\s*\.\s*exports\b|\$\d+:constructor",
         ),
         tx(Nodejs, "nodejs-serialized-b64", ANY, r"XyQkTkRfRlVOQyQk"),
         // ---- remote file inclusion and SSRF (parameter values only)
@@ -625,7 +625,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Generic,
             "template-injection",
             ANY,
-            r"(\{\{|\{%|<%=?|#\{|\$\{)[^}%]*?(\.\s*\w+\s*\(|\w\s*\(|__\w+__|\[\s*['\x22]|\d\s*[*+/-]\s*\d|\bif\b)|\b(__class__|__mro__|__subclasses__|__globals__|__builtins__|__getattribute__|__init__)\b",
+            r"(\{\{|\{%|<%=?|#\{|\$\{)[^}%]*?(\.\s*\w+\s*\(|\w\s*\(|__\w+__|\[\s*['\x22]|\d\s*[*+/-]\s*\d|\bif\b)|\b(__class__|__mro__|__subclasses__|__globals__|__builtins__|__getattribute__)\b",
         ),
         r(
             Generic,

@@ -625,7 +625,10 @@ static GRAMMAR: LazyLock<(RegexSet, Vec<&'static str>)> = LazyLock::new(|| {
         ),
         (
             "sqli-pg-cast",
-            r"::\s*(int|integer|int4|int8|bigint|bool|boolean|text|jsonb?|varchar|numeric|regclass|oid|bytea|double\s+precision|float|real|inet|xml)\b",
+            // after a literal or a bracket any type; after a bare name
+            // (`password::int`) the casts an injection uses, and not inside a
+            // `::` path (Perl's `Math::Vector::Real`, C++'s `nlohmann::json`)
+            r"[\d'\x22`)\]]\s*::\s*(int|integer|int4|int8|bigint|bool|boolean|text|jsonb?|varchar|numeric|regclass|oid|bytea|double\s+precision|float|real|inet|xml)\b|(^|[^:\w])[a-z_]\w*\s*::\s*(int|integer|int4|int8|bigint|bool|boolean|text|varchar|numeric|regclass|oid|bytea|float|inet)($|[^\w:])",
         ),
         (
             "sqli-select-from",
@@ -720,6 +723,9 @@ pub(crate) fn strip_comments(s: &str) -> std::borrow::Cow<'_, str> {
 
 /// Check a folded value; the id of the first matching rule.
 pub fn check(folded: &str) -> Option<&'static str> {
+    if word_and_date(folded) {
+        return None;
+    }
     let b = folded.as_bytes();
     let plain = fingerprint(b, Ctx::None);
     // a value that is nothing but an operator (`||`, `!=`, `<>`) is a probe
@@ -757,6 +763,27 @@ pub fn check(folded: &str) -> Option<&'static str> {
         .iter()
         .next()
         .and_then(|i| ids.get(i).copied())
+}
+
+/// A search word and a calendar date, nothing else (`or 2023-12-05`,
+/// `select 2024-01-31`: a package synopsis's first word and a day). English;
+/// as SQL, a syntax error wherever a value goes, and the tautology it could
+/// start is already caught in its short form (`or 1`).
+fn word_and_date(folded: &str) -> bool {
+    let Some((word, date)) = folded.trim().split_once(' ') else {
+        return false;
+    };
+    let d = date.trim().as_bytes();
+    (1..=24).contains(&word.len())
+        && word.bytes().all(|c| c.is_ascii_alphabetic())
+        && d.len() == 10
+        && d.iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        })
 }
 
 /// A value that is only a *true* comparison of two numbers with an operator

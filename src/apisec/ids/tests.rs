@@ -1064,6 +1064,59 @@ fn narrow_injection_shapes_are_blocked() {
     );
 }
 
+/// Searches built from Debian package synopses, names, e-mails and
+/// homepages (the agent corpus's shapes, over all of apt's packages) that
+/// rules keyed on one name blocked, and the attacks beside each.
+#[test]
+fn package_searches_pass_and_the_attacks_beside_them_do_not() {
+    for q in [
+        "or%202023-12-05",
+        "xor+2024-04-25",
+        "select%202023-12-26",
+        "bridge%20between%20nlohmann%3A%3Ajson",
+        "kd-Tree%20implementation%20for%20Perl%20on%20top%20of%20Math%3A%3AVector%3A%3AReal",
+        "tui%3A%3Atext%3A%3Atext",
+        "liblazymap.team%40example.org",
+        "javax.vecmath%202025-06-16",
+        "https%3A%2F%2Fgithub.com%2Fjavaee%2Fjavax.jws",
+        "interface%20to%20linux%20ioprio_set(2)",
+        "crypt_r(3)%20bugs",
+        "os.__init__",
+        "better%20child_process",
+        "replacement%20for%20process.exit",
+        "log%20panic%20hook%20to%20console.error",
+    ] {
+        assert_eq!(
+            blocked(&format!("/api/tasks?q={q}"), vec![], b""),
+            None,
+            "{q}"
+        );
+    }
+    for (q, family) in [
+        ("or%201", Family::Sqli),
+        ("1%2bcurrent_user%3A%3Aint", Family::Sqli),
+        ("password%3A%3Aint", Family::Sqli),
+        ("%271%27%3A%3Ajson", Family::Sqli),
+        ("org.apache.commons.collections.map.LazyMap", Family::Java),
+        ("javax.naming.InitialContext", Family::Java),
+        ("shell_exec(%24_GET%5Bc%5D)", Family::Php),
+        ("php_uname()", Family::Php),
+        ("%7B0.__class__.__mro__%7D", Family::Generic),
+        ("%7B%7Bself.__init__.__globals__%7D%7D", Family::Generic),
+        ("process.exit(1)", Family::Nodejs),
+        ("process.mainModule", Family::Nodejs),
+        ("console.info.call(this%2C1)", Family::Nodejs),
+        ("process.binding(%27spawn_sync%27)", Family::Nodejs),
+        ("import%20%27child_process%27", Family::Nodejs),
+    ] {
+        assert_eq!(
+            blocked(&format!("/api/x?v={q}"), vec![], b""),
+            Some(family),
+            "{q}"
+        );
+    }
+}
+
 #[test]
 fn values_next_to_the_new_shapes_pass() {
     for q in [
