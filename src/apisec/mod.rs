@@ -136,8 +136,9 @@ impl ApiSecurity {
 /// (RFC 9112 3.2: "MUST respond with a 400"); HTTP/1.0 may go without, and
 /// HTTP/2 carries `:authority` instead. The request target's authority
 /// (HTTP/2's `:authority`, an HTTP/1 absolute-form target) is held to the
-/// same rule, and on HTTP/2 a `Host` beside it must name the same
-/// authority (RFC 9113 8.3.1). A port must fit in 16 bits.
+/// same rule, and a `Host` beside it must name the same authority (RFC 9113
+/// 8.3.1 for HTTP/2; on HTTP/1 Frenly refuses what RFC 9112 3.2.2 resolves
+/// for the target, as readers disagree). A port must fit in 16 bits.
 fn host_is_sound(version: http::Version, uri: &http::Uri, headers: &http::HeaderMap) -> bool {
     let plain = |a: &http::uri::Authority| {
         let s = a.as_str();
@@ -161,10 +162,12 @@ fn host_is_sound(version: http::Version, uri: &http::Uri, headers: &http::Header
     else {
         return false;
     };
-    if version == http::Version::HTTP_2
-        && uri
-            .authority()
-            .is_some_and(|a| !a.as_str().eq_ignore_ascii_case(host.as_str()))
+    // HTTP/2's `:authority`, or an HTTP/1 absolute-form target, that names
+    // another authority than `Host`: which one is meant depends on who reads
+    // it (RFC 9112 3.2.2 has the target win, much software reads `Host`)
+    if uri
+        .authority()
+        .is_some_and(|a| !a.as_str().eq_ignore_ascii_case(host.as_str()))
     {
         return false;
     }
@@ -402,6 +405,13 @@ mod host_tests {
             "https://api.example/x",
             &["evil.example"]
         ));
+        // an HTTP/1 absolute-form target naming another authority than Host
+        assert!(!sound(
+            V::HTTP_11,
+            "http://evil.example/x",
+            &["api.example"]
+        ));
+        assert!(sound(V::HTTP_11, "http://API.example/x", &["api.example"]));
         assert!(!sound(V::HTTP_11, "/x", &["evil:99999999"]));
         assert!(!sound(V::HTTP_2, "https://evil:99999999/x", &[]));
         assert!(!sound(V::HTTP_11, "/x", &[]));

@@ -96,7 +96,10 @@ async fn ws(
 /// The values are copied, not cloned: a parsed header value is a slice of
 /// the connection's whole read buffer, and a clone would keep that buffer
 /// (~10 KB) alive for as long as the WebSocket stays open.
-fn credential_of(key_header: &http::HeaderName, headers: &http::HeaderMap) -> http::HeaderMap {
+pub(crate) fn credential_of(
+    key_header: &http::HeaderName,
+    headers: &http::HeaderMap,
+) -> http::HeaderMap {
     let mut kept = http::HeaderMap::new();
     for name in [key_header, &http::header::AUTHORIZATION] {
         for v in headers.get_all(name) {
@@ -123,6 +126,31 @@ async fn recheck(
             Some(who.clone())
         }
         Err(_) => None,
+    }
+}
+
+/// Resolves once an upgraded connection's credential is refused (revoked,
+/// expired, its user deleted), checked as `/api/ws` checks its own: at once
+/// when a change is announced, and every [`RECHECK_EVERY`]. The gateway's
+/// WebSocket relays end then.
+pub(crate) async fn until_refused(
+    state: &AppState,
+    mut who: Authenticated,
+    credential: http::HeaderMap,
+) {
+    let mut changes = state.authn.watch_changes();
+    let mut announced = true;
+    let mut verify = tokio::time::interval(RECHECK_EVERY);
+    verify.tick().await;
+    loop {
+        tokio::select! {
+            _ = verify.tick() => {}
+            r = changes.changed(), if announced => announced = r.is_ok(),
+        }
+        match recheck(state, &who, &credential).await {
+            Some(now) => who = now,
+            None => return,
+        }
     }
 }
 

@@ -83,7 +83,7 @@ const X_FRENLY_USER: HeaderName = HeaderName::from_static("x-frenly-user");
 /// The headers Frenly sets for the upstream or removes from the request
 /// (whatever the client sent is dropped first), and whose `_` respellings
 /// are removed too.
-const CONTROLLED: [&str; 8] = [
+const CONTROLLED: [&str; 21] = [
     "host",
     "forwarded",
     "x-forwarded-for",
@@ -92,6 +92,22 @@ const CONTROLLED: [&str; 8] = [
     "x-frenly-user",
     "x-real-ip",
     "x-request-id",
+    // what frameworks and CDNs read as the client's address, scheme, port
+    // or base path: forgeable, so never passed on from the client
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-forwarded",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-ssl",
+    "x-forwarded-server",
+    "front-end-https",
+    // rewrite the target past the route's base path (Symfony, IIS)
+    "x-original-url",
+    "x-rewrite-url",
 ];
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -174,6 +190,12 @@ impl Route {
     /// Phase 2: the upstream URI for an incoming one.
     fn upstream_uri(&self, incoming: &Uri) -> Result<Uri, ApiError> {
         let path = incoming.path();
+        // confined to the upstream's base path whatever the IDS's mode
+        if has_dot_segment(path) {
+            return Err(ApiError::BadRequest(
+                "the path has a `.` or `..` segment".into(),
+            ));
+        }
         let rest = if self.strip_prefix {
             path.get(self.base.len()..).unwrap_or("")
         } else {
@@ -202,6 +224,18 @@ impl Route {
         let (w, table) = self.rate.as_ref()?;
         Some(table.with(&key, |c| c.try_admit(w, crate::network::mono_ms())))
     }
+}
+
+/// Does `path` hold a `.` or `..` segment, as an upstream that normalises
+/// paths would read it: `%2e` as a dot, `%2f`, `%5c` and a backslash as
+/// separators?
+/// (`/v1/../admin` would leave the route's upstream base path.)
+fn has_dot_segment(path: &str) -> bool {
+    let mut p = path.to_ascii_lowercase();
+    for (from, to) in [("%2e", "."), ("%2f", "/"), ("%5c", "/"), ("\\", "/")] {
+        p = p.replace(from, to);
+    }
+    p.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 impl Gateway {
@@ -383,10 +417,8 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
         .get::<RequestId>()
         .map(|r| r.as_str().to_string())
         .unwrap_or_default();
-    let user = req
-        .extensions()
-        .get::<Authenticated>()
-        .map(|a| a.user_id.clone());
+    let who = req.extensions().get::<Authenticated>().cloned();
+    let user = who.as_ref().map(|a| a.user_id.clone());
     let passthrough = req
         .extensions()
         .get::<crate::server::parse_error::Passthrough>()
@@ -437,6 +469,9 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
         max_message: route.body_max,
     });
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // an upgraded connection's credential is checked again while it lasts
+    let credential =
+        upgrade.then(|| crate::app::ws::credential_of(&state.gateway.key_header, req.headers()));
     let slot = req.extensions().get::<crate::server::ConnSlot>().cloned();
     let (parts, incoming) = req.into_parts();
     let forwarded_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -548,13 +583,30 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
             tokio::spawn(async move {
                 // the relay holds the client connection's slot until it ends
                 let _slot = slot;
+                let watched = state.clone();
+                // ends the relay when the credential is refused, as on /api/ws
+                let refused = async move {
+                    match (who, credential) {
+                        (Some(who), Some(credential)) => {
+                            crate::app::ws::until_refused(&watched, who, credential).await
+                        }
+                        _ => std::future::pending().await,
+                    }
+                };
                 match tokio::try_join!(on_client, on_upstream) {
                     Ok((c, u)) => match inspect_ws {
-                        Some(conn) => ws::relay(state, conn, c, u).await,
+                        Some(conn) => ws::relay(state, conn, c, u, refused).await,
                         None => {
                             let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                                tracing::debug!(request_id, error = %e, "gateway: upgraded connection ended");
+                            tokio::select! {
+                                r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
+                                    if let Err(e) = r {
+                                        tracing::debug!(request_id, error = %e, "gateway: upgraded connection ended");
+                                    }
+                                }
+                                _ = refused => {
+                                    tracing::debug!(request_id, "gateway: credential refused; upgraded connection closed");
+                                }
                             }
                         }
                     },

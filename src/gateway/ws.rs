@@ -21,6 +21,12 @@
 //! with 1009, `message_too_large`, and is not sent on; text that is not
 //! UTF-8 with 1007, another protocol error with 1002: `app::ws::close_reason`).
 //!
+//! The handshake's credential is checked again while the relay lasts
+//! (`app::ws::until_refused`: at once when a change is announced, else every
+//! 5 s): once it is revoked or expired, or its user deleted, the client gets
+//! a close frame with code 1008 and the upstream a normal close (without
+//! inspection, the upgraded connection is simply closed).
+//!
 //! The relay re-frames the messages, so the upgrade request to the upstream
 //! carries no `Sec-WebSocket-Extensions` (no compression is negotiated).
 
@@ -54,7 +60,9 @@ pub async fn relay(
     conn: Conn,
     client: hyper::upgrade::Upgraded,
     upstream: hyper::upgrade::Upgraded,
+    refused: impl std::future::Future<Output = ()>,
 ) {
+    tokio::pin!(refused);
     // the client's messages are bounded like its request bodies; the
     // upstream's by tungstenite's defaults (64 MiB), like nothing over HTTP
     let from_client = WebSocketConfig::default()
@@ -128,6 +136,15 @@ pub async fn relay(
                     break;
                 }
             },
+            () = &mut refused => {
+                let close = CloseFrame {
+                    code: CloseCode::Policy,
+                    reason: "credential revoked or expired".into(),
+                };
+                let _ = c_tx.send(Message::Close(Some(close))).await;
+                let _ = u_tx.send(Message::Close(None)).await;
+                break;
+            }
             m = u_rx.next() => match m {
                 Some(Ok(m)) => {
                     if c_tx.send(m).await.is_err() {

@@ -335,6 +335,15 @@ async fn credentials_and_identity_headers_are_frenlys_own() {
         .header("x_real_ip", "203.0.113.9")
         .header("X_API_Key", "frn_forged")
         .header("X-Kept_Header", "1")
+        // what frameworks and CDNs read as the client's address or the
+        // target: forgeable
+        .header("X-Client-IP", "203.0.113.9")
+        .header("True-Client-IP", "203.0.113.9")
+        .header("CF-Connecting-IP", "203.0.113.9")
+        .header("X-Forwarded-Port", "1")
+        .header("X-Forwarded-Prefix", "/admin")
+        .header("X-Original-URL", "/admin")
+        .header("X-Rewrite-URL", "/admin")
         .send()
         .await
         .unwrap()
@@ -358,6 +367,17 @@ async fn credentials_and_identity_headers_are_frenlys_own() {
     );
     assert!(h.get("forwarded").is_none());
     assert!(h.get("x-real-ip").is_none());
+    for forgeable in [
+        "x-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-original-url",
+        "x-rewrite-url",
+    ] {
+        assert!(h.get(forgeable).is_none(), "{forgeable} forwarded: {h}");
+    }
     assert_eq!(h["x-frenly-user"], admin_id.as_str());
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-forwarded-host"], s.addr.to_string());
@@ -661,6 +681,82 @@ async fn websocket_messages_are_inspected_before_the_upstream() {
             m => panic!("expected close {code}, got {m:?}"),
         }
     }
+}
+
+/// A WebSocket through the gateway ends when its credential does, as
+/// `/api/ws` does: a deleted user's (and so revoked) key closes it with 1008
+/// and nothing more reaches the upstream.
+#[tokio::test]
+async fn a_gateway_websocket_ends_when_its_credential_is_revoked() {
+    let (s, _u) = setup().await;
+    let key = user_key(&s, "wsagent", &["agent"]).await;
+    let (mut ws, _) = open_ws(&s, Some(&key)).await.unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(
+        next_message(&mut ws).await.into_text().unwrap().as_str(),
+        "before"
+    );
+    let id = crate::common::user_id_of(&s, &key).await;
+    let r = s
+        .delete(&format!("/api/users/{id}"))
+        .header("X-API-Key", s.admin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    // closed at once (the deletion is announced), within the 5 s recheck
+    // at the latest; an echo of anything sent meanwhile is not expected
+    let _ = ws.send(Message::text("after")).await;
+    let closed = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => return f,
+                Some(Ok(Message::Text(t))) => {
+                    assert_ne!(t.as_str(), "after", "relayed after the revocation")
+                }
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the relay outlived its credential");
+    assert_eq!(closed.map(|f| u16::from(f.code)), Some(1008));
+}
+
+/// The route's upstream base path confines every request whatever the
+/// IDS's mode: a `.` or `..` segment (raw, `%2e`, or behind `%2f`/`\`) is
+/// 400 before the upstream.
+#[tokio::test]
+async fn dot_segments_never_reach_the_upstream_even_with_the_ids_off() {
+    let (addr, u) = start_upstream().await;
+    let cfg = config(addr).replace("[ids]\n", "[ids]\nmode = \"detect\"\n");
+    let s = TestServer::with(Opts::default().config(&cfg)).await;
+    for path in [
+        "/strip/../admin",
+        "/strip/%2e%2e/admin",
+        "/strip/a/%2E%2E%2Fadmin",
+        "/strip/a/..%5cadmin",
+        "/strip/./x",
+        "/v1/x/%2e%2e/%2e%2e/admin",
+    ] {
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nX-API-Key: {}\r\nConnection: close\r\n\r\n",
+            s.addr,
+            s.admin()
+        );
+        let text = crate::common::exchange(s.tls_connect().await, req.as_bytes()).await;
+        assert!(text.starts_with("HTTP/1.1 400 "), "{path}: {text}");
+    }
+    assert_eq!(u.hits.load(Ordering::SeqCst), 0);
+    // a dot inside a segment, and an encoded slash without dots, pass
+    let r = s
+        .get("/strip/v1.2/models/org%2Fname..json")
+        .header("X-API-Key", s.admin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
 }
 
 type Ws =
