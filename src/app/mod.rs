@@ -53,6 +53,12 @@ pub struct AppInner {
     pub gateway: crate::gateway::Gateway,
     /// Which refusals of banned addresses are audited.
     pub banned_refusals: crate::monitoring::refusals::BannedRefusals,
+    /// Cancelled when the server shuts down: upgraded connections (WebSocket
+    /// on `/api/ws` and through the gateway), which hyper no longer
+    /// tracks, close with 1001 then.
+    pub stopping: tokio_util::sync::CancellationToken,
+    /// The upgraded connections, so that shutdown can wait for their Close.
+    pub upgraded: tokio_util::task::TaskTracker,
 }
 
 /// Shared, cheap-to-clone application state.
@@ -122,6 +128,8 @@ impl AppState {
             gateway,
             shared,
             banned_refusals: Default::default(),
+            stopping: Default::default(),
+            upgraded: Default::default(),
         });
         inner.shared.start_subscriber(Arc::downgrade(&inner));
         Ok(AppState(inner))

@@ -20,7 +20,8 @@
 //! deleted user closes the connection (close code 1008) and gets no event
 //! after the revocation's answer, and a changed role applies to the events
 //! that follow. (A failure of the credential store itself keeps the
-//! connection: the next check decides.)
+//! connection: the next check decides.) On shutdown every connection gets
+//! a close frame with code 1001 (going away) before the process exits.
 
 use std::time::{Duration, Instant};
 
@@ -85,10 +86,13 @@ async fn ws(
         .read_buffer_size(READ_BUFFER)
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| async move {
-            // the socket holds its connection's slot until it ends
-            let _slot = slot;
-            serve(state, who, credential, changes, sub, socket).await
+        .on_upgrade(move |socket| {
+            let tracker = state.upgraded.clone();
+            tracker.track_future(async move {
+                // the socket holds its connection's slot until it ends
+                let _slot = slot;
+                serve(state, who, credential, changes, sub, socket).await
+            })
         }))
 }
 
@@ -236,6 +240,11 @@ async fn serve(
                 if !still_good(&state, &mut who, &credential, &mut socket).await {
                     break;
                 }
+            }
+            () = state.stopping.cancelled() => {
+                let frame = CloseFrame { code: 1001, reason: "server shutting down".into() };
+                let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+                break;
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > IDLE_TIMEOUT || !send(&mut socket, Message::Ping(Default::default())).await {

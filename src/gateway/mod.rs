@@ -580,7 +580,8 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
             let on_upstream = hyper::upgrade::on(&mut resp);
             let request_id = request_id.clone();
             let state = state.clone();
-            tokio::spawn(async move {
+            let tracker = state.upgraded.clone();
+            tokio::spawn(tracker.track_future(async move {
                 // the relay holds the client connection's slot until it ends
                 let _slot = slot;
                 let watched = state.clone();
@@ -607,12 +608,13 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
                                 _ = refused => {
                                     tracing::debug!(request_id, "gateway: credential refused; upgraded connection closed");
                                 }
+                                () = state.stopping.cancelled() => {}
                             }
                         }
                     },
                     Err(e) => tracing::warn!(request_id, error = %e, "gateway: upgrade failed"),
                 }
-            });
+            }));
         }
     }
     let (mut rparts, rbody) = resp.into_parts();

@@ -136,6 +136,19 @@ pub async fn relay(
                     break;
                 }
             },
+            () = state.stopping.cancelled() => {
+                let close = CloseFrame {
+                    code: CloseCode::Away,
+                    reason: "server shutting down".into(),
+                };
+                let _ = c_tx.send(Message::Close(Some(close))).await;
+                let _ = u_tx.send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Away,
+                    reason: "".into(),
+                })))
+                .await;
+                break;
+            }
             () = &mut refused => {
                 let close = CloseFrame {
                     code: CloseCode::Policy,

@@ -14,8 +14,9 @@
 //! HTTP/2 peer that answers the server's pings would otherwise hold its
 //! slot for ever; [`Activity`]); at most `network.max_connections`
 //! connections are served at once. On shutdown the listener closes first,
-//! in-flight requests get `network.shutdown_grace_seconds` to finish, then
-//! the audit log is flushed. A connection's first request target has the
+//! in-flight requests get `network.shutdown_grace_seconds` to finish,
+//! WebSockets (which hyper hands over) a close frame with 1001 (up to 2 s
+//! for it, within the grace), then the audit log is flushed. A connection's first request target has the
 //! bytes the URI parser refuses but clients send raw (`<`, `"`, ...)
 //! percent-encoded first ([`request_line`]), so such a request meets every
 //! layer instead of hyper's bare 400; what hyper still refuses as not
@@ -209,9 +210,15 @@ impl Server {
         let grace = Duration::from_secs(cfg.network.shutdown_grace_seconds);
         let _ = stop_tx.send(true);
         drop(live);
+        // upgraded connections say goodbye (1001) rather than vanish
+        self.state.stopping.cancel();
+        self.state.upgraded.close();
+        let started = tokio::time::Instant::now();
         if tokio::time::timeout(grace, all_ended.recv()).await.is_err() {
             tracing::warn!("in-flight requests did not finish within the shutdown grace period");
         }
+        let left = grace.saturating_sub(started.elapsed()).min(UPGRADED_CLOSE);
+        let _ = tokio::time::timeout(left, self.state.upgraded.wait()).await;
         self.state.audit.flush().await;
         Ok(())
     }
@@ -539,6 +546,9 @@ impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
         self.body.size_hint()
     }
 }
+
+/// How long shutdown waits at most for upgraded connections to close.
+const UPGRADED_CLOSE: Duration = Duration::from_secs(2);
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {

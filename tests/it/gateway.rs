@@ -724,6 +724,27 @@ async fn a_gateway_websocket_ends_when_its_credential_is_revoked() {
     assert_eq!(closed.map(|f| u16::from(f.code)), Some(1008));
 }
 
+/// On shutdown a relayed WebSocket gets a Close with 1001 (going away).
+#[tokio::test]
+async fn shutdown_closes_relayed_websockets_with_going_away() {
+    let (mut s, _u) = setup().await;
+    let (mut ws, _) = open_ws(&s, Some(s.admin())).await.unwrap();
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(
+        next_message(&mut ws).await.into_text().unwrap().as_str(),
+        "hello"
+    );
+    let reader = tokio::spawn(async move {
+        match next_message(&mut ws).await {
+            Message::Close(Some(f)) => u16::from(f.code),
+            m => panic!("expected a close frame, got {m:?}"),
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.terminate().await, Some(0));
+    assert_eq!(reader.await.unwrap(), 1001);
+}
+
 /// The route's upstream base path confines every request whatever the
 /// IDS's mode: a `.` or `..` segment (raw, `%2e`, or behind `%2f`/`\`) is
 /// 400 before the upstream.

@@ -442,6 +442,19 @@ async fn open_websockets_count_against_max_connections() {
     assert_eq!(r.status(), 200);
 }
 
+/// On shutdown an open WebSocket gets a Close with 1001 (going away), so a
+/// client can tell a shutdown from a crash (before, the socket just ended:
+/// 1006, abnormal closure).
+#[tokio::test]
+async fn shutdown_closes_websockets_with_going_away() {
+    let mut s = start().await;
+    let mut ws = connect(&s, Some(s.admin())).await.unwrap();
+    let reader = tokio::spawn(async move { close_code(&mut ws).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.terminate().await, Some(0));
+    assert_eq!(reader.await.unwrap(), 1001);
+}
+
 /// A client's Close is answered with a Close (before, the server just
 /// went: Python's `websockets` reported an abnormal closure, 1006).
 #[tokio::test]
