@@ -231,6 +231,9 @@ impl Route {
 /// separators?
 /// (`/v1/../admin` would leave the route's upstream base path.)
 fn has_dot_segment(path: &str) -> bool {
+    if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
+        return false;
+    }
     let mut p = path.to_ascii_lowercase();
     for (from, to) in [("%2e", "."), ("%2f", "/"), ("%5c", "/"), ("\\", "/")] {
         p = p.replace(from, to);
