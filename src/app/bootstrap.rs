@@ -54,8 +54,6 @@ pub async fn prepare(cfg: &Config) -> anyhow::Result<Prepared> {
         crate::server::tls::ensure_certificate(cfg)?;
     }
     crate::authn::ensure_secrets(cfg)?;
-    crate::data::ensure_keyring(cfg)
-        .map_err(|e| crate::data::unusable_keyring(cfg, format!("{e:#}")))?;
     if let Some(path) = cfg.sqlite_path() {
         if let Some(parent) = Path::new(path).parent() {
             if !parent.as_os_str().is_empty() {
@@ -70,6 +68,7 @@ pub async fn prepare(cfg: &Config) -> anyhow::Result<Prepared> {
     )
     .await?;
     restrict_sqlite_files(cfg);
+    crate::data::check_keyring_reads_the_data(cfg, &db).await?;
     Ok(Prepared { db })
 }
 

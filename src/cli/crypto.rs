@@ -27,7 +27,8 @@ pub struct FileArgs {
 
 #[derive(Debug, Args)]
 pub struct FieldArgs {
-    /// The value (read from stdin when absent).
+    /// The value (read from stdin when absent, without one trailing line
+    /// end: `echo secret | frenly encrypt-field` encrypts `secret`).
     pub value: Option<String>,
     #[arg(long)]
     pub key_file: PathBuf,
@@ -43,6 +44,44 @@ pub enum KeyringCmd {
     },
 }
 
+/// A key file is 44 characters; editors and tools add a little.
+const MAX_KEY_FILE: u64 = 4096;
+
+/// Refuse a key file that is also the command's input or output: with the
+/// output, the key was overwritten by the token (or the plaintext), exit 0,
+/// and nothing could ever be decrypted again.
+fn key_file_apart(a: &FileArgs) -> Result<(), Failure> {
+    for (other, what) in [(&a.output, "output"), (&a.input, "input")] {
+        if same_file(&a.key_file, other) {
+            return Err(Failure::refused(format!(
+                "the key file {} is also the {what}; nothing done",
+                a.key_file.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Do `a` and `b` name one file: the same inode when both exist, else the
+/// same path once their directories are resolved?
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+        return x.dev() == y.dev() && x.ino() == y.ino();
+    }
+    let resolved = |p: &Path| {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::canonicalize(dir)
+            .ok()
+            .zip(p.file_name())
+            .map(|(d, f)| d.join(f))
+    };
+    matches!((resolved(a), resolved(b)), (Some(x), Some(y)) if x == y)
+}
+
 /// Read a key file, or create one (0600) when `create` and it is missing.
 fn key_from_file(path: &Path, create: bool) -> Result<Key, Failure> {
     if create && !path.exists() {
@@ -56,8 +95,11 @@ fn key_from_file(path: &Path, create: bool) -> Result<Key, Failure> {
         );
         return Ok(key);
     }
-    let text = std::fs::read_to_string(path)
+    // a regular file, read bounded: a FIFO blocked for ever, `/dev/zero`
+    // was read until memory ran out
+    let bytes = crate::config::read_named_file(path, MAX_KEY_FILE)
         .map_err(|e| Failure::refused(format!("cannot read key file {}: {e}", path.display())))?;
+    let text = String::from_utf8_lossy(&bytes);
     Key::from_base64(&text).map_err(|_| {
         Failure::refused(format!(
             "key file {} does not hold a Fernet key (url-safe base64 of 32 bytes)",
@@ -96,6 +138,7 @@ fn crypto_failure(what: &str, input: &Path, output: &Path, e: FernetError) -> Fa
 }
 
 pub fn encrypt_file(a: FileArgs) -> CmdResult {
+    key_file_apart(&a)?;
     let key = key_from_file(&a.key_file, true)?;
     let bar = progress();
     key.encrypt_file(&a.input, &a.output, &bar)
@@ -105,6 +148,7 @@ pub fn encrypt_file(a: FileArgs) -> CmdResult {
 }
 
 pub fn decrypt_file(a: FileArgs) -> CmdResult {
+    key_file_apart(&a)?;
     let key = key_from_file(&a.key_file, false)?;
     let bar = progress();
     let r = key.decrypt_file(&a.input, &a.output, &bar);
@@ -176,7 +220,6 @@ pub fn keyring(cfg: Config, c: KeyringCmd) -> CmdResult {
     let KeyringCmd::Rotate { reencrypt } = c;
     crate::app::bootstrap::ensure_data_dir(&cfg.data_dir)
         .map_err(|e| Failure::refused(format!("data directory: {e}")))?;
-    crate::data::ensure_keyring(&cfg)?;
     let rt = super::runtime()?;
     rt.block_on(async {
         // audited in an initialised data directory (a keyring with no
@@ -186,6 +229,14 @@ pub fn keyring(cfg: Config, c: KeyringCmd) -> CmdResult {
             Err(_) if !reencrypt => None,
             Err(e) => return Err(e),
         };
+        // as at a start: an absent keyring is made only when no stored
+        // value needs the old one
+        match &db {
+            Some(db) => crate::data::check_keyring_reads_the_data(&cfg, db)
+                .await
+                .map_err(|e| Failure::refused(format!("{e:#}")))?,
+            None => crate::data::ensure_keyring(&cfg)?,
+        }
         let audit = match &db {
             Some(db) => Some((super::identity::open_audit(&cfg, db)?, db)),
             None => None,

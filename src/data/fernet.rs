@@ -132,14 +132,24 @@ impl Key {
         }
     }
 
-    /// Parse url-safe base64 of 32 bytes; one trailing newline is ignored
-    /// (key files written by editors).
+    /// Parse url-safe base64 of 32 bytes (or the standard alphabet's `+/`);
+    /// blanks and line ends around it are ignored (key files written by
+    /// editors and by Python).
     pub fn from_base64(s: &str) -> Result<Key, FernetError> {
-        let s = s.strip_suffix('\n').unwrap_or(s);
-        let s = s.strip_suffix('\r').unwrap_or(s);
-        let mut raw = KEY_B64
-            .decode(s.as_bytes())
-            .map_err(|_| FernetError::InvalidKey)?;
+        // as Python's `Fernet(key)` reads a key file's text: blanks and line
+        // ends around it, and the standard alphabet's `+/`, are accepted
+        let s = s.trim_matches(|c: char| c.is_ascii_whitespace());
+        let mut text: Vec<u8> = s
+            .bytes()
+            .map(|b| match b {
+                b'+' => b'-',
+                b'/' => b'_',
+                b => b,
+            })
+            .collect();
+        let decoded = KEY_B64.decode(&text);
+        text.zeroize();
+        let mut raw = decoded.map_err(|_| FernetError::InvalidKey)?;
         let out = <[u8; 32]>::try_from(raw.as_slice())
             .map(|b| Key::from_bytes(&b))
             .map_err(|_| FernetError::InvalidKey);

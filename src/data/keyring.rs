@@ -108,7 +108,10 @@ fn parse(path: &Path, doc: &FileDoc) -> Result<Ring, KeyringError> {
         }
         let key =
             Key::from_base64(&k.key).map_err(|_| bad(&format!("key `{}` is invalid", k.id)))?;
-        keys.insert(k.id.clone(), key);
+        if keys.insert(k.id.clone(), key).is_some() {
+            // which one decrypts what was written under the id?
+            return Err(bad(&format!("key id `{}` appears twice", k.id)));
+        }
     }
     if !keys.contains_key(&doc.primary) {
         return Err(bad("the primary key id is not in `keys`"));
@@ -128,6 +131,11 @@ impl Keyring {
             ring: RwLock::new(ring),
             seen: parking_lot::Mutex::new((crate::store::now_ms(), mtime(path))),
         })
+    }
+
+    /// Is there a key with this id?
+    pub fn has_key(&self, id: &str) -> bool {
+        self.ring.read().keys.contains_key(id)
     }
 
     /// The id of the key new values are encrypted under.
@@ -213,6 +221,11 @@ impl Keyring {
     /// wrote under it with it.
     pub fn rotate(path: &Path) -> Result<String, KeyringError> {
         use std::os::unix::fs::OpenOptionsExt;
+        // a symlinked keyring (a shared or mounted secret) is rotated where
+        // it lives: renaming over the link would leave the shared file
+        // without the new key, for every other instance
+        let resolved = std::fs::canonicalize(path).ok();
+        let path = resolved.as_deref().unwrap_or(path);
         let io = |e: std::io::Error| KeyringError::Io {
             path: path.display().to_string(),
             source: e,

@@ -22,6 +22,63 @@ pub fn unusable_keyring(
     )
 }
 
+/// Make sure the keyring reads what the database holds, before serving:
+/// generate it (one key, `k1`) only when absent and no stored value is
+/// encrypted; refuse to start (a configuration error naming
+/// `encryption.keyring_file`) when it is absent but data is (a new key
+/// cannot read the old data, and data written under a new `k1` could
+/// never be merged with it), or when a key id in use is missing from it or
+/// its key does not decrypt that key's data (a key changed under its id).
+/// Before, each of these started and answered 500 on every list and claim.
+pub async fn check_keyring_reads_the_data(
+    cfg: &crate::config::Config,
+    db: &crate::store::Db,
+) -> anyhow::Result<()> {
+    let samples = crate::store::tasks::key_samples(db).await?;
+    let in_use = || {
+        samples
+            .iter()
+            .map(|(id, _)| format!("`{id}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if std::fs::symlink_metadata(&cfg.keyring_file).is_err() && !samples.is_empty() {
+        return Err(unusable_keyring(
+            cfg,
+            format!(
+                "absent, but the database holds data encrypted under {}: restore the keyring it was written with (a new one cannot read it)",
+                in_use()
+            ),
+        )
+        .into());
+    }
+    ensure_keyring(cfg).map_err(|e| unusable_keyring(cfg, format!("{e:#}")))?;
+    let ring = keyring::Keyring::load(&cfg.keyring_file).map_err(|e| unusable_keyring(cfg, e))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(&cfg.keyring_file) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    file = %cfg.keyring_file.display(),
+                    "the keyring is readable by group or others (mode {mode:o}): chmod 600 it"
+                );
+            }
+        }
+    }
+    for (id, sample) in &samples {
+        if ring.decrypt(sample).is_err() {
+            let why = if ring.has_key(id) {
+                format!("its key `{id}` does not decrypt the data stored under `{id}` (was the key changed?)")
+            } else {
+                format!("it holds no key `{id}`, which stored data is encrypted under (keys in use: {})", in_use())
+            };
+            return Err(unusable_keyring(cfg, why).into());
+        }
+    }
+    Ok(())
+}
+
 /// Generate the keyring (one Fernet key, id `k1`) into a 0600 file when absent.
 pub fn ensure_keyring(cfg: &crate::config::Config) -> anyhow::Result<()> {
     use base64::Engine;

@@ -437,6 +437,31 @@ pub async fn encrypted_page(
         .collect()
 }
 
+/// One stored value per data-encryption key id the encrypted columns use
+/// (`"<key id>:<token>"`; a value without `:` gives the id `""`), for the
+/// start's check that the keyring reads the data. A full scan: once per
+/// start.
+pub async fn key_samples(db: &Db) -> Result<Vec<(String, String)>> {
+    const SQLITE: &str = "SELECT kid, MIN(v) AS sample FROM (\
+        SELECT substr(description, 1, instr(description, ':') - 1) AS kid, description AS v FROM tasks WHERE description IS NOT NULL \
+        UNION ALL SELECT substr(input, 1, instr(input, ':') - 1), input FROM tasks WHERE input IS NOT NULL \
+        UNION ALL SELECT substr(result, 1, instr(result, ':') - 1), result FROM tasks WHERE result IS NOT NULL\
+        ) AS t GROUP BY kid ORDER BY kid";
+    const POSTGRES: &str = "SELECT kid, MIN(v) AS sample FROM (\
+        SELECT substr(description, 1, strpos(description, ':') - 1) AS kid, description AS v FROM tasks WHERE description IS NOT NULL \
+        UNION ALL SELECT substr(input, 1, strpos(input, ':') - 1), input FROM tasks WHERE input IS NOT NULL \
+        UNION ALL SELECT substr(result, 1, strpos(result, ':') - 1), result FROM tasks WHERE result IS NOT NULL\
+        ) AS t GROUP BY kid ORDER BY kid";
+    let sql = match db.engine {
+        super::Engine::Sqlite => SQLITE,
+        super::Engine::Postgres => POSTGRES,
+    };
+    let rows = sqlx::query(sql).fetch_all(&db.pool).await?;
+    rows.iter()
+        .map(|r| Ok((col(r, "kid")?, col(r, "sample")?)))
+        .collect()
+}
+
 /// Replace the encrypted columns if they still hold `old` (a concurrent
 /// writer wins; the caller counts the skip).
 pub async fn replace_encrypted(

@@ -105,6 +105,76 @@ fn files_interoperate_with_python_cryptography_both_ways() {
     assert_eq!(text.len(), 44);
 }
 
+/// A key file that is also the output (or input) is refused before anything
+/// is written (before: the key was overwritten by the token, exit 0, and
+/// nothing could be decrypted again); a key file that is a FIFO is refused,
+/// not waited on; key text is read as Python's `Fernet` reads it.
+#[test]
+fn key_files_are_kept_apart_regular_and_read_as_python_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let plain = d.join("plain");
+    write_pattern(&plain, 1000);
+    let key = d.join("k.key");
+    // to be generated, and also the output: nothing generated, nothing written
+    let (code, _, err) = run_cli(
+        &["encrypt-file", p(&plain), p(&key), "--key-file", p(&key)],
+        None,
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("also the output"), "{err}");
+    assert!(!key.exists());
+    // the Fernet specification's key: both `-` and `_` in it
+    let spec = "cw_0x689RpI-jtRR7oE8h_eQsKImvJapLeSbXpwF4e4=";
+    std::fs::write(&key, spec).unwrap();
+    let enc = d.join("enc");
+    let (code, _, err) = run_cli(
+        &["encrypt-file", p(&plain), p(&enc), "--key-file", p(&key)],
+        None,
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    for args in [
+        ["encrypt-file", p(&plain), p(&key), "--key-file", p(&key)],
+        ["decrypt-file", p(&enc), p(&key), "--key-file", p(&key)],
+        ["encrypt-file", p(&key), p(&enc), "--key-file", p(&key)],
+    ] {
+        let (code, _, err) = run_cli(&args, None, &[]);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), spec, "{args:?}");
+    }
+    // the same key as Python's `Fernet` also reads it: blanks around it,
+    // the standard alphabet
+    let loose = d.join("loose.key");
+    std::fs::write(
+        &loose,
+        format!("  {}\n\n", spec.replace('-', "+").replace('_', "/")),
+    )
+    .unwrap();
+    let out = d.join("out");
+    let (code, _, err) = run_cli(
+        &["decrypt-file", p(&enc), p(&out), "--key-file", p(&loose)],
+        None,
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(same(&plain, &out));
+    // a FIFO in the key file's place is refused at once
+    let fifo = d.join("fifo.key");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let (code, _, err) = run_cli(
+        &["decrypt-file", p(&enc), p(&out), "--key-file", p(&fifo)],
+        None,
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+}
+
 #[test]
 fn tampered_files_and_wrong_keys_fail_cleanly_without_output() {
     let dir = tempfile::tempdir().unwrap();

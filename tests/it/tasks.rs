@@ -1062,6 +1062,126 @@ async fn keyring_rotation_keeps_rows_readable_and_reencrypt_rewrites_them() {
     assert_eq!(got["input"], json!({"x": 1}));
 }
 
+/// `frenly serve` expected to refuse to start: its exit code (`None` when
+/// it served instead, killed after 20 s) and stderr.
+fn serve_refused(s: &TestServer) -> (Option<i32>, String) {
+    let cfg = s.dir.path().join("frenly.toml");
+    let mut cmd = std::process::Command::new(crate::common::BIN);
+    cmd.args([
+        "serve",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data-dir",
+        s.data_dir().to_str().unwrap(),
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
+    for (k, v) in s.cli_env() {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    (code, err)
+}
+
+/// A keyring that cannot read the stored data stops the start, naming
+/// `encryption.keyring_file`: absent (before, a new `k1` was generated over
+/// the data: every read 500, new rows under a key that could never be
+/// merged with the old one), without a key id in use, with a key changed
+/// under its id, or with an id twice. Restored, the data reads again.
+#[tokio::test]
+async fn a_keyring_that_cannot_read_the_stored_data_stops_the_start() {
+    let mut s = start().await;
+    let t = create(&s, json!({"title": "kept", "description": "secret text"})).await;
+    let id = t["id"].as_str().unwrap().to_string();
+    let key = s.admin().to_string();
+    s.terminate().await;
+    let ring = s.data_dir().join("keyring.json");
+    let original = std::fs::read(&ring).unwrap();
+    let doc: Value = serde_json::from_slice(&original).unwrap();
+    let refused = |why: &str, needle: &str| {
+        let (code, err) = serve_refused(&s);
+        assert_eq!(code, Some(2), "{why}: {err}");
+        assert!(err.contains("encryption.keyring_file"), "{why}: {err}");
+        assert!(err.contains(needle), "{why}: {err}");
+    };
+    std::fs::remove_file(&ring).unwrap();
+    refused("absent", "`k1`");
+    assert!(!ring.exists(), "a new keyring was generated over the data");
+    let write = |d: &Value| std::fs::write(&ring, serde_json::to_vec(d).unwrap()).unwrap();
+    let other_key = frenly::data::fernet::Key::generate().to_base64();
+    let mut without = doc.clone();
+    without["keys"][0]["id"] = json!("k9");
+    without["primary"] = json!("k9");
+    write(&without);
+    refused("the key in use removed", "no key `k1`");
+    let mut changed = doc.clone();
+    changed["keys"][0]["key"] = json!(other_key);
+    write(&changed);
+    refused("the key changed under its id", "does not decrypt");
+    let mut twice = doc.clone();
+    let mut second = doc["keys"][0].clone();
+    second["key"] = json!(other_key);
+    twice["keys"].as_array_mut().unwrap().push(second);
+    write(&twice);
+    refused("an id twice", "appears twice");
+    std::fs::write(&ring, &original).unwrap();
+    let s = s.restart(Opts::default().config(BASE_CONFIG)).await;
+    let got: Value = s
+        .get(&format!("/api/tasks/{id}"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["description"], "secret text");
+}
+
+/// A symlinked keyring (a shared or mounted secret) is rotated where it
+/// lives: before, the rename replaced the link with a file, and the shared
+/// keyring never got the new key.
+#[test]
+fn a_symlinked_keyring_is_rotated_where_it_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_s = data.to_str().unwrap().to_string();
+    let (code, _, err) = crate::common::run_cli(&["init", "--data-dir", &data_s], None, &[]);
+    assert_eq!(code, 0, "{err}");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::rename(data.join("keyring.json"), shared.join("keyring.json")).unwrap();
+    std::os::unix::fs::symlink(shared.join("keyring.json"), data.join("keyring.json")).unwrap();
+    let (code, _, err) =
+        crate::common::run_cli(&["keyring", "rotate", "--data-dir", &data_s], None, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::symlink_metadata(data.join("keyring.json"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let ring: Value =
+        serde_json::from_slice(&std::fs::read(shared.join("keyring.json")).unwrap()).unwrap();
+    assert_eq!(ring["primary"], "k2", "{ring}");
+}
+
 /// `GET /api/tasks/{id}` reads through a cache of rows on SQLite
 /// (`store::cache`): after every kind of write, the next read shows it.
 #[tokio::test]
