@@ -144,7 +144,7 @@ impl Rule {
                 errs.push(format!("{f} must be at most {max} characters"));
             }
         }
-        if self.no_control && s.chars().any(char::is_control) {
+        if self.no_control && s.chars().any(is_control_or_invisible) {
             errs.push(format!("{f} must not contain control characters"));
         }
         if self.patterns.iter().any(|re| !re.is_match(s)) {
@@ -279,6 +279,31 @@ fn shorten(s: &str) -> String {
     } else {
         s.to_string()
     }
+}
+
+/// A control character, or an invisible one that changes how the text
+/// around it reads: bidirectional overrides and isolates (U+202A..U+202E,
+/// U+2066..U+2069: "Trojan Source" titles that display reversed), marks
+/// (U+200E, U+200F, U+061C), zero-width space and BOM (U+200B, U+FEFF),
+/// line and paragraph separators (U+2028, U+2029: one title, two lines in
+/// a log), invisible operators and deprecated format controls (U+2060..
+/// U+2064, U+206A..U+206F) and interlinear annotation (U+FFF9..U+FFFB).
+/// The joiners U+200C and U+200D are text (Persian, Indic scripts, emoji
+/// sequences) and pass.
+pub fn is_control_or_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200B}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        )
 }
 
 #[cfg(test)]

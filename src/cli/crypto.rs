@@ -235,7 +235,15 @@ pub fn keyring(cfg: Config, c: KeyringCmd) -> CmdResult {
             Some(db) => crate::data::check_keyring_reads_the_data(&cfg, db)
                 .await
                 .map_err(|e| Failure::refused(format!("{e:#}")))?,
-            None => crate::data::ensure_keyring(&cfg)?,
+            // neither a keyring nor a database: a mistyped --data-dir, not
+            // a keyring to make and rotate there
+            None if std::fs::symlink_metadata(&cfg.keyring_file).is_err() => {
+                return Err(Failure::refused(format!(
+                    "no keyring at {} and no database beside it: nothing to rotate (is --data-dir right?)",
+                    cfg.keyring_file.display()
+                )))
+            }
+            None => {}
         }
         let audit = match &db {
             Some(db) => Some((super::identity::open_audit(&cfg, db)?, db)),

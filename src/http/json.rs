@@ -91,6 +91,10 @@ impl<'de> Deserialize<'de> for UniqueValue {
     }
 }
 
+/// 2^63: whole doubles from here on are past what `i64` holds (`u64`
+/// literals up to 2^64 - 1 arrive as integers, never as doubles).
+const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
+
 /// Builds a [`Value`] as serde_json's own visitor does, refusing a member
 /// name an object already has.
 struct UniqueVisitor;
@@ -114,7 +118,17 @@ impl<'de> Visitor<'de> for UniqueVisitor {
         Ok(Value::Number(v.into()))
     }
 
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        // An integer literal past the 64-bit range arrives here as the
+        // nearest double: `2**64 + 1` (a Python int) came back as
+        // 1.8446744073709552e19, a changed value. A whole number that far
+        // out is refused (a float literal such as `1e19` with it: the two
+        // cannot be told apart here).
+        if v.fract() == 0.0 && v.abs() >= TWO_POW_63 {
+            return Err(E::custom(
+                "a whole number beyond the 64-bit integer range would not be kept exactly; send it as a string",
+            ));
+        }
         Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
     }
 
@@ -306,7 +320,7 @@ mod tests {
 
     #[test]
     fn unique_values_are_what_serde_json_builds() {
-        let text = r#"{"a":[1,-2,3.5,1e300,"x",null,true,{"b":{}}],"c":{"d":"e"},"f":18446744073709551615}"#;
+        let text = r#"{"a":[1,-2,3.5,1e-300,1.5e18,"x",null,true,{"b":{}}],"c":{"d":"e"},"f":18446744073709551615,"g":-9223372036854775808}"#;
         let UniqueValue(v) = parse(text.as_bytes()).unwrap();
         assert_eq!(v, serde_json::from_str::<Value>(text).unwrap());
         let m = parse::<UniqueValue>(br#"{"k":1}"#)
@@ -314,6 +328,20 @@ mod tests {
             .into_object()
             .unwrap();
         assert_eq!(m.get("k"), Some(&Value::from(1)));
+    }
+
+    /// A Python client's `2**64 + 1` came back as 1.8446744073709552e19:
+    /// whole numbers past the 64-bit range are refused, not changed.
+    #[test]
+    fn integers_past_64_bits_are_refused_not_rounded() {
+        for text in [
+            &br#"{"input":{"n":18446744073709551617}}"#[..],
+            br#"{"input":{"n":-9223372036854775809}}"#,
+            br#"[1000000000000000000000000000000]"#,
+        ] {
+            let m = message(parse::<UniqueValue>(text).unwrap_err());
+            assert!(m.contains("64-bit"), "{m}");
+        }
     }
 
     #[test]

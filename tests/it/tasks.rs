@@ -223,6 +223,34 @@ async fn validation_reports_every_rule_at_once() {
             "title",
             "title must not contain control characters",
         ),
+        // invisible characters that change how a title reads: a bidi
+        // override ("Trojan Source"), an isolate, a zero-width space, a BOM,
+        // a line separator
+        (
+            json!({"title": "invoice \u{202E}fdp.exe"}),
+            "title",
+            "title must not contain control characters",
+        ),
+        (
+            json!({"title": "a\u{2066}b"}),
+            "title",
+            "title must not contain control characters",
+        ),
+        (
+            json!({"title": "ad\u{200B}min"}),
+            "title",
+            "title must not contain control characters",
+        ),
+        (
+            json!({"title": "\u{FEFF}title"}),
+            "title",
+            "title must not contain control characters",
+        ),
+        (
+            json!({"title": "one\u{2028}two"}),
+            "title",
+            "title must not contain control characters",
+        ),
         // wrong types, reported per field
         (json!({"title": 5}), "title", "title must be a string"),
         (
@@ -252,6 +280,14 @@ async fn validation_reports_every_rule_at_once() {
     )
     .await;
     assert_eq!(t["title"].as_str().unwrap().chars().count(), 200);
+    // the joiners are text: an emoji sequence, a Persian word with ZWNJ
+    for title in [
+        "family 👨\u{200D}👩\u{200D}👧",
+        "می\u{200C}خواهم",
+        "עברית and العربية",
+    ] {
+        assert_eq!(create(&s, json!({"title": title})).await["title"], title);
+    }
 
     // not an object
     let r = s
@@ -1154,6 +1190,23 @@ async fn a_keyring_that_cannot_read_the_stored_data_stops_the_start() {
         .await
         .unwrap();
     assert_eq!(got["description"], "secret text");
+}
+
+/// `keyring rotate` in a directory with neither a keyring nor a database (a
+/// mistyped `--data-dir`) is refused and creates nothing (before: exit 0
+/// and a new keyring there, the real one unrotated).
+#[test]
+fn keyring_rotate_in_an_uninitialised_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("dta");
+    let (code, _, err) = crate::common::run_cli(
+        &["keyring", "rotate", "--data-dir", typo.to_str().unwrap()],
+        None,
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--data-dir"), "{err}");
+    assert!(!typo.join("keyring.json").exists());
 }
 
 /// A symlinked keyring (a shared or mounted secret) is rotated where it
