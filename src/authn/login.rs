@@ -11,7 +11,10 @@
 //! checked), and its lockout is audited
 //! (`security_violation`, `violation_type: "login_lockout"`). Each attempt is
 //! audited as `login_attempt` with `username` (at most 64 characters),
-//! `success` and, on failure, `reason`; the password is never recorded.
+//! `success` and, on failure, `reason`; the password is never recorded,
+//! and neither is a name that is no user's: that is `username: null` with
+//! `unknown_user: true` (a password typed into the name field, the classic
+//! slip, was written to the audit log and served by `/api/audit`).
 //!
 //! Not covered: credential stuffing spread over many accounts and addresses
 //! below the thresholds (rate limits and the monitor's burst detection help).
@@ -34,8 +37,24 @@ pub struct Issued {
     pub expires_in: i64,
 }
 
-fn audit_name(username: &str) -> String {
-    username.chars().take(64).collect()
+/// The name as audited: a user's, at most 64 characters; `null` for a
+/// name that is no user's (it may be a password typed in the wrong field).
+fn audit_name(username: &str, known: bool) -> serde_json::Value {
+    if known {
+        serde_json::Value::from(username.chars().take(64).collect::<String>())
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+/// Is `username` a user's name? (A name with a control character is no
+/// one's: user names are checked when created, and PostgreSQL refuses a
+/// NUL in text.)
+async fn lookup(state: &AppState, username: &str) -> Result<Option<store::users::User>, ApiError> {
+    if username.chars().any(char::is_control) {
+        return Ok(None);
+    }
+    Ok(store::users::by_username(&state.db, username).await?)
 }
 
 /// Check `username`/`password` and issue a token.
@@ -47,10 +66,13 @@ pub async fn login(
     request_id: Option<&str>,
 ) -> Result<Issued, ApiError> {
     let authn = &state.authn;
-    let event = |success: bool| {
+    let event = |success: bool, known: bool| {
         let mut ev = AuditEvent::new("login_attempt")
-            .field("username", audit_name(username))
+            .field("username", audit_name(username, known))
             .field("success", success);
+        if !known {
+            ev = ev.field("unknown_user", true);
+        }
         if let Some(r) = request_id {
             ev = ev.request_id(r);
         }
@@ -60,7 +82,9 @@ pub async fn login(
         ev
     };
     let fail = |reason: &'static str, user_id: Option<String>| {
-        let ev = event(false).field("reason", reason).user(user_id);
+        let ev = event(false, user_id.is_some())
+            .field("reason", reason)
+            .user(user_id);
         async move {
             state.metrics.login_failures.inc();
             state.audit.record(ev).await;
@@ -74,24 +98,19 @@ pub async fn login(
         Ok(a) => a,
         Err(what) => {
             tracing::info!(locked = what.as_str(), "login refused: locked out");
+            let user_id = lookup(state, username).await?.map(|u| u.id);
             return Err(fail(
                 match what {
                     super::lockout::Locked::Account => "account_locked",
                     super::lockout::Locked::Address => "address_locked",
                 },
-                None,
+                user_id,
             )
             .await);
         }
     };
 
-    // A name with a control character is no one's (user names are checked
-    // when created) and is not looked up: PostgreSQL refuses a NUL in text.
-    let user = if username.chars().any(char::is_control) {
-        None
-    } else {
-        store::users::by_username(&state.db, username).await?
-    };
+    let user = lookup(state, username).await?;
     let ok = if password.len() > MAX_PASSWORD_BYTES {
         false
     } else {
@@ -103,6 +122,7 @@ pub async fn login(
         (true, Some(u)) => u,
         (_, u) => {
             let newly = attempt.failed().await;
+            let known = u.is_some();
             let err = fail("invalid_credentials", u.map(|u| u.id)).await;
             for what in newly {
                 tracing::warn!(
@@ -121,7 +141,7 @@ pub async fn login(
                         ),
                     )
                     .field("locked", what.as_str())
-                    .field("username", audit_name(username));
+                    .field("username", audit_name(username, known));
                 if let Some(r) = request_id {
                     ev = ev.request_id(r);
                 }
@@ -144,7 +164,7 @@ pub async fn login(
     })?;
     state
         .audit
-        .record(event(true).user(Some(user.id.clone())))
+        .record(event(true, true).user(Some(user.id.clone())))
         .await;
     Ok(Issued {
         access_token: token,

@@ -542,7 +542,20 @@ fn audit_log(cfg: &Config) -> Outcome {
             let files = super::audit::chain_files(p);
             match verify_files(&files) {
                 Ok(n) => {
-                    if let Some(why) = loose_mode(p) {
+                    let mode = std::fs::metadata(p)
+                        .map(|m| m.permissions().mode() & 0o777)
+                        .unwrap_or(0);
+                    if mode & 0o022 != 0 {
+                        // the chain has no key: whoever may write the file
+                        // can rewrite its history with a recomputed chain
+                        fail(
+                            format!(
+                                "{} has mode {mode:04o}: writable by group or others, who can rewrite the log with a valid chain",
+                                p.display()
+                            ),
+                            chmod_fix(p),
+                        )
+                    } else if let Some(why) = loose_mode(p) {
                         warn(
                             format!("chain valid ({n} lines) but {why}"),
                             chmod_fix(p),

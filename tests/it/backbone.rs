@@ -58,6 +58,17 @@ async fn request_id_is_echoed_when_sane_and_replaced_otherwise() {
         .await
         .unwrap();
     assert_ne!(r.headers()["x-request-id"].to_str().unwrap(), long);
+    // an API key put there by mistake is neither echoed nor audited
+    let key = s.admin().to_string();
+    let r = s
+        .get("/api/auth/whoami")
+        .header("X-Request-Id", &key)
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_ne!(r.headers()["x-request-id"].to_str().unwrap(), key);
 }
 
 #[tokio::test]

@@ -486,6 +486,41 @@ async fn keys_create_list_revoke_rotate_and_expire() {
     }
 }
 
+/// A password typed into the name field is never written: a failed login
+/// for a name that is no user's is audited with `username: null` and
+/// `unknown_user: true` (before, the name was written as typed, and served by
+/// `/api/audit`); a user's own name is kept.
+#[tokio::test]
+async fn a_name_that_is_no_users_is_not_audited() {
+    let s = TestServer::with(Opts::default()).await;
+    let typed = "Tr0ub4dor&3-horse-battery";
+    for (name, password) in [(typed, "alice"), ("admin", "not the password")] {
+        let r = s
+            .post("/api/auth/login")
+            .json(&json!({"username": name, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    // the database has both attempts once it has the second
+    let body: Value = crate::common::wait_for("both login attempts stored", || {
+        let r = s.admin_get("/api/audit?type=login_attempt").send();
+        async move {
+            let v: Value = r.await.ok()?.json().await.ok()?;
+            (v["items"].as_array()?.len() >= 2).then_some(v)
+        }
+    })
+    .await;
+    let text = body.to_string();
+    assert!(!text.contains("Tr0ub4dor"), "{text}");
+    assert!(text.contains(r#""username":"admin""#), "{text}");
+    assert!(text.contains(r#""unknown_user":true"#), "{text}");
+    let log = std::fs::read_to_string(s.data_dir().join("security_audit.log")).unwrap();
+    assert!(!log.contains("Tr0ub4dor"), "{log}");
+    assert!(log.contains(r#""username":null"#), "{log}");
+}
+
 /// A database of its own for a store-level test: a fresh PostgreSQL one
 /// under `TEST_DB=postgres` (`None`, skipped, when unreachable outside CI),
 /// else an SQLite file in `dir`. Drop it with [`drop_scratch`].

@@ -934,6 +934,21 @@ fn check_fails_each_broken_item() {
         assert_eq!(code, 1, "{file}: {out}");
         assert!(out.contains(expect), "{file}: {out}");
     }
+    // an audit log others may write: the chain has no key, so whoever can
+    // write the file can rewrite its history with a valid chain
+    for mode in [0o666, 0o620] {
+        let (dir, data) = init_dir();
+        let (code, _, err) = run_cli(
+            &["keys", "create", "--user", "admin", "--data-dir", s(&data)],
+            None,
+            &[],
+        );
+        assert_eq!(code, 0, "{err}");
+        perm(&data.join("security_audit.log"), mode);
+        let (code, out) = check_with(dir.path(), &data, "");
+        assert_eq!(code, 1, "{mode:o}: {out}");
+        assert!(out.contains("FAIL audit log"), "{mode:o}: {out}");
+    }
     let (dir, data) = init_dir();
     let jwt = data.join("jwt.secret");
     std::fs::write(&jwt, "too-short").unwrap();
