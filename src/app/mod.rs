@@ -91,6 +91,7 @@ impl AppState {
                 backpressure: Some(metrics.audit_backpressure.clone()),
                 depth: Some(metrics.audit_queue_depth.clone()),
                 alerts: Some(alerts.clone()),
+                last_stored: crate::store::audit::last_line(&db).await.ok().flatten(),
             },
         )
         .map_err(|e| {

@@ -102,6 +102,9 @@ pub struct AuditHooks {
     pub backpressure: Option<prometheus_client::metrics::counter::Counter>,
     pub depth: Option<prometheus_client::metrics::gauge::Gauge>,
     pub alerts: Option<crate::monitoring::alerts::Alerts>,
+    /// The last line the database holds (`store::audit::last_line`): a file
+    /// found absent or empty continues the chain from it.
+    pub last_stored: Option<String>,
 }
 
 /// Seconds between two "audit queue high" alerts.
@@ -140,7 +143,18 @@ impl Audit {
             let f = file.open_file()?;
             Ok((cut, tail_hash(f, f.metadata()?.len(), &path)?))
         });
-        let (cut, prev) = file.unlock_after(read)?;
+        let (cut, mut prev) = file.unlock_after(read)?;
+        // No chain in the file (removed, or emptied, while the server was
+        // stopped) but events in the database: the chain goes on from the
+        // last stored line, so the gap shows (`check`, `audit verify` name
+        // it) instead of a fresh chain that verifies as if nothing was lost.
+        let mut resumed = None;
+        if prev == GENESIS {
+            if let Some((_, h)) = hooks.last_stored.as_deref().and_then(split_line) {
+                prev = h.to_string();
+                resumed = Some(prev.clone());
+            }
+        }
         let capacity = cfg.audit.queue_capacity.max(16);
         let (tx, rx) = mpsc::channel(capacity);
         let written = Arc::new(AtomicU64::new(0));
@@ -167,6 +181,23 @@ impl Audit {
             hooks,
             last_alert_ms: std::sync::atomic::AtomicI64::new(0),
         };
+        if let Some(hash) = resumed {
+            tracing::warn!(
+                file = %cfg.audit_file.display(),
+                "the audit file holds no chain but the database holds events: the chain goes on from the last stored line (was the file removed?)"
+            );
+            let ev = AuditEvent::new("security_violation")
+                .field("violation_type", "audit_file_missing")
+                .field(
+                    "details",
+                    "the audit file held no chain at start while the database held events; the chain goes on from the last stored line",
+                )
+                .field("continues_from", hash);
+            audit.queued.fetch_add(1, Ordering::Relaxed);
+            if audit.tx.try_send(Msg::Event(ev)).is_err() {
+                audit.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
         if let Some((bytes, hash)) = cut {
             tracing::warn!(
                 file = %cfg.audit_file.display(),

@@ -131,6 +131,15 @@ pub async fn list(db: &Db, f: &AuditFilter) -> Result<Vec<(i64, String)>> {
         .collect()
 }
 
+/// The last line stored, if any: where the file's chain goes on when the
+/// file is found absent or empty at start.
+pub async fn last_line(db: &Db) -> Result<Option<String>> {
+    let row = sqlx::query("SELECT line FROM audit_events ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&db.pool)
+        .await?;
+    row.map(|r| col::<String>(&r, "line")).transpose()
+}
+
 /// Rows stored (tests and `frenly check`).
 pub async fn count(db: &Db) -> Result<i64> {
     let row = sqlx::query("SELECT COUNT(*) AS n FROM audit_events")

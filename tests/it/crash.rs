@@ -223,3 +223,53 @@ async fn incomplete_last_audit_line_is_reported_then_repaired() {
     assert!(after.starts_with(&text), "complete lines kept as they were");
     assert!(after.contains("\"event_type\":\"audit_tail_truncated\""));
 }
+
+/// An audit file removed while the server was stopped does not start a
+/// fresh chain that verifies as if nothing was lost: the chain goes on from
+/// the last line the database holds, the first new line says what
+/// happened, and `audit verify` of the new file reports the break.
+#[tokio::test]
+async fn a_removed_audit_file_does_not_restart_the_chain_unnoticed() {
+    let mut s = TestServer::start().await;
+    let key = s.admin().to_string();
+    for _ in 0..3 {
+        let r = s
+            .get("/api/auth/whoami")
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(s.terminate().await, Some(0));
+    let log = s.data_dir().join("security_audit.log");
+    let old = std::fs::read_to_string(&log).unwrap();
+    let last_hash = old
+        .lines()
+        .last()
+        .unwrap()
+        .rsplit('"')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    std::fs::remove_file(&log).unwrap();
+    let s = s.restart(Opts::default()).await;
+    let r = s
+        .get("/api/auth/whoami")
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let first = crate::common::audit_line(&s, "the new file's first line", |_| true).await;
+    assert!(
+        first.contains(r#""violation_type":"audit_file_missing""#),
+        "{first}"
+    );
+    assert!(
+        first.contains(&format!(r#""prev_hash":"{last_hash}""#)),
+        "{first} does not go on from {last_hash}"
+    );
+    let (code, out, _) = run_cli(&["audit", "verify", log.to_str().unwrap()], None, &[]);
+    assert_ne!(code, 0, "{out}");
+}

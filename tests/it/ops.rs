@@ -300,6 +300,7 @@ async fn burst_of_100k_events_under_backpressure_loses_none() {
                 backpressure: Some(metrics.audit_backpressure.clone()),
                 depth: Some(metrics.audit_queue_depth.clone()),
                 alerts: None,
+                last_stored: None,
             },
         )
         .unwrap(),
