@@ -83,7 +83,8 @@ impl AppState {
         // expired rows are dropped once per start (a catch-up only reads)
         let _ = crate::store::revoked::prune(&db, crate::store::now_ms()).await;
         authn.revocations.load(&db).await?;
-        let alerts = crate::monitoring::alerts::Alerts::start(&cfg)?;
+        let alerts =
+            crate::monitoring::alerts::Alerts::start_counted(&cfg, metrics.alerts.clone())?;
         let audit = crate::monitoring::audit::Audit::start_with(
             &cfg,
             db.clone(),

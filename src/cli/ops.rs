@@ -262,14 +262,12 @@ pub fn monitor(cfg: Config, a: MonitorArgs) -> CmdResult {
 
 /// Give queued alerts time to be delivered before a `--once` run exits.
 async fn wait_for_alerts(cfg: &Config, alerts: &crate::monitoring::alerts::Alerts, sent: u64) {
-    use std::sync::atomic::Ordering;
     if cfg.alerts.webhook_url.is_none() || sent == 0 {
         return;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while tokio::time::Instant::now() < deadline {
-        let done = alerts.delivered.load(Ordering::Relaxed) + alerts.failed.load(Ordering::Relaxed);
-        if done >= sent {
+        if alerts.settled() >= sent {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub audit_queue_depth: Gauge,
     /// Times a request waited because the audit queue was full.
     pub audit_backpressure: Counter,
+    /// The alert channel's counters (`monitoring::alerts`).
+    pub alerts: crate::monitoring::alerts::AlertCounters,
     pub ws_connections: Gauge,
     /// 1 when Redis (if configured) is reachable.
     pub redis_up: Gauge,
@@ -113,6 +115,31 @@ impl Metrics {
         );
         let redis_up = Gauge::default();
         registry.register("redis_up", "1 when Redis is reachable", redis_up.clone());
+        let alerts = crate::monitoring::alerts::AlertCounters::default();
+        for (name, help, c) in [
+            (
+                "alerts_delivered",
+                "alerts the webhook accepted",
+                &alerts.delivered,
+            ),
+            (
+                "alerts_failed",
+                "alerts not delivered after five tries",
+                &alerts.failed,
+            ),
+            (
+                "alerts_dropped",
+                "alerts not queued: the queue was full",
+                &alerts.dropped,
+            ),
+            (
+                "alerts_suppressed",
+                "alerts over the per-kind budget, reported in a summary alert",
+                &alerts.suppressed,
+            ),
+        ] {
+            registry.register(name, help, c.clone());
+        }
         Metrics {
             registry,
             requests,
@@ -124,6 +151,7 @@ impl Metrics {
             audit_backpressure,
             ws_connections,
             redis_up,
+            alerts,
         }
     }
 
