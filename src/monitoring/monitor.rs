@@ -118,12 +118,13 @@ pub fn write_baseline(cfg: &Config) -> anyhow::Result<PathBuf> {
 /// Compare the watched files with the baseline. `Ok(None)`: no baseline yet.
 pub fn integrity(cfg: &Config) -> anyhow::Result<Option<Vec<Finding>>> {
     let path = baseline_path(cfg);
-    let text = match std::fs::read_to_string(&path) {
+    // a regular file, read bounded (a FIFO in its place hung every pass)
+    let text = match crate::config::read_named_file(&path, crate::config::MAX_NAMED_FILE) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
     };
-    let base: Value = serde_json::from_str(&text)
+    let base: Value = serde_json::from_slice(&text)
         .map_err(|e| anyhow::anyhow!("{} is not a baseline: {e}", path.display()))?;
     let files = base
         .get("files")
@@ -200,17 +201,31 @@ fn audit_bursts(cfg: &Config) -> Vec<Finding> {
     // The window is short: the current file and the newest rotated one.
     let files = super::audit::chain_files(&cfg.audit_file);
     let mut text = String::new();
+    let mut out = Vec::new();
+    let unreadable = |f: &std::path::Path, why: String| Finding {
+        kind: "audit_log_unreadable",
+        detail: format!("{}: {why}: failed logins not checked", f.display()),
+    };
     for f in files.iter().rev().take(2).rev() {
-        if let Ok(t) = std::fs::read_to_string(f) {
-            text.push_str(&t);
+        // a regular file only: a FIFO in its place hung the monitor, and a
+        // directory was skipped without a word
+        match std::fs::metadata(f) {
+            Ok(m) if m.is_file() => match std::fs::read_to_string(f) {
+                Ok(t) => text.push_str(&t),
+                Err(e) => out.push(unreadable(f, e.to_string())),
+            },
+            Ok(_) => out.push(unreadable(f, "not a regular file".into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => out.push(unreadable(f, e.to_string())),
         }
     }
-    failed_login_bursts(
+    out.extend(failed_login_bursts(
         text.lines(),
         cfg.monitor.failed_login_burst,
         cfg.monitor.failed_login_window_seconds,
         crate::store::now_ms(),
-    )
+    ));
+    out
 }
 
 /// Processes named like one of `names`.
@@ -333,12 +348,24 @@ pub fn run_once(cfg: &Config) -> anyhow::Result<(Vec<Finding>, Option<String>)> 
     let mut out = audit_bursts(cfg);
     out.extend(suspicious_processes(&cfg.monitor.suspicious_processes));
     out.extend(unexpected_ports(cfg));
-    let note = match integrity(cfg)? {
-        Some(f) => {
+    let note = match integrity(cfg) {
+        Ok(Some(f)) => {
             out.extend(f);
             None
         }
-        None => {
+        // an unreadable baseline is a finding, alerted like the others; the
+        // other checks still run (before, the whole pass failed: no finding,
+        // no alert, a monitor silenced by a bad write)
+        Err(e) => {
+            out.push(Finding {
+                kind: "baseline_unreadable",
+                detail: format!(
+                    "{e:#}: file integrity not checked (restore the baseline from its copy, or record a new one with `frenly monitor --baseline` once the files are known good)"
+                ),
+            });
+            None
+        }
+        Ok(None) => {
             // A finding, not only a note: after the first run a missing
             // baseline means someone removed it, and a fresh one would
             // silently bless whatever they changed.

@@ -1446,6 +1446,30 @@ fn monitor_once_finds_a_changed_key_file_and_an_nmap_process() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A corrupt baseline (a bad write, a full disk) is a finding, alerted
+    // (before, the pass failed: no finding, no alert, and the other checks'
+    // findings were dropped with it)
+    std::fs::write(&baseline, "{ half a baseline").unwrap();
+    let (code, out, err) = run(&["--once"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FINDING baseline_unreadable")),
+        "{out}{err}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !got
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|a| a["kind"] == "baseline_unreadable")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no baseline_unreadable alert"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
