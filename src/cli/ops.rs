@@ -121,9 +121,21 @@ fn audit_verify(files: &[PathBuf]) -> CmdResult {
 pub fn audit(g: &Global, c: AuditCmd) -> CmdResult {
     match c {
         AuditCmd::Verify { files } => {
-            // a file that cannot be read is an error, not a broken chain
+            // a file that cannot be read is an error, not a broken chain;
+            // so is one that is not a regular file (a directory was
+            // "BROKEN", a FIFO blocked, /dev/zero read until memory ran out)
             for f in &files {
-                if let Err(e) = std::fs::File::open(f) {
+                let readable = std::fs::metadata(f).and_then(|m| {
+                    if m.is_file() {
+                        std::fs::File::open(f).map(|_| ())
+                    } else {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            "not a regular file",
+                        ))
+                    }
+                });
+                if let Err(e) = readable {
                     return Err(Failure::refused(format!(
                         "cannot read {}: {e}",
                         f.display()
@@ -240,7 +252,9 @@ pub fn monitor(cfg: Config, a: MonitorArgs) -> CmdResult {
                 outln!("NOTE {n}")?;
             }
             for f in &findings {
-                outln!("FINDING {}: {}", f.kind, f.detail)?;
+                // a process's argv is anyone's text: a line break in it
+                // would print lines of its choosing
+                outln!("FINDING {}: {}", f.kind, mon::printable(&f.detail))?;
                 // In the loop, alert only what is new since the last pass.
                 if a.once || !previous.contains(f) {
                     alerts.send(f.alert());

@@ -342,6 +342,21 @@ pub fn unexpected_ports(cfg: &Config) -> Vec<Finding> {
         .collect()
 }
 
+/// `s` with its control characters escaped (`\n` as the two characters
+/// `\` `n`): a finding's detail quotes other people's text (a process's
+/// argv), which must not print lines of its own.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// One pass of every check. The second value is a note to print (for
 /// example "baseline recorded").
 pub fn run_once(cfg: &Config) -> anyhow::Result<(Vec<Finding>, Option<String>)> {
@@ -390,6 +405,14 @@ pub fn run_once(cfg: &Config) -> anyhow::Result<(Vec<Finding>, Option<String>)> 
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_detail_prints_on_one_line() {
+        let p = printable("nc -l 4444 x\nOK forged line\r\u{1b}[2J");
+        assert!(!p.chars().any(char::is_control), "{p}");
+        assert_eq!(p, "nc -l 4444 x\\nOK forged line\\r\\u{1b}[2J");
+        assert_eq!(printable("plain é"), "plain é");
+    }
 
     #[test]
     fn parses_proc_net_tcp() {

@@ -89,6 +89,19 @@ async fn audit_verify_passes_untouched_and_catches_edit_drop_swap_truncation() {
     assert_eq!((code, out.as_str()), (1, ""), "{err}");
     assert!(err.contains("cannot read"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // ... and so is one that is not a regular file (a directory was BROKEN on
+    // stdout; a FIFO blocked; /dev/zero read until memory ran out)
+    let fifo = dir.path().join("fifo.log");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for not_a_file in [dir.path(), fifo.as_path(), Path::new("/dev/zero")] {
+        let (code, out, err) = run_cli(&["audit", "verify", s(not_a_file)], None, &[]);
+        assert_eq!((code, out.as_str()), (1, ""), "{err}");
+        assert!(err.contains("not a regular file"), "{err}");
+    }
 
     let orig = lines_of(&log);
     let t = dir.path().join("t.log");
