@@ -256,6 +256,19 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// Alerts to the webhook at `url` (with the data dir they need).
+    fn alerts_to(url: String) -> (tempfile::TempDir, Alerts) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::load(&crate::config::Source {
+            file: None,
+            data_dir: Some(dir.path().to_path_buf()),
+            env: vec![("FRENLY_ALERTS__WEBHOOK_URL".into(), url)],
+        })
+        .unwrap();
+        let alerts = Alerts::start(&cfg).unwrap();
+        (dir, alerts)
+    }
+
     /// A receiver that never answers the first alert still gets the second
     /// at once (before, alerts went one at a time: the next waited out the
     /// first one's 10 s timeout and retries).
@@ -279,14 +292,7 @@ mod tests {
                     .await;
             }
         });
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = crate::config::load(&crate::config::Source {
-            file: None,
-            data_dir: Some(dir.path().to_path_buf()),
-            env: vec![("FRENLY_ALERTS__WEBHOOK_URL".into(), url)],
-        })
-        .unwrap();
-        let alerts = Alerts::start(&cfg).unwrap();
+        let (_dir, alerts) = alerts_to(url);
         alerts.send(serde_json::json!({"type": "first"}));
         tokio::time::sleep(Duration::from_millis(100)).await;
         alerts.send(serde_json::json!({"type": "second"}));
@@ -353,14 +359,7 @@ mod tests {
     #[tokio::test]
     async fn a_flood_of_one_kind_is_summed_up_and_does_not_bury_another() {
         let (url, got) = receiver().await;
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = crate::config::load(&crate::config::Source {
-            file: None,
-            data_dir: Some(dir.path().to_path_buf()),
-            env: vec![("FRENLY_ALERTS__WEBHOOK_URL".into(), url)],
-        })
-        .unwrap();
-        let alerts = Alerts::start(&cfg).unwrap();
+        let (_dir, alerts) = alerts_to(url);
         for i in 0..50 {
             alerts.send(serde_json::json!({"type": "incident", "kind": "ids_block", "n": i}));
         }

@@ -34,6 +34,19 @@ async fn get_task(s: &TestServer, id: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// The task as the holder of `key` reads it (after a restart, when the
+/// admin key is no longer printed).
+async fn read_task_with(s: &TestServer, id: &str, key: &str) -> Value {
+    s.get(&format!("/api/tasks/{id}"))
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// The task as the admin reads it (200 required).
 async fn read_task(s: &TestServer, id: &str) -> Value {
     let r = get_task(s, id).await;
@@ -1085,15 +1098,7 @@ async fn keyring_rotation_keeps_rows_readable_and_reencrypt_rewrites_them() {
     )
     .unwrap();
     let s = s.restart(Opts::default().config(BASE_CONFIG)).await;
-    let got: Value = s
-        .get(&format!("/api/tasks/{id}"))
-        .header("X-API-Key", &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got = read_task_with(&s, &id, &key).await;
     assert_eq!(got["description"], "before");
     assert_eq!(got["input"], json!({"x": 1}));
 }
@@ -1180,15 +1185,7 @@ async fn a_keyring_that_cannot_read_the_stored_data_stops_the_start() {
     refused("an id twice", "appears twice");
     std::fs::write(&ring, &original).unwrap();
     let s = s.restart(Opts::default().config(BASE_CONFIG)).await;
-    let got: Value = s
-        .get(&format!("/api/tasks/{id}"))
-        .header("X-API-Key", &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got = read_task_with(&s, &id, &key).await;
     assert_eq!(got["description"], "secret text");
 }
 
