@@ -122,8 +122,10 @@ pub fn parse_audit_query(query: Option<&str>) -> Result<AuditFilter, ApiError> {
                     err("user_id", "1..128 printable characters");
                 }
             }
+            // as events record it: an IPv4 client is `1.2.3.4`, also when
+            // asked for as `::ffff:1.2.3.4`
             "ip" => match v.parse::<std::net::IpAddr>() {
-                Ok(ip) => f.ip = Some(ip.to_string()),
+                Ok(ip) => f.ip = Some(ip.to_canonical().to_string()),
                 Err(_) => err("ip", "an IPv4 or IPv6 address"),
             },
             "limit" => match v.parse::<i64>() {
@@ -198,5 +200,8 @@ mod tests {
             );
         }
         assert_eq!(parse_audit_query(None).unwrap().limit, 100);
+        // an IPv4 address in its IPv6-mapped spelling is the address events carry
+        let f = parse_audit_query(Some("ip=%3A%3Affff%3A127.0.0.1")).unwrap();
+        assert_eq!(f.ip.as_deref(), Some("127.0.0.1"));
     }
 }
