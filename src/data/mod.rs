@@ -54,17 +54,9 @@ pub async fn check_keyring_reads_the_data(
     }
     ensure_keyring(cfg).map_err(|e| unusable_keyring(cfg, format!("{e:#}")))?;
     let ring = keyring::Keyring::load(&cfg.keyring_file).map_err(|e| unusable_keyring(cfg, e))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(&cfg.keyring_file) {
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                tracing::warn!(
-                    file = %cfg.keyring_file.display(),
-                    "the keyring is readable by group or others (mode {mode:o}): chmod 600 it"
-                );
-            }
-        }
+    // the checklist's own mode test (`frenly check` FAILs it)
+    if let Some(why) = crate::monitoring::check::loose_mode(&cfg.keyring_file) {
+        tracing::warn!("the keyring is readable by group or others: {why}; chmod 600 it");
     }
     for (id, sample) in &samples {
         if ring.decrypt(sample).is_err() {

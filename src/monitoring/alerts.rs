@@ -54,6 +54,27 @@ struct Window {
     suppressed: u64,
 }
 
+impl Window {
+    fn new(now: tokio::time::Instant) -> Window {
+        Window {
+            started: now,
+            sent: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// At `now`, past the window's minute: start a new one, and give the
+    /// count of the old one's suppressed alerts if there were any.
+    fn roll(&mut self, now: tokio::time::Instant) -> Option<u64> {
+        if now.duration_since(self.started) < Duration::from_secs(60) {
+            return None;
+        }
+        let n = self.suppressed;
+        *self = Window::new(now);
+        (n > 0).then_some(n)
+    }
+}
+
 /// Handle to the alert sender.
 #[derive(Clone)]
 pub struct Alerts {
@@ -104,16 +125,26 @@ impl Alerts {
             counters,
             windows,
         };
-        // a flood's last minute is reported even when nothing follows it
-        let ticker = alerts.clone();
+        // a flood's last minute is reported even when nothing follows it;
+        // the ticker holds the queue weakly, so it ends with the last handle
+        let (weak, counters, windows) = (
+            alerts.tx.as_ref().map(mpsc::Sender::downgrade),
+            alerts.counters.clone(),
+            alerts.windows.clone(),
+        );
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
-                ticker.report_suppressed(tokio::time::Instant::now());
-                if ticker.tx.as_ref().is_none_or(|t| t.is_closed()) {
+                let Some(tx) = weak.as_ref().and_then(mpsc::WeakSender::upgrade) else {
                     return;
-                }
+                };
+                let ticker = Alerts {
+                    tx: Some(tx),
+                    counters: counters.clone(),
+                    windows: windows.clone(),
+                };
+                ticker.report_suppressed(tokio::time::Instant::now());
             }
         });
         Ok(alerts)
@@ -136,22 +167,10 @@ impl Alerts {
         let now = tokio::time::Instant::now();
         let summary = {
             let mut windows = self.windows.lock();
-            let w = windows.entry(key.clone()).or_insert(Window {
-                started: now,
-                sent: 0,
-                suppressed: 0,
-            });
-            let summary = (now.duration_since(w.started) >= Duration::from_secs(60))
-                .then(|| {
-                    let n = std::mem::take(&mut w.suppressed);
-                    *w = Window {
-                        started: now,
-                        sent: 0,
-                        suppressed: 0,
-                    };
-                    n
-                })
-                .filter(|n| *n > 0);
+            let w = windows
+                .entry(key.clone())
+                .or_insert_with(|| Window::new(now));
+            let summary = w.roll(now);
             if w.sent >= PER_KIND_PER_MINUTE {
                 w.suppressed += 1;
                 self.counters.suppressed.inc();
@@ -172,18 +191,8 @@ impl Alerts {
             let mut windows = self.windows.lock();
             windows
                 .iter_mut()
-                .filter(|(_, w)| {
-                    w.suppressed > 0 && now.duration_since(w.started) >= Duration::from_secs(60)
-                })
-                .map(|(k, w)| {
-                    let n = std::mem::take(&mut w.suppressed);
-                    *w = Window {
-                        started: now,
-                        sent: 0,
-                        suppressed: 0,
-                    };
-                    (k.clone(), n)
-                })
+                .filter(|(_, w)| w.suppressed > 0)
+                .filter_map(|(k, w)| w.roll(now).map(|n| (k.clone(), n)))
                 .collect()
         };
         for (key, n) in due {

@@ -186,17 +186,15 @@ impl Audit {
                 file = %cfg.audit_file.display(),
                 "the audit file holds no chain but the database holds events: the chain goes on from the last stored line (was the file removed?)"
             );
-            let ev = AuditEvent::new("security_violation")
-                .field("violation_type", "audit_file_missing")
-                .field(
-                    "details",
-                    "the audit file held no chain at start while the database held events; the chain goes on from the last stored line",
-                )
-                .field("continues_from", hash);
-            audit.queued.fetch_add(1, Ordering::Relaxed);
-            if audit.tx.try_send(Msg::Event(ev)).is_err() {
-                audit.queued.fetch_sub(1, Ordering::Relaxed);
-            }
+            audit.queue_at_start(
+                AuditEvent::new("security_violation")
+                    .field("violation_type", "audit_file_missing")
+                    .field(
+                        "details",
+                        "the audit file held no chain at start while the database held events; the chain goes on from the last stored line",
+                    )
+                    .field("continues_from", hash),
+            );
         }
         if let Some((bytes, hash)) = cut {
             tracing::warn!(
@@ -204,15 +202,22 @@ impl Audit {
                 bytes,
                 "removed an incomplete last audit line (the process was killed while writing it)"
             );
-            let ev = AuditEvent::new("audit_tail_truncated")
-                .field("bytes", bytes)
-                .field("sha256", hash);
-            audit.queued.fetch_add(1, Ordering::Relaxed);
-            if audit.tx.try_send(Msg::Event(ev)).is_err() {
-                audit.queued.fetch_sub(1, Ordering::Relaxed);
-            }
+            audit.queue_at_start(
+                AuditEvent::new("audit_tail_truncated")
+                    .field("bytes", bytes)
+                    .field("sha256", hash),
+            );
         }
         Ok(audit)
+    }
+
+    /// Queue what the start found about the file itself, ahead of every
+    /// request's event (the queue is empty: it cannot be full).
+    fn queue_at_start(&self, ev: AuditEvent) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.try_send(Msg::Event(ev)).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Hand an event to the writer. Waits for room when the queue is full

@@ -145,7 +145,7 @@ fn tls(cfg: &Config) -> Outcome {
 }
 
 /// Mode check of a secret file: `None` when it is owner-only.
-fn loose_mode(path: &Path) -> Option<String> {
+pub(crate) fn loose_mode(path: &Path) -> Option<String> {
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
     (mode & 0o077 != 0).then(|| format!("{} has mode {mode:04o}", path.display()))
 }

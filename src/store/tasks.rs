@@ -442,19 +442,22 @@ pub async fn encrypted_page(
 /// start's check that the keyring reads the data. A full scan: once per
 /// start.
 pub async fn key_samples(db: &Db) -> Result<Vec<(String, String)>> {
-    const SQLITE: &str = "SELECT kid, MIN(v) AS sample FROM (\
-        SELECT substr(description, 1, instr(description, ':') - 1) AS kid, description AS v FROM tasks WHERE description IS NOT NULL \
-        UNION ALL SELECT substr(input, 1, instr(input, ':') - 1), input FROM tasks WHERE input IS NOT NULL \
-        UNION ALL SELECT substr(result, 1, instr(result, ':') - 1), result FROM tasks WHERE result IS NOT NULL\
-        ) AS t GROUP BY kid ORDER BY kid";
-    const POSTGRES: &str = "SELECT kid, MIN(v) AS sample FROM (\
-        SELECT substr(description, 1, strpos(description, ':') - 1) AS kid, description AS v FROM tasks WHERE description IS NOT NULL \
-        UNION ALL SELECT substr(input, 1, strpos(input, ':') - 1), input FROM tasks WHERE input IS NOT NULL \
-        UNION ALL SELECT substr(result, 1, strpos(result, ':') - 1), result FROM tasks WHERE result IS NOT NULL\
-        ) AS t GROUP BY kid ORDER BY kid";
+    // one text for both engines: only the name of the substring search
+    // differs (`instr` in SQLite, `strpos` in PostgreSQL)
+    macro_rules! key_samples_sql {
+        ($pos:literal) => {
+            concat!(
+                "SELECT kid, MIN(v) AS sample FROM (",
+                "SELECT substr(description, 1, ", $pos, "(description, ':') - 1) AS kid, description AS v FROM tasks WHERE description IS NOT NULL ",
+                "UNION ALL SELECT substr(input, 1, ", $pos, "(input, ':') - 1), input FROM tasks WHERE input IS NOT NULL ",
+                "UNION ALL SELECT substr(result, 1, ", $pos, "(result, ':') - 1), result FROM tasks WHERE result IS NOT NULL",
+                ") AS t GROUP BY kid ORDER BY kid"
+            )
+        };
+    }
     let sql = match db.engine {
-        super::Engine::Sqlite => SQLITE,
-        super::Engine::Postgres => POSTGRES,
+        super::Engine::Sqlite => key_samples_sql!("instr"),
+        super::Engine::Postgres => key_samples_sql!("strpos"),
     };
     let rows = sqlx::query(sql).fetch_all(&db.pool).await?;
     rows.iter()

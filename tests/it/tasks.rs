@@ -37,14 +37,7 @@ async fn get_task(s: &TestServer, id: &str) -> reqwest::Response {
 /// The task as the holder of `key` reads it (after a restart, when the
 /// admin key is no longer printed).
 async fn read_task_with(s: &TestServer, id: &str, key: &str) -> Value {
-    s.get(&format!("/api/tasks/{id}"))
-        .header("X-API-Key", key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    crate::common::get_json(s, &format!("/api/tasks/{id}"), key).await
 }
 
 /// The task as the admin reads it (200 required).

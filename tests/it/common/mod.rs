@@ -586,17 +586,21 @@ pub async fn user_key(s: &TestServer, name: &str, roles: &[&str]) -> String {
         .to_string()
 }
 
-/// The id of the user whose API key `key` is (`GET /api/auth/whoami`).
-pub async fn user_id_of(s: &TestServer, key: &str) -> String {
-    let v: serde_json::Value = s
-        .get("/api/auth/whoami")
+/// `GET path` with the API key `key`: the JSON answer.
+pub async fn get_json(s: &TestServer, path: &str, key: &str) -> serde_json::Value {
+    s.get(path)
         .header("X-API-Key", key)
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The id of the user whose API key `key` is (`GET /api/auth/whoami`).
+pub async fn user_id_of(s: &TestServer, key: &str) -> String {
+    let v = get_json(s, "/api/auth/whoami", key).await;
     v["user_id"].as_str().unwrap().to_string()
 }
 
