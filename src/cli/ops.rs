@@ -157,7 +157,9 @@ pub fn audit(g: &Global, c: AuditCmd) -> CmdResult {
 }
 
 /// Print the file; with `follow`, keep printing appended lines and reopen
-/// the path when the file is rotated (renamed away) or truncated.
+/// the path when the file is rotated (renamed away) or truncated. Lines
+/// are bytes: one that is not UTF-8 (an edited or damaged log) is printed
+/// as it is, and the lines after it too (`audit verify` names it).
 fn tail(path: &std::path::Path, follow: bool) -> std::io::Result<()> {
     use std::io::{BufRead, BufReader, Write};
     use std::os::unix::fs::MetadataExt;
@@ -172,21 +174,21 @@ fn tail(path: &std::path::Path, follow: bool) -> std::io::Result<()> {
         Err(e) => return Err(e),
     };
     let mut out = std::io::stdout().lock();
-    let mut partial = String::new();
+    let mut partial = Vec::new();
     loop {
         if let Some((reader, ino)) = cur.as_mut() {
             loop {
-                let n = reader.read_line(&mut partial)?;
-                if n == 0 || !partial.ends_with('\n') {
+                let n = reader.read_until(b'\n', &mut partial)?;
+                if n == 0 || !partial.ends_with(b"\n") {
                     break;
                 }
-                out.write_all(partial.as_bytes())?;
+                out.write_all(&partial)?;
                 partial.clear();
             }
             out.flush()?;
             if !follow {
                 if !partial.is_empty() {
-                    out.write_all(partial.as_bytes())?;
+                    out.write_all(&partial)?;
                     out.write_all(b"\n")?;
                 }
                 return Ok(());
@@ -197,9 +199,9 @@ fn tail(path: &std::path::Path, follow: bool) -> std::io::Result<()> {
                 Ok(m) if m.ino() != *ino || m.len() < pos => {
                     if m.ino() != *ino {
                         // Rotated: what was appended to the old file first.
-                        while reader.read_line(&mut partial)? > 0 {
-                            if partial.ends_with('\n') {
-                                out.write_all(partial.as_bytes())?;
+                        while reader.read_until(b'\n', &mut partial)? > 0 {
+                            if partial.ends_with(b"\n") {
+                                out.write_all(&partial)?;
                                 partial.clear();
                             }
                         }

@@ -364,14 +364,46 @@ fn rate_limits(cfg: &Config) -> Outcome {
 /// A range wider than any one operator's: an IPv4 prefix shorter than /8
 /// (10.0.0.0/8, the widest private range, passes; `0.0.0.0/1` and
 /// `128.0.0.0/1` together are everything) or an IPv6 prefix shorter than
-/// /7 (`fc00::/7`, all unique-local addresses, passes).
-fn too_wide(nets: &[ipnet::IpNet]) -> Option<ipnet::IpNet> {
-    nets.iter()
-        .find(|n| match n {
-            ipnet::IpNet::V4(v4) => v4.prefix_len() < 8,
-            ipnet::IpNet::V6(v6) => v6.prefix_len() < 7,
-        })
-        .copied()
+/// /7 (`fc00::/7`, all unique-local addresses, passes); or narrower ranges
+/// that together cover more than two such ranges' worth (each family's
+/// ranges merged and their addresses summed: every private IPv4 range
+/// with the carrier-grade NAT one, 22 million addresses, passes; 256 /16s
+/// or /8s listed one by one do not).
+fn too_wide(nets: &[ipnet::IpNet]) -> Option<String> {
+    if let Some(n) = nets.iter().find(|n| match n {
+        ipnet::IpNet::V4(v4) => v4.prefix_len() < 8,
+        ipnet::IpNet::V6(v6) => v6.prefix_len() < 7,
+    }) {
+        return Some(n.to_string());
+    }
+    // prefixes here are >= 8 / >= 7, so no shift overflows a u128
+    let merged = ipnet::IpNet::aggregate(&nets.to_vec());
+    let (mut v4, mut v6) = (0u128, 0u128);
+    for n in &merged {
+        match n {
+            ipnet::IpNet::V4(n) => v4 += 1u128 << (32 - n.prefix_len()),
+            ipnet::IpNet::V6(n) => v6 = v6.saturating_add(1u128 << (128 - n.prefix_len())),
+        }
+    }
+    let ranges = |v6: bool| {
+        merged
+            .iter()
+            .filter(|n| matches!(n, ipnet::IpNet::V6(_)) == v6)
+            .count()
+    };
+    if v4 > 1 << 25 {
+        Some(format!(
+            "{} IPv4 ranges that together cover {v4} addresses (more than two /8s)",
+            ranges(false)
+        ))
+    } else if v6 > 1 << 122 {
+        Some(format!(
+            "{} IPv6 ranges that together cover more than two /7s",
+            ranges(true)
+        ))
+    } else {
+        None
+    }
 }
 
 fn bans(cfg: &Config) -> Outcome {
@@ -620,7 +652,21 @@ fn verify_chain_from(files: &[std::path::PathBuf], mut prev: String) -> Result<V
     let mut total = 0;
     let mut incomplete_tail = false;
     for (i, f) in files.iter().enumerate() {
-        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let bytes = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let bad = e.utf8_error().valid_up_to();
+            let line = e
+                .as_bytes()
+                .iter()
+                .take(bad)
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1;
+            format!(
+                "{}: line {line}: not UTF-8 (the log was edited or damaged)",
+                f.display()
+            )
+        })?;
         let (complete, tail) = match text.rfind('\n') {
             Some(end) => text.split_at(end + 1),
             None => ("", text.as_str()),
@@ -821,6 +867,42 @@ fn alert_channel(cfg: &Config) -> Outcome {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_are_too_wide_alone_or_together() {
+        let nets = |list: &[&str]| -> Vec<ipnet::IpNet> {
+            list.iter().map(|n| n.parse().unwrap()).collect()
+        };
+        // what operators list: private ranges, carrier-grade NAT, ULA
+        let private = nets(&[
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+            "fc00::/7",
+            "fe80::/10",
+        ]);
+        assert_eq!(too_wide(&private), None);
+        assert!(too_wide(&nets(&["0.0.0.0/7"])).is_some());
+        assert!(too_wide(&nets(&["::/6"])).is_some());
+        // three /8s: each passes alone
+        let three = too_wide(&nets(&["10.0.0.0/8", "11.0.0.0/8", "12.0.0.0/8"]));
+        assert!(
+            three.as_deref().is_some_and(|d| d.contains("50331648")),
+            "{three:?}"
+        );
+        // one range listed twice, or inside another, counts once
+        assert_eq!(
+            too_wide(&nets(&[
+                "10.0.0.0/8",
+                "10.0.0.0/8",
+                "10.1.0.0/16",
+                "11.0.0.0/8"
+            ])),
+            None
+        );
+        assert!(too_wide(&nets(&["fc00::/7", "2000::/7", "4000::/7"])).is_some());
+    }
 
     #[test]
     fn predictable_secrets_are_named() {

@@ -141,6 +141,19 @@ async fn audit_verify_passes_untouched_and_catches_edit_drop_swap_truncation() {
     let (code, out) = verify(&[&t]);
     assert_eq!(code, 1, "{out}");
 
+    // a byte that is not UTF-8 in line 13: named by its line (it was the
+    // file's "stream did not contain valid UTF-8", with no line)
+    let mut bytes = std::fs::read(&log).unwrap();
+    let at = orig[..12].iter().map(|l| l.len() + 1).sum::<usize>() + 40;
+    bytes[at] = 0xff;
+    std::fs::write(&t, &bytes).unwrap();
+    let (code, out) = verify(&[&t]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("line 13") && out.contains("not UTF-8"),
+        "{out}"
+    );
+
     // dropped first line (the head of the log)
     write_lines(&t, &orig[1..]);
     let (code, out) = verify(&[&t]);
@@ -845,6 +858,27 @@ fn check_fails_each_broken_item() {
             "[limits]\nallowlist = [\"0.0.0.0/1\", \"128.0.0.0/1\"]\n",
             "FAIL bans",
         ),
+        // everything again, as 256 ranges no one of which is too wide
+        (
+            &format!(
+                "[limits]\nallowlist = [{}]\n",
+                (0..256)
+                    .map(|i| format!("\"{i}.0.0.0/8\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "FAIL bans",
+        ),
+        (
+            &format!(
+                "[network]\ntrusted_proxies = [{}]\n",
+                (0..16)
+                    .map(|i| format!("\"{:x}00::/8\"", 0x20 + i))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "FAIL trusted proxies",
+        ),
         (
             "[network]\ntrusted_proxies = [\"2000::/3\"]\n",
             "FAIL trusted proxies",
@@ -1516,4 +1550,19 @@ fn audit_tail_follows_appends_and_rotation() {
     assert_eq!(next(), "four");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A line that is not UTF-8 (an edited or damaged log) is printed as it is,
+/// and so are the lines after it: `tail` stopped there with an error.
+#[test]
+fn audit_tail_prints_past_a_line_that_is_not_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("a.log");
+    std::fs::write(&log, b"one\nt\xffwo\nthree\n").unwrap();
+    let out = std::process::Command::new(crate::common::BIN)
+        .args(["audit", "tail", s(&log)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"one\nt\xffwo\nthree\n");
 }
