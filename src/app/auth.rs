@@ -131,14 +131,8 @@ async fn logout(
             "logout revokes a JWT; revoke an API key with DELETE /api/keys/{id}".into(),
         ));
     };
-    state
-        .authn
-        .revoke_token(&state.db, jti, exp.saturating_mul(1000))
-        .await?;
-    state
-        .shared
-        .token_revoked(jti, exp.saturating_mul(1000))
-        .await;
+    let until = state.authn.revoke_token(&state.db, jti, *exp).await?;
+    state.shared.token_revoked(jti, until).await;
     state.audit.record(event("logout", &rid, &addr, &who)).await;
     Ok(StatusCode::NO_CONTENT)
 }

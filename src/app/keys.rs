@@ -9,10 +9,12 @@
 //! `read:tasks` only could rotate its owner's admin key and receive the new
 //! secret; a rotated-out secret, still valid for its grace period, could
 //! rotate the key again and take its current secret; a key about to expire
-//! could mint a key that lives a year. Guarantee: a caller presenting an
-//! API key manages (rotates, revokes) only keys whose permissions its own
-//! cover (it may always revoke itself), creates only keys that expire no
-//! later than it does, and a rotated-out secret manages no key at all (403).
+//! could mint a key that lives a year, or rotate a sibling that does and
+//! take its secret. Guarantee: a caller presenting an API key manages
+//! (rotates, revokes) only keys whose permissions its own cover (it may
+//! always revoke itself), creates only keys that expire no later than it
+//! does, cuts the expiry of a key it rotates (itself aside) to its own, and
+//! a rotated-out secret manages no key at all (403).
 //! A JWT rotates only keys its permissions cover too (a token minted
 //! elsewhere may carry fewer than its user has), and revokes any key of
 //! its user.
@@ -293,8 +295,28 @@ async fn rotate(
     let old_valid_until = store::now_ms()
         .saturating_add(grace_ms)
         .max(k.old_valid_until.map_or(i64::MIN, |t| t.saturating_add(1)));
+    // the new secret lives no longer than the API key that asks for it, as
+    // a key it creates (a key about to expire rotated a sibling and took
+    // its year-long secret); a key rotating itself keeps its expiry
+    let expires_at = match &who.auth {
+        AuthKind::ApiKey {
+            key_id,
+            valid_until,
+            ..
+        } if *key_id != k.id => k.expires_at.min(*valid_until),
+        _ => k.expires_at,
+    };
     let hash = crate::authn::apikey::hash_hex(&secret);
-    if !store::keys::rotate(&state.db, &k.id, &hash, old_valid_until, k.old_valid_until).await? {
+    if !store::keys::rotate(
+        &state.db,
+        &k.id,
+        &hash,
+        old_valid_until,
+        k.old_valid_until,
+        expires_at,
+    )
+    .await?
+    {
         return Err(ApiError::Conflict(
             "the key was revoked or rotated meanwhile; read it again".into(),
         ));
@@ -307,7 +329,8 @@ async fn rotate(
             event("key_rotated", &rid, &addr, &who)
                 .field("key_id", k.id.as_str())
                 .field("owner_id", k.user_id.as_str())
-                .field("old_valid_until", store::rfc3339(old_valid_until)),
+                .field("old_valid_until", store::rfc3339(old_valid_until))
+                .field("expires_at", store::rfc3339(expires_at)),
         )
         .await;
     Ok(Json(json!({
@@ -315,7 +338,7 @@ async fn rotate(
         "key": secret.as_str(),
         "name": k.name,
         "permissions": k.permissions,
-        "expires_at": store::rfc3339(k.expires_at),
+        "expires_at": store::rfc3339(expires_at),
         "old_valid_until": store::rfc3339(old_valid_until),
     })))
 }

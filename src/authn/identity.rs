@@ -340,10 +340,15 @@ pub fn validate_key(
     })
 }
 
-/// The instant (ms) a key created at `now` for `days` days expires.
+/// The instant (ms) a key created at `now` for `days` days expires: at
+/// least a second later (`expires_in_days: 1e-9`, positive as the contract
+/// asks, rounded to 0 ms: a 201 with a key that had already expired).
 pub fn expiry(now: i64, days: f64) -> i64 {
-    now.saturating_add((days * 86_400_000.0) as i64)
+    now.saturating_add(((days * 86_400_000.0).ceil() as i64).max(MIN_KEY_LIFETIME_MS))
 }
+
+/// The shortest life a key is given.
+pub const MIN_KEY_LIFETIME_MS: i64 = 1000;
 
 /// A freshly created key: the secret is here and nowhere else.
 pub struct CreatedKey {
@@ -421,6 +426,15 @@ mod tests {
 
     fn obj(v: Value) -> serde_json::Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_key_lives_at_least_a_second() {
+        for days in [1e-9, 5e-324, 1e-300, 1e-8] {
+            assert_eq!(expiry(1_000, days), 1_000 + MIN_KEY_LIFETIME_MS, "{days}");
+        }
+        assert_eq!(expiry(0, 0.5), 43_200_000);
+        assert_eq!(expiry(0, 365.0), 365 * 86_400_000);
     }
 
     #[test]

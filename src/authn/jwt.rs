@@ -115,8 +115,25 @@ impl Verifier {
         })
     }
 
+    /// Until when (Unix milliseconds) a token whose `exp` is `exp` (whole
+    /// seconds, rounded down) may still verify: past its `exp`'s second
+    /// and the leeway. A logout is kept that long (kept only to `exp`, a
+    /// restart inside the leeway brought a logged-out token back).
+    pub fn accepted_until_ms(&self, exp: i64) -> i64 {
+        exp.saturating_add(1)
+            .saturating_add(self.leeway as i64)
+            .saturating_mul(1000)
+    }
+
     /// Verify `token` at `now` (Unix seconds) and return its claims.
     pub fn verify(&self, token: &str, now: i64) -> Result<Map<String, Value>, JwtError> {
+        self.verify_ms(token, now.saturating_mul(1000))
+    }
+
+    /// [`verify`](Verifier::verify) at `now_ms` (Unix milliseconds): a
+    /// fractional `exp` (PyJWT's `time.time() + ttl`) ends at its fraction,
+    /// not at the end of its second.
+    pub fn verify_ms(&self, token: &str, now_ms: i64) -> Result<Map<String, Value>, JwtError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(JwtError::TooLong);
         }
@@ -150,7 +167,7 @@ impl Verifier {
         if claims.contains_key("aud") {
             return Err(JwtError::Audience);
         }
-        let now = now as f64;
+        let now = now_ms as f64 / 1000.0;
         match claims.get("exp") {
             Some(Value::Number(n)) => {
                 let exp = n.as_f64().ok_or(JwtError::Claim("exp"))?;
@@ -161,8 +178,8 @@ impl Verifier {
             _ => return Err(JwtError::Claim("exp")),
         }
         if let Some(v) = claims.get("nbf") {
-            // the clock reads whole seconds: a fraction within the current
-            // second (PyJWT's `time.time()`) is not in the future
+            // whole seconds: a fraction within the current second (PyJWT's
+            // `time.time()`, a clock a little ahead) is not in the future
             let nbf = v.as_f64().ok_or(JwtError::Claim("nbf"))?.floor();
             if nbf > now + self.leeway {
                 return Err(JwtError::NotYetValid);
@@ -352,6 +369,40 @@ mod tests {
         let t = v.sign(&Claims::new("u", vec![], 1000, 10)).unwrap();
         assert!(v.verify(&t, 1039).is_ok());
         assert_eq!(v.verify(&t, 1040), Err(JwtError::Expired));
+    }
+
+    /// A fractional `exp` ends at its fraction (the clock was cut to whole
+    /// seconds: `exp = time.time() + 0.3` verified up to a second late),
+    /// and a logout outlives every instant the token verifies at.
+    #[test]
+    fn a_fractional_exp_ends_at_its_fraction_and_logouts_outlive_it() {
+        let v = v();
+        let t = v
+            .sign(
+                &serde_json::json!({"sub": "u", "user_id": "u", "permissions": [],
+                                      "jti": "j", "iat": 1000, "exp": 1000.3}),
+            )
+            .unwrap();
+        assert!(v.verify_ms(&t, 1_000_299).is_ok());
+        assert_eq!(v.verify_ms(&t, 1_000_300), Err(JwtError::Expired));
+        assert_eq!(v.verify_ms(&t, 1_000_700), Err(JwtError::Expired));
+        for leeway in [0, 30] {
+            let v = Verifier::new(b"k".repeat(32), &["HS256"], leeway).unwrap();
+            let t = v
+                .sign(
+                    &serde_json::json!({"sub": "u", "user_id": "u", "permissions": [],
+                                          "jti": "j", "iat": 1000, "exp": 1000.999}),
+                )
+                .unwrap();
+            let exp = Claims::from_verified(v.verify(&t, 1000).unwrap())
+                .unwrap()
+                .exp;
+            let until = v.accepted_until_ms(exp);
+            // the last instant it verifies at is 1000.998 s + leeway
+            assert_eq!(until, 1000 * (1001 + leeway as i64), "{leeway}");
+            assert!(v.verify_ms(&t, until - 2).is_ok(), "{leeway}");
+            assert!(v.verify_ms(&t, until).is_err(), "{leeway}");
+        }
     }
 
     #[test]

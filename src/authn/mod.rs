@@ -7,8 +7,9 @@
 //! only this module reads the API-key header and `Authorization`; a request
 //! either carries no credentials (no principal: routes that need one answer
 //! 401), valid ones (an [`Authenticated`] in the request extensions, which
-//! only this module can build), or invalid ones (401 at once, whatever the
-//! route). A key comes in its header or as a bearer token (what SDKs send);
+//! only this module can build), or invalid ones (401 at once, unless the
+//! route is open to all: `Access::Public` routes ignore a credential that
+//! fails, so a client holding an expired token can log in again). A key comes in its header or as a bearer token (what SDKs send);
 //! keys are compared by SHA-256 hash; the query string is never read.
 //! A principal's permissions are never more than its user's current ones (a
 //! key's or token's permissions are intersected with the user's roles at
@@ -165,11 +166,26 @@ pub async fn admit(state: &AppState, req: &mut Request) -> Result<(), Response> 
             Ok(())
         }
         Ok(None) => Ok(()),
+        // a route open to all ignores what it cannot verify: a client that
+        // keeps an expired token on its session must be able to log in
+        // again, and a probe that sends a default header stay healthy (it
+        // gives nothing away: the answer does not depend on the credential)
+        Err(e) if !matches!(e, AuthnError::Store(_)) && is_public(state, req) => Ok(()),
         Err(e) => {
             tracing::debug!(error = %e, "authentication failed");
             Err(ApiError::from(e).into_response())
         }
     }
+}
+
+/// Is the request for an `Access::Public` route (none has a path parameter,
+/// so the path is compared as it is)?
+fn is_public(state: &AppState, req: &Request) -> bool {
+    state.table.iter().any(|r| {
+        r.access == crate::authz::Access::Public
+            && r.method == req.method()
+            && r.path == req.uri().path()
+    })
 }
 
 /// Resolve the request's credentials, if any.
@@ -466,7 +482,7 @@ impl Authn {
         let now = store::now_ms();
         let claims = self
             .jwt
-            .verify(token, now.div_euclid(1000))
+            .verify_ms(token, now)
             .and_then(jwt::Claims::from_verified)
             .map_err(|e| {
                 tracing::debug!(error = %e, "JWT refused");
@@ -561,11 +577,14 @@ impl Authn {
     }
 
     /// Log a JWT out: persisted, refused here at once (and open WebSockets
-    /// carrying it are closed before their next event).
-    pub async fn revoke_token(&self, db: &Db, jti: &str, expires_at_ms: i64) -> store::Result<()> {
-        self.revocations.revoke(db, jti, expires_at_ms).await?;
+    /// carrying it are closed before their next event). Kept until the
+    /// token could no longer verify anyway (`exp` and the leeway), the
+    /// time returned, for the shared state's copy.
+    pub async fn revoke_token(&self, db: &Db, jti: &str, exp: i64) -> store::Result<i64> {
+        let until = self.jwt.accepted_until_ms(exp);
+        self.revocations.revoke(db, jti, until).await?;
         self.changed();
-        Ok(())
+        Ok(until)
     }
 
     /// Another instance logged a JWT out.

@@ -134,15 +134,18 @@ pub async fn rotate(
     new_hash: &str,
     old_valid_until: i64,
     read_old_valid_until: Option<i64>,
+    expires_at: i64,
 ) -> Result<bool> {
     let r = sqlx::query(
-        "UPDATE api_keys SET old_key_hash = key_hash, old_valid_until = $1, key_hash = $2 \
+        "UPDATE api_keys SET old_key_hash = key_hash, old_valid_until = $1, key_hash = $2, \
+         expires_at = $5 \
          WHERE id = $3 AND revoked_at IS NULL AND COALESCE(old_valid_until, -1) = $4",
     )
     .bind(old_valid_until)
     .bind(new_hash)
     .bind(id)
     .bind(read_old_valid_until.unwrap_or(-1))
+    .bind(expires_at)
     .execute(&db.pool)
     .await?;
     Ok(r.rows_affected() > 0)

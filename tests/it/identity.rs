@@ -599,20 +599,26 @@ async fn racing_rotations_never_hand_out_a_dead_secret() {
         .unwrap()
         .unwrap();
     use frenly::store::keys::rotate;
-    assert!(rotate(&db, "k1", "h1", 1000, read.old_valid_until)
-        .await
-        .unwrap());
-    assert!(!rotate(&db, "k1", "h2", 1001, read.old_valid_until)
-        .await
-        .unwrap());
+    assert!(
+        rotate(&db, "k1", "h1", 1000, read.old_valid_until, i64::MAX)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !rotate(&db, "k1", "h2", 1001, read.old_valid_until, i64::MAX)
+            .await
+            .unwrap()
+    );
     let again = frenly::store::keys::by_id(&db, "k1")
         .await
         .unwrap()
         .unwrap();
     assert_eq!(again.old_valid_until, Some(1000));
-    assert!(rotate(&db, "k1", "h2", 1001, again.old_valid_until)
-        .await
-        .unwrap());
+    assert!(
+        rotate(&db, "k1", "h2", 1001, again.old_valid_until, i64::MAX)
+            .await
+            .unwrap()
+    );
     drop_scratch(db, &url);
 
     // over HTTP, six at once: 200s and 409s, and each secret handed out works
@@ -711,7 +717,8 @@ async fn key_permissions_never_exceed_the_creator() {
 
 /// A leaked weak key must not climb to a stronger one: a key manages
 /// (rotates, revokes) only keys its permissions cover, a rotated-out secret
-/// manages none, and a key creates no key that outlives it. A JWT manages
+/// manages none, and a key creates no key that outlives it and cuts the
+/// expiry of a key it rotates to its own. A JWT manages
 /// all of its user's keys.
 #[tokio::test]
 async fn a_weaker_key_cannot_take_over_a_stronger_one() {
@@ -816,9 +823,48 @@ async fn a_weaker_key_cannot_take_over_a_stronger_one() {
     assert_eq!(r.status(), 201);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["expires_at"], short["expires_at"]);
+    // and a key it rotates gets its expiry when it would outlive it
+    // (rotating hands out the secret: a key about to expire took a
+    // sibling's year-long one); a key rotating itself keeps its own
+    let r = post(short_key, format!("/api/keys/{ro_id}/rotate"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ro3: Value = r.json().await.unwrap();
+    assert_eq!(ro3["expires_at"], short["expires_at"], "{ro3}");
+    let listed: Value = with(s.get("/api/keys"), &t)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed_ro = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == ro_id.as_str())
+        .unwrap();
+    assert_eq!(listed_ro["expires_at"], short["expires_at"]);
+    let short_id = short["id"].as_str().unwrap();
+    let r = post(short_key, format!("/api/keys/{short_id}/rotate"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let again: Value = r.json().await.unwrap();
+    assert_eq!(again["expires_at"], short["expires_at"]);
+    // a JWT rotating a key leaves its expiry as it is
+    let before = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == rw_id.as_str())
+        .unwrap()["expires_at"]
+        .clone();
     // a JWT manages every key of its user
     let r = post(&t, format!("/api/keys/{rw_id}/rotate")).await.unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["expires_at"], before);
     let r = delete(&t, format!("/api/keys/{rw_id}")).await.unwrap();
     assert_eq!(r.status(), 204);
 }
@@ -1226,7 +1272,32 @@ async fn login_logout_whoami_and_bearer_parsing() {
         .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(whoami(&s, &t).await.status(), 401, "revoked jti");
-    // a fresh login still works
+    // a fresh login still works, also from a client that keeps sending the
+    // dead token (a session's default header: it was 401 before the login
+    // ran), and the routes open to all ignore a credential that fails
+    let r = s
+        .post("/api/auth/login")
+        .bearer_auth(&t)
+        .json(&json!({"username": "lena", "password": "lena-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for path in ["/healthz", "/readyz", "/openapi.json"] {
+        for (h, v) in [
+            ("authorization", format!("Bearer {t}")),
+            ("x-api-key", "frn_not_a_key".to_string()),
+        ] {
+            let r = s.get(path).header(h, v).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{path} {h}");
+        }
+    }
+    // ... and only those: the same credential anywhere else is 401 before
+    // the route is looked up
+    for path in ["/api/tasks", "/api/nope", "/healthz/x"] {
+        let r = s.get(path).bearer_auth(&t).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
     let t2 = token(&s, "lena", "lena-password").await;
     assert_eq!(whoami(&s, &t2).await.status(), 200);
     let w: Value = whoami(&s, s.admin()).await.json().await.unwrap();
@@ -1256,9 +1327,10 @@ if sys.argv[2] == 'verify':
     print(json.dumps(jwt.decode(sys.argv[3], secret, algorithms=['HS256'])))
 else:
     key = base64.b64decode(secret) if sys.argv[4:] == ['decoded'] else secret
-    now = time.time() if sys.argv[4:] == ['float'] else int(time.time())
+    now = time.time() if sys.argv[4:] in (['float'], ['short']) else int(time.time())
+    ttl = 1.5 if sys.argv[4:] == ['short'] else 600
     print(jwt.encode({'sub': sys.argv[3], 'user_id': sys.argv[3], 'permissions': ['read:tasks'],
-                      'iat': now, 'exp': now + 600, 'jti': uuid.uuid4().hex}, key, algorithm='HS256'))
+                      'iat': now, 'exp': now + ttl, 'jti': uuid.uuid4().hex}, key, algorithm='HS256'))
 "#;
 
 fn py_jwt(args: &[&str]) -> String {
@@ -1371,6 +1443,31 @@ async fn revoked_token_survives_restart() {
     let data = s.data_dir();
     let s = s.restart(Opts::default().config(BASE)).await;
     assert_eq!(s.data_dir(), data);
+    assert_eq!(whoami(&s, &t).await.status(), 401);
+}
+
+/// A logout is kept as long as the token verifies, leeway included: kept
+/// only to `exp`, a restart inside the leeway brought the token back.
+#[tokio::test]
+async fn a_logout_outlives_the_leeway_across_a_restart() {
+    let conf = "[auth]\njwt_leeway_seconds = 30\n";
+    let s = server(conf).await;
+    let uid = add_user(&s, "lee", &["user"], "lee-password").await;
+    let secret = s.data_dir().join("jwt.secret");
+    let t = py_jwt(&[secret.to_str().unwrap(), "mint", &uid, "short"]);
+    let r = s
+        .post("/api/auth/logout")
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    // past its exp (1.5 s), inside the leeway: it would verify
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(whoami(&s, &t).await.status(), 401);
+    let s = s
+        .restart(Opts::default().config(&format!("{BASE}{conf}")))
+        .await;
     assert_eq!(whoami(&s, &t).await.status(), 401);
 }
 
@@ -1834,6 +1931,10 @@ async fn cli_users_keys_and_token() {
     // remove; the last admin cannot be removed
     let (code, _, err) = cli(&["users", "remove", "carol"], None);
     assert_eq!(code, 0, "{err}");
+    // stderr is the command's one line: on PostgreSQL it was preceded by
+    // the server's notice `relation "_sqlx_migrations" already exists`
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("frenly: removed user `carol`"), "{err}");
     assert_eq!(login(&s, "carol", "carol-password").await.status(), 401);
     let (code, _, _) = cli(&["users", "remove", "admin"], None);
     assert_eq!(code, 1);
