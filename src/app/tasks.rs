@@ -5,8 +5,10 @@
 //! a task is visible to its owner, to the worker that claimed it and to
 //! admins; anyone else gets 404 (no existence oracle); only the owner or an
 //! admin may change or delete it. Status moves only along
-//! queued -> running (claim) -> done/failed (result), or queued/running ->
-//! cancelled (PATCH); anything else is 409. `description`, `input` and
+//! queued -> running (claim) -> done/failed (result), queued/running ->
+//! cancelled (PATCH), or running -> queued (PATCH: a claim whose worker is
+//! gone, put back; the worker's result is refused from then on); anything
+//! else is 409. `description`, `input` and
 //! `result` are encrypted with the keyring's primary key before they reach
 //! the store; `title` is stored in clear (it is searched).
 
@@ -296,6 +298,27 @@ pub fn publish(state: &AppState, kind: EventKind, t: &TaskView) {
     }
 }
 
+/// A running task put back in the queue: `task_updated` to its owner and
+/// to the worker that held it (its claim is withdrawn), `task_available`
+/// to the workers.
+fn requeued_events(state: &AppState, t: &TaskView, held_by: Option<&str>) {
+    if !state.events.has_audience() {
+        return;
+    }
+    state
+        .events
+        .publish(Event::new(EventKind::TaskUpdated, &t.owner_id, held_by, t));
+    let v = AvailableView {
+        id: &t.id,
+        priority: t.priority,
+        status: &t.status,
+        created_at: &t.created_at,
+    };
+    state
+        .events
+        .publish(Event::new(EventKind::TaskAvailable, &t.owner_id, None, &v));
+}
+
 /// JSON `null`.
 fn null() -> Box<RawValue> {
     RawValue::NULL.to_owned()
@@ -522,6 +545,10 @@ pub fn patch_move(from: &str, to: &str) -> Result<(), ApiError> {
     }
     match to {
         "cancelled" => Ok(()),
+        // a claim whose worker died or never got the answer: the owner (or
+        // an admin) puts the task back in the queue; the worker's result
+        // is refused from then on
+        "queued" if from == "running" => Ok(()),
         "running" => Err(ApiError::Conflict(
             "a task starts running only when a worker claims it (POST /api/agent/claim)".into(),
         )),
@@ -572,6 +599,10 @@ async fn patch(
         if let Some(p) = obj.get("priority").and_then(Value::as_str) {
             next.priority = priority_value(p);
         }
+        let requeued = cur.status == "running" && to == "queued";
+        if requeued {
+            next.agent_id = None;
+        }
         next.status = to;
         next.updated_at = crate::store::now_ms().max(cur.updated_at + 1);
         // Written only if nothing changed since `cur` was read; otherwise
@@ -579,7 +610,11 @@ async fn patch(
         // this one to what it left (each PATCH sets only its own fields).
         if let Some(row) = store::update(&state.db, &next, &cur).await? {
             let view = TaskView::from_row(&state, row)?;
-            publish(&state, EventKind::TaskUpdated, &view);
+            if requeued {
+                requeued_events(&state, &view, cur.agent_id.as_deref());
+            } else {
+                publish(&state, EventKind::TaskUpdated, &view);
+            }
             return Ok(Json(view));
         }
     }
@@ -639,7 +674,7 @@ mod tests {
             ("queued", "queued", true),
             ("queued", "running", false),
             ("queued", "done", false),
-            ("running", "queued", false),
+            ("running", "queued", true),
             ("done", "cancelled", false),
             ("cancelled", "cancelled", false),
             ("failed", "queued", false),

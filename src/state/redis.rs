@@ -458,7 +458,14 @@ impl RedisState {
         }
     }
 
-    /// INCR the revocation epoch (and record a revoked `jti`), atomically.
+    /// INCR the revocation epoch (and record a revoked `jti`) and announce
+    /// it, atomically, before the caller answers. The announcement does not
+    /// go through the publish queue: behind a backlog of task events there,
+    /// a WebSocket on another instance received an event the revoked
+    /// credential's owner caused after the revocation's 204 (Redis delivers
+    /// one connection's messages in order, so the announcement now reaches
+    /// every instance before any event published after the answer), and a
+    /// full queue dropped it.
     pub async fn bump_epoch(&self, jti: Option<(&str, i64)>) {
         let epoch = format!("{}epoch", self.prefix);
         let mut p = redis::pipe();
@@ -478,20 +485,21 @@ impl RedisState {
                 .arg("PX")
                 .arg(ttl)
                 .ignore();
-            self.send(Msg::Revoked {
-                jti: j.to_string(),
-                exp_ms,
-            });
-        } else {
-            self.send(Msg::Credentials);
         }
         p.incr(&epoch, 1).ignore();
+        let wire = Wire {
+            from: self.instance.clone(),
+            msg,
+        };
+        if let Ok(text) = serde_json::to_string(&wire) {
+            p.publish(self.channel(), text).ignore();
+        }
         let done: Option<()> = self
             .call(|mut c| async move { p.query_async(&mut c).await })
             .await;
         if done.is_none() {
             tracing::warn!("revocation not shared yet: announced again when Redis is back");
-            self.unshared_push(msg);
+            self.unshared_push(wire.msg);
         }
     }
 

@@ -255,7 +255,8 @@ pub async fn list(db: &Db, f: &ListFilter) -> Result<(Vec<TaskRow>, bool)> {
     Ok((rows, cut))
 }
 
-/// Write the editable fields of `next`, only if the row still holds what
+/// Write the editable fields of `next` (and its agent, which a re-queue
+/// clears), only if the row still holds what
 /// `read` held in them (its status, title, priority, description and
 /// `updated_at`): a compare-and-set, so a change made between the caller's
 /// read and this write is never overwritten. `None`: the row changed (or
@@ -265,8 +266,8 @@ pub async fn update(db: &Db, next: &TaskRow, read: &TaskRow) -> Result<Option<Ta
     changing(db, Some(t.id.clone()), nothing, move |db| async move {
         let row = sqlx::query(concat!(
             "UPDATE tasks SET title = $1, description = $2, priority = $3, status = $4, \
-             updated_at = $5 WHERE id = $6 AND status = $7 AND title = $8 AND priority = $9 \
-             AND COALESCE(description, '') = $10 AND updated_at = $11 RETURNING ",
+             updated_at = $5, agent_id = $12 WHERE id = $6 AND status = $7 AND title = $8 \
+             AND priority = $9 AND COALESCE(description, '') = $10 AND updated_at = $11 RETURNING ",
             cols!()
         ))
         .bind(&t.title)
@@ -280,6 +281,7 @@ pub async fn update(db: &Db, next: &TaskRow, read: &TaskRow) -> Result<Option<Ta
         .bind(r.priority)
         .bind(r.description.as_deref().unwrap_or(""))
         .bind(r.updated_at)
+        .bind(t.agent_id.as_deref())
         .fetch_optional(&db.pool)
         .await?;
         opt(row)

@@ -35,6 +35,8 @@ impl Drop for PgDb {
 struct Pair {
     a: TestServer,
     b: TestServer,
+    /// The instances' Redis key prefix (their channel is `{prefix}events`).
+    prefix: String,
     _db: PgDb,
 }
 
@@ -89,7 +91,12 @@ async fn pair_via(redis: [&str; 2], limits: &str, extra: &str) -> Pair {
         b.admin_key.is_none(),
         "B finds the admin and prints nothing"
     );
-    Pair { a, b, _db: db }
+    Pair {
+        a,
+        b,
+        prefix,
+        _db: db,
+    }
 }
 
 /// A request as client `ip` (forwarded by the loopback proxy) with a key.
@@ -520,6 +527,94 @@ async fn a_task_created_on_a_reaches_a_websocket_on_b() {
             break;
         }
         assert!(Instant::now() < deadline, "no event from A reached B");
+    }
+}
+
+/// A revocation is announced on the channel before its answer, not queued
+/// behind the instance's backlog of task events: there, an event another
+/// instance published after the 204 reached a WebSocket of the revoked key
+/// on a third instance before the announcement did (Redis delivers in the
+/// order it receives). Checked on the channel itself: a marker published
+/// after the 204 must come after the announcement while A is busy.
+#[tokio::test]
+async fn a_revocation_is_announced_before_its_answer_even_when_busy() {
+    use futures_util::StreamExt;
+    if !services() {
+        return;
+    }
+    let p = pair("").await;
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut ps = client.get_async_pubsub().await.unwrap();
+    let channel = format!("{}events", p.prefix);
+    ps.subscribe(&channel).await.unwrap();
+    let mut messages = ps.into_on_message();
+    let mut publisher = client.get_multiplexed_async_connection().await.unwrap();
+    // A busy: task creations, each an event on A's publish queue
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut busy = Vec::new();
+    for _ in 0..12 {
+        let (c, url, key, stop) = (
+            p.a.client.clone(),
+            p.a.url("/api/tasks"),
+            admin_of(&p).to_string(),
+            stop.clone(),
+        );
+        busy.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = c
+                    .post(&url)
+                    .header("X-API-Key", &key)
+                    .json(&json!({"title": "noise", "description": "x".repeat(2000)}))
+                    .send()
+                    .await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for trial in 0..5 {
+        let r =
+            p.a.admin_post("/api/keys", &json!({"name": format!("k{trial}")}))
+                .send()
+                .await
+                .unwrap();
+        let k: Value = r.json().await.unwrap();
+        let r =
+            p.a.delete(&format!("/api/keys/{}", k["id"].as_str().unwrap()))
+                .header("X-API-Key", admin_of(&p))
+                .send()
+                .await
+                .unwrap();
+        assert_eq!(r.status(), 204);
+        let marker = format!("{{\"marker\":{trial}}}");
+        let _: () = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(&marker)
+            .query_async(&mut publisher)
+            .await
+            .unwrap();
+        let order = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut announced = false;
+            loop {
+                let m = messages.next().await.unwrap();
+                let text: String = m.get_payload().unwrap();
+                if text.contains("\"type\":\"credentials\"") {
+                    announced = true;
+                }
+                if text == marker {
+                    return announced;
+                }
+            }
+        })
+        .await
+        .expect("the marker came back");
+        assert!(
+            order,
+            "trial {trial}: the marker came before the announcement"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for b in busy {
+        let _ = b.await;
     }
 }
 

@@ -467,7 +467,7 @@ async fn status_machine_refuses_illegal_moves() {
         .unwrap();
     assert_eq!(c["id"], t["id"]);
     assert_eq!(c["status"], "running");
-    for to in ["queued", "done"] {
+    for to in ["done", "failed"] {
         let r = patch(&s, id, json!({"status": to})).await;
         assert_eq!(error_code(r).await.1, "conflict", "running -> {to}");
     }
@@ -515,6 +515,58 @@ async fn status_machine_refuses_illegal_moves() {
         .await
         .unwrap();
     assert_eq!(error_code(r).await.1, "conflict");
+    // running -> queued: a claim whose worker is gone is put back (it stayed
+    // running for ever); the worker's late result is refused, the next claim
+    // takes the task again
+    let t4 = create(&s, json!({"title": "lost claim"})).await;
+    let id4 = t4["id"].as_str().unwrap();
+    let c: Value = s
+        .admin_post("/api/agent/claim", &json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(c["id"], t4["id"]);
+    let r = patch(&s, id4, json!({"status": "queued"})).await;
+    assert_eq!(r.status(), 200);
+    let q: Value = r.json().await.unwrap();
+    assert_eq!(
+        (q["status"].as_str(), &q["agent_id"]),
+        (Some("queued"), &Value::Null)
+    );
+    let r = s
+        .admin_post(
+            &format!("/api/tasks/{id4}/result"),
+            &json!({"status": "done", "result": 1}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.1, "conflict");
+    let c: Value = s
+        .admin_post("/api/agent/claim", &json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&c["id"], c["status"].as_str()),
+        (&t4["id"], Some("running"))
+    );
+    let r = s
+        .admin_post(
+            &format!("/api/tasks/{id4}/result"),
+            &json!({"status": "done", "result": 1}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
     // queued -> cancelled and running -> cancelled are allowed; cancelled is final
     let t2 = create(&s, json!({"title": "c"})).await;
     let id2 = t2["id"].as_str().unwrap();
