@@ -216,7 +216,13 @@ const OPENAI_FREE_TEXT: &[&str] = &[
     "messages[].tool_calls[].function.arguments",
     "tools[].function.description",
     "tools[].function.parameters",
+    "tools[].description",
+    "tools[].parameters",
+    "functions[].description",
+    "functions[].parameters",
     "response_format.json_schema",
+    "text.format.schema",
+    "prediction.content",
     "prompt",
     "input",
     "instructions",
@@ -950,6 +956,30 @@ async fn an_agents_tool_calling_turn_passes_the_documented_openai_free_text() {
     let (status, code, _) = error_code(post("/oai/chat/completions", bad).await.unwrap()).await;
     assert_eq!((status, code.as_str()), (403, "request_blocked"));
     assert_eq!(u.hits.load(Ordering::SeqCst), 1);
+    // the Responses API's flat tools and structured output, the legacy
+    // `functions`, and predicted outputs (the code being edited)
+    let responses = json!({
+        "model": "gpt-4.1",
+        "input": "Fix the query in db.py",
+        "tools": [{"type": "function", "name": "run_sql",
+                   "description": "Runs e.g. `SELECT * FROM users WHERE 1=1; DROP TABLE t`",
+                   "parameters": {"type": "object", "properties": {
+                       "q": {"type": "string", "description": "like ' OR 1=1 --"}}}}],
+        "text": {"format": {"type": "json_schema", "name": "a", "schema": {
+            "type": "object", "properties": {"p": {"type": "string", "description": "../../etc/shadow"}}}}},
+        "prediction": {"type": "content", "content": "os.system('cat /etc/passwd; id')"}
+    });
+    let r = post("/oai/responses", responses).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let legacy = json!({
+        "model": "gpt-3.5-turbo",
+        "messages": [{"role": "user", "content": "list files"}],
+        "functions": [{"name": "sh", "description": "runs `ls; cat /etc/hosts`",
+                       "parameters": {"type": "object", "properties": {"c": {"type": "string", "description": "`rm -rf /tmp/x`"}}}}]
+    });
+    let r = post("/oai/chat/completions", legacy).await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(u.hits.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]

@@ -477,13 +477,15 @@ pub fn squeeze(folded: &str) -> String {
 /// matching: quotes inside words (`c'a't`, `""p""y`), backslashes (`c\\at`),
 /// empty special parameters (`c$@at`, `c$?at`), empty backquotes
 /// (`pi``ng`) and one-character bracket globs (`adduse[r]`); and, in a
-/// value holding a shell separator, a `+` glued between two words read as
+/// value holding a shell separator, cmd.exe's `^` inside a word, and a `+`
+/// glued between two words read as
 /// the blank a form decoder would have made of it (`;cat+/etc/passwd` in
 /// JSON or behind `%2B`; base64 such as `if+foo==` holds no separator, and
 /// `a + b` is an operator). `None` when nothing changes.
 pub fn unsplit(folded: &str) -> Option<String> {
-    let plus_is_blank = folded.contains('+') && folded.contains([';', '|', '&', '`', '\n']);
-    if !plus_is_blank && !folded.contains(['\'', '"', '\\', '$', '`', '[']) {
+    let separated = folded.contains([';', '|', '&', '`', '\n']);
+    let plus_is_blank = separated && folded.contains('+');
+    if !plus_is_blank && !folded.contains(['\'', '"', '\\', '$', '`', '[', '^']) {
         return None;
     }
     let b = folded.as_bytes();
@@ -508,6 +510,15 @@ pub fn unsplit(folded: &str) -> Option<String> {
                 i += 2
             }
             b'`' if b.get(i + 1) == Some(&b'`') => i += 2,
+            // cmd.exe's escape inside a word (`;w^h^o^a^m^i`), in a value
+            // holding a separator
+            b'^' if separated
+                && i > 0
+                && b.get(i - 1).is_some_and(|c| c.is_ascii_alphanumeric())
+                && b.get(i + 1).is_some_and(|c| c.is_ascii_alphanumeric()) =>
+            {
+                i += 1
+            }
             b'[' if b.get(i + 2) == Some(&b']') => match b.get(i + 1) {
                 Some(&g) if g.is_ascii_alphanumeric() => {
                     out.push(char::from(g));
@@ -519,6 +530,19 @@ pub fn unsplit(folded: &str) -> Option<String> {
         }
     }
     (out != folded).then_some(out)
+}
+
+/// `text` with its control characters other than NUL as blanks, when it
+/// holds one that is not a tab or a line end: SQL Server reads 0x01-0x1f
+/// as whitespace (`1%0bor%0c1=1`), so `sqli` reads them as blanks too.
+pub fn blank_controls(text: &str) -> Option<String> {
+    text.bytes()
+        .any(|b| b < 0x20 && b != 0 && !matches!(b, b'\t' | b'\n' | b'\r'))
+        .then(|| {
+            text.chars()
+                .map(|c| if c < ' ' && c != '\0' { ' ' } else { c })
+                .collect()
+        })
 }
 
 /// Copy the char of `s` that starts at byte `i` (a char boundary) to `out`;

@@ -694,6 +694,12 @@ impl Scan {
                 if !self.hit(Family::Sqli, id, location) {
                     return;
                 }
+            } else if let Some(blanked) = decode::blank_controls(&d.text) {
+                if let Some(id) = sqli::check(&decode::decode(&blanked, false).folded) {
+                    if !self.hit(Family::Sqli, id, location) {
+                        return;
+                    }
+                }
             }
         }
         let squeezed = decode::squeeze(&d.folded);
@@ -856,6 +862,7 @@ impl Scan {
             || v.starts_with("https://")
             || v.starts_with("ftp://")
             || v.starts_with("ftps://")
+            || unc_or_scheme_relative(&v)
         {
             self.hit(Family::Rfi, "rfi-include-parameter", loc);
         }
@@ -873,7 +880,17 @@ impl Scan {
             }
             self.value(Kind::Name, "cookie-name", name, false);
             let loc = format!("cookie:{}", safe_name(name));
-            self.value(Kind::Value, &loc, value, false);
+            // a callback or return URL on loopback (`next-auth.callback-url`,
+            // Grafana's `redirect_to`: a browser developing on `localhost`)
+            // is read as a Referer is, not as a parameter naming a host to
+            // fetch
+            let url_like = value.contains("//") || value.contains("%2F") || value.contains("%2f");
+            let kind = if url_like && loopback_url(&decode::decode(value, false).folded) {
+                Kind::Header
+            } else {
+                Kind::Value
+            };
+            self.value(kind, &loc, value, false);
             if self.done() {
                 return;
             }
@@ -1013,6 +1030,23 @@ impl Scan {
             }
         }
     }
+}
+
+/// `//host/…` or `\\\\host\\share…`: a URL or UNC path without a scheme.
+fn unc_or_scheme_relative(v: &str) -> bool {
+    static RE: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"^(//|\\\\)[a-z0-9][\w.-]*(@[\w.-]+)?[/\\]").ok()
+    });
+    RE.as_ref().is_some_and(|re| re.is_match(v.trim()))
+}
+
+/// A plain http(s) URL on a loopback host (a browser's callback or return
+/// URL cookie for an app on `localhost`).
+fn loopback_url(v: &str) -> bool {
+    static RE: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"^https?://(localhost|127\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[::1\])(:\d{1,5})?(/[\w./%~+-]*)?(\?[\w.%=&/+-]*)?$").ok()
+    });
+    RE.as_ref().is_some_and(|re| re.is_match(v.trim()))
 }
 
 /// The `boundary` parameter of a `multipart/*` Content-Type, its case kept

@@ -187,7 +187,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Xss,
             "xss-dom-sink",
             ANY,
-            r"\b(document|window|top|parent|self|this|frames|globalthis)\s*\)?\s*(\.\s*|\[\s*['\x22`])((cookie|write|writeln|domain|location|body|createelement|getelementbyid|open|name|eval|execscript|globaleval|alert)\b|\$|\\x24)|\.(innerhtml|outerhtml|appendchild|insertadjacenthtml)\b|\bfromcharcode\b|\bglobaleval\b|\b(settimeout|setinterval|execscript)\s*\(|\bnew\s+function\s*\(|\b(alert|prompt|confirm|eval|atob|btoa)\s*(\(|`)",
+            r"\b(document|window|top|parent|self|this|frames|globalthis)\s*\)?\s*(\.\s*|\[\s*['\x22`])((cookie|write|writeln|domain|location|body|createelement|getelementbyid|open|name|eval|execscript|globaleval|alert)\b|\$|\\x24)|\.(innerhtml|outerhtml|appendchild|insertadjacenthtml)\b|\bfromcharcode\b|\bglobaleval\b|\b(settimeout|setinterval|execscript)\s*\(|\bnew\s+function\s*\(|\b(alert|prompt|confirm|eval|atob|btoa)\s*(\(|`)|\(\s*(alert|prompt|confirm|eval|print)\s*\)\s*(\(|`)|\bfunction\s*\(\s*(['\x22`]|atob\s*\()[^)]*\)\s*(\(|`)",
         ),
         // a dialog function passed rather than called (`[1].find(alert)`,
         // `Reflect.apply(alert, …)`), or a name built from strings and
@@ -253,13 +253,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Lfi,
             "lfi-traversal",
             P | ANY,
-            r"(^|[/\\=:;,'\x22\s])\.{2,3}[/\\]|[/\\]\.{2,3}([/\\;]|$)|\.\.;/|(0x2e|%2e)\.?(0x2e|%2e|\.)?\s*(0x2f|0x5c|%2f|%5c|/|\\)|0x5c0x2e",
-        ),
-        r(
-            Lfi,
-            "lfi-sensitive-file",
-            P,
-            r"(^|[/\\])(etc/(passwd|shadow|group|hosts|issue|subuid|subgid|sudoers|crontab|environment|profile|motd|master\.passwd|security/|ssh/|ssl/|mysql/|apache2?/|nginx/|httpd/|resolv\.conf|fstab|inittab|hostname|os-release|aliases|gshadow|pwd\.db|spwd\.db|shells|passwd-|shadow-|machine-id)|proc/(self|\d+|net|sys|version|cpuinfo|meminfo|interrupts|mounts|modules|cmdline|environ|kcore|partitions|loadavg|stat|sched_debug|kallsyms)|var/log/|var/run/secrets|root/\.|windows/(win\.ini|system\.ini|system32)|winnt/|boot\.ini|win\.ini|system32[/\\]|\.ssh/|\.aws/|\.git/|\.svn/|\.hg/|\.htaccess|\.htpasswd|\.bash_history|\.bashrc|\.zsh_history|id_rsa|id_dsa|id_ecdsa|id_ed25519|authorized_keys|known_hosts|web\.config|wp-config\.php|\.docker/config\.json|\.kube/config|\.npmrc|\.netrc|\.pgpass|\.my\.cnf|web-inf/|meta-inf/|var/run/docker\.sock|run/docker\.sock|etc/kubernetes/|run/secrets/|\.env(\.[a-z]+)?\b)",
+            r"(^|[/\\=:;,'\x22\s])\.{2,}[/\\]|[/\\]\.{2,}([/\\;]|$)|\.\.;/|(0x2e|%2e)\.?(0x2e|%2e|\.)?\s*(0x2f|0x5c|%2f|%5c|/|\\)|0x5c0x2e",
         ),
         r(
             Lfi,
@@ -272,6 +266,12 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             "lfi-sensitive-file",
             ANY,
             r"(\.\.[/\\]|[;|&]\s*)/?(etc/(passwd|shadow|group|hosts|issue|subuid|subgid|sudoers|crontab|environment|profile|motd|master\.passwd|security/|ssh/|ssl/|mysql/|apache2?/|nginx/|httpd/|resolv\.conf|fstab|inittab|hostname|os-release|aliases|gshadow|pwd\.db|spwd\.db|shells|passwd-|shadow-|machine-id)|proc/(self|\d+|net|sys|version|cpuinfo|meminfo|interrupts|mounts|modules|cmdline|environ|kcore|partitions|loadavg|stat|sched_debug|kallsyms)|var/log/|var/run/secrets|root/\.|windows/(win\.ini|system\.ini|system32)|winnt/|boot\.ini|win\.ini|system32[/\\]|\.ssh/|\.aws/|\.git/|\.svn/|\.hg/|\.htaccess|\.htpasswd|\.bash_history|\.bashrc|\.zsh_history|id_rsa|id_dsa|id_ecdsa|id_ed25519|authorized_keys|known_hosts|web\.config|wp-config\.php|\.docker/config\.json|\.kube/config|\.npmrc|\.netrc|\.pgpass|\.my\.cnf|web-inf/|meta-inf/|var/run/docker\.sock|run/docker\.sock|etc/kubernetes/|run/secrets/|\.env(\.[a-z]+)?\b)",
+        ),
+        r(
+            Lfi,
+            "lfi-sensitive-file",
+            ANY,
+            r"[;|&`\n]\s*[^\s;|&]+(\s+-{1,2}[^\s;|&]+)*\s+/(etc/(passwd|shadow|gshadow|sudoers|master\.passwd)|proc/self/|root/\.)",
         ),
         // a credential file in a user's dot-directory under any home
         // (`/home/app/.aws/credentials`), as the whole value
@@ -324,7 +324,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Rce,
             "rce-variable-command",
             ANY,
-            r"[;&|\n]\s*\$\{?[a-z_]\w*\}?\s+[a-z]",
+            r"[;&|\n]\s*\$\{?[a-z_]\w*\}?\s+[a-z]|[;&|\n]\s*(\$\{?[a-z_]\w*\}?){2,}(\s+[a-z/-]|\s*([;&|]|$))",
         ),
         r(
             Rce,
@@ -349,6 +349,20 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             "rce-command-line",
             V | H | N,
             r"^\s*(sudo\s+)?(ansible(-[a-z]+)?|chef-[a-z]+|visudo|whoami|ifconfig|ipconfig|netstat|nslookup|ncat|netcat|nmap|socat|crontab|systemctl|useradd|certutil|wmic|zstdcat|unxz|xzcat|bzcat)(( [^\n]*)? (-{1,2}[a-z]|/)[^\n]*)?\n\s*$",
+        ),
+        r(
+            Rce,
+            "rce-ssi",
+            ANY,
+            r"<!--\s*#\s*(exec|include|echo|printenv|config|fsize|flastmod)\b",
+        ),
+        // a sensitive file handed to any command after a separator (`;paste
+        // /etc/passwd`): after the command rules, which name the known ones
+        r(
+            Lfi,
+            "lfi-sensitive-file",
+            P,
+            r"(^|[/\\])(etc/(passwd|shadow|group|hosts|issue|subuid|subgid|sudoers|crontab|environment|profile|motd|master\.passwd|security/|ssh/|ssl/|mysql/|apache2?/|nginx/|httpd/|resolv\.conf|fstab|inittab|hostname|os-release|aliases|gshadow|pwd\.db|spwd\.db|shells|passwd-|shadow-|machine-id)|proc/(self|\d+|net|sys|version|cpuinfo|meminfo|interrupts|mounts|modules|cmdline|environ|kcore|partitions|loadavg|stat|sched_debug|kallsyms)|var/log/|var/run/secrets|root/\.|windows/(win\.ini|system\.ini|system32)|winnt/|boot\.ini|win\.ini|system32[/\\]|\.ssh/|\.aws/|\.git/|\.svn/|\.hg/|\.htaccess|\.htpasswd|\.bash_history|\.bashrc|\.zsh_history|id_rsa|id_dsa|id_ecdsa|id_ed25519|authorized_keys|known_hosts|web\.config|wp-config\.php|\.docker/config\.json|\.kube/config|\.npmrc|\.netrc|\.pgpass|\.my\.cnf|web-inf/|meta-inf/|var/run/docker\.sock|run/docker\.sock|etc/kubernetes/|run/secrets/|\.env(\.[a-z]+)?\b)",
         ),
         r(Rce, "rce-tilde-expansion", V | N, r"^~[+-]\d*$"),
         r(
@@ -572,7 +586,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Nodejs,
             "nodejs-injection",
             ANY,
-            r"\brequire\s*(\(|\.\s*main\b)|['\x22`]\s*child_process\b|\bchild_process\s*['\x22`]|\bprocess\s*(\.\s*|\[\s*['\x22`])((env|mainmodule)\b|(binding|exit|kill|cwd|dlopen)['\x22`\]]*\s*\()|\bconstructor\s*(\.|\[)\s*['\x22]?(constructor|prototype)\b|\bthis\.constructor\b|__proto__|_\$\$nd_func\$\$_|\bfunction\s*\w*\s*\([^)]*\)\s*\{|\bwhile\s*\(+\s*(!|true|[+-]?([1-9]|infinity\b)|this|\[|\{|new\s|(string|number|object|boolean|symbol|date|array|function)\s*\))|\bconsole\s*\.\s*(log|info|error|warn|debug|dir|trace)\s*(\(|\.\s*(call|apply|bind)\b)|\.(spawn|execsync|spawnsync|execfile|exec)\s*\(|\bglobal\s*\.\s*process\b|\bmodule\s*\.\s*exports\b|\$\d+:constructor",
+            r"\brequire\s*(\(|\.\s*main\b)|['\x22`]\s*child_process\b|\bchild_process\s*['\x22`]|\bprocess\s*(\.\s*|\[\s*['\x22`])((env|mainmodule)\b|(binding|exit|kill|cwd|dlopen)['\x22`\]]*\s*\()|\bconstructor\s*\]?\s*(\.|\[)\s*['\x22]?(constructor|prototype)\b|\bthis\.constructor\b|__proto__|_\$\$nd_func\$\$_|\bfunction\s*\w*\s*\([^)]*\)\s*\{|\bwhile\s*\(+\s*(!|true|[+-]?([1-9]|infinity\b)|this|\[|\{|new\s|(string|number|object|boolean|symbol|date|array|function)\s*\))|\bconsole\s*\.\s*(log|info|error|warn|debug|dir|trace)\s*(\(|\.\s*(call|apply|bind)\b)|\.(spawn|execsync|spawnsync|execfile|exec)\s*\(|\bglobal\s*\.\s*process\b|\bmodule\s*\.\s*exports\b|\$\d+:constructor",
         ),
         tx(Nodejs, "nodejs-serialized-b64", ANY, r"XyQkTkRfRlVOQyQk"),
         // ---- remote file inclusion and SSRF (parameter values only)
@@ -604,7 +618,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Generic,
             "ssrf-internal-host",
             V,
-            r"^\s*([a-z][a-z0-9+.-]*:)?//\[?(localhost\.?|127\.\d+\.\d+\.\d+|0\.0\.0\.0|0+|169\.254\.\d+\.\d+|169\.254\.\d+|100\.100\.100\.200|metadata(\.google\.internal)?|::1?|::ffff:|0:0:0:0:0:(0|ffff):|fe80:|fd00:ec2|[0-9]{8,12}|0x[0-9a-f]+|0[0-7]+\.|[a-f0-9:]*::|[a-z0-9-]+\.(internal|local|localdomain)|host\.docker\.internal|localtest\.me|[\w.-]*\.nip\.io)([\]:/?#%\s]|$)|://[^/\s]*\\|^\s*(localhost\.localdomain|ipv6-localhost|ipv6-loopback|ip6-localhost|ip6-loopback|host\.docker\.internal|host\.containers\.internal|gateway\.docker\.internal|localtest\.me|kubernetes\.default(\.svc(\.cluster\.local)?)?|kubernetes\.docker\.internal|[\w-]+(\.[\w-]+)*\.svc\.cluster\.local|localhost[46]?\.localdomain[46]?)([:/]|$)|\b169\.254\.169\.254\b.*\b(latest|computemetadata|metadata|openstack)\b|\[::ffff:|\b169\.254\.\d+$",
+            r"^\s*([a-z][a-z0-9+.-]*:)?//([^/@]*@\s*)*\[?(localhost\.?|127\.\d+\.\d+\.\d+|0\.0\.0\.0|0+|169\.254\.\d+\.\d+|169\.254\.\d+|100\.100\.100\.200|metadata(\.google\.internal)?|::1?|::ffff:|0:0:0:0:0:(0|ffff):|fe80:|fd00:ec2|[0-9]{8,12}|0x[0-9a-f]+|0[0-7]+\.|[a-f0-9:]*::|([a-z0-9-]+\.)+(internal|local|localdomain|svc|svc\.cluster\.local|consul)|host\.docker\.internal|localtest\.me|[\w.-]*\.nip\.io)([\]:/?#%\s]|$)|://[^/\s]*\\|^\s*(localhost\.localdomain|ipv6-localhost|ipv6-loopback|ip6-localhost|ip6-loopback|host\.docker\.internal|host\.containers\.internal|gateway\.docker\.internal|localtest\.me|kubernetes\.default(\.svc(\.cluster\.local)?)?|kubernetes\.docker\.internal|[\w-]+(\.[\w-]+)*\.svc\.cluster\.local|localhost[46]?\.localdomain[46]?)([:/]|$)|\b169\.254\.169\.254\b.*\b(latest|computemetadata|metadata|openstack)\b|\[::ffff:|\b169\.254\.\d+$",
         ),
         // a cloud metadata endpoint named anywhere but free text (a header
         // such as `X-Callback-Url`, a parameter or JSON key name): no
@@ -613,7 +627,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Generic,
             "ssrf-metadata-endpoint",
             N | V | H,
-            r"://\[?(169\.254\.169\.254|0xa9fea9fe|2852039166|metadata\.google\.internal|100\.100\.100\.200|instance-data(\.ec2\.internal)?|fd00:ec2::254|(::ffff:)?169\.254\.169\.254)([\]:/?#%\s]|$)",
+            r"://([^/@]*@\s*)*\[?(169\.254\.169\.254|0xa9fea9fe|2852039166|metadata\.google\.internal|100\.100\.100\.200|instance-data(\.ec2\.internal)?|fd00:ec2::254|(::ffff:)?169\.254\.169\.254)([\]:/?#%\s]|$)",
         ),
         r(
             Generic,
@@ -625,7 +639,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             Generic,
             "template-injection",
             ANY,
-            r"(\{\{|\{%|<%=?|#\{|\$\{)[^}%]*?(\.\s*\w+\s*\(|\w\s*\(|__\w+__|\[\s*['\x22]|\d\s*[*+/-]\s*\d|\bif\b)|\b(__class__|__mro__|__subclasses__|__globals__|__builtins__|__getattribute__)\b",
+            r"\{%-?\s*(debug|import|include|extends|macro)\b|@\(\s*\d+\s*[*+/-]\s*\d+|#_memberaccess\b|@ognl\.|#context\s*\[|['\x22\]]\s*\.\s*execute\s*\(\s*\)|(\{\{|\{%|<%=?|#\{|\$\{|\*\{)[^}%]*?(\.\s*\w+\s*\(|\w\s*\(|__\w+__|\[\s*['\x22]|\d\s*[*+/-]\s*\d|\bif\b)|\b(__class__|__mro__|__subclasses__|__globals__|__builtins__|__getattribute__)\b",
         ),
         r(
             Generic,

@@ -558,7 +558,10 @@ static PLAIN_SHAPES: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
             r"[=(,][(]*!?&[(!]*([nsvf][)]*[=w]|b[)]*=)",
         ),
         ("sqli-string-compare", r"s[=w]s"),
-        ("sqli-bool-compare", r"[ns)][)]*&[(!]*[nsvf][)]*[=w]"),
+        (
+            "sqli-bool-compare",
+            r"[ns)][)]*&[(!]*[nsvf][)]*(o[(]*[nsvf][)]*)*!?[=w]",
+        ),
         ("sqli-stacked", r";[(]*[SE][(]*[^&!,;b]|;S$"),
         ("sqli-leading-bool", r"^[(]*&[(!]*[nsv][)]*($|[=wobs]|[cC])"),
         ("sqli-compare-comment", r"[=w][(]*[ns][)]*[cC]$"),
@@ -592,7 +595,7 @@ static GRAMMAR: LazyLock<(RegexSet, Vec<&'static str>)> = LazyLock::new(|| {
         ("sqli-update", r"\bupdate\s+[\w`.]+\s+set\s+[\w`.]+\s*="),
         (
             "sqli-ddl",
-            r"\b(drop|truncate|alter)\s+(table|database|schema|view|procedure|function|user|trigger|index)\s+(if\s+exists\s+)?[\w`.\x22\[\]]+\s*($|;|--|#|,|\b(add|drop|modify|cascade|rename|change)\b)",
+            r"(^|[;'\x22`)]|\*/)\s*(drop|truncate|alter)\s+(table|database|schema|view|procedure|function|user|trigger|index)\s+(if\s+exists\s+)?[\w`.\x22\[\]]+\s*($|;|--|#|,|\b(add|drop|modify|cascade|rename|change)\b)",
         ),
         (
             "sqli-ddl",
@@ -676,7 +679,7 @@ static GRAMMAR: LazyLock<(RegexSet, Vec<&'static str>)> = LazyLock::new(|| {
         ("sqli-case-fragment", r"\bwhen\s+[\d'(]\S*\s+then\b"),
         (
             "sqli-create-table",
-            r"\bcreate\s+(temporary\s+)?table\s+[\w`.]+",
+            r"[;'\x22`)/]\s*create\s+(temporary\s+)?table\s+[\w`.]+|\bcreate\s+(temporary\s+)?table\s+[\w`.]+\s*(\(|;|--|#|\bas\b|\bselect\b)",
         ),
         (
             "sqli-from-where",

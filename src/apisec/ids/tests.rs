@@ -542,10 +542,8 @@ fn invisible_characters_do_not_hide_a_payload() {
             "/api/x?file=..%E2%81%A0/..%E2%80%8D/etc/passwd",
             Family::Lfi,
         ),
-        (
-            "/api/x?host=a;c%E2%80%8Bat%20/etc/pa%CC%80sswd",
-            Family::Rce,
-        ),
+        // (a file the command-agnostic rule names would be lfi first)
+        ("/api/x?host=a;c%E2%80%8Bat%20/etc/ho%CC%80sts", Family::Rce),
         ("/api/x?u=java%E2%80%8Bscript:alert(1)", Family::Xss),
         // the soft hyphen, a right-to-left override, a variation selector
         // and a tag character are default-ignorable too
@@ -1168,4 +1166,112 @@ fn values_next_to_the_new_shapes_pass() {
         br#"{"constructor": {"name": "x"}, "prototype": 1}"#
     )
     .is_none());
+}
+
+/// Public payload lists' shapes the rules missed (probe C's held-out-style
+/// corpus, each a class with a general fix), and what sits beside them.
+#[test]
+fn public_payload_shapes_are_blocked_and_their_neighbours_pass() {
+    let cases: &[(&str, Option<Family>)] = &[
+        // arithmetic or NOT before the comparison
+        ("/get?id=-1%20OR%202%2B1%3D3", Some(Family::Sqli)),
+        (
+            "/get?id=1%20AND%202%20NOT%20BETWEEN%200%20AND%201",
+            Some(Family::Sqli),
+        ),
+        // SQL Server's control characters as blanks
+        ("/get?id=1%0bor%0c1%3D1", Some(Family::Sqli)),
+        // a user name before an internal host; internal names of several labels
+        (
+            "/get?url=http%3A%2F%2Fa%40localhost%2Fadmin",
+            Some(Family::Generic),
+        ),
+        (
+            "/get?url=http%3A%2F%2Fx%40169.254.169.254%2Flatest",
+            Some(Family::Generic),
+        ),
+        (
+            "/get?url=http%3A%2F%2Fdb.us-east-1.ec2.internal%2F",
+            Some(Family::Generic),
+        ),
+        (
+            "/get?url=http%3A%2F%2Fapi.default.svc%2F",
+            Some(Family::Generic),
+        ),
+        // template forms other than `{{ call() }}`
+        ("/get?x=%7B%25%20debug%20%25%7D", Some(Family::Generic)),
+        ("/get?x=%40(7*7)", Some(Family::Generic)),
+        (
+            "/get?x=%23context%5B%27xwork.MethodAccessor.denyMethodExecution%27%5D",
+            None,
+        ),
+        ("/get?x=%22id%22.execute()", Some(Family::Generic)),
+        // a sensitive file read by a command not on the lists
+        ("/get?x=%3Bpaste%20%2Fetc%2Fpasswd", None),
+        ("/get?x=%7C%20base32%20%2Fetc%2Fshadow", None),
+        // four dots and more
+        (
+            "/get?file=....%2F%2F....%2F%2Fetc%2Fhosts",
+            Some(Family::Lfi),
+        ),
+        // include targets without a scheme
+        (
+            "/get?page=%2F%2Fevil.example%2Fshell.txt",
+            Some(Family::Rfi),
+        ),
+        (
+            "/get?file=%5C%5Cevil.example%5Cshare%5Cx.php",
+            Some(Family::Rfi),
+        ),
+        // server-side includes, cmd.exe escapes, commands built of variables
+        (
+            "/get?x=%3C!--%23exec%20cmd%3D%22id%22--%3E",
+            Some(Family::Rce),
+        ),
+        ("/get?x=%3Bw%5Eh%5Eo%5Ea%5Em%5Ei", Some(Family::Rce)),
+        ("/get?x=%3B%24a%24b%20%2Fetc", Some(Family::Rce)),
+        // a dialog in parentheses, a Function built from a string
+        ("/get?x=(alert)(1)", Some(Family::Xss)),
+        ("/get?x=Function(%27alert(1)%27)()", Some(Family::Xss)),
+        // nested bracket names
+        (
+            "/get?x%5Bconstructor%5D%5Bprototype%5D%5BisAdmin%5D=1",
+            Some(Family::Nodejs),
+        ),
+    ];
+    for (target, family) in cases {
+        let got = blocked(target, vec![], b"");
+        match family {
+            Some(f) => assert_eq!(got, Some(*f), "{target}"),
+            None => assert!(got.is_some(), "{target}"),
+        }
+    }
+    // what sits beside them passes: DDL words in a search, a callback URL
+    // on localhost in a cookie, ellipses, a caret, a path with two slashes
+    for q in [
+        "postgres%20drop%20table%20cascade",
+        "create%20table%20migration",
+        "alter%20table%20add%20column%20postgres",
+        "wait....%20what",
+        "x%5E2%20%2B%20y%5E2",
+        "%2F%2Fcomment%20style",
+        "1%20not%20between%200%20and%201%20meaning",
+    ] {
+        assert_eq!(
+            blocked(&format!("/api/tasks?q={q}"), vec![], b""),
+            None,
+            "{q}"
+        );
+    }
+    for cookie in [
+        "next-auth.callback-url=http%3A%2F%2Flocalhost%3A3000%2Fdashboard",
+        "redirect_to=http%3A%2F%2F127.0.0.1%3A8080%2Fd%2Fabc%3ForgId%3D1",
+        "return_to=http://localhost:5173/settings",
+    ] {
+        assert_eq!(
+            blocked("/api/tasks", vec![("cookie", cookie.as_bytes())], b""),
+            None,
+            "{cookie}"
+        );
+    }
 }
