@@ -61,12 +61,29 @@ pub async fn prepare(cfg: &Config) -> anyhow::Result<Prepared> {
             }
         }
     }
-    let db = Db::connect(
+    // a request waits for a connection at most half its own time limit,
+    // up to 10 s, so that an unreachable database is its 503 `unavailable`,
+    // not its 408 (`request_timeout_seconds = 8` gave 408s)
+    let acquire = std::time::Duration::from_millis(
+        (cfg.network.request_timeout_seconds.saturating_mul(500)).clamp(1000, 10_000),
+    );
+    let db = match Db::connect_waiting(
         &cfg.database_url,
         cfg.database.min_connections,
         cfg.database.max_connections,
+        acquire,
     )
-    .await?;
+    .await
+    {
+        Ok(db) => db,
+        // the pool says only that it timed out (twice, with its source):
+        // say where and why, without the URL's password
+        Err(e) if e.is_unavailable() && cfg.sqlite_path().is_none() => anyhow::bail!(
+            "cannot reach the database (database.url): {}",
+            crate::store::unreachable_reason(&cfg.database_url).await
+        ),
+        Err(e) => return Err(e.into()),
+    };
     restrict_sqlite_files(cfg);
     crate::data::check_keyring_reads_the_data(cfg, &db).await?;
     Ok(Prepared { db })

@@ -35,8 +35,13 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// How long `/readyz` waits for the database before it answers 503: it
+/// waited the pool's whole acquire timeout (10 s) while PostgreSQL was
+/// down, so a probe with a short timeout saw no answer at all.
+const READY_PING: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    if !state.db.ping().await {
+    if !state.db.ping(READY_PING).await {
         return Err(ApiError::Unavailable);
     }
     let mut checks = serde_json::Map::new();

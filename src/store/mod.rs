@@ -126,7 +126,10 @@ impl StoreError {
                 Some(code) if code.len() == 5 => {
                     code.starts_with("08")
                         || code.starts_with("53")
-                        || matches!(code, "57P01" | "57P02" | "57P03" | "3D000")
+                        // 55000: "database is not currently accepting
+                        // connections" (ALLOW_CONNECTIONS false: was a 500);
+                        // 55P03: a lock not available
+                        || matches!(code, "57P01" | "57P02" | "57P03" | "3D000" | "55000" | "55P03")
                 }
                 // SQLite through sqlx reports its (extended) result code:
                 // BUSY, LOCKED, FULL and their extended forms
@@ -176,8 +179,16 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/s
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 impl Db {
-    /// Connect (creating an SQLite file if needed) and run migrations.
+    /// Connect (creating an SQLite file if needed) and run migrations; a
+    /// request waits at most 10 s for a connection.
     pub async fn connect(url: &str, min: u32, max: u32) -> Result<Db> {
+        Db::connect_waiting(url, min, max, Duration::from_secs(10)).await
+    }
+
+    /// [`connect`](Db::connect) with the longest wait for a connection
+    /// (`acquire`): what a request waits while PostgreSQL is unreachable
+    /// before its 503.
+    pub async fn connect_waiting(url: &str, min: u32, max: u32, acquire: Duration) -> Result<Db> {
         sqlx::any::install_default_drivers();
         let engine = if url.starts_with("sqlite:") {
             Engine::Sqlite
@@ -198,7 +209,7 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .min_connections(min)
             .max_connections(max)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(acquire)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if engine == Engine::Sqlite {
@@ -232,9 +243,30 @@ impl Db {
         Ok(db)
     }
 
-    /// Is the database answering?
-    pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    /// Is the database answering within `within`? (A readiness probe
+    /// waited the pool's whole acquire timeout while PostgreSQL was down,
+    /// past the probe's own timeout.)
+    pub async fn ping(&self, within: Duration) -> bool {
+        tokio::time::timeout(within, sqlx::query("SELECT 1").execute(&self.pool))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Why a PostgreSQL database cannot be reached, in one line naming where
+/// (host and port, never the URL's password): one direct connection
+/// attempt, since the pool reports only that it timed out.
+pub async fn unreachable_reason(url: &str) -> String {
+    use sqlx::ConnectOptions;
+    use std::str::FromStr;
+    let Ok(opts) = sqlx::postgres::PgConnectOptions::from_str(url) else {
+        return "the URL cannot be read".into();
+    };
+    let at = format!("{}:{}", opts.get_host(), opts.get_port());
+    match tokio::time::timeout(Duration::from_secs(3), opts.connect()).await {
+        Ok(Ok(_)) => format!("{at} answers, but no connection was free in time"),
+        Ok(Err(e)) => format!("{at}: {e}"),
+        Err(_) => format!("{at}: no answer within 3 s"),
     }
 }
 

@@ -1247,3 +1247,51 @@ mod in_process {
         assert!(!body.to_string().contains("10.0.0.5"), "{body}");
     }
 }
+
+/// A start with an unreachable PostgreSQL says where and why in one line
+/// without the URL's password (it said "pool timed out while waiting for an
+/// open connection" twice, after 10 s), and waits no longer than half the
+/// request time limit for it.
+#[test]
+fn an_unreachable_database_is_named_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[network]\ntls = false\nlisten = \"127.0.0.1:0\"\nrequest_timeout_seconds = 2\n\
+             [database]\nurl = \"postgres://frenly:s3cret@127.0.0.1:{port}/frenly\"\n"
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (code, _, err) = run_cli(
+        &[
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("d").to_str().unwrap(),
+        ],
+        None,
+        &[],
+    );
+    assert_ne!(code, 0, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("database.url") && err.contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -1659,6 +1659,60 @@ async fn audit_events_made_while_the_database_is_away_are_stored_when_it_is_back
     drop_pg_database(&url);
 }
 
+/// While PostgreSQL refuses connections, `/readyz` answers 503 within its
+/// own 2 s (it waited the pool's 10 s, past a probe's timeout), and a
+/// request that needs the database gets its 503 `unavailable` before its
+/// own time limit (with `request_timeout_seconds = 8` it was a 408).
+#[tokio::test]
+async fn a_database_that_is_away_is_a_prompt_503_not_a_hang_or_a_408() {
+    use crate::common::{drop_pg_database, fresh_pg_database, need, pg_available, pg_mode, psql};
+    if !pg_mode() || !need("PostgreSQL", pg_available()) {
+        return;
+    }
+    let url = fresh_pg_database();
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let s = TestServer::with(
+        Opts::default()
+            .database(&url)
+            .config("[network]\nrequest_timeout_seconds = 8\n"),
+    )
+    .await;
+    assert_eq!(s.get("/readyz").send().await.unwrap().status(), 200);
+    psql(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"));
+    psql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ));
+    // the first request may meet a dead connection: then come the waits
+    let _ = s.admin_get("/api/tasks").send().await;
+    for _ in 0..2 {
+        let t = std::time::Instant::now();
+        let r = s.get("/readyz").send().await.unwrap();
+        assert_eq!(r.status(), 503);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(4),
+            "{:?}",
+            t.elapsed()
+        );
+        let t = std::time::Instant::now();
+        let (status, code, body) =
+            error_code(s.admin_get("/api/tasks").send().await.unwrap()).await;
+        assert_eq!((status, code.as_str()), (503, "unavailable"), "{body}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(7),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    psql(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.get("/readyz").send().await.unwrap().status() != 200 {
+        assert!(std::time::Instant::now() < deadline, "not ready again");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    drop(s);
+    drop_pg_database(&url);
+}
+
 /// A body naming a member twice is ambiguous (serde_json and Python keep
 /// the last, other parsers the first): every route that takes a JSON body
 /// refuses it with 400 `bad_request`, at any depth, and nothing is stored.
