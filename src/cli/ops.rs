@@ -56,6 +56,11 @@ pub struct BenchArgs {
 pub fn firewall(cfg: Config, a: FirewallArgs) -> CmdResult {
     let format = fw::Format::parse(&a.format)
         .ok_or_else(|| Failure::usage("--format must be iptables, ip6tables, nftables or ufw"))?;
+    if let Some(why) = fw::metrics_port_opened(&cfg) {
+        return Err(Failure::usage(format!(
+            "{why}; give metrics.listen a port of its own"
+        )));
+    }
     let rules = fw::render(&cfg, format);
     super::write_stdout(format_args!("{rules}"))?;
     if a.apply {

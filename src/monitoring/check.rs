@@ -239,16 +239,44 @@ fn tls_key(cfg: &Config) -> Outcome {
         // one of the pair without the other, or a pair that does not match:
         // `serve` refuses it
         _ => match crate::server::tls::server_config(cfg) {
-            Ok(_) => pass(format!(
-                "{} mode 0600, a usable pair with {}",
-                p.display(),
-                cfg.tls_cert.display()
-            )),
+            Ok(_) => certificate_validity(cfg).unwrap_or_else(|| {
+                pass(format!(
+                    "{} mode 0600, a usable pair with {}",
+                    p.display(),
+                    cfg.tls_cert.display()
+                ))
+            }),
             Err(e) => fail(
                 format!("the TLS certificate and key cannot be used: {e:#}"),
                 "install a matching certificate and key (network.tls_cert, network.tls_key), or remove both to have a self-signed pair generated",
             ),
         },
+    }
+}
+
+/// An expired certificate (FAIL: clients refuse it; it passed) or one that
+/// expires within 30 days (WARN); `None` when it is valid for longer.
+fn certificate_validity(cfg: &Config) -> Option<Outcome> {
+    let end = crate::server::tls::not_after(&cfg.tls_cert)?;
+    let renew = format!(
+        "renew the certificate (network.tls_cert), or remove {} and {} to have a self-signed pair generated",
+        cfg.tls_cert.display(),
+        cfg.tls_key.display()
+    );
+    match end.duration_since(std::time::SystemTime::now()) {
+        Err(_) => Some(fail(
+            format!("the TLS certificate {} has expired", cfg.tls_cert.display()),
+            renew,
+        )),
+        Ok(left) if left < crate::server::tls::EXPIRY_WARNING => Some(warn(
+            format!(
+                "the TLS certificate {} expires in {} day(s)",
+                cfg.tls_cert.display(),
+                left.as_secs() / 86_400
+            ),
+            renew,
+        )),
+        Ok(_) => None,
     }
 }
 
@@ -839,6 +867,9 @@ pub fn is_private(ip: std::net::IpAddr) -> bool {
 }
 
 fn metrics_listener(cfg: &Config) -> Outcome {
+    if let Some(why) = crate::monitoring::firewall::metrics_port_opened(cfg) {
+        return fail(why, "give metrics.listen a port of its own");
+    }
     match cfg.metrics.listen {
         None => pass("no separate listener (/metrics is admin-only on the main one)"),
         Some(a) if is_private(a.ip()) => pass(format!("{a} (loopback/private)")),

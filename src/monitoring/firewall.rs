@@ -64,6 +64,17 @@ fn metrics_port(cfg: &Config) -> Option<u16> {
         .map(|m| m.port())
 }
 
+/// The metrics listener's port when the rules open it to everyone anyway
+/// (it is 22, 80, 443 or Frenly's own port): `firewall` refuses to print
+/// rules that say "Not opened" for an open port, and `check` fails it.
+pub fn metrics_port_opened(cfg: &Config) -> Option<String> {
+    let m = metrics_port(cfg)?;
+    let (_, why) = ports(cfg).into_iter().find(|(p, _)| *p == m)?;
+    Some(format!(
+        "metrics.listen uses port {m}, which the firewall opens to everyone for {why}: the unauthenticated metrics would be reachable"
+    ))
+}
+
 const LOG_PREFIX: &str = "frenly-fw-drop: ";
 
 /// The rules in `format`.

@@ -75,7 +75,11 @@ impl Server {
                 )
             })?;
         let tls = if state.cfg.network.tls {
-            Some(TlsAcceptor::from(tls::server_config(&state.cfg)?))
+            let acceptor = TlsAcceptor::from(tls::server_config(&state.cfg)?);
+            for w in tls::start_warnings(&state.cfg) {
+                tracing::warn!("{w}");
+            }
+            Some(acceptor)
         } else {
             None
         };

@@ -51,9 +51,19 @@ pub fn server_config(cfg: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> 
         .context("TLS versions")?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| ConfigError::Invalid {
-            key: "network.tls_cert".into(),
-            reason: format!("it and network.tls_key do not form a usable pair: {e}"),
+        .map_err(|e| match e {
+            // the key itself, not the pair (an RSA key under 2048 bits was
+            // reported against network.tls_cert)
+            rustls::Error::General(ref m) if m.contains("private key") => ConfigError::Invalid {
+                key: "network.tls_key".into(),
+                reason: format!(
+                    "the key cannot be used ({m}): RSA keys of 2048 to 8192 bits, ECDSA P-256/P-384 and Ed25519 can"
+                ),
+            },
+            e => ConfigError::Invalid {
+                key: "network.tls_cert".into(),
+                reason: format!("it and network.tls_key do not form a usable pair: {e}"),
+            },
         })?;
     sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(sc))
@@ -74,7 +84,55 @@ pub fn load_certs(path: &std::path::Path) -> anyhow::Result<Vec<CertificateDer<'
 pub fn load_key(path: &std::path::Path) -> anyhow::Result<PrivateKeyDer<'static>> {
     let data = crate::config::read_named_file(path, crate::config::MAX_NAMED_FILE)
         .with_context(|| format!("reading {}", path.display()))?;
-    rustls_pemfile::private_key(&mut data.as_slice())
-        .with_context(|| format!("parsing {}", path.display()))?
-        .with_context(|| format!("no private key in {}", path.display()))
+    let key = rustls_pemfile::private_key(&mut data.as_slice())
+        .with_context(|| format!("parsing {}", path.display()))?;
+    match key {
+        Some(k) => Ok(k),
+        // a passphrase-protected key was "no private key in FILE"
+        None if data.windows(9).any(|w| w == b"ENCRYPTED") => anyhow::bail!(
+            "{} holds a key encrypted with a passphrase; Frenly reads unencrypted keys \
+             (openssl pkey -in {0} -out NEW.key, then chmod 600 NEW.key)",
+            path.display()
+        ),
+        None => anyhow::bail!("no private key in {}", path.display()),
+    }
 }
+
+/// When the first certificate of `path` stops being valid (`None` when it
+/// cannot be read or parsed: `server_config` reports that).
+pub fn not_after(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    use x509_cert::der::Decode;
+    let der = load_certs(path).ok()?.into_iter().next()?;
+    let cert = x509_cert::Certificate::from_der(der.as_ref()).ok()?;
+    Some(std::time::UNIX_EPOCH + cert.tbs_certificate.validity.not_after.to_unix_duration())
+}
+
+/// The certificate's validity and the key file's mode, as warnings for
+/// `serve`'s start (`frenly check` fails what is wrong here): an expired
+/// certificate was served silently, a key readable by others used silently.
+pub fn start_warnings(cfg: &Config) -> Vec<String> {
+    let mut w = Vec::new();
+    if let Some(end) = not_after(&cfg.tls_cert) {
+        match end.duration_since(std::time::SystemTime::now()) {
+            Err(_) => w.push(format!(
+                "the TLS certificate {} has expired: clients will refuse it",
+                cfg.tls_cert.display()
+            )),
+            Ok(left) if left < EXPIRY_WARNING => w.push(format!(
+                "the TLS certificate {} expires in {} day(s)",
+                cfg.tls_cert.display(),
+                left.as_secs() / 86_400
+            )),
+            Ok(_) => {}
+        }
+    }
+    if let Some(why) = crate::monitoring::check::loose_mode(&cfg.tls_key) {
+        w.push(format!(
+            "the TLS private key is readable by group or others: {why}; chmod 600 it"
+        ));
+    }
+    w
+}
+
+/// How long before its end a certificate is worth a warning.
+pub const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);

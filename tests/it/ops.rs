@@ -1290,6 +1290,31 @@ fn firewall_rules_are_accepted_by_nft_and_iptables_restore() {
         &[],
     );
     assert!(!out.contains("9100") && !out.contains("8080") && out.contains("443"));
+    // a metrics port the rules open anyway (HTTPS's, Frenly's own) is
+    // refused, not printed under "Not opened", and `check` fails it
+    for toml in [
+        "[metrics]\nlisten = \"10.0.0.5:443\"\n",
+        "[network]\nlisten = \"10.0.0.5:8443\"\n[metrics]\nlisten = \"10.0.0.6:8443\"\n",
+    ] {
+        std::fs::write(&cfg, toml).unwrap();
+        let (code, out, err) = run_cli(
+            &["firewall", "--format", "nftables", "--config", s(&cfg)],
+            None,
+            &[],
+        );
+        assert_eq!((code, out.as_str()), (2, ""), "{toml}: {err}");
+        assert!(err.contains("metrics.listen"), "{err}");
+        let (code, out, _) = run_cli(
+            &["check", "--config", s(&cfg), "--data-dir", s(&data)],
+            None,
+            &[],
+        );
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.lines().any(|l| l.starts_with("FAIL metrics listener")),
+            "{out}"
+        );
+    }
 
     if let Some((ok, err)) = tool_check("nft", &["-c", "-f", "-"], &outputs[0]) {
         assert!(ok, "nft -c refused the rules: {err}\n{}", outputs[0]);
@@ -1565,4 +1590,127 @@ fn audit_tail_prints_past_a_line_that_is_not_utf8() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(out.stdout, b"one\nt\xffwo\nthree\n");
+}
+
+/// TLS files that cannot serve, or should not: an expired certificate was
+/// PASS in `check` and served silently; a key others can read was used
+/// silently; a passphrase-protected key was "no private key in FILE" and
+/// an RSA key too short for ring was blamed on `network.tls_cert`.
+#[test]
+fn tls_certificates_that_expired_and_keys_that_cannot_serve_are_named() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, data) = init_dir();
+    let (cert, key) = (data.join("tls/cert.pem"), data.join("tls/key.pem"));
+    // an expired self-signed pair in place of the generated one
+    let kp = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+    let old = params.self_signed(&kp).unwrap();
+    std::fs::write(&cert, old.pem()).unwrap();
+    std::fs::write(&key, kp.serialize_pem()).unwrap();
+    let (code, out) = check_with(dir.path(), &data, "");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL tls private key") && l.contains("has expired")),
+        "{out}"
+    );
+    // serve starts (the operator may be renewing) but says so, and says the
+    // key is readable by others
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = dir.path().join("serve.toml");
+    std::fs::write(&cfg, "[network]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let mut child = std::process::Command::new(crate::common::BIN)
+        .args(["serve", "--config", s(&cfg), "--data-dir", s(&data)])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let (mut expired, mut loose) = (false, false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !(expired && loose) && std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            expired |= l.contains("has expired");
+            loose |= l.contains("readable by group or others");
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(expired && loose, "expired {expired}, loose {loose}");
+
+    // keys that cannot be used: named as the key, with what to do
+    let openssl = |args: &[&str]| {
+        let st = std::process::Command::new("openssl")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(st.success(), "{args:?}");
+    };
+    let tls = dir.path().join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let enc = tls.join("enc.key");
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-aes256",
+        "-pass",
+        "pass:secret",
+        "-out",
+        s(&enc),
+    ]);
+    let short = tls.join("short.key");
+    let short_cert = tls.join("short.pem");
+    openssl(&["genrsa", "-out", s(&short), "1024"]);
+    openssl(&[
+        "req",
+        "-new",
+        "-x509",
+        "-key",
+        s(&short),
+        "-out",
+        s(&short_cert),
+        "-days",
+        "30",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    for (c, k, says) in [
+        (&cert, &enc, "encrypted with a passphrase"),
+        (&short_cert, &short, "2048"),
+    ] {
+        std::fs::set_permissions(k, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(
+            &cfg,
+            format!(
+                "[network]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                c.display(),
+                k.display()
+            ),
+        )
+        .unwrap();
+        let (code, _, err) = run_cli(
+            &["serve", "--config", s(&cfg), "--data-dir", s(&data)],
+            None,
+            &[],
+        );
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("network.tls_key") && err.contains(says),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
 }
