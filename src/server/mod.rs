@@ -105,7 +105,11 @@ impl Server {
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size((cfg.limits.header_max_bytes as u32).saturating_mul(2))
+            // well above the app's own limit, so that what exceeds that is
+            // the app's 431 in the error shape: at 2x, a block between 2x
+            // and h2's own cut-off got h2's bare 431 (no body, no request
+            // id); past 4x, h2 ends the connection (COMPRESSION_ERROR)
+            .max_header_list_size((cfg.limits.header_max_bytes as u32).saturating_mul(4))
             .max_concurrent_streams(128)
             .keep_alive_interval(Some(Duration::from_secs(30)));
         let builder = Arc::new(builder);

@@ -251,6 +251,18 @@ async fn too_many_or_too_large_headers_are_431() {
         .unwrap();
     let (st, code, _) = error_code(r).await;
     assert_eq!((st, code.as_str()), (431, "headers_too_large"));
+    // over HTTP/2, a block past twice the limit is Frenly's 431 too, in the
+    // error shape with a request id (it was the h2 library's bare 431)
+    let r = s
+        .get("/healthz")
+        .header("x-big", "a".repeat(40_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert!(r.headers().contains_key("x-request-id"));
+    let (st, code, _) = error_code(r).await;
+    assert_eq!((st, code.as_str()), (431, "headers_too_large"));
 }
 
 /// The last response in `text` (a connection's whole answer): its status,
