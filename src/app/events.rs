@@ -36,6 +36,9 @@ pub enum EventKind {
     TaskClaimed,
     TaskUpdated,
     TaskFinished,
+    /// A task was deleted: its id only (`{"type": "task_deleted", "task":
+    /// {"id": ...}}`), to its owner and the worker that held it.
+    TaskDeleted,
     /// A task was queued; sent to agent workers (`read:agent`) with the
     /// task's id, priority, status and time only.
     TaskAvailable,

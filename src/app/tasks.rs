@@ -655,7 +655,20 @@ async fn delete(
 ) -> Result<StatusCode, ApiError> {
     match store::get(&state.db, &id).await? {
         Some(t) if can_change(&who, &t) => {
-            store::delete(&state.db, &id).await?;
+            // a client mirroring tasks from events kept deleted ones for
+            // ever, and a worker learnt only from its result's 404
+            if store::delete(&state.db, &id).await? && state.events.has_audience() {
+                #[derive(Serialize)]
+                struct Deleted<'a> {
+                    id: &'a str,
+                }
+                state.events.publish(Event::new(
+                    EventKind::TaskDeleted,
+                    &t.owner_id,
+                    t.agent_id.as_deref(),
+                    &Deleted { id: &t.id },
+                ));
+            }
             Ok(StatusCode::NO_CONTENT)
         }
         _ => Err(ApiError::NotFound),

@@ -135,6 +135,19 @@ async fn events_arrive_within_a_second_of_each_change() {
         (ev["type"].as_str(), ev["task"]["status"].as_str()),
         (Some("task_finished"), Some("done"))
     );
+    // deleted: its id only (a client mirroring tasks kept it for ever)
+    let r = s
+        .client
+        .delete(s.url(&format!("/api/tasks/{id}")))
+        .header("X-API-Key", s.admin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let ev = tokio::time::timeout(Duration::from_secs(1), next_event(&mut ws))
+        .await
+        .unwrap();
+    assert_eq!(ev, json!({"type": "task_deleted", "task": {"id": id}}));
 }
 
 #[tokio::test]
