@@ -286,16 +286,22 @@ pub fn publish(state: &AppState, kind: EventKind, t: &TaskView) {
         .events
         .publish(Event::new(kind, &t.owner_id, t.agent_id.as_deref(), t));
     if kind == EventKind::TaskCreated && t.status == "queued" {
-        let v = AvailableView {
-            id: &t.id,
-            priority: t.priority,
-            status: &t.status,
-            created_at: &t.created_at,
-        };
-        state
-            .events
-            .publish(Event::new(EventKind::TaskAvailable, &t.owner_id, None, &v));
+        publish_available(state, t);
     }
+}
+
+/// `task_available` to the workers: the task's id, priority, status and
+/// time, not its contents.
+fn publish_available(state: &AppState, t: &TaskView) {
+    let v = AvailableView {
+        id: &t.id,
+        priority: t.priority,
+        status: &t.status,
+        created_at: &t.created_at,
+    };
+    state
+        .events
+        .publish(Event::new(EventKind::TaskAvailable, &t.owner_id, None, &v));
 }
 
 /// A running task put back in the queue: `task_updated` to its owner and
@@ -308,15 +314,7 @@ fn requeued_events(state: &AppState, t: &TaskView, held_by: Option<&str>) {
     state
         .events
         .publish(Event::new(EventKind::TaskUpdated, &t.owner_id, held_by, t));
-    let v = AvailableView {
-        id: &t.id,
-        priority: t.priority,
-        status: &t.status,
-        created_at: &t.created_at,
-    };
-    state
-        .events
-        .publish(Event::new(EventKind::TaskAvailable, &t.owner_id, None, &v));
+    publish_available(state, t);
 }
 
 /// JSON `null`.
@@ -547,7 +545,7 @@ pub fn patch_move(from: &str, to: &str) -> Result<(), ApiError> {
         "cancelled" => Ok(()),
         // a claim whose worker died or never got the answer: the owner (or
         // an admin) puts the task back in the queue; the worker's result
-        // is refused from then on
+        // is refused from then on (404: no longer its task to see)
         "queued" if from == "running" => Ok(()),
         "running" => Err(ApiError::Conflict(
             "a task starts running only when a worker claims it (POST /api/agent/claim)".into(),

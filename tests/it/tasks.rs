@@ -437,6 +437,25 @@ async fn configured_rules_tighten_the_defaults() {
     create(&s, json!({"title": "Ok", "description": "abc"})).await;
 }
 
+/// The admin claims the next task as a worker.
+async fn admin_claim(s: &TestServer) -> Value {
+    s.admin_post("/api/agent/claim", &json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The admin, as the claiming worker, stores a result.
+async fn admin_result(s: &TestServer, id: &str, body: Value) -> reqwest::Response {
+    s.admin_post(&format!("/api/tasks/{id}/result"), &body)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn status_machine_refuses_illegal_moves() {
     let s = start().await;
@@ -447,24 +466,10 @@ async fn status_machine_refuses_illegal_moves() {
         assert_eq!(error_code(r).await.1, "conflict", "queued -> {to}");
     }
     // result on a queued task
-    let r = s
-        .admin_post(
-            &format!("/api/tasks/{id}/result"),
-            &json!({"status": "done"}),
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = admin_result(&s, id, json!({"status": "done"})).await;
     assert_eq!(error_code(r).await.1, "conflict");
     // claim -> running
-    let c: Value = s
-        .admin_post("/api/agent/claim", &json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let c = admin_claim(&s).await;
     assert_eq!(c["id"], t["id"]);
     assert_eq!(c["status"], "running");
     for to in ["done", "failed"] {
@@ -472,14 +477,7 @@ async fn status_machine_refuses_illegal_moves() {
         assert_eq!(error_code(r).await.1, "conflict", "running -> {to}");
     }
     // bad result bodies
-    let r = s
-        .admin_post(
-            &format!("/api/tasks/{id}/result"),
-            &json!({"status": "cancelled"}),
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = admin_result(&s, id, json!({"status": "cancelled"})).await;
     assert_eq!(error_code(r).await.1, "validation_failed");
     let r = s
         .admin_post(&format!("/api/tasks/{id}/result"), &json!({"result": 1}))
@@ -487,14 +485,7 @@ async fn status_machine_refuses_illegal_moves() {
         .await
         .unwrap();
     assert_eq!(error_code(r).await.1, "validation_failed");
-    let r = s
-        .admin_post(
-            &format!("/api/tasks/{id}/result"),
-            &json!({"status": "done", "result": {"answer": 42}}),
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = admin_result(&s, id, json!({"status": "done", "result": {"answer": 42}})).await;
     assert_eq!(r.status(), 200);
     let d: Value = r.json().await.unwrap();
     assert_eq!(
@@ -506,28 +497,14 @@ async fn status_machine_refuses_illegal_moves() {
         let r = patch(&s, id, body).await;
         assert_eq!(error_code(r).await.1, "conflict");
     }
-    let r = s
-        .admin_post(
-            &format!("/api/tasks/{id}/result"),
-            &json!({"status": "failed"}),
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = admin_result(&s, id, json!({"status": "failed"})).await;
     assert_eq!(error_code(r).await.1, "conflict");
     // running -> queued: a claim whose worker is gone is put back (it stayed
     // running for ever); the worker's late result is refused, the next claim
     // takes the task again
     let t4 = create(&s, json!({"title": "lost claim"})).await;
     let id4 = t4["id"].as_str().unwrap();
-    let c: Value = s
-        .admin_post("/api/agent/claim", &json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let c = admin_claim(&s).await;
     assert_eq!(c["id"], t4["id"]);
     let r = patch(&s, id4, json!({"status": "queued"})).await;
     assert_eq!(r.status(), 200);
@@ -536,35 +513,14 @@ async fn status_machine_refuses_illegal_moves() {
         (q["status"].as_str(), &q["agent_id"]),
         (Some("queued"), &Value::Null)
     );
-    let r = s
-        .admin_post(
-            &format!("/api/tasks/{id4}/result"),
-            &json!({"status": "done", "result": 1}),
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = admin_result(&s, id4, json!({"status": "done", "result": 1})).await;
     assert_eq!(error_code(r).await.1, "conflict");
-    let c: Value = s
-        .admin_post("/api/agent/claim", &json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let c = admin_claim(&s).await;
     assert_eq!(
         (&c["id"], c["status"].as_str()),
         (&t4["id"], Some("running"))
     );
-    let r = s
-        .admin_post(
-            &format!("/api/tasks/{id4}/result"),
-            &json!({"status": "done", "result": 1}),
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = admin_result(&s, id4, json!({"status": "done", "result": 1})).await;
     assert_eq!(r.status(), 200);
 
     // queued -> cancelled and running -> cancelled are allowed; cancelled is final
@@ -575,14 +531,7 @@ async fn status_machine_refuses_illegal_moves() {
     let r = patch(&s, id2, json!({"status": "queued"})).await;
     assert_eq!(error_code(r).await.1, "conflict");
     let t3 = create(&s, json!({"title": "c3"})).await;
-    let c: Value = s
-        .admin_post("/api/agent/claim", &json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let c = admin_claim(&s).await;
     assert_eq!(c["id"], t3["id"]);
     let r = patch(
         &s,
@@ -808,23 +757,9 @@ async fn task_contents_never_reach_the_disk_in_clear() {
     .await;
     let id = t["id"].as_str().unwrap();
     // a result and a patched description as well
-    let c: Value = s
-        .admin_post("/api/agent/claim", &json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let c = admin_claim(&s).await;
     assert_eq!(c["description"], format!("secret {marker} here"));
-    let r = s
-        .admin_post(
-            &format!("/api/tasks/{id}/result"),
-            &json!({"status": "done", "result": {"out": marker}}),
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = admin_result(&s, id, json!({"status": "done", "result": {"out": marker}})).await;
     assert_eq!(r.status(), 200);
     let t2 = create(&s, json!({"title": "second"})).await;
     let r = patch(
@@ -1306,14 +1241,7 @@ async fn a_task_read_again_shows_every_write_before_it() {
     assert_eq!(t["status"], "running");
     assert!(t["agent_id"].is_string(), "{t}");
     // result
-    let r = s
-        .admin_post(
-            &format!("/api/tasks/{id}/result"),
-            &json!({"status": "failed", "result": {"why": "x"}}),
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = admin_result(&s, &id, json!({"status": "failed", "result": {"why": "x"}})).await;
     assert_eq!(r.status(), 200);
     let t = read_task(&s, &id).await;
     assert_eq!(

@@ -708,10 +708,18 @@ impl Scan {
             hits.push(h);
             true
         });
+        let matched = !hits.is_empty();
         for h in hits {
             if !self.hit(h.family, h.id, location) {
                 return;
             }
+        }
+        if !matched
+            && self.enabled(Family::Lfi)
+            && rules::sensitive_file_after_command(&d.folded)
+            && !self.hit(Family::Lfi, "lfi-sensitive-file", location)
+        {
+            return;
         }
         // shell words split by quotes and empty expansions (`c'a't`)
         if self.enabled(Family::Rce) {

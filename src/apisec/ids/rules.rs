@@ -258,6 +258,12 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         r(
             Lfi,
             "lfi-sensitive-file",
+            P,
+            r"(^|[/\\])(etc/(passwd|shadow|group|hosts|issue|subuid|subgid|sudoers|crontab|environment|profile|motd|master\.passwd|security/|ssh/|ssl/|mysql/|apache2?/|nginx/|httpd/|resolv\.conf|fstab|inittab|hostname|os-release|aliases|gshadow|pwd\.db|spwd\.db|shells|passwd-|shadow-|machine-id)|proc/(self|\d+|net|sys|version|cpuinfo|meminfo|interrupts|mounts|modules|cmdline|environ|kcore|partitions|loadavg|stat|sched_debug|kallsyms)|var/log/|var/run/secrets|root/\.|windows/(win\.ini|system\.ini|system32)|winnt/|boot\.ini|win\.ini|system32[/\\]|\.ssh/|\.aws/|\.git/|\.svn/|\.hg/|\.htaccess|\.htpasswd|\.bash_history|\.bashrc|\.zsh_history|id_rsa|id_dsa|id_ecdsa|id_ed25519|authorized_keys|known_hosts|web\.config|wp-config\.php|\.docker/config\.json|\.kube/config|\.npmrc|\.netrc|\.pgpass|\.my\.cnf|web-inf/|meta-inf/|var/run/docker\.sock|run/docker\.sock|etc/kubernetes/|run/secrets/|\.env(\.[a-z]+)?\b)",
+        ),
+        r(
+            Lfi,
+            "lfi-sensitive-file",
             ANY,
             r"^\s*['\x22]?(file:/*|[a-z]:)?([/\\]|\.{1,2}[/\\])*(etc/(passwd|shadow|group|hosts|issue|subuid|subgid|sudoers|crontab|environment|profile|motd|master\.passwd|security/|ssh/|ssl/|mysql/|apache2?/|nginx/|httpd/|resolv\.conf|fstab|inittab|hostname|os-release|aliases|gshadow|pwd\.db|spwd\.db|shells|passwd-|shadow-|machine-id)|proc/(self|\d+|net|sys|version|cpuinfo|meminfo|interrupts|mounts|modules|cmdline|environ|kcore|partitions|loadavg|stat|sched_debug|kallsyms)|var/log/|var/run/secrets|root/\.|windows/(win\.ini|system\.ini|system32)|winnt/|boot\.ini|win\.ini|system32[/\\]|\.ssh/|\.aws/|\.git/|\.svn/|\.hg/|\.htaccess|\.htpasswd|\.bash_history|\.bashrc|\.zsh_history|id_rsa|id_dsa|id_ecdsa|id_ed25519|authorized_keys|known_hosts|web\.config|wp-config\.php|\.docker/config\.json|\.kube/config|\.npmrc|\.netrc|\.pgpass|\.my\.cnf|web-inf/|meta-inf/|var/run/docker\.sock|run/docker\.sock|etc/kubernetes/|run/secrets/|\.env(\.[a-z]+)?\b)[^\s]*\s*$",
         ),
@@ -266,12 +272,6 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             "lfi-sensitive-file",
             ANY,
             r"(\.\.[/\\]|[;|&]\s*)/?(etc/(passwd|shadow|group|hosts|issue|subuid|subgid|sudoers|crontab|environment|profile|motd|master\.passwd|security/|ssh/|ssl/|mysql/|apache2?/|nginx/|httpd/|resolv\.conf|fstab|inittab|hostname|os-release|aliases|gshadow|pwd\.db|spwd\.db|shells|passwd-|shadow-|machine-id)|proc/(self|\d+|net|sys|version|cpuinfo|meminfo|interrupts|mounts|modules|cmdline|environ|kcore|partitions|loadavg|stat|sched_debug|kallsyms)|var/log/|var/run/secrets|root/\.|windows/(win\.ini|system\.ini|system32)|winnt/|boot\.ini|win\.ini|system32[/\\]|\.ssh/|\.aws/|\.git/|\.svn/|\.hg/|\.htaccess|\.htpasswd|\.bash_history|\.bashrc|\.zsh_history|id_rsa|id_dsa|id_ecdsa|id_ed25519|authorized_keys|known_hosts|web\.config|wp-config\.php|\.docker/config\.json|\.kube/config|\.npmrc|\.netrc|\.pgpass|\.my\.cnf|web-inf/|meta-inf/|var/run/docker\.sock|run/docker\.sock|etc/kubernetes/|run/secrets/|\.env(\.[a-z]+)?\b)",
-        ),
-        r(
-            Lfi,
-            "lfi-sensitive-file",
-            ANY,
-            r"[;|&`\n]\s*[^\s;|&]+(\s+-{1,2}[^\s;|&]+)*\s+/(etc/(passwd|shadow|gshadow|sudoers|master\.passwd)|proc/self/|root/\.)",
         ),
         // a credential file in a user's dot-directory under any home
         // (`/home/app/.aws/credentials`), as the whole value
@@ -355,14 +355,6 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             "rce-ssi",
             ANY,
             r"<!--\s*#\s*(exec|include|echo|printenv|config|fsize|flastmod)\b",
-        ),
-        // a sensitive file handed to any command after a separator (`;paste
-        // /etc/passwd`): after the command rules, which name the known ones
-        r(
-            Lfi,
-            "lfi-sensitive-file",
-            P,
-            r"(^|[/\\])(etc/(passwd|shadow|group|hosts|issue|subuid|subgid|sudoers|crontab|environment|profile|motd|master\.passwd|security/|ssh/|ssl/|mysql/|apache2?/|nginx/|httpd/|resolv\.conf|fstab|inittab|hostname|os-release|aliases|gshadow|pwd\.db|spwd\.db|shells|passwd-|shadow-|machine-id)|proc/(self|\d+|net|sys|version|cpuinfo|meminfo|interrupts|mounts|modules|cmdline|environ|kcore|partitions|loadavg|stat|sched_debug|kallsyms)|var/log/|var/run/secrets|root/\.|windows/(win\.ini|system\.ini|system32)|winnt/|boot\.ini|win\.ini|system32[/\\]|\.ssh/|\.aws/|\.git/|\.svn/|\.hg/|\.htaccess|\.htpasswd|\.bash_history|\.bashrc|\.zsh_history|id_rsa|id_dsa|id_ecdsa|id_ed25519|authorized_keys|known_hosts|web\.config|wp-config\.php|\.docker/config\.json|\.kube/config|\.npmrc|\.netrc|\.pgpass|\.my\.cnf|web-inf/|meta-inf/|var/run/docker\.sock|run/docker\.sock|etc/kubernetes/|run/secrets/|\.env(\.[a-z]+)?\b)",
         ),
         r(Rce, "rce-tilde-expansion", V | N, r"^~[+-]\d*$"),
         r(
@@ -823,6 +815,20 @@ pub fn scan(
             }
         }
     }
+}
+
+/// A sensitive file handed to any command after a separator (`;paste
+/// /etc/passwd`, `| base32 /etc/shadow`): consulted only when no rule
+/// matched, so that a command the rules name (`;cat /etc/passwd`) is
+/// reported as the command injection it is.
+pub fn sensitive_file_after_command(folded: &str) -> bool {
+    static RE: LazyLock<Option<regex::Regex>> = LazyLock::new(|| {
+        regex::Regex::new(
+            r"[;|&`\n]\s*[^\s;|&]+(\s+-{1,2}[^\s;|&]+)*\s+/(etc/(passwd|shadow|gshadow|sudoers|master\.passwd)|proc/self/|root/\.)",
+        )
+        .ok()
+    });
+    folded.contains('/') && RE.as_ref().is_some_and(|re| re.is_match(folded))
 }
 
 /// Keywords whose base64 encodings (at each of the three byte alignments)

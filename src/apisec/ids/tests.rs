@@ -542,8 +542,10 @@ fn invisible_characters_do_not_hide_a_payload() {
             "/api/x?file=..%E2%81%A0/..%E2%80%8D/etc/passwd",
             Family::Lfi,
         ),
-        // (a file the command-agnostic rule names would be lfi first)
-        ("/api/x?host=a;c%E2%80%8Bat%20/etc/ho%CC%80sts", Family::Rce),
+        (
+            "/api/x?host=a;c%E2%80%8Bat%20/etc/pa%CC%80sswd",
+            Family::Rce,
+        ),
         ("/api/x?u=java%E2%80%8Bscript:alert(1)", Family::Xss),
         // the soft hyphen, a right-to-left override, a variation selector
         // and a tag character are default-ignorable too
