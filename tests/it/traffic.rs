@@ -153,11 +153,15 @@ async fn a_flood_of_malformed_requests_ends_in_a_burst_ban() {
     audit_has(&s, &["ban_added", "incident"]).await;
     let (st, code, _) = error_code(s.get("/openapi.json").send().await.unwrap()).await;
     assert_eq!((st, code.as_str()), (403, "ip_banned"));
-    // only the probes admitted before the ban are audited one by one: the
-    // flood does not turn into an audit line per probe
+    // only the probes admitted before the ban are audited one by one (three
+    // within a second; a fourth when a loaded machine spread them over more
+    // than a second): the flood does not turn into an audit line per probe
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = malformed_lines(&s);
+    assert!((3..=4).contains(&before), "{before}");
     malformed_probes(&s, 3).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(malformed_lines(&s), 3);
+    assert_eq!(malformed_lines(&s), before);
 }
 
 #[tokio::test]
