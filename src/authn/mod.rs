@@ -9,8 +9,9 @@
 //! 401), valid ones (an [`Authenticated`] in the request extensions, which
 //! only this module can build), or invalid ones (401 at once, unless the
 //! route is open to all: `Access::Public` routes ignore a credential that
-//! fails, so a client holding an expired token can log in again). A key comes in its header or as a bearer token (what SDKs send);
-//! keys are compared by SHA-256 hash; the query string is never read.
+//! fails, so a client holding an expired token can log in again). A key
+//! comes in its header or as a bearer token (what SDKs send); keys are
+//! compared by SHA-256 hash; the query string is never read.
 //! A principal's permissions are never more than its user's current ones (a
 //! key's or token's permissions are intersected with the user's roles at
 //! verification); a revoked key, a logged-out token and every credential of a
@@ -168,7 +169,7 @@ pub async fn admit(state: &AppState, req: &mut Request) -> Result<(), Response> 
         Ok(None) => Ok(()),
         // a route open to all ignores what it cannot verify: a client that
         // keeps an expired token on its session must be able to log in
-        // again, and a probe that sends a default header stay healthy (it
+        // again, and a probe that sends a default header stays healthy (it
         // gives nothing away: the answer does not depend on the credential)
         Err(e) if !matches!(e, AuthnError::Store(_)) && is_public(state, req) => Ok(()),
         Err(e) => {
