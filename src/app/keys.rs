@@ -329,7 +329,10 @@ async fn rotate(
             event("key_rotated", &rid, &addr, &who)
                 .field("key_id", k.id.as_str())
                 .field("owner_id", k.user_id.as_str())
-                .field("old_valid_until", store::rfc3339(old_valid_until))
+                .field(
+                    "old_valid_until",
+                    store::rfc3339(old_valid_until.min(expires_at)),
+                )
                 .field("expires_at", store::rfc3339(expires_at)),
         )
         .await;
@@ -339,6 +342,8 @@ async fn rotate(
         "name": k.name,
         "permissions": k.permissions,
         "expires_at": store::rfc3339(expires_at),
-        "old_valid_until": store::rfc3339(old_valid_until),
+        // the old secret ends with the key at the latest (the stored value
+        // stays as it is: the next rotation compares against it)
+        "old_valid_until": store::rfc3339(old_valid_until.min(expires_at)),
     })))
 }

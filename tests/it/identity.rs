@@ -853,6 +853,20 @@ async fn a_weaker_key_cannot_take_over_a_stronger_one() {
     assert_eq!(r.status(), 200);
     let again: Value = r.json().await.unwrap();
     assert_eq!(again["expires_at"], short["expires_at"]);
+    // and the old secret is never said to outlive the key: a key living
+    // less than the grace period (600 s) rotating it
+    let tiny = new_key(&s, &t, json!({"name": "tiny", "expires_in_days": 0.005})).await;
+    let tiny: Value = tiny.json().await.unwrap();
+    let r = post(
+        tiny["key"].as_str().unwrap(),
+        format!("/api/keys/{ro_id}/rotate"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let ro4: Value = r.json().await.unwrap();
+    assert_eq!(ro4["expires_at"], tiny["expires_at"], "{ro4}");
+    assert_eq!(ro4["old_valid_until"], tiny["expires_at"], "{ro4}");
     // a JWT rotating a key leaves its expiry as it is
     let before = listed["items"]
         .as_array()
