@@ -54,9 +54,8 @@ pub async fn check_keyring_reads_the_data(
     }
     ensure_keyring(cfg).map_err(|e| unusable_keyring(cfg, format!("{e:#}")))?;
     let ring = keyring::Keyring::load(&cfg.keyring_file).map_err(|e| unusable_keyring(cfg, e))?;
-    // the checklist's own mode test (`frenly check` FAILs it)
-    if let Some(why) = crate::monitoring::check::loose_mode(&cfg.keyring_file) {
-        tracing::warn!("the keyring is readable by group or others: {why}; chmod 600 it");
+    if let Some(w) = crate::monitoring::check::loose_mode_warning(&cfg.keyring_file, "keyring") {
+        tracing::warn!("{w}");
     }
     for (id, sample) in &samples {
         if ring.decrypt(sample).is_err() {

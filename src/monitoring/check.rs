@@ -145,9 +145,16 @@ fn tls(cfg: &Config) -> Outcome {
 }
 
 /// Mode check of a secret file: `None` when it is owner-only.
-pub(crate) fn loose_mode(path: &Path) -> Option<String> {
+fn loose_mode(path: &Path) -> Option<String> {
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
     (mode & 0o077 != 0).then(|| format!("{} has mode {mode:04o}", path.display()))
+}
+
+/// [`loose_mode`] as the warning `serve` logs at start for the secret file
+/// `what` (the checklist FAILs the same file).
+pub(crate) fn loose_mode_warning(path: &Path, what: &str) -> Option<String> {
+    loose_mode(path)
+        .map(|why| format!("the {what} is readable by group or others: {why}; chmod 600 it"))
 }
 
 fn chmod_fix(path: &Path) -> String {
@@ -257,27 +264,18 @@ fn tls_key(cfg: &Config) -> Outcome {
 /// An expired certificate (FAIL: clients refuse it; it passed) or one that
 /// expires within 30 days (WARN); `None` when it is valid for longer.
 fn certificate_validity(cfg: &Config) -> Option<Outcome> {
-    let end = crate::server::tls::not_after(&cfg.tls_cert)?;
+    use crate::server::tls::CertificateEnd;
+    let end = CertificateEnd::of(&cfg.tls_cert)?;
     let renew = format!(
         "renew the certificate (network.tls_cert), or remove {} and {} to have a self-signed pair generated",
         cfg.tls_cert.display(),
         cfg.tls_key.display()
     );
-    match end.duration_since(std::time::SystemTime::now()) {
-        Err(_) => Some(fail(
-            format!("the TLS certificate {} has expired", cfg.tls_cert.display()),
-            renew,
-        )),
-        Ok(left) if left < crate::server::tls::EXPIRY_WARNING => Some(warn(
-            format!(
-                "the TLS certificate {} expires in {} day(s)",
-                cfg.tls_cert.display(),
-                left.as_secs() / 86_400
-            ),
-            renew,
-        )),
-        Ok(_) => None,
-    }
+    let what = end.describe(&cfg.tls_cert);
+    Some(match end {
+        CertificateEnd::Expired => fail(what, renew),
+        CertificateEnd::Soon(_) => warn(what, renew),
+    })
 }
 
 /// Shannon entropy of the string's characters times its length (bits): an

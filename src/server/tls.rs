@@ -107,31 +107,47 @@ pub fn not_after(path: &std::path::Path) -> Option<std::time::SystemTime> {
     Some(std::time::UNIX_EPOCH + cert.tbs_certificate.validity.not_after.to_unix_duration())
 }
 
+/// A certificate near or past its end, as `serve` warns of it and
+/// `frenly check` reports it (FAIL when expired, WARN when close).
+pub enum CertificateEnd {
+    Expired,
+    /// Ends within [`EXPIRY_WARNING`], after this long.
+    Soon(std::time::Duration),
+}
+
+impl CertificateEnd {
+    /// Of the first certificate in `path`; `None` when it is valid for
+    /// longer than [`EXPIRY_WARNING`] or cannot be read.
+    pub fn of(path: &std::path::Path) -> Option<CertificateEnd> {
+        match not_after(path)?.duration_since(std::time::SystemTime::now()) {
+            Err(_) => Some(CertificateEnd::Expired),
+            Ok(left) if left < EXPIRY_WARNING => Some(CertificateEnd::Soon(left)),
+            Ok(_) => None,
+        }
+    }
+
+    /// One line naming the certificate `path`.
+    pub fn describe(&self, path: &std::path::Path) -> String {
+        match self {
+            CertificateEnd::Expired => {
+                format!("the TLS certificate {} has expired", path.display())
+            }
+            CertificateEnd::Soon(left) => format!(
+                "the TLS certificate {} expires in {} day(s)",
+                path.display(),
+                left.as_secs() / 86_400
+            ),
+        }
+    }
+}
+
 /// The certificate's validity and the key file's mode, as warnings for
 /// `serve`'s start (`frenly check` fails what is wrong here): an expired
 /// certificate was served silently, a key readable by others used silently.
 pub fn start_warnings(cfg: &Config) -> Vec<String> {
-    let mut w = Vec::new();
-    if let Some(end) = not_after(&cfg.tls_cert) {
-        match end.duration_since(std::time::SystemTime::now()) {
-            Err(_) => w.push(format!(
-                "the TLS certificate {} has expired: clients will refuse it",
-                cfg.tls_cert.display()
-            )),
-            Ok(left) if left < EXPIRY_WARNING => w.push(format!(
-                "the TLS certificate {} expires in {} day(s)",
-                cfg.tls_cert.display(),
-                left.as_secs() / 86_400
-            )),
-            Ok(_) => {}
-        }
-    }
-    if let Some(why) = crate::monitoring::check::loose_mode(&cfg.tls_key) {
-        w.push(format!(
-            "the TLS private key is readable by group or others: {why}; chmod 600 it"
-        ));
-    }
-    w
+    let end = CertificateEnd::of(&cfg.tls_cert).map(|e| e.describe(&cfg.tls_cert));
+    let key = crate::monitoring::check::loose_mode_warning(&cfg.tls_key, "TLS private key");
+    end.into_iter().chain(key).collect()
 }
 
 /// How long before its end a certificate is worth a warning.

@@ -715,6 +715,18 @@ async fn key_permissions_never_exceed_the_creator() {
     assert!(body["error"]["fields"]["permissions"].is_array());
 }
 
+/// `GET /api/keys` with `cred` (a key or a JWT): the listed keys.
+async fn keys_listed(s: &TestServer, cred: &str) -> Vec<Value> {
+    let v: Value = with(s.get("/api/keys"), cred)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["items"].as_array().unwrap().clone()
+}
+
 /// A leaked weak key must not climb to a stronger one: a key manages
 /// (rotates, revokes) only keys its permissions cover, a rotated-out secret
 /// manages none, and a key creates no key that outlives it and cuts the
@@ -749,17 +761,9 @@ async fn a_weaker_key_cannot_take_over_a_stronger_one() {
         json!({"name": "admin-ro", "permissions": ["read:tasks"]}),
     )
     .await;
-    let keys: Value = with(s.get("/api/keys"), s.admin())
-        .send()
+    let admin_key = keys_listed(&s, s.admin())
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let admin_key = keys["items"]
-        .as_array()
-        .unwrap()
-        .iter()
+        .into_iter()
         .find(|k| k["permissions"] == json!(["admin"]))
         .map(|k| k["id"].as_str().unwrap().to_string())
         .expect("the admin holds an admin key");
@@ -832,19 +836,8 @@ async fn a_weaker_key_cannot_take_over_a_stronger_one() {
     assert_eq!(r.status(), 200);
     let ro3: Value = r.json().await.unwrap();
     assert_eq!(ro3["expires_at"], short["expires_at"], "{ro3}");
-    let listed: Value = with(s.get("/api/keys"), &t)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let listed_ro = listed["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == ro_id.as_str())
-        .unwrap();
+    let listed = keys_listed(&s, &t).await;
+    let listed_ro = listed.iter().find(|k| k["id"] == ro_id.as_str()).unwrap();
     assert_eq!(listed_ro["expires_at"], short["expires_at"]);
     let short_id = short["id"].as_str().unwrap();
     let r = post(short_key, format!("/api/keys/{short_id}/rotate"))
@@ -868,13 +861,7 @@ async fn a_weaker_key_cannot_take_over_a_stronger_one() {
     assert_eq!(ro4["expires_at"], tiny["expires_at"], "{ro4}");
     assert_eq!(ro4["old_valid_until"], tiny["expires_at"], "{ro4}");
     // a JWT rotating a key leaves its expiry as it is
-    let before = listed["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == rw_id.as_str())
-        .unwrap()["expires_at"]
-        .clone();
+    let before = listed.iter().find(|k| k["id"] == rw_id.as_str()).unwrap()["expires_at"].clone();
     // a JWT manages every key of its user
     let r = post(&t, format!("/api/keys/{rw_id}/rotate")).await.unwrap();
     assert_eq!(r.status(), 200);
