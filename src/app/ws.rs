@@ -133,28 +133,76 @@ async fn recheck(
     }
 }
 
-/// Resolves once an upgraded connection's credential is refused (revoked,
-/// expired, its user deleted), checked as `/api/ws` checks its own: at once
-/// when a change is announced, and every [`RECHECK_EVERY`]. The gateway's
-/// WebSocket relays end then.
-pub(crate) async fn until_refused(
-    state: &AppState,
-    mut who: Authenticated,
+/// An upgraded connection's credential, checked again as `/api/ws` checks
+/// its own: when a change is announced ([`due`](Gate::due)), every
+/// [`RECHECK_EVERY`], and, on the gateway's relay, before a client message
+/// is passed on after a change ([`still_good`](Gate::still_good)): checked
+/// only beside the relay, a message sent right after a revocation's answer
+/// was relayed while that check was still reading the database. One owner
+/// does every check, so two never wait on each other for SQLite's one
+/// connection.
+pub(crate) struct Gate {
+    state: AppState,
+    who: Authenticated,
     credential: http::HeaderMap,
-) {
-    let mut changes = state.authn.watch_changes();
-    let mut announced = true;
-    let mut verify = tokio::time::interval(RECHECK_EVERY);
-    verify.tick().await;
-    loop {
+    changes: tokio::sync::watch::Receiver<u64>,
+    announced: bool,
+    every: tokio::time::Interval,
+}
+
+impl Gate {
+    /// Subscribed now: a change from here on is seen.
+    pub(crate) fn new(state: &AppState, who: Authenticated, credential: http::HeaderMap) -> Gate {
+        let start = tokio::time::Instant::now() + RECHECK_EVERY;
+        Gate {
+            changes: state.authn.watch_changes(),
+            announced: true,
+            every: tokio::time::interval_at(start, RECHECK_EVERY),
+            state: state.clone(),
+            who,
+            credential,
+        }
+    }
+
+    /// Resolves when the credential should be verified again: a change was
+    /// announced, or [`RECHECK_EVERY`] passed.
+    pub(crate) async fn due(&mut self) {
         tokio::select! {
-            _ = verify.tick() => {}
-            r = changes.changed(), if announced => announced = r.is_ok(),
+            _ = self.every.tick() => {}
+            r = self.changes.changed(), if self.announced => self.announced = r.is_ok(),
         }
-        match recheck(state, &who, &credential).await {
-            Some(now) => who = now,
-            None => return,
+    }
+
+    /// Verify the credential now; `false` when it is refused.
+    pub(crate) async fn verify(&mut self) -> bool {
+        self.changes.mark_unchanged();
+        match recheck(&self.state, &self.who, &self.credential).await {
+            Some(now) => {
+                self.who = now;
+                true
+            }
+            None => false,
         }
+    }
+
+    /// Resolves once the credential is refused (revoked, expired, its user
+    /// deleted): the gateway's uninspected upgraded connections end then.
+    pub(crate) async fn refused(mut self) {
+        loop {
+            self.due().await;
+            if !self.verify().await {
+                return;
+            }
+        }
+    }
+
+    /// May the next message pass? Verifies again only after a change or at
+    /// the credential's own end.
+    pub(crate) async fn still_good(&mut self) -> bool {
+        if self.changes.has_changed().unwrap_or(false) || expired(&self.who) {
+            return self.verify().await;
+        }
+        true
     }
 }
 

@@ -587,19 +587,14 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
             tokio::spawn(tracker.track_future(async move {
                 // the relay holds the client connection's slot until it ends
                 let _slot = slot;
-                let watched = state.clone();
-                // ends the relay when the credential is refused, as on /api/ws
-                let refused = async move {
-                    match (who, credential) {
-                        (Some(who), Some(credential)) => {
-                            crate::app::ws::until_refused(&watched, who, credential).await
-                        }
-                        _ => std::future::pending().await,
-                    }
-                };
+                // the credential, checked again as on /api/ws: the relay
+                // closes when it is refused
+                let gate = who
+                    .zip(credential)
+                    .map(|(w, c)| crate::app::ws::Gate::new(&state, w, c));
                 match tokio::try_join!(on_client, on_upstream) {
                     Ok((c, u)) => match inspect_ws {
-                        Some(conn) => ws::relay(state, conn, c, u, refused).await,
+                        Some(conn) => ws::relay(state, conn, c, u, gate).await,
                         None => {
                             let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
                             tokio::select! {
@@ -608,7 +603,12 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
                                         tracing::debug!(request_id, error = %e, "gateway: upgraded connection ended");
                                     }
                                 }
-                                _ = refused => {
+                                () = async {
+                                    match gate {
+                                        Some(g) => g.refused().await,
+                                        None => std::future::pending().await,
+                                    }
+                                } => {
                                     tracing::debug!(request_id, "gateway: credential refused; upgraded connection closed");
                                 }
                                 () = state.stopping.cancelled() => {}

@@ -22,7 +22,8 @@
 //! UTF-8 with 1007, another protocol error with 1002: `app::ws::close_reason`).
 //!
 //! The handshake's credential is checked again while the relay lasts
-//! (`app::ws::until_refused`: at once when a change is announced, else every
+//! (`app::ws::Gate`: at once when a change is announced, before the next
+//! client message after one, else every
 //! 5 s): once it is revoked or expired, or its user deleted, the client gets
 //! a close frame with code 1008 and the upstream a normal close (without
 //! inspection, the upgraded connection is simply closed).
@@ -55,14 +56,13 @@ pub struct Conn {
 
 /// Relay messages between the client's and the upstream's upgraded
 /// connections until either side closes, inspecting the client's.
-pub async fn relay(
+pub(crate) async fn relay(
     state: AppState,
     conn: Conn,
     client: hyper::upgrade::Upgraded,
     upstream: hyper::upgrade::Upgraded,
-    refused: impl std::future::Future<Output = ()>,
+    mut gate: Option<crate::app::ws::Gate>,
 ) {
-    tokio::pin!(refused);
     // the client's messages are bounded like its request bodies; the
     // upstream's by tungstenite's defaults (64 MiB), like nothing over HTTP
     let from_client = WebSocketConfig::default()
@@ -113,6 +113,12 @@ pub async fn relay(
                         })),
                         m => m,
                     };
+                    if let Some(g) = gate.as_mut() {
+                        if !g.still_good().await {
+                            close_refused(&mut c_tx, &mut u_tx).await;
+                            break;
+                        }
+                    }
                     if u_tx.send(m).await.is_err() {
                         break;
                     }
@@ -149,14 +155,18 @@ pub async fn relay(
                 .await;
                 break;
             }
-            () = &mut refused => {
-                let close = CloseFrame {
-                    code: CloseCode::Policy,
-                    reason: "credential revoked or expired".into(),
-                };
-                let _ = c_tx.send(Message::Close(Some(close))).await;
-                let _ = u_tx.send(Message::Close(None)).await;
-                break;
+            () = async {
+                match gate.as_mut() {
+                    Some(g) => g.due().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(g) = gate.as_mut() {
+                    if !g.verify().await {
+                        close_refused(&mut c_tx, &mut u_tx).await;
+                        break;
+                    }
+                }
             }
             m = u_rx.next() => match m {
                 Some(Ok(m)) => {
@@ -171,6 +181,21 @@ pub async fn relay(
             },
         }
     }
+}
+
+/// The credential was refused: 1008 to the client, a normal close to the
+/// upstream.
+async fn close_refused<C, U>(c_tx: &mut C, u_tx: &mut U)
+where
+    C: futures_util::Sink<Message> + Unpin,
+    U: futures_util::Sink<Message> + Unpin,
+{
+    let close = CloseFrame {
+        code: CloseCode::Policy,
+        reason: "credential revoked or expired".into(),
+    };
+    let _ = c_tx.send(Message::Close(Some(close))).await;
+    let _ = u_tx.send(Message::Close(None)).await;
 }
 
 /// The family that blocks this message, if any (after auditing what the
