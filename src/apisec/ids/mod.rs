@@ -728,6 +728,11 @@ impl Scan {
                     return;
                 }
             }
+            if rules::command_glued_in_word(&d.folded)
+                && !self.hit(Family::Rce, "rce-split-command", location)
+            {
+                return;
+            }
         }
         // JavaScript split by comments (`document/**/./**/cookie`)
         if self.enabled(Family::Xss) && d.folded.contains("/*") {

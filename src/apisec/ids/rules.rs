@@ -831,6 +831,56 @@ pub fn sensitive_file_after_command(folded: &str) -> bool {
     folded.contains('/') && RE.as_ref().is_some_and(|re| re.is_match(folded))
 }
 
+/// A command name glued together from pieces that a shell joins and a
+/// reader does not: `cu$@rl`, `ti''me`, `w\ho\am\i`, `who^am^i`, `wh``oami`.
+/// Any command name counts, English words too, because the pieces are the
+/// evasion: no one types `ti''me` for "time". The joined name must be
+/// three letters or more (an SQL-escaped `I''d` is not `id`), four for
+/// carets (`a^t` is a transposed matrix).
+pub fn command_glued_in_word(folded: &str) -> bool {
+    static NAMES: LazyLock<Option<regex::Regex>> = LazyLock::new(|| {
+        regex::Regex::new(&format!(r"^({DISTINCT_CMDS}|{COMMON_CMDS})(\.exe)?$")).ok()
+    });
+    if !folded.contains(['\'', '"', '\\', '$', '^', '`']) {
+        return false;
+    }
+    let Some(names) = NAMES.as_ref() else {
+        return false;
+    };
+    let word = |c: Option<&u8>| c.is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_');
+    folded
+        .split(|c: char| c.is_ascii_whitespace() || ";|&<>(){}=,:/".contains(c))
+        .any(|token| {
+            let b = token.as_bytes();
+            let mut joined = String::with_capacity(b.len());
+            let (mut glued, mut caret) = (false, false);
+            let mut i = 0;
+            while let Some(&c) = b.get(i) {
+                let inside = i > 0 && word(b.get(i - 1));
+                let skip = match (c, b.get(i + 1)) {
+                    (b'\'' | b'"' | b'`', Some(&n)) if n == c && inside && word(b.get(i + 2)) => 2,
+                    (b'$', Some(b'@' | b'*' | b'#' | b'?' | b'!' | b'-')) if inside => 2,
+                    (b'\\' | b'^', n) if inside && word(n) => {
+                        caret |= c == b'^';
+                        1
+                    }
+                    _ => 0,
+                };
+                if skip == 0 {
+                    joined.push(char::from(c));
+                    i += 1;
+                } else {
+                    glued = true;
+                    i += skip;
+                }
+            }
+            glued
+                && joined.len() >= if caret { 4 } else { 3 }
+                && joined.is_ascii()
+                && names.is_match(&joined)
+        })
+}
+
 /// Keywords whose base64 encodings (at each of the three byte alignments)
 /// betray a serialized Java gadget chain inside a base64 blob.
 const B64_KEYWORDS: &[&str] = &[

@@ -1277,3 +1277,39 @@ fn public_payload_shapes_are_blocked_and_their_neighbours_pass() {
         );
     }
 }
+
+#[test]
+fn commands_glued_from_pieces_are_blocked_and_their_neighbours_pass() {
+    // a command name joined by the shell from pieces, with no separator
+    // before it: the pieces are the evasion
+    for q in [
+        "cu%24%40rl%20google.com",
+        "ti%27%27me%20who",
+        "w%5Cho%5Cam%5Ci",
+        "who%5Eam%5Ei",
+        "wh%60%60oami",
+        "ca%22%22t%20notes.txt",
+    ] {
+        assert_eq!(
+            blocked(&format!("/get?x={q}"), vec![], b""),
+            Some(Family::Rce),
+            "{q}"
+        );
+    }
+    // SQL-escaped quotes, carets in formulas, shell variables in a
+    // build line, backslash paths
+    for q in [
+        "I%27%27d%20like%20O%27%27Brien%27s%20notes",
+        "don%27%27t%20stop",
+        "a%5Et%20b%20%2B%20x%5E2",
+        "python%24PY_VERSION%20setup",
+        "C%3A%5CUsers%5Ccat%5Cid",
+        "gp%5Eg",
+    ] {
+        assert_eq!(
+            blocked(&format!("/api/tasks?q={q}"), vec![], b""),
+            None,
+            "{q}"
+        );
+    }
+}
