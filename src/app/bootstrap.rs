@@ -29,8 +29,19 @@ pub fn ensure_data_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Write a secret file with mode 0600, refusing to follow an existing file.
+/// Write a secret file with mode 0600, whole or not at all, refusing to
+/// follow or replace an existing file ([`write_new`]).
 pub fn write_secret(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    write_new(path, contents, 0o600)
+}
+
+/// Write a new file whole or not at all: the bytes go to a temporary file
+/// beside it, which is linked to `path` only once written and synced. A
+/// full disk at a first start left an empty `jwt.secret` or `tls/key.pem`
+/// that every later start refused; now it leaves nothing, and the next
+/// start writes the file again. An existing `path` is an error, never
+/// followed or replaced.
+pub fn write_new(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(parent) = path.parent() {
@@ -38,13 +49,25 @@ pub fn write_secret(path: &Path, contents: &[u8]) -> std::io::Result<()> {
             ensure_data_dir(parent)?;
         }
     }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(contents)?;
-    f.sync_all()
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("not a file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", crate::store::new_id()));
+    let tmp = path.with_file_name(tmp_name);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    written
 }
 
 /// Set up everything a start needs.

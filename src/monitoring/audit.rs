@@ -168,6 +168,7 @@ impl Audit {
             queued: queued.clone(),
             depth: hooks.depth.clone(),
             backlog: Vec::new(),
+            unwritten: Vec::new(),
         };
         std::thread::Builder::new()
             .name("frenly-audit".into())
@@ -307,6 +308,10 @@ struct LogFile {
     /// The length this process last saw the file at, under the lock (None:
     /// not yet, or the file was replaced).
     known: Option<u64>,
+    /// The path named no file when the lock was taken: the file was
+    /// removed under this process (not rotated: a rotation puts the fresh
+    /// file in place before it lets go of the old one's lock).
+    removed: bool,
 }
 
 impl LogFile {
@@ -322,6 +327,7 @@ impl LogFile {
             size: 0,
             rotate_bytes,
             known: None,
+            removed: false,
         };
         f.reopen()?;
         Ok(f)
@@ -342,6 +348,11 @@ impl LogFile {
                 Ok(named) if named.ino() == open.ino() && named.dev() == open.dev() => {
                     self.size = open.len();
                     return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.removed = true;
+                    self.file = None;
+                    self.known = None;
                 }
                 _ => {
                     // rotated (or removed) by another process: its lock
@@ -395,38 +406,47 @@ impl LogFile {
     }
 
     /// Append lines, rotating before a line that would take the file past
-    /// `rotate_bytes` (a file always holds at least one line).
+    /// `rotate_bytes` (a file always holds at least one line). On an error,
+    /// says how many of the lines are in the file (whole: a failed write
+    /// leaves no part of a line behind).
     fn append<'a>(
         &mut self,
         lines: impl IntoIterator<Item = &'a str>,
         sync: bool,
-    ) -> std::io::Result<()> {
+    ) -> Result<(), (std::io::Error, usize)> {
         let mut buf = Vec::new();
+        let (mut done, mut in_buf) = (0, 0);
         for line in lines {
             let len = line.len() as u64 + 1;
             if self.rotate_bytes > 0 && self.size + buf.len() as u64 + len > self.rotate_bytes {
                 if !buf.is_empty() {
-                    self.write(&buf)?;
+                    self.write(&buf).map_err(|e| (e, done))?;
                     buf.clear();
+                    done += std::mem::take(&mut in_buf);
                 }
                 if self.size > 0 {
-                    self.rotate()?;
+                    self.rotate().map_err(|e| (e, done))?;
                 }
             }
             buf.extend_from_slice(line.as_bytes());
             buf.push(b'\n');
+            in_buf += 1;
         }
         if !buf.is_empty() {
-            self.write(&buf)?;
+            self.write(&buf).map_err(|e| (e, done))?;
+            done += in_buf;
         }
         if sync {
             if let Some(f) = &self.file {
-                f.sync_data()?;
+                f.sync_data().map_err(|e| (e, done))?;
             }
         }
         Ok(())
     }
 
+    /// Write whole lines; when the write fails (a full disk), cut the file
+    /// back to where it was, so no part of a line stays to glue the next
+    /// line to and break the chain for good.
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if self.file.is_none() {
             self.reopen()?;
@@ -435,7 +455,12 @@ impl LogFile {
             .file
             .as_mut()
             .ok_or_else(|| std::io::Error::other("audit file not open"))?;
-        f.write_all(bytes)?;
+        if let Err(e) = f.write_all(bytes) {
+            if let Err(cut) = f.set_len(self.size) {
+                tracing::error!(file = %self.path.display(), error = %cut, "cannot cut a partly written audit line back off");
+            }
+            return Err(e);
+        }
         self.size += bytes.len() as u64;
         Ok(())
     }
@@ -526,6 +551,10 @@ struct Writer {
     depth: Option<prometheus_client::metrics::gauge::Gauge>,
     /// Rows the database refused, oldest first ([`Writer::keep_for_later`]).
     backlog: Vec<AuditRecord>,
+    /// Lines the file refused (a full disk, a file that cannot be opened),
+    /// oldest first: written before any newer line once the file takes
+    /// them, so the chain in the file has no gap.
+    unwritten: Vec<String>,
 }
 
 impl Writer {
@@ -546,6 +575,19 @@ impl Writer {
             }
             self.write_batch(&mut batch);
         }
+        if !self.unwritten.is_empty() {
+            tracing::error!(
+                lines = self.unwritten.len(),
+                file = %self.file.path.display(),
+                "audit lines the file could not take are lost from the file (the database holds their events unless it was out of reach too)"
+            );
+        }
+        if !self.backlog.is_empty() {
+            tracing::error!(
+                rows = self.backlog.len(),
+                "audit events the database could not take are only in the file"
+            );
+        }
     }
 
     fn write_batch(&mut self, batch: &mut Vec<Msg>) {
@@ -555,14 +597,38 @@ impl Writer {
             tracing::error!(file = %self.file.path.display(), error = %e, "cannot lock the audit log");
         }
         match self.file.moved_chain() {
+            // lines waiting for the file chain from this process's last
+            // one: they go first, so the break is where another process
+            // wrote in between (said here), not after them too
+            Ok(Some(_)) if !self.unwritten.is_empty() => {
+                tracing::error!(file = %self.file.path.display(), waiting = self.unwritten.len(), "another process wrote to the audit log while lines waited for it: the chain breaks where they go")
+            }
             Ok(Some(prev)) => self.prev = prev,
             Ok(None) => {}
             Err(e) => {
                 tracing::error!(file = %self.file.path.display(), error = %e, "cannot read the audit log's last hash")
             }
         }
-        let mut records = Vec::with_capacity(batch.len());
+        let mut records = Vec::with_capacity(batch.len() + 1);
         let mut flushes = Vec::new();
+        // events of the writer's own, not counted as queued
+        let mut own = 0u64;
+        if std::mem::take(&mut self.file.removed) {
+            own += 1;
+            tracing::error!(file = %self.file.path.display(), "the audit file was removed while the server ran: a fresh one goes on from the last line written (what came before is gone unless a copy exists)");
+            batch.insert(
+                0,
+                Msg::Event(
+                    AuditEvent::new("security_violation")
+                        .field("violation_type", "audit_file_missing")
+                        .field(
+                            "details",
+                            "the audit file was removed while the server ran; the chain goes on in a fresh file from the last line written",
+                        )
+                        .field("continues_from", self.prev.clone()),
+                ),
+            );
+        }
         for m in batch.drain(..) {
             match m {
                 Msg::Event(ev) => {
@@ -583,10 +649,39 @@ impl Writer {
                 Msg::Flush(done) => flushes.push(done),
             }
         }
-        let lines = records.iter().map(|r| r.line.as_str());
-        let appended = self.file.append(lines, !flushes.is_empty());
+        let fresh = records.iter().map(|r| r.line.as_str());
+        let sync = !flushes.is_empty();
+        let appended = if self.unwritten.is_empty() {
+            self.file.append(fresh, sync)
+        } else {
+            let waiting = self.unwritten.iter().map(String::as_str);
+            self.file.append(waiting.chain(fresh), sync)
+        };
+        let appended = match appended {
+            Ok(()) => {
+                if !self.unwritten.is_empty() {
+                    tracing::warn!(lines = self.unwritten.len(), file = %self.file.path.display(), "the audit lines that waited for the file are written");
+                    self.unwritten.clear();
+                }
+                Ok(())
+            }
+            Err((e, done)) => {
+                let waited = self.unwritten.len();
+                self.unwritten.drain(..done.min(waited));
+                let fresh_done = done.saturating_sub(waited);
+                self.unwritten
+                    .extend(records.iter().skip(fresh_done).map(|r| r.line.clone()));
+                if self.unwritten.len() > MAX_BACKLOG {
+                    let dropped = self.unwritten.len() - MAX_BACKLOG;
+                    self.unwritten.drain(..dropped);
+                    tracing::error!(dropped, file = %self.file.path.display(), "the audit file was out of reach for too many events: the oldest lines are only in the database, and the file's chain breaks there");
+                }
+                Err(e)
+            }
+        };
+        let in_file = appended.is_ok();
         if let Err(e) = self.file.unlock_after(appended) {
-            tracing::error!(file = %self.file.path.display(), error = %e, "cannot append to the audit log");
+            tracing::error!(file = %self.file.path.display(), error = %e, waiting = self.unwritten.len(), "cannot append to the audit log; its lines wait in memory and are written, in order, once the file takes them");
         }
         if !records.is_empty() {
             let n = records.len() as u64;
@@ -600,9 +695,14 @@ impl Writer {
             };
             if let Err((e, rows)) = crate::store::audit::store_blocking(&self.db, &self.rt, rows) {
                 self.keep_for_later(rows);
-                tracing::error!(error = %e, waiting = self.backlog.len(), "cannot store audit events in the database; they are kept for the next batch (the file has them)");
+                if in_file {
+                    tracing::error!(error = %e, waiting = self.backlog.len(), "cannot store audit events in the database; they are kept for the next batch (the file has them)");
+                } else {
+                    tracing::error!(error = %e, waiting = self.backlog.len(), "cannot store audit events in the database, nor write them to the file; both wait in memory for the next batch");
+                }
             }
             self.written.fetch_add(n, Ordering::Relaxed);
+            let n = n - own;
             let left = self
                 .queued
                 .fetch_sub(n, Ordering::Relaxed)
@@ -610,6 +710,9 @@ impl Writer {
             if let Some(g) = &self.depth {
                 g.set(left as i64);
             }
+        }
+        if !flushes.is_empty() && !self.unwritten.is_empty() {
+            tracing::error!(lines = self.unwritten.len(), file = %self.file.path.display(), "audit lines are not in the file at a flush (shutdown, or an offline command's end): the file cannot take them");
         }
         for f in flushes {
             let _ = f.send(());

@@ -26,7 +26,12 @@ pub fn ensure_certificate(cfg: &Config) -> anyhow::Result<()> {
     crate::app::bootstrap::write_secret(&cfg.tls_key, cert.key_pair.serialize_pem().as_bytes())
         .with_context(|| format!("writing {}", cfg.tls_key.display()))?;
     let pem = cert.cert.pem();
-    std::fs::write(&cfg.tls_cert, pem)
+    // both or neither: a key alone would keep every later start from
+    // generating the pair again
+    crate::app::bootstrap::write_new(&cfg.tls_cert, pem.as_bytes(), 0o644)
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&cfg.tls_key);
+        })
         .with_context(|| format!("writing {}", cfg.tls_cert.display()))?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! lines on its own thread; [`store_blocking`] stores each batch in one
 //! transaction.
 
-use super::{col, Db, Result};
+use super::{col, Db, Result, StoreError};
 
 /// One audit line as stored, with the columns it is filtered by.
 #[derive(Debug, Clone)]
@@ -57,10 +57,14 @@ impl AuditRecord {
     }
 }
 
+/// How long one batch of audit rows waits for the database (PostgreSQL).
+const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Store `rows` in one transaction, blocking the calling thread (the audit
 /// writer's own; never a runtime worker): on an SQLite file through the
 /// group-commit writer ([`super::group`]), on PostgreSQL through the pool,
-/// driven by `rt`. On failure the rows come back with the error.
+/// driven by `rt`, for [`POOL_WAIT`] at most. On failure the rows come
+/// back with the error.
 pub fn store_blocking(
     db: &Db,
     rt: &tokio::runtime::Handle,
@@ -68,9 +72,14 @@ pub fn store_blocking(
 ) -> super::group::AuditResult {
     match &db.writer {
         Some(w) => w.store_audit_blocking(rows),
-        None => match rt.block_on(store_pool(db, &rows)) {
-            Ok(()) => Ok(()),
-            Err(e) => Err((e, rows)),
+        // bounded: while the database is out of reach the writer keeps the
+        // rows for its next batch instead of waiting the pool's 10 s on
+        // each, so the file's lines behind them (and a shutdown's flush) do
+        // not wait too
+        None => match rt.block_on(tokio::time::timeout(POOL_WAIT, store_pool(db, &rows))) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err((e, rows)),
+            Err(_) => Err((StoreError::Sqlx(sqlx::Error::PoolTimedOut), rows)),
         },
     }
 }

@@ -273,3 +273,125 @@ async fn a_removed_audit_file_does_not_restart_the_chain_unnoticed() {
     let (code, out, _) = run_cli(&["audit", "verify", log.to_str().unwrap()], None, &[]);
     assert_ne!(code, 0, "{out}");
 }
+
+/// A tmpfs of `size` mounted on a fresh directory (root only), unmounted
+/// when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: std::path::PathBuf, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(&at).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk(at))
+    }
+
+    /// Fill the disk, then free about `bytes` of it again.
+    fn fill_leaving(&self, bytes: u64) -> std::path::PathBuf {
+        use std::io::Write;
+        let ballast = self.0.join("ballast");
+        let mut f = std::fs::File::create(&ballast).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let len = f.metadata().unwrap().len();
+        f.set_len(len.saturating_sub(bytes)).unwrap();
+        ballast
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A full disk under the audit log (the database elsewhere, so requests
+/// keep being answered): a write the disk cuts short leaves no part of a
+/// line behind, the lines it refused wait in memory and are written in
+/// order once there is room again, so the chain verifies and holds every
+/// request's event. (It left a fragment that the next line was glued to:
+/// `audit verify` and `check` called the log tampered with for good, and
+/// the events of the full period were missing from the file.)
+#[tokio::test]
+async fn a_full_disk_under_the_audit_log_leaves_it_whole_once_there_is_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(dir.path().join("small"), "64k") else {
+        need("a tmpfs mount (root)", false);
+        return;
+    };
+    let log = disk.0.join("audit.log");
+    let mut s = TestServer::with(
+        Opts::default()
+            .plain()
+            .config(&format!("[audit]\nfile = \"{}\"\n", log.display())),
+    )
+    .await;
+    let whoami = |s: &TestServer| {
+        let s = s.admin_get("/api/auth/whoami");
+        async move { s.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(whoami(&s).await, 200);
+    let ballast = disk.fill_leaving(6000);
+    // one at a time: each event its own batch, so one of them is cut short
+    for _ in 0..60 {
+        assert_eq!(whoami(&s).await, 200);
+    }
+    std::fs::remove_file(&ballast).unwrap();
+    for _ in 0..5 {
+        assert_eq!(whoami(&s).await, 200);
+    }
+    assert_eq!(s.terminate().await, Some(0), "{}", s.stderr_text());
+    assert!(
+        s.stderr_text().contains("cannot append to the audit log"),
+        "the disk was not full: {}",
+        s.stderr_text()
+    );
+    let (code, out, err) = run_cli(&["audit", "verify", log.to_str().unwrap()], None, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let answered = text
+        .lines()
+        .filter(|l| l.contains("\"api_access\"") && l.contains("/api/auth/whoami"))
+        .count();
+    assert_eq!(answered, 66, "every answered request has its line");
+}
+
+/// A first start on a full disk fails, and leaves no empty or half-written
+/// secret, key or certificate behind: once there is room, the next start
+/// writes them and succeeds. (It left a 0-byte `tls/key.pem` or
+/// `jwt.secret` that every later start refused until removed by hand.)
+#[tokio::test]
+async fn a_first_start_on_a_full_disk_leaves_nothing_half_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(dir.path().join("small"), "4m") else {
+        need("a tmpfs mount (root)", false);
+        return;
+    };
+    let data = disk.0.join("data");
+    let data = data.to_str().unwrap();
+    // room for the directories, not for the files
+    let ballast = disk.fill_leaving(0);
+    let (code, _, err) = run_cli(&["init", "--data-dir", data], None, &[]);
+    assert_ne!(code, 0, "{err}");
+    for name in ["jwt.secret", "tls/key.pem", "tls/cert.pem", "keyring.json"] {
+        let p = disk.0.join("data").join(name);
+        if let Ok(m) = std::fs::metadata(&p) {
+            assert!(m.len() > 0, "{name} left empty: {err}");
+        }
+    }
+    std::fs::remove_file(&ballast).unwrap();
+    let (code, _, err) = run_cli(&["init", "--data-dir", data], None, &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run_cli(&["check", "--data-dir", data], None, &[]);
+    assert!(
+        !out.contains("FAIL jwt secret") && !out.contains("FAIL tls"),
+        "{code} {out}{err}"
+    );
+}
