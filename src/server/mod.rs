@@ -558,21 +558,28 @@ impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
 /// How long shutdown waits at most for upgraded connections to close.
 const UPGRADED_CLOSE: Duration = Duration::from_secs(2);
 
-/// Resolves on SIGTERM or Ctrl-C.
+/// Resolves on SIGTERM, SIGHUP or Ctrl-C. A hang-up (the terminal that
+/// started the server closed, or a `kill -HUP` meant as "reload", which
+/// Frenly does not do: configuration is read at start) stops the server
+/// as gracefully as SIGTERM does: its default action killed the process
+/// with events still queued for the audit log.
 pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    let on = |kind: SignalKind, name: &'static str| async move {
+        match signal(kind) {
             Ok(mut s) => {
                 s.recv().await;
+                tracing::info!(signal = name, "stopping");
             }
             Err(_) => std::future::pending::<()>().await,
         }
     };
     tokio::select! {
         _ = ctrl_c => {},
-        _ = term => {},
+        _ = on(SignalKind::terminate(), "SIGTERM") => {},
+        _ = on(SignalKind::hangup(), "SIGHUP") => {},
     }
 }

@@ -410,10 +410,17 @@ impl TestServer {
     /// SIGTERM and wait (without blocking the test's runtime, so that its
     /// client connections can answer the server's GOAWAY); returns the exit code.
     pub async fn terminate(&mut self) -> Option<i32> {
+        self.stop_by("TERM").await
+    }
+
+    /// Send the signal (`TERM`, `HUP`, ...) and wait, as [`Self::terminate`].
+    pub async fn stop_by(&mut self, signal: &str) -> Option<i32> {
         self.client = reqwest::Client::new();
         let child = self.child.as_mut()?;
         let pid = child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
