@@ -298,13 +298,21 @@ impl Claims {
 /// entropy in 88 characters) and uses that text as it is. At least 32 bytes
 /// (256 bits) are required.
 pub fn read_secret(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    let raw = crate::config::read_named_file(path, 64 << 10)
-        .map_err(|e| anyhow::anyhow!("cannot read the JWT secret file: {e}"))?;
+    // a configuration error (exit 2, naming the key and the file), as the
+    // keyring's and the audit file's are: it said only "Permission denied"
+    let unusable = |reason: String| {
+        crate::config::ConfigError::unreadable(
+            "the JWT secret file",
+            "auth.jwt_secret_file",
+            path,
+            reason,
+        )
+    };
+    let raw =
+        crate::config::read_named_file(path, 64 << 10).map_err(|e| unusable(e.to_string()))?;
     let bytes = raw.trim_ascii().to_vec();
     if bytes.len() < 32 {
-        anyhow::bail!(
-            "the JWT secret file (auth.jwt_secret_file) holds fewer than 256 bits; refusing to start"
-        );
+        return Err(unusable("it holds fewer than 256 bits; refusing to start".into()).into());
     }
     Ok(bytes)
 }

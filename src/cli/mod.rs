@@ -137,8 +137,27 @@ impl From<anyhow::Error> for Failure {
         if let Some(c) = e.downcast_ref::<config::ConfigError>() {
             return Failure::usage(c);
         }
-        Failure::refused(format!("{e:#}"))
+        Failure::refused(chain_text(&e))
     }
+}
+
+/// An error and its causes on one line, each cause once: a cause whose
+/// text its error already holds (thiserror's `{0}` over a `#[from]`
+/// source, sqlx's wrapped database errors) is not repeated (a corrupt
+/// database printed the same text four times).
+pub fn chain_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(text.as_str()) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 impl From<config::ConfigError> for Failure {
@@ -200,4 +219,21 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::refused(format!("cannot start the runtime: {e}")))
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::chain_text;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("migration failed: {0}")]
+    struct Outer(#[from] std::io::Error);
+
+    #[test]
+    fn an_error_line_names_each_cause_once() {
+        let e = anyhow::Error::from(Outer(std::io::Error::other("disk is full")));
+        assert_eq!(chain_text(&e), "migration failed: disk is full");
+        let e = anyhow::Error::from(std::io::Error::other("denied")).context("cannot open x");
+        assert_eq!(chain_text(&e), "cannot open x: denied");
+    }
 }

@@ -65,6 +65,10 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    #[error("{0} is not an SQLite database (database.url): move it away, or point database.url at the right file")]
+    NotSqlite(String),
+    #[error("the database was written by a newer Frenly (its migration {0} is unknown to this version): run that version or restore a backup; nothing was changed")]
+    NewerSchema(i64),
 }
 
 impl StoreError {
@@ -109,8 +113,9 @@ impl StoreError {
     /// at fault: no connection free within the pool's wait, the server
     /// refusing or dropping connections (SQLSTATE classes 08 connection
     /// exception and 53 insufficient resources, 57P01-57P03 shutdown or
-    /// starting up, 3D000 the database gone), or SQLite still locked after
-    /// its busy wait, or its disk full? Answered 503 `unavailable` with
+    /// starting up, 3D000 the database gone, 25006 a read-only standby), or
+    /// SQLite still locked after its busy wait, its disk full, its file
+    /// read-only or failing? Answered 503 `unavailable` with
     /// `Retry-After`: the contract's code for a dependency that is down.
     pub fn is_unavailable(&self) -> bool {
         match self {
@@ -129,11 +134,17 @@ impl StoreError {
                         // 55000: "database is not currently accepting
                         // connections" (ALLOW_CONNECTIONS false: was a 500);
                         // 55P03: a lock not available
-                        || matches!(code, "57P01" | "57P02" | "57P03" | "3D000" | "55000" | "55P03")
+                        // 25006: a read-only transaction (a standby
+                        // after a failover)
+                        || matches!(code, "57P01" | "57P02" | "57P03" | "3D000" | "55000" | "55P03" | "25006")
                 }
-                // SQLite through sqlx reports its (extended) result code:
-                // BUSY, LOCKED, FULL and their extended forms
-                Some("5" | "6" | "13" | "261" | "262" | "517") => true,
+                // SQLite through sqlx reports its (extended) result code,
+                // whose low byte is the primary one: BUSY, LOCKED, FULL,
+                // READONLY (a file or file system that cannot be written:
+                // was a 500 on every write), IOERR, CANTOPEN
+                Some(code) => code
+                    .parse::<i32>()
+                    .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 8 | 10 | 13 | 14)),
                 _ => false,
             },
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
@@ -141,6 +152,9 @@ impl StoreError {
                 rusqlite::ErrorCode::DatabaseBusy
                     | rusqlite::ErrorCode::DatabaseLocked
                     | rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::ReadOnly
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::CannotOpen
             ),
             _ => false,
         }
@@ -206,6 +220,13 @@ impl Db {
             Engine::Sqlite => (1, 1),
             Engine::Postgres => (min.min(max), max.max(1)),
         };
+        // a file that is not a database failed only after the pool's whole
+        // wait, as "pool timed out"
+        if let Some(path) = sqlite_file(&url) {
+            if !looks_like_sqlite(&path) {
+                return Err(StoreError::NotSqlite(path.display().to_string()));
+            }
+        }
         let pool = AnyPoolOptions::new()
             .min_connections(min)
             .max_connections(max)
@@ -228,9 +249,15 @@ impl Db {
             writer: None,
             tasks: (engine == Engine::Sqlite).then(Default::default),
         };
-        match engine {
-            Engine::Sqlite => SQLITE_MIGRATIONS.run(&db.pool).await?,
-            Engine::Postgres => POSTGRES_MIGRATIONS.run(&db.pool).await?,
+        let migrated = match engine {
+            Engine::Sqlite => SQLITE_MIGRATIONS.run(&db.pool).await,
+            Engine::Postgres => POSTGRES_MIGRATIONS.run(&db.pool).await,
+        };
+        match migrated {
+            Err(sqlx::migrate::MigrateError::VersionMissing(v)) => {
+                return Err(StoreError::NewerSchema(v))
+            }
+            other => other?,
         }
         if let Some(path) = sqlite_file(&url) {
             let n = std::thread::available_parallelism().map_or(1, usize::from);
@@ -267,6 +294,22 @@ pub async fn unreachable_reason(url: &str) -> String {
         Ok(Ok(_)) => format!("{at} answers, but no connection was free in time"),
         Ok(Err(e)) => format!("{at}: {e}"),
         Err(_) => format!("{at}: no answer within 3 s"),
+    }
+}
+
+/// Is the file at `path` absent, empty (a new database) or an SQLite
+/// database by its header?
+fn looks_like_sqlite(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        // absent (created next), or not readable: the open says why
+        return true;
+    };
+    let mut head = [0u8; 16];
+    match f.read(&mut head) {
+        Ok(0) => true,
+        Ok(n) => n == head.len() && &head == b"SQLite format 3\0",
+        Err(_) => true,
     }
 }
 
@@ -347,4 +390,41 @@ where
 {
     use sqlx::Row;
     row.try_get(name).map_err(StoreError::from)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::StoreError;
+
+    /// A database that cannot be written (a read-only file, a file system
+    /// remounted read-only after an I/O error) is the dependency being
+    /// down, 503, on both SQLite paths: every write was a 500 `internal`.
+    /// A constraint stays the request's fault.
+    #[tokio::test]
+    async fn a_read_only_database_is_unavailable_not_internal() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ro.db");
+        let c = rusqlite::Connection::open(&p).unwrap();
+        c.execute_batch("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+            .unwrap();
+        c.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        let dup = StoreError::from(c.execute("INSERT INTO t VALUES (1)", []).unwrap_err());
+        assert!(!dup.is_unavailable() && dup.is_unique_violation(), "{dup}");
+        drop(c);
+        let ro =
+            rusqlite::Connection::open_with_flags(&p, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        let e = StoreError::from(ro.execute("INSERT INTO t VALUES (2)", []).unwrap_err());
+        assert!(e.is_unavailable(), "{e}");
+        let url = format!("sqlite://{}?mode=ro", p.display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let e = StoreError::from(
+            sqlx::query("INSERT INTO t VALUES (2)")
+                .execute(&pool)
+                .await
+                .unwrap_err(),
+        );
+        assert!(e.is_unavailable(), "{e}");
+    }
 }

@@ -1307,3 +1307,93 @@ fn an_unreachable_database_is_named_at_start() {
         started.elapsed()
     );
 }
+
+/// A database file that is not a database, or one a newer Frenly wrote,
+/// stops the start at once with one line that says so (the first waited
+/// the pool's 10 s and said "pool timed out"; the second printed sqlx's
+/// migration error twice, without saying what to do).
+#[test]
+fn a_database_that_is_not_one_or_is_newer_is_named_at_start() {
+    let serve = |data: &std::path::Path| {
+        let started = std::time::Instant::now();
+        let (code, _, err) = run_cli(
+            &["serve", "--data-dir", data.to_str().unwrap()],
+            None,
+            &[
+                ("FRENLY_NETWORK__TLS", "false"),
+                ("FRENLY_NETWORK__LISTEN", "127.0.0.1:0"),
+            ],
+        );
+        (code, err, started.elapsed())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("frenly.db"),
+        b"this is not a database\n".repeat(100),
+    )
+    .unwrap();
+    let (code, err, took) = serve(&data);
+    assert_ne!(code, 0, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("is not an SQLite database") && err.contains("database.url"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    let data = dir.path().join("e");
+    let (code, _, err) = run_cli(&["init", "--data-dir", data.to_str().unwrap()], None, &[]);
+    assert_eq!(code, 0, "{err}");
+    let db = rusqlite::Connection::open(data.join("frenly.db")).unwrap();
+    db.execute(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99990101000000, 'from the future', 1, x'00', 0)",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let (code, err, _) = serve(&data);
+    assert_ne!(code, 0, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("newer Frenly") && err.contains("99990101000000"),
+        "{err}"
+    );
+}
+
+/// A JWT secret file that cannot be read or is too short is a
+/// configuration error: exit 2, one line naming `auth.jwt_secret_file` and
+/// the file (it was exit 1 with only "Permission denied").
+#[test]
+fn an_unusable_jwt_secret_is_a_config_error_naming_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let (code, _, err) = run_cli(&["init", "--data-dir", data.to_str().unwrap()], None, &[]);
+    assert_eq!(code, 0, "{err}");
+    let secret = data.join("jwt.secret");
+    for bad in ["a directory", "short"] {
+        let _ = std::fs::remove_file(&secret);
+        if bad == "short" {
+            let _ = std::fs::remove_dir(&secret);
+            std::fs::write(&secret, "too-short").unwrap();
+        } else {
+            std::fs::create_dir(&secret).unwrap();
+        }
+        let (code, _, err) = run_cli(
+            &["serve", "--data-dir", data.to_str().unwrap()],
+            None,
+            &[
+                ("FRENLY_NETWORK__TLS", "false"),
+                ("FRENLY_NETWORK__LISTEN", "127.0.0.1:0"),
+            ],
+        );
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{bad}: {err}");
+        assert!(
+            err.contains("auth.jwt_secret_file") && err.contains("jwt.secret"),
+            "{bad}: {err}"
+        );
+    }
+}
