@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::common::Cuttable;
 use crate::common::{
     drop_pg_database, error_code, fresh_pg_database, need, pg_available, redis_available, Opts,
     TestServer,
@@ -855,77 +856,10 @@ async fn an_offline_revoke_reaches_running_instances_at_once() {
     assert_eq!(whoami(&p.a).await.unwrap().status(), 401);
 }
 
-/// A TCP relay to the suite's Redis that the test can cut (every relayed
-/// connection dropped, new ones refused) or silence (connections stay open,
-/// nothing is forwarded: a Redis host that crashed or is partitioned), and
-/// restore: one instance losing Redis while the other keeps it.
-struct Cuttable {
-    url: String,
-    state: tokio::sync::watch::Sender<Relay>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Relay {
-    Open,
-    Cut,
-    Silent,
-}
-
-impl Cuttable {
-    async fn start() -> Cuttable {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("redis://{}", listener.local_addr().unwrap());
-        let (state, watch) = tokio::sync::watch::channel(Relay::Open);
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let mut watch = watch.clone();
-                tokio::spawn(async move {
-                    let now = *watch.borrow_and_update();
-                    match now {
-                        Relay::Cut => return,
-                        // accepted, never answered
-                        Relay::Silent => {
-                            let _ = watch.wait_for(|s| *s != Relay::Silent).await;
-                            return;
-                        }
-                        Relay::Open => {}
-                    }
-                    let Ok(mut redis) = tokio::net::TcpStream::connect("127.0.0.1:6379").await
-                    else {
-                        return;
-                    };
-                    let silenced = tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut redis) => false,
-                        s = async {
-                            let s = watch.wait_for(|s| *s != Relay::Open).await;
-                            s.map(|s| *s == Relay::Silent).unwrap_or(false)
-                        } => s,
-                    };
-                    // silenced: both ends stay open, forwarding nothing,
-                    // until restored
-                    if silenced {
-                        let _ = watch.wait_for(|s| *s != Relay::Silent).await;
-                    }
-                });
-            }
-        });
-        Cuttable { url, state }
-    }
-
-    fn set(&self, cut: bool) {
-        self.state
-            .send_replace(if cut { Relay::Cut } else { Relay::Open });
-    }
-
-    fn silence(&self) {
-        self.state.send_replace(Relay::Silent);
-    }
-}
-
 /// Two instances, each reaching Redis through a [`Cuttable`] of its own
 /// (A's, B's).
 async fn relayed_pair() -> (Cuttable, Cuttable, Pair) {
-    let (ra, rb) = (Cuttable::start().await, Cuttable::start().await);
+    let (ra, rb) = (Cuttable::redis().await, Cuttable::redis().await);
     let p = pair_via([ra.url.as_str(), rb.url.as_str()], "", "").await;
     (ra, rb, p)
 }

@@ -1641,6 +1641,52 @@ async fn a_database_that_is_away_is_a_prompt_503_not_a_hang_or_a_408() {
     drop_pg_database(&url);
 }
 
+/// PostgreSQL unreachable (connections refused: the pool retries for its
+/// whole wait), probed with the key a client keeps on every request: once
+/// the key's cached check is due (5 s), its recheck waited the pool's 10 s
+/// before `/readyz` even ran, past a load balancer's probe timeout. A
+/// public route answers as to an anonymous caller instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_promptly_with_the_key_due_and_the_database_unreachable() {
+    use crate::common::{drop_pg_database, fresh_pg_database, need, pg_available, pg_mode};
+    if !pg_mode() || !need("PostgreSQL", pg_available()) {
+        return;
+    }
+    let relay = crate::common::Cuttable::to("127.0.0.1:5432", "").await;
+    let url = fresh_pg_database();
+    let via = url.replace("127.0.0.1:5432", &relay.url);
+    // a request waits 6 s for a connection
+    let s = TestServer::with(
+        Opts::default()
+            .database(&via)
+            .config("[network]\nrequest_timeout_seconds = 12\n"),
+    )
+    .await;
+    assert_eq!(s.admin_get("/readyz").send().await.unwrap().status(), 200);
+    let cut = std::time::Instant::now();
+    relay.close();
+    // the pool's idle connections fail at once when used; then it waits
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let _ = s.admin_get("/api/tasks").send().await;
+        if t.elapsed() > std::time::Duration::from_secs(3) {
+            break;
+        }
+    }
+    let due = std::time::Duration::from_millis(5500).saturating_sub(cut.elapsed());
+    tokio::time::sleep(due).await;
+    let t = std::time::Instant::now();
+    let r = s.admin_get("/readyz").send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(4),
+        "{:?}",
+        t.elapsed()
+    );
+    drop(s);
+    drop_pg_database(&url);
+}
+
 /// A body naming a member twice is ambiguous (serde_json and Python keep
 /// the last, other parsers the first): every route that takes a JSON body
 /// refuses it with 400 `bad_request`, at any depth, and nothing is stored.

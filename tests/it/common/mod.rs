@@ -624,3 +624,88 @@ where
     let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
     String::from_utf8_lossy(&buf).to_string()
 }
+
+/// A TCP relay to one of the suite's services (Redis, PostgreSQL) that the
+/// test can cut (every relayed
+/// connection dropped, new ones refused) or silence (connections stay open,
+/// nothing is forwarded: a Redis host that crashed or is partitioned), and
+/// restore: one instance losing Redis while the other keeps it.
+pub struct Cuttable {
+    pub url: String,
+    state: tokio::sync::watch::Sender<Relay>,
+    accept: tokio::task::AbortHandle,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    Open,
+    Cut,
+    Silent,
+}
+
+impl Cuttable {
+    /// A relay to the suite's Redis (`url` is a `redis://` URL).
+    pub async fn redis() -> Cuttable {
+        Self::to("127.0.0.1:6379", "redis://").await
+    }
+
+    /// A relay to `target`; `url` is `scheme` and the relay's address.
+    pub async fn to(target: &'static str, scheme: &str) -> Cuttable {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("{scheme}{}", listener.local_addr().unwrap());
+        let (state, watch) = tokio::sync::watch::channel(Relay::Open);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let now = *watch.borrow_and_update();
+                    match now {
+                        Relay::Cut => return,
+                        // accepted, never answered
+                        Relay::Silent => {
+                            let _ = watch.wait_for(|s| *s != Relay::Silent).await;
+                            return;
+                        }
+                        Relay::Open => {}
+                    }
+                    let Ok(mut service) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let silenced = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut service) => false,
+                        s = async {
+                            let s = watch.wait_for(|s| *s != Relay::Open).await;
+                            s.map(|s| *s == Relay::Silent).unwrap_or(false)
+                        } => s,
+                    };
+                    // silenced: both ends stay open, forwarding nothing,
+                    // until restored
+                    if silenced {
+                        let _ = watch.wait_for(|s| *s != Relay::Silent).await;
+                    }
+                });
+            }
+        });
+        Cuttable {
+            url,
+            state,
+            accept: accept.abort_handle(),
+        }
+    }
+
+    /// Cut, and stop listening: new connections are refused, as by a
+    /// host whose service is down.
+    pub fn close(&self) {
+        self.set(true);
+        self.accept.abort();
+    }
+
+    pub fn set(&self, cut: bool) {
+        self.state
+            .send_replace(if cut { Relay::Cut } else { Relay::Open });
+    }
+
+    pub fn silence(&self) {
+        self.state.send_replace(Relay::Silent);
+    }
+}
