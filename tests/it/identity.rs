@@ -1941,6 +1941,45 @@ async fn cli_users_keys_and_token() {
     assert_eq!(code, 1);
 }
 
+/// `users passwd` ends the tokens issued before it, also those issued in
+/// the same second (the cut-off was rounded down to its second and a token
+/// was judged by its `iat` second, so a login just before the change kept
+/// working for its 24 h), and not one issued just after it. Each trial
+/// starts right after a second boundary so that login and change share a
+/// second.
+#[tokio::test]
+async fn a_password_change_ends_tokens_issued_earlier_in_its_second() {
+    let s = server("").await;
+    add_user(&s, "pia", &["user"], "pia-password-0").await;
+    let env = s.cli_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let data = s.data_dir();
+    let data = data.to_str().unwrap().to_string();
+    let mut password = "pia-password-0".to_string();
+    for trial in 1..=3 {
+        let into_second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis();
+        tokio::time::sleep(Duration::from_millis(u64::from(1020 - into_second))).await;
+        let before = token(&s, "pia", &password).await;
+        password = format!("pia-password-{trial}");
+        let (code, _, err) = run_cli(
+            &["users", "passwd", "pia", "--data-dir", &data],
+            Some(&format!("{password}\n")),
+            &env,
+        );
+        assert_eq!(code, 0, "{err}");
+        let after = token(&s, "pia", &password).await;
+        crate::common::wait_for("the token issued before the change refused", || {
+            let r = whoami(&s, &before);
+            async move { (r.await.status() == 401).then_some(()) }
+        })
+        .await;
+        assert_eq!(whoami(&s, &after).await.status(), 200, "trial {trial}");
+    }
+}
+
 /// The offline commands audit what they change, in the chain the running
 /// server appends to: the server keeps writing (every request is an
 /// `api_access` line) while they write, and the chain stays whole. Before,
