@@ -103,6 +103,7 @@ impl AppState {
                 format!("{e:#}"),
             )
         })?;
+        audit.report_cut_tail(&db).await;
         let network = crate::network::Network::new(&cfg);
         network.start(&db, metrics.active_bans.clone()).await?;
         let incidents = crate::monitoring::incidents::Incidents::new(&cfg);

@@ -1714,3 +1714,69 @@ fn tls_certificates_that_expired_and_keys_that_cannot_serve_are_named() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
 }
+
+/// `audit tail` of a freshly initialised data dir (no audit file yet:
+/// `init` writes no event) prints nothing and exits 0 (it was exit 1, "No
+/// such file or directory"); a file named on the command line must exist.
+#[test]
+fn audit_tail_before_the_first_event_prints_nothing() {
+    let (_dir, data) = init_dir();
+    assert!(!data.join("security_audit.log").exists());
+    let (code, out, err) = run_cli(&["audit", "tail", "--data-dir", s(&data)], None, &[]);
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
+    let missing = data.join("nope.log");
+    let (code, _, err) = run_cli(&["audit", "tail", s(&missing)], None, &[]);
+    assert_eq!(code, 1, "{err}");
+}
+
+/// Usage errors are one stderr line with exit 2 (the contract: "Errors go
+/// to stderr, one clear line"); clap printed its error, the usage and a
+/// hint (3-4 lines), and a group without its subcommand the whole help.
+#[test]
+fn usage_errors_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = s(dir.path());
+    for (args, says) in [
+        (&["token"][..], "--user"),
+        (&["keys", "create"], "--user"),
+        (&["config", "show", "extra-arg"], "extra-arg"),
+        (
+            &["keys"],
+            "`frenly keys` needs a subcommand: create, list, revoke",
+        ),
+        (
+            &["--data-dir", d, "keys"],
+            "`frenly keys` needs a subcommand",
+        ),
+        (
+            &["audit"],
+            "`frenly audit` needs a subcommand: verify, tail",
+        ),
+        (&["nosuchcommand"], "nosuchcommand"),
+        (
+            &[
+                "keys",
+                "create",
+                "--user",
+                "admin",
+                "--expires-in-days",
+                "-1",
+            ],
+            "-1",
+        ),
+        (&["firewall", "--format", "pf"], "pf"),
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--data-dir", d]);
+        let (code, out, err) = run_cli(&all, None, &[]);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+        assert!(lines[0].starts_with("frenly: error: "), "{err}");
+        assert!(lines[0].contains(says), "{args:?}: {err}");
+    }
+    let (code, out, _) = run_cli(&["--help"], None, &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Usage:"), "{out}");
+}
