@@ -179,6 +179,38 @@ async fn every_non_public_route_needs_credentials_and_the_public_set_is_fixed() 
             r.path
         );
     }
+    // an unknown path too: 401 before the route is looked up (it was 404
+    // while known paths were 401, a map of the routes for anyone); with a
+    // credential it is 404, and a public path's other method stays 405
+    for (method, path) in [
+        ("GET", "/api/nope"),
+        ("POST", "/api/admin"),
+        ("GET", "/api/tasks/x/y"),
+        ("GET", "/nope"),
+        ("GET", "/"),
+    ] {
+        let method: http::Method = method.parse().unwrap();
+        let resp = s
+            .client
+            .request(method.clone(), s.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.headers().contains_key("www-authenticate"), "{path}");
+        let (status, code, _) = error_code(resp).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (401, "unauthenticated"),
+            "{method} {path}"
+        );
+        let resp = with(s.client.request(method.clone(), s.url(path)), s.admin())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{method} {path} with a credential");
+    }
+    let resp = s.client.delete(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
 }
 
 // ---------------------------------------------------------------- role matrix
