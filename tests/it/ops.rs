@@ -677,7 +677,8 @@ fn parse_exposition(text: &str) -> (Types, Vec<Sample>) {
         let _ = family;
         samples.push((name, labels, v));
     }
-    assert!(eof, "no # EOF");
+    // OpenMetrics ends with `# EOF` (the callers that ask for it check);
+    // the Prometheus text format has none
     (types, samples)
 }
 
@@ -722,23 +723,65 @@ async fn metrics_are_admin_only_and_parse_as_prometheus_text() {
     let r = s.get("/api/audit").send().await.unwrap();
     assert_eq!(r.status(), 401);
     let _ = s.admin_get("/api/nothing-here").send().await.unwrap();
-    let r = s.admin_get("/metrics").send().await.unwrap();
+    // OpenMetrics when the scraper asks for it (Prometheus does)
+    let r = s
+        .admin_get("/metrics")
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let ct = r.headers()["content-type"].to_str().unwrap().to_string();
     assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
     let text = r.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let (types, _) = parse_exposition(&text);
+    assert_eq!(
+        types.get("frenly_http_requests").map(String::as_str),
+        Some("counter")
+    );
+    // the contract's "Prometheus text format" otherwise (it was always
+    // OpenMetrics): 0.0.4, no `# EOF`, a counter's TYPE names its samples
+    for accept in [None, Some("text/plain;version=0.0.4"), Some("*/*")] {
+        let mut rb = s.admin_get("/metrics");
+        if let Some(a) = accept {
+            rb = rb.header("accept", a);
+        }
+        let r = rb.send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["content-type"],
+            "text/plain; version=0.0.4; charset=utf-8",
+            "{accept:?}"
+        );
+        assert!(!r.text().await.unwrap().contains("# EOF"));
+    }
+    let r = s.admin_get("/metrics").send().await.unwrap();
+    let text = r.text().await.unwrap();
     let (types, samples) = parse_exposition(&text);
     for (f, t) in [
-        ("frenly_http_requests", "counter"),
+        ("frenly_http_requests_total", "counter"),
         ("frenly_http_request_duration_seconds", "histogram"),
-        ("frenly_requests_blocked", "counter"),
+        ("frenly_requests_blocked_total", "counter"),
         ("frenly_active_bans", "gauge"),
-        ("frenly_login_failures", "counter"),
+        ("frenly_login_failures_total", "counter"),
         ("frenly_audit_queue_depth", "gauge"),
-        ("frenly_audit_backpressure", "counter"),
+        ("frenly_audit_backpressure_total", "counter"),
         ("frenly_websocket_connections", "gauge"),
     ] {
         assert_eq!(types.get(f).map(String::as_str), Some(t), "{f}");
+    }
+    for (n, _, _) in &samples {
+        let family = types.keys().any(|f| {
+            n == f
+                || ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| *n == format!("{f}{s}"))
+        });
+        assert!(family, "{n} has no TYPE of its own name");
     }
     let has = |name: &str, labels: &[(&str, &str)]| {
         samples.iter().any(|(n, l, v)| {
