@@ -38,8 +38,12 @@ use super::ApiError;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
-/// Does this `Content-Type` name JSON (`application/json`, optionally with
-/// parameters, or an `application/*+json` type) in UTF-8? JSON exchanged
+/// Is this `Content-Type` the contract's `application/json` (optionally
+/// with parameters) in UTF-8? Other JSON-based types
+/// (`application/merge-patch+json`, `application/vnd.api+json`,
+/// `application/problem+json`) carry their own semantics, which Frenly
+/// does not implement: the contract says `application/json` and "anything
+/// else -> 415", so they are refused (they were accepted). JSON exchanged
 /// between systems is UTF-8 (RFC 8259 8.1) and is read as UTF-8 here: a
 /// `charset` naming anything else would have these bytes read one way here
 /// (and by the IDS) and another by whatever decodes them by the label.
@@ -47,15 +51,14 @@ pub fn is_json_content_type(value: &http::HeaderValue) -> bool {
     let Ok(s) = value.to_str() else { return false };
     let mut parts = s.split(';');
     let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-    let json =
-        mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"));
-    json && parts.all(|p| match p.split_once('=') {
-        Some((name, v)) if name.trim().eq_ignore_ascii_case("charset") => {
-            let v = v.trim().trim_matches('"');
-            v.eq_ignore_ascii_case("utf-8") || v.eq_ignore_ascii_case("utf8")
-        }
-        _ => true,
-    })
+    mime == "application/json"
+        && parts.all(|p| match p.split_once('=') {
+            Some((name, v)) if name.trim().eq_ignore_ascii_case("charset") => {
+                let v = v.trim().trim_matches('"');
+                v.eq_ignore_ascii_case("utf-8") || v.eq_ignore_ascii_case("utf8")
+            }
+            _ => true,
+        })
 }
 
 /// A type a request body may be parsed into: one that refuses an object
@@ -361,7 +364,6 @@ mod tests {
             "application/json; charset=utf-8",
             "application/json;charset=\"UTF-8\"",
             "application/json; charset=utf8; foo=bar",
-            "application/merge-patch+json",
         ] {
             assert!(is(v), "{v}");
         }
@@ -371,6 +373,10 @@ mod tests {
             "application/json; charset=utf-16",
             "application/json; charset=iso-8859-1",
             "application/problem+json; charset=utf-7",
+            "application/merge-patch+json",
+            "application/vnd.api+json",
+            "application/problem+json",
+            "application/json+json",
             "text/plain",
         ] {
             assert!(!is(v), "{v}");

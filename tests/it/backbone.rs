@@ -135,6 +135,53 @@ async fn a_client_that_sends_its_whole_body_first_reads_the_refusal_over_tls() {
     }
 }
 
+/// The contract names `application/json` ("anything else -> 415"): other
+/// JSON-based types carry semantics Frenly does not implement (a merge
+/// patch, JSON:API) and were accepted as plain JSON.
+#[tokio::test]
+async fn only_application_json_is_json() {
+    let s =
+        TestServer::with(Opts::default().config("[limits]\nallowlist = [\"127.0.0.0/8\"]\n")).await;
+    for ct in [
+        "application/vnd.api+json",
+        "application/merge-patch+json",
+        "application/problem+json",
+    ] {
+        let r = s
+            .post("/api/tasks")
+            .header("X-API-Key", s.admin())
+            .header("Content-Type", ct)
+            .body(r#"{"title": "x"}"#)
+            .send()
+            .await
+            .unwrap();
+        let (st, code, _) = error_code(r).await;
+        assert_eq!((st, code.as_str()), (415, "unsupported_media_type"), "{ct}");
+    }
+    for ct in ["application/json; charset=utf-8", "Application/JSON"] {
+        let r = s
+            .post("/api/tasks")
+            .header("X-API-Key", s.admin())
+            .header("Content-Type", ct)
+            .body(r#"{"title": "x"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{ct}");
+        let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let r = s
+            .delete(&format!("/api/tasks/{id}"))
+            .header("X-API-Key", s.admin())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+}
+
 #[tokio::test]
 async fn oversized_body_is_413_and_non_json_body_is_415() {
     let s = TestServer::with(Opts::default().config("[limits]\nbody_max_bytes = 1024\n")).await;
