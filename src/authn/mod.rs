@@ -166,11 +166,9 @@ pub async fn admit(state: &AppState, req: &mut Request) -> Result<(), Response> 
             req.extensions_mut().insert(Authenticated::from_arc(p));
             Ok(())
         }
-        Ok(None) if public_path(state, req) => Ok(()),
-        // anonymous on any other path, an unknown one included: 401 before
-        // the route is looked up (a 404 for unknown paths and a 401 for
-        // known ones told an anonymous caller which routes exist)
-        Ok(None) => Err(ApiError::Unauthenticated.into_response()),
+        // anonymous: each route's access rule answers 401, and so does the
+        // router's fallback for an unknown path (`app::not_found`)
+        Ok(None) => Ok(()),
         // a route open to all ignores what it cannot verify: a client that
         // keeps an expired token on its session must be able to log in
         // again, and a probe that sends a default header stays healthy (it
@@ -191,16 +189,6 @@ fn is_public(state: &AppState, req: &Request) -> bool {
             && r.method == req.method()
             && r.path == req.uri().path()
     })
-}
-
-/// Is the request's path one of an `Access::Public` route, whatever the
-/// method (another method there is 405 `method_not_allowed`, also without
-/// credentials)?
-fn public_path(state: &AppState, req: &Request) -> bool {
-    state
-        .table
-        .iter()
-        .any(|r| r.access == crate::authz::Access::Public && r.path == req.uri().path())
 }
 
 /// Resolve the request's credentials, if any.

@@ -74,8 +74,12 @@ async fn request_id_is_echoed_when_sane_and_replaced_otherwise() {
 #[tokio::test]
 async fn unknown_route_and_wrong_method_are_json_errors() {
     let s = TestServer::start().await;
-    let (st, code, _) = error_code(s.get("/no/such/route").send().await.unwrap()).await;
+    let r = s.get("/no/such/route").header("X-API-Key", s.admin());
+    let (st, code, _) = error_code(r.send().await.unwrap()).await;
     assert_eq!((st, code.as_str()), (404, "not_found"));
+    // without credentials, 401 like a known route (no map of the routes)
+    let (st, code, _) = error_code(s.get("/no/such/route").send().await.unwrap()).await;
+    assert_eq!((st, code.as_str()), (401, "unauthenticated"));
     let r = s.client.delete(s.url("/healthz")).send().await.unwrap();
     assert!(r.headers().get("x-request-id").is_some());
     let (st, code, _) = error_code(r).await;
