@@ -103,6 +103,7 @@ impl AppState {
                 format!("{e:#}"),
             )
         })?;
+        audit.report_cut_tail(&db).await;
         let network = crate::network::Network::new(&cfg);
         network.start(&db, metrics.active_bans.clone()).await?;
         let incidents = crate::monitoring::incidents::Incidents::new(&cfg);
@@ -160,8 +161,20 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn not_found() -> crate::http::ApiError {
-    crate::http::ApiError::NotFound
+/// An unknown path: 404 for an authenticated caller, 401 for an anonymous
+/// one, as a known route's access rule answers it (a 404 for unknown paths
+/// and a 401 for known ones told an anonymous caller which routes exist).
+/// A credential that fails was already refused by `authn::admit`.
+async fn not_found(req: axum::extract::Request) -> crate::http::ApiError {
+    if req
+        .extensions()
+        .get::<crate::authn::Authenticated>()
+        .is_some()
+    {
+        crate::http::ApiError::NotFound
+    } else {
+        crate::http::ApiError::Unauthenticated
+    }
 }
 
 async fn method_not_allowed() -> crate::http::ApiError {

@@ -248,6 +248,13 @@ pub struct Claims {
     #[serde(deserialize_with = "numeric_date")]
     pub exp: i64,
     pub jti: String,
+    /// Frenly's private claim: when Frenly issued the token, in Unix
+    /// milliseconds (its second is `iat`). `iat` alone cannot tell a token
+    /// issued in the second of a password change before the change from one
+    /// issued after it ([`Claims::issued_before`]). Absent from tokens
+    /// minted elsewhere (PyJWT with the secret), which are judged by `iat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat_ms: Option<i64>,
 }
 
 /// RFC 7519 2: a NumericDate is a JSON number, possibly with a fraction
@@ -275,7 +282,36 @@ impl Claims {
             iat: now,
             exp: now.saturating_add(ttl_seconds),
             jti: crate::store::new_id(),
+            iat_ms: None,
         }
+    }
+
+    /// The claims Frenly issues for `user_id` at `now_ms` (Unix
+    /// milliseconds), valid `ttl_seconds`: [`Claims::new`] with the issue
+    /// time to the millisecond in `iat_ms`.
+    pub fn issue(user_id: &str, permissions: Vec<String>, now_ms: i64, ttl_seconds: i64) -> Claims {
+        Claims {
+            iat_ms: Some(now_ms),
+            ..Claims::new(user_id, permissions, now_ms.div_euclid(1000), ttl_seconds)
+        }
+    }
+
+    /// Was this token issued at or before `cut_off` (Unix ms; 0 = none), the
+    /// moment its user's earlier tokens stopped working (a password change)?
+    /// A token is judged by the earliest moment it may have been issued:
+    /// its `iat_ms`, or, without one, the start of its `iat` second. So a
+    /// token issued in the same second as the change, before it, is refused
+    /// (it was not, when the cut-off and `iat` were compared in whole
+    /// seconds), one Frenly issued a millisecond after it is not, and one
+    /// minted elsewhere in that second is refused (it cannot show it came
+    /// after). A token issued in the very millisecond of the change counts
+    /// as before it.
+    pub fn issued_before(&self, cut_off: i64) -> bool {
+        if cut_off <= 0 {
+            return false;
+        }
+        let earliest = self.iat_ms.unwrap_or_else(|| self.iat.saturating_mul(1000));
+        earliest <= cut_off
     }
 
     /// The server's requirements on verified claims: `sub`, `user_id` (equal
@@ -285,6 +321,11 @@ impl Claims {
             .map_err(|_| JwtError::Claim("required claims missing"))?;
         if c.sub != c.user_id || c.sub.is_empty() || c.jti.is_empty() {
             return Err(JwtError::Claim("sub/user_id/jti"));
+        }
+        // `iat_ms` is within `iat`'s second, or the token is not one
+        // Frenly issued
+        if c.iat_ms.is_some_and(|ms| ms.div_euclid(1000) != c.iat) {
+            return Err(JwtError::Claim("iat_ms"));
         }
         Ok(c)
     }
@@ -324,6 +365,31 @@ mod tests {
 
     fn v() -> Verifier {
         Verifier::new(b"0123456789abcdef0123456789abcdef".to_vec(), &["HS256"], 0).unwrap()
+    }
+
+    /// A password change at 1000.500 s: a Frenly token from 1000.499 s is
+    /// before it, one from 1000.501 s after it (both have `iat` 1000, which
+    /// alone cannot tell them apart); a token minted elsewhere in that
+    /// second (no `iat_ms`) cannot show it came after and is refused.
+    #[test]
+    fn the_cut_off_is_judged_to_the_millisecond() {
+        let cut = 1_000_500;
+        let at = |ms| Claims::issue("u", vec![], ms, 60);
+        assert!(at(1_000_499).issued_before(cut));
+        assert!(at(1_000_500).issued_before(cut));
+        assert!(!at(1_000_501).issued_before(cut));
+        assert!(!at(1_001_000).issued_before(cut));
+        assert_eq!(at(1_000_501).iat, 1000);
+        let foreign = Claims::new("u", vec![], 1000, 60);
+        assert!(foreign.issued_before(cut));
+        assert!(!Claims::new("u", vec![], 1001, 60).issued_before(cut));
+        assert!(!at(5).issued_before(0), "no cut-off");
+        // an `iat_ms` outside `iat`'s second is not Frenly's
+        let c = serde_json::to_value(at(1_000_499)).unwrap();
+        let mut m = c.as_object().unwrap().clone();
+        assert!(Claims::from_verified(m.clone()).is_ok());
+        m.insert("iat_ms".into(), serde_json::json!(999_999));
+        assert!(Claims::from_verified(m).is_err());
     }
 
     #[test]

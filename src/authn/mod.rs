@@ -180,6 +180,8 @@ pub async fn admit(state: &AppState, req: &mut Request) -> Result<(), Response> 
             req.extensions_mut().insert(Authenticated::from_arc(p));
             Ok(())
         }
+        // anonymous: each route's access rule answers 401, and so does the
+        // router's fallback for an unknown path (`app::not_found`)
         Ok(None) => Ok(()),
         Err(e) => {
             tracing::debug!(error = %e, "authentication failed");
@@ -517,7 +519,7 @@ impl Authn {
             return Err(AuthnError::Revoked);
         }
         let user = self.user(db, roles, &claims.user_id, now).await?;
-        if claims.iat.saturating_mul(1000) < user.tokens_valid_after {
+        if claims.issued_before(user.tokens_valid_after) {
             return Err(AuthnError::Revoked);
         }
         let token_perms = PermissionSet::parse(claims.permissions.iter().map(String::as_str))
@@ -568,12 +570,7 @@ impl Authn {
         permissions: PermissionSet,
     ) -> Result<(String, jwt::Claims), jwt::JwtError> {
         let names = permissions.names().into_iter().map(String::from).collect();
-        let claims = jwt::Claims::new(
-            user_id,
-            names,
-            store::now_ms().div_euclid(1000),
-            self.jwt_ttl_seconds,
-        );
+        let claims = jwt::Claims::issue(user_id, names, store::now_ms(), self.jwt_ttl_seconds);
         Ok((self.jwt.sign(&claims)?, claims))
     }
 

@@ -357,9 +357,10 @@ pub fn users(cfg: Config, cmd: UsersCmd) -> CmdResult {
                 let hash = tokio::task::spawn_blocking(move || password::hash_blocking(&pw))
                     .await
                     .map_err(Failure::refused)??;
-                // tokens issued before this second stop working (a token's
-                // `iat` counts in seconds)
-                let valid_after = store::now_ms() / 1000 * 1000;
+                // tokens issued up to this millisecond stop working
+                // (`Claims::issued_before`); rounded down to the second, the
+                // cut-off let a token issued earlier in the same second pass
+                let valid_after = store::now_ms();
                 if !store::users::set_password(&db, &u.id, &hash, valid_after)
                     .await
                     .map_err(fail_store)?
@@ -410,7 +411,7 @@ pub fn token(cfg: Config, args: TokenArgs) -> CmdResult {
         .map_err(Failure::refused)?;
         let ttl = (cfg.auth.jwt_ttl_hours as i64).saturating_mul(3600);
         let names = perms.names().into_iter().map(String::from).collect();
-        let claims = jwt::Claims::new(&u.id, names, store::now_ms().div_euclid(1000), ttl);
+        let claims = jwt::Claims::issue(&u.id, names, store::now_ms(), ttl);
         let token = v.sign(&claims).map_err(Failure::refused)?;
         let audit = open_audit(&cfg, &db)?;
         let issued = AuditEvent::new("token_issued")

@@ -90,8 +90,23 @@ pub fn check(g: &Global) -> CmdResult {
 }
 
 /// `audit verify` of readable files: OK, INCOMPLETE or BROKEN on stdout.
-fn audit_verify(files: &[PathBuf]) -> CmdResult {
-    match checklist::verify_chain(files) {
+/// `stored`: the database's newest chain links, read before the files,
+/// when the last file is the configured `audit.file`.
+fn audit_verify(files: &[PathBuf], stored: Option<&[(String, String)]>) -> CmdResult {
+    let verified = checklist::verify_chain(files);
+    let cut = match (&verified, stored) {
+        (Ok(v), Some(links)) => checklist::stored_past(v, links),
+        _ => None,
+    };
+    if let (Some((n, _)), Ok(v), Some(last)) = (cut, &verified, files.last()) {
+        outln!(
+            "BROKEN {}: after line {}: the database holds {n} later event(s) of this chain that the file does not: its last lines were cut",
+            last.display(),
+            v.lines
+        )?;
+        return Ok(1);
+    }
+    match verified {
         Ok(v) if v.incomplete_tail => {
             // Exit 1 all the same: a cut-off tail is also what a
             // truncation looks like; the operator decides.
@@ -147,18 +162,51 @@ pub fn audit(g: &Global, c: AuditCmd) -> CmdResult {
                     )));
                 }
             }
-            audit_verify(&files)
+            let stored = stored_links_for(g, &files);
+            audit_verify(&files, stored.as_deref())
         }
         AuditCmd::Tail { file, follow } => {
-            let path = match file {
-                Some(f) => f,
-                None => load_config(g)?.audit_file,
+            let (path, named) = match file {
+                Some(f) => (f, true),
+                None => (load_config(g)?.audit_file, false),
             };
+            // the configured log before its first event (`init` writes
+            // none): nothing to print, not a failure (it was exit 1, "No
+            // such file or directory"); a file named on the command line
+            // must exist
+            let absent = std::fs::symlink_metadata(&path)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+            if !named && !follow && absent {
+                return Ok(0);
+            }
             tail(&path, follow)
                 .map_err(|e| Failure::refused(format!("{}: {e}", path.display())))?;
             Ok(0)
         }
     }
+}
+
+/// The database's newest chain links when the last of `files` is the
+/// configured `audit.file`, or `--config` / `--data-dir` names the instance
+/// it is compared with (a copy taken off the host): the chain alone cannot
+/// show that a file's last lines were cut, the rows stored after them can.
+/// `None` when the config cannot be loaded, the file is another without an
+/// instance named, or there is no database to read.
+fn stored_links_for(g: &Global, files: &[PathBuf]) -> Option<Vec<(String, String)>> {
+    use std::os::unix::fs::MetadataExt;
+    let cfg = load_config(g).ok()?;
+    let same = |a: &std::path::Path, b: &std::path::Path| match (
+        std::fs::metadata(a),
+        std::fs::metadata(b),
+    ) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    let named = g.config.is_some() || g.data_dir.is_some();
+    if !named && !same(files.last()?, &cfg.audit_file) {
+        return None;
+    }
+    runtime().ok()?.block_on(checklist::stored_links(&cfg))
 }
 
 /// Print the file; with `follow`, keep printing appended lines and reopen

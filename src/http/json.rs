@@ -38,8 +38,12 @@ use super::ApiError;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
-/// Does this `Content-Type` name JSON (`application/json`, optionally with
-/// parameters, or an `application/*+json` type) in UTF-8? JSON exchanged
+/// Is this `Content-Type` the contract's `application/json` (optionally
+/// with parameters) in UTF-8? Other JSON-based types
+/// (`application/merge-patch+json`, `application/vnd.api+json`,
+/// `application/problem+json`) carry their own semantics, which Frenly
+/// does not implement: the contract says `application/json` and "anything
+/// else -> 415", so they are refused (they were accepted). JSON exchanged
 /// between systems is UTF-8 (RFC 8259 8.1) and is read as UTF-8 here: a
 /// `charset` naming anything else would have these bytes read one way here
 /// (and by the IDS) and another by whatever decodes them by the label.
@@ -47,15 +51,14 @@ pub fn is_json_content_type(value: &http::HeaderValue) -> bool {
     let Ok(s) = value.to_str() else { return false };
     let mut parts = s.split(';');
     let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-    let json =
-        mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"));
-    json && parts.all(|p| match p.split_once('=') {
-        Some((name, v)) if name.trim().eq_ignore_ascii_case("charset") => {
-            let v = v.trim().trim_matches('"');
-            v.eq_ignore_ascii_case("utf-8") || v.eq_ignore_ascii_case("utf8")
-        }
-        _ => true,
-    })
+    mime == "application/json"
+        && parts.all(|p| match p.split_once('=') {
+            Some((name, v)) if name.trim().eq_ignore_ascii_case("charset") => {
+                let v = v.trim().trim_matches('"');
+                v.eq_ignore_ascii_case("utf-8") || v.eq_ignore_ascii_case("utf8")
+            }
+            _ => true,
+        })
 }
 
 /// A type a request body may be parsed into: one that refuses an object
@@ -91,10 +94,6 @@ impl<'de> Deserialize<'de> for UniqueValue {
     }
 }
 
-/// 2^63: whole doubles from here on are past what `i64` holds (`u64`
-/// literals up to 2^64 - 1 arrive as integers, never as doubles).
-const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
-
 /// Builds a [`Value`] as serde_json's own visitor does, refusing a member
 /// name an object already has.
 struct UniqueVisitor;
@@ -118,17 +117,11 @@ impl<'de> Visitor<'de> for UniqueVisitor {
         Ok(Value::Number(v.into()))
     }
 
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
-        // An integer literal past the 64-bit range arrives here as the
-        // nearest double: `2**64 + 1` (a Python int) came back as
-        // 1.8446744073709552e19, a changed value. A whole number that far
-        // out is refused (a float literal such as `1e19` with it: the two
-        // cannot be told apart here).
-        if v.fract() == 0.0 && v.abs() >= TWO_POW_63 {
-            return Err(E::custom(
-                "a whole number beyond the 64-bit integer range would not be kept exactly; send it as a string",
-            ));
-        }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        // A number that reaches here is exact: `parse` refused the literals
+        // a double cannot hold (integers past 64 bits, underflow), and
+        // `float_roundtrip` parses the rest to the correctly rounded
+        // double, which serde_json writes back as its shortest text.
         Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
     }
 
@@ -255,7 +248,7 @@ pub fn parse<T: RequestBody>(bytes: &[u8]) -> Result<T, ApiError> {
     if std::str::from_utf8(bytes).is_err() {
         return Err(ApiError::BadRequest("the body is not valid UTF-8".into()));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
+    let parsed = serde_json::from_slice(bytes).map_err(|e| {
         let msg = match e.classify() {
             serde_json::error::Category::Data => {
                 format!("invalid JSON body: {}", strip_position(&e))
@@ -264,7 +257,83 @@ pub fn parse<T: RequestBody>(bytes: &[u8]) -> Result<T, ApiError> {
             _ => format!("malformed JSON body: {}", strip_position(&e)),
         };
         ApiError::BadRequest(msg)
-    })
+    });
+    // Malformed JSON is reported first; a well-formed body is then checked
+    // for numbers that would not come back as they were sent.
+    let value = parsed?;
+    match inexact_number(bytes) {
+        Some(why) => Err(ApiError::BadRequest(why.into())),
+        None => Ok(value),
+    }
+}
+
+/// Why a number literal of this (well-formed) JSON text would not be kept
+/// exactly, if one would not: every value is held as a 64-bit integer or a
+/// double, and written back from that.
+///
+/// - An integer literal (no fraction, no exponent) outside
+///   `-2^63 ..= 2^64 - 1` would become the nearest double: a Python
+///   client's `2**64 + 1` came back as `18446744073709551616.0`.
+/// - A non-zero literal whose magnitude is below the smallest double
+///   (`1e-400`) would become `0.0`.
+///
+/// Every other literal is kept: a fraction or exponent form is parsed to
+/// the correctly rounded double (`float_roundtrip`), so whatever a client
+/// wrote from a double (`1e+20`, `1.7976931348623157e308`,
+/// `14871.466378840501`) comes back as the same double. A literal too large
+/// for a double (`1e400`) is refused by serde_json itself.
+fn inexact_number(text: &[u8]) -> Option<&'static str> {
+    let mut i = 0;
+    let mut in_string = false;
+    while let Some(&b) = text.get(i) {
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_string = true;
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while text
+                    .get(i)
+                    .is_some_and(|c| matches!(c, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                {
+                    i += 1;
+                }
+                let literal = text.get(start..i).unwrap_or_default();
+                if let Some(why) = inexact_literal(literal) {
+                    return Some(why);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// [`inexact_number`] for one number literal.
+fn inexact_literal(literal: &[u8]) -> Option<&'static str> {
+    let text = std::str::from_utf8(literal).ok()?;
+    if !literal.iter().any(|c| matches!(c, b'.' | b'e' | b'E')) {
+        let fits = text.parse::<i64>().is_ok() || text.parse::<u64>().is_ok();
+        return (!fits).then_some(
+            "an integer outside the 64-bit range (-2^63 to 2^64-1) would not be kept exactly; send it as a string",
+        );
+    }
+    let mantissa = text.split(['e', 'E']).next().unwrap_or_default();
+    let nonzero = mantissa.bytes().any(|c| matches!(c, b'1'..=b'9'));
+    let zero = text.parse::<f64>().is_ok_and(|v| v == 0.0);
+    (nonzero && zero).then_some(
+        "a number too close to zero for a 64-bit float would become 0; send it as a string",
+    )
 }
 
 fn strip_position(e: &serde_json::Error) -> String {
@@ -295,7 +364,6 @@ mod tests {
             "application/json; charset=utf-8",
             "application/json;charset=\"UTF-8\"",
             "application/json; charset=utf8; foo=bar",
-            "application/merge-patch+json",
         ] {
             assert!(is(v), "{v}");
         }
@@ -305,6 +373,10 @@ mod tests {
             "application/json; charset=utf-16",
             "application/json; charset=iso-8859-1",
             "application/problem+json; charset=utf-7",
+            "application/merge-patch+json",
+            "application/vnd.api+json",
+            "application/problem+json",
+            "application/json+json",
             "text/plain",
         ] {
             assert!(!is(v), "{v}");
@@ -331,16 +403,85 @@ mod tests {
     }
 
     /// A Python client's `2**64 + 1` came back as 1.8446744073709552e19:
-    /// whole numbers past the 64-bit range are refused, not changed.
+    /// integer literals past the 64-bit range are refused, not changed,
+    /// and the message says what is wrong with them.
     #[test]
     fn integers_past_64_bits_are_refused_not_rounded() {
         for text in [
-            &br#"{"input":{"n":18446744073709551617}}"#[..],
+            &br#"{"input":{"n":18446744073709551616}}"#[..],
             br#"{"input":{"n":-9223372036854775809}}"#,
             br#"[1000000000000000000000000000000]"#,
         ] {
             let m = message(parse::<UniqueValue>(text).unwrap_err());
-            assert!(m.contains("64-bit"), "{m}");
+            assert!(m.contains("integer outside the 64-bit range"), "{m}");
+        }
+        for text in [&b"[18446744073709551615]"[..], b"[-9223372036854775808]"] {
+            parse::<UniqueValue>(text).unwrap();
+        }
+    }
+
+    /// `14871.466378840501` came back as `14871.4663788405` (serde_json's
+    /// fast float parser is off by one unit in the last place for about one
+    /// double in eight), and `1e+20` was refused as "a whole number beyond
+    /// the 64-bit integer range": every double a client writes comes back
+    /// as the same double.
+    #[test]
+    fn doubles_round_trip_exactly() {
+        for v in [
+            14_871.466_378_840_501_f64,
+            -906_834.638_764_487_5,
+            960_349.694_985_164_1,
+            -22_073.799_048_388_842,
+            0.1,
+            1e20,
+            -1e20,
+            1.5e300,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            5e-324,
+            9_007_199_254_740_993.0,
+        ] {
+            for text in [
+                format!("[{v:?}]"),
+                format!("[{v:e}]"),
+                format!("[{}]", serde_json::json!(v)),
+            ] {
+                let UniqueValue(back) = parse(text.as_bytes()).unwrap();
+                assert_eq!(back[0].as_f64(), Some(v), "{text}");
+                let again: Value = serde_json::from_str(&back.to_string()).unwrap();
+                assert_eq!(again[0].as_f64(), Some(v), "{text} -> {back}");
+            }
+        }
+        // the exponent forms other clients write
+        for (text, v) in [
+            ("[1e+20]", 1e20),
+            ("[1E20]", 1e20),
+            ("[1.0e-5]", 1e-5),
+            ("[-0.0]", -0.0),
+        ] {
+            let UniqueValue(back) = parse(text.as_bytes()).unwrap();
+            assert_eq!(back[0].as_f64(), Some(v), "{text}");
+        }
+    }
+
+    /// `1e-400` was stored as 0.0: a literal that underflows is refused;
+    /// zero itself and the smallest subnormal are kept; a number in a
+    /// string is not a number.
+    #[test]
+    fn underflow_is_refused_not_zeroed() {
+        for text in [
+            &br#"{"v":1e-400}"#[..],
+            br#"[-2.5E-999]"#,
+            br#"[0.000001e-330]"#,
+        ] {
+            let m = message(parse::<UniqueValue>(text).unwrap_err());
+            assert!(m.contains("too close to zero"), "{m}");
+        }
+        for text in [
+            &br#"[0.0, 0e-400, -0E5, 5e-324, 0]"#[..],
+            br#"{"s":"1e-400 and 99999999999999999999999","t":"\"1e-400"}"#,
+        ] {
+            parse::<UniqueValue>(text).unwrap();
         }
     }
 

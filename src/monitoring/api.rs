@@ -21,8 +21,13 @@ use crate::authz::{Access, Permission, RouteDoc, Routes};
 use crate::http::{ApiError, FieldErrors, Json};
 use crate::store::audit::AuditFilter;
 
-/// The OpenMetrics content type (what prometheus-client's encoder writes).
+/// The OpenMetrics content type (what prometheus-client's encoder writes),
+/// served to a scraper whose `Accept` names it (Prometheus does).
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The Prometheus text format (0.0.4): the contract's "Prometheus text
+/// format", served unless `Accept` asks for OpenMetrics.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Largest page of `/api/audit`.
 pub const AUDIT_MAX_LIMIT: i64 = 1000;
@@ -34,10 +39,10 @@ pub fn routes() -> Routes<AppState> {
             Method::GET,
             "/metrics",
             Access::Permission(Permission::Admin),
-            "Prometheus metrics (OpenMetrics text)",
+            "Prometheus metrics (Prometheus text; OpenMetrics on request)",
             metrics,
         )
-        .doc(RouteDoc::new().empty(200, "the metrics, in OpenMetrics text format"))
+        .doc(RouteDoc::new().empty(200, "the metrics, in the Prometheus text format (0.0.4), or OpenMetrics when Accept asks for application/openmetrics-text"))
         .route(
             Method::GET,
             "/api/audit",
@@ -81,14 +86,82 @@ pub fn render_metrics(state: &AppState) -> String {
     state.metrics.render()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
-    let body = render_metrics(&state);
+async fn metrics(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
+    let openmetrics = wants_openmetrics(&headers);
+    let text = render_metrics(&state);
+    let (body, content_type) = if openmetrics {
+        (text, METRICS_CONTENT_TYPE)
+    } else {
+        (to_prometheus_text(&text), PROMETHEUS_CONTENT_TYPE)
+    };
     let mut resp = body.into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(METRICS_CONTENT_TYPE),
-    );
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept"));
     resp
+}
+
+/// Does `Accept` name `application/openmetrics-text` (with a non-zero
+/// quality)? Prometheus asks for it first; other clients get the
+/// Prometheus text format.
+fn wants_openmetrics(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut parts = range.split(';');
+            let mime = parts.next().unwrap_or("").trim();
+            let zero = parts.any(|p| {
+                p.split_once('=').is_some_and(|(k, q)| {
+                    k.trim().eq_ignore_ascii_case("q")
+                        && q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
+                })
+            });
+            mime.eq_ignore_ascii_case("application/openmetrics-text") && !zero
+        })
+}
+
+/// OpenMetrics text (prometheus-client's encoding) as the Prometheus text
+/// format 0.0.4: no `# EOF` or `# UNIT` lines, a counter's `# HELP` and
+/// `# TYPE` name its samples (`x_total`, where OpenMetrics names the family
+/// `x`), `unknown` is `untyped`, and no exemplars.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        if let Some((prefix, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str(prefix);
+            out.push_str(name);
+            if counters.contains(name) && !name.ends_with("_total") {
+                out.push_str("_total");
+            }
+            out.push(' ');
+            out.push_str(if prefix == "# TYPE " && tail == "unknown" {
+                "untyped"
+            } else {
+                tail
+            });
+        } else {
+            // a sample; an exemplar follows ` # ` after the value
+            out.push_str(line.split_once(" # ").map_or(line, |(sample, _)| sample));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Parse and check the query of `/api/audit`.

@@ -119,6 +119,8 @@ pub struct Audit {
     capacity: u64,
     hooks: AuditHooks,
     last_alert_ms: std::sync::atomic::AtomicI64,
+    /// The hash the chain went on from at start (the file's last line).
+    start_prev: String,
 }
 
 impl Audit {
@@ -159,6 +161,7 @@ impl Audit {
         let (tx, rx) = mpsc::channel(capacity);
         let written = Arc::new(AtomicU64::new(0));
         let queued = Arc::new(AtomicU64::new(0));
+        let start_prev = prev.clone();
         let writer = Writer {
             file,
             prev,
@@ -181,6 +184,7 @@ impl Audit {
             capacity: capacity as u64,
             hooks,
             last_alert_ms: std::sync::atomic::AtomicI64::new(0),
+            start_prev,
         };
         if let Some(hash) = resumed {
             tracing::warn!(
@@ -210,6 +214,56 @@ impl Audit {
             );
         }
         Ok(audit)
+    }
+
+    /// At start, before serving: does the database hold events that go on
+    /// from the file's last line (its last lines were cut while no writer
+    /// ran: the chain of what is left verifies, and the writer would go on
+    /// from the cut unnoticed)? If so, say so in the chain (a
+    /// `security_violation` with `violation_type: "audit_tail_cut"`), in
+    /// the log, and to the alert channel. Returns the number of missing
+    /// events.
+    pub async fn report_cut_tail(&self, db: &Db) -> usize {
+        if self.start_prev == GENESIS {
+            return 0;
+        }
+        let links = match crate::store::audit::recent_links(db, STORED_WINDOW).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not compare the audit file with the database");
+                return 0;
+            }
+        };
+        let file = std::collections::HashSet::from([self.start_prev.clone()]);
+        let Some((missing, after)) = missing_from_file(&file, &links) else {
+            return 0;
+        };
+        tracing::error!(
+            missing,
+            after = %after,
+            "the database holds audit events past the audit file's last line: its last lines were cut"
+        );
+        self.record(
+            AuditEvent::new("security_violation")
+                .field("violation_type", "audit_tail_cut")
+                .field(
+                    "details",
+                    "the database held events of this chain past the audit file's last line at start: the file's last lines were cut",
+                )
+                .field("missing_events", missing as u64)
+                .field("continues_from", after.as_str()),
+        )
+        .await;
+        if let Some(a) = &self.hooks.alerts {
+            a.send(serde_json::json!({
+                "type": "audit_tail_cut",
+                "ts": crate::store::rfc3339(crate::store::now_ms()),
+                "missing_events": missing,
+                "continues_from": after,
+                "message": "the audit file's last lines were cut while the server was stopped; the database still holds them",
+            }));
+        }
+        missing
     }
 
     /// Queue what the start found about the file itself, ahead of every
@@ -954,6 +1008,52 @@ pub enum ChainError {
     BadLink { line: usize },
 }
 
+/// Audit rows read back to compare the file with the database: the
+/// newest this many.
+pub const STORED_WINDOW: i64 = 100_000;
+
+/// The `hash` of a line (unchecked).
+pub fn hash_of_line(line: &str) -> Option<&str> {
+    split_line(line).map(|(_, h)| h)
+}
+
+/// Stored events that continue the file's chain but are not in the file:
+/// its last lines were cut (a truncated file verifies, as a prefix of a
+/// chain is a chain). `file_hashes` are the hashes of the file's lines
+/// (its tail), `links` the database's newest rows' `(prev_hash, hash)`,
+/// newest first. A row whose `prev_hash` is a line of the file and whose
+/// own hash is not starts what was cut; the rows chaining on from it are
+/// counted too. Rows of other chains (other instances sharing a
+/// PostgreSQL database write their own files) never link to this file's
+/// lines. `None` when nothing was cut; else the count and the hash of the
+/// file's line after which lines are missing.
+pub fn missing_from_file(
+    file_hashes: &std::collections::HashSet<String>,
+    links: &[(String, String)],
+) -> Option<(usize, String)> {
+    let mut after: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+    let mut forks = Vec::new();
+    for (prev, hash) in links.iter().rev() {
+        if file_hashes.contains(hash) {
+            continue;
+        }
+        if file_hashes.contains(prev) {
+            forks.push((prev.as_str(), hash.as_str()));
+        } else {
+            after.entry(prev.as_str()).or_default().push(hash.as_str());
+        }
+    }
+    let (first_prev, _) = *forks.first()?;
+    let mut seen = std::collections::HashSet::new();
+    let mut todo: Vec<&str> = forks.iter().map(|(_, h)| *h).collect();
+    while let Some(h) = todo.pop() {
+        if seen.insert(h) {
+            todo.extend(after.get(h).into_iter().flatten());
+        }
+    }
+    Some((seen.len(), first_prev.to_string()))
+}
+
 /// Split a line into (body without hash, hash).
 fn split_line(line: &str) -> Option<(String, &str)> {
     const SUFFIX_LEN: usize = 9 + 64 + 2; // ,"hash":" + 64 hex + "}
@@ -1260,5 +1360,44 @@ mod properties {
                 prop_assert!(verify(&swapped).is_err());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod cut_tail {
+    use super::*;
+
+    /// A file cut after line `b` of the chain a-b-c-d: the stored rows c
+    /// and d go on from b and are not in the file; rows of another chain
+    /// (another instance's file on a shared PostgreSQL) are not counted.
+    #[test]
+    fn rows_past_the_files_end_are_found() {
+        let h = |c: char| c.to_string().repeat(64);
+        let links = vec![
+            (h('9'), h('8')), // another chain, newest
+            (h('c'), h('d')),
+            (h('b'), h('c')),
+            (h('7'), h('9')),
+            (h('a'), h('b')),
+            (GENESIS.to_string(), h('a')),
+        ];
+        let file = |hs: &[char]| hs.iter().map(|&c| h(c)).collect();
+        assert_eq!(
+            missing_from_file(&file(&['a', 'b']), &links),
+            Some((2, h('b')))
+        );
+        assert_eq!(
+            missing_from_file(&file(&['a', 'b', 'c']), &links),
+            Some((1, h('c')))
+        );
+        assert_eq!(
+            missing_from_file(&file(&['a', 'b', 'c', 'd']), &links),
+            None
+        );
+        // only the file's last line known (the server's start)
+        assert_eq!(missing_from_file(&file(&['d']), &links), None);
+        assert_eq!(missing_from_file(&file(&['b']), &links), Some((2, h('b'))));
+        // a file ahead of the database (its rows not written yet)
+        assert_eq!(missing_from_file(&file(&['e']), &links), None);
     }
 }

@@ -597,8 +597,22 @@ fn audit_log(cfg: &Config) -> Outcome {
                     "chown it to the frenly user, mode 0600",
                 );
             }
+            // the database first: each row's line was in the file before
+            // the row was written, so a row read now must be in the file
+            // read after it
+            let stored = stored_links_blocking(cfg);
             let files = super::audit::chain_files(p);
-            match verify_files(&files) {
+            let verified = verify_chain(&files);
+            if let Some((cut, _)) = verified.as_ref().ok().and_then(|v| stored_past(v, &stored)) {
+                return fail(
+                    format!(
+                        "the database holds {cut} audit event(s) past the end of {}: its last lines were cut",
+                        p.display()
+                    ),
+                    "investigate (the file was truncated; GET /api/audit still serves the events); archive it and let Frenly start a new file",
+                );
+            }
+            match verified.map(|v| v.lines) {
                 Ok(n) => {
                     let mode = std::fs::metadata(p)
                         .map(|m| m.permissions().mode() & 0o777)
@@ -645,6 +659,50 @@ fn audit_log(cfg: &Config) -> Outcome {
     }
 }
 
+/// The newest stored chain links ([`stored_links`]) read outside any
+/// runtime (`frenly check` is synchronous); empty when there is no
+/// database to read.
+fn stored_links_blocking(cfg: &Config) -> Vec<(String, String)> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Vec::new();
+    }
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return Vec::new();
+    };
+    rt.block_on(stored_links(cfg)).unwrap_or_default()
+}
+
+/// The chain links of the newest [`super::audit::STORED_WINDOW`] audit
+/// rows of `cfg`'s database, newest first; `None` when there is none to
+/// read (no SQLite file yet, PostgreSQL out of reach within 2 s).
+pub async fn stored_links(cfg: &Config) -> Option<Vec<(String, String)>> {
+    if let Some(path) = cfg.sqlite_path() {
+        if !Path::new(path).is_file() {
+            return None;
+        }
+    }
+    let within = std::time::Duration::from_secs(2);
+    let db = tokio::time::timeout(
+        within,
+        crate::store::Db::connect_waiting(&cfg.database_url, 1, 1, within),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    crate::store::audit::recent_links(&db, super::audit::STORED_WINDOW)
+        .await
+        .ok()
+}
+
+/// The stored events past the verified files' end, if any: how many, and
+/// the hash of the file's line they follow.
+pub fn stored_past(v: &Verified, links: &[(String, String)]) -> Option<(usize, String)> {
+    super::audit::missing_from_file(&v.tail_hashes, links)
+}
+
 /// The chain holds from the first line present on, though that line does
 /// not start it (older files removed): the count of lines, else None.
 fn head_removed(files: &[std::path::PathBuf]) -> Option<usize> {
@@ -655,10 +713,15 @@ fn head_removed(files: &[std::path::PathBuf]) -> Option<usize> {
 }
 
 /// The outcome of verifying a chain of audit files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     /// Complete lines whose chain is intact.
     pub lines: usize,
+    /// The hashes of the last file's complete lines, and the hash its first
+    /// line continues from (unless the chain starts there): where a tail
+    /// cut from the file would have left the database's rows hanging
+    /// ([`super::audit::missing_from_file`]).
+    pub tail_hashes: std::collections::HashSet<String>,
     /// The last file ends in an incomplete line (no line end): the process
     /// was killed while writing it. Only the very last line may be
     /// incomplete; the next start removes it before appending
@@ -677,6 +740,7 @@ pub fn verify_chain(files: &[std::path::PathBuf]) -> Result<Verified, String> {
 fn verify_chain_from(files: &[std::path::PathBuf], mut prev: String) -> Result<Verified, String> {
     let mut total = 0;
     let mut incomplete_tail = false;
+    let mut tail_hashes = std::collections::HashSet::new();
     for (i, f) in files.iter().enumerate() {
         let bytes = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
         let text = String::from_utf8(bytes).map_err(|e| {
@@ -698,8 +762,20 @@ fn verify_chain_from(files: &[std::path::PathBuf], mut prev: String) -> Result<V
             None => ("", text.as_str()),
         };
         let lines: Vec<&str> = complete.lines().collect();
+        let from = prev.clone();
         prev = super::audit::verify_lines(lines.iter().copied(), prev, 1)
             .map_err(|e| format!("{}: {e}", f.display()))?;
+        if i + 1 == files.len() {
+            if from != super::audit::GENESIS {
+                tail_hashes.insert(from);
+            }
+            tail_hashes.extend(
+                lines
+                    .iter()
+                    .filter_map(|l| super::audit::hash_of_line(l))
+                    .map(str::to_string),
+            );
+        }
         if !tail.is_empty() {
             if i + 1 != files.len() {
                 return Err(format!(
@@ -714,6 +790,7 @@ fn verify_chain_from(files: &[std::path::PathBuf], mut prev: String) -> Result<V
     }
     Ok(Verified {
         lines: total,
+        tail_hashes,
         incomplete_tail,
     })
 }

@@ -125,6 +125,15 @@ impl SharedState {
         self.redis().map(|r| r.is_up())
     }
 
+    /// `Some(reachable)` with Redis configured
+    /// ([`redis::RedisState::reachable`]).
+    pub async fn redis_reachable(&self, within: std::time::Duration) -> Option<bool> {
+        match self.redis() {
+            Some(r) => Some(r.reachable(within).await),
+            None => None,
+        }
+    }
+
     /// Redis is configured, down, and the policy is to refuse.
     pub fn refusing(&self) -> bool {
         self.redis()

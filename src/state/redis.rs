@@ -195,6 +195,20 @@ impl RedisState {
         self.up.load(Ordering::Relaxed)
     }
 
+    /// Is Redis reachable now: up by the probe's last look, and answering a
+    /// `PING` within `within` (`/readyz`, bounded like its database ping)?
+    pub async fn reachable(&self, within: Duration) -> bool {
+        if !self.is_up() {
+            return false;
+        }
+        let Some(mut c) = self.conn.read().clone() else {
+            return false;
+        };
+        tokio::time::timeout(within, redis::cmd("PING").query_async::<String>(&mut c))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     fn mark_down(&self, why: &str) {
         if self.up.swap(false, Ordering::Relaxed) {
             self.gauge.set(0);

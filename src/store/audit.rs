@@ -149,6 +149,27 @@ pub async fn last_line(db: &Db) -> Result<Option<String>> {
     row.map(|r| col::<String>(&r, "line")).transpose()
 }
 
+/// The chain links (`prev_hash`, `hash`) of the newest `limit` rows, newest
+/// first. Every line ends with `,"prev_hash":"<64 hex>","hash":"<64 hex>"}`
+/// (`monitoring::audit::render`), so the two are cut from the line's end in
+/// SQL (ASCII: characters and bytes agree) rather than sent whole. A row
+/// that is not such a line is left out.
+pub async fn recent_links(db: &Db, limit: i64) -> Result<Vec<(String, String)>> {
+    const LINKS: &str = "SELECT substr(line, length(line) - 139, 64) AS prev, \
+         substr(line, length(line) - 65, 64) AS hash FROM audit_events \
+         ORDER BY seq DESC LIMIT $1";
+    let rows = sqlx::query(LINKS).bind(limit).fetch_all(&db.pool).await?;
+    let hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let mut links = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let (prev, hash) = (col::<String>(r, "prev")?, col::<String>(r, "hash")?);
+        if hex(&prev) && hex(&hash) {
+            links.push((prev, hash));
+        }
+    }
+    Ok(links)
+}
+
 /// Rows stored (tests and `frenly check`).
 pub async fn count(db: &Db) -> Result<i64> {
     let row = sqlx::query("SELECT COUNT(*) AS n FROM audit_events")

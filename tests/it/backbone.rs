@@ -74,8 +74,12 @@ async fn request_id_is_echoed_when_sane_and_replaced_otherwise() {
 #[tokio::test]
 async fn unknown_route_and_wrong_method_are_json_errors() {
     let s = TestServer::start().await;
-    let (st, code, _) = error_code(s.get("/no/such/route").send().await.unwrap()).await;
+    let r = s.get("/no/such/route").header("X-API-Key", s.admin());
+    let (st, code, _) = error_code(r.send().await.unwrap()).await;
     assert_eq!((st, code.as_str()), (404, "not_found"));
+    // without credentials, 401 like a known route (no map of the routes)
+    let (st, code, _) = error_code(s.get("/no/such/route").send().await.unwrap()).await;
+    assert_eq!((st, code.as_str()), (401, "unauthenticated"));
     let r = s.client.delete(s.url("/healthz")).send().await.unwrap();
     assert!(r.headers().get("x-request-id").is_some());
     let (st, code, _) = error_code(r).await;
@@ -132,6 +136,53 @@ async fn a_client_that_sends_its_whole_body_first_reads_the_refusal_over_tls() {
         let text = String::from_utf8_lossy(&answer);
         assert!(text.starts_with(&format!("HTTP/1.1 {want}")), "{text}");
         assert!(text.contains("\"error\""), "{text}");
+    }
+}
+
+/// The contract names `application/json` ("anything else -> 415"): other
+/// JSON-based types carry semantics Frenly does not implement (a merge
+/// patch, JSON:API) and were accepted as plain JSON.
+#[tokio::test]
+async fn only_application_json_is_json() {
+    let s =
+        TestServer::with(Opts::default().config("[limits]\nallowlist = [\"127.0.0.0/8\"]\n")).await;
+    for ct in [
+        "application/vnd.api+json",
+        "application/merge-patch+json",
+        "application/problem+json",
+    ] {
+        let r = s
+            .post("/api/tasks")
+            .header("X-API-Key", s.admin())
+            .header("Content-Type", ct)
+            .body(r#"{"title": "x"}"#)
+            .send()
+            .await
+            .unwrap();
+        let (st, code, _) = error_code(r).await;
+        assert_eq!((st, code.as_str()), (415, "unsupported_media_type"), "{ct}");
+    }
+    for ct in ["application/json; charset=utf-8", "Application/JSON"] {
+        let r = s
+            .post("/api/tasks")
+            .header("X-API-Key", s.admin())
+            .header("Content-Type", ct)
+            .body(r#"{"title": "x"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{ct}");
+        let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let r = s
+            .delete(&format!("/api/tasks/{id}"))
+            .header("X-API-Key", s.admin())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
     }
 }
 

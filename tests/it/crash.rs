@@ -395,3 +395,86 @@ async fn a_first_start_on_a_full_disk_leaves_nothing_half_written() {
         "{code} {out}{err}"
     );
 }
+
+/// An audit file whose last lines were cut while the server was stopped
+/// still verifies as a chain (a prefix of a chain is one); the database,
+/// which stores each event after its line, holds what was cut. `audit
+/// verify` (given the instance) and `check` name it, and the next start
+/// records it in the chain (before, all three went on as if nothing had
+/// been lost). Runs on SQLite, and on PostgreSQL in the `TEST_DB=postgres`
+/// pass.
+#[tokio::test]
+async fn a_cut_audit_tail_is_found_by_verify_check_and_the_next_start() {
+    let mut s = TestServer::start().await;
+    let key = s.admin().to_string();
+    for _ in 0..5 {
+        let r = s
+            .get("/api/auth/whoami")
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(s.terminate().await, Some(0));
+    let data = s.data_dir();
+    let data_s = data.to_str().unwrap().to_string();
+    let log = data.join("security_audit.log");
+    let log_s = log.to_str().unwrap().to_string();
+    let env = s.cli_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    let (code, out, err) = run_cli(
+        &["audit", "verify", &log_s, "--data-dir", &data_s],
+        None,
+        &env,
+    );
+    assert_eq!(code, 0, "the whole file: {out}{err}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() > 3);
+    let kept = lines[..lines.len() - 2].join("\n") + "\n";
+    std::fs::write(&log, &kept).unwrap();
+    // the file alone cannot tell
+    let (code, out, _) = run_cli(&["audit", "verify", &log_s], None, &[]);
+    assert_eq!(code, 0, "{out}");
+    // with the instance named, and for a copy compared with it
+    let copy = data.join("copy.log");
+    std::fs::write(&copy, &kept).unwrap();
+    for file in [&log_s, copy.to_str().unwrap()] {
+        let (code, out, err) = run_cli(
+            &["audit", "verify", file, "--data-dir", &data_s],
+            None,
+            &env,
+        );
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(
+            out.starts_with("BROKEN") && out.contains("2 later event(s)"),
+            "{out}"
+        );
+    }
+    std::fs::remove_file(&copy).unwrap();
+    let (code, out, err) = run_cli(&["check", "--data-dir", &data_s], None, &env);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL audit log") && l.contains("last lines were cut")),
+        "{out}"
+    );
+
+    let s = s.restart(Opts::default()).await;
+    let line = crate::common::audit_line(&s, "the start's report", |l| {
+        l.contains(r#""violation_type":"audit_tail_cut""#)
+    })
+    .await;
+    assert!(line.contains(r#""missing_events":2"#), "{line}");
+    assert!(line.starts_with("{"), "{line}");
+    assert_eq!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .nth(lines.len() - 2),
+        Some(line.as_str()),
+        "the report is the first line after the cut"
+    );
+}

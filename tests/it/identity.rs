@@ -179,6 +179,38 @@ async fn every_non_public_route_needs_credentials_and_the_public_set_is_fixed() 
             r.path
         );
     }
+    // an unknown path too: 401 before the route is looked up (it was 404
+    // while known paths were 401, a map of the routes for anyone); with a
+    // credential it is 404, and a public path's other method stays 405
+    for (method, path) in [
+        ("GET", "/api/nope"),
+        ("POST", "/api/admin"),
+        ("GET", "/api/tasks/x/y"),
+        ("GET", "/nope"),
+        ("GET", "/"),
+    ] {
+        let method: http::Method = method.parse().unwrap();
+        let resp = s
+            .client
+            .request(method.clone(), s.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.headers().contains_key("www-authenticate"), "{path}");
+        let (status, code, _) = error_code(resp).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (401, "unauthenticated"),
+            "{method} {path}"
+        );
+        let resp = with(s.client.request(method.clone(), s.url(path)), s.admin())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{method} {path} with a credential");
+    }
+    let resp = s.client.delete(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
 }
 
 // ---------------------------------------------------------------- role matrix
@@ -1939,6 +1971,45 @@ async fn cli_users_keys_and_token() {
     assert_eq!(login(&s, "carol", "carol-password").await.status(), 401);
     let (code, _, _) = cli(&["users", "remove", "admin"], None);
     assert_eq!(code, 1);
+}
+
+/// `users passwd` ends the tokens issued before it, also those issued in
+/// the same second (the cut-off was rounded down to its second and a token
+/// was judged by its `iat` second, so a login just before the change kept
+/// working for its 24 h), and not one issued just after it. Each trial
+/// starts right after a second boundary so that login and change share a
+/// second.
+#[tokio::test]
+async fn a_password_change_ends_tokens_issued_earlier_in_its_second() {
+    let s = server("").await;
+    add_user(&s, "pia", &["user"], "pia-password-0").await;
+    let env = s.cli_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let data = s.data_dir();
+    let data = data.to_str().unwrap().to_string();
+    let mut password = "pia-password-0".to_string();
+    for trial in 1..=3 {
+        let into_second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis();
+        tokio::time::sleep(Duration::from_millis(u64::from(1020 - into_second))).await;
+        let before = token(&s, "pia", &password).await;
+        password = format!("pia-password-{trial}");
+        let (code, _, err) = run_cli(
+            &["users", "passwd", "pia", "--data-dir", &data],
+            Some(&format!("{password}\n")),
+            &env,
+        );
+        assert_eq!(code, 0, "{err}");
+        let after = token(&s, "pia", &password).await;
+        crate::common::wait_for("the token issued before the change refused", || {
+            let r = whoami(&s, &before);
+            async move { (r.await.status() == 401).then_some(()) }
+        })
+        .await;
+        assert_eq!(whoami(&s, &after).await.status(), 200, "trial {trial}");
+    }
 }
 
 /// The offline commands audit what they change, in the chain the running

@@ -689,7 +689,8 @@ fn parse_exposition(text: &str) -> (Types, Vec<Sample>) {
         let _ = family;
         samples.push((name, labels, v));
     }
-    assert!(eof, "no # EOF");
+    // OpenMetrics ends with `# EOF` (the callers that ask for it check);
+    // the Prometheus text format has none
     (types, samples)
 }
 
@@ -734,23 +735,65 @@ async fn metrics_are_admin_only_and_parse_as_prometheus_text() {
     let r = s.get("/api/audit").send().await.unwrap();
     assert_eq!(r.status(), 401);
     let _ = s.admin_get("/api/nothing-here").send().await.unwrap();
-    let r = s.admin_get("/metrics").send().await.unwrap();
+    // OpenMetrics when the scraper asks for it (Prometheus does)
+    let r = s
+        .admin_get("/metrics")
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let ct = r.headers()["content-type"].to_str().unwrap().to_string();
     assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
     let text = r.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let (types, _) = parse_exposition(&text);
+    assert_eq!(
+        types.get("frenly_http_requests").map(String::as_str),
+        Some("counter")
+    );
+    // the contract's "Prometheus text format" otherwise (it was always
+    // OpenMetrics): 0.0.4, no `# EOF`, a counter's TYPE names its samples
+    for accept in [None, Some("text/plain;version=0.0.4"), Some("*/*")] {
+        let mut rb = s.admin_get("/metrics");
+        if let Some(a) = accept {
+            rb = rb.header("accept", a);
+        }
+        let r = rb.send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["content-type"],
+            "text/plain; version=0.0.4; charset=utf-8",
+            "{accept:?}"
+        );
+        assert!(!r.text().await.unwrap().contains("# EOF"));
+    }
+    let r = s.admin_get("/metrics").send().await.unwrap();
+    let text = r.text().await.unwrap();
     let (types, samples) = parse_exposition(&text);
     for (f, t) in [
-        ("frenly_http_requests", "counter"),
+        ("frenly_http_requests_total", "counter"),
         ("frenly_http_request_duration_seconds", "histogram"),
-        ("frenly_requests_blocked", "counter"),
+        ("frenly_requests_blocked_total", "counter"),
         ("frenly_active_bans", "gauge"),
-        ("frenly_login_failures", "counter"),
+        ("frenly_login_failures_total", "counter"),
         ("frenly_audit_queue_depth", "gauge"),
-        ("frenly_audit_backpressure", "counter"),
+        ("frenly_audit_backpressure_total", "counter"),
         ("frenly_websocket_connections", "gauge"),
     ] {
         assert_eq!(types.get(f).map(String::as_str), Some(t), "{f}");
+    }
+    for (n, _, _) in &samples {
+        let family = types.keys().any(|f| {
+            n == f
+                || ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| *n == format!("{f}{s}"))
+        });
+        assert!(family, "{n} has no TYPE of its own name");
     }
     let has = |name: &str, labels: &[(&str, &str)]| {
         samples.iter().any(|(n, l, v)| {
@@ -1725,4 +1768,70 @@ fn tls_certificates_that_expired_and_keys_that_cannot_serve_are_named() {
         );
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
+}
+
+/// `audit tail` of a freshly initialised data dir (no audit file yet:
+/// `init` writes no event) prints nothing and exits 0 (it was exit 1, "No
+/// such file or directory"); a file named on the command line must exist.
+#[test]
+fn audit_tail_before_the_first_event_prints_nothing() {
+    let (_dir, data) = init_dir();
+    assert!(!data.join("security_audit.log").exists());
+    let (code, out, err) = run_cli(&["audit", "tail", "--data-dir", s(&data)], None, &[]);
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
+    let missing = data.join("nope.log");
+    let (code, _, err) = run_cli(&["audit", "tail", s(&missing)], None, &[]);
+    assert_eq!(code, 1, "{err}");
+}
+
+/// Usage errors are one stderr line with exit 2 (the contract: "Errors go
+/// to stderr, one clear line"); clap printed its error, the usage and a
+/// hint (3-4 lines), and a group without its subcommand the whole help.
+#[test]
+fn usage_errors_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = s(dir.path());
+    for (args, says) in [
+        (&["token"][..], "--user"),
+        (&["keys", "create"], "--user"),
+        (&["config", "show", "extra-arg"], "extra-arg"),
+        (
+            &["keys"],
+            "`frenly keys` needs a subcommand: create, list, revoke",
+        ),
+        (
+            &["--data-dir", d, "keys"],
+            "`frenly keys` needs a subcommand",
+        ),
+        (
+            &["audit"],
+            "`frenly audit` needs a subcommand: verify, tail",
+        ),
+        (&["nosuchcommand"], "nosuchcommand"),
+        (
+            &[
+                "keys",
+                "create",
+                "--user",
+                "admin",
+                "--expires-in-days",
+                "-1",
+            ],
+            "-1",
+        ),
+        (&["firewall", "--format", "pf"], "pf"),
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--data-dir", d]);
+        let (code, out, err) = run_cli(&all, None, &[]);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+        assert!(lines[0].starts_with("frenly: error: "), "{err}");
+        assert!(lines[0].contains(says), "{args:?}: {err}");
+    }
+    let (code, out, _) = run_cli(&["--help"], None, &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Usage:"), "{out}");
 }

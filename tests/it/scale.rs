@@ -742,14 +742,17 @@ async fn redis_going_away_is_handled_by_each_policy_and_the_instances_reconnect(
 
     redis.kill();
     // fail_open: keeps serving, at once (the request that finds Redis gone
-    // falls back to local state), and reports the outage
+    // falls back to local state), and is not ready: readiness is "database
+    // and Redis reachable" (it was 200 `degraded`, which a load balancer
+    // reads as ready)
     assert_eq!(whoami(&open).await, 200);
-    let degraded = within(Duration::from_secs(3), || async {
+    let not_ready = within(Duration::from_secs(3), || async {
         let (status, v) = readyz(&open).await;
-        status == 200 && v["status"] == "degraded" && v["checks"]["redis"] == "down"
+        status == 503 && v["error"]["code"] == "unavailable"
     })
     .await;
-    assert!(degraded.is_some(), "{:?}", readyz(&open).await);
+    assert!(not_ready.is_some(), "{:?}", readyz(&open).await);
+    assert_eq!(open.get("/healthz").send().await.unwrap().status(), 200);
     assert!(redis_up_metric(&open).await.ends_with(" 0"));
     for _ in 0..20 {
         assert_eq!(whoami(&open).await, 200);
