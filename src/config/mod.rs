@@ -178,6 +178,9 @@ pub struct LimitsConfig {
     /// Header fields at most (431 beyond).
     pub header_max_count: usize,
     pub body_max_bytes: usize,
+    /// Bytes held in buffered request bodies, server-wide (503 beyond);
+    /// unset: [`LimitsConfig::body_budget`]'s default.
+    pub body_budget_bytes: Option<usize>,
     pub rate: RateConfig,
     pub ddos: DdosConfig,
     /// Most distinct client addresses tracked at once (memory bound).
@@ -195,12 +198,26 @@ impl Default for LimitsConfig {
             header_max_bytes: 16384,
             header_max_count: 100,
             body_max_bytes: 1_048_576,
+            body_budget_bytes: None,
             rate: RateConfig::default(),
             ddos: DdosConfig::default(),
             max_tracked_clients: 100_000,
             ipv6_group_by_64: true,
             per_identity: None,
         }
+    }
+}
+
+/// `limits.body_budget_bytes` when unset: 256 MiB, or room for 16 bodies of
+/// `limits.body_max_bytes` when that is more.
+pub const DEFAULT_BODY_BUDGET_BYTES: usize = 256 << 20;
+
+impl LimitsConfig {
+    /// The server-wide budget of buffered request body bytes.
+    pub fn body_budget(&self) -> usize {
+        self.body_budget_bytes.unwrap_or_else(|| {
+            DEFAULT_BODY_BUDGET_BYTES.max(self.body_max_bytes.saturating_mul(16))
+        })
     }
 }
 
@@ -815,6 +832,21 @@ impl Config {
         }
         if raw.limits.body_max_bytes == 0 {
             return Err(invalid("limits.body_max_bytes", "must be > 0"));
+        }
+        if let Some(b) = raw.limits.body_budget_bytes {
+            // one largest body, or one gateway inspection window, must fit
+            let window = if raw.gateway.routes.is_empty() {
+                0
+            } else {
+                raw.ids.inspect_window_bytes
+            };
+            let one = raw.limits.body_max_bytes.max(window);
+            if b < one {
+                return Err(invalid(
+                    "limits.body_budget_bytes",
+                    "must be at least limits.body_max_bytes (and ids.inspect_window_bytes with gateway routes)",
+                ));
+            }
         }
         if raw.auth.jwt_leeway_seconds > 60 {
             return Err(invalid("auth.jwt_leeway_seconds", "must be at most 60"));

@@ -60,6 +60,10 @@ pub struct Metrics {
     /// The alert channel's counters (`monitoring::alerts`).
     pub alerts: crate::monitoring::alerts::AlertCounters,
     pub ws_connections: Gauge,
+    /// Bytes held in buffered request bodies (`apisec::budget`).
+    pub body_budget_used: Gauge,
+    /// Requests refused because the body budget was spent.
+    pub body_budget_refused: Counter,
     /// 1 when Redis (if configured) is reachable.
     pub redis_up: Gauge,
 }
@@ -113,6 +117,18 @@ impl Metrics {
             "open WebSocket connections",
             ws_connections.clone(),
         );
+        let body_budget_used = Gauge::default();
+        registry.register(
+            "body_budget_used_bytes",
+            "bytes held in buffered request bodies (limits.body_budget_bytes)",
+            body_budget_used.clone(),
+        );
+        let body_budget_refused = Counter::default();
+        registry.register(
+            "body_budget_refused",
+            "requests answered 503 because the request body budget was spent",
+            body_budget_refused.clone(),
+        );
         let redis_up = Gauge::default();
         registry.register("redis_up", "1 when Redis is reachable", redis_up.clone());
         let alerts = crate::monitoring::alerts::AlertCounters::default();
@@ -150,6 +166,8 @@ impl Metrics {
             audit_queue_depth,
             audit_backpressure,
             ws_connections,
+            body_budget_used,
+            body_budget_refused,
             redis_up,
             alerts,
         }
