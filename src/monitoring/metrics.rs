@@ -64,6 +64,8 @@ pub struct Metrics {
     pub body_budget_used: Gauge,
     /// Requests refused because the body budget was spent.
     pub body_budget_refused: Counter,
+    /// Incidents recorded as part of an aggregated incident (a flood).
+    pub incidents_aggregated: Counter,
     /// 1 when Redis (if configured) is reachable.
     pub redis_up: Gauge,
 }
@@ -129,6 +131,12 @@ impl Metrics {
             "requests answered 503 because the request body budget was spent",
             body_budget_refused.clone(),
         );
+        let incidents_aggregated = Counter::default();
+        registry.register(
+            "incidents_aggregated",
+            "incidents recorded inside an aggregated incident (count and sample of addresses)",
+            incidents_aggregated.clone(),
+        );
         let redis_up = Gauge::default();
         registry.register("redis_up", "1 when Redis is reachable", redis_up.clone());
         let alerts = crate::monitoring::alerts::AlertCounters::default();
@@ -168,6 +176,7 @@ impl Metrics {
             ws_connections,
             body_budget_used,
             body_budget_refused,
+            incidents_aggregated,
             redis_up,
             alerts,
         }
