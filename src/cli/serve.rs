@@ -154,6 +154,7 @@ body_max_bytes = 1048576
 rate = { max_requests = 100, window_seconds = 60 }
 ddos = { max_requests_per_second = 10, ban_seconds = 300, max_ban_seconds = 86400 }
 max_tracked_clients = 100000  # memory bound of the limiter (least recently seen evicted)
+max_bans = 1000000            # bans held at once, apart from tracked clients (past it the soonest to end is evicted)
 ipv6_group_by_64 = true
 
 [ids]

@@ -185,6 +185,10 @@ pub struct LimitsConfig {
     pub ddos: DdosConfig,
     /// Most distinct client addresses tracked at once (memory bound).
     pub max_tracked_clients: usize,
+    /// Most bans (active, or ended and remembered for escalation) held at
+    /// once; separate from the tracked clients, so tracking never evicts a
+    /// ban (only a newer ban does, past this cap, logged).
+    pub max_bans: usize,
     /// Group IPv6 clients by their /64 for limits and bans.
     pub ipv6_group_by_64: bool,
     /// Optional per-identity (user) limit on top of the per-address one.
@@ -202,6 +206,7 @@ impl Default for LimitsConfig {
             rate: RateConfig::default(),
             ddos: DdosConfig::default(),
             max_tracked_clients: 100_000,
+            max_bans: 1_000_000,
             ipv6_group_by_64: true,
             per_identity: None,
         }
@@ -818,6 +823,9 @@ impl Config {
         }
         if raw.limits.max_tracked_clients == 0 {
             return Err(invalid("limits.max_tracked_clients", "must be > 0"));
+        }
+        if raw.limits.max_bans == 0 || raw.limits.max_bans > 100_000_000 {
+            return Err(invalid("limits.max_bans", "must be 1 to 100,000,000"));
         }
         if let Some(r) = &raw.limits.per_identity {
             if r.max_requests == 0 || r.window_seconds == 0 {

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub body_budget_refused: Counter,
     /// Incidents recorded as part of an aggregated incident (a flood).
     pub incidents_aggregated: Counter,
+    /// Active bans evicted by newer ones past `limits.max_bans`.
+    pub bans_evicted: Gauge,
     /// 1 when Redis (if configured) is reachable.
     pub redis_up: Gauge,
 }
@@ -137,6 +139,12 @@ impl Metrics {
             "incidents recorded inside an aggregated incident (count and sample of addresses)",
             incidents_aggregated.clone(),
         );
+        let bans_evicted = Gauge::default();
+        registry.register(
+            "bans_evicted",
+            "active bans evicted by newer bans past limits.max_bans, since the start",
+            bans_evicted.clone(),
+        );
         let redis_up = Gauge::default();
         registry.register("redis_up", "1 when Redis is reachable", redis_up.clone());
         let alerts = crate::monitoring::alerts::AlertCounters::default();
@@ -177,6 +185,7 @@ impl Metrics {
             body_budget_used,
             body_budget_refused,
             incidents_aggregated,
+            bans_evicted,
             redis_up,
             alerts,
         }
