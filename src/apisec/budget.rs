@@ -12,9 +12,13 @@
 //! given back when the last reference to the buffer is dropped. A request
 //! whose next frame does not fit is answered 503 `unavailable` with
 //! `Retry-After` at once (never a wait: a waiting request would hold its
-//! connection and what it already read). A body of one frame costs one
+//! connection and what it already read). One client address holds at most
+//! `limits.body_budget_per_address_bytes` of it (an eighth by default), so
+//! one address's stalled uploads cannot refuse everyone else's. A body of one frame costs one
 //! atomic add to take and one to give back.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -23,19 +27,61 @@ use prometheus_client::metrics::gauge::Gauge;
 use crate::http::ApiError;
 
 /// The budget: bytes in use (the `frenly_body_budget_used_bytes` gauge's
-/// own atomic, so the metric costs nothing more) and the cap.
+/// own atomic, so the metric costs nothing more) and the cap, and the bytes
+/// each client address holds, capped at its share.
 #[derive(Debug)]
 pub struct BodyBudget {
     used: Gauge,
     cap: i64,
+    per_address: i64,
+    by_address: parking_lot::Mutex<HashMap<IpAddr, i64>>,
 }
 
 impl BodyBudget {
-    pub fn new(cap: usize, used: Gauge) -> Arc<BodyBudget> {
+    pub fn new(cap: usize, per_address: usize, used: Gauge) -> Arc<BodyBudget> {
         Arc::new(BodyBudget {
             used,
             cap: i64::try_from(cap).unwrap_or(i64::MAX),
+            per_address: i64::try_from(per_address).unwrap_or(i64::MAX),
+            by_address: parking_lot::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Take `n` bytes for `addr`: its share first, then the whole budget.
+    fn take(&self, addr: Option<IpAddr>, n: i64) -> Result<(), ApiError> {
+        if let Some(a) = addr {
+            let mut m = self.by_address.lock();
+            let held = m.entry(a).or_insert(0);
+            if held.saturating_add(n) > self.per_address {
+                if *held == 0 {
+                    m.remove(&a);
+                }
+                return Err(ApiError::Busy);
+            }
+            *held += n;
+        }
+        let before = self.used.inc_by(n);
+        if before.saturating_add(n) > self.cap {
+            self.used.dec_by(n);
+            self.give(addr, n, false);
+            return Err(ApiError::Busy);
+        }
+        Ok(())
+    }
+
+    fn give(&self, addr: Option<IpAddr>, n: i64, global: bool) {
+        if global {
+            self.used.dec_by(n);
+        }
+        if let Some(a) = addr {
+            let mut m = self.by_address.lock();
+            if let Some(held) = m.get_mut(&a) {
+                *held -= n;
+                if *held <= 0 {
+                    m.remove(&a);
+                }
+            }
+        }
     }
 
     /// Bytes held in buffered bodies now.
@@ -43,10 +89,12 @@ impl BodyBudget {
         self.used.get()
     }
 
-    /// An empty share of the budget, to grow as a body is read.
-    pub fn share(self: &Arc<Self>) -> Held {
+    /// An empty share of the budget for a body from `addr`, to grow as
+    /// the body is read.
+    pub fn share(self: &Arc<Self>, addr: Option<IpAddr>) -> Held {
         Held {
             budget: Arc::clone(self),
+            addr,
             n: 0,
         }
     }
@@ -56,6 +104,7 @@ impl BodyBudget {
 #[derive(Debug)]
 pub struct Held {
     budget: Arc<BodyBudget>,
+    addr: Option<IpAddr>,
     n: i64,
 }
 
@@ -67,12 +116,7 @@ impl Held {
         }
         // a frame is at most a body's limit, far below i64::MAX
         let n = i64::try_from(n).unwrap_or(i64::MAX);
-        let b = &self.budget;
-        let before = b.used.inc_by(n);
-        if before.saturating_add(n) > b.cap {
-            b.used.dec_by(n);
-            return Err(ApiError::Busy);
-        }
+        self.budget.take(self.addr, n)?;
         self.n += n;
         Ok(())
     }
@@ -90,7 +134,7 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         if self.n > 0 {
-            self.budget.used.dec_by(self.n);
+            self.budget.give(self.addr, self.n, true);
         }
     }
 }
@@ -168,10 +212,10 @@ mod tests {
 
     #[test]
     fn a_share_is_refused_past_the_cap_and_given_back_with_the_last_clone() {
-        let b = BodyBudget::new(100, Gauge::default());
-        let mut one = b.share();
+        let b = BodyBudget::new(100, 100, Gauge::default());
+        let mut one = b.share(None);
         one.grow(60).expect("fits");
-        let mut two = b.share();
+        let mut two = b.share(None);
         assert!(matches!(two.grow(41), Err(ApiError::Busy)));
         assert_eq!(b.used(), 60, "a refused grow takes nothing");
         two.grow(40).expect("fits exactly");
@@ -187,13 +231,13 @@ mod tests {
 
     #[test]
     fn a_buffer_takes_its_whole_capacity_from_the_budget() {
-        let b = BodyBudget::new(12_000, Gauge::default());
-        let mut buf = Buffer::new(b.share(), Some(6000));
+        let b = BodyBudget::new(12_000, 12_000, Gauge::default());
+        let mut buf = Buffer::new(b.share(None), Some(6000));
         assert_eq!(b.used(), 0, "nothing before the first byte");
         buf.push(b"ab").unwrap();
         assert_eq!(b.used(), 6000, "the declared length at the first frame");
         buf.push(b"cd").unwrap();
-        let mut other = Buffer::new(b.share(), None);
+        let mut other = Buffer::new(b.share(None), None);
         other.push(&[0u8; 3000]).unwrap();
         assert_eq!(b.used(), 6000 + 4096, "without a length: at least a page");
         // doubling to 8192 does not fit beside the 6000
@@ -203,5 +247,25 @@ mod tests {
         drop(other);
         drop(bytes);
         assert_eq!(b.used(), 0);
+    }
+
+    #[test]
+    fn one_address_holds_at_most_its_share() {
+        let b = BodyBudget::new(1000, 300, Gauge::default());
+        let a: IpAddr = [192, 0, 2, 1].into();
+        let c: IpAddr = [192, 0, 2, 2].into();
+        let mut one = b.share(Some(a));
+        one.grow(300).unwrap();
+        let mut two = b.share(Some(a));
+        assert!(matches!(two.grow(1), Err(ApiError::Busy)));
+        let mut other = b.share(Some(c));
+        other.grow(300).unwrap();
+        drop(one);
+        two.grow(300).unwrap();
+        assert_eq!(b.used(), 600);
+        drop(two);
+        drop(other);
+        assert_eq!(b.used(), 0);
+        assert!(b.by_address.lock().is_empty(), "no address is kept at 0");
     }
 }

@@ -56,7 +56,11 @@ impl ApiSecurity {
             header_max_count: cfg.limits.header_max_count,
             body_max_bytes: cfg.limits.body_max_bytes,
             ids: ids::Ids::new(&cfg.ids, &cfg.security.api_key_header, &cfg.gateway.routes),
-            budget: budget::BodyBudget::new(cfg.limits.body_budget(), budget_used),
+            budget: budget::BodyBudget::new(
+                cfg.limits.body_budget(),
+                cfg.limits.body_budget_per_address(),
+                budget_used,
+            ),
             body_timeout: std::time::Duration::from_secs(
                 cfg.network.request_timeout_seconds.max(1),
             ),
@@ -243,7 +247,7 @@ pub async fn admit(state: &AppState, req: Request) -> Result<Request, Response> 
             window,
             body_max,
             state.apisec.body_timeout,
-            state.apisec.budget.share(),
+            state.apisec.budget.share(client_of(&parts)),
         )
         .await
         {
@@ -278,6 +282,14 @@ pub async fn admit(state: &AppState, req: Request) -> Result<Request, Response> 
         Ok(_) => {}
     }
     Ok(Request::from_parts(parts, body))
+}
+
+/// The client address a body's bytes are counted against.
+fn client_of(parts: &http::request::Parts) -> Option<std::net::IpAddr> {
+    parts
+        .extensions
+        .get::<crate::network::ClientAddr>()
+        .map(|c| c.0)
 }
 
 /// The answer to a body that could not be buffered; a spent budget is
@@ -315,7 +327,7 @@ async fn read_body(
     let declared = declared
         .and_then(|d| usize::try_from(d).ok())
         .filter(|d| *d <= sec.body_max_bytes);
-    let mut buf = budget::Buffer::new(sec.budget.share(), declared);
+    let mut buf = budget::Buffer::new(sec.budget.share(client_of(parts)), declared);
     loop {
         match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => return Err(ApiError::RequestTimeout),

@@ -181,6 +181,9 @@ pub struct LimitsConfig {
     /// Bytes held in buffered request bodies, server-wide (503 beyond);
     /// unset: [`LimitsConfig::body_budget`]'s default.
     pub body_budget_bytes: Option<usize>,
+    /// Bytes of that budget one client address may hold; unset:
+    /// [`LimitsConfig::body_budget_per_address`]'s default.
+    pub body_budget_per_address_bytes: Option<usize>,
     pub rate: RateConfig,
     pub ddos: DdosConfig,
     /// Most distinct client addresses tracked at once (memory bound).
@@ -203,6 +206,7 @@ impl Default for LimitsConfig {
             header_max_count: 100,
             body_max_bytes: 1_048_576,
             body_budget_bytes: None,
+            body_budget_per_address_bytes: None,
             rate: RateConfig::default(),
             ddos: DdosConfig::default(),
             max_tracked_clients: 100_000,
@@ -223,6 +227,13 @@ impl LimitsConfig {
         self.body_budget_bytes.unwrap_or_else(|| {
             DEFAULT_BODY_BUDGET_BYTES.max(self.body_max_bytes.saturating_mul(16))
         })
+    }
+
+    /// The share of [`body_budget`](Self::body_budget) one client address
+    /// may hold: an eighth of it (at least one largest body) when unset.
+    pub fn body_budget_per_address(&self) -> usize {
+        self.body_budget_per_address_bytes
+            .unwrap_or_else(|| (self.body_budget() / 8).max(self.body_max_bytes))
     }
 }
 
@@ -840,6 +851,14 @@ impl Config {
         }
         if raw.limits.body_max_bytes == 0 {
             return Err(invalid("limits.body_max_bytes", "must be > 0"));
+        }
+        if let Some(p) = raw.limits.body_budget_per_address_bytes {
+            if p < raw.limits.body_max_bytes || p > raw.limits.body_budget() {
+                return Err(invalid(
+                    "limits.body_budget_per_address_bytes",
+                    "must be at least limits.body_max_bytes and at most limits.body_budget_bytes",
+                ));
+            }
         }
         if let Some(b) = raw.limits.body_budget_bytes {
             // one largest body, or one gateway inspection window, must fit
