@@ -24,6 +24,8 @@
 
 pub mod validation;
 
+pub mod budget;
+
 pub mod ids;
 
 use axum::body::Body;
@@ -41,16 +43,24 @@ pub struct ApiSecurity {
     pub header_max_count: usize,
     pub body_max_bytes: usize,
     pub ids: ids::Ids,
+    /// Bytes held in buffered bodies, server-wide (`limits.body_budget_bytes`).
+    pub budget: std::sync::Arc<budget::BodyBudget>,
     body_timeout: std::time::Duration,
 }
 
 impl ApiSecurity {
-    pub fn new(cfg: &Config) -> ApiSecurity {
+    /// `budget_used`: the metric that counts the bytes held in buffered bodies.
+    pub fn new(cfg: &Config, budget_used: prometheus_client::metrics::gauge::Gauge) -> ApiSecurity {
         ApiSecurity {
             header_max_bytes: cfg.limits.header_max_bytes,
             header_max_count: cfg.limits.header_max_count,
             body_max_bytes: cfg.limits.body_max_bytes,
             ids: ids::Ids::new(&cfg.ids, &cfg.security.api_key_header, &cfg.gateway.routes),
+            budget: budget::BodyBudget::new(
+                cfg.limits.body_budget(),
+                cfg.limits.body_budget_per_address(),
+                budget_used,
+            ),
             body_timeout: std::time::Duration::from_secs(
                 cfg.network.request_timeout_seconds.max(1),
             ),
@@ -225,22 +235,32 @@ pub async fn admit(state: &AppState, req: Request) -> Result<Request, Response> 
     if let Err(e) = state.apisec.check_head_limit(&req, body_max) {
         return Err(e.into_response());
     }
-    if !state.apisec.ids.active_for(req.uri().path()) {
+    let inspect = state.apisec.ids.active_for(req.uri().path());
+    if !inspect && gateway_limit.is_some() {
         return Ok(req);
     }
     let (parts, body) = req.into_parts();
     let (bytes, body) = if gateway_limit.is_some() {
         let window = state.apisec.ids.inspect_window();
-        match crate::gateway::body::read_window(body, window, body_max, state.apisec.body_timeout)
-            .await
+        match crate::gateway::body::read_window(
+            body,
+            window,
+            body_max,
+            state.apisec.body_timeout,
+            state.apisec.budget.share(client_of(&parts)),
+        )
+        .await
         {
             Ok((head, body)) => (head.slice(..head.len().min(window)), body),
-            Err(e) => return Err(e.into_response()),
+            Err(e) => return Err(body_refused(state, e)),
         }
     } else {
+        // buffered here even when the IDS does not look: the handler
+        // would buffer it anyway, outside the budget
         match read_body(&state.apisec, &parts, body).await {
+            Ok(b) if !inspect => return Ok(Request::from_parts(parts, Body::from(b))),
             Ok(b) => (b.clone(), Body::from(b)),
-            Err(e) => return Err(e.into_response()),
+            Err(e) => return Err(body_refused(state, e)),
         }
     };
     let route = parts
@@ -264,12 +284,32 @@ pub async fn admit(state: &AppState, req: Request) -> Result<Request, Response> 
     Ok(Request::from_parts(parts, body))
 }
 
+/// The client address a body's bytes are counted against.
+fn client_of(parts: &http::request::Parts) -> Option<std::net::IpAddr> {
+    parts
+        .extensions
+        .get::<crate::network::ClientAddr>()
+        .map(|c| c.0)
+}
+
+/// The answer to a body that could not be buffered; a spent budget is
+/// counted (`frenly_body_budget_refused`).
+fn body_refused(state: &AppState, e: ApiError) -> Response {
+    if matches!(e, ApiError::Busy) {
+        state.metrics.body_budget_refused.inc();
+    }
+    e.into_response()
+}
+
 /// Buffer the body (only when there is one), at most `body_max_bytes`
-/// (413 beyond), within the request timeout (408 beyond).
+/// (413 beyond), within the request timeout (408 beyond), each frame taken
+/// from the server-wide budget as it is read (503 `unavailable` when it
+/// does not fit, see [`budget`]); the budget is given back when the last
+/// clone of the returned buffer is dropped.
 async fn read_body(
     sec: &ApiSecurity,
     parts: &http::request::Parts,
-    body: Body,
+    mut body: Body,
 ) -> Result<bytes::Bytes, ApiError> {
     let declared = parts
         .headers
@@ -283,22 +323,32 @@ async fn read_body(
         return Ok(bytes::Bytes::new());
     }
     use http_body_util::BodyExt;
-    let limited = http_body_util::Limited::new(body, sec.body_max_bytes);
-    match tokio::time::timeout(sec.body_timeout, limited.collect()).await {
-        Err(_) => Err(ApiError::RequestTimeout),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e)) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                Err(ApiError::PayloadTooLarge)
-            } else {
-                Err(ApiError::BadRequest(
+    let deadline = tokio::time::Instant::now() + sec.body_timeout;
+    let declared = declared
+        .and_then(|d| usize::try_from(d).ok())
+        .filter(|d| *d <= sec.body_max_bytes);
+    let mut buf = budget::Buffer::new(sec.budget.share(client_of(parts)), declared);
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(ApiError::RequestTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return Err(ApiError::BadRequest(
                     "the request body could not be read".into(),
                 ))
             }
+            Ok(Some(Ok(frame))) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if buf.len().saturating_add(data.len()) > sec.body_max_bytes {
+                    return Err(ApiError::PayloadTooLarge);
+                }
+                buf.push(&data)?;
+            }
         }
     }
+    Ok(buf.freeze())
 }
 
 /// Audit and count what the detector found in a request; the refusal when

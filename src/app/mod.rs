@@ -107,7 +107,7 @@ impl AppState {
         let network = crate::network::Network::new(&cfg);
         network.start(&db, metrics.active_bans.clone()).await?;
         let incidents = crate::monitoring::incidents::Incidents::new(&cfg);
-        let apisec = crate::apisec::ApiSecurity::new(&cfg);
+        let apisec = crate::apisec::ApiSecurity::new(&cfg, metrics.body_budget_used.clone());
         let (_, table) = routes().into_parts();
         let keyring = crate::data::keyring::Keyring::load(&cfg.keyring_file)
             .map_err(|e| crate::data::unusable_keyring(&cfg, e))?;

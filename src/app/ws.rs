@@ -11,7 +11,13 @@
 //! the client are limited to [`MAX_MESSAGE`] bytes (a longer one closes
 //! the connection with 1009, text that is not UTF-8 with 1007, a protocol
 //! error with 1002); the server pings every
-//! [`PING_EVERY`] and drops a client silent for [`IDLE_TIMEOUT`].
+//! [`PING_EVERY`] and drops a client silent for [`IDLE_TIMEOUT`]. The socket
+//! only sends to the client, so what the client sends (data, pings, pongs)
+//! is limited by a token bucket per connection ([`INBOUND_BURST`] messages
+//! at once, [`INBOUND_PER_SECOND`] a second after that): a client past it is
+//! closed with 1008 ("too many messages") and audited as a
+//! `security_violation` (probe-G #4: four sockets pushed 3 million frames a
+//! second, read and discarded, for four counted requests).
 //!
 //! The handshake's credential is checked again every [`RECHECK_EVERY`], and
 //! before the next event whenever a credential changed on this instance or
@@ -42,6 +48,10 @@ pub const READ_BUFFER: usize = 4 * 1024;
 pub const PING_EVERY: Duration = Duration::from_secs(20);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages (data, ping or pong) a client may send at once.
+pub const INBOUND_BURST: f64 = 20.0;
+/// Messages a client may send per second, over time.
+pub const INBOUND_PER_SECOND: f64 = 10.0;
 /// How often an open connection's credential is verified again.
 pub const RECHECK_EVERY: Duration = Duration::from_secs(5);
 
@@ -66,6 +76,7 @@ async fn ws(
     who: Authenticated,
     headers: http::HeaderMap,
     slot: Option<axum::Extension<crate::server::ConnSlot>>,
+    addr: Option<axum::Extension<crate::network::ClientAddr>>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let upgrade =
@@ -91,7 +102,8 @@ async fn ws(
             tracker.track_future(async move {
                 // the socket holds its connection's slot until it ends
                 let _slot = slot;
-                serve(state, who, credential, changes, sub, socket).await
+                let addr = addr.map(|a| a.0 .0);
+                serve(state, who, addr, credential, changes, sub, socket).await
             })
         }))
 }
@@ -222,9 +234,38 @@ async fn send(socket: &mut WebSocket, msg: Message) -> bool {
     )
 }
 
+/// The inbound token bucket of one connection.
+struct Inbound {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Inbound {
+    fn new() -> Inbound {
+        Inbound {
+            tokens: INBOUND_BURST,
+            last: Instant::now(),
+        }
+    }
+
+    /// `false` when the client has sent more than its share.
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * INBOUND_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(INBOUND_BURST);
+        self.last = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
 async fn serve(
     state: AppState,
     mut who: Authenticated,
+    addr: Option<std::net::IpAddr>,
     credential: http::HeaderMap,
     mut changes: tokio::sync::watch::Receiver<u64>,
     mut sub: Subscription,
@@ -237,6 +278,7 @@ async fn serve(
     let mut verify = tokio::time::interval(RECHECK_EVERY);
     verify.tick().await;
     let mut last_heard = Instant::now();
+    let mut inbound = Inbound::new();
     loop {
         tokio::select! {
             next = sub.next() => match next {
@@ -281,8 +323,24 @@ async fn serve(
                     break;
                 }
                 // Pings are answered by the protocol layer; anything else only
-                // proves the client is alive.
-                Some(Ok(_)) => last_heard = Instant::now(),
+                // proves the client is alive, within its share.
+                Some(Ok(_)) => {
+                    if !inbound.take() {
+                        flooded(&state, &who, addr).await;
+                        let frame = CloseFrame { code: 1008, reason: "too many messages".into() };
+                        // read (and drop) what is in flight for a moment, so
+                        // the close frame reaches the client instead of a
+                        // reset for the unread bytes
+                        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                            if socket.send(Message::Close(Some(frame))).await.is_ok() {
+                                while let Some(Ok(_)) = socket.recv().await {}
+                            }
+                        })
+                        .await;
+                        break;
+                    }
+                    last_heard = Instant::now();
+                }
             },
             _ = verify.tick() => {
                 if !still_good(&state, &mut who, &credential, &mut socket).await {
@@ -301,6 +359,27 @@ async fn serve(
             }
         }
     }
+}
+
+/// A client that sent more than its inbound share: logged and audited.
+async fn flooded(state: &AppState, who: &Authenticated, addr: Option<std::net::IpAddr>) {
+    tracing::warn!(user = %who.user_id, "websocket client sent too many messages; closed");
+    state.metrics.block("ws_inbound_flood");
+    let mut ev = crate::monitoring::audit::AuditEvent::new("security_violation")
+        .user(Some(who.user_id.as_str()))
+        .field("violation_type", "ws_message_flood")
+        .field(
+            "details",
+            format!(
+                "more than {INBOUND_BURST} messages at once or {INBOUND_PER_SECOND} a second on /api/ws"
+            ),
+        )
+        .field("action", "closed")
+        .field("endpoint", "/api/ws");
+    if let Some(a) = addr {
+        ev = ev.ip(a);
+    }
+    state.audit.record(ev).await;
 }
 
 /// The close frame that tells the client why its frame ended the

@@ -150,9 +150,12 @@ max_connections_per_address = 256   # from one address (trusted proxies, allowli
 allowlist = []                # CIDRs never rate-limited or banned
 header_max_bytes = 16384
 body_max_bytes = 1048576
+# body_budget_bytes = 268435456  # all buffered request bodies together (503 beyond); default 256 MiB or 16 bodies
+# body_budget_per_address_bytes = 33554432  # of that, one client address (default an eighth)
 rate = { max_requests = 100, window_seconds = 60 }
 ddos = { max_requests_per_second = 10, ban_seconds = 300, max_ban_seconds = 86400 }
 max_tracked_clients = 100000  # memory bound of the limiter (least recently seen evicted)
+max_bans = 1000000            # bans held at once, apart from tracked clients (past it the soonest to end is evicted)
 ipv6_group_by_64 = true
 
 [ids]

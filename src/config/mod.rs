@@ -178,10 +178,20 @@ pub struct LimitsConfig {
     /// Header fields at most (431 beyond).
     pub header_max_count: usize,
     pub body_max_bytes: usize,
+    /// Bytes held in buffered request bodies, server-wide (503 beyond);
+    /// unset: [`LimitsConfig::body_budget`]'s default.
+    pub body_budget_bytes: Option<usize>,
+    /// Bytes of that budget one client address may hold; unset:
+    /// [`LimitsConfig::body_budget_per_address`]'s default.
+    pub body_budget_per_address_bytes: Option<usize>,
     pub rate: RateConfig,
     pub ddos: DdosConfig,
     /// Most distinct client addresses tracked at once (memory bound).
     pub max_tracked_clients: usize,
+    /// Most bans (active, or ended and remembered for escalation) held at
+    /// once; separate from the tracked clients, so tracking never evicts a
+    /// ban (only a newer ban does, past this cap, logged).
+    pub max_bans: usize,
     /// Group IPv6 clients by their /64 for limits and bans.
     pub ipv6_group_by_64: bool,
     /// Optional per-identity (user) limit on top of the per-address one.
@@ -195,12 +205,35 @@ impl Default for LimitsConfig {
             header_max_bytes: 16384,
             header_max_count: 100,
             body_max_bytes: 1_048_576,
+            body_budget_bytes: None,
+            body_budget_per_address_bytes: None,
             rate: RateConfig::default(),
             ddos: DdosConfig::default(),
             max_tracked_clients: 100_000,
+            max_bans: 1_000_000,
             ipv6_group_by_64: true,
             per_identity: None,
         }
+    }
+}
+
+/// `limits.body_budget_bytes` when unset: 256 MiB, or room for 16 bodies of
+/// `limits.body_max_bytes` when that is more.
+pub const DEFAULT_BODY_BUDGET_BYTES: usize = 256 << 20;
+
+impl LimitsConfig {
+    /// The server-wide budget of buffered request body bytes.
+    pub fn body_budget(&self) -> usize {
+        self.body_budget_bytes.unwrap_or_else(|| {
+            DEFAULT_BODY_BUDGET_BYTES.max(self.body_max_bytes.saturating_mul(16))
+        })
+    }
+
+    /// The share of [`body_budget`](Self::body_budget) one client address
+    /// may hold: an eighth of it (at least one largest body) when unset.
+    pub fn body_budget_per_address(&self) -> usize {
+        self.body_budget_per_address_bytes
+            .unwrap_or_else(|| (self.body_budget() / 8).max(self.body_max_bytes))
     }
 }
 
@@ -802,6 +835,9 @@ impl Config {
         if raw.limits.max_tracked_clients == 0 {
             return Err(invalid("limits.max_tracked_clients", "must be > 0"));
         }
+        if raw.limits.max_bans == 0 || raw.limits.max_bans > 100_000_000 {
+            return Err(invalid("limits.max_bans", "must be 1 to 100,000,000"));
+        }
         if let Some(r) = &raw.limits.per_identity {
             if r.max_requests == 0 || r.window_seconds == 0 {
                 return Err(invalid(
@@ -815,6 +851,29 @@ impl Config {
         }
         if raw.limits.body_max_bytes == 0 {
             return Err(invalid("limits.body_max_bytes", "must be > 0"));
+        }
+        if let Some(p) = raw.limits.body_budget_per_address_bytes {
+            if p < raw.limits.body_max_bytes || p > raw.limits.body_budget() {
+                return Err(invalid(
+                    "limits.body_budget_per_address_bytes",
+                    "must be at least limits.body_max_bytes and at most limits.body_budget_bytes",
+                ));
+            }
+        }
+        if let Some(b) = raw.limits.body_budget_bytes {
+            // one largest body, or one gateway inspection window, must fit
+            let window = if raw.gateway.routes.is_empty() {
+                0
+            } else {
+                raw.ids.inspect_window_bytes
+            };
+            let one = raw.limits.body_max_bytes.max(window);
+            if b < one {
+                return Err(invalid(
+                    "limits.body_budget_bytes",
+                    "must be at least limits.body_max_bytes (and ids.inspect_window_bytes with gateway routes)",
+                ));
+            }
         }
         if raw.auth.jwt_leeway_seconds > 60 {
             return Err(invalid("auth.jwt_leeway_seconds", "must be at most 60"));

@@ -28,12 +28,15 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Buffer at most `window` bytes of `body` (plus the rest of the frame that
 /// crosses it) within `timeout`. Returns the buffered bytes and the whole
 /// body again (the bytes replayed, then the rest, streamed). More than
-/// `limit` bytes in the buffered part -> 413.
+/// `limit` bytes in the buffered part -> 413. The buffered bytes are taken
+/// from the server-wide body budget (`held`; 503 when they do not fit) and
+/// given back when the last clone of the head is dropped.
 pub async fn read_window(
     mut body: Body,
     window: usize,
     limit: usize,
     timeout: Duration,
+    mut held: crate::apisec::budget::Held,
 ) -> Result<(Bytes, Body), ApiError> {
     use http_body::Body as _;
     if body.is_end_stream() {
@@ -56,6 +59,7 @@ pub async fn read_window(
             }
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
+                    held.grow(data.len())?;
                     buf.extend_from_slice(&data);
                     if buf.len() > limit {
                         return Err(ApiError::PayloadTooLarge);
@@ -64,7 +68,7 @@ pub async fn read_window(
             }
         }
     }
-    let head = buf.freeze();
+    let head = held.attach(buf.freeze());
     let rest = if ended || body.is_end_stream() {
         Body::from(head.clone())
     } else {

@@ -86,6 +86,10 @@ pub enum ApiError {
     /// A dependency is down and the policy is to refuse (internal).
     #[error("service unavailable")]
     Unavailable,
+    /// The server-wide budget of buffered request bodies is spent
+    /// (`limits.body_budget_bytes`): 503 `unavailable` with `Retry-After`.
+    #[error("request body budget spent")]
+    Busy,
     /// Gateway: upstream too slow (upstream).
     #[error("gateway timeout")]
     GatewayTimeout,
@@ -164,7 +168,7 @@ impl ApiError {
             RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             BadGateway => StatusCode::BAD_GATEWAY,
-            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Unavailable | Busy => StatusCode::SERVICE_UNAVAILABLE,
             GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -189,7 +193,7 @@ impl ApiError {
             RateLimited(_) => "rate_limited",
             HeadersTooLarge => "headers_too_large",
             BadGateway => "bad_gateway",
-            Unavailable => "unavailable",
+            Unavailable | Busy => "unavailable",
             GatewayTimeout => "gateway_timeout",
             Internal => "internal",
         }
@@ -240,7 +244,7 @@ impl ApiError {
     pub fn source(&self) -> ErrorSource {
         match self {
             ApiError::BadGateway | ApiError::GatewayTimeout => ErrorSource::Upstream,
-            ApiError::Unavailable | ApiError::Internal => ErrorSource::Internal,
+            ApiError::Unavailable | ApiError::Busy | ApiError::Internal => ErrorSource::Internal,
             _ => ErrorSource::Client,
         }
     }
@@ -275,6 +279,7 @@ impl ApiError {
             HeadersTooLarge => "the request headers are over the configured limit".into(),
             BadGateway => "the upstream service failed".into(),
             Unavailable => "a dependency is unavailable; try again later".into(),
+            Busy => "the server holds as many request bodies as it may; try again later".into(),
             GatewayTimeout => "the upstream service did not answer in time".into(),
             Internal => "internal error".into(),
         }
@@ -312,7 +317,7 @@ impl IntoResponse for ApiError {
             }
             // RFC 9110 15.6.4: a dependency (the database, Redis under
             // fail_closed) is down; a client's backoff has a hint
-            ApiError::Unavailable => {
+            ApiError::Unavailable | ApiError::Busy => {
                 h.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(UNAVAILABLE_RETRY_SECONDS),

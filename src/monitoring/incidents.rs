@@ -25,7 +25,12 @@
 //! up to `limits.ddos.max_ban_seconds`), `alert` for the kinds in
 //! `incidents.alert` (POSTed to `alerts.webhook_url`, never blocking).
 //! The ban takes effect in memory before the triggering request's response
-//! is returned; storing, auditing and alerting run in a background task.
+//! is returned; storing, auditing and alerting are one background
+//! recorder's work, fed through a bounded queue ([`QUEUE`]): identical
+//! detections taken together, or finding the queue full, are one
+//! aggregated incident (count and a sample of addresses), so a flood of
+//! new addresses costs the database a transaction per batch, not a
+//! statement per request (docs/TRAFFIC.md, "Under a flood of incidents").
 //!
 //! Requests refused by Frenly itself before the detectors (a ban) never
 //! reach the engine again, so a banned client cannot renew its own ban;
@@ -307,6 +312,84 @@ impl Engine {
 /// Incident state in `AppState`.
 pub struct Incidents {
     pub engine: Engine,
+    /// Detections waiting for the recorder (bounded: [`QUEUE`]).
+    queue: tokio::sync::mpsc::Sender<Pending>,
+    /// The recorder's end, taken when it starts (at the first detection).
+    receiver: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Pending>>>,
+    /// Detections that found the queue full, folded per kind.
+    overflow: std::sync::Mutex<Vec<Group>>,
+}
+
+/// Detections waiting for the recorder at most; beyond, they are folded
+/// into one aggregated incident per kind (count and a sample of addresses).
+pub const QUEUE: usize = 4096;
+/// Detections the recorder takes at once (one transaction of incident rows).
+const BATCH: usize = 512;
+/// Addresses named in an aggregated incident.
+pub const SAMPLE: usize = 10;
+
+/// A detection on its way to the recorder.
+struct Pending {
+    key: IpAddr,
+    det: Detection,
+    ctx: Context,
+    ban: Option<BanRecord>,
+    now: i64,
+}
+
+/// Identical detections (same kind, details and user, no ban) recorded as
+/// one incident: how many, and the first [`SAMPLE`] addresses.
+#[derive(Debug)]
+pub struct Group {
+    pub kind: Kind,
+    pub details: Value,
+    pub user_id: Option<String>,
+    pub request_id: Option<String>,
+    pub audit: bool,
+    pub alert: bool,
+    pub count: u64,
+    pub addresses: Vec<IpAddr>,
+}
+
+impl Group {
+    fn of(key: IpAddr, det: &Detection, ctx: &Context) -> Group {
+        Group {
+            kind: det.kind,
+            details: det.details.clone(),
+            user_id: ctx.user_id.clone(),
+            request_id: ctx.request_id.clone(),
+            audit: det.audit,
+            alert: det.alert,
+            count: 1,
+            addresses: vec![key],
+        }
+    }
+
+    fn same(&self, det: &Detection, ctx: &Context) -> bool {
+        self.kind == det.kind && self.details == det.details && self.user_id == ctx.user_id
+    }
+
+    fn add(&mut self, key: IpAddr, n: u64) {
+        self.count = self.count.saturating_add(n);
+        if self.addresses.len() < SAMPLE && !self.addresses.contains(&key) {
+            self.addresses.push(key);
+        }
+    }
+}
+
+/// Fold detections without a ban into groups of identical ones, in order of
+/// their first appearance.
+pub fn fold<'a>(
+    items: impl IntoIterator<Item = (IpAddr, &'a Detection, &'a Context)>,
+) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for (key, det, ctx) in items {
+        match groups.iter_mut().find(|g| g.same(det, ctx)) {
+            Some(g) => g.add(key, 1),
+            None => groups.push(Group::of(key, det, ctx)),
+        }
+    }
+    groups
 }
 
 /// Who and what a signal is about, besides the address.
@@ -318,9 +401,49 @@ pub struct Context {
 
 impl Incidents {
     pub fn new(cfg: &Config) -> Incidents {
+        let (queue, receiver) = tokio::sync::mpsc::channel(QUEUE);
         Incidents {
             engine: Engine::new(cfg),
+            queue,
+            receiver: std::sync::Mutex::new(Some(receiver)),
+            overflow: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Start the recorder if it is not running: one task for the process,
+    /// holding the state weakly (it ends with it).
+    fn start(&self, state: &AppState) {
+        let rx = match self.receiver.lock() {
+            Ok(mut r) => r.take(),
+            Err(_) => None,
+        };
+        if let Some(rx) = rx {
+            tokio::spawn(record(std::sync::Arc::downgrade(&state.0), rx));
+        }
+    }
+
+    /// Fold a detection the queue had no room for.
+    fn overflowed(&self, p: &Pending) {
+        if let Ok(mut o) = self.overflow.lock() {
+            match o.iter_mut().find(|g| g.kind == p.det.kind) {
+                Some(g) => g.add(p.key, 1),
+                None => {
+                    let mut g = Group::of(p.key, &p.det, &p.ctx);
+                    // the kind's incidents differ in their details: keep none
+                    g.details = json!({});
+                    g.user_id = None;
+                    g.request_id = None;
+                    o.push(g);
+                }
+            }
+        }
+    }
+
+    fn take_overflow(&self) -> Vec<Group> {
+        self.overflow
+            .lock()
+            .map(|mut o| std::mem::take(&mut *o))
+            .unwrap_or_default()
     }
 
     /// Feed a signal; apply the detection's ban now (in memory, and in Redis
@@ -372,10 +495,161 @@ impl Incidents {
                 ban = Some(rec);
             }
         }
-        let state = state.clone();
-        tokio::spawn(async move {
-            respond(&state, key, det, ctx, ban, now).await;
+        self.start(state);
+        let p = Pending {
+            key,
+            det,
+            ctx,
+            ban,
+            now,
+        };
+        if p.ban.is_some() {
+            // a ban's row must be written: wait for room (only the banned
+            // address's own request waits)
+            if let Err(e) = self.queue.send(p).await {
+                respond(state, e.0.key, e.0.det, e.0.ctx, e.0.ban, e.0.now).await;
+            }
+            return;
+        }
+        match self.queue.try_send(p) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(p)) => self.overflowed(&p),
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(p)) => {
+                respond(state, p.key, p.det, p.ctx, p.ban, p.now).await;
+            }
+        }
+    }
+}
+
+/// The recorder: takes up to [`BATCH`] detections at once; those with a ban
+/// are answered one by one, the rest folded into groups of identical ones
+/// (one incident each, with the count and a sample of addresses when more
+/// than one), stored in one transaction, then audited and alerted.
+/// Every second it also records what found the queue full.
+async fn record(
+    state: std::sync::Weak<crate::app::AppInner>,
+    mut rx: tokio::sync::mpsc::Receiver<Pending>,
+) {
+    let mut buf = Vec::with_capacity(BATCH);
+    loop {
+        let got = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            rx.recv_many(&mut buf, BATCH),
+        )
+        .await;
+        if matches!(got, Ok(0)) {
+            return;
+        }
+        let Some(inner) = state.upgrade() else {
+            return;
+        };
+        let state = AppState(inner);
+        let mut plain = Vec::new();
+        for p in buf.drain(..) {
+            if p.ban.is_some() {
+                respond(&state, p.key, p.det, p.ctx, p.ban, p.now).await;
+            } else {
+                plain.push(p);
+            }
+        }
+        let now = plain.first().map_or_else(crate::store::now_ms, |p| p.now);
+        let mut groups = fold(plain.iter().map(|p| (p.key, &p.det, &p.ctx)));
+        groups.extend(state.incidents.take_overflow());
+        if !groups.is_empty() {
+            record_groups(&state, groups, now).await;
+        }
+    }
+}
+
+/// Store, audit and alert `groups` (one incident each).
+async fn record_groups(state: &AppState, groups: Vec<Group>, now: i64) {
+    let group_v6 = state.network.group_v6;
+    let mut rows = Vec::with_capacity(groups.len());
+    let mut folded = 0u64;
+    for g in &groups {
+        let mut details = g.details.clone();
+        let ip = if g.count == 1 {
+            g.addresses.first().map(|a| key_string(*a, group_v6))
+        } else {
+            folded = folded.saturating_add(g.count);
+            if let Some(o) = details.as_object_mut() {
+                o.insert("aggregated".into(), true.into());
+                o.insert("count".into(), g.count.into());
+                o.insert(
+                    "addresses".into(),
+                    json!(g
+                        .addresses
+                        .iter()
+                        .map(|a| key_string(*a, group_v6))
+                        .collect::<Vec<_>>()),
+                );
+            }
+            None
+        };
+        let mut actions = Vec::new();
+        if g.audit {
+            actions.push("audit".to_string());
+        }
+        if g.alert {
+            actions.push("alert".to_string());
+        }
+        rows.push(crate::store::incidents::IncidentRow {
+            id: crate::store::new_id(),
+            kind: g.kind.as_str().to_string(),
+            ip,
+            user_id: g.user_id.clone(),
+            details,
+            actions,
+            created_at: now,
         });
+    }
+    if folded > 0 {
+        state.metrics.incidents_aggregated.inc_by(folded);
+        tracing::warn!(
+            incidents = folded,
+            rows = rows.len(),
+            "incident flood: identical incidents recorded as aggregated incidents"
+        );
+    }
+    if let Err(e) = crate::store::incidents::insert_many(&state.db, &rows).await {
+        tracing::error!(error = %e, rows = rows.len(), "cannot store incidents");
+    }
+    for (g, row) in groups.iter().zip(&rows) {
+        let event = |t: &'static str| {
+            let mut ev = AuditEvent::new(t).user(row.user_id.clone());
+            if let Some(ip) = &row.ip {
+                ev = ev.ip(ip);
+            }
+            if g.count == 1 {
+                if let Some(r) = &g.request_id {
+                    ev = ev.request_id(r.clone());
+                }
+            }
+            ev
+        };
+        state
+            .audit
+            .record(
+                event("incident")
+                    .field("incident_id", row.id.clone())
+                    .field("kind", row.kind.clone())
+                    .field("actions", json!(row.actions))
+                    .field("details", row.details.clone()),
+            )
+            .await;
+        if g.audit {
+            state
+                .audit
+                .record(
+                    event("security_violation")
+                        .field("violation_type", row.kind.clone())
+                        .field("details", row.details.clone()),
+                )
+                .await;
+        }
+        if g.alert {
+            state.alerts.send(alert_body(row));
+        }
     }
 }
 
@@ -596,5 +870,26 @@ mod tests {
         let d = e.observe(ip(1), &s, 0).unwrap();
         assert_eq!((d.kind, d.ban, d.alert), (Kind::Ddos, false, true));
         assert!(e.observe(ip(1), &s, 1).is_some());
+    }
+
+    /// probe-G #2: a flood of first blocks from new addresses was one
+    /// incident row (and one statement on SQLite's one connection) each.
+    /// Identical detections taken together are one incident with a count
+    /// and a sample of addresses; different ones stay apart.
+    #[test]
+    fn identical_detections_fold_into_one_group_with_a_count_and_a_sample() {
+        let e = engine("");
+        let ctx = Context::default();
+        let mut dets = Vec::new();
+        for n in 1..=30u8 {
+            dets.push((ip(n), e.observe(ip(n), &block("sqli"), 0).unwrap()));
+        }
+        dets.push((ip(31), e.observe(ip(31), &block("xss"), 0).unwrap()));
+        let groups = fold(dets.iter().map(|(k, d)| (*k, d, &ctx)));
+        assert_eq!(groups.len(), 2);
+        assert_eq!((groups[0].kind, groups[0].count), (Kind::SqlInjection, 30));
+        assert_eq!(groups[0].addresses.len(), SAMPLE);
+        assert_eq!(groups[0].addresses[0], ip(1));
+        assert_eq!((groups[1].kind, groups[1].count), (Kind::XssAttempt, 1));
     }
 }

@@ -60,6 +60,14 @@ pub struct Metrics {
     /// The alert channel's counters (`monitoring::alerts`).
     pub alerts: crate::monitoring::alerts::AlertCounters,
     pub ws_connections: Gauge,
+    /// Bytes held in buffered request bodies (`apisec::budget`).
+    pub body_budget_used: Gauge,
+    /// Requests refused because the body budget was spent.
+    pub body_budget_refused: Counter,
+    /// Incidents recorded as part of an aggregated incident (a flood).
+    pub incidents_aggregated: Counter,
+    /// Active bans evicted by newer ones past `limits.max_bans`.
+    pub bans_evicted: Gauge,
     /// 1 when Redis (if configured) is reachable.
     pub redis_up: Gauge,
 }
@@ -113,6 +121,30 @@ impl Metrics {
             "open WebSocket connections",
             ws_connections.clone(),
         );
+        let body_budget_used = Gauge::default();
+        registry.register(
+            "body_budget_used_bytes",
+            "bytes held in buffered request bodies (limits.body_budget_bytes)",
+            body_budget_used.clone(),
+        );
+        let body_budget_refused = Counter::default();
+        registry.register(
+            "body_budget_refused",
+            "requests answered 503 because the request body budget was spent",
+            body_budget_refused.clone(),
+        );
+        let incidents_aggregated = Counter::default();
+        registry.register(
+            "incidents_aggregated",
+            "incidents recorded inside an aggregated incident (count and sample of addresses)",
+            incidents_aggregated.clone(),
+        );
+        let bans_evicted = Gauge::default();
+        registry.register(
+            "bans_evicted",
+            "active bans evicted by newer bans past limits.max_bans, since the start",
+            bans_evicted.clone(),
+        );
         let redis_up = Gauge::default();
         registry.register("redis_up", "1 when Redis is reachable", redis_up.clone());
         let alerts = crate::monitoring::alerts::AlertCounters::default();
@@ -150,6 +182,10 @@ impl Metrics {
             audit_queue_depth,
             audit_backpressure,
             ws_connections,
+            body_budget_used,
+            body_budget_refused,
+            incidents_aggregated,
+            bans_evicted,
             redis_up,
             alerts,
         }

@@ -100,7 +100,10 @@ fn escalated(base: u64, cap: u64, offences: i64) -> u64 {
 pub struct Bans {
     map: RwLock<HashMap<IpAddr, BanRecord, DefaultHashBuilder>>,
     len: AtomicUsize,
+    /// `limits.max_bans`: its own cap, never the tracked clients'.
     capacity: usize,
+    /// Active bans evicted by newer ones past the cap.
+    evicted: std::sync::atomic::AtomicU64,
     /// How long offences are remembered after a ban ends.
     memory_ms: i64,
 }
@@ -111,6 +114,7 @@ impl Bans {
             map: RwLock::new(HashMap::default()),
             len: AtomicUsize::new(0),
             capacity: capacity.max(1),
+            evicted: std::sync::atomic::AtomicU64::new(0),
             memory_ms: (memory_seconds.min(i64::MAX as u64 / 1000) * 1000) as i64,
         }
     }
@@ -162,6 +166,16 @@ impl Bans {
                 break;
             };
             map.remove(&k);
+            let n = self.evicted.fetch_add(1, Ordering::Relaxed) + 1;
+            // the soonest to end goes; an operator should know bans are
+            // being cut short (logged at the first and every 1,000th)
+            if n == 1 || n.is_multiple_of(1000) {
+                tracing::warn!(
+                    evicted = n,
+                    cap = self.capacity,
+                    "ban table full (limits.max_bans): the ban that ends soonest was evicted for a newer one"
+                );
+            }
         }
     }
 
@@ -266,6 +280,11 @@ impl Bans {
         cutoff
     }
 
+    /// Active bans evicted by newer ones past the cap, since the start.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
     /// Entries held (active or remembered).
     pub fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
@@ -348,6 +367,7 @@ mod tests {
             );
         }
         assert_eq!(b.len(), 3);
+        assert_eq!(b.evicted(), 27);
         // the longest bans are kept
         assert!(b.check(&IpAddr::from([10, 0, 0, 29]), 1).is_some());
     }

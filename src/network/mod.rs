@@ -162,7 +162,7 @@ impl Network {
                     l.max_tracked_clients,
                 )
             }),
-            bans: Arc::new(Bans::new(l.max_tracked_clients, l.ddos.max_ban_seconds)),
+            bans: Arc::new(Bans::new(l.max_bans, l.ddos.max_ban_seconds)),
             ddos_ban: Length::Escalating {
                 base: l.ddos.ban_seconds,
                 cap: l.ddos.max_ban_seconds,
@@ -304,6 +304,10 @@ pub async fn record_ban(
         .metrics
         .active_bans
         .set(state.network.bans.active_count(crate::store::now_ms()) as i64);
+    state
+        .metrics
+        .bans_evicted
+        .set(i64::try_from(state.network.bans.evicted()).unwrap_or(i64::MAX));
     let mut ev = AuditEvent::new("ban_added")
         .ip(&ip)
         .user(by)

@@ -33,6 +33,33 @@ pub async fn insert(db: &Db, row: &IncidentRow) -> Result<()> {
     Ok(())
 }
 
+/// Store `rows` in one transaction (multi-row statements of at most 64).
+pub async fn insert_many(db: &Db, rows: &[IncidentRow]) -> Result<()> {
+    const COLS: usize = 7;
+    let mut tx = db.pool.begin().await?;
+    for chunk in rows.chunks(64) {
+        let sql = super::insert_values_sql(
+            "INSERT INTO incidents (id, kind, ip, user_id, details, action, created_at)",
+            chunk.len(),
+            COLS,
+        );
+        let mut q = sqlx::query(&sql);
+        for row in chunk {
+            q = q
+                .bind(&row.id)
+                .bind(&row.kind)
+                .bind(&row.ip)
+                .bind(&row.user_id)
+                .bind(row.details.to_string())
+                .bind(serde_json::to_string(&row.actions).unwrap_or_else(|_| "[]".into()))
+                .bind(row.created_at);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Newest first. `kind` and `before_id` filter when non-empty (ids are
 /// time-ordered, so `before_id` is the cursor).
 pub async fn list(db: &Db, kind: &str, before_id: &str, limit: i64) -> Result<Vec<IncidentRow>> {

@@ -376,3 +376,101 @@ async fn ten_thousand_forwarded_addresses_keep_memory_bounded() {
     assert!(after < before + 100 * 1024);
     legit_ok(&s).await;
 }
+
+/// The value of an unlabelled metric in `/metrics` text.
+fn metric(text: &str, name: &str) -> Option<i64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// probe-G #1: stalled uploads each inside every per-address limit held
+/// `max_connections` x `body_max_bytes` of memory. Buffered bodies share
+/// one budget (here two 32 KiB bodies and 8 KiB); a request whose body does
+/// not fit is answered 503 at once, and the budget comes back when the
+/// stalled uploads end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_spend_the_body_budget_then_others_get_503_not_memory() {
+    let s = TestServer::with(Opts::default().config(
+        "[network]\nlisten = \"127.0.0.1:0\"\ntls = false\n\
+         [limits]\nallowlist = [\"127.0.0.1/32\"]\nbody_max_bytes = 32768\nbody_budget_bytes = 73728\n\
+         body_budget_per_address_bytes = 73728\n",
+    ))
+    .await;
+    let head = "POST /api/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 32768\r\n\r\n";
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(head.as_bytes()).await.unwrap();
+        let mut body = b"{\"title\":\"".to_vec();
+        body.resize(30_000, b'a');
+        c.write_all(&body).await.unwrap();
+        stalled.push(c);
+    }
+    crate::common::wait_for("the stalled bodies to be buffered", || async {
+        let used = metric(&s.metrics_text().await, "frenly_body_budget_used_bytes")?;
+        // each takes its declared length at its first byte
+        (used == 65_536).then_some(())
+    })
+    .await;
+    let big = serde_json::json!({"title": "big", "description": "x".repeat(10_000)});
+    let r = s.admin_post("/api/tasks", &big).send().await.unwrap();
+    let retry = r.headers().get("retry-after").cloned();
+    let (status, code, _) = crate::common::error_code(r).await;
+    assert_eq!((status, code.as_str()), (503, "unavailable"));
+    assert!(retry.is_some(), "503 without Retry-After");
+    let text = s.metrics_text().await;
+    assert_eq!(metric(&text, "frenly_body_budget_refused_total"), Some(1));
+    // a small body still fits beside them
+    let r = s
+        .admin_post("/api/tasks", &serde_json::json!({"title": "small"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    drop(stalled);
+    crate::common::wait_for("the budget to come back", || async {
+        let used = metric(&s.metrics_text().await, "frenly_body_budget_used_bytes")?;
+        (used == 0).then_some(())
+    })
+    .await;
+    let r = s.admin_post("/api/tasks", &big).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+}
+
+/// One address's stalled uploads take at most its share of the body
+/// budget (`limits.body_budget_per_address_bytes`): its next body is 503,
+/// another address's is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_its_share_of_the_body_budget() {
+    let s = TestServer::with(Opts::default().config(
+        "[network]\nlisten = \"127.0.0.1:0\"\ntls = false\n\
+         [limits]\nallowlist = [\"127.0.0.0/8\"]\nbody_max_bytes = 32768\nbody_budget_bytes = 200000\n\
+         body_budget_per_address_bytes = 40000\n",
+    ))
+    .await;
+    let mut stalled = TcpStream::connect(s.addr).await.unwrap();
+    stalled
+        .write_all(b"POST /api/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 32768\r\n\r\n{\"title\":\"")
+        .await
+        .unwrap();
+    crate::common::wait_for("the stalled body to be buffered", || async {
+        let used = metric(&s.metrics_text().await, "frenly_body_budget_used_bytes")?;
+        (used == 32_768).then_some(())
+    })
+    .await;
+    let big = serde_json::json!({"title": "big", "description": "x".repeat(10_000)});
+    let r = s.admin_post("/api/tasks", &big).send().await.unwrap();
+    let (status, code, _) = crate::common::error_code(r).await;
+    assert_eq!((status, code.as_str()), (503, "unavailable"));
+    let other = crate::common::client_from(&s.data_dir(), false, [127, 0, 0, 2].into());
+    let r = other
+        .post(s.url("/api/tasks"))
+        .header("X-API-Key", s.admin())
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    drop(stalled);
+}

@@ -879,3 +879,35 @@ mod in_process {
         assert_eq!((st, code.as_str()), (403, "ip_banned"));
     }
 }
+
+/// probe-G #3: bans were capped by `limits.max_tracked_clients`, so an
+/// attacker with more addresses than that freed its first-banned address
+/// by getting newer ones banned. Bans have their own cap
+/// (`limits.max_bans`): many bans past the tracked clients' cap keep the
+/// first one.
+#[tokio::test]
+async fn bans_past_the_tracked_clients_cap_do_not_evict_earlier_bans() {
+    let s = TestServer::with(Opts::default().config(
+        "[network]\nlisten = \"127.0.0.1:0\"\ntls = false\ntrusted_proxies = [\"127.0.0.0/8\"]\n\
+         [limits]\nmax_tracked_clients = 5\n[ids]\nthreshold = 1\n",
+    ))
+    .await;
+    let attack = |n: u32| {
+        s.get("/api/tasks?q=%27%20or%201%3D1--")
+            .header(
+                "X-Forwarded-For",
+                format!("198.51.{}.{}", n / 250, n % 250 + 1),
+            )
+            .send()
+    };
+    assert_eq!(attack(0).await.unwrap().status(), 403);
+    let first = attack(0).await.unwrap();
+    let (_, code, _) = crate::common::error_code(first).await;
+    assert_eq!(code, "ip_banned");
+    for n in 1..40 {
+        assert_eq!(attack(n).await.unwrap().status(), 403);
+    }
+    let again = attack(0).await.unwrap();
+    let (status, code, _) = crate::common::error_code(again).await;
+    assert_eq!((status, code.as_str()), (403, "ip_banned"));
+}

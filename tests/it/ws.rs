@@ -497,3 +497,58 @@ async fn a_clients_close_is_answered() {
     let frame = answer.expect("the connection ended without a Close");
     assert_eq!(frame.map(|f| u16::from(f.code)), Some(1000));
 }
+
+/// probe-G #4: the events socket only sends, yet every frame a client sent
+/// was read and discarded without limit (3 million a second from four
+/// sockets). A client past its inbound share is closed with 1008 and
+/// audited; one within it stays open.
+#[tokio::test]
+async fn a_client_flooding_the_events_socket_is_closed_with_1008() {
+    use futures_util::SinkExt;
+    let s = start().await;
+    let key = crate::common::user_key(&s, "wsflood", &["readonly"]).await;
+    let mut calm = connect(&s, Some(&key)).await.unwrap();
+    for _ in 0..5 {
+        calm.send(Message::Text("hello".into())).await.unwrap();
+    }
+    let mut ws = connect(&s, Some(&key)).await.unwrap();
+    let mut closed = None;
+    for _ in 0..1000 {
+        if ws.send(Message::Text("x".into())).await.is_err() {
+            break;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Ok(Some(m)) = tokio::time::timeout(
+        deadline.saturating_duration_since(Instant::now()),
+        ws.next(),
+    )
+    .await
+    {
+        match m {
+            Ok(Message::Close(Some(f))) => {
+                closed = Some((u16::from(f.code), f.reason.to_string()));
+                break;
+            }
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    assert_eq!(closed, Some((1008, "too many messages".to_string())));
+    crate::common::audit_line(&s, "the flood's security_violation", |l| {
+        l.contains("ws_message_flood")
+    })
+    .await;
+    // the calm client was not closed: it still answers a ping
+    calm.send(Message::Ping(vec![1].into())).await.unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(m)) = calm.next().await {
+            if matches!(m, Message::Pong(_)) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(pong, Ok(true));
+}
