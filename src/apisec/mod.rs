@@ -229,17 +229,17 @@ pub async fn admit(state: &AppState, req: Request) -> Result<Request, Response> 
         return Ok(req);
     }
     let (parts, body) = req.into_parts();
-    let (bytes, body) = if gateway_limit.is_some() {
+    let (bytes, body, truncated) = if gateway_limit.is_some() {
         let window = state.apisec.ids.inspect_window();
         match crate::gateway::body::read_window(body, window, body_max, state.apisec.body_timeout)
             .await
         {
-            Ok((head, body)) => (head.slice(..head.len().min(window)), body),
+            Ok((head, body, truncated)) => (head.slice(..head.len().min(window)), body, truncated),
             Err(e) => return Err(e.into_response()),
         }
     } else {
         match read_body(&state.apisec, &parts, body).await {
-            Ok(b) => (b.clone(), Body::from(b)),
+            Ok(b) => (b.clone(), Body::from(b), false),
             Err(e) => return Err(e.into_response()),
         }
     };
@@ -247,10 +247,11 @@ pub async fn admit(state: &AppState, req: Request) -> Result<Request, Response> 
         .extensions
         .get::<axum::extract::MatchedPath>()
         .map(|m| m.as_str());
-    let verdict = state
-        .apisec
-        .ids
-        .inspect_routed(&ids::RequestView::from_parts(&parts, &bytes), route);
+    let verdict = state.apisec.ids.inspect_window_of(
+        &ids::RequestView::from_parts(&parts, &bytes),
+        route,
+        truncated,
+    );
     match verdict {
         Err(e) => return Err(ApiError::from(e).into_response()),
         // a clean request (nearly all) has nothing to audit: no strings built

@@ -28,16 +28,18 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Buffer at most `window` bytes of `body` (plus the rest of the frame that
 /// crosses it) within `timeout`. Returns the buffered bytes and the whole
 /// body again (the bytes replayed, then the rest, streamed). More than
-/// `limit` bytes in the buffered part -> 413.
+/// `limit` bytes in the buffered part -> 413. The flag says whether the
+/// body may go on past the first `window` bytes (the window is then a cut
+/// prefix of it).
 pub async fn read_window(
     mut body: Body,
     window: usize,
     limit: usize,
     timeout: Duration,
-) -> Result<(Bytes, Body), ApiError> {
+) -> Result<(Bytes, Body, bool), ApiError> {
     use http_body::Body as _;
     if body.is_end_stream() {
-        return Ok((Bytes::new(), Body::empty()));
+        return Ok((Bytes::new(), Body::empty(), false));
     }
     let mut buf = BytesMut::new();
     let deadline = tokio::time::Instant::now() + timeout;
@@ -65,7 +67,9 @@ pub async fn read_window(
         }
     }
     let head = buf.freeze();
-    let rest = if ended || body.is_end_stream() {
+    let ended = ended || body.is_end_stream();
+    let truncated = head.len() > window || !ended;
+    let rest = if ended {
         Body::from(head.clone())
     } else {
         Body::new(Prefixed {
@@ -73,7 +77,7 @@ pub async fn read_window(
             rest: body,
         })
     };
-    Ok((head, rest))
+    Ok((head, rest, truncated))
 }
 
 /// The buffered head of a body, then the rest of it.

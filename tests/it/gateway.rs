@@ -177,6 +177,12 @@ permission = "write:agent"
 free_text = [{OPENAI_FREE_TEXT}]
 
 [[gateway.routes]]
+prefix = "/anth/"
+upstream = "http://{up}"
+permission = "write:agent"
+free_text = [{ANTHROPIC_FREE_TEXT}]
+
+[[gateway.routes]]
 prefix = "/strip"
 upstream = "http://{up}/base/"
 permission = "read:tasks"
@@ -201,19 +207,18 @@ upstream = "http://127.0.0.1:{down}"
 permission = "read:tasks"
 "#,
         down = closed_port(),
-        OPENAI_FREE_TEXT = OPENAI_FREE_TEXT
-            .iter()
-            .map(|f| format!("{f:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        OPENAI_FREE_TEXT = toml_list(OPENAI_FREE_TEXT),
+        ANTHROPIC_FREE_TEXT = toml_list(ANTHROPIC_FREE_TEXT),
     )
 }
 
 /// docs/GATEWAY.md's free-text list for OpenAI-compatible APIs, as written
 /// there.
 const OPENAI_FREE_TEXT: &[&str] = &[
-    "messages[].content",
+    "messages[].content:string",
+    "messages[].content[].text",
     "messages[].tool_calls[].function.arguments",
+    "messages[].function_call.arguments",
     "tools[].function.description",
     "tools[].function.parameters",
     "tools[].description",
@@ -222,11 +227,38 @@ const OPENAI_FREE_TEXT: &[&str] = &[
     "functions[].parameters",
     "response_format.json_schema",
     "text.format.schema",
-    "prediction.content",
+    "prediction.content:string",
+    "prediction.content[].text",
     "prompt",
-    "input",
+    "input:string",
+    "input[]:string",
+    "input[].content:string",
+    "input[].content[].text",
+    "input[].arguments",
+    "input[].output:string",
+    "input[].output[].text",
     "instructions",
 ];
+
+/// docs/GATEWAY.md's free-text list for Anthropic's messages API.
+const ANTHROPIC_FREE_TEXT: &[&str] = &[
+    "system:string",
+    "system[].text",
+    "messages[].content:string",
+    "messages[].content[].text",
+    "messages[].content[].input",
+    "messages[].content[].content:string",
+    "messages[].content[].content[].text",
+    "tools[].description",
+    "tools[].input_schema",
+];
+
+fn toml_list(list: &[&str]) -> String {
+    list.iter()
+        .map(|f| format!("{f:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 async fn setup() -> (TestServer, Upstream) {
     let (addr, u) = start_upstream().await;
@@ -982,6 +1014,86 @@ async fn an_agents_tool_calling_turn_passes_the_documented_openai_free_text() {
     assert_eq!(u.hits.load(Ordering::SeqCst), 3);
 }
 
+/// The documented lists name the text leaves, not whole content subtrees:
+/// code in text, tool arguments and tool output passes, while a URL the
+/// model server fetches (an SSRF target), a content part's `type`, a role,
+/// a tool's name or a call id inside the content is structure and blocked.
+#[tokio::test]
+async fn urls_roles_and_names_inside_model_content_are_structure() {
+    let (s, u) = setup().await;
+    let post = |path: &'static str, body: Value| {
+        s.post(path)
+            .header("X-API-Key", s.admin())
+            .json(&body)
+            .send()
+    };
+    let code = "SELECT * FROM users WHERE 1=1; cat /etc/passwd | sh; <script>alert(1)</script>";
+    let meta = "http://169.254.169.254/latest/meta-data/iam/security-credentials/";
+    let chat = json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": code},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    ]}]});
+    let responses = json!({"model": "m", "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": code},
+                                     {"type": "input_image", "image_url": "https://example.com/cat.png"}]},
+        {"type": "function_call", "call_id": "call_1", "name": "run_shell", "arguments": format!("{{\"cmd\": \"{code}\"}}")},
+        {"type": "function_call_output", "call_id": "call_1", "output": code}
+    ]});
+    let anthropic = json!({"model": "claude", "system": code, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": code},
+            {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "bash", "input": {"command": code}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": code}]}
+    ]});
+    for (path, body) in [
+        ("/oai/chat/completions", chat.clone()),
+        ("/oai/responses", responses.clone()),
+        ("/anth/messages", anthropic.clone()),
+    ] {
+        let r = post(path, body).await.unwrap();
+        assert_eq!(r.status(), 201, "{path}");
+    }
+    assert_eq!(u.hits.load(Ordering::SeqCst), 3);
+    let mut bad: Vec<(&'static str, Value)> = Vec::new();
+    let mut b = chat.clone();
+    b["messages"][0]["content"][1]["image_url"]["url"] = json!(meta);
+    bad.push(("/oai/chat/completions", b));
+    let mut b = chat.clone();
+    b["messages"][0]["content"][0]["type"] = json!("../../etc/passwd");
+    bad.push(("/oai/chat/completions", b));
+    let mut b = responses.clone();
+    b["input"][0]["content"][1]["image_url"] = json!(meta);
+    bad.push(("/oai/responses", b));
+    let mut b = responses.clone();
+    b["input"][0]["content"][1] =
+        json!({"type": "input_file", "file_url": "http://127.0.0.1:2375/containers/json"});
+    bad.push(("/oai/responses", b));
+    let mut b = responses.clone();
+    b["input"][0]["role"] = json!("<script>alert(1)</script>");
+    bad.push(("/oai/responses", b));
+    let mut b = responses.clone();
+    b["input"][1]["name"] = json!("x' UNION SELECT password FROM users--");
+    bad.push(("/oai/responses", b));
+    let mut b = responses.clone();
+    b["input"][2]["call_id"] = json!("../../etc/passwd");
+    bad.push(("/oai/responses", b));
+    let mut b = anthropic.clone();
+    b["messages"][0]["content"][1]["source"]["url"] = json!(meta);
+    bad.push(("/anth/messages", b));
+    let mut b = anthropic.clone();
+    b["messages"][1]["content"][0]["name"] = json!("x' UNION SELECT password FROM users--");
+    bad.push(("/anth/messages", b));
+    let mut b = anthropic.clone();
+    b["messages"][2]["content"][0]["tool_use_id"] = json!("../../etc/passwd");
+    bad.push(("/anth/messages", b));
+    for (path, body) in bad {
+        let shown = body.to_string();
+        let (status, code, _) = error_code(post(path, body).await.unwrap()).await;
+        assert_eq!((status, code.as_str()), (403, "request_blocked"), "{shown}");
+    }
+    assert_eq!(u.hits.load(Ordering::SeqCst), 3);
+}
+
 #[tokio::test]
 async fn compressed_bodies_are_refused_before_the_upstream() {
     // The IDS would see only the coded bytes of a body the upstream may
@@ -1112,6 +1224,53 @@ async fn streamed_bodies_are_inspected_only_in_the_window_and_counted() {
     )
     .await;
     assert_eq!((status, code.as_str()), (413, "payload_too_large"));
+}
+
+/// A JSON body longer than the inspection window (1 KB here) is walked as
+/// a prefix: free text stays free text however long the body is (it was
+/// inspected whole as text, code blocked, the client banned), structure in
+/// the window is still blocked.
+#[tokio::test]
+async fn free_text_stays_free_past_the_inspection_window() {
+    let (s, u) = setup().await;
+    let code = "SELECT password FROM users WHERE name = '' OR 1=1 --; cat /etc/passwd | sh; <script>alert(1)</script>\n";
+    let history: Vec<Value> = (0..40)
+        .map(|i| json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": code.repeat(5)}))
+        .collect();
+    let body = json!({"model": "llama3", "messages": history}).to_string();
+    assert!(body.len() > 20 * 1024);
+    for _ in 0..3 {
+        let r = s
+            .post("/oai/chat/completions")
+            .header("X-API-Key", s.admin())
+            .header("Content-Type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    assert_eq!(u.hits.load(Ordering::SeqCst), 3);
+    // the same history behind SQL in a structured field of the window
+    let bad = json!({"messages": history, "model": "x"})
+        .to_string()
+        .replacen(
+            "\"role\":\"user\"",
+            "\"role\":\"x' UNION SELECT password FROM users--\"",
+            1,
+        );
+    let (status, code, _) = error_code(
+        s.post("/oai/chat/completions")
+            .header("X-API-Key", s.admin())
+            .header("Content-Type", "application/json")
+            .body(bad)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (403, "request_blocked"));
+    assert_eq!(u.hits.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]
