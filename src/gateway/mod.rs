@@ -470,6 +470,7 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
         request_id: request_id.clone(),
         user: user.clone(),
         max_message: route.body_max,
+        upstream: route.authority.to_string(),
     });
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     // an upgraded connection's credential is checked again while it lasts

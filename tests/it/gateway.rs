@@ -99,6 +99,18 @@ async fn ws_echo(ws: WebSocketUpgrade) -> Response {
     ws.on_upgrade(|mut socket| async move {
         while let Some(Ok(msg)) = socket.recv().await {
             let echo = match msg {
+                // one message (one frame) of N bytes from the upstream
+                AxMessage::Text(t) if t.as_str().starts_with("big:") => {
+                    let n: usize = t.as_str()[4..].parse().unwrap_or(0);
+                    let _ = socket.send(AxMessage::Binary(vec![b'x'; n].into())).await;
+                    continue;
+                }
+                AxMessage::Binary(b) => {
+                    if socket.send(AxMessage::Binary(b)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 AxMessage::Text(t) => t,
                 // tells the test a ping reached the upstream
                 AxMessage::Ping(p) => format!("ping:{}", String::from_utf8_lossy(&p)).into(),
@@ -718,6 +730,64 @@ async fn websocket_messages_are_inspected_before_the_upstream() {
             }
             m => panic!("expected close {code}, got {m:?}"),
         }
+    }
+}
+
+/// Binary messages: valid UTF-8 is inspected as text is; other binary is
+/// data and passes (random bytes read as text matched rules by chance, and
+/// the client was banned); an upstream message of one 20 MB frame reaches
+/// the client (the relay's reader took frames up to 16 MiB only).
+#[tokio::test]
+async fn websocket_binary_data_passes_and_big_upstream_frames_are_relayed() {
+    let (s, _u) = setup().await;
+    let (mut ws, _) = open_ws(&s, Some(s.admin())).await.unwrap();
+    // not UTF-8, and holding what the rules match when read as text
+    let mut data = b"\xff\xfe' OR 1=1 -- ; cat /etc/passwd | sh \x00\x80".to_vec();
+    data.extend((0..=255u8).cycle().take(4096));
+    for _ in 0..8 {
+        ws.send(Message::binary(data.clone())).await.unwrap();
+        let got = next_message(&mut ws).await;
+        assert_eq!(got.into_data().as_ref(), data.as_slice());
+    }
+    // an upstream message in one 20 MB frame
+    let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
+    cfg = cfg
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
+    let mut req = format!("wss://{}/v1/ws", s.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("X-API-Key", s.admin().parse().unwrap());
+    let (mut big, _) = tokio_tungstenite::connect_async_tls_with_config(
+        req,
+        Some(cfg),
+        false,
+        Some(connector(&s)),
+    )
+    .await
+    .unwrap();
+    big.send(Message::text("big:20000000")).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), big.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.into_data().len(), 20_000_000);
+    // binary that is UTF-8 is inspected like text
+    ws.send(Message::binary(
+        b"{\"model\": \"x' UNION SELECT password FROM users--\"}".to_vec(),
+    ))
+    .await
+    .unwrap();
+    match next_message(&mut ws).await {
+        Message::Close(Some(f)) => {
+            assert_eq!(
+                (u16::from(f.code), f.reason.as_str()),
+                (1008, "request_blocked")
+            );
+        }
+        m => panic!("expected a policy close, got {m:?}"),
     }
 }
 
