@@ -1824,6 +1824,48 @@ async fn upgraded_bytes_that_look_like_hypers_400_pass_untouched() {
     assert!(!metrics.contains("reason=\"malformed_http\""), "{metrics}");
 }
 
+/// Gateway routes take JSON bodies only, whatever the method: a GET,
+/// DELETE or OPTIONS body is forwarded too.
+#[tokio::test]
+async fn non_json_bodies_are_refused_on_every_method() {
+    let (s, u) = setup().await;
+    for method in ["GET", "DELETE", "OPTIONS", "POST"] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        for ctype in [
+            Some("multipart/form-data; boundary=x"),
+            Some("text/plain"),
+            None,
+        ] {
+            let mut req = s
+                .client
+                .request(m.clone(), s.url("/v1/anything"))
+                .header("X-API-Key", s.admin())
+                .body("--x\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nhi\r\n--x--\r\n");
+            if let Some(c) = ctype {
+                req = req.header("Content-Type", c);
+            }
+            let (status, code, _) = error_code(req.send().await.unwrap()).await;
+            assert_eq!(
+                (status, code.as_str()),
+                (415, "unsupported_media_type"),
+                "{method} {ctype:?}"
+            );
+        }
+        // JSON, and no body at all, still pass
+        let r = s
+            .client
+            .request(m.clone(), s.url("/v1/anything"))
+            .header("X-API-Key", s.admin())
+            .header("Content-Type", "application/json")
+            .body("{\"a\": 1}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{method}");
+    }
+    assert_eq!(u.hits.load(Ordering::SeqCst), 4);
+}
+
 /// Frenly is no forward proxy: `CONNECT` on a gateway route is 405 (before,
 /// the client got no bytes at all and the audit said 200).
 #[tokio::test]
