@@ -151,6 +151,8 @@ pub struct Guarded<B> {
     trip: Trip,
     /// `request` or `response`, for the log line.
     what: &'static str,
+    /// The upstream and the request id, for the log line.
+    log: Option<(String, String)>,
 }
 
 impl<B> Guarded<B> {
@@ -163,7 +165,20 @@ impl<B> Guarded<B> {
             sleep: Box::pin(tokio::time::sleep(idle)),
             trip,
             what,
+            log: None,
         }
+    }
+
+    /// Name the upstream and the request in the log lines of a failure.
+    pub fn logged(mut self, upstream: &str, request_id: &str) -> Self {
+        self.log = Some((upstream.to_string(), request_id.to_string()));
+        self
+    }
+
+    fn log_fields(&self) -> (&str, &str) {
+        self.log
+            .as_ref()
+            .map_or(("", ""), |(u, r)| (u.as_str(), r.as_str()))
     }
 }
 
@@ -193,12 +208,37 @@ where
                 this.sleep.as_mut().reset(next);
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                let e: BoxError = e.into();
+                // a malformed or broken body: the response head may be on
+                // its way already, so the client sees the stream end; the
+                // log says why
+                if this.log.is_some() {
+                    let mut chain = e.to_string();
+                    let mut cur = std::error::Error::source(&*e);
+                    while let Some(c) = cur {
+                        chain.push_str(": ");
+                        chain.push_str(&c.to_string());
+                        cur = c.source();
+                    }
+                    let (upstream, request_id) = this.log_fields();
+                    tracing::warn!(
+                        upstream,
+                        request_id,
+                        body = this.what,
+                        "gateway: upstream body failed: {chain}"
+                    );
+                }
+                Poll::Ready(Some(Err(e)))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 if this.sleep.as_mut().poll(cx).is_ready() {
                     this.trip.set(Trip::IDLE);
+                    let (upstream, request_id) = this.log_fields();
                     tracing::warn!(
+                        upstream,
+                        request_id,
                         body = this.what,
                         idle_seconds = this.idle.as_secs(),
                         "gateway: stream idle longer than the route's timeout_seconds; cut"

@@ -672,7 +672,12 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
     }
     let (mut rparts, rbody) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers, switching && upgrade);
-    let body = Guarded::new(rbody, u64::MAX, route.timeout, Trip::default(), "response");
+    // the client gets the server's own HTTP version (RFC 9110 2.5), not an
+    // HTTP/1.0 upstream's: hyper then frames and keeps the connection as it
+    // does for any response (and answers an HTTP/1.0 client in HTTP/1.0)
+    rparts.version = Version::HTTP_11;
+    let body = Guarded::new(rbody, u64::MAX, route.timeout, Trip::default(), "response")
+        .logged(upstream, &request_id);
     let mut response = Response::from_parts(rparts, Body::new(body));
     response
         .extensions_mut()

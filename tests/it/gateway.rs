@@ -1884,3 +1884,77 @@ async fn connect_on_a_gateway_route_is_405() {
     assert!(out.starts_with("HTTP/1.1 405"), "{out}");
     assert!(out.contains("method_not_allowed"), "{out}");
 }
+
+/// An upstream that answers every request with `answer` and closes.
+async fn raw_upstream(answer: &'static [u8]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = c.write_all(answer).await;
+                let _ = c.flush().await;
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/1.0 upstream's answer reaches an HTTP/1.1 client in HTTP/1.1,
+/// chunked and kept alive (it came close-delimited, in HTTP/1.0); an
+/// upstream body with a malformed chunk leaves a `gateway:` log line naming
+/// the upstream and the request.
+#[tokio::test]
+async fn the_client_gets_frenlys_http_version_and_a_broken_body_is_logged() {
+    use tokio::io::AsyncWriteExt;
+    let old =
+        raw_upstream(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello from 1.0").await;
+    let bad = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\nxx\r\n",
+    )
+    .await;
+    let s = TestServer::with(Opts::default().plain().config(&format!(
+        "[[gateway.routes]]\nprefix = \"/old/\"\nupstream = \"http://{old}\"\npermission = \"read:tasks\"\n\n\
+         [[gateway.routes]]\nprefix = \"/bad/\"\nupstream = \"http://{bad}\"\npermission = \"read:tasks\"\n"
+    )))
+    .await;
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let two = format!(
+        "GET /old/a HTTP/1.1\r\nHost: x\r\nX-API-Key: {k}\r\n\r\n\
+         GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        k = s.admin()
+    );
+    c.write_all(two.as_bytes()).await.unwrap();
+    let got = read_until(&mut c, |_| false).await;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\ntransfer-encoding: chunked\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("hello from 1.0"), "{text}");
+    // kept alive: the second request is answered on the same connection
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
+
+    let r = s.get("/bad/x").header("X-API-Key", s.admin()).send().await;
+    if let Ok(r) = r {
+        assert!(r.bytes().await.is_err());
+    }
+    let log = log_when(&s, |l| l.contains("gateway: upstream body failed")).await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("gateway: upstream body failed"))
+        .unwrap_or_else(|| panic!("no log line: {log}"));
+    assert!(line.contains(&bad.to_string()), "{line}");
+    assert!(line.contains("request_id"), "{line}");
+}
