@@ -12,7 +12,8 @@
 //! `Content-Encoding` other than `identity` -> 415 (it is never decoded
 //! here, so the IDS would see only the coded bytes of what an upstream may
 //! decode: an evasion); a body on a request that is not `application/json`
-//! in UTF-8 -> 415; then the intrusion-detection layer ([`ids`]) inspects
+//! in UTF-8 -> 415 (on a gateway route whatever the method: a GET's body is
+//! forwarded too); then the intrusion-detection layer ([`ids`]) inspects
 //! the request's structure, body included (buffered up to
 //! `limits.body_max_bytes`, then handed on to the handlers unchanged).
 //!
@@ -69,11 +70,19 @@ impl ApiSecurity {
 
     /// The structural checks, before any body byte is read.
     pub fn check_head(&self, req: &Request) -> Result<(), ApiError> {
-        self.check_head_limit(req, self.body_max_bytes)
+        self.check_head_limit(req, self.body_max_bytes, false)
     }
 
-    /// [`ApiSecurity::check_head`] with the body limit of the request's route.
-    pub fn check_head_limit(&self, req: &Request, body_max_bytes: usize) -> Result<(), ApiError> {
+    /// [`ApiSecurity::check_head`] with the body limit of the request's
+    /// route; `gateway`: the route forwards the body whatever the method,
+    /// so a body on any method must be JSON (a GET's multipart upload would
+    /// reach the upstream otherwise).
+    pub fn check_head_limit(
+        &self,
+        req: &Request,
+        body_max_bytes: usize,
+        gateway: bool,
+    ) -> Result<(), ApiError> {
         let headers = req.headers();
         if headers.len() > self.header_max_count {
             return Err(ApiError::HeadersTooLarge);
@@ -125,7 +134,8 @@ impl ApiSecurity {
         if has_body && is_encoded(headers) {
             return Err(ApiError::EncodedBody);
         }
-        let body_method = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
+        let body_method =
+            gateway || matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
         if has_body && body_method {
             let json = headers
                 .get(header::CONTENT_TYPE)
@@ -150,14 +160,7 @@ impl ApiSecurity {
 /// 8.3.1 for HTTP/2; on HTTP/1 Frenly refuses what RFC 9112 3.2.2 resolves
 /// for the target, as readers disagree). A port must fit in 16 bits.
 fn host_is_sound(version: http::Version, uri: &http::Uri, headers: &http::HeaderMap) -> bool {
-    let plain = |a: &http::uri::Authority| {
-        let s = a.as_str();
-        // `port()` is None for a port that does not fit: read the text
-        let port_fits = s.ends_with(']')
-            || s.rsplit_once(':')
-                .is_none_or(|(_, p)| p.parse::<u16>().is_ok());
-        !s.contains('@') && port_fits
-    };
+    let plain = |a: &http::uri::Authority| plain_authority(a.as_str());
     if uri.authority().is_some_and(|a| !plain(a)) {
         return false;
     }
@@ -182,6 +185,49 @@ fn host_is_sound(version: http::Version, uri: &http::Uri, headers: &http::Header
         return false;
     }
     hosts.next().is_none() && plain(&host)
+}
+
+/// One plain `host[:port]`: a reg-name or IPv4 address of unreserved
+/// characters (`A-Z a-z 0-9 - . _ ~`), or an `[IPv6]` literal; a port of
+/// digits without a leading zero, at most 65535. Anything else (a comma
+/// that makes `X-Forwarded-Host` a list, `;`, quotes, `*`, a userinfo)
+/// is not a host some reader downstream agrees on.
+fn plain_authority(s: &str) -> bool {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if v6.is_empty()
+            || !v6
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return false;
+        }
+        match after {
+            "" => return true,
+            a => match a.strip_prefix(':') {
+                Some(p) => ("x", Some(p)),
+                None => return false,
+            },
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && !(p.len() > 1 && p.starts_with('0'))
+            && p.parse::<u16>().is_ok()
+    });
+    host_ok && port_ok
 }
 
 /// No `Transfer-Encoding`, or one field that is exactly `chunked`. hyper
@@ -232,7 +278,10 @@ fn gateway_body_limit(state: &AppState, path: &str) -> Option<usize> {
 pub async fn admit(state: &AppState, req: Request) -> Result<Request, Response> {
     let gateway_limit = gateway_body_limit(state, req.uri().path());
     let body_max = gateway_limit.unwrap_or(state.apisec.body_max_bytes);
-    if let Err(e) = state.apisec.check_head_limit(&req, body_max) {
+    if let Err(e) = state
+        .apisec
+        .check_head_limit(&req, body_max, gateway_limit.is_some())
+    {
         return Err(e.into_response());
     }
     let inspect = state.apisec.ids.active_for(req.uri().path());
@@ -240,7 +289,7 @@ pub async fn admit(state: &AppState, req: Request) -> Result<Request, Response> 
         return Ok(req);
     }
     let (parts, body) = req.into_parts();
-    let (bytes, body) = if gateway_limit.is_some() {
+    let (bytes, body, truncated) = if gateway_limit.is_some() {
         let window = state.apisec.ids.inspect_window();
         match crate::gateway::body::read_window(
             body,
@@ -251,7 +300,7 @@ pub async fn admit(state: &AppState, req: Request) -> Result<Request, Response> 
         )
         .await
         {
-            Ok((head, body)) => (head.slice(..head.len().min(window)), body),
+            Ok((head, body, truncated)) => (head.slice(..head.len().min(window)), body, truncated),
             Err(e) => return Err(body_refused(state, e)),
         }
     } else {
@@ -259,7 +308,7 @@ pub async fn admit(state: &AppState, req: Request) -> Result<Request, Response> 
         // would buffer it anyway, outside the budget
         match read_body(&state.apisec, &parts, body).await {
             Ok(b) if !inspect => return Ok(Request::from_parts(parts, Body::from(b))),
-            Ok(b) => (b.clone(), Body::from(b)),
+            Ok(b) => (b.clone(), Body::from(b), false),
             Err(e) => return Err(body_refused(state, e)),
         }
     };
@@ -267,10 +316,11 @@ pub async fn admit(state: &AppState, req: Request) -> Result<Request, Response> 
         .extensions
         .get::<axum::extract::MatchedPath>()
         .map(|m| m.as_str());
-    let verdict = state
-        .apisec
-        .ids
-        .inspect_routed(&ids::RequestView::from_parts(&parts, &bytes), route);
+    let verdict = state.apisec.ids.inspect_window_of(
+        &ids::RequestView::from_parts(&parts, &bytes),
+        route,
+        truncated,
+    );
     match verdict {
         Err(e) => return Err(ApiError::from(e).into_response()),
         // a clean request (nearly all) has nothing to audit: no strings built
@@ -465,5 +515,38 @@ mod host_tests {
         assert!(!sound(V::HTTP_11, "/x", &["evil:99999999"]));
         assert!(!sound(V::HTTP_2, "https://evil:99999999/x", &[]));
         assert!(!sound(V::HTTP_11, "/x", &[]));
+    }
+
+    #[test]
+    fn a_host_is_one_plain_host_and_port() {
+        for ok in [
+            "a.example",
+            "a.example:8080",
+            "127.0.0.1:1",
+            "[::1]",
+            "[::1]:443",
+            "x_y~z-1.example:65535",
+            "h:0",
+        ] {
+            assert!(plain_authority(ok), "{ok}");
+        }
+        for bad in [
+            "a.example,b.example",
+            "a.example;b",
+            "a'b.example",
+            "a\"b",
+            "*",
+            "*.example",
+            "a.example:08080",
+            "a.example:65536",
+            "a.example:",
+            "u@a.example",
+            "[::1]x",
+            "[]:80",
+            "",
+            ":80",
+        ] {
+            assert!(!plain_authority(bad), "{bad}");
+        }
     }
 }

@@ -30,17 +30,19 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// body again (the bytes replayed, then the rest, streamed). More than
 /// `limit` bytes in the buffered part -> 413. The buffered bytes are taken
 /// from the server-wide body budget (`held`; 503 when they do not fit) and
-/// given back when the last clone of the head is dropped.
+/// given back when the last clone of the head is dropped. The flag says
+/// whether the body may go on past the first `window` bytes (the window is
+/// then a cut prefix of it).
 pub async fn read_window(
     mut body: Body,
     window: usize,
     limit: usize,
     timeout: Duration,
     mut held: crate::apisec::budget::Held,
-) -> Result<(Bytes, Body), ApiError> {
+) -> Result<(Bytes, Body, bool), ApiError> {
     use http_body::Body as _;
     if body.is_end_stream() {
-        return Ok((Bytes::new(), Body::empty()));
+        return Ok((Bytes::new(), Body::empty(), false));
     }
     let mut buf = BytesMut::new();
     let deadline = tokio::time::Instant::now() + timeout;
@@ -69,7 +71,9 @@ pub async fn read_window(
         }
     }
     let head = held.attach(buf.freeze());
-    let rest = if ended || body.is_end_stream() {
+    let ended = ended || body.is_end_stream();
+    let truncated = head.len() > window || !ended;
+    let rest = if ended {
         Body::from(head.clone())
     } else {
         Body::new(Prefixed {
@@ -77,7 +81,7 @@ pub async fn read_window(
             rest: body,
         })
     };
-    Ok((head, rest))
+    Ok((head, rest, truncated))
 }
 
 /// The buffered head of a body, then the rest of it.
@@ -151,6 +155,8 @@ pub struct Guarded<B> {
     trip: Trip,
     /// `request` or `response`, for the log line.
     what: &'static str,
+    /// The upstream and the request id, for the log line.
+    log: Option<(String, String)>,
 }
 
 impl<B> Guarded<B> {
@@ -163,7 +169,20 @@ impl<B> Guarded<B> {
             sleep: Box::pin(tokio::time::sleep(idle)),
             trip,
             what,
+            log: None,
         }
+    }
+
+    /// Name the upstream and the request in the log lines of a failure.
+    pub fn logged(mut self, upstream: &str, request_id: &str) -> Self {
+        self.log = Some((upstream.to_string(), request_id.to_string()));
+        self
+    }
+
+    fn log_fields(&self) -> (&str, &str) {
+        self.log
+            .as_ref()
+            .map_or(("", ""), |(u, r)| (u.as_str(), r.as_str()))
     }
 }
 
@@ -193,12 +212,37 @@ where
                 this.sleep.as_mut().reset(next);
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                let e: BoxError = e.into();
+                // a malformed or broken body: the response head may be on
+                // its way already, so the client sees the stream end; the
+                // log says why
+                if this.log.is_some() {
+                    let mut chain = e.to_string();
+                    let mut cur = std::error::Error::source(&*e);
+                    while let Some(c) = cur {
+                        chain.push_str(": ");
+                        chain.push_str(&c.to_string());
+                        cur = c.source();
+                    }
+                    let (upstream, request_id) = this.log_fields();
+                    tracing::warn!(
+                        upstream,
+                        request_id,
+                        body = this.what,
+                        "gateway: upstream body failed: {chain}"
+                    );
+                }
+                Poll::Ready(Some(Err(e)))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 if this.sleep.as_mut().poll(cx).is_ready() {
                     this.trip.set(Trip::IDLE);
+                    let (upstream, request_id) = this.log_fields();
                     tracing::warn!(
+                        upstream,
+                        request_id,
                         body = this.what,
                         idle_seconds = this.idle.as_secs(),
                         "gateway: stream idle longer than the route's timeout_seconds; cut"

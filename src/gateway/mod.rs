@@ -228,17 +228,66 @@ impl Route {
 
 /// Does `path` hold a `.` or `..` segment, as an upstream that normalises
 /// paths would read it: `%2e` as a dot, `%2f`, `%5c` and a backslash as
-/// separators?
-/// (`/v1/../admin` would leave the route's upstream base path.)
+/// separators, a segment's `;parameters` dropped (servlet containers read
+/// `..;x` as `..`), and percent-decoded again and again (`%252e%252e` is
+/// `..` to an upstream that decodes twice; until nothing changes, at most
+/// [`DECODE_ROUNDS`] times — a path still changing after them is refused
+/// too). (`/v1/../admin` would leave the route's upstream base path.)
 fn has_dot_segment(path: &str) -> bool {
     if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
         return false;
     }
-    let mut p = path.to_ascii_lowercase();
-    for (from, to) in [("%2e", "."), ("%2f", "/"), ("%5c", "/"), ("\\", "/")] {
-        p = p.replace(from, to);
+    let mut p = path.to_string();
+    for _ in 0..=DECODE_ROUNDS {
+        let lower = p.to_ascii_lowercase();
+        let mut q = lower.clone();
+        for (from, to) in [
+            ("%2e", "."),
+            ("%2f", "/"),
+            ("%5c", "/"),
+            ("%3b", ";"),
+            ("\\", "/"),
+        ] {
+            q = q.replace(from, to);
+        }
+        let dot = q.split('/').any(|seg| {
+            let name = seg.split(';').next().unwrap_or(seg);
+            name == "." || name == ".."
+        });
+        if dot {
+            return true;
+        }
+        let next = percent_decode(&lower);
+        if next == lower {
+            return false;
+        }
+        p = next;
     }
-    p.split('/').any(|seg| seg == "." || seg == "..")
+    // still encoded after every round: no upstream needs that many
+    true
+}
+
+/// How many times a path is percent-decoded looking for dot segments.
+const DECODE_ROUNDS: usize = 4;
+
+/// `%XX` decoded (other bytes kept; the result read as UTF-8, lossily).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let hex = |j: usize| b.get(j).and_then(|h| (*h as char).to_digit(16));
+        if c == b'%' {
+            if let (Some(h), Some(l)) = (hex(i + 1), hex(i + 2)) {
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                i += 3;
+                continue;
+            }
+        }
+        out.push(c);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Gateway {
@@ -470,6 +519,7 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
         request_id: request_id.clone(),
         user: user.clone(),
         max_message: route.body_max,
+        upstream: route.authority.to_string(),
     });
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     // an upgraded connection's credential is checked again while it lasts
@@ -622,7 +672,12 @@ async fn proxy(state: AppState, prefix: &str, mut req: Request) -> Response {
     }
     let (mut rparts, rbody) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers, switching && upgrade);
-    let body = Guarded::new(rbody, u64::MAX, route.timeout, Trip::default(), "response");
+    // the client gets the server's own HTTP version (RFC 9110 2.5), not an
+    // HTTP/1.0 upstream's: hyper then frames and keeps the connection as it
+    // does for any response (and answers an HTTP/1.0 client in HTTP/1.0)
+    rparts.version = Version::HTTP_11;
+    let body = Guarded::new(rbody, u64::MAX, route.timeout, Trip::default(), "response")
+        .logged(upstream, &request_id);
     let mut response = Response::from_parts(rparts, Body::new(body));
     response
         .extensions_mut()
@@ -680,4 +735,38 @@ fn upstream_error(
     }
     tracing::warn!(upstream, request_id, "gateway: upstream failed: {chain}");
     ApiError::BadGateway
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::has_dot_segment;
+
+    #[test]
+    fn dot_segments_are_found_behind_parameters_and_repeated_encoding() {
+        for bad in [
+            "/v1/../a",
+            "/v1/%2e%2e/a",
+            "/v1/..;/a",
+            "/v1/a/..;/..;/admin",
+            "/v1/%2e%2e;x/a",
+            "/v1/.;x/a",
+            "/v1/..%3bx/a",
+            "/v1/%252e%252e/a",
+            "/v1/a/..%252f..%252fadmin",
+            "/v1/%25252e%25252e/a",
+            "/v1/%252525252525252e/a",
+        ] {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for ok in [
+            "/v1/a.b/c",
+            "/v1/a;v=1.2/b",
+            "/v1/b..;c",
+            "/v1/org%2Fname..json",
+            "/v1/%2541",
+            "/v1/...",
+        ] {
+            assert!(!has_dot_segment(ok), "{ok}");
+        }
+    }
 }

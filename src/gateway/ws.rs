@@ -4,19 +4,26 @@
 //! payloads to the upstream agent inside WebSocket messages, where the
 //! request-level IDS never looks.
 //!
-//! Guarantee: when any IDS family is on for the route's path, every data
-//! message from the client (text or binary, reassembled from its frames) is
-//! inspected before it is sent on, as the body of a request to the
-//! upgrade's path: a message that is a JSON document is walked like a JSON
-//! body (the route's `ids.free_text` fields stay free text), any other
-//! message is inspected whole as text. A message a `block` family matches
+//! Guarantee: when any IDS family is on for the route's path, every text
+//! message from the client, and every binary one that is valid UTF-8
+//! (reassembled from its frames), is inspected before it is sent on, as the
+//! body of a request to the upgrade's path: a message that is a JSON
+//! document is walked like a JSON body (the route's `ids.free_text` fields
+//! stay free text), any other message is inspected whole as text. A binary
+//! message that is not UTF-8 is data (audio, images, protobuf) and passes
+//! uninspected, within the size limit: read as text, random bytes match
+//! rules by chance. (An upstream that decodes invalid UTF-8 leniently could
+//! read text in it; a route that cannot accept that keeps its clients to
+//! text, or sets the IDS off for the path.) A message a `block` family matches
 //! never reaches the upstream: the client gets a close frame with code 1008
 //! (policy violation) and reason `request_blocked` (`bad_message` for JSON
 //! nested deeper than the detector reads, a 400 over HTTP), the upstream a normal
 //! close, the audit log a `security_violation` (family, rule and location;
 //! never the message), and incident detection an IDS block from the client's
 //! address (so repeated attempts lead to a ban). Messages from the upstream
-//! pass as they are (up to tungstenite's default 64 MiB). Client messages
+//! pass as they are (up to 64 MiB a message, in any number of frames; a
+//! larger one or a broken frame ends the relay with a close code to the
+//! client, 1009 or 1002, and a `gateway:` log line). Client messages
 //! are bounded by the route's body limit (a larger one closes the connection
 //! with 1009, `message_too_large`, and is not sent on; text that is not
 //! UTF-8 with 1007, another protocol error with 1002: `app::ws::close_reason`).
@@ -45,6 +52,9 @@ use crate::apisec::{report_verdict, Found};
 use crate::app::AppState;
 use crate::monitoring::incidents::{Context, Signal};
 
+/// The largest message (and frame) taken from the upstream.
+pub const UPSTREAM_MESSAGE_MAX: usize = 64 << 20;
+
 /// Who the connection belongs to, for the audit and incident records.
 pub struct Conn {
     pub path: String,
@@ -52,6 +62,8 @@ pub struct Conn {
     pub request_id: String,
     pub user: Option<String>,
     pub max_message: usize,
+    /// The upstream's authority, for log lines.
+    pub upstream: String,
 }
 
 /// Relay messages between the client's and the upstream's upgraded
@@ -71,8 +83,14 @@ pub(crate) async fn relay(
     let client =
         WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, Some(from_client))
             .await;
+    // one frame may carry a whole message: tungstenite's 16 MiB frame
+    // default would cut the 64 MiB promised
+    let from_upstream = WebSocketConfig::default()
+        .max_message_size(Some(UPSTREAM_MESSAGE_MAX))
+        .max_frame_size(Some(UPSTREAM_MESSAGE_MAX));
     let upstream =
-        WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, None).await;
+        WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, Some(from_upstream))
+            .await;
     let (mut c_tx, mut c_rx) = client.split();
     let (mut u_tx, mut u_rx) = upstream.split();
     loop {
@@ -174,7 +192,26 @@ pub(crate) async fn relay(
                         break;
                     }
                 }
-                _ => {
+                Some(Err(e)) => {
+                    // never a silent end: the client learns why (1009 for a
+                    // message over 64 MiB, 1002 for a protocol error, else
+                    // 1011), the log says which upstream failed
+                    let (code, reason) = crate::app::ws::close_reason(&e)
+                        .unwrap_or((1011, "upstream_error"));
+                    tracing::warn!(request_id = %conn.request_id, upstream = %conn.upstream, error = %e, "gateway: upstream WebSocket failed");
+                    let close = CloseFrame {
+                        code: CloseCode::from(code),
+                        reason: reason.into(),
+                    };
+                    let _ = c_tx.send(Message::Close(Some(close))).await;
+                    let _ = u_tx.send(Message::Close(Some(CloseFrame {
+                        code: CloseCode::from(code),
+                        reason: "".into(),
+                    })))
+                    .await;
+                    break;
+                }
+                None => {
                     let _ = c_tx.close().await;
                     break;
                 }
@@ -208,7 +245,10 @@ async fn blocked(
 ) -> Result<Option<String>, ids::IdsError> {
     let body: &[u8] = match m {
         Message::Text(t) => t.as_bytes(),
-        Message::Binary(b) => b,
+        // binary that is UTF-8 is read as text would be; other binary
+        // (audio, images, protobuf) is data: read as text it matches rules
+        // by chance
+        Message::Binary(b) if std::str::from_utf8(b).is_ok() => b,
         _ => return Ok(None),
     };
     // a message that looks like JSON is read as JSON by the detector (a

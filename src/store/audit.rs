@@ -76,7 +76,11 @@ pub fn store_blocking(
         // rows for its next batch instead of waiting the pool's 10 s on
         // each, so the file's lines behind them (and a shutdown's flush) do
         // not wait too
-        None => match rt.block_on(tokio::time::timeout(POOL_WAIT, store_pool(db, &rows))) {
+        // (the timer is made inside the runtime's context: made outside,
+        // it panicked the writer thread)
+        None => match rt
+            .block_on(async { tokio::time::timeout(POOL_WAIT, store_pool(db, &rows)).await })
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err((e, rows)),
             Err(_) => Err((StoreError::Sqlx(sqlx::Error::PoolTimedOut), rows)),

@@ -99,6 +99,18 @@ async fn ws_echo(ws: WebSocketUpgrade) -> Response {
     ws.on_upgrade(|mut socket| async move {
         while let Some(Ok(msg)) = socket.recv().await {
             let echo = match msg {
+                // one message (one frame) of N bytes from the upstream
+                AxMessage::Text(t) if t.as_str().starts_with("big:") => {
+                    let n: usize = t.as_str()[4..].parse().unwrap_or(0);
+                    let _ = socket.send(AxMessage::Binary(vec![b'x'; n].into())).await;
+                    continue;
+                }
+                AxMessage::Binary(b) => {
+                    if socket.send(AxMessage::Binary(b)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 AxMessage::Text(t) => t,
                 // tells the test a ping reached the upstream
                 AxMessage::Ping(p) => format!("ping:{}", String::from_utf8_lossy(&p)).into(),
@@ -177,6 +189,12 @@ permission = "write:agent"
 free_text = [{OPENAI_FREE_TEXT}]
 
 [[gateway.routes]]
+prefix = "/anth/"
+upstream = "http://{up}"
+permission = "write:agent"
+free_text = [{ANTHROPIC_FREE_TEXT}]
+
+[[gateway.routes]]
 prefix = "/strip"
 upstream = "http://{up}/base/"
 permission = "read:tasks"
@@ -201,19 +219,18 @@ upstream = "http://127.0.0.1:{down}"
 permission = "read:tasks"
 "#,
         down = closed_port(),
-        OPENAI_FREE_TEXT = OPENAI_FREE_TEXT
-            .iter()
-            .map(|f| format!("{f:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        OPENAI_FREE_TEXT = toml_list(OPENAI_FREE_TEXT),
+        ANTHROPIC_FREE_TEXT = toml_list(ANTHROPIC_FREE_TEXT),
     )
 }
 
 /// docs/GATEWAY.md's free-text list for OpenAI-compatible APIs, as written
 /// there.
 const OPENAI_FREE_TEXT: &[&str] = &[
-    "messages[].content",
+    "messages[].content:string",
+    "messages[].content[].text",
     "messages[].tool_calls[].function.arguments",
+    "messages[].function_call.arguments",
     "tools[].function.description",
     "tools[].function.parameters",
     "tools[].description",
@@ -222,11 +239,38 @@ const OPENAI_FREE_TEXT: &[&str] = &[
     "functions[].parameters",
     "response_format.json_schema",
     "text.format.schema",
-    "prediction.content",
+    "prediction.content:string",
+    "prediction.content[].text",
     "prompt",
-    "input",
+    "input:string",
+    "input[]:string",
+    "input[].content:string",
+    "input[].content[].text",
+    "input[].arguments",
+    "input[].output:string",
+    "input[].output[].text",
     "instructions",
 ];
+
+/// docs/GATEWAY.md's free-text list for Anthropic's messages API.
+const ANTHROPIC_FREE_TEXT: &[&str] = &[
+    "system:string",
+    "system[].text",
+    "messages[].content:string",
+    "messages[].content[].text",
+    "messages[].content[].input",
+    "messages[].content[].content:string",
+    "messages[].content[].content[].text",
+    "tools[].description",
+    "tools[].input_schema",
+];
+
+fn toml_list(list: &[&str]) -> String {
+    list.iter()
+        .map(|f| format!("{f:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 async fn setup() -> (TestServer, Upstream) {
     let (addr, u) = start_upstream().await;
@@ -689,6 +733,64 @@ async fn websocket_messages_are_inspected_before_the_upstream() {
     }
 }
 
+/// Binary messages: valid UTF-8 is inspected as text is; other binary is
+/// data and passes (random bytes read as text matched rules by chance, and
+/// the client was banned); an upstream message of one 20 MB frame reaches
+/// the client (the relay's reader took frames up to 16 MiB only).
+#[tokio::test]
+async fn websocket_binary_data_passes_and_big_upstream_frames_are_relayed() {
+    let (s, _u) = setup().await;
+    let (mut ws, _) = open_ws(&s, Some(s.admin())).await.unwrap();
+    // not UTF-8, and holding what the rules match when read as text
+    let mut data = b"\xff\xfe' OR 1=1 -- ; cat /etc/passwd | sh \x00\x80".to_vec();
+    data.extend((0..=255u8).cycle().take(4096));
+    for _ in 0..8 {
+        ws.send(Message::binary(data.clone())).await.unwrap();
+        let got = next_message(&mut ws).await;
+        assert_eq!(got.into_data().as_ref(), data.as_slice());
+    }
+    // an upstream message in one 20 MB frame
+    let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
+    cfg = cfg
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
+    let mut req = format!("wss://{}/v1/ws", s.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("X-API-Key", s.admin().parse().unwrap());
+    let (mut big, _) = tokio_tungstenite::connect_async_tls_with_config(
+        req,
+        Some(cfg),
+        false,
+        Some(connector(&s)),
+    )
+    .await
+    .unwrap();
+    big.send(Message::text("big:20000000")).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), big.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.into_data().len(), 20_000_000);
+    // binary that is UTF-8 is inspected like text
+    ws.send(Message::binary(
+        b"{\"model\": \"x' UNION SELECT password FROM users--\"}".to_vec(),
+    ))
+    .await
+    .unwrap();
+    match next_message(&mut ws).await {
+        Message::Close(Some(f)) => {
+            assert_eq!(
+                (u16::from(f.code), f.reason.as_str()),
+                (1008, "request_blocked")
+            );
+        }
+        m => panic!("expected a policy close, got {m:?}"),
+    }
+}
+
 /// A WebSocket through the gateway ends when its credential does, as
 /// `/api/ws` does: a deleted user's (and so revoked) key closes it with 1008
 /// and nothing more reaches the upstream.
@@ -766,6 +868,16 @@ async fn dot_segments_never_reach_the_upstream_even_with_the_ids_off() {
         "/strip/a/..%5cadmin",
         "/strip/./x",
         "/v1/x/%2e%2e/%2e%2e/admin",
+        // a servlet container drops a segment's `;parameters` first
+        "/strip/..;/admin",
+        "/strip/a/..;/..;/admin",
+        "/strip/%2e%2e;x/admin",
+        "/strip/.;x/admin",
+        "/strip/..%3b/admin",
+        // an upstream that decodes twice (or more)
+        "/strip/%252e%252e/admin",
+        "/strip/a/..%252f..%252fadmin",
+        "/strip/%25252e%25252e/admin",
     ] {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nX-API-Key: {}\r\nConnection: close\r\n\r\n",
@@ -777,13 +889,18 @@ async fn dot_segments_never_reach_the_upstream_even_with_the_ids_off() {
     }
     assert_eq!(u.hits.load(Ordering::SeqCst), 0);
     // a dot inside a segment, and an encoded slash without dots, pass
-    let r = s
-        .get("/strip/v1.2/models/org%2Fname..json")
-        .header("X-API-Key", s.admin())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    for path in [
+        "/strip/v1.2/models/org%2Fname..json",
+        "/strip/a;v=1.2/b..;c/%2541",
+    ] {
+        let r = s
+            .get(path)
+            .header("X-API-Key", s.admin())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{path}");
+    }
 }
 
 type Ws =
@@ -982,6 +1099,86 @@ async fn an_agents_tool_calling_turn_passes_the_documented_openai_free_text() {
     assert_eq!(u.hits.load(Ordering::SeqCst), 3);
 }
 
+/// The documented lists name the text leaves, not whole content subtrees:
+/// code in text, tool arguments and tool output passes, while a URL the
+/// model server fetches (an SSRF target), a content part's `type`, a role,
+/// a tool's name or a call id inside the content is structure and blocked.
+#[tokio::test]
+async fn urls_roles_and_names_inside_model_content_are_structure() {
+    let (s, u) = setup().await;
+    let post = |path: &'static str, body: Value| {
+        s.post(path)
+            .header("X-API-Key", s.admin())
+            .json(&body)
+            .send()
+    };
+    let code = "SELECT * FROM users WHERE 1=1; cat /etc/passwd | sh; <script>alert(1)</script>";
+    let meta = "http://169.254.169.254/latest/meta-data/iam/security-credentials/";
+    let chat = json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": code},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    ]}]});
+    let responses = json!({"model": "m", "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": code},
+                                     {"type": "input_image", "image_url": "https://example.com/cat.png"}]},
+        {"type": "function_call", "call_id": "call_1", "name": "run_shell", "arguments": format!("{{\"cmd\": \"{code}\"}}")},
+        {"type": "function_call_output", "call_id": "call_1", "output": code}
+    ]});
+    let anthropic = json!({"model": "claude", "system": code, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": code},
+            {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "bash", "input": {"command": code}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": code}]}
+    ]});
+    for (path, body) in [
+        ("/oai/chat/completions", chat.clone()),
+        ("/oai/responses", responses.clone()),
+        ("/anth/messages", anthropic.clone()),
+    ] {
+        let r = post(path, body).await.unwrap();
+        assert_eq!(r.status(), 201, "{path}");
+    }
+    assert_eq!(u.hits.load(Ordering::SeqCst), 3);
+    let mut bad: Vec<(&'static str, Value)> = Vec::new();
+    let mut b = chat.clone();
+    b["messages"][0]["content"][1]["image_url"]["url"] = json!(meta);
+    bad.push(("/oai/chat/completions", b));
+    let mut b = chat.clone();
+    b["messages"][0]["content"][0]["type"] = json!("../../etc/passwd");
+    bad.push(("/oai/chat/completions", b));
+    let mut b = responses.clone();
+    b["input"][0]["content"][1]["image_url"] = json!(meta);
+    bad.push(("/oai/responses", b));
+    let mut b = responses.clone();
+    b["input"][0]["content"][1] =
+        json!({"type": "input_file", "file_url": "http://127.0.0.1:2375/containers/json"});
+    bad.push(("/oai/responses", b));
+    let mut b = responses.clone();
+    b["input"][0]["role"] = json!("<script>alert(1)</script>");
+    bad.push(("/oai/responses", b));
+    let mut b = responses.clone();
+    b["input"][1]["name"] = json!("x' UNION SELECT password FROM users--");
+    bad.push(("/oai/responses", b));
+    let mut b = responses.clone();
+    b["input"][2]["call_id"] = json!("../../etc/passwd");
+    bad.push(("/oai/responses", b));
+    let mut b = anthropic.clone();
+    b["messages"][0]["content"][1]["source"]["url"] = json!(meta);
+    bad.push(("/anth/messages", b));
+    let mut b = anthropic.clone();
+    b["messages"][1]["content"][0]["name"] = json!("x' UNION SELECT password FROM users--");
+    bad.push(("/anth/messages", b));
+    let mut b = anthropic.clone();
+    b["messages"][2]["content"][0]["tool_use_id"] = json!("../../etc/passwd");
+    bad.push(("/anth/messages", b));
+    for (path, body) in bad {
+        let shown = body.to_string();
+        let (status, code, _) = error_code(post(path, body).await.unwrap()).await;
+        assert_eq!((status, code.as_str()), (403, "request_blocked"), "{shown}");
+    }
+    assert_eq!(u.hits.load(Ordering::SeqCst), 3);
+}
+
 #[tokio::test]
 async fn compressed_bodies_are_refused_before_the_upstream() {
     // The IDS would see only the coded bytes of a body the upstream may
@@ -1112,6 +1309,53 @@ async fn streamed_bodies_are_inspected_only_in_the_window_and_counted() {
     )
     .await;
     assert_eq!((status, code.as_str()), (413, "payload_too_large"));
+}
+
+/// A JSON body longer than the inspection window (1 KB here) is walked as
+/// a prefix: free text stays free text however long the body is (it was
+/// inspected whole as text, code blocked, the client banned), structure in
+/// the window is still blocked.
+#[tokio::test]
+async fn free_text_stays_free_past_the_inspection_window() {
+    let (s, u) = setup().await;
+    let code = "SELECT password FROM users WHERE name = '' OR 1=1 --; cat /etc/passwd | sh; <script>alert(1)</script>\n";
+    let history: Vec<Value> = (0..40)
+        .map(|i| json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": code.repeat(5)}))
+        .collect();
+    let body = json!({"model": "llama3", "messages": history}).to_string();
+    assert!(body.len() > 20 * 1024);
+    for _ in 0..3 {
+        let r = s
+            .post("/oai/chat/completions")
+            .header("X-API-Key", s.admin())
+            .header("Content-Type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    assert_eq!(u.hits.load(Ordering::SeqCst), 3);
+    // the same history behind SQL in a structured field of the window
+    let bad = json!({"messages": history, "model": "x"})
+        .to_string()
+        .replacen(
+            "\"role\":\"user\"",
+            "\"role\":\"x' UNION SELECT password FROM users--\"",
+            1,
+        );
+    let (status, code, _) = error_code(
+        s.post("/oai/chat/completions")
+            .header("X-API-Key", s.admin())
+            .header("Content-Type", "application/json")
+            .body(bad)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (403, "request_blocked"));
+    assert_eq!(u.hits.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]
@@ -1580,6 +1824,48 @@ async fn upgraded_bytes_that_look_like_hypers_400_pass_untouched() {
     assert!(!metrics.contains("reason=\"malformed_http\""), "{metrics}");
 }
 
+/// Gateway routes take JSON bodies only, whatever the method: a GET,
+/// DELETE or OPTIONS body is forwarded too.
+#[tokio::test]
+async fn non_json_bodies_are_refused_on_every_method() {
+    let (s, u) = setup().await;
+    for method in ["GET", "DELETE", "OPTIONS", "POST"] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        for ctype in [
+            Some("multipart/form-data; boundary=x"),
+            Some("text/plain"),
+            None,
+        ] {
+            let mut req = s
+                .client
+                .request(m.clone(), s.url("/v1/anything"))
+                .header("X-API-Key", s.admin())
+                .body("--x\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nhi\r\n--x--\r\n");
+            if let Some(c) = ctype {
+                req = req.header("Content-Type", c);
+            }
+            let (status, code, _) = error_code(req.send().await.unwrap()).await;
+            assert_eq!(
+                (status, code.as_str()),
+                (415, "unsupported_media_type"),
+                "{method} {ctype:?}"
+            );
+        }
+        // JSON, and no body at all, still pass
+        let r = s
+            .client
+            .request(m.clone(), s.url("/v1/anything"))
+            .header("X-API-Key", s.admin())
+            .header("Content-Type", "application/json")
+            .body("{\"a\": 1}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{method}");
+    }
+    assert_eq!(u.hits.load(Ordering::SeqCst), 4);
+}
+
 /// Frenly is no forward proxy: `CONNECT` on a gateway route is 405 (before,
 /// the client got no bytes at all and the audit said 200).
 #[tokio::test]
@@ -1597,4 +1883,78 @@ async fn connect_on_a_gateway_route_is_405() {
     .await;
     assert!(out.starts_with("HTTP/1.1 405"), "{out}");
     assert!(out.contains("method_not_allowed"), "{out}");
+}
+
+/// An upstream that answers every request with `answer` and closes.
+async fn raw_upstream(answer: &'static [u8]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = c.write_all(answer).await;
+                let _ = c.flush().await;
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/1.0 upstream's answer reaches an HTTP/1.1 client in HTTP/1.1,
+/// chunked and kept alive (it came close-delimited, in HTTP/1.0); an
+/// upstream body with a malformed chunk leaves a `gateway:` log line naming
+/// the upstream and the request.
+#[tokio::test]
+async fn the_client_gets_frenlys_http_version_and_a_broken_body_is_logged() {
+    use tokio::io::AsyncWriteExt;
+    let old =
+        raw_upstream(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello from 1.0").await;
+    let bad = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\nxx\r\n",
+    )
+    .await;
+    let s = TestServer::with(Opts::default().plain().config(&format!(
+        "[[gateway.routes]]\nprefix = \"/old/\"\nupstream = \"http://{old}\"\npermission = \"read:tasks\"\n\n\
+         [[gateway.routes]]\nprefix = \"/bad/\"\nupstream = \"http://{bad}\"\npermission = \"read:tasks\"\n"
+    )))
+    .await;
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let two = format!(
+        "GET /old/a HTTP/1.1\r\nHost: x\r\nX-API-Key: {k}\r\n\r\n\
+         GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        k = s.admin()
+    );
+    c.write_all(two.as_bytes()).await.unwrap();
+    let got = read_until(&mut c, |_| false).await;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\ntransfer-encoding: chunked\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("hello from 1.0"), "{text}");
+    // kept alive: the second request is answered on the same connection
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
+
+    let r = s.get("/bad/x").header("X-API-Key", s.admin()).send().await;
+    if let Ok(r) = r {
+        assert!(r.bytes().await.is_err());
+    }
+    let log = log_when(&s, |l| l.contains("gateway: upstream body failed")).await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("gateway: upstream body failed"))
+        .unwrap_or_else(|| panic!("no log line: {log}"));
+    assert!(line.contains(&bad.to_string()), "{line}");
+    assert!(line.contains("request_id"), "{line}");
 }

@@ -179,9 +179,14 @@ enum PatSeg {
 }
 
 /// A set of JSON field paths (`a.b`, `items[].c`); a matching field's whole
-/// subtree is covered.
+/// subtree is covered — or, for a path ending in `:string`
+/// (`messages[].content:string`), the field only when it is a string (an
+/// array or object there is walked as structure).
 #[derive(Clone, Debug, Default)]
-pub struct FieldSet(Vec<Vec<PatSeg>>);
+pub struct FieldSet(Vec<(Vec<PatSeg>, bool)>);
+
+/// The suffix that limits a field path to string values.
+const STRING_ONLY: &str = ":string";
 
 /// A step of the path to a JSON value.
 #[derive(Clone, Debug)]
@@ -196,6 +201,10 @@ impl FieldSet {
         let mut out = Vec::new();
         for p in paths {
             let p = p.as_ref().trim();
+            let (p, strings_only) = match p.strip_suffix(STRING_ONLY) {
+                Some(p) => (p, true),
+                None => (p, false),
+            };
             if p.is_empty() || p.contains(':') {
                 continue;
             }
@@ -213,7 +222,7 @@ impl FieldSet {
                 segs.extend(std::iter::repeat_n(PatSeg::AnyIndex, idx));
             }
             if !segs.is_empty() {
-                out.push(segs);
+                out.push((segs, strings_only));
             }
         }
         FieldSet(out)
@@ -223,17 +232,31 @@ impl FieldSet {
         self.0.is_empty()
     }
 
+    /// Is the whole value at `path` covered?
     pub(crate) fn covers(&self, path: &[PathSeg]) -> bool {
-        self.0.iter().any(|pat| {
-            pat.len() == path.len()
-                && pat.iter().zip(path).all(|(p, s)| match (p, s) {
-                    (PatSeg::Key(a), PathSeg::Key(b)) => a == b,
-                    (PatSeg::AnyIndex, PathSeg::Index) => true,
-                    _ => false,
-                })
-        })
+        self.0
+            .iter()
+            .any(|(pat, strings_only)| !strings_only && matches(pat, path))
+    }
+
+    /// Is the value at `path` covered when it is a string (`:string`)?
+    pub(crate) fn covers_string(&self, path: &[PathSeg]) -> bool {
+        self.0
+            .iter()
+            .any(|(pat, strings_only)| *strings_only && matches(pat, path))
     }
 }
+
+fn matches(pat: &[PatSeg], path: &[PathSeg]) -> bool {
+    pat.len() == path.len()
+        && pat.iter().zip(path).all(|(p, s)| match (p, s) {
+            (PatSeg::Key(a), PathSeg::Key(b)) => a == b,
+            (PatSeg::AnyIndex, PathSeg::Index) => true,
+            _ => false,
+        })
+}
+
+impl FieldSet {}
 
 /// The free-text fields of a gateway route (its `free_text` paths).
 pub fn free_text_fields(paths: &[String]) -> FieldSet {
@@ -426,6 +449,19 @@ impl Ids {
         req: &RequestView<'_>,
         route: Option<&str>,
     ) -> Result<Verdict, IdsError> {
+        self.inspect_window_of(req, route, false)
+    }
+
+    /// [`Ids::inspect_routed`] for a request whose `body` is the inspection
+    /// window of a streamed body that goes on past it (`truncated`): a JSON
+    /// window is then walked as a prefix of the document (`walk::json`), so
+    /// free-text fields stay free text however long the body is.
+    pub fn inspect_window_of(
+        &self,
+        req: &RequestView<'_>,
+        route: Option<&str>,
+        truncated: bool,
+    ) -> Result<Verdict, IdsError> {
         let (raw_path, query) = match req.target.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (req.target, None),
@@ -505,6 +541,7 @@ impl Ids {
                 free,
                 exclude,
                 own_json: self.own_free_text_route(raw_path),
+                truncated,
             };
             self.body(&mut scan, &body, &excluded)?;
         }
@@ -527,7 +564,7 @@ impl Ids {
         let looks_json = looks_like_json(body);
         let is_json = mime == "application/json" || mime.ends_with("+json");
         if is_json || (looks_json && !mime.contains("form") && !mime.contains("xml")) {
-            match walk::json(scan, body, free, exclude) {
+            match walk::json(scan, body, free, exclude, b.truncated) {
                 Ok(true) => return Ok(()),
                 Err(e) if is_json => return Err(e),
                 // malformed on one of Frenly's own JSON routes (`NaN`, a
@@ -576,6 +613,8 @@ struct Body<'a> {
     exclude: Option<&'a FieldSet>,
     /// One of Frenly's own routes with free-text fields.
     own_json: bool,
+    /// The inspection window of a body that goes on past it.
+    truncated: bool,
 }
 
 /// Per-request scanning state.

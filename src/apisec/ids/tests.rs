@@ -164,6 +164,98 @@ fn gateway_free_text_paths() {
     assert!(f.covers(&[PathSeg::Key("prompt".into())]));
 }
 
+/// An `Ids` with one gateway route `/v1/` and these free-text fields.
+fn gateway_ids(free: &[&str]) -> Ids {
+    let route: crate::config::GatewayRoute = serde_json::from_value(serde_json::json!({
+        "prefix": "/v1/",
+        "upstream": "http://127.0.0.1:9",
+        "permission": "write:agent",
+        "free_text": free,
+    }))
+    .unwrap();
+    Ids::new(&IdsConfig::default(), "X-API-Key", &[route])
+}
+
+/// The family that blocks `body` as the inspection window of a longer
+/// streamed body (`truncated`) on the gateway route `/v1/chat`.
+fn window_blocked(ids: &Ids, body: &str, truncated: bool) -> Option<(Family, String)> {
+    let h: Vec<(&str, &[u8])> = vec![("content-type", b"application/json")];
+    ids.inspect_window_of(&view("/v1/chat", h, body.as_bytes()), None, truncated)
+        .unwrap()
+        .block
+        .map(|h| (h.family, h.location))
+}
+
+#[test]
+fn a_cut_json_window_is_walked_as_a_prefix() {
+    let ids = gateway_ids(&["messages[].content", "prompt"]);
+    let code = "x' UNION SELECT password FROM users-- ; cat /etc/passwd <script>alert(1)</script>";
+    // free text cut by the window's end, or followed by more free text
+    // that the window cuts: not inspected
+    let cut_free = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{code} {code}"#);
+    assert_eq!(window_blocked(&ids, &cut_free, true), None);
+    let many = format!(
+        r#"{{"model":"m","messages":[{{"role":"user","content":"{code}"}},{{"role":"user","content":"{code}"#
+    );
+    assert_eq!(window_blocked(&ids, &many, true), None);
+    let cut_prompt = format!(r#"{{"prompt":"{code}\u00"#);
+    assert_eq!(window_blocked(&ids, &cut_prompt, true), None);
+    let cut_between = format!(r#"{{"prompt":"{code}","#);
+    assert_eq!(window_blocked(&ids, &cut_between, true), None);
+    // the same windows of a body that ended there are malformed: whole text
+    assert!(window_blocked(&ids, &cut_free, false).is_some());
+    // structure inside the window is inspected by its location, complete...
+    let bad_role = format!(
+        r#"{{"messages":[{{"role":"x' or 1=1 --","content":"{code}"}},{{"content":"{code}"#
+    );
+    assert_eq!(
+        window_blocked(&ids, &bad_role, true),
+        Some((Family::Sqli, "json:messages[].role".into()))
+    );
+    // ...or cut by the window's end (as far as it goes)
+    let cut_model = format!(r#"{{"prompt":"{code}","model":"a' UNION SELECT password FROM us"#);
+    assert_eq!(
+        window_blocked(&ids, &cut_model, true),
+        Some((Family::Sqli, "json:model".into()))
+    );
+    let cut_key = r#"{"prompt":"x","<script>alert(1)</scr"#;
+    assert!(window_blocked(&ids, cut_key, true).is_some());
+    // an escape split by the end does not hide what comes before it
+    let cut_escape = r#"{"model":"../../etc/passwd\u00"#;
+    assert_eq!(
+        window_blocked(&ids, cut_escape, true).map(|b| b.0),
+        Some(Family::Lfi)
+    );
+    // a fault inside the window is still a malformed body: inspected whole
+    let broken = format!(r#"{{"prompt":"{code}"}} trailing"#);
+    assert!(window_blocked(&ids, &broken, true).is_some());
+}
+
+#[test]
+fn a_string_only_free_text_path_leaves_arrays_and_objects_structure() {
+    let ids = gateway_ids(&["messages[].content:string", "messages[].content[].text"]);
+    let code = "x' UNION SELECT password FROM users-- ; cat /etc/passwd";
+    let text = format!(r#"{{"messages":[{{"role":"user","content":"{code}"}}]}}"#);
+    assert_eq!(window_blocked(&ids, &text, false), None);
+    let parts = format!(
+        r#"{{"messages":[{{"role":"user","content":[{{"type":"text","text":"{code}"}}]}}]}}"#
+    );
+    assert_eq!(window_blocked(&ids, &parts, false), None);
+    let url = r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"http://169.254.169.254/latest/meta-data/"}}]}]}"#;
+    assert_eq!(
+        window_blocked(&ids, url, false).map(|b| b.1),
+        Some("json:messages[].content[].image_url.url".into())
+    );
+    let part_type = r#"{"messages":[{"content":[{"type":"../../etc/passwd","text":"x"}]}]}"#;
+    assert_eq!(
+        window_blocked(&ids, part_type, false).map(|b| b.0),
+        Some(Family::Lfi)
+    );
+    // a string-only field cut by the window is free text
+    let cut = format!(r#"{{"messages":[{{"role":"user","content":"{code}"#);
+    assert_eq!(window_blocked(&ids, &cut, true), None);
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
     /// Hostile bytes anywhere never panic the detector.
