@@ -17,20 +17,7 @@ pub struct IncidentRow {
 }
 
 pub async fn insert(db: &Db, row: &IncidentRow) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO incidents (id, kind, ip, user_id, details, action, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(&row.id)
-    .bind(&row.kind)
-    .bind(&row.ip)
-    .bind(&row.user_id)
-    .bind(row.details.to_string())
-    .bind(serde_json::to_string(&row.actions).unwrap_or_else(|_| "[]".into()))
-    .bind(row.created_at)
-    .execute(&db.pool)
-    .await?;
-    Ok(())
+    insert_many(db, std::slice::from_ref(row)).await
 }
 
 /// Store `rows` in one transaction (multi-row statements of at most 64).
