@@ -615,41 +615,9 @@ async fn record_groups(state: &AppState, groups: Vec<Group>, now: i64) {
         tracing::error!(error = %e, rows = rows.len(), "cannot store incidents");
     }
     for (g, row) in groups.iter().zip(&rows) {
-        let event = |t: &'static str| {
-            let mut ev = AuditEvent::new(t).user(row.user_id.clone());
-            if let Some(ip) = &row.ip {
-                ev = ev.ip(ip);
-            }
-            if g.count == 1 {
-                if let Some(r) = &g.request_id {
-                    ev = ev.request_id(r.clone());
-                }
-            }
-            ev
-        };
-        state
-            .audit
-            .record(
-                event("incident")
-                    .field("incident_id", row.id.clone())
-                    .field("kind", row.kind.clone())
-                    .field("actions", json!(row.actions))
-                    .field("details", row.details.clone()),
-            )
-            .await;
-        if g.audit {
-            state
-                .audit
-                .record(
-                    event("security_violation")
-                        .field("violation_type", row.kind.clone())
-                        .field("details", row.details.clone()),
-                )
-                .await;
-        }
-        if g.alert {
-            state.alerts.send(alert_body(row));
-        }
+        // one incident's request id only: an aggregate stands for many
+        let request_id = g.request_id.as_deref().filter(|_| g.count == 1);
+        announce(state, row, request_id, g.audit, g.alert).await;
     }
 }
 
@@ -688,19 +656,34 @@ async fn respond(
     let row = crate::store::incidents::IncidentRow {
         id: crate::store::new_id(),
         kind: det.kind.as_str().to_string(),
-        ip: Some(ip.clone()),
+        ip: Some(ip),
         user_id: ctx.user_id.clone(),
-        details: details.clone(),
-        actions: actions.clone(),
+        details,
+        actions,
         created_at: now,
     };
     if let Err(e) = crate::store::incidents::insert(&state.db, &row).await {
         tracing::error!(error = %e, "cannot store incident");
     }
+    announce(state, &row, ctx.request_id.as_deref(), det.audit, det.alert).await;
+}
+
+/// Audit a stored incident (`incident`, and `security_violation` when the
+/// detection audits) and send its alert when it alerts.
+async fn announce(
+    state: &AppState,
+    row: &crate::store::incidents::IncidentRow,
+    request_id: Option<&str>,
+    audit: bool,
+    alert: bool,
+) {
     let event = |t: &'static str| {
-        let mut ev = AuditEvent::new(t).ip(&ip).user(ctx.user_id.clone());
-        if let Some(r) = &ctx.request_id {
-            ev = ev.request_id(r.clone());
+        let mut ev = AuditEvent::new(t).user(row.user_id.clone());
+        if let Some(ip) = &row.ip {
+            ev = ev.ip(ip);
+        }
+        if let Some(r) = request_id {
+            ev = ev.request_id(r);
         }
         ev
     };
@@ -710,22 +693,22 @@ async fn respond(
             event("incident")
                 .field("incident_id", row.id.clone())
                 .field("kind", row.kind.clone())
-                .field("actions", json!(actions))
-                .field("details", details.clone()),
+                .field("actions", json!(row.actions))
+                .field("details", row.details.clone()),
         )
         .await;
-    if det.audit {
+    if audit {
         state
             .audit
             .record(
                 event("security_violation")
                     .field("violation_type", row.kind.clone())
-                    .field("details", details.clone()),
+                    .field("details", row.details.clone()),
             )
             .await;
     }
-    if det.alert {
-        state.alerts.send(alert_body(&row));
+    if alert {
+        state.alerts.send(alert_body(row));
     }
 }
 
