@@ -257,7 +257,10 @@ fn has_dot_segment(path: &str) -> bool {
         if dot {
             return true;
         }
-        let next = percent_decode(&lower);
+        // `%XX` decoded, other bytes kept, read as UTF-8 lossily
+        let next = percent_encoding::percent_decode_str(&lower)
+            .decode_utf8_lossy()
+            .into_owned();
         if next == lower {
             return false;
         }
@@ -269,26 +272,6 @@ fn has_dot_segment(path: &str) -> bool {
 
 /// How many times a path is percent-decoded looking for dot segments.
 const DECODE_ROUNDS: usize = 4;
-
-/// `%XX` decoded (other bytes kept; the result read as UTF-8, lossily).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        let hex = |j: usize| b.get(j).and_then(|h| (*h as char).to_digit(16));
-        if c == b'%' {
-            if let (Some(h), Some(l)) = (hex(i + 1), hex(i + 2)) {
-                out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
-                i += 3;
-                continue;
-            }
-        }
-        out.push(c);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 impl Gateway {
     /// Compile the routes and build the upstream clients.
