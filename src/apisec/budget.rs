@@ -14,8 +14,10 @@
 //! `Retry-After` at once (never a wait: a waiting request would hold its
 //! connection and what it already read). One client address holds at most
 //! `limits.body_budget_per_address_bytes` of it (an eighth by default), so
-//! one address's stalled uploads cannot refuse everyone else's. A body of one frame costs one
-//! atomic add to take and one to give back.
+//! one address's stalled uploads cannot refuse everyone else's. Each
+//! growth of a body's buffer (one, with a declared length) costs a short
+//! lock of the per-address table and one atomic add; giving it back the
+//! same.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -62,17 +64,15 @@ impl BodyBudget {
         }
         let before = self.used.inc_by(n);
         if before.saturating_add(n) > self.cap {
-            self.used.dec_by(n);
-            self.give(addr, n, false);
+            self.give(addr, n);
             return Err(ApiError::Busy);
         }
         Ok(())
     }
 
-    fn give(&self, addr: Option<IpAddr>, n: i64, global: bool) {
-        if global {
-            self.used.dec_by(n);
-        }
+    /// Give back `n` bytes taken for `addr`.
+    fn give(&self, addr: Option<IpAddr>, n: i64) {
+        self.used.dec_by(n);
         if let Some(a) = addr {
             let mut m = self.by_address.lock();
             if let Some(held) = m.get_mut(&a) {
@@ -134,7 +134,7 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         if self.n > 0 {
-            self.budget.give(self.addr, self.n, true);
+            self.budget.give(self.addr, self.n);
         }
     }
 }

@@ -193,41 +193,31 @@ fn host_is_sound(version: http::Version, uri: &http::Uri, headers: &http::Header
 /// that makes `X-Forwarded-Host` a list, `;`, quotes, `*`, a userinfo)
 /// is not a host some reader downstream agrees on.
 fn plain_authority(s: &str) -> bool {
-    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let Some((v6, after)) = rest.split_once(']') else {
-            return false;
-        };
-        if v6.is_empty()
-            || !v6
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        {
-            return false;
-        }
-        match after {
-            "" => return true,
-            a => match a.strip_prefix(':') {
-                Some(p) => ("x", Some(p)),
-                None => return false,
-            },
-        }
-    } else {
-        match s.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (s, None),
-        }
-    };
-    let host_ok = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
-    let port_ok = port.is_none_or(|p| {
+    let port_ok = |p: &str| {
         !p.is_empty()
             && p.bytes().all(|b| b.is_ascii_digit())
             && !(p.len() > 1 && p.starts_with('0'))
             && p.parse::<u16>().is_ok()
-    });
-    host_ok && port_ok
+    };
+    if let Some(rest) = s.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let v6_ok = !v6.is_empty()
+            && v6
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        return v6_ok && (after.is_empty() || after.strip_prefix(':').is_some_and(port_ok));
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    };
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+        && port.is_none_or(port_ok)
 }
 
 /// No `Transfer-Encoding`, or one field that is exactly `chunked`. hyper

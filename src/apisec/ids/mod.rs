@@ -256,8 +256,6 @@ fn matches(pat: &[PatSeg], path: &[PathSeg]) -> bool {
         })
 }
 
-impl FieldSet {}
-
 /// The free-text fields of a gateway route (its `free_text` paths).
 pub fn free_text_fields(paths: &[String]) -> FieldSet {
     FieldSet::new(paths)
