@@ -946,15 +946,53 @@ impl Config {
             "x-frenly-user",
             "origin",
             "user-agent",
+            // hop-by-hop: dropped by proxies, and by HTTP/2 (a key in
+            // `Keep-Alive` worked over HTTP/1.1 and was 401 over HTTP/2)
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authorization",
+            "proxy-authenticate",
+            "trailer",
+            "http2-settings",
+            // request headers with a meaning of their own; `Referer` is in
+            // every combined-format access log
+            "referer",
+            "expect",
+            "range",
+            "if-range",
+            "if-match",
+            "if-none-match",
+            "if-modified-since",
+            "if-unmodified-since",
+            "accept",
+            "accept-encoding",
+            "accept-language",
+            "cache-control",
+            "pragma",
+            "max-forwards",
+            "via",
+            "early-data",
+            // response headers
+            "set-cookie",
+            "www-authenticate",
+            "retry-after",
+            "ratelimit-limit",
+            "ratelimit-remaining",
+            "ratelimit-reset",
+            "strict-transport-security",
+            "content-security-policy",
+            "x-content-type-options",
+            "referrer-policy",
+            "location",
+            "vary",
         ];
-        if RESERVED
-            .iter()
-            .any(|r| raw.security.api_key_header.eq_ignore_ascii_case(r))
-            || raw
-                .security
-                .api_key_header
-                .to_ascii_lowercase()
-                .starts_with("sec-websocket-")
+        let header = raw.security.api_key_header.to_ascii_lowercase();
+        // `_`: nginx drops such names by default, CGI and WSGI read `_`
+        // and `-` as the same character
+        if RESERVED.contains(&header.as_str())
+            || header.starts_with("sec-")
+            || header.starts_with("content-")
+            || header.contains('_')
         {
             return Err(invalid(
                 "security.api_key_header",

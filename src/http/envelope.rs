@@ -67,8 +67,11 @@ pub async fn envelope(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let id = match req.headers().get(&X_REQUEST_ID) {
-        Some(v) if is_sane_request_id(v.as_bytes()) => {
+    // two header lines are one value "a, b" (RFC 9110), never sane: the
+    // first line alone was echoed (probe L)
+    let mut sent = req.headers().get_all(&X_REQUEST_ID).iter();
+    let id = match (sent.next(), sent.next()) {
+        (Some(v), None) if is_sane_request_id(v.as_bytes()) => {
             Arc::<str>::from(v.to_str().unwrap_or_default())
         }
         _ => Arc::<str>::from(new_request_id()),

@@ -180,8 +180,20 @@ impl Server {
                 match tls {
                     Some(acceptor) => {
                         let mut stop = conn.stop.clone();
+                        let deadline = tokio::time::Instant::now() + handshake;
+                        // a TLS client speaks first with a handshake record
+                        // (0x16); a method's capital letter is plain HTTP
+                        let mut first = [0u8; 1];
+                        let peeked = tokio::select! {
+                            r = tokio::time::timeout_at(deadline, stream.peek(&mut first)) => r,
+                            _ = stop.wait_for(|s| *s) => return,
+                        };
+                        if matches!(peeked, Ok(Ok(1))) && first[0].is_ascii_uppercase() {
+                            plain_http_on_tls_port(stream, peer, state).await;
+                            return;
+                        }
                         let accepted = tokio::select! {
-                            r = tokio::time::timeout(handshake, acceptor.accept(stream)) => r,
+                            r = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => r,
                             // a handshake in progress is not a request
                             _ = stop.wait_for(|s| *s) => return,
                         };
@@ -257,6 +269,38 @@ fn report(state: AppState, peer: std::net::SocketAddr) -> parse_error::Report {
             state.audit.record(event).await;
         });
     })
+}
+
+/// Plain HTTP on the TLS listener: answer a 400 in the error shape the
+/// client's HTTP parser can read (it got a raw TLS alert), counted and
+/// audited like any request that is not HTTPS-shaped, then close. Whatever
+/// the client sent is left unread: no request of it is served in clear.
+async fn plain_http_on_tls_port(
+    mut stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    state: AppState,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let id = crate::http::envelope::new_request_id();
+    report(state, peer)(http::StatusCode::BAD_REQUEST, &id);
+    let answer = parse_error::plain_http_on_tls_port(&id);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        if stream.write_all(&answer).await.is_err() || stream.shutdown().await.is_err() {
+            return;
+        }
+        // a close with the request unread would reset the connection,
+        // and a reset can reach the client before the answer: read what
+        // it sent (64 KiB at most) until it closes too
+        let mut sink = [0u8; 4096];
+        let mut left = 64 * 1024usize;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 /// What a connection's task holds besides the connection: the shutdown

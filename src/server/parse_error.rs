@@ -105,6 +105,20 @@ pub fn shaped_response(status: StatusCode, date: &[u8], tls: bool, id: &str) -> 
         StatusCode::URI_TOO_LONG => ApiError::BadRequest("the request target is too long".into()),
         _ => ApiError::BadRequest("the request is not well-formed HTTP/1.1".into()),
     };
+    shaped(status, &err, date, tls, id)
+}
+
+/// The answer to plain HTTP sent to the TLS listener (what nginx does
+/// too): a 400 in the error shape the client can read, rather than a TLS
+/// alert its HTTP parser cannot (probe L). Without HSTS: not under TLS.
+pub fn plain_http_on_tls_port(id: &str) -> Vec<u8> {
+    let err = ApiError::BadRequest(
+        "plain HTTP was sent to the HTTPS port: use https:// (network.tls is on)".into(),
+    );
+    shaped(StatusCode::BAD_REQUEST, &err, b"", false, id)
+}
+
+fn shaped(status: StatusCode, err: &ApiError, date: &[u8], tls: bool, id: &str) -> Vec<u8> {
     let body = err.body_bytes();
     let mut out = Vec::with_capacity(512 + body.len());
     out.extend_from_slice(b"HTTP/1.1 ");

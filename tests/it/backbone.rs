@@ -58,6 +58,16 @@ async fn request_id_is_echoed_when_sane_and_replaced_otherwise() {
         .await
         .unwrap();
     assert_ne!(r.headers()["x-request-id"].to_str().unwrap(), long);
+    // two lines are the one value "one, two": replaced, not the first echoed
+    let r = s
+        .get("/healthz")
+        .header("X-Request-Id", "one")
+        .header("X-Request-Id", "two")
+        .send()
+        .await
+        .unwrap();
+    let echoed = r.headers()["x-request-id"].to_str().unwrap();
+    assert!(echoed != "one" && echoed != "two", "{echoed}");
     // an API key put there by mistake is neither echoed nor audited
     let key = s.admin().to_string();
     let r = s
@@ -478,6 +488,34 @@ async fn requests_that_are_not_http_get_the_error_shape_over_tls() {
     );
 }
 
+/// Plain HTTP sent to the TLS port: a 400 in the error shape the client
+/// can read, naming https (probe L: a raw TLS alert, which curl reports as
+/// "Received HTTP/0.9"); no HSTS outside TLS, and TLS clients unaffected.
+#[tokio::test]
+async fn plain_http_sent_to_the_tls_port_gets_a_readable_400() {
+    let s = TestServer::start().await;
+    let conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let text = exchange(
+        conn,
+        b"GET /api/auth/whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (status, head, json) = last_response(&text);
+    assert_eq!(
+        (status, &json["error"]["code"]),
+        (400, &json!("bad_request")),
+        "{text}"
+    );
+    assert!(
+        json["error"]["message"].as_str().unwrap().contains("https"),
+        "{json}"
+    );
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    assert!(!head.contains("strict-transport-security"), "{head}");
+    let r = s.get("/healthz").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 #[tokio::test]
 async fn host_must_appear_once_as_host_and_port() {
     let s = &TestServer::with(Opts::default().plain()).await;
@@ -701,6 +739,44 @@ pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Probe I: a key header HTTP already gives a meaning was accepted: in
+/// `Keep-Alive` a key worked over HTTP/1.1 and was 401 over HTTP/2, in
+/// `Referer` it sat in every proxy's access log, with `_` nginx drops it.
+#[test]
+fn an_api_key_header_http_gives_a_meaning_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let show = |name: &str| {
+        std::fs::write(&cfg, format!("[security]\napi_key_header = \"{name}\"\n")).unwrap();
+        run_cli(
+            &["config", "show", "--config", cfg.to_str().unwrap()],
+            None,
+            &[],
+        )
+    };
+    for name in [
+        "Keep-Alive",
+        "Proxy-Authorization",
+        "Referer",
+        "Expect",
+        "Range",
+        "Set-Cookie",
+        "WWW-Authenticate",
+        "Sec-Fetch-Site",
+        "Content-Disposition",
+        "X_API_Key",
+    ] {
+        let (code, _, err) = show(name);
+        assert_eq!(code, 2, "{name}: {err}");
+        assert!(err.contains("security.api_key_header"), "{name}: {err}");
+    }
+    for name in ["X-Token", "X-Agent-Key", "Api-Key"] {
+        let (code, out, err) = show(name);
+        assert_eq!(code, 0, "{name}: {err}");
+        assert!(out.contains(name), "{name}: {out}");
+    }
 }
 
 #[test]
