@@ -189,8 +189,12 @@ pub struct ListFilter {
 
 /// Stored (encrypted) bytes at most in one page of [`list`]: 200 tasks
 /// with megabyte inputs would otherwise be read, decrypted and serialized
-/// at once, a gigabyte for one request of an ordinary user.
-pub const LIST_BYTES_MAX: i64 = 16 * 1024 * 1024;
+/// at once, a gigabyte for one request of an ordinary user. 2 MiB (about
+/// 1.5 MB of JSON): a response waits whole in memory until the client
+/// reads it, and 20 connections that asked for 12 MB pages and never read
+/// held 268 MB until the stall guard dropped them (probe L); at 2 MiB a
+/// client at the default rate limit pins at most ~150 MB for those 20 s.
+pub const LIST_BYTES_MAX: i64 = 2 * 1024 * 1024;
 
 /// One page of tasks, and whether [`LIST_BYTES_MAX`] cut it short of
 /// `f.limit` (more rows follow even though fewer came back). The first
