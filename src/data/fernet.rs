@@ -157,6 +157,19 @@ impl Key {
         out
     }
 
+    /// A public name of the key: SHA-256 of a label and the key, in hex.
+    /// Instances sharing a database record it per key id, so a keyring
+    /// whose `k1` is not the others' `k1` is refused at start (a 256-bit
+    /// random key cannot be found from its hash).
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"frenly key fingerprint v1\0");
+        h.update(self.signing);
+        h.update(self.encryption);
+        hex::encode(h.finalize())
+    }
+
     /// The key as url-safe base64 with padding (Python's format).
     pub fn to_base64(&self) -> String {
         let mut b = [0u8; 32];

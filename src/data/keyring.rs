@@ -198,6 +198,16 @@ impl Keyring {
             .map_err(|_| KeyringError::Fernet(FernetError::InvalidToken("not UTF-8")))
     }
 
+    /// Every key's id and [`Key::fingerprint`].
+    pub fn fingerprints(&self) -> Vec<(String, String)> {
+        self.ring
+            .read()
+            .keys
+            .iter()
+            .map(|(id, k)| (id.clone(), k.fingerprint()))
+            .collect()
+    }
+
     /// Is this stored value under the primary key?
     pub fn is_primary(&self, stored: &str) -> bool {
         stored

@@ -67,6 +67,34 @@ pub async fn check_keyring_reads_the_data(
             return Err(unusable_keyring(cfg, why).into());
         }
     }
+    // instances sharing the database share the keyring: one that made its
+    // own `k1` would write rows no other could read, and nothing in the
+    // data shows it before the first one is written (probe I)
+    let ours = ring.fingerprints();
+    for (id, registered) in crate::store::fingerprints::register(db, &ours).await? {
+        let Some((_, mine)) = ours.iter().find(|(k, _)| *k == id) else {
+            continue;
+        };
+        if *mine == registered {
+            continue;
+        }
+        let used = samples.iter().any(|(k, _)| *k == id);
+        if !used && db.engine == crate::store::Engine::Sqlite {
+            // a lone instance's regenerated keyring, before any value used
+            // the old key: nothing to read with it, and no other instance
+            // on this file can write with it
+            tracing::warn!(key = %id, "the keyring's key replaced one no stored value uses; recorded the new one");
+            crate::store::fingerprints::replace(db, &id, mine).await?;
+            continue;
+        }
+        return Err(unusable_keyring(
+            cfg,
+            format!(
+                "its key `{id}` is not the `{id}` other instances of this database use: give every instance the same keyring file (if no instance uses that key any more and no value is stored under it, remove its row: DELETE FROM key_fingerprints WHERE key_id = '{id}')"
+            ),
+        )
+        .into());
+    }
     Ok(())
 }
 

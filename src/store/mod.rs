@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod bans;
 pub mod cache;
+pub mod fingerprints;
 pub mod group;
 pub mod incidents;
 pub mod keys;

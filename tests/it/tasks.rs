@@ -1167,6 +1167,97 @@ async fn a_keyring_that_cannot_read_the_stored_data_stops_the_start() {
     assert_eq!(got["description"], "secret text");
 }
 
+/// `frenly serve` with `s`'s config, another data dir and `env`: its exit
+/// code, or `None` when it still served after `wait` (then stopped).
+fn serve_beside(
+    s: &TestServer,
+    data: &std::path::Path,
+    env: &[(&str, String)],
+    wait: std::time::Duration,
+) -> (Option<i32>, String) {
+    let cfg = s.dir.path().join("frenly.toml");
+    let mut cmd = std::process::Command::new(crate::common::BIN);
+    cmd.args(["serve", "--config", cfg.to_str().unwrap(), "--data-dir"])
+        .arg(data)
+        .env("FRENLY_NETWORK__LISTEN", "127.0.0.1:0")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in s.cli_env().into_iter().chain(env.iter().cloned()) {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + wait;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    (code, err)
+}
+
+/// Instances sharing a PostgreSQL database share the keyring. A second
+/// instance that generated its own (a fleet brought up before the file was
+/// copied) is refused at start, before any task exists: before, both
+/// wrote rows under their own `k1` and every list answered 500 on both
+/// (probe I). With the first one's keyring it starts. A lone SQLite
+/// instance whose keyring was regenerated before any value used it still
+/// starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_with_its_own_keyring_on_a_shared_database_is_refused() {
+    if !crate::common::pg_mode() {
+        // SQLite: one instance per file, so a regenerated keyring that no
+        // value used is recorded anew
+        let mut s = start().await;
+        let key = s.admin().to_string();
+        s.terminate().await;
+        std::fs::remove_file(s.data_dir().join("keyring.json")).unwrap();
+        let mut s = s.restart(Opts::default().config(BASE_CONFIG)).await;
+        s.admin_key = Some(key);
+        create(&s, json!({"title": "t", "description": "d"})).await;
+        return;
+    }
+    if !crate::common::need("PostgreSQL", crate::common::pg_available()) {
+        return;
+    }
+    let url = crate::common::fresh_pg_database();
+    let a = TestServer::with(Opts::default().config(BASE_CONFIG).database(&url)).await;
+    let other = tempfile::tempdir().unwrap();
+    let wait = std::time::Duration::from_secs(20);
+    let (code, err) = serve_beside(&a, &other.path().join("b"), &[], wait);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("encryption.keyring_file"), "{err}");
+    assert!(err.contains("other instances"), "{err}");
+    let shared = [
+        (
+            "FRENLY_ENCRYPTION__KEYRING_FILE",
+            a.data_dir().join("keyring.json").display().to_string(),
+        ),
+        (
+            "FRENLY_AUTH__JWT_SECRET_FILE",
+            a.data_dir().join("jwt.secret").display().to_string(),
+        ),
+    ];
+    let started = std::time::Duration::from_secs(4);
+    let (code, err) = serve_beside(&a, &other.path().join("c"), &shared, started);
+    assert_eq!(code, None, "refused with the shared keyring: {err}");
+    // the first instance is unaffected
+    create(&a, json!({"title": "t", "description": "d"})).await;
+    drop(a);
+    crate::common::drop_pg_database(&url);
+}
+
 /// `keyring rotate` in a directory with neither a keyring nor a database (a
 /// mistyped `--data-dir`) is refused and creates nothing (before: exit 0
 /// and a new keyring there, the real one unrotated).
