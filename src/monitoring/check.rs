@@ -761,7 +761,12 @@ fn verify_chain_from(files: &[std::path::PathBuf], mut prev: String) -> Result<V
             Some(end) => text.split_at(end + 1),
             None => ("", text.as_str()),
         };
-        let lines: Vec<&str> = complete.lines().collect();
+        // split on `\n` only: `str::lines` also strips a `\r` before it,
+        // so a log rewritten with CRLF line ends verified as intact
+        let lines: Vec<&str> = match complete.strip_suffix('\n') {
+            Some(body) => body.split('\n').collect(),
+            None => Vec::new(),
+        };
         let from = prev.clone();
         prev = super::audit::verify_lines(lines.iter().copied(), prev, 1)
             .map_err(|e| format!("{}: {e}", f.display()))?;
@@ -1041,6 +1046,32 @@ mod tests {
         assert!(entropy_bits("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa") < 1.0);
         assert!(entropy_bits("abababababababababababababababababababab") < 64.0);
         assert!(entropy_bits("kq3ZJ0v9Xb2Lw8TyN4mR7pQ1sU6hE5dGcA_fB-iK") > 150.0);
+    }
+
+    /// Regression (probe J): a log whose line ends were rewritten to CRLF
+    /// verified as intact (`str::lines` strips the `\r`); the bytes are not
+    /// what was written.
+    #[test]
+    fn crlf_line_ends_break_the_chain() {
+        use crate::monitoring::audit::{render_at, AuditEvent, GENESIS};
+        let dir = tempfile::tempdir().unwrap();
+        let mut prev = GENESIS.to_string();
+        let mut lines = Vec::new();
+        for i in 0..3 {
+            let (line, hash) = render_at(&AuditEvent::new("api_access"), &prev, i);
+            lines.push(line);
+            prev = hash;
+        }
+        let p = dir.path().join("a.log");
+        std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+        assert_eq!(verify_chain(std::slice::from_ref(&p)).unwrap().lines, 3);
+        std::fs::write(&p, lines.join("\r\n") + "\r\n").unwrap();
+        let e = verify_chain(std::slice::from_ref(&p)).unwrap_err();
+        assert!(e.contains("line 1:"), "{e}");
+        // only the last line's end
+        std::fs::write(&p, lines.join("\n") + "\r\n").unwrap();
+        let e = verify_chain(std::slice::from_ref(&p)).unwrap_err();
+        assert!(e.contains("line 3:"), "{e}");
     }
 
     #[test]
