@@ -15,8 +15,11 @@
 //! shutdown) puts every accepted event on disk. Past `audit.rotate_bytes`
 //! the file is renamed to `<file>.<n>` (`.1` oldest) and the chain continues
 //! in a fresh file. Member names that name secrets (`password`, `token`,
-//! `secret`, `key`, `authorization`, ... — see [`is_secret_name`]) and
-//! values that look like Frenly API keys or JWTs are written as `[redacted]`.
+//! `secret`, `key`, `authorization`, ... — see [`is_secret_name`]) are
+//! written as `[redacted]`, and so is every part of a string value that
+//! looks like a Frenly API key, a key's 43-character body or a JWT
+//! ([`redact_str`]): paths, header values and names that a client chose
+//! keep their shape, not the credential.
 //!
 //! Not covered: an attacker who can rewrite the whole file and recompute the
 //! chain (ship the log off the machine, or anchor the last hash elsewhere).
@@ -829,10 +832,97 @@ fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
         .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
-/// Does a string value look like a credential Frenly issues (an API key or a
-/// JWT)?
-fn looks_like_credential(s: &str) -> bool {
-    s.contains("frn_") || (s.starts_with("eyJ") && s.matches('.').count() == 2)
+/// The length of an API key's body (`frn_` + 32 random bytes in url-safe
+/// base64 without padding).
+const KEY_BODY_LEN: usize = 43;
+
+/// A byte of the url-safe base64 alphabet (API key bodies, JWT segments).
+fn is_b64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// The byte ranges of `s` that look like a credential Frenly issues, in
+/// order and disjoint:
+/// - `frn_` and the url-safe base64 run it starts (an API key, whole or cut);
+/// - a JWT: a run holding `eyJ` (the base64 of `{"`, how every JWT header
+///   starts) from there on, followed by at least two more `.`-separated
+///   segments (JWS has three, JWE five; a segment may be empty);
+/// - a key's body without its prefix: a maximal run (bounded by the
+///   string's ends or a byte outside the alphabet) of exactly 43 url-safe
+///   base64 characters holding both an upper- and a lowercase letter. A
+///   random body lacks one of them with a chance of about 4 in 10^10, while
+///   the identifiers Frenly writes (UUIDs, hex hashes, route patterns) and
+///   most words, slugs and numbers are not such runs: they are left alone.
+///
+/// One pass over the bytes, no allocation unless something is found: it
+/// runs for every string an audit event carries.
+fn credential_spans(s: &str) -> Vec<(usize, usize)> {
+    let b = s.as_bytes();
+    let mut spans = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if !b.get(i).copied().is_some_and(is_b64url) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while b.get(i).copied().is_some_and(is_b64url) {
+            i += 1;
+        }
+        let run = b.get(start..i).unwrap_or_default();
+        let find = |needle: &[u8]| run.windows(needle.len()).position(|w| w == needle);
+        if let Some(p) = find(b"eyJ") {
+            // the segments after this run
+            let (mut end, mut segments) = (i, 0);
+            while b.get(end) == Some(&b'.') {
+                end += 1;
+                while b.get(end).copied().is_some_and(is_b64url) {
+                    end += 1;
+                }
+                segments += 1;
+            }
+            if segments >= 2 {
+                let from = find(b"frn_").filter(|&f| f < p).unwrap_or(p);
+                spans.push((start + from, end));
+                i = end;
+                continue;
+            }
+        }
+        if let Some(p) = find(b"frn_") {
+            spans.push((start + p, i));
+        } else if run.len() == KEY_BODY_LEN
+            && run.iter().any(u8::is_ascii_uppercase)
+            && run.iter().any(u8::is_ascii_lowercase)
+        {
+            spans.push((start, i));
+        }
+    }
+    spans
+}
+
+/// Does `s` hold something that looks like a Frenly API key (or its body)
+/// or a JWT ([`credential_spans`])?
+pub fn holds_credential(s: &str) -> bool {
+    !credential_spans(s).is_empty()
+}
+
+/// `s` with every credential-looking part ([`credential_spans`]) replaced
+/// by [`REDACTED`]: `/etc/passwd/eyJ...` is written `/etc/passwd/[redacted]`,
+/// so the event still says where the request went.
+pub fn redact_str(s: &str) -> std::borrow::Cow<'_, str> {
+    let spans = credential_spans(s);
+    if spans.is_empty() {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut at = 0;
+    for (from, to) in spans {
+        out.push_str(s.get(at..from).unwrap_or_default());
+        out.push_str(REDACTED);
+        at = to;
+    }
+    out.push_str(s.get(at..).unwrap_or_default());
+    std::borrow::Cow::Owned(out)
 }
 
 /// Would [`redact`] change `v`? (Most values are plain: they are written as
@@ -843,13 +933,13 @@ fn needs_redaction(v: &Value) -> bool {
             .iter()
             .any(|(k, v)| (is_secret_name(k) && !v.is_null()) || needs_redaction(v)),
         Value::Array(a) => a.iter().any(needs_redaction),
-        Value::String(s) => looks_like_credential(s),
+        Value::String(s) => holds_credential(s),
         _ => false,
     }
 }
 
-/// The secret guard: redact secret-named members and credential-looking
-/// values, recursively.
+/// The secret guard: redact secret-named members, and the credential-looking
+/// parts of string values ([`redact_str`]), recursively.
 pub fn redact(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
@@ -864,7 +954,7 @@ pub fn redact(v: &Value) -> Value {
                 .collect(),
         ),
         Value::Array(a) => Value::Array(a.iter().map(redact).collect()),
-        Value::String(s) if looks_like_credential(s) => Value::from(REDACTED),
+        Value::String(s) => Value::from(redact_str(s).into_owned()),
         other => other.clone(),
     }
 }
@@ -1242,6 +1332,57 @@ mod properties {
         ] {
             assert!(!is_secret_name(n), "{n}");
         }
+    }
+
+    /// Regression (probe J): a JWT, or a key's body without `frn_`, inside
+    /// an attacker-chosen string (the path of an IDS-blocked request) was
+    /// written verbatim: only whole values were redacted.
+    #[test]
+    fn credentials_inside_strings_are_redacted() {
+        let jwt = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.c2lnbmF0dXJlX29mX3RoZV90b2tlbl9oZXJlX3h4eA";
+        let body = "Qm9keU9mQUtleV9UaGF0SXM0M0NoYXJzTG9uZ18tWFz";
+        assert_eq!(body.len(), 43);
+        for (input, want) in [
+            (
+                format!("/etc/passwd/{jwt}"),
+                "/etc/passwd/[redacted]".to_string(),
+            ),
+            (format!("/x?t={jwt}&a=1"), "/x?t=[redacted]&a=1".into()),
+            (
+                format!("/api/tasks/<script>{body}"),
+                "/api/tasks/<script>[redacted]".into(),
+            ),
+            (format!("/k/frn_{body}/x"), "/k/[redacted]/x".into()),
+            (
+                format!("Bearer {jwt} and {body}"),
+                "Bearer [redacted] and [redacted]".into(),
+            ),
+            // alg none: an empty signature
+            (
+                "a eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0. b".into(),
+                "a [redacted] b".into(),
+            ),
+        ] {
+            assert_eq!(redact_str(&input), want, "{input}");
+            let ev = AuditEvent::new("security_violation")
+                .field("endpoint", input.as_str())
+                .field("details", serde_json::json!({"h": [input.as_str()]}));
+            let (line, _) = render_at(&ev, GENESIS, 0);
+            assert!(!line.contains(jwt) && !line.contains(body), "{line}");
+        }
+        // what Frenly writes itself is left alone
+        for plain in [
+            "/api/tasks/{id}",
+            "0190a1b2c3d4e5f60718293a4b5c6d7e",
+            &"ab12".repeat(16),
+            "this-is-a-lowercase-slug-of-43-characters-x",
+            "rule sqli.union at query:q",
+            "x.y",
+        ] {
+            assert!(!holds_credential(plain), "{plain}");
+        }
+        assert!(crate::http::envelope::is_sane_request_id(b"req-1.2"));
+        assert!(!crate::http::envelope::is_sane_request_id(body.as_bytes()));
     }
 
     /// Members sorted by name, a repeated name replaced, and the line keeps
