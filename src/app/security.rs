@@ -181,7 +181,7 @@ async fn add_ban(
     let group = state.network.group_v6;
     // a ban on the caller's own address (or /64) would lock the admin out
     // before the DELETE that lifts it could arrive
-    let own = caller.map(|c| state.network.key(c.0 .0));
+    let own = caller.as_ref().map(|c| state.network.key(c.0 .0));
     let mut errors = FieldErrors::new();
     let mut err = |f: &str, m: &str| errors.entry(f.into()).or_default().push(m.into());
     for name in body.keys() {
@@ -264,7 +264,8 @@ async fn add_ban(
         .await
         .ok_or(ApiError::Internal)?;
     let rid = rid.map(|r| r.0.as_str().to_string());
-    if !crate::network::record_ban(&state, &rec, Some(&who.user_id), rid.as_deref()).await {
+    let client = caller.map(|c| c.0 .0);
+    if !crate::network::record_ban(&state, &rec, Some(&who.user_id), client, rid.as_deref()).await {
         // in force (Redis and memory) but not yet stored: stored when the
         // database is back (`Network::reload_bans`); the caller hears that
         // the database is out of reach, not a server fault
@@ -277,6 +278,7 @@ async fn lift_ban(
     State(state): State<AppState>,
     who: Authenticated,
     rid: Option<Extension<RequestId>>,
+    caller: Option<Extension<crate::network::ClientAddr>>,
     Path(ip): Path<String>,
     _: NoBody,
 ) -> Result<StatusCode, ApiError> {
@@ -298,9 +300,14 @@ async fn lift_ban(
         .metrics
         .active_bans
         .set(state.network.bans.active_count(now) as i64);
+    // `ip` is the requester's address (the admin's), as on every event;
+    // the address the ban was lifted from is `target_ip`
     let mut ev = AuditEvent::new("ban_lifted")
-        .ip(&written)
-        .user(Some(who.user_id.clone()));
+        .user(Some(who.user_id.clone()))
+        .field("target_ip", written.as_str());
+    if let Some(c) = caller {
+        ev = ev.ip(c.0 .0);
+    }
     if let Some(r) = rid {
         ev = ev.request_id(r.0.as_str());
     }

@@ -90,20 +90,26 @@ pub fn check(g: &Global) -> CmdResult {
 }
 
 /// `audit verify` of readable files: OK, INCOMPLETE or BROKEN on stdout.
-/// `stored`: the database's newest chain links, read before the files,
-/// when the last file is the configured `audit.file`.
-fn audit_verify(files: &[PathBuf], stored: Option<&[(String, String)]>) -> CmdResult {
+/// `stored`: what the database holds (read before the files), when the
+/// last file is the configured `audit.file` or the instance is named.
+fn audit_verify(
+    files: &[PathBuf],
+    stored: Option<(tokio::runtime::Runtime, checklist::Stored)>,
+) -> CmdResult {
     let verified = checklist::verify_chain(files);
-    let cut = match (&verified, stored) {
-        (Ok(v), Some(links)) => checklist::stored_past(v, links),
+    let gap = match (&verified, &stored) {
+        (Ok(v), Some((rt, s))) => rt.block_on(checklist::stored_gap(v, s)),
         _ => None,
     };
-    if let (Some((n, _)), Ok(v), Some(last)) = (cut, &verified, files.last()) {
-        outln!(
-            "BROKEN {}: after line {}: the database holds {n} later event(s) of this chain that the file does not: its last lines were cut",
-            last.display(),
-            v.lines
-        )?;
+    if let (Some(gap), Ok(v), Some(last)) = (gap, &verified, files.last()) {
+        let at = match gap {
+            crate::monitoring::audit::StoredGap::Cut { .. } => format!("after line {}", v.lines),
+            crate::monitoring::audit::StoredGap::Unknown { .. } if v.lines == 0 => {
+                "no lines".to_string()
+            }
+            crate::monitoring::audit::StoredGap::Unknown { .. } => "line 1".to_string(),
+        };
+        outln!("BROKEN {}: {at}: {}", last.display(), gap.describe())?;
         return Ok(1);
     }
     match verified {
@@ -163,7 +169,7 @@ pub fn audit(g: &Global, c: AuditCmd) -> CmdResult {
                 }
             }
             let stored = stored_links_for(g, &files);
-            audit_verify(&files, stored.as_deref())
+            audit_verify(&files, stored)
         }
         AuditCmd::Tail { file, follow } => {
             let (path, named) = match file {
@@ -192,7 +198,10 @@ pub fn audit(g: &Global, c: AuditCmd) -> CmdResult {
 /// show that a file's last lines were cut, the rows stored after them can.
 /// `None` when the config cannot be loaded, the file is another without an
 /// instance named, or there is no database to read.
-fn stored_links_for(g: &Global, files: &[PathBuf]) -> Option<Vec<(String, String)>> {
+fn stored_links_for(
+    g: &Global,
+    files: &[PathBuf],
+) -> Option<(tokio::runtime::Runtime, checklist::Stored)> {
     use std::os::unix::fs::MetadataExt;
     let cfg = load_config(g).ok()?;
     let same = |a: &std::path::Path, b: &std::path::Path| match (
@@ -206,7 +215,9 @@ fn stored_links_for(g: &Global, files: &[PathBuf]) -> Option<Vec<(String, String
     if !named && !same(files.last()?, &cfg.audit_file) {
         return None;
     }
-    runtime().ok()?.block_on(checklist::stored_links(&cfg))
+    let rt = runtime().ok()?;
+    let stored = rt.block_on(checklist::stored_links(&cfg))?;
+    Some((rt, stored))
 }
 
 /// Print the file; with `follow`, keep printing appended lines and reopen

@@ -46,13 +46,15 @@ impl RequestId {
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Is an incoming request id sane: 1..128 characters of `[A-Za-z0-9._-]`,
-/// and not a Frenly API key (`frn_...`: a client that put its key there
-/// would have it echoed and written to the audit log)?
+/// holding nothing that looks like a Frenly API key, a key's body or a JWT
+/// (`monitoring::audit::holds_credential`: a client that put its key there
+/// would have it echoed and written to the audit log, whose `request_id`
+/// is not redacted)?
 pub fn is_sane_request_id(v: &[u8]) -> bool {
     (1..=128).contains(&v.len())
-        && !v.windows(4).any(|w| w == b"frn_")
         && v.iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && std::str::from_utf8(v).is_ok_and(|s| !crate::monitoring::audit::holds_credential(s))
 }
 
 /// Options of the envelope.

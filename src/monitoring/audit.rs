@@ -15,8 +15,11 @@
 //! shutdown) puts every accepted event on disk. Past `audit.rotate_bytes`
 //! the file is renamed to `<file>.<n>` (`.1` oldest) and the chain continues
 //! in a fresh file. Member names that name secrets (`password`, `token`,
-//! `secret`, `key`, `authorization`, ... — see [`is_secret_name`]) and
-//! values that look like Frenly API keys or JWTs are written as `[redacted]`.
+//! `secret`, `key`, `authorization`, ... — see [`is_secret_name`]) are
+//! written as `[redacted]`, and so is every part of a string value that
+//! looks like a Frenly API key, a key's 43-character body or a JWT
+//! ([`redact_str`]): paths, header values and names that a client chose
+//! keep their shape, not the credential.
 //!
 //! Not covered: an attacker who can rewrite the whole file and recompute the
 //! chain (ship the log off the machine, or anchor the last hash elsewhere).
@@ -93,6 +96,9 @@ impl AuditEvent {
 enum Msg {
     Event(AuditEvent),
     Flush(oneshot::Sender<()>),
+    /// Go on from this hash (the start found the file's own chain unknown
+    /// to the database: [`Audit::report_cut_tail`]).
+    Rechain(String),
 }
 
 /// Where the writer reports its health: the metrics it updates and the alert
@@ -121,6 +127,8 @@ pub struct Audit {
     last_alert_ms: std::sync::atomic::AtomicI64,
     /// The hash the chain went on from at start (the file's last line).
     start_prev: String,
+    /// The audit file.
+    path: PathBuf,
 }
 
 impl Audit {
@@ -185,6 +193,7 @@ impl Audit {
             hooks,
             last_alert_ms: std::sync::atomic::AtomicI64::new(0),
             start_prev,
+            path: cfg.audit_file.clone(),
         };
         if let Some(hash) = resumed {
             tracing::warn!(
@@ -216,15 +225,23 @@ impl Audit {
         Ok(audit)
     }
 
-    /// At start, before serving: does the database hold events that go on
-    /// from the file's last line (its last lines were cut while no writer
-    /// ran: the chain of what is left verifies, and the writer would go on
-    /// from the cut unnoticed)? If so, say so in the chain (a
-    /// `security_violation` with `violation_type: "audit_tail_cut"`), in
-    /// the log, and to the alert channel. Returns the number of missing
+    /// At start, before serving: does the database hold events the file
+    /// does not account for? Either events that go on from the file's last
+    /// line (its last lines were cut while no writer ran: the chain of what
+    /// is left verifies, and the writer would go on from the cut
+    /// unnoticed), recorded as a `security_violation` with
+    /// `violation_type: "audit_tail_cut"`; or events none of which is in
+    /// the file (the file was replaced by a chain of its own, such as a
+    /// forged one from the all-zero hash), recorded as
+    /// `violation_type: "audit_file_missing"` like a removed file: the
+    /// chain goes on from the newest stored line, not from the file's, so
+    /// `audit verify` reports the break at that line. Either way also in
+    /// the log and to the alert channel. Returns the number of missing
     /// events.
     pub async fn report_cut_tail(&self, db: &Db) -> usize {
         if self.start_prev == GENESIS {
+            // no chain in the file: `start_with` went on from the newest
+            // stored line and said so
             return 0;
         }
         let links = match crate::store::audit::recent_links(db, STORED_WINDOW).await {
@@ -235,9 +252,37 @@ impl Audit {
             }
         };
         let file = std::collections::HashSet::from([self.start_prev.clone()]);
-        let Some((missing, after)) = missing_from_file(&file, &links) else {
-            return 0;
-        };
+        match stored_gap(&file, &links) {
+            None => 0,
+            Some(StoredGap::Cut { missing, after }) => {
+                self.report_cut(missing, after).await;
+                missing
+            }
+            Some(StoredGap::Unknown { stored, newest }) => {
+                // the file's other lines (rows of the last ones may be
+                // missing: a database out of reach at the last shutdown),
+                // then the whole table for its last line (an instance idle
+                // while others wrote)
+                let known = match hashes_in(&self.path) {
+                    Ok(all) => links
+                        .iter()
+                        .any(|(p, h)| all.contains(h) || all.contains(p)),
+                    Err(_) => false,
+                };
+                if known
+                    || crate::store::audit::holds_hash(db, &self.start_prev)
+                        .await
+                        .unwrap_or(true)
+                {
+                    return 0;
+                }
+                self.report_replaced(stored, newest).await;
+                stored
+            }
+        }
+    }
+
+    async fn report_cut(&self, missing: usize, after: String) {
         tracing::error!(
             missing,
             after = %after,
@@ -263,7 +308,41 @@ impl Audit {
                 "message": "the audit file's last lines were cut while the server was stopped; the database still holds them",
             }));
         }
-        missing
+    }
+
+    /// The file holds a chain none of whose lines the database has: go on
+    /// from the newest stored line (`newest`), not the file's.
+    async fn report_replaced(&self, stored: usize, newest: String) {
+        tracing::error!(
+            stored,
+            file_ends_at = %self.start_prev,
+            continues_from = %newest,
+            "the audit file holds none of the events the database holds: it was emptied or replaced while the server was stopped; the chain goes on from the newest stored line"
+        );
+        if self.tx.send(Msg::Rechain(newest.clone())).await.is_err() {
+            tracing::error!("audit writer is gone");
+            return;
+        }
+        self.record(
+            AuditEvent::new("security_violation")
+                .field("violation_type", "audit_file_missing")
+                .field(
+                    "details",
+                    "at start the audit file held a chain none of whose lines the database holds (replaced while the server was stopped); the chain goes on from the newest stored line",
+                )
+                .field("file_ends_at", self.start_prev.as_str())
+                .field("continues_from", newest.as_str()),
+        )
+        .await;
+        if let Some(a) = &self.hooks.alerts {
+            a.send(serde_json::json!({
+                "type": "audit_file_replaced",
+                "ts": crate::store::rfc3339(crate::store::now_ms()),
+                "stored_events": stored,
+                "continues_from": newest,
+                "message": "the audit file was replaced while the server was stopped: it holds none of the events the database holds",
+            }));
+        }
     }
 
     /// Queue what the start found about the file itself, ahead of every
@@ -366,6 +445,10 @@ struct LogFile {
     /// removed under this process (not rotated: a rotation puts the fresh
     /// file in place before it lets go of the old one's lock).
     removed: bool,
+    /// The file was shorter under the lock than this process left it: it
+    /// was truncated in place (appends only make it longer; a rotation
+    /// names a new file). The length it had, and the length found.
+    truncated: Option<(u64, u64)>,
 }
 
 impl LogFile {
@@ -382,6 +465,7 @@ impl LogFile {
             rotate_bytes,
             known: None,
             removed: false,
+            truncated: None,
         };
         f.reopen()?;
         Ok(f)
@@ -401,6 +485,14 @@ impl LogFile {
             match std::fs::metadata(&self.path) {
                 Ok(named) if named.ino() == open.ino() && named.dev() == open.dev() => {
                     self.size = open.len();
+                    if let Some(left) = self.known.filter(|&k| open.len() < k) {
+                        // the chain goes on from the last line this
+                        // process wrote, not from what the cut left, so
+                        // the cut shows (the marker line breaks the chain
+                        // of what is left)
+                        self.truncated = Some((left, open.len()));
+                        self.known = Some(open.len());
+                    }
                     return Ok(());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -667,6 +759,25 @@ impl Writer {
         let mut flushes = Vec::new();
         // events of the writer's own, not counted as queued
         let mut own = 0u64;
+        if let Some((left, found)) = self.file.truncated.take() {
+            own += 1;
+            tracing::error!(file = %self.file.path.display(), left, found, "the audit file was truncated while the server ran: the chain goes on from the last line written (what was cut is gone unless a copy exists; the database holds it)");
+            batch.insert(
+                0,
+                Msg::Event(
+                    AuditEvent::new("security_violation")
+                        .field("violation_type", "audit_file_missing")
+                        .field(
+                            "details",
+                            "the audit file was truncated while the server ran; the chain goes on from the last line written",
+                        )
+                        .field("while", "running")
+                        .field("bytes_before", left)
+                        .field("bytes_found", found)
+                        .field("continues_from", self.prev.clone()),
+                ),
+            );
+        }
         if std::mem::take(&mut self.file.removed) {
             own += 1;
             tracing::error!(file = %self.file.path.display(), "the audit file was removed while the server ran: a fresh one goes on from the last line written (what came before is gone unless a copy exists)");
@@ -679,6 +790,7 @@ impl Writer {
                             "details",
                             "the audit file was removed while the server ran; the chain goes on in a fresh file from the last line written",
                         )
+                        .field("while", "running")
                         .field("continues_from", self.prev.clone()),
                 ),
             );
@@ -701,6 +813,7 @@ impl Writer {
                     });
                 }
                 Msg::Flush(done) => flushes.push(done),
+                Msg::Rechain(from) => self.prev = from,
             }
         }
         let fresh = records.iter().map(|r| r.line.as_str());
@@ -829,10 +942,97 @@ fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
         .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
-/// Does a string value look like a credential Frenly issues (an API key or a
-/// JWT)?
-fn looks_like_credential(s: &str) -> bool {
-    s.contains("frn_") || (s.starts_with("eyJ") && s.matches('.').count() == 2)
+/// The length of an API key's body (`frn_` + 32 random bytes in url-safe
+/// base64 without padding).
+const KEY_BODY_LEN: usize = 43;
+
+/// A byte of the url-safe base64 alphabet (API key bodies, JWT segments).
+fn is_b64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// The byte ranges of `s` that look like a credential Frenly issues, in
+/// order and disjoint:
+/// - `frn_` and the url-safe base64 run it starts (an API key, whole or cut);
+/// - a JWT: a run holding `eyJ` (the base64 of `{"`, how every JWT header
+///   starts) from there on, followed by at least two more `.`-separated
+///   segments (JWS has three, JWE five; a segment may be empty);
+/// - a key's body without its prefix: a maximal run (bounded by the
+///   string's ends or a byte outside the alphabet) of exactly 43 url-safe
+///   base64 characters holding both an upper- and a lowercase letter. A
+///   random body lacks one of them with a chance of about 4 in 10^10, while
+///   the identifiers Frenly writes (UUIDs, hex hashes, route patterns) and
+///   most words, slugs and numbers are not such runs: they are left alone.
+///
+/// One pass over the bytes, no allocation unless something is found: it
+/// runs for every string an audit event carries.
+fn credential_spans(s: &str) -> Vec<(usize, usize)> {
+    let b = s.as_bytes();
+    let mut spans = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if !b.get(i).copied().is_some_and(is_b64url) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while b.get(i).copied().is_some_and(is_b64url) {
+            i += 1;
+        }
+        let run = b.get(start..i).unwrap_or_default();
+        let find = |needle: &[u8]| run.windows(needle.len()).position(|w| w == needle);
+        if let Some(p) = find(b"eyJ") {
+            // the segments after this run
+            let (mut end, mut segments) = (i, 0);
+            while b.get(end) == Some(&b'.') {
+                end += 1;
+                while b.get(end).copied().is_some_and(is_b64url) {
+                    end += 1;
+                }
+                segments += 1;
+            }
+            if segments >= 2 {
+                let from = find(b"frn_").filter(|&f| f < p).unwrap_or(p);
+                spans.push((start + from, end));
+                i = end;
+                continue;
+            }
+        }
+        if let Some(p) = find(b"frn_") {
+            spans.push((start + p, i));
+        } else if run.len() == KEY_BODY_LEN
+            && run.iter().any(u8::is_ascii_uppercase)
+            && run.iter().any(u8::is_ascii_lowercase)
+        {
+            spans.push((start, i));
+        }
+    }
+    spans
+}
+
+/// Does `s` hold something that looks like a Frenly API key (or its body)
+/// or a JWT ([`credential_spans`])?
+pub fn holds_credential(s: &str) -> bool {
+    !credential_spans(s).is_empty()
+}
+
+/// `s` with every credential-looking part ([`credential_spans`]) replaced
+/// by [`REDACTED`]: `/etc/passwd/eyJ...` is written `/etc/passwd/[redacted]`,
+/// so the event still says where the request went.
+pub fn redact_str(s: &str) -> std::borrow::Cow<'_, str> {
+    let spans = credential_spans(s);
+    if spans.is_empty() {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut at = 0;
+    for (from, to) in spans {
+        out.push_str(s.get(at..from).unwrap_or_default());
+        out.push_str(REDACTED);
+        at = to;
+    }
+    out.push_str(s.get(at..).unwrap_or_default());
+    std::borrow::Cow::Owned(out)
 }
 
 /// Would [`redact`] change `v`? (Most values are plain: they are written as
@@ -843,13 +1043,13 @@ fn needs_redaction(v: &Value) -> bool {
             .iter()
             .any(|(k, v)| (is_secret_name(k) && !v.is_null()) || needs_redaction(v)),
         Value::Array(a) => a.iter().any(needs_redaction),
-        Value::String(s) => looks_like_credential(s),
+        Value::String(s) => holds_credential(s),
         _ => false,
     }
 }
 
-/// The secret guard: redact secret-named members and credential-looking
-/// values, recursively.
+/// The secret guard: redact secret-named members, and the credential-looking
+/// parts of string values ([`redact_str`]), recursively.
 pub fn redact(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
@@ -864,7 +1064,7 @@ pub fn redact(v: &Value) -> Value {
                 .collect(),
         ),
         Value::Array(a) => Value::Array(a.iter().map(redact).collect()),
-        Value::String(s) if looks_like_credential(s) => Value::from(REDACTED),
+        Value::String(s) => Value::from(redact_str(s).into_owned()),
         other => other.clone(),
     }
 }
@@ -1052,6 +1252,81 @@ pub fn missing_from_file(
         }
     }
     Some((seen.len(), first_prev.to_string()))
+}
+
+/// What the database holds that an audit file does not account for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredGap {
+    /// Stored events continue the chain from one of the file's lines but
+    /// are not in it: its last lines were cut ([`missing_from_file`]).
+    Cut { missing: usize, after: String },
+    /// The database holds events, yet none of them is a line of the file
+    /// or continues one: the file was emptied, or replaced by a chain of
+    /// its own (a forged one, recomputed from the all-zero hash). `stored`:
+    /// the events read. `newest`: the hash of the newest of them.
+    Unknown { stored: usize, newest: String },
+}
+
+impl StoredGap {
+    /// One line for `audit verify`, `check` and the server's log.
+    pub fn describe(&self) -> String {
+        match self {
+            StoredGap::Cut { missing, .. } => format!(
+                "the database holds {missing} later event(s) of this chain that the file does not: its last lines were cut"
+            ),
+            StoredGap::Unknown { stored, .. } => format!(
+                "the database holds {stored} event(s) and the file holds none of them: the file was emptied or replaced"
+            ),
+        }
+    }
+}
+
+/// [`missing_from_file`], then: does the file's chain touch the database's
+/// rows at all? `file_hashes` as there (every line of the last file, and
+/// the hash its first line goes on from). A file none of whose lines is
+/// among the rows is [`StoredGap::Unknown`]; the caller then asks the
+/// whole table for the file's last line ([`crate::store::audit::holds_hash`])
+/// before it says so, as the rows are only the newest [`STORED_WINDOW`].
+///
+/// Other instances on a shared PostgreSQL database write rows of their own
+/// chains; an instance's file is told apart by its lines being among the
+/// rows. What stays ambiguous: an empty file while the rows are another
+/// instance's (an instance whose file exists but never held a line).
+pub fn stored_gap(
+    file_hashes: &std::collections::HashSet<String>,
+    links: &[(String, String)],
+) -> Option<StoredGap> {
+    if let Some((missing, after)) = missing_from_file(file_hashes, links) {
+        return Some(StoredGap::Cut { missing, after });
+    }
+    let (_, newest) = links.first()?;
+    if links
+        .iter()
+        .any(|(p, h)| file_hashes.contains(h) || file_hashes.contains(p))
+    {
+        return None;
+    }
+    Some(StoredGap::Unknown {
+        stored: links.len(),
+        newest: newest.clone(),
+    })
+}
+
+/// The hashes of every line of the log at `path` (none if it is absent).
+pub fn hashes_in(path: &Path) -> std::io::Result<std::collections::HashSet<String>> {
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(e),
+    };
+    let mut out = std::collections::HashSet::new();
+    for line in std::io::BufReader::new(f).split(b'\n') {
+        let line = line?;
+        if let Some(h) = std::str::from_utf8(&line).ok().and_then(hash_of_line) {
+            out.insert(h.to_string());
+        }
+    }
+    Ok(out)
 }
 
 /// Split a line into (body without hash, hash).
@@ -1244,6 +1519,57 @@ mod properties {
         }
     }
 
+    /// Regression (probe J): a JWT, or a key's body without `frn_`, inside
+    /// an attacker-chosen string (the path of an IDS-blocked request) was
+    /// written verbatim: only whole values were redacted.
+    #[test]
+    fn credentials_inside_strings_are_redacted() {
+        let jwt = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.c2lnbmF0dXJlX29mX3RoZV90b2tlbl9oZXJlX3h4eA";
+        let body = "Qm9keU9mQUtleV9UaGF0SXM0M0NoYXJzTG9uZ18tWFz";
+        assert_eq!(body.len(), 43);
+        for (input, want) in [
+            (
+                format!("/etc/passwd/{jwt}"),
+                "/etc/passwd/[redacted]".to_string(),
+            ),
+            (format!("/x?t={jwt}&a=1"), "/x?t=[redacted]&a=1".into()),
+            (
+                format!("/api/tasks/<script>{body}"),
+                "/api/tasks/<script>[redacted]".into(),
+            ),
+            (format!("/k/frn_{body}/x"), "/k/[redacted]/x".into()),
+            (
+                format!("Bearer {jwt} and {body}"),
+                "Bearer [redacted] and [redacted]".into(),
+            ),
+            // alg none: an empty signature
+            (
+                "a eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0. b".into(),
+                "a [redacted] b".into(),
+            ),
+        ] {
+            assert_eq!(redact_str(&input), want, "{input}");
+            let ev = AuditEvent::new("security_violation")
+                .field("endpoint", input.as_str())
+                .field("details", serde_json::json!({"h": [input.as_str()]}));
+            let (line, _) = render_at(&ev, GENESIS, 0);
+            assert!(!line.contains(jwt) && !line.contains(body), "{line}");
+        }
+        // what Frenly writes itself is left alone
+        for plain in [
+            "/api/tasks/{id}",
+            "0190a1b2c3d4e5f60718293a4b5c6d7e",
+            &"ab12".repeat(16),
+            "this-is-a-lowercase-slug-of-43-characters-x",
+            "rule sqli.union at query:q",
+            "x.y",
+        ] {
+            assert!(!holds_credential(plain), "{plain}");
+        }
+        assert!(crate::http::envelope::is_sane_request_id(b"req-1.2"));
+        assert!(!crate::http::envelope::is_sane_request_id(body.as_bytes()));
+    }
+
     /// Members sorted by name, a repeated name replaced, and the line keeps
     /// that order (the render does not re-sort).
     #[test]
@@ -1399,5 +1725,39 @@ mod cut_tail {
         assert_eq!(missing_from_file(&file(&['b']), &links), Some((2, h('b'))));
         // a file ahead of the database (its rows not written yet)
         assert_eq!(missing_from_file(&file(&['e']), &links), None);
+    }
+
+    /// Regression (probe J): a file emptied or replaced by a chain of its
+    /// own was not told from a file ahead of the database: only rows
+    /// continuing one of its lines were looked for.
+    #[test]
+    fn a_file_none_of_whose_lines_is_stored_is_unknown() {
+        let h = |c: char| c.to_string().repeat(64);
+        let links = vec![
+            (h('c'), h('d')),
+            (h('b'), h('c')),
+            (h('a'), h('b')),
+            (GENESIS.to_string(), h('a')),
+        ];
+        let file = |hs: &[char]| hs.iter().map(|&c| h(c)).collect();
+        let unknown = Some(StoredGap::Unknown {
+            stored: 4,
+            newest: h('d'),
+        });
+        // emptied; replaced by a forged chain
+        assert_eq!(stored_gap(&file(&[]), &links), unknown);
+        assert_eq!(stored_gap(&file(&['x', 'y']), &links), unknown);
+        // the genuine file, a file ahead of the database, a cut one
+        assert_eq!(stored_gap(&file(&['a', 'b', 'c', 'd']), &links), None);
+        assert_eq!(stored_gap(&file(&['c', 'd', 'e']), &links), None);
+        assert_eq!(
+            stored_gap(&file(&['a', 'b']), &links),
+            Some(StoredGap::Cut {
+                missing: 2,
+                after: h('b')
+            })
+        );
+        // a fresh database
+        assert_eq!(stored_gap(&file(&[]), &[]), None);
     }
 }

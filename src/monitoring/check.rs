@@ -597,19 +597,12 @@ fn audit_log(cfg: &Config) -> Outcome {
                     "chown it to the frenly user, mode 0600",
                 );
             }
-            // the database first: each row's line was in the file before
-            // the row was written, so a row read now must be in the file
-            // read after it
-            let stored = stored_links_blocking(cfg);
             let files = super::audit::chain_files(p);
-            let verified = verify_chain(&files);
-            if let Some((cut, _)) = verified.as_ref().ok().and_then(|v| stored_past(v, &stored)) {
+            let (verified, gap) = gap_blocking(cfg, || verify_chain(&files));
+            if let Some(gap) = gap {
                 return fail(
-                    format!(
-                        "the database holds {cut} audit event(s) past the end of {}: its last lines were cut",
-                        p.display()
-                    ),
-                    "investigate (the file was truncated; GET /api/audit still serves the events); archive it and let Frenly start a new file",
+                    format!("{}: {}", p.display(), gap.describe()),
+                    "investigate (the file was truncated, emptied or replaced; GET /api/audit still serves the events); archive it and let Frenly start a new file",
                 );
             }
             match verified.map(|v| v.lines) {
@@ -640,6 +633,15 @@ fn audit_log(cfg: &Config) -> Outcome {
                     }
                 }
                 Err(why) => match head_removed(&files) {
+                    // the writer found the file removed or truncated under
+                    // it and said so in its first line: no rotation
+                    Some(n) if lost_while_running(&files) => fail(
+                        format!(
+                            "chain valid from {} on ({n} lines), but its first line records that the file was removed or truncated while the server ran: what came before it is gone from the file",
+                            files.first().unwrap_or(p).display()
+                        ),
+                        "investigate (GET /api/audit still serves the events); archive the file and let Frenly start a new one",
+                    ),
                     // old rotated files deleted (retention): what is left
                     // is whole, but the check cannot vouch for what went
                     Some(n) => warn(
@@ -659,26 +661,17 @@ fn audit_log(cfg: &Config) -> Outcome {
     }
 }
 
-/// The newest stored chain links ([`stored_links`]) read outside any
-/// runtime (`frenly check` is synchronous); empty when there is no
-/// database to read.
-fn stored_links_blocking(cfg: &Config) -> Vec<(String, String)> {
-    if tokio::runtime::Handle::try_current().is_ok() {
-        return Vec::new();
-    }
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return Vec::new();
-    };
-    rt.block_on(stored_links(cfg)).unwrap_or_default()
+/// What `cfg`'s database holds of the audit chains: the newest rows'
+/// links, and the database to ask further ([`stored_gap`]).
+pub struct Stored {
+    pub links: Vec<(String, String)>,
+    db: crate::store::Db,
 }
 
 /// The chain links of the newest [`super::audit::STORED_WINDOW`] audit
 /// rows of `cfg`'s database, newest first; `None` when there is none to
 /// read (no SQLite file yet, PostgreSQL out of reach within 2 s).
-pub async fn stored_links(cfg: &Config) -> Option<Vec<(String, String)>> {
+pub async fn stored_links(cfg: &Config) -> Option<Stored> {
     if let Some(path) = cfg.sqlite_path() {
         if !Path::new(path).is_file() {
             return None;
@@ -692,15 +685,80 @@ pub async fn stored_links(cfg: &Config) -> Option<Vec<(String, String)>> {
     .await
     .ok()?
     .ok()?;
-    crate::store::audit::recent_links(&db, super::audit::STORED_WINDOW)
+    let links = crate::store::audit::recent_links(&db, super::audit::STORED_WINDOW)
         .await
-        .ok()
+        .ok()?;
+    Some(Stored { links, db })
 }
 
-/// The stored events past the verified files' end, if any: how many, and
-/// the hash of the file's line they follow.
-pub fn stored_past(v: &Verified, links: &[(String, String)]) -> Option<(usize, String)> {
-    super::audit::missing_from_file(&v.tail_hashes, links)
+/// What the database holds that the verified files do not account for
+/// ([`super::audit::stored_gap`]): stored events past the files' end (a
+/// cut tail), or stored events none of which is in the last file (emptied
+/// or replaced) — unless the whole table holds the files' last line (an
+/// instance idle while others on a shared database wrote).
+pub async fn stored_gap(v: &Verified, stored: &Stored) -> Option<super::audit::StoredGap> {
+    let gap = super::audit::stored_gap(&v.tail_hashes, &stored.links)?;
+    if matches!(gap, super::audit::StoredGap::Unknown { .. })
+        && v.lines > 0
+        && crate::store::audit::holds_hash(&stored.db, &v.last)
+            .await
+            .unwrap_or(true)
+    {
+        return None;
+    }
+    Some(gap)
+}
+
+/// [`stored_links`] then [`stored_gap`] for `frenly check` (synchronous):
+/// the database read before the files, as each row's line was in the file
+/// before the row was written, so a row read first must be in the file
+/// read after it. `verified` runs in between. `None` without a database
+/// to read.
+fn gap_blocking(
+    cfg: &Config,
+    verified: impl FnOnce() -> Result<Verified, String>,
+) -> (Result<Verified, String>, Option<super::audit::StoredGap>) {
+    let rt = tokio::runtime::Handle::try_current()
+        .is_err()
+        .then(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()
+        })
+        .flatten();
+    let Some(rt) = rt else {
+        return (verified(), None);
+    };
+    let stored = rt.block_on(stored_links(cfg));
+    let v = verified();
+    let gap = match (&v, &stored) {
+        (Ok(v), Some(s)) => rt.block_on(stored_gap(v, s)),
+        _ => None,
+    };
+    (v, gap)
+}
+
+/// The first file's first line is the writer's record of a file removed
+/// or truncated under the running server (`audit_file_missing` with
+/// `while: "running"`), not the first line after a rotation.
+fn lost_while_running(files: &[std::path::PathBuf]) -> bool {
+    use std::io::{BufRead, Read};
+    let Some(f) = files.first().and_then(|f| std::fs::File::open(f).ok()) else {
+        return false;
+    };
+    let mut first = String::new();
+    if std::io::BufReader::new(f)
+        .take(1 << 20)
+        .read_line(&mut first)
+        .is_err()
+    {
+        return false;
+    }
+    serde_json::from_str::<serde_json::Value>(&first).is_ok_and(|v| {
+        v.get("violation_type").and_then(|t| t.as_str()) == Some("audit_file_missing")
+            && v.get("while").and_then(|t| t.as_str()) == Some("running")
+    })
 }
 
 /// The chain holds from the first line present on, though that line does
@@ -727,6 +785,8 @@ pub struct Verified {
     /// incomplete; the next start removes it before appending
     /// (see docs/RELIABILITY.md).
     pub incomplete_tail: bool,
+    /// The hash of the last complete line (the all-zero hash when none).
+    pub last: String,
 }
 
 /// Verify files in order (the chain continues across them); the number of
@@ -761,7 +821,12 @@ fn verify_chain_from(files: &[std::path::PathBuf], mut prev: String) -> Result<V
             Some(end) => text.split_at(end + 1),
             None => ("", text.as_str()),
         };
-        let lines: Vec<&str> = complete.lines().collect();
+        // split on `\n` only: `str::lines` also strips a `\r` before it,
+        // so a log rewritten with CRLF line ends verified as intact
+        let lines: Vec<&str> = match complete.strip_suffix('\n') {
+            Some(body) => body.split('\n').collect(),
+            None => Vec::new(),
+        };
         let from = prev.clone();
         prev = super::audit::verify_lines(lines.iter().copied(), prev, 1)
             .map_err(|e| format!("{}: {e}", f.display()))?;
@@ -792,6 +857,7 @@ fn verify_chain_from(files: &[std::path::PathBuf], mut prev: String) -> Result<V
         lines: total,
         tail_hashes,
         incomplete_tail,
+        last: prev,
     })
 }
 
@@ -1041,6 +1107,32 @@ mod tests {
         assert!(entropy_bits("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa") < 1.0);
         assert!(entropy_bits("abababababababababababababababababababab") < 64.0);
         assert!(entropy_bits("kq3ZJ0v9Xb2Lw8TyN4mR7pQ1sU6hE5dGcA_fB-iK") > 150.0);
+    }
+
+    /// Regression (probe J): a log whose line ends were rewritten to CRLF
+    /// verified as intact (`str::lines` strips the `\r`); the bytes are not
+    /// what was written.
+    #[test]
+    fn crlf_line_ends_break_the_chain() {
+        use crate::monitoring::audit::{render_at, AuditEvent, GENESIS};
+        let dir = tempfile::tempdir().unwrap();
+        let mut prev = GENESIS.to_string();
+        let mut lines = Vec::new();
+        for i in 0..3 {
+            let (line, hash) = render_at(&AuditEvent::new("api_access"), &prev, i);
+            lines.push(line);
+            prev = hash;
+        }
+        let p = dir.path().join("a.log");
+        std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+        assert_eq!(verify_chain(std::slice::from_ref(&p)).unwrap().lines, 3);
+        std::fs::write(&p, lines.join("\r\n") + "\r\n").unwrap();
+        let e = verify_chain(std::slice::from_ref(&p)).unwrap_err();
+        assert!(e.contains("line 1:"), "{e}");
+        // only the last line's end
+        std::fs::write(&p, lines.join("\n") + "\r\n").unwrap();
+        let e = verify_chain(std::slice::from_ref(&p)).unwrap_err();
+        assert!(e.contains("line 3:"), "{e}");
     }
 
     #[test]

@@ -635,7 +635,7 @@ async fn respond(
     let mut details = det.details.clone();
     let mut actions = Vec::new();
     if let Some(rec) = &ban {
-        crate::network::record_ban(state, rec, None, ctx.request_id.as_deref()).await;
+        crate::network::record_ban(state, rec, None, None, ctx.request_id.as_deref()).await;
         let secs = (rec.until_ms - rec.created_at).max(0) / 1000;
         if let Some(o) = details.as_object_mut() {
             o.insert("ban_seconds".into(), secs.into());

@@ -277,10 +277,18 @@ impl Network {
 
 /// Persist a new ban and audit it (`ban_added`). Returns false when the
 /// database refused it (the ban still holds in memory).
+///
+/// The event's `target_ip` is the banned address (an IPv6 ban's /64 when
+/// bans group them); its `ip` is the client address of the request that
+/// made the ban, as on every event: `client` (the admin's address for a
+/// ban made with `POST /api/security/bans`). A ban the detection layer made
+/// (`client` None) was made because of the banned client's own requests:
+/// there `ip` is the banned address too, as on the incident it goes with.
 pub async fn record_ban(
     state: &AppState,
     rec: &BanRecord,
     by: Option<&str>,
+    client: Option<IpAddr>,
     request_id: Option<&str>,
 ) -> bool {
     let ip = ban::key_string(rec.key, state.network.group_v6);
@@ -309,8 +317,9 @@ pub async fn record_ban(
         .bans_evicted
         .set(i64::try_from(state.network.bans.evicted()).unwrap_or(i64::MAX));
     let mut ev = AuditEvent::new("ban_added")
-        .ip(&ip)
+        .ip(client.map_or_else(|| ip.clone(), |c| c.to_string()))
         .user(by)
+        .field("target_ip", ip.as_str())
         .field("reason", rec.reason.clone())
         .field("seconds", (rec.until_ms - rec.created_at).max(0) / 1000)
         .field("until", crate::store::rfc3339(rec.until_ms))

@@ -174,6 +174,17 @@ pub async fn recent_links(db: &Db, limit: i64) -> Result<Vec<(String, String)>> 
     Ok(links)
 }
 
+/// Does any stored row (not only the newest [`recent_links`]) have this
+/// `hash`? One pass over the table (no index holds the hash): only asked
+/// when none of a file's lines is among the newest rows (an instance idle
+/// while others on a shared PostgreSQL wrote more than that window).
+pub async fn holds_hash(db: &Db, hash: &str) -> Result<bool> {
+    const FIND: &str = "SELECT COUNT(*) AS n FROM audit_events \
+         WHERE substr(line, length(line) - 65, 64) = $1";
+    let row = sqlx::query(FIND).bind(hash).fetch_one(&db.pool).await?;
+    Ok(col::<i64>(&row, "n")? > 0)
+}
+
 /// Rows stored (tests and `frenly check`).
 pub async fn count(db: &Db) -> Result<i64> {
     let row = sqlx::query("SELECT COUNT(*) AS n FROM audit_events")

@@ -478,3 +478,179 @@ async fn a_cut_audit_tail_is_found_by_verify_check_and_the_next_start() {
         "the report is the first line after the cut"
     );
 }
+
+/// `n` lines of a self-made chain from the all-zero hash, as an attacker
+/// with write access to the file alone would forge them.
+fn forged_chain(n: usize) -> String {
+    use frenly::monitoring::audit::{render_at, AuditEvent, GENESIS};
+    let mut prev = GENESIS.to_string();
+    let mut out = String::new();
+    for i in 0..n {
+        let ev = AuditEvent::new("api_access")
+            .request_id(format!("forged{i}"))
+            .ip("127.0.0.1")
+            .field("endpoint", "/api/health")
+            .field("status", 200);
+        let (line, hash) = render_at(&ev, &prev, 1_700_000_000_000 + i as i64);
+        out.push_str(&line);
+        out.push('\n');
+        prev = hash;
+    }
+    out
+}
+
+/// Regression (probe J): an audit file emptied, or replaced by a forged
+/// chain from the all-zero hash, while the server was stopped verified OK
+/// with the instance named, passed `check`, and the next start went on
+/// from the forged chain; the database, which holds this instance's
+/// events, was only asked whether it continues one of the file's lines.
+/// Now verify says BROKEN, check FAIL, and the start records
+/// `audit_file_missing` and goes on from the newest stored line, so the
+/// forged part stays visible. Runs on SQLite, and on PostgreSQL in the
+/// `TEST_DB=postgres` pass.
+#[tokio::test]
+async fn an_emptied_or_replaced_audit_file_is_found_by_verify_check_and_the_next_start() {
+    let mut s = TestServer::start().await;
+    let key = s.admin().to_string();
+    for _ in 0..3 {
+        let r = s
+            .get("/api/auth/whoami")
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(s.terminate().await, Some(0));
+    let data = s.data_dir();
+    let data_s = data.to_str().unwrap().to_string();
+    let log = data.join("security_audit.log");
+    let log_s = log.to_str().unwrap().to_string();
+    let env = s.cli_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let genuine = std::fs::read_to_string(&log).unwrap();
+    let newest = genuine
+        .lines()
+        .last()
+        .unwrap()
+        .rsplit('"')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    // the genuine file passes
+    let (code, out, err) = run_cli(
+        &["audit", "verify", &log_s, "--data-dir", &data_s],
+        None,
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+
+    for (what, content) in [("emptied", String::new()), ("forged", forged_chain(3))] {
+        std::fs::write(&log, &content).unwrap();
+        // the file alone cannot tell
+        let (code, out, _) = run_cli(&["audit", "verify", &log_s], None, &[]);
+        assert_eq!(code, 0, "{what}: {out}");
+        let (code, out, err) = run_cli(
+            &["audit", "verify", &log_s, "--data-dir", &data_s],
+            None,
+            &env,
+        );
+        assert_eq!(code, 1, "{what}: {out}{err}");
+        assert!(
+            out.starts_with("BROKEN") && out.contains("emptied or replaced"),
+            "{what}: {out}"
+        );
+        let (code, out, err) = run_cli(&["check", "--data-dir", &data_s], None, &env);
+        assert_eq!(code, 1, "{what}: {out}{err}");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("FAIL audit log") && l.contains("emptied or replaced")),
+            "{what}: {out}"
+        );
+    }
+
+    // the next start on the forged file: recorded, and the chain goes on
+    // from the newest stored line, not from the forged one
+    let forged = std::fs::read_to_string(&log).unwrap();
+    let s = s.restart(Opts::default()).await;
+    let line = crate::common::audit_line(&s, "the start's report", |l| {
+        l.contains(r#""violation_type":"audit_file_missing""#)
+    })
+    .await;
+    assert!(
+        line.contains(&format!(r#""prev_hash":"{newest}""#)),
+        "{line} does not go on from {newest}"
+    );
+    let after = std::fs::read_to_string(&log).unwrap();
+    assert!(after.starts_with(&forged));
+    assert_eq!(after.lines().nth(3), Some(line.as_str()));
+    let (code, out, _) = run_cli(&["audit", "verify", &log_s], None, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("line 4"), "{out}");
+    drop(s);
+}
+
+/// Regression (probe J): the live audit file truncated in place while the
+/// server ran was not noticed (a removed one was): the next line went on
+/// from the old chain, and `check` only warned "rotated files removed?".
+/// Now the writer records `audit_file_missing` (`while: "running"`) and
+/// `check` fails.
+#[tokio::test]
+async fn an_audit_file_truncated_while_the_server_runs_is_recorded_and_fails_check() {
+    async fn whoami(s: &TestServer, key: &str) {
+        let r = s
+            .get("/api/auth/whoami")
+            .header("X-API-Key", key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let s = TestServer::start().await;
+    let key = s.admin().to_string();
+    for _ in 0..3 {
+        whoami(&s, &key).await;
+    }
+    let data = s.data_dir();
+    let log = data.join("security_audit.log");
+    crate::common::audit_line(&s, "the requests' lines", |l| {
+        l.contains("/api/auth/whoami")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let last = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .rsplit('"')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    whoami(&s, &key).await;
+    let first = crate::common::audit_line(&s, "the writer's report", |_| true).await;
+    assert!(
+        first.contains(r#""violation_type":"audit_file_missing""#)
+            && first.contains(r#""while":"running""#),
+        "{first}"
+    );
+    assert!(
+        first.contains(&format!(r#""prev_hash":"{last}""#)),
+        "{first} does not go on from {last}"
+    );
+    let env = s.cli_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, out, err) = run_cli(&["check", "--data-dir", data.to_str().unwrap()], None, &env);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.lines().any(|l| l.starts_with("FAIL audit log")
+            && l.contains("removed or truncated while the server ran")),
+        "{out}"
+    );
+}

@@ -1238,3 +1238,55 @@ async fn an_attack_spread_over_instances_is_one_incident_per_cooldown() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(incidents().await, 1);
 }
+
+/// Two instances on one PostgreSQL database each keep their own audit
+/// chain, and the database check that finds an emptied or replaced file
+/// (the file holds none of the stored events) tells them apart: each
+/// file verifies with its instance named while the other's rows are
+/// there too, and emptying A's file is found while B's still verifies.
+#[tokio::test]
+async fn each_instances_audit_file_verifies_against_the_shared_database() {
+    if !services() {
+        return;
+    }
+    let mut p = pair("").await;
+    let admin = admin_of(&p).to_string();
+    for s in [&p.a, &p.b, &p.a] {
+        let r = s
+            .get("/api/auth/whoami")
+            .header("X-API-Key", &admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(p.a.terminate().await, Some(0));
+    assert_eq!(p.b.terminate().await, Some(0));
+    let verify = |s: &TestServer| {
+        let data = s.data_dir();
+        let log = data.join("security_audit.log");
+        let env = s.cli_env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        crate::common::run_cli(
+            &[
+                "audit",
+                "verify",
+                log.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+            None,
+            &env,
+        )
+    };
+    for s in [&p.a, &p.b] {
+        let (code, out, err) = verify(s);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    std::fs::write(p.a.data_dir().join("security_audit.log"), "").unwrap();
+    let (code, out, err) = verify(&p.a);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("emptied or replaced"), "{out}");
+    let (code, out, err) = verify(&p.b);
+    assert_eq!(code, 0, "{out}{err}");
+}

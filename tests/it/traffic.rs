@@ -535,8 +535,30 @@ async fn admin_ban_endpoints_add_list_lift_and_validate() {
         .await
         .unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
-    // the changes are audited
-    audit_has(&s, &["ban_added", "ban_lifted"]).await;
+    // the changes are audited: `ip` is the requester's address (the
+    // admin's, as on every event), the banned address is `target_ip`
+    // (before, `ip` held the target: `?ip=198.51.100.20` listed the
+    // admin's actions as that address's)
+    for kind in ["ban_added", "ban_lifted"] {
+        let needle = format!("\"event_type\":\"{kind}\"");
+        let line = audit_line(&s, kind, |l| {
+            l.contains(&needle) && l.contains("198.51.100.20")
+        })
+        .await;
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ip"], "127.0.0.1", "{line}");
+        assert_eq!(v["target_ip"], "198.51.100.20", "{line}");
+        assert!(v["user_id"].is_string(), "{line}");
+        let by_target = s
+            .audit_rows(&format!("type={kind}&ip=198.51.100.20"), 0)
+            .await;
+        assert!(by_target.is_empty(), "{by_target:?}");
+        let by_admin = s.audit_rows(&format!("type={kind}&ip=127.0.0.1"), 1).await;
+        assert!(
+            by_admin.iter().any(|i| i["target_ip"] == "198.51.100.20"),
+            "{by_admin:?}"
+        );
+    }
 }
 
 #[tokio::test]
