@@ -130,18 +130,24 @@ impl TaskRules {
             let mut title = Rule::new("title", Kind::String)
                 .length(Some(1), Some(TITLE_MAX))
                 .no_control();
+            let mut priority = Rule::new("priority", Kind::OneOf(PRIORITIES));
             if create {
                 title = title.required();
+            } else {
+                // a PATCH's `null` means "clear": only the description can
+                // be cleared; title, priority and status always hold a value
+                title = title.not_null();
+                priority = priority.not_null();
             }
             let mut rules = vec![
                 title,
                 Rule::new("description", Kind::String).length(None, Some(DESCRIPTION_MAX)),
-                Rule::new("priority", Kind::OneOf(PRIORITIES)),
+                priority,
             ];
             rules.push(if create {
                 Rule::new("input", Kind::Object)
             } else {
-                Rule::new("status", Kind::OneOf(STATUSES))
+                Rule::new("status", Kind::OneOf(STATUSES)).not_null()
             });
             rules
                 .into_iter()

@@ -413,3 +413,44 @@ async fn deleting_a_user_announces_the_tasks_it_released() {
     .expect("the worker holding the deleted owner's task heard nothing");
     assert_eq!(cancelled["task"]["status"], "cancelled", "{cancelled}");
 }
+
+/// Probe K #4: a PATCH with `null` for a field that always holds a value
+/// answered 200 and changed nothing; now 400 naming the field, while
+/// `description: null` still clears the description.
+#[tokio::test]
+async fn patch_null_for_a_field_that_cannot_be_empty_is_400() {
+    let s = start().await;
+    let t = create(&s, json!({"title": "t", "description": "d"})).await;
+    let id = t["id"].as_str().unwrap();
+    for field in ["title", "priority", "status"] {
+        let r = s
+            .client
+            .patch(s.url(&format!("/api/tasks/{id}")))
+            .header("X-API-Key", s.admin())
+            .json(&json!({ field: null }))
+            .send()
+            .await
+            .unwrap();
+        let (status, code, body) = error_code(r).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (400, "validation_failed"),
+            "{body}"
+        );
+        assert!(body["error"]["fields"].get(field).is_some(), "{body}");
+    }
+    let r = s
+        .client
+        .patch(s.url(&format!("/api/tasks/{id}")))
+        .header("X-API-Key", s.admin())
+        .json(&json!({"description": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t: Value = r.json().await.unwrap();
+    assert_eq!(
+        (&t["description"], &t["title"]),
+        (&Value::Null, &json!("t"))
+    );
+}
