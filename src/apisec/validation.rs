@@ -49,6 +49,10 @@ pub struct Rule {
     pub max_length: Option<usize>,
     pub patterns: Vec<Regex>,
     pub no_control: bool,
+    /// `null` is refused (a field the object cannot hold empty, where
+    /// `null` would otherwise mean "absent": a PATCH `{"title": null}`
+    /// answered 200 and changed nothing).
+    pub not_null: bool,
 }
 
 impl Rule {
@@ -61,6 +65,7 @@ impl Rule {
             max_length: None,
             patterns: Vec::new(),
             no_control: false,
+            not_null: false,
         }
     }
     pub fn required(mut self) -> Rule {
@@ -74,6 +79,10 @@ impl Rule {
     }
     pub fn no_control(mut self) -> Rule {
         self.no_control = true;
+        self
+    }
+    pub fn not_null(mut self) -> Rule {
+        self.not_null = true;
         self
     }
 
@@ -104,6 +113,10 @@ impl Rule {
     fn check(&self, value: Option<&Value>, errs: &mut Vec<String>) {
         let f = &self.field;
         let value = match value {
+            Some(Value::Null) if self.not_null => {
+                errs.push(format!("{f} cannot be null (leave it out to keep it)"));
+                return;
+            }
             None | Some(Value::Null) => {
                 if self.required {
                     errs.push(format!("{f} is required"));
@@ -144,7 +157,7 @@ impl Rule {
                 errs.push(format!("{f} must be at most {max} characters"));
             }
         }
-        if self.no_control && s.chars().any(is_control_or_invisible) {
+        if self.no_control && has_control_or_invisible(s) {
             errs.push(format!("{f} must not contain control characters"));
         }
         if self.patterns.iter().any(|re| !re.is_match(s)) {
@@ -210,7 +223,11 @@ impl Schema {
                     }
                     let mut notes = Vec::new();
                     if r.no_control {
-                        notes.push("no control characters".to_string());
+                        notes.push(
+                            "no control characters nor invisible format characters \
+                             (docs/CONFIG.md)"
+                                .to_string(),
+                        );
                         p.insert(
                             "pattern".into(),
                             "^[^\\u0000-\\u001f\\u007f-\\u009f]*$".into(),
@@ -242,7 +259,7 @@ impl Schema {
             }
             if r.required {
                 required.push(Value::from(r.field.as_str()));
-            } else if !matches!(r.kind, Kind::Any) {
+            } else if !matches!(r.kind, Kind::Any) && !r.not_null {
                 // An absent and a null optional field mean the same.
                 let inner = Value::Object(std::mem::take(&mut p));
                 p.insert(
@@ -285,25 +302,118 @@ fn shorten(s: &str) -> String {
 /// around it reads: bidirectional overrides and isolates (U+202A..U+202E,
 /// U+2066..U+2069: "Trojan Source" titles that display reversed), marks
 /// (U+200E, U+200F, U+061C), zero-width space and BOM (U+200B, U+FEFF),
-/// line and paragraph separators (U+2028, U+2029: one title, two lines in
-/// a log), invisible operators and deprecated format controls (U+2060..
-/// U+2064, U+206A..U+206F) and interlinear annotation (U+FFF9..U+FFFB).
-/// The joiners U+200C and U+200D are text (Persian, Indic scripts, emoji
-/// sequences) and pass.
+/// the soft hyphen (U+00AD), line and paragraph separators (U+2028,
+/// U+2029: one title, two lines in a log), invisible operators and
+/// deprecated format controls (U+2060..U+2064, U+206A..U+206F),
+/// interlinear annotation (U+FFF9..U+FFFB), the layout controls of
+/// Egyptian hieroglyphs, shorthand and musical notation (U+13430..U+1343F,
+/// U+1BCA0..U+1BCA3, U+1D173..U+1D17A), and the noncharacters
+/// (U+FDD0..U+FDEF, U+xxFFFE, U+xxFFFF: never text by definition). That is
+/// every character of general category Cc and Cf except those that are
+/// text: the joiners U+200C and U+200D (Persian, Indic scripts, emoji
+/// sequences), and the visible prepended marks of Arabic, Syriac and
+/// Kaithi (U+0600..U+0605, U+06DD, U+070F, U+0890, U+0891, U+08E2,
+/// U+110BD, U+110CD). The tag characters (U+E0000..U+E007F) and the
+/// Mongolian vowel separator (U+180E) are Cf too but need their context:
+/// see [`has_control_or_invisible`], which this alone refuses them for.
 pub fn is_control_or_invisible(c: char) -> bool {
+    let n = u32::from(c);
     c.is_control()
         || matches!(
             c,
-            '\u{061C}'
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
                 | '\u{200B}'
                 | '\u{200E}'
                 | '\u{200F}'
                 | '\u{2028}'..='\u{202E}'
                 | '\u{2060}'..='\u{2064}'
                 | '\u{2066}'..='\u{206F}'
+                | '\u{FDD0}'..='\u{FDEF}'
                 | '\u{FEFF}'
                 | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{13430}'..='\u{1343F}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E007F}'
         )
+        || n & 0xFFFE == 0xFFFE
+}
+
+/// The black flag U+1F3F4, the only base of emoji tag sequences
+/// (subdivision flags: England is U+1F3F4, the tags `gbeng`, U+E007F).
+const TAG_BASE: char = '\u{1F3F4}';
+/// The most tag characters in one sequence: a subdivision code (ISO 3166-2:
+/// region and up to 3 more characters) has at most 6.
+const TAG_SPEC_MAX: usize = 7;
+
+/// A variation selector: standard (U+FE00..U+FE0F, VS16 makes an emoji),
+/// ideographic (U+E0100..U+E01EF) or Mongolian free ones (U+180B..U+180D,
+/// U+180F). One selects the form of the character before it; a run of
+/// them selects nothing and is how bytes are hidden after a visible
+/// character ("emoji smuggling").
+fn is_variation_selector(c: char) -> bool {
+    matches!(
+        c,
+        '\u{180B}'..='\u{180D}' | '\u{180F}' | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}'
+    )
+}
+
+/// Does `s` hold a character that [`is_control_or_invisible`] refuses,
+/// outside the contexts where it is text?
+///
+/// * Tag characters only in an emoji tag sequence: U+1F3F4, 1 to 7 of
+///   U+E0030..U+E0039 / U+E0061..U+E007A, then U+E007F (the flags of
+///   England, Scotland, Wales). Anywhere else they are invisible ASCII
+///   (U+E0020..U+E007E mirror it) that a language model reads and a person
+///   does not: hidden instructions in a task title ("ASCII smuggling").
+/// * U+180E (Mongolian vowel separator) only between a Mongolian letter
+///   and a final A or E (U+1820, U+1821), where Mongolian spelling needs it.
+/// * A variation selector only right after a character that is not one.
+pub fn has_control_or_invisible(s: &str) -> bool {
+    let mut prev: Option<char> = None;
+    // Some(n): inside a tag sequence, n tag characters so far
+    let mut tags: Option<usize> = None;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if let Some(n) = tags {
+            match c {
+                '\u{E0030}'..='\u{E0039}' | '\u{E0061}'..='\u{E007A}' if n < TAG_SPEC_MAX => {
+                    tags = Some(n + 1);
+                    continue;
+                }
+                '\u{E007F}' if n > 0 => {
+                    tags = None;
+                    prev = Some(c);
+                    continue;
+                }
+                // an unterminated tag sequence hides what it holds
+                _ if n > 0 => return true,
+                // the black flag alone: an ordinary emoji
+                _ => tags = None,
+            }
+        }
+        let refused = match c {
+            TAG_BASE => {
+                tags = Some(0);
+                false
+            }
+            '\u{180E}' => {
+                let after_letter = prev.is_some_and(|p| ('\u{1820}'..='\u{18AA}').contains(&p));
+                let before_a_or_e = matches!(chars.peek(), Some('\u{1820}' | '\u{1821}'));
+                !(after_letter && before_a_or_e)
+            }
+            c if is_variation_selector(c) => prev.is_none_or(is_variation_selector),
+            c => is_control_or_invisible(c),
+        };
+        if refused {
+            return true;
+        }
+        prev = Some(c);
+    }
+    // a tag sequence cut off at the end of the text
+    tags.is_some_and(|n| n > 0)
 }
 
 #[cfg(test)]
@@ -341,6 +451,75 @@ mod tests {
             .errors(&json!({"title": "ok", "p": "a", "o": {}, "n": 2, "b": true}))
             .is_empty());
         assert!(schema().errors(&json!([])).contains_key("body"));
+    }
+
+    /// Probe K #5: tag characters, U+180E and noncharacters passed the
+    /// title rule. Every Cc/Cf character that is not text is refused, and
+    /// what is text in its context still passes: joiners in emoji and
+    /// Persian, a subdivision flag, a keycap, an ideographic variation,
+    /// Mongolian spelling, Arabic number signs, private-use icons.
+    #[test]
+    fn invisible_characters_are_refused_where_they_are_not_text() {
+        for bad in [
+            "a\u{E0001}b",
+            "a\u{E0041}\u{E0042}b",
+            "\u{1F3F4}\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}",
+            "\u{1F3F4}\u{E007F}",
+            "\u{1F3F4}\u{E0061}\u{E0061}\u{E0061}\u{E0061}\u{E0061}\u{E0061}\u{E0061}\u{E0061}\u{E007F}",
+            "\u{E007F}",
+            "a\u{180E}b",
+            "\u{180E}\u{1820}",
+            "\u{FFFF}",
+            "\u{FFFE}",
+            "\u{FDD0}",
+            "\u{1FFFF}",
+            "\u{10FFFE}",
+            "soft\u{AD}hyphen",
+            "\u{13430}",
+            "\u{1BCA0}",
+            "\u{1D173}",
+            "x\u{FE0F}\u{FE0F}",
+            "\u{FE0F}x",
+            "\u{1F600}\u{E0100}\u{E0101}\u{E0102}",
+            "a\u{7}",
+            "\u{202E}",
+            "\u{200B}",
+        ] {
+            assert!(has_control_or_invisible(bad), "{bad:?} passed");
+        }
+        for good in [
+            "plain title",
+            "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}",
+            "\u{0645}\u{06CC}\u{200C}\u{062E}\u{0648}\u{0627}\u{0647}\u{0645}",
+            "\u{1F3F4}\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F} England",
+            "\u{1F3F4}",
+            "\u{1F3F4}x",
+            "1\u{FE0F}\u{20E3}",
+            "\u{2764}\u{FE0F}",
+            "\u{845B}\u{E0100}",
+            "\u{182D}\u{1820}\u{182D}\u{180E}\u{1820}",
+            "\u{0600}\u{0661}\u{0662}",
+            "\u{F8FF}",
+            "\u{3042}\u{0301}",
+        ] {
+            assert!(!has_control_or_invisible(good), "{good:?} refused");
+        }
+    }
+
+    /// Probe K #4: a field that cannot be empty refuses `null` (it meant
+    /// "absent" and was silently ignored); others keep null as absent.
+    #[test]
+    fn null_is_refused_where_marked() {
+        let s = Schema::new(vec![
+            Rule::new("t", Kind::String).not_null(),
+            Rule::new("d", Kind::String),
+        ]);
+        let e = s.errors(&json!({"t": null, "d": null}));
+        assert_eq!(e.keys().collect::<Vec<_>>(), vec!["t"], "{e:?}");
+        assert!(s.errors(&json!({})).is_empty());
+        let js = s.json_schema();
+        assert_eq!(js["properties"]["t"]["type"], "string", "{js}");
+        assert!(js["properties"]["d"]["anyOf"].is_array(), "{js}");
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //! a caller that cannot see the task gets 404, one that can see it but does
 //! not hold it (admin, owner, another worker) or a task that is not running
 //! gets 409. The worker identity is the caller's user id: processes sharing
-//! one agent user act as one worker.
+//! one agent user act as one worker. A claim whose user was deleted while
+//! it was in flight claims nothing and is 401 `unauthenticated` (its
+//! credential is revoked); see `store::tasks` for why it cannot slip past
+//! the deletion.
 //!
 //! Settings (`agent_settings` table): `paused` (bool: claims answer 204) and
 //! `max_running` (1..=100000: claims answer 204 while that many tasks run;
@@ -226,12 +229,15 @@ async fn claim(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     match store::claim(&state.db, &who.user_id, s.max_running).await? {
-        Some(row) => {
-            let view = TaskView::from_row(&state, row)?;
+        store::Claim::Task(row) => {
+            let view = TaskView::from_row(&state, *row)?;
             publish(&state, EventKind::TaskClaimed, &view);
             Ok(Json(view).into_response())
         }
-        None => Ok(StatusCode::NO_CONTENT.into_response()),
+        store::Claim::Nothing => Ok(StatusCode::NO_CONTENT.into_response()),
+        // the worker's user was deleted after this request was
+        // authenticated: its credential is revoked, nothing was claimed
+        store::Claim::NoWorker => Err(ApiError::Unauthenticated),
     }
 }
 

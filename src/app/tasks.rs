@@ -130,18 +130,24 @@ impl TaskRules {
             let mut title = Rule::new("title", Kind::String)
                 .length(Some(1), Some(TITLE_MAX))
                 .no_control();
+            let mut priority = Rule::new("priority", Kind::OneOf(PRIORITIES));
             if create {
                 title = title.required();
+            } else {
+                // a PATCH's `null` means "clear": only the description can
+                // be cleared; title, priority and status always hold a value
+                title = title.not_null();
+                priority = priority.not_null();
             }
             let mut rules = vec![
                 title,
                 Rule::new("description", Kind::String).length(None, Some(DESCRIPTION_MAX)),
-                Rule::new("priority", Kind::OneOf(PRIORITIES)),
+                priority,
             ];
             rules.push(if create {
                 Rule::new("input", Kind::Object)
             } else {
-                Rule::new("status", Kind::OneOf(STATUSES))
+                Rule::new("status", Kind::OneOf(STATUSES)).not_null()
             });
             rules
                 .into_iter()
@@ -317,6 +323,32 @@ fn requeued_events(state: &AppState, t: &TaskView, held_by: Option<&str>) {
     publish_available(state, t);
 }
 
+/// The events of the tasks a user deletion released (as stored after it,
+/// published after the deletion's answer is decided and the user's
+/// credentials are dropped): a re-queued task as a PATCH re-queue
+/// announces it (`task_updated` to its owner, `task_available` to the
+/// workers; nothing to the deleted worker that held it), a cancelled one
+/// `task_updated` (to the worker holding it, and admins). Without them an
+/// event-driven worker pool idled with a task queued and an owner's
+/// mirror showed it running for ever.
+pub fn released_events(state: &AppState, released: crate::store::tasks::Released) {
+    if !state.events.has_audience() {
+        return;
+    }
+    for row in released.requeued {
+        match TaskView::from_row(state, row) {
+            Ok(view) => requeued_events(state, &view, None),
+            Err(e) => tracing::warn!(error = %e, "a re-queued task cannot be read for its event"),
+        }
+    }
+    for row in released.cancelled {
+        match TaskView::from_row(state, row) {
+            Ok(view) => publish(state, EventKind::TaskUpdated, &view),
+            Err(e) => tracing::warn!(error = %e, "a cancelled task cannot be read for its event"),
+        }
+    }
+}
+
 /// JSON `null`.
 fn null() -> Box<RawValue> {
     RawValue::NULL.to_owned()
@@ -363,7 +395,11 @@ async fn create(
         created_at: now,
         updated_at: now,
     };
-    store::insert(&state.db, &row).await?;
+    if !store::insert(&state.db, &row).await? {
+        // the caller's user was deleted after this request was
+        // authenticated: its credential is revoked, and nothing is stored
+        return Err(ApiError::Unauthenticated);
+    }
     let view = TaskView {
         id: row.id,
         title: row.title,

@@ -160,7 +160,8 @@ async fn remove(
     // Forget cached credentials even if the delete raced with another one.
     state.authn.invalidate_user(&user.id);
     state.shared.credentials_changed().await;
-    result?;
+    let released = result?;
+    super::tasks::released_events(&state, released);
     state
         .audit
         .record(

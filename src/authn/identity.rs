@@ -242,10 +242,14 @@ pub fn user_json(u: &store::users::User) -> Value {
     })
 }
 
-/// Delete a user and their keys; refuses to delete the last admin.
-pub async fn delete_user(db: &Db, user: &store::users::User) -> Result<(), IdentityError> {
+/// Delete a user and their keys; refuses to delete the last admin. The
+/// tasks the deletion re-queued and cancelled, as stored (for their events).
+pub async fn delete_user(
+    db: &Db,
+    user: &store::users::User,
+) -> Result<store::tasks::Released, IdentityError> {
     match store::users::delete(db, &user.id).await? {
-        store::users::Deleted::Yes => Ok(()),
+        store::users::Deleted::Yes(released) => Ok(released),
         store::users::Deleted::NotFound => Err(IdentityError::NotFound),
         store::users::Deleted::LastAdmin => Err(IdentityError::Conflict(
             "refusing to delete the last admin".into(),

@@ -19,6 +19,12 @@
 //! transaction holding its rows has committed (WAL, `synchronous = NORMAL`:
 //! survives a process crash). If a batch fails, each job is retried alone,
 //! so one bad row fails only its own request.
+//!
+//! A task row is inserted only if its owner still exists (the `EXISTS` in
+//! `tasks::INSERT`, evaluated inside the batch's transaction, which holds
+//! SQLite's one write lock): a batch that commits after a user deletion
+//! stores none of that user's rows and answers their senders `false`; one
+//! that commits before it is seen by the deletion's clean-up.
 
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
@@ -35,7 +41,7 @@ const MAX_BATCH: usize = 256;
 
 /// One sender's rows, and where to answer once they are committed.
 enum Job {
-    Task(TaskRow, oneshot::Sender<Result<()>>),
+    Task(TaskRow, oneshot::Sender<Result<bool>>),
     Audit(Vec<AuditRecord>, oneshot::Sender<AuditResult>),
 }
 
@@ -79,8 +85,9 @@ impl Writer {
         Ok(Writer { tx })
     }
 
-    /// Store `row`; returns once its transaction has committed.
-    pub async fn insert_task(&self, row: TaskRow) -> Result<()> {
+    /// Store `row`; returns once its transaction has committed: `false`
+    /// when its owner no longer exists (nothing stored).
+    pub async fn insert_task(&self, row: TaskRow) -> Result<bool> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Job::Task(row, done))
@@ -157,10 +164,10 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, kick: SyncSender<()>) 
         }
         concurrent = batch.len() > 1;
         match store(&mut conn, &batch) {
-            Ok(()) => {
+            Ok(stored) => {
                 let _ = kick.try_send(());
-                for job in batch.drain(..) {
-                    answer(job, Ok(()));
+                for (job, stored) in batch.drain(..).zip(stored) {
+                    answer(job, Ok(stored));
                 }
             }
             Err(e) if batch.len() == 1 => {
@@ -170,7 +177,8 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, kick: SyncSender<()>) 
             }
             Err(_) => {
                 for job in batch.drain(..) {
-                    let r = store(&mut conn, std::slice::from_ref(&job));
+                    let r = store(&mut conn, std::slice::from_ref(&job))
+                        .map(|stored| stored.first().copied().unwrap_or(false));
                     answer(job, r);
                 }
             }
@@ -232,25 +240,29 @@ fn checkpoint(conn: &Connection, mode: Checkpoint) -> rusqlite::Result<i64> {
     conn.query_row(sql, [], |r| r.get(1))
 }
 
-fn answer(job: Job, r: Result<()>) {
+/// Answer a job: for a task, whether its row was stored.
+fn answer(job: Job, r: Result<bool>) {
     match job {
         Job::Task(_, done) => {
             let _ = done.send(r);
         }
         Job::Audit(rows, done) => {
-            let _ = done.send(r.map_err(|e| (e, rows)));
+            let _ = done.send(r.map(|_| ()).map_err(|e| (e, rows)));
         }
     }
 }
 
 /// Store every row of `jobs` in one transaction, one prepared statement
-/// per table.
-fn store(conn: &mut Connection, jobs: &[Job]) -> Result<()> {
+/// per table; per job, whether its rows were stored (a task whose owner no
+/// longer exists is not).
+fn store(conn: &mut Connection, jobs: &[Job]) -> Result<Vec<bool>> {
     let tx = conn.transaction()?;
+    let mut stored = Vec::with_capacity(jobs.len());
     for job in jobs {
         match job {
             Job::Task(t, _) => {
-                tx.prepare_cached(tasks::INSERT)?
+                let n = tx
+                    .prepare_cached(tasks::INSERT)?
                     .execute(rusqlite::params![
                         t.id,
                         t.owner_id,
@@ -264,6 +276,7 @@ fn store(conn: &mut Connection, jobs: &[Job]) -> Result<()> {
                         t.created_at,
                         t.updated_at
                     ])?;
+                stored.push(n == 1);
             }
             Job::Audit(rows, _) => {
                 // Whole chunks in one multi-row statement, the rest a row
@@ -283,11 +296,12 @@ fn store(conn: &mut Connection, jobs: &[Job]) -> Result<()> {
                     r.bind(&mut stmt, 0)?;
                     stmt.raw_execute()?;
                 }
+                stored.push(true);
             }
         }
     }
     tx.commit()?;
-    Ok(())
+    Ok(stored)
 }
 
 #[cfg(test)]
@@ -312,37 +326,61 @@ mod tests {
         }
     }
 
-    /// Concurrent creations share transactions, every one is stored, and a
-    /// row the database refuses fails only its own request.
+    /// The user `u` every [`row`] belongs to (a task is stored only while
+    /// its owner exists).
+    async fn owner(db: &Db) {
+        let u = crate::store::users::User {
+            id: "u".into(),
+            username: "owner".into(),
+            email: "u@example.test".into(),
+            password_hash: None,
+            roles: vec!["user".into()],
+            created_at: 1,
+            tokens_valid_after: 0,
+        };
+        assert!(crate::store::users::insert(db, &u).await.unwrap());
+    }
+
+    /// Concurrent creations share transactions, every one is stored, a
+    /// row the database refuses fails only its own request, and a row
+    /// whose owner does not exist (deleted after its request was
+    /// authenticated) is not stored and answered `false` in the same batch.
     #[tokio::test]
     async fn batches_store_every_row_and_fail_only_the_bad_one() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("g.db").display());
         let db = Db::connect(&url, 1, 1).await.unwrap();
         assert!(db.writer.is_some());
-        tasks::insert(&db, &row("dup")).await.unwrap();
+        owner(&db).await;
+        assert!(tasks::insert(&db, &row("dup")).await.unwrap());
         let mut joins = Vec::new();
         for i in 0..200 {
             let db = db.clone();
-            let id = if i == 77 {
+            let mut r = row(&if i == 77 {
                 "dup".to_string()
             } else {
                 format!("t{i}")
-            };
-            joins.push(tokio::spawn(
-                async move { tasks::insert(&db, &row(&id)).await },
-            ));
+            });
+            if i % 50 == 3 {
+                r.owner_id = "gone".into();
+            }
+            joins.push(tokio::spawn(async move { tasks::insert(&db, &r).await }));
         }
-        let mut failed = Vec::new();
+        let (mut failed, mut refused) = (Vec::new(), Vec::new());
         for (i, j) in joins.into_iter().enumerate() {
-            if let Err(e) = j.await.unwrap() {
-                assert!(e.is_unique_violation(), "{e}");
-                failed.push(i);
+            match j.await.unwrap() {
+                Ok(true) => {}
+                Ok(false) => refused.push(i),
+                Err(e) => {
+                    assert!(e.is_unique_violation(), "{e}");
+                    failed.push(i);
+                }
             }
         }
         assert_eq!(failed, vec![77]);
+        assert_eq!(refused, vec![3, 53, 103, 153]);
         let counts = tasks::counts(&db).await.unwrap();
-        assert_eq!(counts.get("queued").copied(), Some(200));
+        assert_eq!(counts.get("queued").copied(), Some(196));
     }
 
     /// An audit batch longer than a chunk is stored in whole multi-row
@@ -469,6 +507,7 @@ mod tests {
         let db = Db::connect(&format!("sqlite://{}", file.display()), 1, 1)
             .await
             .unwrap();
+        owner(&db).await;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut writers = Vec::new();
         for w in 0..8 {
@@ -478,7 +517,7 @@ mod tests {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let mut r = row(&format!("w{w}-{i}"));
                     r.description = Some("x".repeat(2000));
-                    tasks::insert(&db, &r).await.unwrap();
+                    assert!(tasks::insert(&db, &r).await.unwrap());
                     i += 1;
                 }
             }));
@@ -524,11 +563,12 @@ mod tests {
         let db = Db::connect(&format!("sqlite://{}", file.display()), 1, 1)
             .await
             .unwrap();
+        owner(&db).await;
         let before = std::fs::metadata(&file).unwrap().len();
         for i in 0..200 {
             let mut r = row(&format!("c{i}"));
             r.description = Some("x".repeat(2000));
-            tasks::insert(&db, &r).await.unwrap();
+            assert!(tasks::insert(&db, &r).await.unwrap());
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let grown = loop {

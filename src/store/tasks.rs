@@ -9,6 +9,20 @@
 //! and PostgreSQL (the loser's re-checked `status` fails; it retries).
 //! `description`, `input` and `result` arrive here already encrypted.
 //!
+//! A task is created, and claimed, only while its user exists: the INSERT
+//! and the claim UPDATE carry `EXISTS (SELECT 1 FROM users WHERE id = ...)`,
+//! which on PostgreSQL takes the user row `FOR KEY SHARE`; a user deletion
+//! (`super::users::delete`) deletes the row first (a `FOR UPDATE` lock), so
+//! either the creation or claim commits first and the deletion's clean-up
+//! (re-queue, cancel) sees its row, or it runs after the deletion and finds
+//! no user (nothing written). On SQLite one writer at a time gives the same.
+//! Without it, a request authenticated just before its user was deleted
+//! left a task running for a worker that no longer exists, or queued for a
+//! deleted owner. Every write moves `updated_at` strictly forward
+//! ([`NEXT_UPDATED_AT`]), computed in the statement on the row it changes,
+//! and returns the row as stored: a claim that waited behind a re-queue
+//! wrote the earlier time it took before waiting.
+//!
 //! On SQLite, [`get`] reads through the row cache (`super::cache`) and every
 //! statement here that can change a task forgets its row once it has run
 //! (`changing`), so a read never returns a row older than a write that
@@ -62,22 +76,64 @@ fn opt(row: Option<AnyRow>) -> Result<Option<TaskRow>> {
     row.as_ref().map(from_row).transpose()
 }
 
-/// Insert one row (also prepared by the group writer).
-pub(super) const INSERT: &str = concat!(
-    "INSERT INTO tasks (",
-    cols!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-);
+/// Insert one row if its owner (`$2`) exists, on `$lock` (the row lock
+/// clause of the engine).
+macro_rules! insert_sql {
+    ($lock:literal) => {
+        concat!(
+            "INSERT INTO tasks (",
+            cols!(),
+            ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
+             WHERE EXISTS (SELECT 1 FROM users WHERE id = $2",
+            $lock,
+            ")"
+        )
+    };
+}
+
+/// Insert one row if its owner exists, on SQLite (also prepared by the
+/// group writer): one writer at a time, no lock clause.
+pub(super) const INSERT: &str = insert_sql!("");
+
+/// Insert one row if its owner exists, on PostgreSQL: the owner's row is
+/// held `FOR KEY SHARE` until the commit, so a deletion of the owner waits
+/// for it (and then cancels the task), or went first (nothing inserted).
+const INSERT_PG: &str = insert_sql!(" FOR KEY SHARE");
+
+/// The `updated_at` a write sets, given the time `$now` it took: strictly
+/// greater than the row's value (milliseconds), even when `$now` was taken
+/// before the statement waited behind another write of the row, or a clock
+/// is behind. Clients keep the state with the latest `updated_at`.
+macro_rules! next_updated_at {
+    ($now:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $now,
+            " > updated_at THEN ",
+            $now,
+            " ELSE updated_at + 1 END"
+        )
+    };
+}
+
+/// [`next_updated_at`] for a time bound as `$1` (documentation and tests).
+pub const NEXT_UPDATED_AT: &str = next_updated_at!("$1");
 
 /// One task by id (also run by `reader` on SQLite).
 pub(super) const BY_ID: &str = concat!("SELECT ", cols!(), " FROM tasks WHERE id = $1");
 
-/// Insert one task. (Not kept in the cache: its first read fills it.)
-pub async fn insert(db: &Db, t: &TaskRow) -> Result<()> {
+/// Insert one task; `false` (nothing stored) when its owner no longer
+/// exists (deleted after the request was authenticated). (Not kept in the
+/// cache: its first read fills it.)
+pub async fn insert(db: &Db, t: &TaskRow) -> Result<bool> {
     if let Some(writer) = &db.writer {
         return writer.insert_task(t.clone()).await;
     }
-    sqlx::query(INSERT)
+    let sql = match db.engine {
+        super::Engine::Sqlite => INSERT,
+        super::Engine::Postgres => INSERT_PG,
+    };
+    let done = sqlx::query(sql)
         .bind(t.id.as_str())
         .bind(t.owner_id.as_str())
         .bind(t.title.as_str())
@@ -91,7 +147,7 @@ pub async fn insert(db: &Db, t: &TaskRow) -> Result<()> {
         .bind(t.updated_at)
         .execute(&db.pool)
         .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 pub async fn get(db: &Db, id: &str) -> Result<Option<TaskRow>> {
@@ -305,46 +361,88 @@ pub async fn delete(db: &Db, id: &str) -> Result<bool> {
     .await
 }
 
-/// One claim attempt: the oldest highest-priority queued task, if the number
-/// of running tasks is below `max_running`.
-async fn claim_once(db: &Db, agent: &str, now: i64, max_running: i64) -> Result<Option<TaskRow>> {
-    let agent = agent.to_owned();
-    changing(db, None, returned_id, move |db| async move {
-        let row = sqlx::query(concat!(
-            "UPDATE tasks SET status = 'running', agent_id = $1, updated_at = $2 \
-             WHERE id = (SELECT id FROM tasks WHERE status = 'queued' \
-                         ORDER BY priority DESC, created_at, id LIMIT 1) \
+/// What a claim found.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// This task, now running for the worker.
+    Task(Box<TaskRow>),
+    /// Nothing to claim: the queue is empty or the running cap is reached.
+    Nothing,
+    /// The worker's user no longer exists (deleted after the request was
+    /// authenticated): nothing was claimed.
+    NoWorker,
+}
+
+/// The claim UPDATE on `$lock` (the engine's row lock clause for the
+/// worker's user row): `$1` the worker, `$2` the time, `$3` the cap.
+macro_rules! claim_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE tasks SET status = 'running', agent_id = $1, updated_at = ",
+            next_updated_at!("$2"),
+            " WHERE id = (SELECT id FROM tasks WHERE status = 'queued' \
+                          ORDER BY priority DESC, created_at, id LIMIT 1) \
                AND status = 'queued' \
                AND (SELECT COUNT(*) FROM tasks WHERE status = 'running') < $3 \
-             RETURNING ",
+               AND EXISTS (SELECT 1 FROM users WHERE id = $1",
+            $lock,
+            ") RETURNING ",
             cols!()
-        ))
-        .bind(&agent)
-        .bind(now)
-        .bind(max_running)
-        .fetch_optional(&db.pool)
-        .await?;
+        )
+    };
+}
+
+/// One claim attempt: the oldest highest-priority queued task, if the number
+/// of running tasks is below `max_running` and the worker's user exists
+/// (on PostgreSQL its row held `FOR KEY SHARE`: see the module doc).
+async fn claim_once(db: &Db, agent: &str, now: i64, max_running: i64) -> Result<Option<TaskRow>> {
+    let agent = agent.to_owned();
+    let sql = match db.engine {
+        super::Engine::Sqlite => claim_sql!(""),
+        super::Engine::Postgres => claim_sql!(" FOR KEY SHARE"),
+    };
+    changing(db, None, returned_id, move |db| async move {
+        let row = sqlx::query(sql)
+            .bind(&agent)
+            .bind(now)
+            .bind(max_running)
+            .fetch_optional(&db.pool)
+            .await?;
         opt(row)
     })
     .await
 }
 
-/// Claim the next task for `agent`; `None` when nothing is queued (or the
-/// running cap is reached). Retries when another worker won the race.
-pub async fn claim(db: &Db, agent: &str, max_running: i64) -> Result<Option<TaskRow>> {
+/// Claim the next task for `agent`. Retries when another worker won the
+/// race; [`Claim::Nothing`] when nothing is queued (or the running cap is
+/// reached), [`Claim::NoWorker`] when `agent` is no longer a user.
+pub async fn claim(db: &Db, agent: &str, max_running: i64) -> Result<Claim> {
     for _ in 0..64 {
         if let Some(t) = claim_once(db, agent, super::now_ms(), max_running).await? {
-            return Ok(Some(t));
+            return Ok(Claim::Task(Box::new(t)));
         }
-        let c = counts(db).await?;
-        let queued = c.get("queued").copied().unwrap_or(0);
-        let running = c.get("running").copied().unwrap_or(0);
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM tasks WHERE status = 'queued') AS queued, \
+                    (SELECT COUNT(*) FROM tasks WHERE status = 'running') AS running, \
+                    (SELECT COUNT(*) FROM users WHERE id = $1) AS worker",
+        )
+        .bind(agent)
+        .fetch_one(&db.pool)
+        .await?;
+        let (queued, running, worker): (i64, i64, i64) = (
+            col(&row, "queued")?,
+            col(&row, "running")?,
+            col(&row, "worker")?,
+        );
+        if worker == 0 {
+            return Ok(Claim::NoWorker);
+        }
         if queued == 0 || running >= max_running {
-            return Ok(None);
+            return Ok(Claim::Nothing);
         }
         tokio::task::yield_now().await;
     }
-    Ok(None)
+    Ok(Claim::Nothing)
 }
 
 /// Store the result of a running task claimed by `agent`.
@@ -360,8 +458,9 @@ pub async fn finish(
     let result = result.map(str::to_owned);
     changing(db, Some(id.clone()), nothing, move |db| async move {
         let row = sqlx::query(concat!(
-            "UPDATE tasks SET status = $1, result = $2, updated_at = $3 \
-             WHERE id = $4 AND status = 'running' AND agent_id = $5 RETURNING ",
+            "UPDATE tasks SET status = $1, result = $2, updated_at = ",
+            next_updated_at!("$3"),
+            " WHERE id = $4 AND status = 'running' AND agent_id = $5 RETURNING ",
             cols!()
         ))
         .bind(&status)
@@ -374,6 +473,53 @@ pub async fn finish(
         opt(row)
     })
     .await
+}
+
+/// The tasks a deleted user leaves, as stored after [`release_user`].
+#[derive(Debug, Clone, Default)]
+pub struct Released {
+    /// Tasks the user held as a worker (owned by others): queued again,
+    /// `agent_id` cleared.
+    pub requeued: Vec<TaskRow>,
+    /// The user's own unfinished tasks: cancelled (`agent_id` kept: the
+    /// worker that held one learns it from the event).
+    pub cancelled: Vec<TaskRow>,
+}
+
+/// In the deletion's transaction (after the user's row is deleted): put the
+/// tasks `user` held as a worker back in the queue (no one else could
+/// finish them) and cancel its own unfinished ones (never handed to a
+/// worker; one it held itself is cancelled, not re-queued first).
+pub(super) async fn release_user(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    user: &str,
+    now: i64,
+) -> Result<Released> {
+    let requeued = sqlx::query(concat!(
+        "UPDATE tasks SET status = 'queued', agent_id = NULL, updated_at = ",
+        next_updated_at!("$1"),
+        " WHERE agent_id = $2 AND status = 'running' AND owner_id <> $3 RETURNING ",
+        cols!()
+    ))
+    .bind(now)
+    .bind(user)
+    .bind(user)
+    .fetch_all(&mut **tx)
+    .await?;
+    let cancelled = sqlx::query(concat!(
+        "UPDATE tasks SET status = 'cancelled', updated_at = ",
+        next_updated_at!("$1"),
+        " WHERE owner_id = $2 AND status IN ('queued', 'running') RETURNING ",
+        cols!()
+    ))
+    .bind(now)
+    .bind(user)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(Released {
+        requeued: requeued.iter().map(from_row).collect::<Result<_>>()?,
+        cancelled: cancelled.iter().map(from_row).collect::<Result<_>>()?,
+    })
 }
 
 /// Number of tasks by status.

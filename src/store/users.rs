@@ -123,9 +123,10 @@ pub async fn first_admin(db: &Db) -> Result<Option<User>> {
 }
 
 /// What [`delete`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Deleted {
-    Yes,
+    /// Deleted; the tasks it left, as stored now (for their events).
+    Yes(super::tasks::Released),
     NotFound,
     /// The user is the last one holding the `admin` role: kept.
     LastAdmin,
@@ -133,12 +134,20 @@ pub enum Deleted {
 
 /// Delete a user and their keys, unless they are the last admin; the
 /// tasks they held go back to the queue, their unfinished ones are
-/// cancelled. One
-/// transaction that first takes the admins' rows for writing (a no-op
-/// UPDATE: row locks on PostgreSQL, the write lock on SQLite), so
-/// concurrent deletions of different admins are counted one after the
-/// other: counted side by side, each saw another admin left and together
-/// they removed every one.
+/// cancelled ([`super::tasks::release_user`]). One transaction that first
+/// takes the admins' rows for writing (a no-op UPDATE: row locks on
+/// PostgreSQL, the write lock on SQLite), so concurrent deletions of
+/// different admins are counted one after the other: counted side by
+/// side, each saw another admin left and together they removed every one.
+///
+/// The user's row is deleted *before* its tasks are released: on
+/// PostgreSQL the DELETE holds the row `FOR UPDATE`, which waits for a
+/// task creation or claim of that user in flight (they hold it `FOR KEY
+/// SHARE`, see `super::tasks`), and the release's statements, which take
+/// their snapshots afterwards, see what those wrote; a creation or claim
+/// that comes later finds no user and writes nothing. On SQLite the whole
+/// transaction holds the one write lock. Either way no unfinished task is
+/// owned or held by the user once this returns.
 pub async fn delete(db: &Db, id: &str) -> Result<Deleted> {
     let mut tx = db.pool.begin().await?;
     sqlx::query("UPDATE users SET roles = roles WHERE roles LIKE $1")
@@ -164,38 +173,23 @@ pub async fn delete(db: &Db, id: &str) -> Result<Deleted> {
     if is_admin > 0 && admins <= 1 {
         return Ok(Deleted::LastAdmin);
     }
+    let gone = sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    if gone.rows_affected() == 0 {
+        // deleted meanwhile by a concurrent deletion (PostgreSQL)
+        return Ok(Deleted::NotFound);
+    }
     sqlx::query("DELETE FROM api_keys WHERE user_id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    // their work leaves the lifecycle with them: tasks they held as a
-    // worker go back to the queue (no one else could finish them), and
-    // their own unfinished tasks are cancelled (never handed to a worker)
-    let now = super::now_ms();
-    sqlx::query(
-        "UPDATE tasks SET status = 'queued', agent_id = NULL, updated_at = $1 \
-         WHERE agent_id = $2 AND status = 'running'",
-    )
-    .bind(now)
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE tasks SET status = 'cancelled', updated_at = $1 \
-         WHERE owner_id = $2 AND status IN ('queued', 'running')",
-    )
-    .bind(now)
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("DELETE FROM users WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    let released = super::tasks::release_user(&mut tx, id, super::now_ms()).await?;
     tx.commit().await?;
     // rows kept as they were before the updates
     if let Some(cache) = &db.tasks {
         cache.clear();
     }
-    Ok(Deleted::Yes)
+    Ok(Deleted::Yes(released))
 }

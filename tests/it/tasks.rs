@@ -1955,3 +1955,201 @@ async fn routes_without_a_body_refuse_a_malformed_one_before_acting() {
         .unwrap();
     assert_eq!(r.status(), 204);
 }
+
+/// Store-level checks of a user deletion against that user's in-flight
+/// writes and of `updated_at` (probe K #1, #2), on one database.
+mod deletion_races {
+    use frenly::store::tasks::{self, Claim, TaskRow};
+    use frenly::store::users::{self, Deleted, User};
+    use frenly::store::Db;
+
+    async fn user(db: &Db, name: &str, role: &str) -> String {
+        let u = User {
+            id: frenly::store::new_id(),
+            username: name.into(),
+            email: format!("{name}@example.test"),
+            password_hash: None,
+            roles: vec![role.into()],
+            created_at: 1,
+            tokens_valid_after: 0,
+        };
+        assert!(users::insert(db, &u).await.unwrap());
+        u.id
+    }
+
+    fn task(owner: &str, updated_at: i64) -> TaskRow {
+        TaskRow {
+            id: frenly::store::new_id(),
+            owner_id: owner.into(),
+            title: "t".into(),
+            description: None,
+            priority: 1,
+            status: "queued".into(),
+            input: None,
+            result: None,
+            agent_id: None,
+            created_at: 1,
+            updated_at,
+        }
+    }
+
+    fn released(d: Deleted) -> tasks::Released {
+        match d {
+            Deleted::Yes(r) => r,
+            other => panic!("not deleted: {other:?}"),
+        }
+    }
+
+    /// A request authenticated before its user was deleted and writing
+    /// after: its claim claims nothing and its task is not stored (they
+    /// left a task running for a worker that no longer exists, or queued
+    /// for a deleted owner). And every write moves `updated_at` past the
+    /// row's value even when the writer's clock is behind it.
+    pub async fn late_writes_of_a_deleted_user_store_nothing(db: &Db) {
+        let owner = user(db, "owner", "user").await;
+        let worker = user(db, "worker", "agent").await;
+        let leaver = user(db, "leaver", "user").await;
+        // a row stamped in the future: the writers' clocks are behind it
+        let ahead = frenly::store::now_ms() + 100_000;
+        let t = task(&owner, ahead);
+        assert!(tasks::insert(db, &t).await.unwrap());
+        // claimed: strictly after the stored time, the row as stored returned
+        let Claim::Task(c) = tasks::claim(db, &worker, 1000).await.unwrap() else {
+            panic!("nothing claimed");
+        };
+        assert_eq!(c.id, t.id);
+        assert!(
+            c.updated_at > ahead,
+            "claim went back: {} <= {ahead}",
+            c.updated_at
+        );
+        // the worker is deleted while it holds it: re-queued, later
+        let r = released(users::delete(db, &worker).await.unwrap());
+        assert_eq!(r.requeued.len(), 1);
+        let q = &r.requeued[0];
+        assert_eq!((q.status.as_str(), q.agent_id.as_deref()), ("queued", None));
+        assert!(q.updated_at > c.updated_at, "re-queue went back");
+        // its claim in flight finds no worker and claims nothing
+        match tasks::claim(db, &worker, 1000).await.unwrap() {
+            Claim::NoWorker => {}
+            other => panic!("a deleted worker's claim: {other:?}"),
+        }
+        let now = tasks::get(db, &t.id).await.unwrap().unwrap();
+        assert_eq!(
+            (now.status.as_str(), now.agent_id.as_deref()),
+            ("queued", None)
+        );
+        // finish moves it on too
+        let worker2 = user(db, "worker2", "agent").await;
+        let Claim::Task(c2) = tasks::claim(db, &worker2, 1000).await.unwrap() else {
+            panic!("nothing claimed");
+        };
+        assert!(c2.updated_at > q.updated_at);
+        let f = tasks::finish(db, &t.id, &worker2, "done", None, 1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(f.updated_at > c2.updated_at, "finish went back");
+        // a deleted owner's creation in flight stores nothing
+        let mine = task(&leaver, 1);
+        assert!(tasks::insert(db, &mine).await.unwrap());
+        let r = released(users::delete(db, &leaver).await.unwrap());
+        assert_eq!(r.cancelled.len(), 1);
+        assert_eq!(r.cancelled[0].status, "cancelled");
+        let late = task(&leaver, 1);
+        assert!(
+            !tasks::insert(db, &late).await.unwrap(),
+            "stored for a deleted owner"
+        );
+        assert!(tasks::get(db, &late.id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("d.db").display());
+        let db = Db::connect(&url, 1, 2).await.unwrap();
+        late_writes_of_a_deleted_user_store_nothing(&db).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        use crate::common::{drop_pg_database, fresh_pg_database, need, pg_available};
+        if !need("PostgreSQL", pg_available()) {
+            return;
+        }
+        let url = fresh_pg_database();
+        let db = Db::connect(&url, 1, 4).await.unwrap();
+        late_writes_of_a_deleted_user_store_nothing(&db).await;
+        concurrent_claim_and_deletion(&db).await;
+        drop(db);
+        drop_pg_database(&url);
+    }
+
+    /// PostgreSQL, both orders of a claim racing its worker's deletion,
+    /// made deterministic with a transaction that stands for the other side:
+    /// the deletion waits for a claim that holds the worker's row and then
+    /// re-queues what it claimed; a claim behind a deletion in progress
+    /// waits and then claims nothing.
+    async fn concurrent_claim_and_deletion(db: &Db) {
+        let owner = user(db, "owner3", "user").await;
+        let worker = user(db, "worker3", "agent").await;
+        let t = task(&owner, 1);
+        assert!(tasks::insert(db, &t).await.unwrap());
+        // a claim in flight: it holds the worker's row (as the claim's
+        // sub-select does) and writes its task after the deletion started
+        let mut claim = db.pool.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR KEY SHARE")
+            .bind(&worker)
+            .fetch_one(&mut *claim)
+            .await
+            .unwrap();
+        let deletion = {
+            let (db, worker) = (db.clone(), worker.clone());
+            tokio::spawn(async move { users::delete(&db, &worker).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        sqlx::query("UPDATE tasks SET status = 'running', agent_id = $1 WHERE id = $2")
+            .bind(&worker)
+            .bind(&t.id)
+            .execute(&mut *claim)
+            .await
+            .unwrap();
+        claim.commit().await.unwrap();
+        let r = released(deletion.await.unwrap().unwrap());
+        assert_eq!(r.requeued.len(), 1, "the claim in flight was not released");
+        let now = tasks::get(db, &t.id).await.unwrap().unwrap();
+        assert_eq!(
+            (now.status.as_str(), now.agent_id.as_deref()),
+            ("queued", None)
+        );
+        // the other order: a deletion in progress holds the row; the claim
+        // waits for it and finds no worker
+        let worker = user(db, "worker4", "agent").await;
+        let mut deletion = db.pool.begin().await.unwrap();
+        sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(&worker)
+            .execute(&mut *deletion)
+            .await
+            .unwrap();
+        let claim = {
+            let (db, worker) = (db.clone(), worker.clone());
+            tokio::spawn(async move { tasks::claim(&db, &worker, 1000).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !claim.is_finished(),
+            "the claim did not wait for the deletion"
+        );
+        deletion.commit().await.unwrap();
+        match claim.await.unwrap().unwrap() {
+            Claim::NoWorker => {}
+            other => panic!("a claim behind the deletion: {other:?}"),
+        }
+        let now = tasks::get(db, &t.id).await.unwrap().unwrap();
+        assert_eq!(
+            (now.status.as_str(), now.agent_id.as_deref()),
+            ("queued", None)
+        );
+    }
+}

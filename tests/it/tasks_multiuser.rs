@@ -326,3 +326,131 @@ async fn deleting_a_user_releases_their_claims_and_cancels_their_tasks() {
         .unwrap();
     assert_eq!(r.status(), 204, "the cancelled task was handed out");
 }
+
+/// Reads events until one matches `what` (2 s at most).
+async fn event_where(ws: &mut crate::ws::Ws, what: impl Fn(&Value) -> bool) -> Option<Value> {
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let ev = tokio::time::timeout_at(until, crate::ws::next_event(ws))
+            .await
+            .ok()?;
+        if what(&ev) {
+            return Some(ev);
+        }
+    }
+}
+
+/// Probe K #3: a user deletion re-queued and cancelled tasks silently. It
+/// announces them as a PATCH would: the owner of a task the deleted worker
+/// held hears `task_updated` (queued, no agent) and the workers
+/// `task_available`; the worker holding a task of the deleted owner hears
+/// `task_updated` (cancelled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_user_announces_the_tasks_it_released() {
+    use reqwest::Method;
+    let s = start().await;
+    let owner = user_key(&s, "leaving_owner", &["user"]).await;
+    let gone = user_key(&s, "leaving_worker", &["agent"]).await;
+    let stays = user_key(&s, "staying_worker", &["agent"]).await;
+    let owner_id = crate::common::user_id_of(&s, &owner).await;
+    let gone_id = crate::common::user_id_of(&s, &gone).await;
+    let held = create(
+        &s,
+        json!({"title": "held by the leaver", "priority": "high"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = with(&s, Method::POST, "/api/agent/claim", &gone)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["id"], held.as_str());
+    let r = with(&s, Method::POST, "/api/tasks", &owner)
+        .json(&json!({"title": "owned by the leaver"}))
+        .send()
+        .await
+        .unwrap();
+    let owned = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = with(&s, Method::POST, "/api/agent/claim", &stays)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["id"], owned.as_str());
+    let mut admin_ws = crate::ws::connect(&s, Some(s.admin())).await.unwrap();
+    let mut stays_ws = crate::ws::connect(&s, Some(&stays)).await.unwrap();
+    for id in [&gone_id, &owner_id] {
+        let r = with(&s, Method::DELETE, &format!("/api/users/{id}"), s.admin())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    let requeued = event_where(&mut admin_ws, |e| e["task"]["id"] == held.as_str())
+        .await
+        .expect("the owner heard nothing of the re-queue");
+    assert_eq!(
+        (
+            requeued["type"].as_str(),
+            requeued["task"]["status"].as_str(),
+            requeued["task"]["agent_id"].as_str()
+        ),
+        (Some("task_updated"), Some("queued"), None),
+        "{requeued}"
+    );
+    let available = event_where(&mut stays_ws, |e| e["type"] == "task_available")
+        .await
+        .expect("the workers heard nothing of the re-queued task");
+    assert_eq!(available["task"]["id"], held.as_str());
+    let cancelled = event_where(&mut stays_ws, |e| {
+        e["type"] == "task_updated" && e["task"]["id"] == owned.as_str()
+    })
+    .await
+    .expect("the worker holding the deleted owner's task heard nothing");
+    assert_eq!(cancelled["task"]["status"], "cancelled", "{cancelled}");
+}
+
+/// Probe K #4: a PATCH with `null` for a field that always holds a value
+/// answered 200 and changed nothing; now 400 naming the field, while
+/// `description: null` still clears the description.
+#[tokio::test]
+async fn patch_null_for_a_field_that_cannot_be_empty_is_400() {
+    let s = start().await;
+    let t = create(&s, json!({"title": "t", "description": "d"})).await;
+    let id = t["id"].as_str().unwrap();
+    for field in ["title", "priority", "status"] {
+        let r = s
+            .client
+            .patch(s.url(&format!("/api/tasks/{id}")))
+            .header("X-API-Key", s.admin())
+            .json(&json!({ field: null }))
+            .send()
+            .await
+            .unwrap();
+        let (status, code, body) = error_code(r).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (400, "validation_failed"),
+            "{body}"
+        );
+        assert!(body["error"]["fields"].get(field).is_some(), "{body}");
+    }
+    let r = s
+        .client
+        .patch(s.url(&format!("/api/tasks/{id}")))
+        .header("X-API-Key", s.admin())
+        .json(&json!({"description": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t: Value = r.json().await.unwrap();
+    assert_eq!(
+        (&t["description"], &t["title"]),
+        (&Value::Null, &json!("t"))
+    );
+}
