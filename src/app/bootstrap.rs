@@ -21,10 +21,18 @@ pub struct Prepared {
 pub fn ensure_data_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if !dir.exists() {
+        // the error names the directory (a bare "No such file or
+        // directory" left the operator guessing which path)
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(dir)?;
+            .create(dir)
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot create directory {}: {e}", dir.display()),
+                )
+            })?;
     }
     Ok(())
 }

@@ -338,6 +338,13 @@ impl Authn {
             cfg.security.api_key_header.to_ascii_lowercase().as_bytes(),
         )?;
         let secret = jwt::read_secret(&cfg.jwt_secret_file)?;
+        // whoever reads it mints admin tokens: warned like the keyring and
+        // the TLS key (the checklist FAILs it)
+        if let Some(w) =
+            crate::monitoring::check::loose_mode_warning(&cfg.jwt_secret_file, "JWT secret")
+        {
+            tracing::warn!("{w}");
+        }
         let verifier = jwt::Verifier::new(
             secret,
             &cfg.auth.jwt_algorithms,

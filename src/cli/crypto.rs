@@ -38,10 +38,14 @@ pub struct FieldArgs {
 pub enum KeyringCmd {
     /// Add a new data-encryption key; old data stays readable.
     Rotate {
-        /// Rewrite existing rows under the new key.
+        /// Rewrite existing rows under the new key (after waiting until
+        /// running servers encrypt under it, about 6 s).
         #[arg(long)]
         reencrypt: bool,
     },
+    /// Rewrite the rows not under the primary key, adding no key (finishes
+    /// a `rotate --reencrypt` that left rows, or follows a plain `rotate`).
+    Reencrypt,
 }
 
 /// A key file is 44 characters; editors and tools add a little.
@@ -217,7 +221,10 @@ pub fn decrypt_field(a: FieldArgs) -> CmdResult {
 }
 
 pub fn keyring(cfg: Config, c: KeyringCmd) -> CmdResult {
-    let KeyringCmd::Rotate { reencrypt } = c;
+    let (rotate, reencrypt) = match c {
+        KeyringCmd::Rotate { reencrypt } => (true, reencrypt),
+        KeyringCmd::Reencrypt => (false, true),
+    };
     crate::app::bootstrap::ensure_data_dir(&cfg.data_dir)
         .map_err(|e| Failure::refused(format!("data directory: {e}")))?;
     let rt = super::runtime()?;
@@ -249,16 +256,38 @@ pub fn keyring(cfg: Config, c: KeyringCmd) -> CmdResult {
             Some(db) => Some((super::identity::open_audit(&cfg, db)?, db)),
             None => None,
         };
-        let id = Keyring::rotate(&cfg.keyring_file).map_err(Failure::refused)?;
-        crate::errln!("frenly: new primary data-encryption key `{id}`; old data stays readable");
-        let mut ev = crate::monitoring::audit::AuditEvent::new("keyring_rotated")
-            .field("primary_key_id", id.as_str());
+        let (id, mut ev) = if rotate {
+            let id = Keyring::rotate(&cfg.keyring_file).map_err(Failure::refused)?;
+            crate::errln!(
+                "frenly: new primary data-encryption key `{id}`; old data stays readable"
+            );
+            let ev = crate::monitoring::audit::AuditEvent::new("keyring_rotated")
+                .field("primary_key_id", id.as_str());
+            (id, ev)
+        } else {
+            let ring = Keyring::load(&cfg.keyring_file).map_err(Failure::refused)?;
+            let id = ring.primary_id();
+            let ev = crate::monitoring::audit::AuditEvent::new("keyring_reencrypted")
+                .field("primary_key_id", id.as_str());
+            (id, ev)
+        };
         let mut outcome = Ok(0);
         if let (true, Some((_, db))) = (reencrypt, &audit) {
+            // a running server re-reads the keyring at most every few
+            // seconds: rows it writes meanwhile are under the old key, and
+            // a pass started at once left them there
+            let wait = crate::data::keyring::switch_wait(&cfg.keyring_file);
+            if !wait.is_zero() {
+                crate::errln!(
+                    "frenly: waiting {:.0} s for running servers to load key `{id}`",
+                    wait.as_secs_f64().ceil()
+                );
+                tokio::time::sleep(wait).await;
+            }
             let ring = Keyring::load(&cfg.keyring_file).map_err(Failure::refused)?;
             match reencrypt_all(db, &ring).await {
                 Ok((done, skipped)) => {
-                    crate::errln!("frenly: re-encrypted {done} task(s) under `{id}`; {skipped} changed meanwhile and were left as written");
+                    crate::errln!("frenly: re-encrypted {done} task(s) under `{id}`; {skipped} changed meanwhile and were left as written (run `frenly keyring reencrypt` to check them again)");
                     ev = ev.field("reencrypted", done).field("skipped", skipped);
                 }
                 Err(e) => {

@@ -123,8 +123,10 @@ fn identity_failure(e: identity::IdentityError) -> Failure {
     }
 }
 
+/// The user an operator names: names are unique up to letter case (`users
+/// add Alice` is refused next to `alice`), so `--user Alice` finds `alice`.
 async fn user_by_name(db: &Db, username: &str) -> Result<store::users::User, Failure> {
-    store::users::by_username(db, username)
+    store::users::by_username_any_case(db, username)
         .await
         .map_err(fail_store)?
         .ok_or_else(|| Failure::refused(format!("no user named `{username}`")))

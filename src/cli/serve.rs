@@ -99,7 +99,8 @@ pub fn init(cfg: Config) -> CmdResult {
     let rt = runtime()?;
     rt.block_on(async move {
         let prepared = bootstrap::prepare(&cfg).await.map_err(Failure::from)?;
-        write_sample_config(&cfg).map_err(|e| Failure::refused(format!("writing config: {e}")))?;
+        let wrote = write_sample_config(&cfg)
+            .map_err(|e| Failure::refused(format!("writing config: {e}")))?;
         let key = bootstrap::create_first_admin(&prepared.db)
             .await
             .map_err(Failure::from)?;
@@ -110,22 +111,30 @@ pub fn init(cfg: Config) -> CmdResult {
         crate::errln!("frenly: initialised {}", cfg.data_dir.display());
         if cfg.config_file.is_none() {
             // the sample is read only when named: serve never looks for it
-            crate::errln!(
-                "frenly: the defaults are written to {}; edit it and pass it with --config",
-                cfg.data_dir.join("frenly.toml").display()
-            );
+            let path = cfg.data_dir.join("frenly.toml");
+            if wrote {
+                crate::errln!(
+                    "frenly: the defaults are written to {}; edit it and pass it with --config",
+                    path.display()
+                );
+            } else {
+                crate::errln!(
+                    "frenly: {} exists and was left as it is; pass it with --config",
+                    path.display()
+                );
+            }
         }
         Ok(0)
     })
 }
 
-/// A commented TOML config beside the data, unless one exists.
-fn write_sample_config(cfg: &Config) -> std::io::Result<()> {
+/// A commented TOML config beside the data, unless one exists (`false`).
+fn write_sample_config(cfg: &Config) -> std::io::Result<bool> {
     let path = cfg.data_dir.join("frenly.toml");
     if path.exists() {
-        return Ok(());
+        return Ok(false);
     }
-    std::fs::write(path, SAMPLE_CONFIG)
+    std::fs::write(path, SAMPLE_CONFIG).map(|()| true)
 }
 
 /// The commented default configuration written by `frenly init`.

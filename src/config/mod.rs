@@ -646,6 +646,16 @@ impl Source {
     }
 }
 
+/// The keys whose value is text, whatever it looks like.
+const STRING_KEYS: &[&str] = &[
+    "security.api_key",
+    "security.api_key_header",
+    "database.url",
+    "state.redis_url",
+    "state.redis_prefix",
+    "alerts.webhook_url",
+];
+
 /// Load and check the configuration.
 pub fn load(source: &Source) -> Result<Config, ConfigError> {
     let mut fig = Figment::from(Serialized::defaults(RawConfig::default()));
@@ -674,34 +684,33 @@ pub fn load(source: &Source) -> Result<Config, ConfigError> {
             .and_then(|e| e.to_str())
             .unwrap_or("")
             .to_ascii_lowercase();
-        fig = match ext.as_str() {
-            "json" => {
-                // a key named twice is refused, as TOML refuses it
-                // (serde_json keeps the last: `"tls": true, "tls": false`
-                // was TLS off without a word)
-                let bytes = read_named_file(file, MAX_NAMED_FILE).map_err(|e| {
-                    ConfigError::Parse(format!("cannot read config file `{}`: {e}", file.display()))
-                })?;
-                if let Err(e) = crate::http::json::parse::<crate::http::UniqueValue>(&bytes) {
-                    let why = match e {
-                        crate::http::ApiError::BadRequest(m) => m,
-                        other => other.code().to_string(),
-                    };
-                    return Err(ConfigError::Parse(format!(
-                        "config error: {} ({})",
-                        why,
-                        file.display()
-                    )));
-                }
-                fig.merge(Json::file_exact(file))
-            }
-            "toml" => fig.merge(Toml::file_exact(file)),
-            other => {
-                return Err(ConfigError::Parse(format!(
-                    "config file `{}` must end in .json or .toml (found `.{other}`)",
-                    file.display()
-                )))
-            }
+        if ext != "json" && ext != "toml" {
+            return Err(ConfigError::Parse(format!(
+                "config file `{}` must end in .json or .toml (found `.{ext}`)",
+                file.display()
+            )));
+        }
+        let bytes = read_named_file(file, MAX_NAMED_FILE).map_err(|e| {
+            ConfigError::Parse(format!("cannot read config file `{}`: {e}", file.display()))
+        })?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            ConfigError::Parse(format!(
+                "config error: `{}` is not UTF-8 text",
+                file.display()
+            ))
+        })?;
+        // a UTF-8 byte order mark (what some editors write) is no content
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        // The syntax is checked here, not by figment: its errors quote the
+        // offending source line, which may hold `security.api_key` or a
+        // URL's password. Ours name the line, the column and the key.
+        check_syntax(&ext, text).map_err(|why| {
+            ConfigError::Parse(format!("config error: {why} (in {})", file.display()))
+        })?;
+        fig = if ext == "json" {
+            fig.merge(Json::string(text))
+        } else {
+            fig.merge(Toml::string(text))
         };
     }
     let env: Vec<(String, String)> = source
@@ -716,12 +725,20 @@ pub fn load(source: &Source) -> Result<Config, ConfigError> {
         let key = k[ENV_PREFIX.len()..]
             .to_ascii_lowercase()
             .replace(ENV_NESTING, ".");
-        let value: figment::value::Value = v
-            .parse()
-            .unwrap_or_else(|_| figment::value::Value::from(v.clone()));
+        let value = match v.parse::<figment::value::Value>() {
+            // a key that only holds text keeps a value that looks like a
+            // number or a boolean as the text it is (an all-digit
+            // `FRENLY_SECURITY__API_KEY` was refused, repeating the key)
+            Ok(figment::value::Value::String(_, s)) => figment::value::Value::from(s),
+            _ if STRING_KEYS.contains(&key.as_str()) => figment::value::Value::from(v.clone()),
+            Ok(parsed) => parsed,
+            Err(_) => figment::value::Value::from(v.clone()),
+        };
         fig = fig.merge((key, value));
     }
-    let raw: RawConfig = fig.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
+    let raw: RawConfig = fig
+        .extract()
+        .map_err(|e| ConfigError::Parse(describe(e, source.file.as_deref())))?;
     Config::from_raw(raw, source)
 }
 
@@ -739,13 +756,103 @@ pub fn canonical_net(n: IpNet) -> IpNet {
     }
 }
 
-fn describe(e: figment::Error) -> String {
+/// Check the syntax of a config file's text; the error names the line, the
+/// column and, when it is a known key, the key, never the text itself.
+fn check_syntax(ext: &str, text: &str) -> Result<(), String> {
+    if ext == "json" {
+        return match serde_json::from_str::<crate::http::UniqueValue>(text) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // serde_json's message ends with its own position
+                let msg = e.to_string();
+                let msg = msg.split(" at line ").next().unwrap_or("").to_string();
+                Err(format!(
+                    "JSON syntax error at line {}, column {}: {msg}",
+                    e.line(),
+                    e.column()
+                ))
+            }
+        };
+    }
+    let Err(e) = toml::from_str::<toml::Table>(text) else {
+        return Ok(());
+    };
+    let start = e.span().map_or(0, |s| s.start).min(text.len());
+    let before = text.get(..start).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit_once('\n')
+        .map_or(before, |(_, l)| l)
+        .chars()
+        .count()
+        + 1;
+    let message = e.message().lines().collect::<Vec<_>>().join("; ");
+    let key = toml_key_at(text, line)
+        .map(|k| format!(" (key `{k}`)"))
+        .unwrap_or_default();
+    Err(format!(
+        "TOML syntax error at line {line}, column {column}{key}: {message}"
+    ))
+}
+
+/// The key a TOML line assigns (`table.key = ...` under its `[table]`
+/// header), if it is one of the configuration's keys: anything else on the
+/// line (a value, or a secret where a key was expected) is not repeated.
+fn toml_key_at(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let here = lines.get(line.checked_sub(1)?)?;
+    let (name, _) = here.split_once('=')?;
+    let name = name.trim();
+    let table = lines
+        .get(..line - 1)?
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+    let full = match table {
+        Some(t) if !t.is_empty() => format!("{t}.{name}"),
+        _ => name.to_string(),
+    };
+    let defaults = serde_json::to_value(RawConfig::default()).ok()?;
+    let mut at = &defaults;
+    for part in full.split('.') {
+        at = at.get(part.trim())?;
+    }
+    Some(full.split('.').map(str::trim).collect::<Vec<_>>().join("."))
+}
+
+/// What a value the configuration refused was, without the value: a type
+/// error's "found unsigned int `918273645546372819`" repeated a numeric
+/// `FRENLY_SECURITY__API_KEY`.
+fn actual_kind(a: &figment::error::Actual) -> &'static str {
+    use figment::error::Actual;
+    match a {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+        Actual::Float(_) => "a float",
+        Actual::Char(_) => "a character",
+        Actual::Str(_) => "a string",
+        Actual::Bytes(_) => "bytes",
+        Actual::Unit => "nothing",
+        Actual::Option => "an option",
+        Actual::Seq => "a list",
+        Actual::Map => "a table",
+        _ => "a value of another type",
+    }
+}
+
+fn describe(e: figment::Error, file: Option<&Path>) -> String {
     let key = e.path.join(".");
-    let from_file = e
-        .metadata
-        .as_ref()
-        .and_then(|m| m.source.as_ref())
-        .map(|s| format!(" (in {s})"));
+    // the file is given to figment as its text (checked first): its
+    // metadata names the format's "source string", not the file
+    let from_file = e.metadata.as_ref().and_then(|m| match (&m.source, file) {
+        (Some(s), _) => Some(format!(" (in {s})")),
+        (None, Some(f)) if m.name.ends_with("source string") => {
+            Some(format!(" (in {})", f.display()))
+        }
+        _ => None,
+    });
     let src = from_file.unwrap_or_else(|| {
         if key.is_empty() {
             String::new()
@@ -769,6 +876,19 @@ fn describe(e: figment::Error) -> String {
             };
             format!("config error: unknown key `{full}`{src}")
         }
+        // the kinds that carry the value are described without it
+        figment::error::Kind::InvalidType(actual, expected) => format!(
+            "config error: key `{key}`: found {}, expected {expected}{src}",
+            actual_kind(actual)
+        ),
+        figment::error::Kind::InvalidValue(actual, expected) => format!(
+            "config error: key `{key}`: invalid value ({}), expected {expected}{src}",
+            actual_kind(actual)
+        ),
+        figment::error::Kind::UnknownVariant(_, expected) => format!(
+            "config error: key `{key}`: unknown value, expected one of {}{src}",
+            expected.join(", ")
+        ),
         kind if key.is_empty() => format!("config error: {kind}{src}"),
         kind => format!("config error: key `{key}`: {kind}{src}"),
     }
@@ -918,10 +1038,37 @@ impl Config {
         }
         for (key, value) in [
             ("network.max_connections", raw.network.max_connections),
+            (
+                "network.max_connections_per_address",
+                raw.network.max_connections_per_address,
+            ),
             ("audit.queue_capacity", raw.audit.queue_capacity),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be > 0"));
+            }
+        }
+        // 0 is no "no limit": these were taken as 1 s without a word (an
+        // operator meaning "unlimited" got a one-second limit)
+        for (key, value) in [
+            (
+                "network.header_read_timeout_seconds",
+                raw.network.header_read_timeout_seconds,
+            ),
+            (
+                "network.request_timeout_seconds",
+                raw.network.request_timeout_seconds,
+            ),
+            (
+                "network.tls_handshake_timeout_seconds",
+                raw.network.tls_handshake_timeout_seconds,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(
+                    key,
+                    "must be at least 1 (seconds; there is no \"no limit\")",
+                ));
             }
         }
         // the API-key header cannot be one HTTP or Frenly gives a meaning:
@@ -1052,6 +1199,18 @@ impl Config {
                     "must start with redis:// or rediss://",
                 ));
             }
+            url_syntax(url).map_err(|r| invalid("state.redis_url", &r))?;
+            // what the client makes of it (rediss:// is read only by a
+            // client built with TLS: left to the connection's own error)
+            let plain = url.starts_with("redis://");
+            if plain {
+                redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(|_| {
+                    invalid(
+                        "state.redis_url",
+                        "not a usable Redis URL (redis://[[user]:password@]host[:port][/db])",
+                    )
+                })?;
+            }
         }
         if raw.state.redis_prefix.len() > 64 || raw.state.redis_prefix.chars().any(char::is_control)
         {
@@ -1111,7 +1270,20 @@ impl Config {
                     ));
                 }
                 if !u.starts_with("sqlite:") {
+                    // the syntax first: a raw `?` in the password made the
+                    // parameter check below name the password's tail
+                    url_syntax(u).map_err(|r| invalid("database.url", &r))?;
                     postgres_params(u).map_err(|r| invalid("database.url", &r))?;
+                    // what the driver makes of it, checked now (an
+                    // invalid port was found at start, exit 1, unnamed)
+                    <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(u).map_err(
+                        |_| {
+                            invalid(
+                                "database.url",
+                                "not a usable PostgreSQL URL (postgres://[user[:password]@]host[:port]/dbname[?params])",
+                            )
+                        },
+                    )?;
                 }
                 u.clone()
             }
@@ -1370,9 +1542,13 @@ const POSTGRES_PARAMS: &[&str] = &[
 /// secret (`sslpassword=...`) lands in the log. The reason names the
 /// parameter, never its value.
 fn postgres_params(url: &str) -> Result<(), String> {
-    let Some((_, query)) = url.split_once('?') else {
+    let Some(query) = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.query().map(String::from))
+    else {
         return Ok(());
     };
+    let query = query.as_str();
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
         .map_err(|_| "its query is not well-formed".to_string())?;
     for (name, _) in pairs {
@@ -1389,6 +1565,15 @@ fn postgres_params(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The URL syntax (RFC 3986 as the WHATWG parser reads it) of a database
+/// or Redis URL: the reason is the parser's own fixed description, never a
+/// part of the URL (which may hold a password).
+fn url_syntax(u: &str) -> Result<(), String> {
+    url::Url::parse(u)
+        .map(|_| ())
+        .map_err(|e| format!("not a valid URL: {e}"))
+}
+
 /// The guide's `validate_url`: only `http` and `https` URLs with a host.
 pub fn validate_url(url: &str) -> Result<(), String> {
     let parsed: http::Uri = url.parse().map_err(|_| "not a valid URL".to_string())?;
@@ -1402,56 +1587,73 @@ pub fn validate_url(url: &str) -> Result<(), String> {
     }
 }
 
-/// Hide the password of `scheme://user:password@host`.
 /// [`redact_url`] for a webhook, whose path is often its secret
 /// (`https://hooks.example.com/services/T000/B000/XXXX`): the path goes too.
 pub fn redact_webhook(url: &str) -> String {
-    let redacted = redact_url(url);
-    let (base, query) = match redacted.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (redacted.as_str(), None),
-    };
-    let Some((scheme, rest)) = base.split_once("://") else {
-        return redacted;
-    };
-    let mut out = match rest.split_once('/') {
-        Some((authority, path)) if !path.is_empty() => format!("{scheme}://{authority}/<redacted>"),
-        _ => base.to_string(),
-    };
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
+    redact(url, true)
 }
 
+/// Hide the secrets of a URL: everything between `://` and the last `@`
+/// but a plain user name (`scheme://user:<redacted>@host`), whatever it
+/// holds (a raw `?`, `/` or `#` in a password is not taken for the end of
+/// the authority), every query part (`?token=<redacted>`, and a part
+/// without `=`, `?<redacted>`) and a fragment.
 pub fn redact_url(url: &str) -> String {
-    // The query may carry a token (`?token=...`, `?sslpassword=...`): its
-    // names are kept, every value is redacted.
-    let (base, query) = match url.split_once('?') {
+    redact(url, false)
+}
+
+fn redact(url: &str, path_too: bool) -> String {
+    const R: &str = "<redacted>";
+    let (prefix, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (auth, rest) = match rest.rsplit_once('@') {
+                Some((auth, after)) => {
+                    let user = auth.split(':').next().unwrap_or("");
+                    let auth = if user.contains(['/', '?', '#']) {
+                        format!("{R}@")
+                    } else {
+                        format!("{user}:{R}@")
+                    };
+                    (auth, after)
+                }
+                None => (String::new(), rest),
+            };
+            (format!("{scheme}://{auth}"), rest)
+        }
+        None => (String::new(), url),
+    };
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((r, _)) => (r, Some(R)),
+        None => (rest, None),
+    };
+    let (base, query) = match rest.split_once('?') {
         Some((b, q)) => (b, Some(q)),
-        None => (url, None),
+        None => (rest, None),
     };
-    let mut out = match base.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((auth, host)) => {
-                let user = auth.split(':').next().unwrap_or("");
-                format!("{scheme}://{user}:<redacted>@{host}")
-            }
-            None => base.to_string(),
-        },
-        None => base.to_string(),
-    };
+    let mut out = prefix;
+    match base.split_once('/') {
+        Some((host, path)) if path_too && !path.is_empty() && url.contains("://") => {
+            out.push_str(host);
+            out.push('/');
+            out.push_str(R);
+        }
+        _ => out.push_str(base),
+    }
     if let Some(q) = query {
-        let redacted: Vec<String> = q
+        let parts: Vec<String> = q
             .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((name, _)) => format!("{name}=<redacted>"),
-                None => pair.to_string(),
+            .map(|part| match part.split_once('=') {
+                Some((name, _)) => format!("{name}={R}"),
+                None if part.is_empty() => String::new(),
+                None => R.to_string(),
             })
             .collect();
         out.push('?');
-        out.push_str(&redacted.join("&"));
+        out.push_str(&parts.join("&"));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
     }
     out
 }

@@ -64,7 +64,21 @@ struct Ring {
 }
 
 /// How often a running process looks for a rotated keyring file.
-const RECHECK_MS: i64 = 5_000;
+pub const RECHECK_MS: i64 = 5_000;
+
+/// How long after the keyring file changed a running server may still
+/// encrypt under the key that was primary before: its
+/// [`RECHECK_MS`] interval, and a second for the clocks and the write.
+/// `frenly keyring rotate --reencrypt` and `keyring reencrypt` wait this out
+/// (from the file's modification) before rewriting rows, so every row a
+/// server writes afterwards is under the new primary already.
+pub fn switch_wait(path: &Path) -> std::time::Duration {
+    let window = std::time::Duration::from_millis(RECHECK_MS as u64 + 1_000);
+    let age = mtime(path)
+        .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+        .unwrap_or(window);
+    window.saturating_sub(age)
+}
 
 /// The loaded keyring.
 pub struct Keyring {

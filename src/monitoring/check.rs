@@ -81,6 +81,19 @@ pub const BURST_FAIL_PER_S: u32 = 1_000;
 pub const LOGIN_WARN_FAILURES: u32 = 10;
 pub const LOGIN_FAIL_FAILURES: u32 = 100;
 
+/// JWT lifetime (hours) above which a stolen token is a long-lived
+/// credential: a week.
+pub const JWT_TTL_WARN_HOURS: u64 = 7 * 24;
+/// JWT clock leeway (seconds) above which an expired token keeps working
+/// noticeably past its `exp` (synchronised clocks differ by far less).
+pub const JWT_LEEWAY_WARN_SECONDS: u64 = 30;
+/// Request body limit (bytes) above which one request can hold that much
+/// memory (buffered for the IDS before credentials are checked): 16 MiB.
+pub const BODY_WARN_BYTES: usize = 16 << 20;
+/// Audit rotation size (bytes) below which files multiply (one per few
+/// events) and removing the oldest cuts the chain's reach: 1 MiB.
+pub const AUDIT_ROTATE_WARN_BYTES: u64 = 1 << 20;
+
 /// A checklist item: its name and its check.
 pub type Item = (&'static str, fn(&Config) -> Outcome);
 
@@ -95,8 +108,11 @@ pub const ITEMS: &[Item] = &[
     ("rate limits", rate_limits),
     ("bans", bans),
     ("login lockout", login_lockout),
+    ("token lifetime", token_lifetime),
+    ("request body limit", body_limit),
     ("intrusion detection", ids),
     ("audit log", audit_log),
+    ("audit coverage", audit_coverage),
     ("database file", database),
     ("data directory", data_dir),
     ("config file", config_file),
@@ -490,6 +506,74 @@ fn login_lockout(cfg: &Config) -> Outcome {
         warn(format!("{what}: high"), fix)
     } else {
         pass(what)
+    }
+}
+
+fn token_lifetime(cfg: &Config) -> Outcome {
+    let a = &cfg.auth;
+    let what = format!(
+        "JWTs live {} h, clock leeway {} s",
+        a.jwt_ttl_hours, a.jwt_leeway_seconds
+    );
+    let mut weak = Vec::new();
+    if a.jwt_ttl_hours > JWT_TTL_WARN_HOURS {
+        weak.push(format!(
+            "a leaked token works for more than {} days",
+            JWT_TTL_WARN_HOURS / 24
+        ));
+    }
+    if a.jwt_leeway_seconds > JWT_LEEWAY_WARN_SECONDS {
+        weak.push("an expired token keeps working that long past its exp".to_string());
+    }
+    if weak.is_empty() {
+        pass(what)
+    } else {
+        warn(
+            format!("{what}: {}", weak.join("; ")),
+            format!(
+                "set auth.jwt_ttl_hours <= {JWT_TTL_WARN_HOURS} and auth.jwt_leeway_seconds <= {JWT_LEEWAY_WARN_SECONDS}"
+            ),
+        )
+    }
+}
+
+fn body_limit(cfg: &Config) -> Outcome {
+    let b = cfg.limits.body_max_bytes;
+    let what = format!("request bodies up to {b} bytes");
+    if b > BODY_WARN_BYTES {
+        warn(
+            format!("{what}: each is buffered (for the IDS, before credentials are checked), so a few clients hold that much memory"),
+            format!("set limits.body_max_bytes <= {BODY_WARN_BYTES} (a gateway route may allow more for itself)"),
+        )
+    } else {
+        pass(what)
+    }
+}
+
+fn audit_coverage(cfg: &Config) -> Outcome {
+    let mut off = Vec::new();
+    let mut fix = Vec::new();
+    if !cfg.audit.log_api_access {
+        off.push("API requests are not audited (audit.log_api_access = false)".to_string());
+        fix.push("audit.log_api_access = true");
+    }
+    if !cfg.incidents.audit {
+        off.push(
+            "incidents write no security_violation event (incidents.audit = false)".to_string(),
+        );
+        fix.push("incidents.audit = true");
+    }
+    let r = cfg.audit.rotate_bytes;
+    if r != 0 && r < AUDIT_ROTATE_WARN_BYTES {
+        off.push(format!(
+            "audit.rotate_bytes = {r} makes a new file every few events"
+        ));
+        fix.push("audit.rotate_bytes >= 1048576 (or 0: never)");
+    }
+    if off.is_empty() {
+        pass("API requests and incidents are audited")
+    } else {
+        warn(off.join("; "), format!("set {}", fix.join(", ")))
     }
 }
 
@@ -901,10 +985,34 @@ fn database(cfg: &Config) -> Outcome {
 fn data_dir(cfg: &Config) -> Outcome {
     let d = &cfg.data_dir;
     match std::fs::metadata(d) {
-        Err(_) => pass(format!(
-            "{} absent: created (0700) on first start",
-            d.display()
-        )),
+        Err(_) => {
+            // it can be created only under a writable directory (a path
+            // under /proc passed, and every start then failed)
+            let ancestor = d
+                .ancestors()
+                .skip(1)
+                .filter(|a| !a.as_os_str().is_empty())
+                .find_map(|a| std::fs::metadata(a).ok().map(|m| (a, m)));
+            match ancestor {
+                Some((a, m)) if !m.is_dir() || m.permissions().readonly() => fail(
+                    format!(
+                        "{} absent and cannot be created: {} is {}",
+                        d.display(),
+                        a.display(),
+                        if m.is_dir() {
+                            "read-only"
+                        } else {
+                            "not a directory"
+                        }
+                    ),
+                    "set --data-dir to a path the frenly user can create",
+                ),
+                _ => pass(format!(
+                    "{} absent: created (0700) on first start",
+                    d.display()
+                )),
+            }
+        }
         Ok(m) => {
             let mode = m.permissions().mode() & 0o777;
             if mode & 0o002 != 0 {

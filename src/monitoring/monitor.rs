@@ -84,11 +84,28 @@ fn sha256_file(p: &Path) -> Option<String> {
         .map(|b| hex::encode(Sha256::digest(b)))
 }
 
-/// path -> SHA-256 (None when the file is missing).
+/// One spelling of a watched file, whatever the working directory or the
+/// spelling of `--data-dir` (`d/jwt.secret`, `./d/jwt.secret`,
+/// `/srv/d/jwt.secret`): its directory canonicalised, its own name kept (a
+/// symlinked secret is watched as the link, read through it). Recorded as
+/// typed, a baseline taken with a relative `--data-dir` reported a
+/// replaced secret as "not in the baseline" when later checked with an
+/// absolute one.
+pub fn canonical(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+            .map(|d| d.join(name))
+            .unwrap_or(abs.clone()),
+        _ => abs,
+    }
+}
+
+/// path -> SHA-256 (None when the file is missing), paths [`canonical`].
 pub fn snapshot(files: &[PathBuf]) -> BTreeMap<String, Option<String>> {
     files
         .iter()
-        .map(|p| (p.display().to_string(), sha256_file(p)))
+        .map(|p| (canonical(p).display().to_string(), sha256_file(p)))
         .collect()
 }
 
@@ -130,8 +147,27 @@ pub fn integrity(cfg: &Config) -> anyhow::Result<Option<Vec<Finding>>> {
         .get("files")
         .and_then(Value::as_object)
         .ok_or_else(|| anyhow::anyhow!("{} has no `files`", path.display()))?;
+    // a baseline written before paths were canonical is read as if its
+    // relative paths were typed here
+    let files: BTreeMap<String, &Value> = files
+        .iter()
+        .map(|(p, v)| (canonical(Path::new(p)).display().to_string(), v))
+        .collect();
     let now = snapshot(&watched_files(cfg));
     let mut out = Vec::new();
+    for (p, was) in &files {
+        if !now.contains_key(p) {
+            // never silently dropped: a file no longer watched (a changed
+            // config, or a path spelled differently) is not checked
+            out.push(Finding {
+                kind: "file_changed",
+                detail: format!(
+                    "{p}: in the baseline but not watched now, so not checked (was: {}; re-run `frenly monitor --baseline` once the watched files are known good)",
+                    if was.is_null() { "absent" } else { "present" }
+                ),
+            });
+        }
+    }
     for (p, cur) in &now {
         let was = files.get(p).map(|v| v.as_str().map(String::from));
         let detail = match (was, cur) {

@@ -84,6 +84,17 @@ pub async fn by_username(db: &Db, username: &str) -> Result<Option<User>> {
     row.as_ref().map(from_row).transpose()
 }
 
+/// The user whose name equals `username` up to letter case (names are
+/// unique up to letter case, so there is at most one).
+pub async fn by_username_any_case(db: &Db, username: &str) -> Result<Option<User>> {
+    let sql = format!("SELECT {COLUMNS} FROM users WHERE lower(username) = lower($1)");
+    let row = sqlx::query(&sql)
+        .bind(username)
+        .fetch_optional(&db.pool)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
 pub async fn list(db: &Db) -> Result<Vec<User>> {
     let sql = format!("SELECT {COLUMNS} FROM users ORDER BY created_at, id");
     let rows = sqlx::query(&sql).fetch_all(&db.pool).await?;

@@ -1524,3 +1524,233 @@ fn an_unusable_jwt_secret_is_a_config_error_naming_its_key() {
         );
     }
 }
+
+/// `config show` on `text` written to `c.<ext>`, with `env`.
+fn show_config(ext: &str, text: &str, env: &[(&str, &str)]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join(format!("c.{ext}"));
+    std::fs::write(&cfg, text).unwrap();
+    run_cli(
+        &["config", "show", "--config", cfg.to_str().unwrap()],
+        None,
+        env,
+    )
+}
+
+/// Config errors never repeat a value: a TOML syntax error quoted the
+/// offending line (`security.api_key = S3CRET...`, a URL's password), and an
+/// all-digit `FRENLY_SECURITY__API_KEY` was refused repeating the key.
+#[test]
+fn config_errors_name_the_key_and_position_never_the_value() {
+    for (ext, text, key) in [
+        (
+            "toml",
+            "network.tls = false\nsecurity.api_key = S3CRET-static-key-value\n",
+            Some("security.api_key"),
+        ),
+        (
+            "toml",
+            "[security]\napi_key = \"S3CRET-unterminated\n",
+            Some("security.api_key"),
+        ),
+        (
+            "toml",
+            "[database]\nurl = \"postgres://app:S3CRETpw@db/app\"x\n",
+            Some("database.url"),
+        ),
+        (
+            "toml",
+            "[alerts]\nwebhook_url = 'https://h.example.com/S3CRET\n",
+            Some("alerts.webhook_url"),
+        ),
+        (
+            "json",
+            "{\"security\": {\"api_key\": \"S3CRET-json\"\n",
+            None,
+        ),
+        ("json", "{\"security\": {\"api_key\": S3CRET}}", None),
+    ] {
+        let (code, _, err) = show_config(ext, text, &[]);
+        assert_eq!(code, 2, "{text}: {err}");
+        assert!(!err.contains("S3CRET"), "{text}: {err}");
+        assert!(err.contains("line "), "{text}: {err}");
+        if let Some(key) = key {
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    // a value of the wrong type is described, not repeated
+    let (code, _, err) = show_config("toml", "[network]\nmax_connections = \"S3CRETx\"\n", &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("network.max_connections") && !err.contains("S3CRET"),
+        "{err}"
+    );
+    let (code, _, err) = show_config("toml", "", &[("FRENLY_NETWORK__TLS", "918273645546372819")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("network.tls") && !err.contains("918273645546372819"),
+        "{err}"
+    );
+    // a key that only holds text takes digits as text
+    let (code, out, err) = show_config(
+        "toml",
+        "",
+        &[(
+            "FRENLY_SECURITY__API_KEY",
+            "918273645546372819918273645546372819",
+        )],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains("918273645546372819") && !err.contains("918273645546372819"),
+        "{out}{err}"
+    );
+    assert!(out.contains("\"api_key\": \"<redacted>\""), "{out}");
+    // a UTF-8 byte order mark is no content, in JSON as in TOML
+    let (code, out, err) = show_config("json", "\u{feff}{\"network\": {\"tls\": false}}", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"tls\": false"), "{out}");
+}
+
+/// `config show` redacts whatever sits between `://` and the last `@` (a
+/// raw `?` in a password was taken for the query and printed), and every
+/// query part, with or without `=`; a URL with a raw `?` in its password
+/// is refused without its tail being named as a parameter.
+#[test]
+fn redaction_and_url_errors_cover_every_url_shape() {
+    let (code, out, err) = show_config(
+        "toml",
+        "[state]\nredis_url = \"redis://:pa%3FS3CRETtail@127.0.0.1:6379/11?token=S3CRETq\"\n[alerts]\nwebhook_url = \"https://hooks.example.com/hook?S3CRETTOKEN\"\n",
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("S3CRET"), "{out}");
+    assert!(
+        out.contains("https://hooks.example.com/<redacted>?<redacted>"),
+        "{out}"
+    );
+    for (name, url) in [
+        (
+            "redact_url",
+            frenly::config::redact_url("redis://:pa?S3CRETtail@127.0.0.1:6379/11"),
+        ),
+        (
+            "redact_url",
+            frenly::config::redact_url("postgres://u:a/b#S3CRET@h/db?x=S3CRET&S3CRET"),
+        ),
+        (
+            "redact_webhook",
+            frenly::config::redact_webhook("https://h.example.com/p?S3CRETTOKEN#S3CRETfrag"),
+        ),
+        (
+            "redact_webhook",
+            frenly::config::redact_webhook("https://u:p?S3CRET@h.example.com/"),
+        ),
+    ] {
+        assert!(!url.contains("S3CRET"), "{name}: {url}");
+    }
+    assert_eq!(
+        frenly::config::redact_url("redis://:pa?S3CRETtail@127.0.0.1:6379/11"),
+        "redis://:<redacted>@127.0.0.1:6379/11"
+    );
+    for (text, key) in [
+        (
+            "[database]\nurl = \"postgres://u:pa?S3CRETtail@127.0.0.1/db\"\n",
+            "database.url",
+        ),
+        (
+            "[state]\nredis_url = \"redis://:pa?S3CRETtail@127.0.0.1:6379/11\"\n",
+            "state.redis_url",
+        ),
+    ] {
+        let (code, _, err) = show_config("toml", text, &[]);
+        assert_eq!(code, 2, "{text}: {err}");
+        assert!(
+            err.contains(key) && !err.contains("S3CRET"),
+            "{text}: {err}"
+        );
+    }
+}
+
+/// A database or Redis URL that cannot work is refused with the config
+/// (exit 2 naming the key, so `check` catches it), not at the first
+/// connection (exit 1, the PostgreSQL one not naming `database.url`).
+#[test]
+fn unusable_database_and_redis_urls_are_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key) in [
+        (
+            "[state]\nredis_url = \"redis://:S3CRETpw@127.0.0.1:notaport/11\"\n",
+            "state.redis_url",
+        ),
+        (
+            "[state]\nredis_url = \"redis://:S3CRETpw@127.0.0.1:6379/notadb\"\n",
+            "state.redis_url",
+        ),
+        (
+            "[database]\nurl = \"postgres://u:S3CRETpw@127.0.0.1:99999/db\"\n",
+            "database.url",
+        ),
+        (
+            "[database]\nurl = \"postgres://u:S3CRETpw@[::1/db\"\n",
+            "database.url",
+        ),
+    ] {
+        let (code, _, err) = show_config("toml", text, &[]);
+        assert_eq!(code, 2, "{text}: {err}");
+        assert!(
+            err.contains(key) && !err.contains("S3CRET"),
+            "{text}: {err}"
+        );
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let data = dir.path().join("d");
+        for cmd in ["check", "serve"] {
+            let (code, _, err) = run_cli(
+                &[
+                    cmd,
+                    "--config",
+                    cfg.to_str().unwrap(),
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                ],
+                None,
+                &[],
+            );
+            assert_eq!(code, 2, "{cmd} {text}: {err}");
+            assert!(
+                err.contains(key) && !err.contains("S3CRET"),
+                "{cmd} {text}: {err}"
+            );
+        }
+    }
+    // the usual shapes pass
+    for text in [
+        "[state]\nredis_url = \"redis://127.0.0.1:6379/11\"\n",
+        "[state]\nredis_url = \"rediss://user:pw@cache.example.com\"\n",
+        "[database]\nurl = \"postgres://u:p%40ss@db.example.com:5432/app?sslmode=require\"\n",
+        "[database]\nurl = \"postgresql:///app?host=/var/run/postgresql\"\n",
+    ] {
+        let (code, _, err) = show_config("toml", text, &[]);
+        assert_eq!(code, 0, "{text}: {err}");
+    }
+}
+
+/// A zero timeout meant one second without a word (an operator writing 0
+/// for "no limit" got a 1 s limit): refused, like a zero connection limit.
+#[test]
+fn zero_timeouts_and_connection_limits_are_refused_naming_the_key() {
+    for key in [
+        "header_read_timeout_seconds",
+        "request_timeout_seconds",
+        "tls_handshake_timeout_seconds",
+        "max_connections_per_address",
+    ] {
+        let (code, _, err) = show_config("toml", &format!("[network]\n{key} = 0\n"), &[]);
+        assert_eq!(code, 2, "{key}: {err}");
+        assert!(err.contains(&format!("network.{key}")), "{err}");
+        let (code, _, err) = show_config("toml", &format!("[network]\n{key} = 1\n"), &[]);
+        assert_eq!(code, 0, "{key}: {err}");
+    }
+}

@@ -1835,3 +1835,188 @@ fn usage_errors_are_one_line() {
     assert_eq!(code, 0);
     assert!(out.contains("Usage:"), "{out}");
 }
+
+/// The monitor's baseline names files canonically: recorded with a
+/// relative `--data-dir` and checked with the absolute one, a replaced
+/// secret is a content change (it was "not in the baseline", the
+/// recorded entry never compared); an entry no longer watched is named.
+#[test]
+fn monitor_baseline_matches_files_whatever_the_data_dir_spelling() {
+    let (dir, data) = init_dir();
+    let run_in = |cwd: &Path, args: &[&str]| {
+        let out = std::process::Command::new(crate::common::BIN)
+            .args(args)
+            .current_dir(cwd)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, out) = run_in(dir.path(), &["monitor", "--baseline", "--data-dir", "data"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, out) = run_in(dir.path(), &["monitor", "--once", "--data-dir", "./data"]);
+    assert!(!out.contains("file_changed"), "{out}");
+    std::fs::write(data.join("jwt.secret"), "y".repeat(88)).unwrap();
+    let (code, out) = run_in(
+        Path::new("/"),
+        &["monitor", "--once", "--data-dir", s(&data)],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("FINDING file_changed")
+            && l.contains("jwt.secret")
+            && l.contains("content changed")),
+        "{out}"
+    );
+    assert!(!out.contains("not in the baseline"), "{out}");
+    // a file watched when the baseline was taken and no longer is
+    let watched = dir.path().join("extra.txt");
+    std::fs::write(&watched, "x").unwrap();
+    let cfg = dir.path().join("mon.toml");
+    std::fs::write(
+        &cfg,
+        format!("[monitor]\nwatch_files = [\"{}\"]\n", watched.display()),
+    )
+    .unwrap();
+    let (code, out) = run_in(
+        dir.path(),
+        &[
+            "monitor",
+            "--baseline",
+            "--config",
+            "mon.toml",
+            "--data-dir",
+            "data",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let (_, out) = run_in(dir.path(), &["monitor", "--once", "--data-dir", "data"]);
+    assert!(
+        out.lines()
+            .any(|l| l.contains("extra.txt") && l.contains("not watched now")),
+        "{out}"
+    );
+}
+
+/// `serve` warns about a JWT secret others can read, as it does for the
+/// keyring and the TLS key (whoever reads it mints admin tokens).
+#[test]
+fn serve_warns_about_a_jwt_secret_others_can_read() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, data) = init_dir();
+    std::fs::set_permissions(
+        data.join("jwt.secret"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let cfg = dir.path().join("serve.toml");
+    std::fs::write(&cfg, "[network]\nlisten = \"127.0.0.1:0\"\ntls = false\n").unwrap();
+    let mut child = std::process::Command::new(crate::common::BIN)
+        .args(["serve", "--config", s(&cfg), "--data-dir", s(&data)])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut warned = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !warned && std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            warned |= l.contains("JWT secret is readable by group or others");
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(warned, "no warning about the JWT secret's mode");
+}
+
+/// `check` warns about settings that weaken without breaking: year-long
+/// tokens, a large leeway, a huge body limit, auditing switched off, a
+/// rotation size that makes a file per event; and fails a data directory
+/// that cannot be created.
+#[test]
+fn check_warns_about_weak_settings() {
+    let (dir, data) = init_dir();
+    for (toml, item) in [
+        ("[auth]\njwt_ttl_hours = 8760\n", "WARN token lifetime"),
+        ("[auth]\njwt_leeway_seconds = 60\n", "WARN token lifetime"),
+        (
+            "[limits]\nbody_max_bytes = 1073741824\n",
+            "WARN request body limit",
+        ),
+        ("[audit]\nlog_api_access = false\n", "WARN audit coverage"),
+        ("[incidents]\naudit = false\n", "WARN audit coverage"),
+        ("[audit]\nrotate_bytes = 1\n", "WARN audit coverage"),
+    ] {
+        let (code, out) = check_with(dir.path(), &data, toml);
+        assert_eq!(code, 0, "{toml}: {out}");
+        assert!(out.lines().any(|l| l.starts_with(item)), "{toml}: {out}");
+    }
+    let (code, out) = check_with(dir.path(), &data, "");
+    assert_eq!(code, 0, "{out}");
+    for item in ["token lifetime", "request body limit", "audit coverage"] {
+        assert!(out.contains(&format!("PASS {item}")), "{out}");
+    }
+    let (code, out) = check_with(dir.path(), Path::new("/proc/frenly-x"), "");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL data directory") && l.contains("cannot be created")),
+        "{out}"
+    );
+}
+
+/// Offline commands find a user by name up to letter case, the rule
+/// names are unique by (`users add Alice` is refused next to `alice`, and
+/// `token --user Alice` said there was no such user); `init` on an
+/// initialised directory does not claim to have written frenly.toml, and
+/// a data directory that cannot be created is named.
+#[test]
+fn offline_commands_name_users_and_paths_consistently() {
+    let (dir, data) = init_dir();
+    let d = s(&data);
+    let (code, _, err) = run_cli(
+        &["users", "add", "alice", "--data-dir", d],
+        Some("a long password 123\n"),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run_cli(
+        &["users", "add", "Alice", "--data-dir", d],
+        Some("a long password 123\n"),
+        &[],
+    );
+    assert_ne!(code, 0, "{err}");
+    let (code, out, err) = run_cli(&["token", "--user", "Alice", "--data-dir", d], None, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.trim().is_empty());
+    std::fs::write(data.join("frenly.toml"), "# mine\n").unwrap();
+    let (code, _, err) = run_cli(&["init", "--data-dir", d], None, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("defaults are written"), "{err}");
+    assert!(err.contains("left as it is"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(data.join("frenly.toml")).unwrap(),
+        "# mine\n"
+    );
+    drop(dir);
+    for cmd in ["init", "serve"] {
+        let (code, _, err) = run_cli(&[cmd, "--data-dir", "/proc/frenly-x"], None, &[]);
+        assert_ne!(code, 0, "{cmd}: {err}");
+        assert!(err.contains("/proc/frenly-x"), "{cmd}: {err}");
+    }
+}

@@ -2153,3 +2153,73 @@ mod deletion_races {
         );
     }
 }
+
+/// The stored `description` of a task, as written (SQLite test servers).
+fn stored_description(s: &TestServer, id: &str) -> String {
+    let db = rusqlite::Connection::open(s.data_dir().join("frenly.db")).unwrap();
+    db.query_row("SELECT description FROM tasks WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })
+    .unwrap()
+}
+
+/// After `keyring rotate --reencrypt` returns, a running server writes
+/// under the new key (it re-reads the keyring at most every 5 s: values
+/// written meanwhile were left under the old key, and a new task right
+/// after the command was still under it); `keyring reencrypt` finishes a
+/// pass without adding a key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reencrypt_waits_until_running_servers_use_the_new_key() {
+    if crate::common::pg_mode() {
+        return; // reads the SQLite file
+    }
+    let s = start().await;
+    let first = create(&s, json!({"title": "a", "description": "before"})).await;
+    let first = first["id"].as_str().unwrap().to_string();
+    assert!(stored_description(&s, &first).starts_with("k1:"));
+    let cfg = s.dir.path().join("frenly.toml");
+    let cfg = cfg.to_str().unwrap().to_string();
+    let data = s.data_dir();
+    let data_s = data.to_str().unwrap().to_string();
+    let args = |extra: &[&str]| {
+        let mut v: Vec<String> = vec!["keyring".into()];
+        v.extend(extra.iter().map(|a| a.to_string()));
+        v.extend([
+            "--config".into(),
+            cfg.clone(),
+            "--data-dir".into(),
+            data_s.clone(),
+        ]);
+        v
+    };
+    let run = |a: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+            crate::common::run_cli(&refs, None, &[])
+        })
+        .await
+        .unwrap()
+    };
+    let (code, _, err) = run(args(&["rotate", "--reencrypt"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("re-encrypted 1 task"), "{err}");
+    let after = create(&s, json!({"title": "b", "description": "after"})).await;
+    let after = after["id"].as_str().unwrap().to_string();
+    assert!(
+        stored_description(&s, &after).starts_with("k2:"),
+        "written under the old key"
+    );
+    assert!(stored_description(&s, &first).starts_with("k2:"));
+    // a plain rotate, then the pass alone: no third key
+    let (code, _, err) = run(args(&["rotate"])).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(args(&["reencrypt"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("re-encrypted 2 task(s) under `k3`"), "{err}");
+    let ring: Value =
+        serde_json::from_slice(&std::fs::read(data.join("keyring.json")).unwrap()).unwrap();
+    assert_eq!(ring["primary"], "k3");
+    assert_eq!(ring["keys"].as_array().unwrap().len(), 3, "{ring}");
+    assert!(stored_description(&s, &first).starts_with("k3:"));
+    assert_eq!(read_task(&s, &after).await["description"], "after");
+}
