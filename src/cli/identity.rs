@@ -258,10 +258,15 @@ fn read_password() -> Result<Zeroizing<String>, Failure> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
         let mut line = Zeroizing::new(String::new());
-        stdin
-            .lock()
-            .read_line(&mut line)
-            .map_err(|e| Failure::refused(format!("reading the password from stdin: {e}")))?;
+        stdin.lock().read_line(&mut line).map_err(|e| {
+            // bytes that are not UTF-8 are a password the rules refuse
+            // (exit 2, as for one too short), not a failed read
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                Failure::usage("the password must be UTF-8 text")
+            } else {
+                Failure::refused(format!("reading the password from stdin: {e}"))
+            }
+        })?;
         let pw = line.trim_end_matches(['\n', '\r']).to_string();
         return Ok(Zeroizing::new(pw));
     }

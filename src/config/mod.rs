@@ -713,6 +713,18 @@ pub fn load(source: &Source) -> Result<Config, ConfigError> {
             fig.merge(Toml::string(text))
         };
     }
+    // a case variant of the prefix (`frenly_network__tls=false`) was
+    // ignored without a word: a typo must not leave a weaker default
+    if let Some((k, _)) = source.env.iter().find(|(k, _)| {
+        !k.starts_with(ENV_PREFIX)
+            && k.get(..ENV_PREFIX.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+    }) {
+        return Err(ConfigError::Parse(format!(
+            "config error: environment variable `{}`: overrides are read only with the upper-case prefix {ENV_PREFIX}",
+            k.chars().take(100).collect::<String>()
+        )));
+    }
     let env: Vec<(String, String)> = source
         .env
         .iter()

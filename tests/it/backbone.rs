@@ -1136,6 +1136,15 @@ fn json_config_and_env_overrides() {
         !out.contains("static-secret-value-123456"),
         "secret not redacted"
     );
+    // a case variant of the prefix was silently ignored (probe I)
+    let (code, _, err) = run_cli(
+        &["--config", cfg.to_str().unwrap(), "config", "show"],
+        None,
+        &[("frenly_network__tls", "false")],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("frenly_network__tls"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 /// In-process: a panicking handler and a slow one, behind the real stack.

@@ -1885,6 +1885,37 @@ async fn cli_users_keys_and_token() {
         ),
     );
     assert_eq!(code, 2, "too short");
+    // bytes that are not UTF-8: refused like any other bad password (exit
+    // 2), not a failed read (exit 1)
+    let out = {
+        use std::io::Write;
+        let mut cmd = std::process::Command::new(crate::common::BIN);
+        cmd.args([
+            "users",
+            "passwd",
+            "admin",
+            "--config",
+            &cfg,
+            "--data-dir",
+            &data,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"a long \xff\xfe passphrase\n");
+        child.wait_with_output().unwrap()
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("UTF-8"), "{err}");
     let (code, _, err) = cli(
         &["users", "passwd", "admin"],
         Some(
