@@ -85,6 +85,13 @@ pub(super) async fn open(cfg: &Config) -> Result<Db, Failure> {
                 "no database at {path}: run `frenly init` or `frenly serve` with this --data-dir (or database.url) first"
             )));
         }
+    } else if !cfg.data_dir.exists() {
+        // on PostgreSQL the data dir holds only files: a mistyped one was
+        // created, with a JWT secret and a certificate of its own (probe I)
+        return Err(Failure::refused(format!(
+            "no data directory at {}: run `frenly init` or `frenly serve` with this --data-dir first",
+            cfg.data_dir.display()
+        )));
     }
     Ok(crate::app::bootstrap::prepare(cfg).await?.db)
 }

@@ -1803,6 +1803,28 @@ async fn no_secret_in_logs_audit_or_database() {
 
 // ---------------------------------------------------------------- CLI
 
+/// An offline command on PostgreSQL with a mistyped `--data-dir` is refused
+/// and creates nothing there (it made the directory, a JWT secret and a
+/// certificate of its own; probe I).
+#[test]
+fn an_offline_command_on_postgres_with_a_missing_data_dir_creates_nothing() {
+    if !crate::common::need("PostgreSQL", crate::common::pg_available()) {
+        return;
+    }
+    let url = crate::common::fresh_pg_database();
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("dta");
+    let (code, _, err) = run_cli(
+        &["keys", "list", "--data-dir", typo.to_str().unwrap()],
+        None,
+        &[("FRENLY_DATABASE__URL", &url)],
+    );
+    crate::common::drop_pg_database(&url);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--data-dir"), "{err}");
+    assert!(!typo.exists(), "a data dir was created");
+}
+
 #[tokio::test]
 async fn cli_users_keys_and_token() {
     let s = server("").await;
