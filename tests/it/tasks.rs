@@ -1084,40 +1084,7 @@ async fn keyring_rotation_keeps_rows_readable_and_reencrypt_rewrites_them() {
 /// `frenly serve` expected to refuse to start: its exit code (`None` when
 /// it served instead, killed after 20 s) and stderr.
 fn serve_refused(s: &TestServer) -> (Option<i32>, String) {
-    let cfg = s.dir.path().join("frenly.toml");
-    let mut cmd = std::process::Command::new(crate::common::BIN);
-    cmd.args([
-        "serve",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--data-dir",
-        s.data_dir().to_str().unwrap(),
-    ])
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::piped());
-    for (k, v) in s.cli_env() {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut err);
-    }
-    (code, err)
+    serve_beside(s, &s.data_dir(), &[], std::time::Duration::from_secs(20))
 }
 
 /// A keyring that cannot read the stored data stops the start, naming
@@ -1167,8 +1134,9 @@ async fn a_keyring_that_cannot_read_the_stored_data_stops_the_start() {
     assert_eq!(got["description"], "secret text");
 }
 
-/// `frenly serve` with `s`'s config, another data dir and `env`: its exit
-/// code, or `None` when it still served after `wait` (then stopped).
+/// `frenly serve` with `s`'s config (listening on a free port), the data
+/// dir `data` and `env` added to `s`'s: its exit code, or `None` when it
+/// still served after `wait` (then stopped), and its stderr.
 fn serve_beside(
     s: &TestServer,
     data: &std::path::Path,
@@ -1179,7 +1147,6 @@ fn serve_beside(
     let mut cmd = std::process::Command::new(crate::common::BIN);
     cmd.args(["serve", "--config", cfg.to_str().unwrap(), "--data-dir"])
         .arg(data)
-        .env("FRENLY_NETWORK__LISTEN", "127.0.0.1:0")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
