@@ -396,18 +396,12 @@ async fn a_first_start_on_a_full_disk_leaves_nothing_half_written() {
     );
 }
 
-/// An audit file whose last lines were cut while the server was stopped
-/// still verifies as a chain (a prefix of a chain is one); the database,
-/// which stores each event after its line, holds what was cut. `audit
-/// verify` (given the instance) and `check` name it, and the next start
-/// records it in the chain (before, all three went on as if nothing had
-/// been lost). Runs on SQLite, and on PostgreSQL in the `TEST_DB=postgres`
-/// pass.
-#[tokio::test]
-async fn a_cut_audit_tail_is_found_by_verify_check_and_the_next_start() {
+/// A server stopped (SIGTERM, exit 0) after answering `n` authenticated
+/// requests, each audited.
+async fn stopped_after_requests(n: usize) -> TestServer {
     let mut s = TestServer::start().await;
     let key = s.admin().to_string();
-    for _ in 0..5 {
+    for _ in 0..n {
         let r = s
             .get("/api/auth/whoami")
             .header("X-API-Key", &key)
@@ -417,18 +411,62 @@ async fn a_cut_audit_tail_is_found_by_verify_check_and_the_next_start() {
         assert_eq!(r.status(), 200);
     }
     assert_eq!(s.terminate().await, Some(0));
-    let data = s.data_dir();
-    let data_s = data.to_str().unwrap().to_string();
-    let log = data.join("security_audit.log");
-    let log_s = log.to_str().unwrap().to_string();
-    let env = s.cli_env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    s
+}
 
-    let (code, out, err) = run_cli(
-        &["audit", "verify", &log_s, "--data-dir", &data_s],
-        None,
-        &env,
-    );
+/// A server's audit file, and `audit verify` / `check` run on it with the
+/// instance named (its data dir and database), as an operator would.
+struct AuditCli {
+    data: std::path::PathBuf,
+    data_s: String,
+    log: std::path::PathBuf,
+    log_s: String,
+    env: Vec<(&'static str, String)>,
+}
+
+impl AuditCli {
+    fn of(s: &TestServer) -> AuditCli {
+        let data = s.data_dir();
+        let log = data.join("security_audit.log");
+        AuditCli {
+            data_s: data.to_str().unwrap().to_string(),
+            log_s: log.to_str().unwrap().to_string(),
+            data,
+            log,
+            env: s.cli_env(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        run_cli(args, None, &env)
+    }
+
+    /// `audit verify FILE --data-dir DATA`.
+    fn verify(&self, file: &str) -> (i32, String, String) {
+        self.run(&["audit", "verify", file, "--data-dir", &self.data_s])
+    }
+
+    /// `check --data-dir DATA`.
+    fn check(&self) -> (i32, String, String) {
+        self.run(&["check", "--data-dir", &self.data_s])
+    }
+}
+
+/// An audit file whose last lines were cut while the server was stopped
+/// still verifies as a chain (a prefix of a chain is one); the database,
+/// which stores each event after its line, holds what was cut. `audit
+/// verify` (given the instance) and `check` name it, and the next start
+/// records it in the chain (before, all three went on as if nothing had
+/// been lost). Runs on SQLite, and on PostgreSQL in the `TEST_DB=postgres`
+/// pass.
+#[tokio::test]
+async fn a_cut_audit_tail_is_found_by_verify_check_and_the_next_start() {
+    let s = stopped_after_requests(5).await;
+    let cli = AuditCli::of(&s);
+    let (log, log_s) = (&cli.log, cli.log_s.as_str());
+
+    let (code, out, err) = cli.verify(log_s);
     assert_eq!(code, 0, "the whole file: {out}{err}");
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -439,14 +477,10 @@ async fn a_cut_audit_tail_is_found_by_verify_check_and_the_next_start() {
     let (code, out, _) = run_cli(&["audit", "verify", &log_s], None, &[]);
     assert_eq!(code, 0, "{out}");
     // with the instance named, and for a copy compared with it
-    let copy = data.join("copy.log");
+    let copy = cli.data.join("copy.log");
     std::fs::write(&copy, &kept).unwrap();
     for file in [&log_s, copy.to_str().unwrap()] {
-        let (code, out, err) = run_cli(
-            &["audit", "verify", file, "--data-dir", &data_s],
-            None,
-            &env,
-        );
+        let (code, out, err) = cli.verify(file);
         assert_eq!(code, 1, "{out}{err}");
         assert!(
             out.starts_with("BROKEN") && out.contains("2 later event(s)"),
@@ -454,7 +488,7 @@ async fn a_cut_audit_tail_is_found_by_verify_check_and_the_next_start() {
         );
     }
     std::fs::remove_file(&copy).unwrap();
-    let (code, out, err) = run_cli(&["check", "--data-dir", &data_s], None, &env);
+    let (code, out, err) = cli.check();
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         out.lines()
@@ -510,24 +544,9 @@ fn forged_chain(n: usize) -> String {
 /// `TEST_DB=postgres` pass.
 #[tokio::test]
 async fn an_emptied_or_replaced_audit_file_is_found_by_verify_check_and_the_next_start() {
-    let mut s = TestServer::start().await;
-    let key = s.admin().to_string();
-    for _ in 0..3 {
-        let r = s
-            .get("/api/auth/whoami")
-            .header("X-API-Key", &key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
-    assert_eq!(s.terminate().await, Some(0));
-    let data = s.data_dir();
-    let data_s = data.to_str().unwrap().to_string();
-    let log = data.join("security_audit.log");
-    let log_s = log.to_str().unwrap().to_string();
-    let env = s.cli_env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let s = stopped_after_requests(3).await;
+    let cli = AuditCli::of(&s);
+    let (log, log_s) = (&cli.log, cli.log_s.as_str());
     let genuine = std::fs::read_to_string(&log).unwrap();
     let newest = genuine
         .lines()
@@ -538,11 +557,7 @@ async fn an_emptied_or_replaced_audit_file_is_found_by_verify_check_and_the_next
         .unwrap()
         .to_string();
     // the genuine file passes
-    let (code, out, err) = run_cli(
-        &["audit", "verify", &log_s, "--data-dir", &data_s],
-        None,
-        &env,
-    );
+    let (code, out, err) = cli.verify(log_s);
     assert_eq!(code, 0, "{out}{err}");
 
     for (what, content) in [("emptied", String::new()), ("forged", forged_chain(3))] {
@@ -550,17 +565,13 @@ async fn an_emptied_or_replaced_audit_file_is_found_by_verify_check_and_the_next
         // the file alone cannot tell
         let (code, out, _) = run_cli(&["audit", "verify", &log_s], None, &[]);
         assert_eq!(code, 0, "{what}: {out}");
-        let (code, out, err) = run_cli(
-            &["audit", "verify", &log_s, "--data-dir", &data_s],
-            None,
-            &env,
-        );
+        let (code, out, err) = cli.verify(log_s);
         assert_eq!(code, 1, "{what}: {out}{err}");
         assert!(
             out.starts_with("BROKEN") && out.contains("emptied or replaced"),
             "{what}: {out}"
         );
-        let (code, out, err) = run_cli(&["check", "--data-dir", &data_s], None, &env);
+        let (code, out, err) = cli.check();
         assert_eq!(code, 1, "{what}: {out}{err}");
         assert!(
             out.lines()
@@ -644,9 +655,7 @@ async fn an_audit_file_truncated_while_the_server_runs_is_recorded_and_fails_che
         first.contains(&format!(r#""prev_hash":"{last}""#)),
         "{first} does not go on from {last}"
     );
-    let env = s.cli_env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (code, out, err) = run_cli(&["check", "--data-dir", data.to_str().unwrap()], None, &env);
+    let (code, out, err) = AuditCli::of(&s).check();
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         out.lines().any(|l| l.starts_with("FAIL audit log")
