@@ -240,13 +240,19 @@ async fn websocket_task_events_need_read_tasks() {
     }
 }
 
-/// A deleted user's work leaves the lifecycle with them: the task they
-/// held as a worker goes back to the queue (another worker takes it and
-/// finishes it), and their own unfinished tasks are cancelled, never handed
-/// to a worker. (Before, the held task stayed `running` for ever and the
-/// deleted owner's tasks were still claimed, decrypted and worked on.)
-#[tokio::test]
-async fn deleting_a_user_releases_their_claims_and_cancels_their_tasks() {
+/// Two users about to be deleted and one who stays: a worker who leaves
+/// holding the admin's task `held`, and an owner who leaves with a queued
+/// task `owned`.
+struct Leavers {
+    s: TestServer,
+    owner_id: String,
+    gone_id: String,
+    stays: String,
+    held: String,
+    owned: String,
+}
+
+async fn leavers() -> Leavers {
     use reqwest::Method;
     let s = start().await;
     let owner = user_key(&s, "leaving_owner", &["user"]).await;
@@ -255,7 +261,11 @@ async fn deleting_a_user_releases_their_claims_and_cancels_their_tasks() {
     let owner_id = crate::common::user_id_of(&s, &owner).await;
     let gone_id = crate::common::user_id_of(&s, &gone).await;
     // the worker who leaves holds the admin's task
-    let held = create(&s, json!({"title": "held by the leaver"})).await["id"]
+    let held = create(
+        &s,
+        json!({"title": "held by the leaver", "priority": "high"}),
+    )
+    .await["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -276,6 +286,32 @@ async fn deleting_a_user_releases_their_claims_and_cancels_their_tasks() {
         .as_str()
         .unwrap()
         .to_string();
+    Leavers {
+        s,
+        owner_id,
+        gone_id,
+        stays,
+        held,
+        owned,
+    }
+}
+
+/// A deleted user's work leaves the lifecycle with them: the task they
+/// held as a worker goes back to the queue (another worker takes it and
+/// finishes it), and their own unfinished tasks are cancelled, never handed
+/// to a worker. (Before, the held task stayed `running` for ever and the
+/// deleted owner's tasks were still claimed, decrypted and worked on.)
+#[tokio::test]
+async fn deleting_a_user_releases_their_claims_and_cancels_their_tasks() {
+    use reqwest::Method;
+    let Leavers {
+        s,
+        owner_id,
+        gone_id,
+        stays,
+        held,
+        owned,
+    } = leavers().await;
     for id in [&owner_id, &gone_id] {
         let r = with(&s, Method::DELETE, &format!("/api/users/{id}"), s.admin())
             .send()
@@ -348,34 +384,14 @@ async fn event_where(ws: &mut crate::ws::Ws, what: impl Fn(&Value) -> bool) -> O
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_user_announces_the_tasks_it_released() {
     use reqwest::Method;
-    let s = start().await;
-    let owner = user_key(&s, "leaving_owner", &["user"]).await;
-    let gone = user_key(&s, "leaving_worker", &["agent"]).await;
-    let stays = user_key(&s, "staying_worker", &["agent"]).await;
-    let owner_id = crate::common::user_id_of(&s, &owner).await;
-    let gone_id = crate::common::user_id_of(&s, &gone).await;
-    let held = create(
-        &s,
-        json!({"title": "held by the leaver", "priority": "high"}),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let r = with(&s, Method::POST, "/api/agent/claim", &gone)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.json::<Value>().await.unwrap()["id"], held.as_str());
-    let r = with(&s, Method::POST, "/api/tasks", &owner)
-        .json(&json!({"title": "owned by the leaver"}))
-        .send()
-        .await
-        .unwrap();
-    let owned = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let Leavers {
+        s,
+        owner_id,
+        gone_id,
+        stays,
+        held,
+        owned,
+    } = leavers().await;
     let r = with(&s, Method::POST, "/api/agent/claim", &stays)
         .send()
         .await
