@@ -464,9 +464,9 @@ impl AuditCli {
 async fn a_cut_audit_tail_is_found_by_verify_check_and_the_next_start() {
     let s = stopped_after_requests(5).await;
     let cli = AuditCli::of(&s);
-    let (log, log_s) = (&cli.log, cli.log_s.as_str());
+    let (log, log_s) = (cli.log.clone(), cli.log_s.clone());
 
-    let (code, out, err) = cli.verify(log_s);
+    let (code, out, err) = cli.verify(&log_s);
     assert_eq!(code, 0, "the whole file: {out}{err}");
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -546,7 +546,7 @@ fn forged_chain(n: usize) -> String {
 async fn an_emptied_or_replaced_audit_file_is_found_by_verify_check_and_the_next_start() {
     let s = stopped_after_requests(3).await;
     let cli = AuditCli::of(&s);
-    let (log, log_s) = (&cli.log, cli.log_s.as_str());
+    let (log, log_s) = (cli.log.clone(), cli.log_s.clone());
     let genuine = std::fs::read_to_string(&log).unwrap();
     let newest = genuine
         .lines()
@@ -557,7 +557,7 @@ async fn an_emptied_or_replaced_audit_file_is_found_by_verify_check_and_the_next
         .unwrap()
         .to_string();
     // the genuine file passes
-    let (code, out, err) = cli.verify(log_s);
+    let (code, out, err) = cli.verify(&log_s);
     assert_eq!(code, 0, "{out}{err}");
 
     for (what, content) in [("emptied", String::new()), ("forged", forged_chain(3))] {
@@ -565,7 +565,7 @@ async fn an_emptied_or_replaced_audit_file_is_found_by_verify_check_and_the_next
         // the file alone cannot tell
         let (code, out, _) = run_cli(&["audit", "verify", &log_s], None, &[]);
         assert_eq!(code, 0, "{what}: {out}");
-        let (code, out, err) = cli.verify(log_s);
+        let (code, out, err) = cli.verify(&log_s);
         assert_eq!(code, 1, "{what}: {out}{err}");
         assert!(
             out.starts_with("BROKEN") && out.contains("emptied or replaced"),
